@@ -1,0 +1,47 @@
+# aprflow: `make demo` runs a small APR study end to end; `make test` runs the test suite.
+# Both create .venv and install the pinned dependencies first (requirements.lock).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEEPSPEED := deepspeed==0.19.8
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint format compile clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==26.3
+	$(BIN)/pip install --quiet -r requirements.lock
+	# DeepSpeed's sdist imports torch while building: build it against the installed torch.
+	$(BIN)/pip install --quiet --no-build-isolation --no-deps $(DEEPSPEED)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/aprflow run apr-study --config pipelines/configs/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+compile: $(STAMP)
+	$(BIN)/aprflow compile
+
+clean:
+	rm -rf $(VENV) runs

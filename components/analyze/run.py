@@ -1,0 +1,95 @@
+"""Gathering trial results into the tidy results table, and the study's analysis task."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.common import tracking
+from components.common.hashing import content_hash
+from components.common.progress import report
+from components.common.storage import ArtifactStore, open_store
+from components.train.trial import result_key
+
+STAGE_FIELDS = (("depths", "d"), ("widths", "w"), ("bottleneck_ratios", "b"), ("group_widths", "g"))
+
+
+def result_row(result: dict[str, Any]) -> dict[str, Any]:
+    """One trial result as a row of the tidy results table that ``analysis`` reads."""
+    spec = result["spec"]
+    row = {
+        "model": content_hash(spec, length=10),
+        "dataset": result["dataset"]["name"],
+        "seed": result["seed"],
+        "recipe": result["recipe"]["name"],
+        "top1_error": result.get("top1_error"),
+        "status": result["status"],
+        "status_reason": result["reason"],
+        "flops": result.get("flops"),
+        "params": result.get("params"),
+        "wall_time_s": result["wall_time_s"],
+        "trial_id": result["trial_id"],
+    }
+    for field, short in STAGE_FIELDS:
+        for i, value in enumerate(spec[field], 1):
+            row[f"{short}{i}"] = value
+    return row
+
+
+def gather_results(store: ArtifactStore, trial_ids: list[str]) -> pd.DataFrame:
+    """Reads every trial's ``result.json``; a trial without one is recorded as failed."""
+    rows = []
+    for trial_id in trial_ids:
+        if store.exists(result_key(trial_id)):
+            rows.append(result_row(store.get_json(result_key(trial_id))))
+        else:
+            trial = store.get_json(f"trials/{trial_id}/trial.json")
+            missing = {
+                "trial_id": trial_id,
+                **trial,
+                "status": "failed",
+                "reason": "the train task wrote no result (killed or not run)",
+                "wall_time_s": 0.0,
+            }
+            rows.append(result_row(missing))
+    return pd.DataFrame(rows)
+
+
+def analyze_study(
+    trial_ids: list[str],
+    study: str,
+    parent_run_id: str,
+    reference: str | None,
+    store_uri: str | None,
+    tracking_uri: str | None,
+    out_dir: str | Path,
+) -> dict[str, Any]:
+    """Gathers the results, writes the analysis to ``out_dir`` and to ``studies/<study>/``, logs
+    it to the study's MLflow parent run and returns the summary."""
+    from analysis.report import analyze
+    from analysis.table import load_results
+
+    store = open_store(store_uri)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_tracking(uri)
+    started = store.get_json(f"studies/{study}/study.json")["started_at"]
+    report("analyze", f"gathering {len(trial_ids)} trial results of study {study}", started)
+    table = gather_results(store, trial_ids)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "results.csv", index=False)
+    summary = analyze(load_results(table), out_dir, reference=reference or None, title=study)
+    for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
+        store.put_file(f"studies/{study}/{path.relative_to(out_dir).as_posix()}", path)
+    tracking.finish_study_run(uri, parent_run_id, summary["metrics"], artifact_dir=out_dir)
+    report("analyze", f"report at {store.key_uri(f'studies/{study}/report.html')}", started)
+    return summary
+
+
+def analyze_to_temp(**kwargs: Any) -> tuple[dict[str, Any], Path]:
+    """:func:`analyze_study` into a fresh temporary folder; returns the summary and the folder."""
+    out_dir = Path(tempfile.mkdtemp(prefix="aprflow-analysis-"))
+    return analyze_study(out_dir=out_dir, **kwargs), out_dir

@@ -1,0 +1,1 @@
+"""Code shared by every component: artifact storage, experiment tracking, errors, hashing."""

@@ -1,0 +1,5 @@
+import sys
+
+from components.data.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The train component: one (architecture x dataset x recipe x seed) trial per task."""

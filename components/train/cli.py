@@ -1,0 +1,65 @@
+"""``python -m components.train`` / ``aprflow train``: train one architecture on one dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from components.common.errors import AprflowError
+from components.common.storage import default_store_uri, open_store
+from components.data.datasets import BUILTIN_DATASETS, prepare_all
+from components.train.engines import ENGINES
+from components.train.recipes import RECIPES, resolve_recipe
+from components.train.trial import Trial, run_trial
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aprflow train",
+        description="Train one architecture on one dataset and print the result JSON. The trial "
+        "is idempotent: its result is stored under trials/<trial_id>/ and reused when the same "
+        "trial runs again; an interrupted trial resumes from its last epoch.",
+    )
+    parser.add_argument(
+        "--spec",
+        required=True,
+        help="architecture spec: a JSON file, or a JSONL file from 'aprflow sample' (--index)",
+    )
+    parser.add_argument("--index", type=int, default=0, help="line of a JSONL spec file")
+    parser.add_argument("--dataset", required=True, choices=sorted(BUILTIN_DATASETS))
+    parser.add_argument("--resolution", type=int, default=16, help="image side in pixels")
+    parser.add_argument("--recipe", default="apr_tiny", choices=sorted(RECIPES))
+    parser.add_argument("--epochs", type=int, default=0, help="0 = the recipe's own")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--engine", default="torch", choices=sorted(ENGINES))
+    parser.add_argument("--store", default=None, help=f"store URI (default {default_store_uri()})")
+    return parser
+
+
+def _load_spec(path: str, index: int) -> dict:
+    from components.sample.space import AnyNetSpec
+    from components.sample.spec_io import read_specs_jsonl
+
+    if path.endswith(".jsonl"):
+        specs = read_specs_jsonl(path)
+        if not 0 <= index < len(specs):
+            raise ValueError(f"--index {index} is out of range: {path} holds {len(specs)} specs")
+        return specs[index].to_dict()
+    with open(path) as f:
+        return AnyNetSpec.from_dict(json.load(f)).to_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        spec = _load_spec(args.spec, args.index)
+        recipe = resolve_recipe(args.recipe, {"epochs": args.epochs} if args.epochs else {})
+        (dataset,) = prepare_all([args.dataset], args.resolution, 0, args.store)
+        trial = Trial(spec=spec, dataset=dataset, recipe=recipe, seed=args.seed, engine=args.engine)
+        result = run_trial(open_store(args.store), trial)
+    except (AprflowError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0 if result["status"] == "ok" else 1

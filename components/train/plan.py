@@ -1,0 +1,78 @@
+"""Planning a study: the cross product of architectures, datasets and seeds as trials.
+
+The plan is written to the store (``trials/<id>/trial.json``) so that the fan-out passes only
+trial ids between tasks: a Kubeflow workflow object must stay small.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components.common.hashing import content_hash
+from components.common.storage import ArtifactStore
+from components.data.datasets import DatasetRef
+from components.train.recipes import Recipe
+from components.train.trial import Trial
+
+
+def trial_key(trial_id: str) -> str:
+    return f"trials/{trial_id}/trial.json"
+
+
+def plan_trials(
+    specs: list[dict[str, Any]],
+    datasets: list[DatasetRef],
+    recipe: Recipe,
+    seeds: list[int],
+    engine: str = "torch",
+) -> list[Trial]:
+    """Every (architecture x dataset x seed) trial, architectures outermost.
+
+    Args:
+        specs: architecture specs as dicts (``AnyNetSpec.to_dict()``).
+        datasets: materialised datasets.
+        recipe: the resolved training recipe.
+        seeds: training seeds; several seeds measure seed variance.
+        engine: training engine name.
+    """
+    if not specs:
+        raise ValueError("a study needs at least one architecture")
+    if not datasets:
+        raise ValueError("a study needs at least one dataset")
+    return [
+        Trial(spec=spec, dataset=dataset, recipe=recipe, seed=seed, engine=engine)
+        for spec in specs
+        for dataset in datasets
+        for seed in seeds
+    ]
+
+
+def study_id(name: str, trials: list[Trial]) -> str:
+    """A study's id: its name plus the hash of its trials, so a re-run finds the same study."""
+    return f"{name}-{content_hash(sorted(t.trial_id for t in trials), length=10)}"
+
+
+def save_plan(store: ArtifactStore, study: str, trials: list[Trial]) -> list[str]:
+    """Writes each trial's definition and the study's trial list; returns the trial ids."""
+    ids = []
+    for trial in trials:
+        trial_id = trial.trial_id
+        if not store.exists(trial_key(trial_id)):
+            store.put_json(trial_key(trial_id), trial.to_dict())
+        ids.append(trial_id)
+    store.put_json(trial_list_key(study), ids)
+    return ids
+
+
+def trial_list_key(study: str) -> str:
+    return f"studies/{study}/trials.json"
+
+
+def load_trial_ids(store: ArtifactStore, study: str) -> list[str]:
+    """The ids of a planned study's trials, in plan order."""
+    return store.get_json(trial_list_key(study))
+
+
+def load_trial(store: ArtifactStore, trial_id: str) -> Trial:
+    """Reads a planned trial back."""
+    return Trial.from_dict(store.get_json(trial_key(trial_id)))

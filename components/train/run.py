@@ -1,0 +1,144 @@
+"""The train component's tasks: plan a study, then train and log one trial.
+
+Both the KFP components (``component.py``) and the CLI (``aprflow train``) call these.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from components.common import tracking
+from components.common.progress import report
+from components.common.storage import open_store
+from components.data.datasets import DatasetRef
+from components.train.plan import load_trial, load_trial_ids, plan_trials, save_plan, study_id
+from components.train.recipes import resolve_recipe
+from components.train.trial import run_trial
+
+
+def study_key(study: str) -> str:
+    return f"studies/{study}/study.json"
+
+
+def plan_study(
+    specs: list[dict[str, Any]],
+    datasets: list[dict[str, Any]],
+    study_name: str,
+    recipe: str,
+    recipe_overrides: dict[str, Any],
+    seeds: list[int],
+    engine: str,
+    store_uri: str | None,
+    tracking_uri: str | None,
+    kfp_run_id: str = "",
+) -> tuple[list[str], str, str]:
+    """Plans every trial, opens the study's MLflow parent run and records the study.
+
+    Returns:
+        ``(trial_ids, study_id, parent_run_id)``.
+    """
+    store = open_store(store_uri)
+    store.check()
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_tracking(uri)
+    resolved = resolve_recipe(recipe, recipe_overrides)
+    refs = [DatasetRef(**d) for d in datasets]
+    trials = plan_trials(specs, refs, resolved, seeds, engine)
+    study = study_id(study_name, trials)
+    ids = save_plan(store, study, trials)
+    params = {
+        "n_models": len(specs),
+        "datasets": ",".join(r.name for r in refs),
+        "recipe": resolved.name,
+        "seeds": ",".join(map(str, seeds)),
+        "engine": engine,
+        "store_uri": store.uri,
+    } | {f"recipe.{k}": v for k, v in resolved.to_dict().items()}
+    parent = tracking.start_study_run(uri, study_name, study, params, kfp_run_id)
+    record = {"study_id": study, "name": study_name, "parent_run_id": parent, "trials": len(ids)}
+    if not store.exists(study_key(study)):
+        store.put_json(study_key(study), record | {"started_at": time.time()})
+    report(
+        "plan",
+        f"study {study}: {len(specs)} architectures x {len(refs)} datasets x "
+        f"{len(seeds)} seeds = {len(ids)} trials; MLflow parent run {parent}",
+    )
+    return ids, study, parent
+
+
+def _architecture_params(spec: dict[str, Any]) -> dict[str, Any]:
+    params = {"block_type": spec.get("block_type"), "stem_width": spec.get("stem_width")}
+    for name, short in (
+        ("depths", "d"),
+        ("widths", "w"),
+        ("bottleneck_ratios", "b"),
+        ("group_widths", "g"),
+        ("strides", "s"),
+    ):
+        for i, value in enumerate(spec.get(name, ()), 1):
+            params[f"{short}{i}"] = value
+    return params
+
+
+def train_trial(
+    trial_id: str,
+    study: str,
+    store_uri: str | None,
+    tracking_uri: str | None,
+    kfp_run_id: str = "",
+) -> dict[str, Any]:
+    """Trains one planned trial (or reuses its result) and logs it as a nested MLflow run of the
+    study's parent run."""
+    from components.common.hashing import content_hash
+
+    store = open_store(store_uri)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_tracking(uri)
+    record = store.get_json(study_key(study))
+    ids = load_trial_ids(store, study)
+    trial = load_trial(store, trial_id)
+    started = record["started_at"]
+    position = f"trial {ids.index(trial_id) + 1}/{len(ids)}"
+    model = content_hash(trial.spec, length=10)
+    report("train", f"{position} {trial_id}: model {model} on {trial.dataset.name}", started)
+    result = run_trial(store, trial, progress=lambda line: report("train", line, started))
+    params = _architecture_params(trial.spec) | {
+        "model": model,
+        "dataset": trial.dataset.name,
+        "dataset_hash": trial.dataset.content_hash,
+        "recipe": trial.recipe.name,
+        "seed": trial.seed,
+        "engine": trial.engine,
+    }
+    metrics = {
+        key: result[key]
+        for key in (
+            "top1_error",
+            "test_loss",
+            "flops",
+            "params",
+            "flops_trained",
+            "train_images_per_s",
+            "wall_time_s",
+        )
+        if result.get(key) is not None
+    }
+    tracking.log_trial_run(
+        uri,
+        record["parent_run_id"],
+        trial_id,
+        run_name=f"{model}-{trial.dataset.name}-s{trial.seed}",
+        params=params,
+        metrics=metrics,
+        history=result.get("history", {}),
+        status=result["status"],
+        tags={"aprflow.reason": result["reason"][:500], tracking.KFP_RUN_TAG: kfp_run_id},
+    )
+    outcome = result["status"]
+    if outcome == "ok":
+        outcome += f", top-1 error {result['top1_error']:.1f}%"
+    else:
+        outcome += f": {result['reason']}"
+    report("train", f"{position} done ({outcome})", started)
+    return result

@@ -1,0 +1,319 @@
+"""One trial: train an architecture on a dataset with a recipe and seed, and record the result.
+
+A trial is idempotent and resumable:
+
+* its id is the hash of (architecture spec, dataset content hash, resolved recipe, seed,
+  engine, :data:`TRAINER_VERSION`), and everything it writes lives under ``trials/<id>/``;
+* a finished trial (``result.json`` present) is never trained again;
+* after every epoch a checkpoint is written, and a restarted trial (a killed pod) resumes from
+  it.
+
+A trial-level failure never raises: a NaN loss gives ``status = "diverged"``, any other error in
+building or training the model gives ``status = "failed"`` with the reason, so one bad
+architecture does not stop a study. Errors of the infrastructure (the store) do raise.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from components.common.hashing import content_hash
+from components.common.storage import ArtifactStore, StoreError
+from components.data.datasets import DatasetRef, load_manifest, load_split
+from components.train.engines import TrainEngine, create_engine
+from components.train.recipes import Recipe
+
+# Bump when a change to the training code changes what a trial produces.
+TRAINER_VERSION = 1
+STATUSES = ("ok", "diverged", "failed")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """Everything that determines a trial's result."""
+
+    spec: dict[str, Any]
+    dataset: DatasetRef
+    recipe: Recipe
+    seed: int
+    engine: str = "torch"
+
+    @property
+    def trial_id(self) -> str:
+        return content_hash(
+            {
+                "spec": self.spec,
+                "dataset": {
+                    "name": self.dataset.name,
+                    "content_hash": self.dataset.content_hash,
+                    "resolution": self.dataset.resolution,
+                },
+                "recipe": self.recipe.to_dict(),
+                "seed": self.seed,
+                "engine": self.engine,
+                "trainer_version": TRAINER_VERSION,
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "dataset": self.dataset.to_dict(),
+            "recipe": self.recipe.to_dict(),
+            "seed": self.seed,
+            "engine": self.engine,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trial:
+        return cls(
+            spec=data["spec"],
+            dataset=DatasetRef(**data["dataset"]),
+            recipe=Recipe(**data["recipe"]),
+            seed=int(data["seed"]),
+            engine=data.get("engine", "torch"),
+        )
+
+
+def result_key(trial_id: str) -> str:
+    return f"trials/{trial_id}/result.json"
+
+
+def checkpoint_key(trial_id: str) -> str:
+    return f"trials/{trial_id}/checkpoint.pt"
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+
+def _lr_at(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then cosine decay to zero, per optimizer step."""
+    warmup = recipe.warmup_epochs * steps_per_epoch
+    total = recipe.epochs * steps_per_epoch
+    if step < warmup:
+        return recipe.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1.0, total - warmup)
+    return 0.5 * recipe.lr * (1.0 + math.cos(math.pi * progress))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # Norm weights and biases (1-d tensors) are not decayed, as in timm's recipes.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0},
+    ]
+
+
+class _TensorBatches:
+    """Batches of a small in-memory split, normalised and augmented on the engine's device."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device) -> None:
+        self.x = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        self.y = torch.from_numpy(y).to(device)
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1).clamp_min(1e-3) * 255
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+    def train(self, recipe: Recipe, generator: torch.Generator):
+        order = torch.randperm(len(self), generator=generator).to(self.x.device)
+        # Drop the last partial batch: a batch of one breaks batch norm.
+        n_full = len(self) // recipe.batch_size * recipe.batch_size or len(self)
+        for start in range(0, n_full, recipe.batch_size):
+            index = order[start : start + recipe.batch_size]
+            images = self._prepare(self.x[index])
+            if recipe.crop_padding:
+                images = _random_crop(images, recipe.crop_padding, generator)
+            if recipe.hflip:
+                flip = (torch.rand(len(index), generator=generator) < 0.5).to(images.device)
+                images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+            yield images, self.y[index]
+
+    def eval(self, batch_size: int):
+        for start in range(0, len(self), batch_size):
+            yield (
+                self._prepare(self.x[start : start + batch_size]),
+                self.y[start : start + batch_size],
+            )
+
+
+def _random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Pads by reflection and crops back at one random offset per batch (cheap on CPU)."""
+    n, c, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4, mode="reflect")
+    dy, dx = torch.randint(0, 2 * padding + 1, (2,), generator=generator).tolist()
+    return padded[:, :, dy : dy + h, dx : dx + w]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, engine: TrainEngine, batches: _TensorBatches, batch_size: int):
+    """Returns (top-1 error in percent, mean cross-entropy) on ``batches``."""
+    model.eval()
+    wrong, loss_sum = 0, 0.0
+    for images, labels in batches.eval(batch_size):
+        with engine.autocast():
+            logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        wrong += (logits.argmax(1) != labels).sum().item()
+    return 100.0 * wrong / len(batches), loss_sum / len(batches)
+
+
+def _save_checkpoint(store, trial_id, engine, epoch, history, generator) -> None:
+    buffer = io.BytesIO()
+    state = {"engine": engine.state_dict(), "epoch": epoch, "history": history}
+    torch.save(state | {"generator": generator.get_state()}, buffer)
+    store.put_bytes(checkpoint_key(trial_id), buffer.getvalue())
+
+
+def _load_checkpoint(store, trial_id) -> dict[str, Any] | None:
+    if not store.exists(checkpoint_key(trial_id)):
+        return None
+    return torch.load(io.BytesIO(store.get_bytes(checkpoint_key(trial_id))), weights_only=False)
+
+
+def _configure_threads() -> None:
+    threads = int(os.environ.get("APRFLOW_TORCH_THREADS", "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, Any]:
+    """The training loop proper; raises on failure, :class:`Diverged` on a NaN loss."""
+    from components.sample.anynet import build_model
+    from components.sample.space import AnyNetSpec, complexity, uses_small_stem
+
+    trial_id = trial.trial_id
+    recipe = trial.recipe
+    spec = AnyNetSpec.from_dict(trial.spec)
+    small_input = uses_small_stem(trial.dataset.resolution, None)
+    torch.manual_seed(trial.seed)
+    generator = torch.Generator().manual_seed(trial.seed)
+    model = build_model(spec, num_classes=trial.dataset.num_classes, small_input=small_input)
+    engine = create_engine(trial.engine)
+    optimizer = torch.optim.SGD(
+        _param_groups(model, recipe.weight_decay),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=True,
+    )
+    model = engine.setup(model, optimizer)
+    manifest = load_manifest(store, trial.dataset)
+    train = _TensorBatches(
+        *load_split(store, trial.dataset, "train"), manifest["mean"], manifest["std"], engine.device
+    )
+    test = _TensorBatches(
+        *load_split(store, trial.dataset, "test"), manifest["mean"], manifest["std"], engine.device
+    )
+    history: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "test_error": []}
+    start_epoch = 0
+    checkpoint = _load_checkpoint(store, trial_id)
+    if checkpoint is not None:
+        engine.load_state_dict(checkpoint["engine"])
+        generator.set_state(checkpoint["generator"])
+        history, start_epoch = checkpoint["history"], checkpoint["epoch"]
+        progress(f"resuming trial {trial_id} after epoch {start_epoch}")
+    steps_per_epoch = max(1, len(train) // recipe.batch_size)
+    images_seen, train_seconds = 0, 0.0
+    for epoch in range(start_epoch, recipe.epochs):
+        model.train()
+        tic = time.perf_counter()
+        loss_sum, n_batches = 0.0, 0
+        for step, (images, labels) in enumerate(train.train(recipe, generator)):
+            lr = _lr_at(recipe, epoch * steps_per_epoch + step, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with engine.autocast():
+                loss = F.cross_entropy(
+                    model(images), labels, label_smoothing=recipe.label_smoothing
+                )
+            if not torch.isfinite(loss):
+                raise Diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+            engine.step(loss)
+            loss_sum += loss.item()
+            n_batches += 1
+            images_seen += len(labels)
+        train_seconds += time.perf_counter() - tic
+        test_error, test_loss = evaluate(model, engine, test, recipe.eval_batch_size)
+        history["train_loss"].append(loss_sum / n_batches)
+        history["test_loss"].append(test_loss)
+        history["test_error"].append(test_error)
+        progress(
+            f"  epoch {epoch + 1}/{recipe.epochs}: train loss {loss_sum / n_batches:.3f}, "
+            f"test error {test_error:.1f}%"
+        )
+        _save_checkpoint(store, trial_id, engine, epoch + 1, history, generator)
+    at_224 = complexity(spec, resolution=224)
+    trained = complexity(
+        replace(spec, num_classes=trial.dataset.num_classes),
+        resolution=trial.dataset.resolution,
+        small_input=small_input,
+    )
+    return {
+        "top1_error": history["test_error"][-1],
+        "test_loss": history["test_loss"][-1],
+        "history": history,
+        "flops": at_224.flops,
+        "params": at_224.params,
+        "flops_trained": trained.flops,
+        "params_trained": sum(p.numel() for p in model.parameters()),
+        "train_images_per_s": images_seen / train_seconds if train_seconds else None,
+    }
+
+
+def run_trial(store: ArtifactStore, trial: Trial, progress: Progress = print) -> dict[str, Any]:
+    """Runs ``trial`` unless its result exists, writes ``result.json`` and returns the result.
+
+    Returns:
+        The result dict: ``trial_id``, ``status`` (``ok``/``diverged``/``failed``), ``reason``,
+        the trial's inputs, ``top1_error`` (percent), ``history``, ``flops``/``params`` (at 224²
+        with the spec's stem, the study's FLOP band quantity), ``wall_time_s``, ``reused``.
+
+    Raises:
+        StoreError: when the artifact store fails (nothing is recorded then).
+    """
+    trial_id = trial.trial_id
+    if store.exists(result_key(trial_id)):
+        result = store.get_json(result_key(trial_id))
+        progress(f"trial {trial_id} already done ({result['status']}): reusing its result")
+        return result | {"reused": True}
+    _configure_threads()
+    tic = time.perf_counter()
+    outcome: dict[str, Any] = {"status": "ok", "reason": ""}
+    try:
+        outcome |= _train(store, trial, progress)
+    except StoreError:
+        raise
+    except Diverged as e:
+        outcome = {"status": "diverged", "reason": str(e)}
+    except Exception as e:  # noqa: BLE001 - any model/training error is the trial's failure
+        traceback.print_exc()
+        outcome = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+    result = {
+        "trial_id": trial_id,
+        **trial.to_dict(),
+        "trainer_version": TRAINER_VERSION,
+        **outcome,
+        "wall_time_s": round(time.perf_counter() - tic, 3),
+    }
+    store.put_json(result_key(trial_id), result)
+    return result | {"reused": False}

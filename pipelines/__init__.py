@@ -1,0 +1,1 @@
+"""aprflow's Kubeflow pipelines (one module per study), their configs and the ``aprflow`` CLI."""

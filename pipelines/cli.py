@@ -1,0 +1,112 @@
+"""The ``aprflow`` command line: run studies locally, compile pipelines, run single steps.
+
+aprflow run apr-study [--config FILE] [--set key=value ...]
+aprflow compile [--out DIR]
+aprflow sample|data|train|analyze ...      (one step; ``aprflow STEP --help``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from components.common.errors import AprflowError
+
+COMPILED_DIR = Path(__file__).parent / "compiled"
+
+# Single steps: each is the component's own CLI, also runnable as `python -m <module>`.
+STEPS = {
+    "sample": ("components.sample.cli", "sample architectures of a design space in a FLOP band"),
+    "data": ("components.data.cli", "materialise built-in datasets in the artifact store"),
+    "train": ("components.train.cli", "train one architecture on one dataset"),
+    "analyze": ("analysis.cli", "run the APR analysis on any results table (CSV/Parquet)"),
+}
+
+
+def compiled_path(name: str, out_dir: Path = COMPILED_DIR) -> Path:
+    return out_dir / f"{name.replace('-', '_')}.yaml"
+
+
+def compile_all(out_dir: Path = COMPILED_DIR) -> list[Path]:
+    """Compiles every pipeline to ``out_dir/<name>.yaml`` (what Kubeflow uploads)."""
+    from kfp import compiler
+
+    from pipelines.registry import PIPELINES
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, pipeline in PIPELINES.items():
+        path = compiled_path(name, out_dir)
+        compiler.Compiler().compile(pipeline, str(path))
+        paths.append(path)
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipelines.registry import PIPELINES
+
+    parser = argparse.ArgumentParser(
+        prog="aprflow",
+        description="Architecture-performance-relationship studies on Kubeflow Pipelines. "
+        "'run' executes a pipeline on this machine through kfp.local (artifacts in runs/store, "
+        "MLflow in runs/mlflow.db unless APRFLOW_STORE_URI / MLFLOW_TRACKING_URI say "
+        "otherwise); 'compile' writes the YAML that a Kubeflow backend accepts "
+        "(kfp run create -f pipelines/compiled/apr_study.yaml key=value ...).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run a pipeline locally (kfp.local)")
+    run.add_argument("pipeline", choices=sorted(PIPELINES), help="pipeline to run")
+    run.add_argument("--config", help="YAML file of pipeline parameters (pipelines/configs/)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter, e.g. --set n_models=4 --set datasets=[digits,shapes]",
+    )
+    run.add_argument("--runs-dir", default="runs", help="where reports land (default runs/)")
+    run.add_argument(
+        "--dry-run", action="store_true", help="check the config and services, run nothing"
+    )
+    compile_ = commands.add_parser("compile", help="compile every pipeline to YAML")
+    compile_.add_argument("--out", type=Path, default=COMPILED_DIR, help="output folder")
+    for step, (_, summary) in STEPS.items():
+        commands.add_parser(step, help=summary, add_help=False)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config, parse_overrides
+    from pipelines.local import run_local
+    from pipelines.preflight import check_study
+    from pipelines.registry import PIPELINES
+
+    pipeline = PIPELINES[args.pipeline]
+    arguments = load_config(pipeline, args.config, parse_overrides(args.overrides))
+    check_study(arguments)
+    if args.dry_run:
+        print(f"config OK: {arguments}")
+        return 0
+    run_local(pipeline, arguments, args.runs_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in STEPS:
+        import importlib
+
+        module = importlib.import_module(STEPS[argv[0]][0])
+        return module.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "compile":
+            for path in compile_all(args.out):
+                print(f"wrote {path}")
+            return 0
+        return _run(args)
+    except AprflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

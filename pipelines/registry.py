@@ -1,0 +1,5 @@
+"""The pipelines aprflow ships, by the name used on the command line and in compiled/."""
+
+from pipelines.apr_study import apr_study
+
+PIPELINES = {"apr-study": apr_study}

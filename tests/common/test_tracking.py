@@ -1,0 +1,75 @@
+"""MLflow tracking: SQLite default and a real `mlflow server` process."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from components.common import tracking
+
+
+def _study_with_trials(uri: str) -> tuple[str, list[str]]:
+    parent = tracking.start_study_run(uri, "exp", "study-1", {"n_models": 2}, kfp_run_id="run-9")
+    assert tracking.start_study_run(uri, "exp", "study-1", {"n_models": 2}) == parent
+    children = []
+    for trial_id, status in (("t1", "ok"), ("t2", "diverged")):
+        kwargs = dict(
+            run_name=f"m-{trial_id}",
+            params={"dataset": "digits", "d1": 2},
+            metrics={"top1_error": 12.5 if status == "ok" else float("nan"), "flops": 3e7},
+            history={"test_error": [50.0, 20.0, 12.5], "train_loss": [2.0, float("nan")]},
+            status=status,
+            tags={"aprflow.reason": "" if status == "ok" else "loss became nan"},
+        )
+        run_id = tracking.log_trial_run(uri, parent, trial_id, **kwargs)
+        assert tracking.log_trial_run(uri, parent, trial_id, **kwargs) == run_id, "idempotent"
+        children.append(run_id)
+    return parent, children
+
+
+def _check(uri: str) -> None:
+    parent, children = _study_with_trials(uri)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("exp")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 3
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert sorted(r.info.run_id for r in nested) == sorted(children)
+    ok = client.get_run(children[0])
+    assert ok.data.metrics["top1_error"] == 12.5
+    assert ok.data.params == {"dataset": "digits", "d1": "2"}
+    assert ok.info.status == "FINISHED"
+    history = client.get_metric_history(children[0], "test_error")
+    assert [(m.step, m.value) for m in history] == [(1, 50.0), (2, 20.0), (3, 12.5)]
+    diverged = client.get_run(children[1])
+    assert diverged.info.status == "FAILED"
+    assert "top1_error" not in diverged.data.metrics
+    assert diverged.data.tags["aprflow.status"] == "diverged"
+    assert client.get_run(parent).data.tags[tracking.KFP_RUN_TAG] == "run-9"
+
+
+def test_sqlite_tracking(tmp_path):
+    _check(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_tracking_server(mlflow_server, tmp_path):
+    _check(mlflow_server)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.json").write_text("{}")
+    run_id = tracking.start_study_run(mlflow_server, "exp2", "s2", {})
+    tracking.finish_study_run(mlflow_server, run_id, {"spearman_rho/faces": 0.5}, report)
+    run = MlflowClient(tracking_uri=mlflow_server).get_run(run_id)
+    assert run.data.metrics["spearman_rho/faces"] == 0.5
+    assert run.info.status == "FINISHED"
+
+
+def test_unreachable_server_is_one_clear_error():
+    with pytest.raises(tracking.TrackingError, match="unreachable.*MLFLOW_TRACKING_URI"):
+        tracking.check_tracking("http://127.0.0.1:9")
+
+
+def test_default_uri(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/runs/mlflow.db"
+    with pytest.raises(tracking.TrackingError, match="unsupported tracking URI"):
+        tracking.check_tracking("ftp://x")

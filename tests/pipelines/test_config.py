@@ -1,0 +1,70 @@
+"""Study configs and the checks that run before a study starts."""
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.apr_study import apr_study
+from pipelines.config import ConfigError, load_config, parse_overrides
+from pipelines.preflight import PreflightError, check_study
+
+DEMO = Path(__file__).parents[2] / "pipelines" / "configs" / "demo.yaml"
+
+
+def test_defaults_file_and_overrides_layer():
+    arguments = load_config(apr_study, DEMO, parse_overrides(["n_models=3", "epochs=1"]))
+    assert arguments["n_models"] == 3 and arguments["epochs"] == 1
+    assert arguments["datasets"] == ["digits", "faces", "shapes"]
+    assert arguments["store_uri"] == ""  # from the signature's default
+    assert isinstance(arguments["flops_min"], float)
+
+
+def test_list_shorthand_and_yaml_values():
+    overrides = parse_overrides(["datasets=digits,shapes", "train_seeds=[0, 1]", "flops_max=9e7"])
+    arguments = load_config(apr_study, None, overrides)
+    assert arguments["datasets"] == ["digits", "shapes"]
+    assert arguments["train_seeds"] == [0, 1]
+    assert arguments["flops_max"] == 9e7
+
+
+def test_unknown_key_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown config key 'n_model'.*n_models"):
+        load_config(apr_study, None, {"n_model": 3})
+
+
+def test_wrong_type_names_key_and_example():
+    with pytest.raises(ConfigError, match="'n_models' must be a int, got 'many'"):
+        load_config(apr_study, None, {"n_models": "many"})
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(apr_study, tmp_path / "missing.yaml", {})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(apr_study, bad, {})
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_overrides(["n_models"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"datasets": ["digits", "imagenet"]}, "unknown or missing dataset.*imagenet"),
+        ({"flops_min": 5e8, "flops_max": 1e8}, "FLOP band.*is empty"),
+        ({"flops_min": 1.0, "flops_max": 2.0}, "band"),
+        ({"recipe": "a9"}, "unknown recipe 'a9'"),
+        ({"space": "anynetx_z"}, "anynetx_z"),
+        ({"reference": "faces", "datasets": ["digits"]}, "reference 'faces'"),
+        ({"tracking_uri": "http://127.0.0.1:9"}, "unreachable"),
+    ],
+)
+def test_preflight_rejects(override, message, local_env):
+    arguments = load_config(apr_study, DEMO, override)
+    with pytest.raises(PreflightError if "unreachable" not in message else Exception, match=message):
+        check_study(arguments)
+
+
+def test_preflight_accepts_the_demo(local_env):
+    check_study(load_config(apr_study, DEMO, {}))

@@ -1,0 +1,68 @@
+"""The demo study end to end, through the real CLI and kfp.local, at a smaller size."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).parents[2]
+N_MODELS, DATASETS = 3, ["digits", "faces", "shapes"]
+
+
+def _aprflow(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "aprflow"), *args]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
+    overrides = ["--set", f"n_models={N_MODELS}", "--set", "epochs=2"]
+    config = ["--config", str(ROOT / "pipelines" / "configs" / "demo.yaml")]
+    done = _aprflow(["run", "apr-study", *config, *overrides], env, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "[plan" in output and f"trial {3 * N_MODELS}/{3 * N_MODELS}" in output
+    reports = list((tmp_path / "runs").glob("apr-demo-*/report.html"))
+    assert len(reports) == 1, "one study folder under runs/"
+    study_dir = reports[0].parent
+    assert "mlflow ui --backend-store-uri sqlite:///" in output
+    assert str(reports[0]) in output
+
+    summary = json.loads((study_dir / "summary.json").read_text())
+    metrics = summary["metrics"]
+    for dataset in DATASETS:
+        mean_error = metrics[f"mean_error/{dataset}"]
+        assert 0 <= mean_error < 90, (dataset, mean_error)
+    html = reports[0].read_text()
+    assert "<img" in html and "digits" in html
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("apr-demo")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == N_MODELS * len(DATASETS)
+    assert all("top1_error" in r.data.metrics for r in children if r.info.status == "FINISHED")
+    assert parents[0].info.status == "FINISHED"
+    assert client.list_artifacts(parents[0].info.run_id, "report")
+
+    # A second run reuses every trial (idempotent) and yields the same study.
+    again = _aprflow(["run", "apr-study", *config, *overrides], env, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("already done") == N_MODELS * len(DATASETS)
+    runs_after = client.search_runs([experiment.experiment_id])
+    assert len(runs_after) == len(runs), "no duplicate MLflow runs"
+
+
+def test_bad_config_is_one_clear_line(tmp_path):
+    done = _aprflow(["run", "apr-study", "--set", "n_model=3"], dict(os.environ), tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: unknown config key 'n_model'")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
