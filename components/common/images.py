@@ -1,10 +1,14 @@
-"""The container images the KFP components run in (built from ``images/``, see its README).
+"""The container images the KFP components run in (built from ``images/`` by images/build.sh).
 
-Every component sets ``base_image`` explicitly: our image has the aprflow package installed,
-so component bodies import it and no packages are installed at run time.
+The names live in ``images.json`` beside this file (package data), the one place that both
+the pipeline code and the image tests read. Every component sets ``base_image`` explicitly:
+our image has the aprflow package installed, so component bodies import it and nothing is
+installed at run time.
 """
 
-REGISTRY = "ghcr.io/aprflow"
-VERSION = "0.1.0"
-CPU_IMAGE = f"{REGISTRY}/aprflow-cpu:{VERSION}"
-GPU_IMAGE = f"{REGISTRY}/aprflow-gpu:{VERSION}"
+import json
+from pathlib import Path
+
+_IMAGES = json.loads((Path(__file__).with_name("images.json")).read_text())
+CPU_IMAGE: str = _IMAGES["cpu"]
+GPU_IMAGE: str = _IMAGES["gpu"]

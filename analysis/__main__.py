@@ -1,0 +1,7 @@
+"""``python -m analysis RESULTS --reference DATASET --out DIR``."""
+
+import sys
+
+from analysis.cli import main
+
+sys.exit(main())

@@ -1,0 +1,233 @@
+"""Figures of the APR report, rendered to PNG bytes.
+
+Figures are built with the object-oriented matplotlib API on an explicit Agg canvas: no
+pyplot, so no global figure state, no display and nothing left open between calls.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+DPI = 110
+PANEL = (3.6, 3.0)  # inches per panel in grids
+FEATURE_LABELS = {
+    "cum_depth": "cumulative depth (Σ d_i)",
+    "cum_width": "cumulative width (Σ w_i)",
+    "mean_bottleneck": "mean bottleneck ratio",
+    "mean_group_width": "mean group width",
+    "flops": "FLOPs",
+    "params": "parameters",
+}
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def _grid(n_panels: int, max_cols: int = 3) -> tuple[Figure, list[Axes]]:
+    """A figure with ``n_panels`` axes in rows of at most ``max_cols``; spare axes hidden."""
+    cols = min(max_cols, n_panels)
+    rows = math.ceil(n_panels / cols)
+    fig = _new_figure(PANEL[0] * cols, PANEL[1] * rows)
+    axes = list(np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel())
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+def dataset_colors(names: list[str]) -> dict[str, tuple]:
+    """A stable colour per dataset (tab10 up to 10 datasets, tab20 beyond)."""
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def ecdf_figure(errors: dict[str, np.ndarray]) -> bytes:
+    """One eCDF step curve per dataset: F(e) = fraction of models with error < e."""
+    fig = _new_figure(7.5, 4.8)
+    ax = fig.add_subplot()
+    colors = dataset_colors(list(errors))
+    for name, values in errors.items():
+        ordered = np.sort(values)
+        # F jumps to i/n just after the i-th smallest error (strict "<").
+        fractions = np.arange(1, ordered.size + 1) / ordered.size
+        ax.step(
+            np.concatenate([[ordered[0]], ordered]),
+            np.concatenate([[0.0], fractions]),
+            where="post",
+            color=colors[name],
+            label=f"{name} (n={ordered.size})",
+        )
+    ax.set_xlabel("test error (%)")
+    ax.set_ylabel("cumulative fraction of models")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title("Error eCDF per dataset")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def apr_scatter_figure(reference: str, panels: list[dict]) -> bytes:
+    """APR scatter per target: x = reference error, y = target error, one dot per model.
+
+    Args:
+        reference: Reference dataset name.
+        panels: Dicts with ``name``, ``x``, ``y``, ``top`` (bool mask of the reference's
+            top-k) and ``label`` (the correlation text for the title).
+    """
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes, panels, strict=True):
+        top = panel["top"]
+        ax.scatter(
+            panel["x"][~top],
+            panel["y"][~top],
+            s=10,
+            alpha=0.6,
+            color="tab:blue",
+            label="other models",
+        )
+        ax.scatter(
+            panel["x"][top],
+            panel["y"][top],
+            s=18,
+            color="tab:orange",
+            label=f"top-{int(top.sum())} on {reference}",
+        )
+        ax.set_title(f"{panel['name']}\n{panel['label']}", fontsize=9)
+        ax.set_xlabel(f"{reference} error (%)", fontsize=8)
+        ax.set_ylabel(f"{panel['name']} error (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def correlation_heatmap(names: list[str], matrix: list[list[float | None]]) -> bytes:
+    """Annotated heat map of the dataset x dataset Spearman matrix (grey = undefined)."""
+    n = len(names)
+    values = np.array([[np.nan if v is None else v for v in row] for row in matrix], float)
+    size = max(4.5, 0.6 * n + 2.5)
+    fig = _new_figure(size + 1.0, size)
+    ax = fig.add_subplot()
+    cmap = colormaps["RdBu_r"].with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1, vmax=1)
+    ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    fontsize = 8 if n <= 10 else 6
+    for i in range(n):
+        for j in range(n):
+            value = values[i, j]
+            text = "n/a" if np.isnan(value) else f"{value:.2f}"
+            color = "white" if np.isfinite(value) and abs(value) > 0.6 else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="Spearman ρ of errors")
+    ax.set_title("Dataset × dataset rank correlation")
+    return _png(fig)
+
+
+def stage_profile_figure(profiles: dict[str, np.ndarray], quantity: str) -> bytes:
+    """Per-stage profile of the top-k models: one panel per dataset, one line per model.
+
+    Args:
+        profiles: Dataset -> ``(k, 4)`` array of the per-stage values, best model first.
+        quantity: Axis label, e.g. ``"depth d_i"``.
+    """
+    fig, axes = _grid(len(profiles))
+    k_max = max(len(v) for v in profiles.values())
+    norm = Normalize(vmin=1, vmax=max(k_max, 2))
+    cmap = colormaps["viridis"]
+    stages = np.arange(1, 5)
+    for ax, (name, values) in zip(axes, profiles.items(), strict=True):
+        # Draw the best model last so it is on top.
+        for rank in range(len(values), 0, -1):
+            ax.plot(
+                stages,
+                values[rank - 1],
+                marker="o",
+                ms=3,
+                lw=1.2,
+                color=cmap(norm(rank)),
+                alpha=0.85,
+            )
+        # The mean profile shows the trend (e.g. widths growing with the stage) in the tangle.
+        ax.plot(
+            stages,
+            np.nanmean(values, axis=0),
+            color="black",
+            lw=2.2,
+            ls="--",
+            label=f"mean of top {len(values)}",
+        )
+        ax.set_title(f"{name} (top {len(values)})", fontsize=9)
+        ax.set_xticks(stages, [f"stage {s}" for s in stages], fontsize=7)
+        ax.set_ylabel(quantity, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.colorbar(
+        ScalarMappable(norm=norm, cmap=cmap),
+        ax=axes,
+        shrink=0.8,
+        label="rank on the dataset (1 = best)",
+    )
+    return _png(fig)
+
+
+def architecture_scatter_figure(
+    features: dict[str, np.ndarray],
+    errors: dict[str, np.ndarray],
+    correlations: dict[str, dict[str, dict]],
+) -> bytes:
+    """Architecture feature vs error: one row per dataset, one column per feature.
+
+    Args:
+        features: Feature name -> per-model values.
+        errors: Dataset -> per-model errors aligned with the features (NaN = missing).
+        correlations: Dataset -> feature -> ``{"value": rho or None, ...}``.
+    """
+    names = list(features)
+    fig = _new_figure(3.0 * len(names), 2.4 * len(errors))
+    # Shared axes: one set of tick labels per row/column keeps large grids fast and legible.
+    axes = fig.subplots(len(errors), len(names), squeeze=False, sharex="col", sharey="row")
+    for row, (dataset, err) in enumerate(errors.items()):
+        for col, feature in enumerate(names):
+            ax = axes[row, col]
+            ax.scatter(features[feature], err, s=6, alpha=0.5, color="tab:blue")
+            rho = correlations[dataset][feature]["value"]
+            ax.set_title("ρ = n/a" if rho is None else f"ρ = {rho:.2f}", fontsize=8)
+            if row == len(errors) - 1:
+                ax.set_xlabel(FEATURE_LABELS.get(feature, feature), fontsize=8)
+            if col == 0:
+                ax.set_ylabel(f"{dataset}\nerror (%)", fontsize=8)
+            ax.tick_params(labelsize=6)
+            ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def seed_std_figure(std_by_dataset: dict[str, np.ndarray]) -> bytes:
+    """Box plot of the per-model standard deviation of error across seeds, per dataset."""
+    names = list(std_by_dataset)
+    fig = _new_figure(max(5.0, 0.8 * len(names) + 2.0), 4.0)
+    ax = fig.add_subplot()
+    ax.boxplot([std_by_dataset[n] for n in names], tick_labels=names)
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax.set_ylabel("std of error across seeds (pp)")
+    ax.set_title("Seed-to-seed spread per model")
+    ax.grid(alpha=0.3, axis="y")
+    return _png(fig)

@@ -1,0 +1,175 @@
+{{/*
+Chart name, truncated to 63 characters (the DNS-1123 label limit).
+*/}}
+{{- define "aprflow.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name: "<release>-<chart>", or the release name when it already contains the
+chart name. Truncated to 63 characters.
+*/}}
+{{- define "aprflow.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+"<chart>-<version>" for the helm.sh/chart label.
+*/}}
+{{- define "aprflow.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Standard labels (https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/).
+*/}}
+{{- define "aprflow.labels" -}}
+helm.sh/chart: {{ include "aprflow.chart" . }}
+{{ include "aprflow.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: aprflow
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels (immutable: never add version-dependent labels here).
+*/}}
+{{- define "aprflow.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "aprflow.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels / selector labels of one component. Usage: include "aprflow.componentLabels" (list $ "mlflow")
+*/}}
+{{- define "aprflow.componentLabels" -}}
+{{ include "aprflow.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "aprflow.componentSelectorLabels" -}}
+{{ include "aprflow.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/*
+Resource names.
+*/}}
+{{- define "aprflow.mlflow.fullname" -}}
+{{- printf "%s-mlflow" (include "aprflow.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "aprflow.postgres.fullname" -}}
+{{- printf "%s-postgres" (include "aprflow.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "aprflow.upload.fullname" -}}
+{{- printf "%s-pipeline-upload" (include "aprflow.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "aprflow.rbac.fullname" -}}
+{{- printf "%s-pipeline" (include "aprflow.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of the ServiceAccount of aprflow pipeline pods.
+*/}}
+{{- define "aprflow.serviceAccountName" -}}
+{{- .Values.serviceAccount.name }}
+{{- end }}
+
+{{/*
+Name of the S3 credentials Secret (existing or created).
+*/}}
+{{- define "aprflow.s3.secretName" -}}
+{{- default .Values.s3.secretName .Values.s3.existingSecret }}
+{{- end }}
+
+{{/*
+Secret that holds the bundled Postgres password (existing or created).
+*/}}
+{{- define "aprflow.postgres.secretName" -}}
+{{- default (include "aprflow.postgres.fullname" .) .Values.postgres.auth.existingSecret }}
+{{- end }}
+
+{{/*
+s3://bucket/prefix of the aprflow artifact store (prefix optional).
+*/}}
+{{- define "aprflow.storeUri" -}}
+{{- $prefix := trimAll "/" .Values.s3.prefix }}
+{{- if $prefix }}
+{{- printf "s3://%s/%s" .Values.s3.bucket $prefix }}
+{{- else }}
+{{- printf "s3://%s" .Values.s3.bucket }}
+{{- end }}
+{{- end }}
+
+{{/*
+--artifacts-destination of the MLflow server.
+*/}}
+{{- define "aprflow.mlflow.artifactsDestination" -}}
+{{- $sub := trimAll "/" .Values.mlflow.artifactsSubPath }}
+{{- if $sub }}
+{{- printf "%s/%s" (include "aprflow.storeUri" .) $sub }}
+{{- else }}
+{{- include "aprflow.storeUri" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+MLFLOW_TRACKING_URI for pipeline pods.
+*/}}
+{{- define "aprflow.mlflow.trackingUri" -}}
+{{- if .Values.launcher.mlflowTrackingUri }}
+{{- .Values.launcher.mlflowTrackingUri }}
+{{- else if .Values.mlflow.enabled }}
+{{- printf "http://%s.%s.svc.cluster.local:%d" (include "aprflow.mlflow.fullname" .) .Release.Namespace (int .Values.mlflow.service.port) }}
+{{- else }}
+{{- fail "launcher.mlflowTrackingUri is required when mlflow.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Comma-separated Host headers accepted by the MLflow server (--allowed-hosts): the in-cluster
+Service names (with or without port), localhost and private IPs, plus mlflow.allowedHosts.
+*/}}
+{{- define "aprflow.mlflow.allowedHosts" -}}
+{{- $svc := include "aprflow.mlflow.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- $hosts := list "localhost" "localhost:*" "127.0.0.1" "127.0.0.1:*" $svc (printf "%s:*" $svc) (printf "%s.%s" $svc $ns) (printf "%s.%s:*" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc:*" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) (printf "%s.%s.svc.cluster.local:*" $svc $ns) "10.*" "192.168.*" }}
+{{- range $i := until 16 }}
+{{- $hosts = append $hosts (printf "172.%d.*" (add 16 $i)) }}
+{{- end }}
+{{- concat $hosts .Values.mlflow.allowedHosts | join "," }}
+{{- end }}
+
+{{/*
+Image reference "<repository>:<tag or appVersion>". Usage: include "aprflow.image" (list $ .Values.mlflow.image)
+*/}}
+{{- define "aprflow.image" -}}
+{{- $root := index . 0 }}
+{{- $img := index . 1 }}
+{{- printf "%s:%s" $img.repository (default $root.Chart.AppVersion $img.tag) }}
+{{- end }}
+
+{{/*
+imagePullSecrets block for pod specs.
+*/}}
+{{- define "aprflow.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

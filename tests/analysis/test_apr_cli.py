@@ -1,0 +1,103 @@
+"""Command line: exit codes, one-line errors, ``python -m analysis``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cli_writes_all_outputs(tmp_path, timm_csv, capsys):
+    out = tmp_path / "out"
+    code = main(
+        [
+            str(timm_csv),
+            "--reference",
+            "imagenet-real",
+            "--out",
+            str(out),
+            "--top-k",
+            "5",
+            "--bootstrap",
+            "50",
+            "--title",
+            "timm",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["apr"]["reference"] == "imagenet-real"
+    assert summary["settings"]["top_k"] == 5 and summary["settings"]["n_bootstrap"] == 50
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    assert "reference imagenet-real" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ("model,dataset\na,x\n", [], "no metric column"),
+        ("model,dataset,top1\na,x,high\n", [], "non-numeric"),
+        ("model,dataset,top1\na,x,90\nb,x,80\nc,x,70\n", ["--reference", "cifar"], "cifar"),
+        ("model,dataset,top1\na,x,90\na,x,80\n", [], "duplicate"),
+        ("# nothing\n", [], "empty"),
+        ("model,dataset,top1\na,x,90\n", ["--scale", "fraction"], "outside"),
+    ],
+)
+def test_cli_bad_input_prints_one_error_line_and_exits_2(tmp_path, capsys, content, extra, message):
+    path = tmp_path / "results.csv"
+    path.write_text(content)
+    code = main([str(path), "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_python_dash_m_entry_point(tmp_path, timm_csv):
+    env = os.environ | {"PYTHONPATH": str(ROOT), "MPLBACKEND": "TkAgg"}
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analysis",
+            str(tmp_path / "missing.csv"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert (
+        bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+    )
+    good = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analysis",
+            str(timm_csv),
+            "--out",
+            str(tmp_path / "o"),
+            "--bootstrap",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    # MPLBACKEND asks for a GUI backend that cannot start here: the figures must not care.
+    assert good.returncode == 0, good.stderr
+    assert (tmp_path / "o" / "figures" / "ecdf.png").is_file()

