@@ -53,8 +53,8 @@ def apr_study(
     study_name: str = "apr-demo",
     space: str = "anynetx_a",
     n_models: int = 8,
-    flops_min: float = 20e6,
-    flops_max: float = 60e6,
+    flops_min: float = 150e6,
+    flops_max: float = 250e6,
     datasets: list = ["digits", "faces", "shapes"],  # noqa: B006 - KFP reads the default
     resolution: int = 16,
     recipe: str = "apr_tiny",

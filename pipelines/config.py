@@ -33,6 +33,12 @@ def pipeline_parameters(pipeline) -> dict[str, inspect.Parameter]:
 
 def _coerce(key: str, value: Any, parameter: inspect.Parameter) -> Any:
     expected = parameter.annotation
+    if expected in (int, float) and isinstance(value, str):
+        # YAML reads `9e7` (no dot, no sign) as a string; numbers written so are still numbers.
+        try:
+            value = expected(value)
+        except ValueError:
+            pass
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is list and isinstance(value, str):

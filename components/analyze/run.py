@@ -58,6 +58,12 @@ def gather_results(store: ArtifactStore, trial_ids: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def top_k_for(n_models: int) -> int:
+    """How many best models the top-k statistics compare: a quarter of the models, at most 15
+    (Tuggener et al.'s top-15 of 500), at least 2; with k close to n they say nothing."""
+    return max(2, min(15, n_models // 4))
+
+
 def analyze_study(
     trial_ids: list[str],
     study: str,
@@ -81,7 +87,13 @@ def analyze_study(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "results.csv", index=False)
-    summary = analyze(load_results(table), out_dir, reference=reference or None, title=study)
+    summary = analyze(
+        load_results(table),
+        out_dir,
+        reference=reference or None,
+        top_k=top_k_for(table["model"].nunique()),
+        title=study,
+    )
     for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
         store.put_file(f"studies/{study}/{path.relative_to(out_dir).as_posix()}", path)
     tracking.finish_study_run(uri, parent_run_id, summary["metrics"], artifact_dir=out_dir)

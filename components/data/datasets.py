@@ -108,9 +108,11 @@ def _shapes(seed: int, per_class: int = 200, size: int = 32) -> RawImages:
     images, labels = [], []
     for label, kind in enumerate(SHAPES):
         for _ in range(per_class):
-            background, foreground = rng.uniform(0, 255, size=(2, 3))
+            # Random colours, but always a visible contrast between shape and background.
+            dark, light = rng.uniform(0, 100, size=3), rng.uniform(155, 255, size=3)
+            background, foreground = (dark, light) if rng.random() < 0.5 else (light, dark)
             mask = _shape_mask(kind, size, rng)[..., None]
-            image = np.where(mask, foreground, background) + rng.normal(0, 25, (size, size, 3))
+            image = np.where(mask, foreground, background) + rng.normal(0, 15, (size, size, 3))
             images.append(np.clip(image, 0, 255))
             labels.append(label)
     return RawImages(np.stack(images), np.asarray(labels), SHAPES)

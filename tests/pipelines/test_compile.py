@@ -42,9 +42,10 @@ def test_apr_study_ir_is_valid_and_self_contained():
     # The fan-out and fan-in are there.
     loops = [t for t in spec.root.dag.tasks.values() if t.WhichOneof("iterator") is not None]
     assert len(loops) == 1
-    kubernetes = platform.platforms["kubernetes"].deployment_spec.executors
-    config = json_format.MessageToDict(kubernetes)
-    for executor in config.values():
+    assert "kubernetes" in platform.platforms
+    executors_config = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors_config) == set(executors)
+    for executor in executors_config.values():
         assert executor["configMapAsEnv"][0]["configMapName"] == LAUNCHER_CONFIG_MAP
         assert executor["secretAsEnv"][0]["secretName"] == S3_SECRET
 

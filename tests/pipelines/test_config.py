@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from components.common.errors import AprflowError
 from pipelines.apr_study import apr_study
 from pipelines.config import ConfigError, load_config, parse_overrides
-from pipelines.preflight import PreflightError, check_study
+from pipelines.preflight import check_study
 
 DEMO = Path(__file__).parents[2] / "pipelines" / "configs" / "demo.yaml"
 
@@ -57,12 +58,16 @@ def test_bad_files(tmp_path):
         ({"recipe": "a9"}, "unknown recipe 'a9'"),
         ({"space": "anynetx_z"}, "anynetx_z"),
         ({"reference": "faces", "datasets": ["digits"]}, "reference 'faces'"),
-        ({"tracking_uri": "http://127.0.0.1:9"}, "unreachable"),
+        ({"tracking_uri": "http://127.0.0.1:9"}, "MLflow tracking server .* is unreachable"),
+        ({"store_uri": "s3://bucket/prefix"}, "S3 store s3://bucket/prefix at http://127.0.0.1:9"),
     ],
 )
-def test_preflight_rejects(override, message, local_env):
+def test_preflight_rejects(override, message, local_env, monkeypatch):
+    monkeypatch.setenv("APRFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     arguments = load_config(apr_study, DEMO, override)
-    with pytest.raises(PreflightError if "unreachable" not in message else Exception, match=message):
+    with pytest.raises(AprflowError, match=message):
         check_study(arguments)
 
 

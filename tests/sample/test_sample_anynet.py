@@ -26,6 +26,15 @@ TINY = AnyNetSpec(
 )
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # The models here are tiny: one thread avoids oversubscribing a busy 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -1,0 +1,107 @@
+"""Each KFP component run on its own through kfp.local's SubprocessRunner.
+
+The tasks run in subprocesses of this Python environment with the same component code that
+runs in our image on Kubeflow; they share a store and an MLflow database in a temp folder.
+"""
+
+import json
+import os
+import warnings
+
+import pytest
+from kfp import local
+from mlflow.tracking import MlflowClient
+
+from components.analyze.component import analyze_study
+from components.data.component import prepare_datasets
+from components.sample.component import sample_architectures
+from components.sample.spec_io import read_specs_jsonl
+from components.train.component import list_trials, plan_study, train_trial
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("components")
+    saved = dict(os.environ)
+    os.environ["APRFLOW_STORE_URI"] = str(root / "store")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["APRFLOW_TORCH_THREADS"] = "1"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"))
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+    yield root
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def data(env):
+    return prepare_datasets(datasets=["faces", "shapes"], resolution=12, seed=0, store_uri="")
+
+
+@pytest.fixture(scope="module")
+def sample(env):
+    return sample_architectures(
+        space="anynetx_a", n_models=2, flops_min=150e6, flops_max=250e6, seed=0
+    )
+
+
+@pytest.fixture(scope="module")
+def plan(env, data, sample):
+    return plan_study(
+        specs=sample.outputs["specs"],
+        datasets=data.outputs["refs"],
+        study_name="components",
+        recipe="apr_tiny",
+        epochs=1,
+        seeds=[0],
+        engine="torch",
+        store_uri="",
+        tracking_uri="",
+        kfp_run_id="local-test",
+    )
+
+
+def test_prepare_datasets(data):
+    with open(data.outputs["refs"].path) as f:
+        refs = json.load(f)
+    assert [r["name"] for r in refs] == ["faces", "shapes"]
+    assert refs[0]["num_classes"] == 2 and refs[1]["num_classes"] == 6
+    assert data.outputs["refs"].metadata["datasets"]["faces"] == refs[0]["content_hash"]
+
+
+def test_sample_architectures(sample):
+    specs = read_specs_jsonl(sample.outputs["specs"].path)
+    assert len(specs) == 2 and specs[0] != specs[1]
+    assert sample.outputs["specs"].metadata["accepted"] == 2
+
+
+def test_plan_train_analyze(env, plan):
+    study = plan.outputs["study_id"]
+    assert study.startswith("components-")
+    items = list_trials(study_id=study, store_uri="").output
+    assert len(items) == 2 * 2 and all(item["study_id"] == study for item in items)
+    trained = []
+    for item in items:
+        task = train_trial(trial=item, store_uri="", tracking_uri="", kfp_run_id="local-test")
+        assert task.output == item["trial_id"]
+        assert 0 <= task.outputs["metrics"].metadata["top1_error"] <= 100
+        trained.append(task.output)
+    report = analyze_study(
+        trial_ids=trained,
+        study_id=study,
+        parent_run_id=plan.outputs["parent_run_id"],
+        reference="faces",
+        store_uri="",
+        tracking_uri="",
+    )
+    with open(report.outputs["report"].path) as f:
+        assert "<img" in f.read()
+    with open(report.outputs["summary"].path) as f:
+        assert "faces" in f.read()
+    with open(report.outputs["results"].path) as f:
+        assert len(f.read().strip().splitlines()) == 1 + 4
+    assert "mean_error/shapes" in report.outputs["metrics"].metadata
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    parent = client.get_run(plan.outputs["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["kfp.run_id"] == "local-test"
