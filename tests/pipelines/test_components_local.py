@@ -6,10 +6,10 @@ runs in our image on Kubeflow; they share a store and an MLflow database in a te
 
 import json
 import os
-import warnings
+from typing import NamedTuple
 
 import pytest
-from kfp import local
+from kfp import dsl, local
 from mlflow.tracking import MlflowClient
 
 from components.analyze.component import analyze_study
@@ -17,6 +17,9 @@ from components.data.component import prepare_datasets
 from components.sample.component import sample_architectures
 from components.sample.spec_io import read_specs_jsonl
 from components.train.component import list_trials, plan_study, train_trial
+
+# kfp.local warns when an image name lacks "python"; ours is a Python image.
+pytestmark = pytest.mark.filterwarnings("ignore:.*non-Python base image")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,6 @@ def env(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["APRFLOW_TORCH_THREADS"] = "1"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"))
-    warnings.filterwarnings("ignore", message=".*non-Python base image.*")
     yield root
     os.environ.clear()
     os.environ.update(saved)
@@ -45,9 +47,14 @@ def sample(env):
     )
 
 
-@pytest.fixture(scope="module")
-def plan(env, data, sample):
-    return plan_study(
+@dsl.pipeline
+def plan_pipeline() -> NamedTuple("Plan", study_id=str, parent_run_id=str):
+    """plan_study takes input artifacts, which kfp.local passes only inside a pipeline."""
+    data = prepare_datasets(datasets=["faces", "shapes"], resolution=12, seed=0, store_uri="")
+    sample = sample_architectures(
+        space="anynetx_a", n_models=2, flops_min=150e6, flops_max=250e6, seed=0
+    )
+    plan = plan_study(
         specs=sample.outputs["specs"],
         datasets=data.outputs["refs"],
         study_name="components",
@@ -59,6 +66,14 @@ def plan(env, data, sample):
         tracking_uri="",
         kfp_run_id="local-test",
     )
+    return NamedTuple("Plan", study_id=str, parent_run_id=str)(
+        plan.outputs["study_id"], plan.outputs["parent_run_id"]
+    )
+
+
+@pytest.fixture(scope="module")
+def plan(env):
+    return plan_pipeline()
 
 
 def test_prepare_datasets(data):
@@ -83,9 +98,9 @@ def test_plan_train_analyze(env, plan):
     trained = []
     for item in items:
         task = train_trial(trial=item, store_uri="", tracking_uri="", kfp_run_id="local-test")
-        assert task.output == item["trial_id"]
+        assert task.outputs["Output"] == item["trial_id"]
         assert 0 <= task.outputs["metrics"].metadata["top1_error"] <= 100
-        trained.append(task.output)
+        trained.append(task.outputs["Output"])
     report = analyze_study(
         trial_ids=trained,
         study_id=study,
