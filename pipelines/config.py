@@ -13,6 +13,7 @@ A config file::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,8 @@ def _coerce(key: str, value: Any, parameter: inspect.Parameter) -> Any:
     expected = parameter.annotation
     if expected in (int, float) and isinstance(value, str):
         # YAML reads `9e7` (no dot, no sign) as a string; numbers written so are still numbers.
-        try:
+        with contextlib.suppress(ValueError):
             value = expected(value)
-        except ValueError:
-            pass
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is list and isinstance(value, str):
