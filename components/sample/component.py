@@ -1,7 +1,7 @@
 """KFP component: sample architectures of a design space inside a FLOP band."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Output
+from kfp.dsl import Dataset, Markdown, Output
 
 from components.common.images import CPU_IMAGE
 
@@ -14,6 +14,7 @@ def sample_architectures(
     flops_max: float,
     seed: int,
     specs: Output[Dataset],
+    population: Output[Markdown],
 ):
     """Samples ``n_models`` unique architectures with FLOPs (at 224x224) in the band.
 
@@ -24,10 +25,22 @@ def sample_architectures(
         seed: sampling seed (the same seed gives the same architectures).
         specs: JSONL, one spec with its complexity per line; the rejection statistics are in
             the artifact's metadata.
+        population: what the study will train: a table of FLOPs, params, cumulative depth
+            and width, b and g, and their histograms (for the Kubeflow UI).
     """
+    import base64
+    import tempfile
+    from pathlib import Path
+
     from components.sample.samplers import sample_specs
     from components.sample.spec_io import write_specs_jsonl
+    from components.sample.summary import write_summary
 
     result = sample_specs(space, int(n_models), (float(flops_min), float(flops_max)), int(seed))
     write_specs_jsonl(specs.path, result.specs)
     specs.metadata.update(result.stats.to_dict())
+    with tempfile.TemporaryDirectory() as folder:
+        _, table, histograms = write_summary(folder, result)
+        picture = base64.b64encode(Path(histograms).read_bytes()).decode()
+        text = f"{Path(table).read_text()}\n![histograms](data:image/png;base64,{picture})\n"
+    Path(population.path).write_text(text)

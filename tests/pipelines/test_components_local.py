@@ -88,6 +88,9 @@ def test_sample_architectures(sample):
     specs = read_specs_jsonl(sample.outputs["specs"].path)
     assert len(specs) == 2 and specs[0] != specs[1]
     assert sample.outputs["specs"].metadata["accepted"] == 2
+    with open(sample.outputs["population"].path) as f:
+        population = f.read()
+    assert "| cumulative depth |" in population and "data:image/png;base64," in population
 
 
 def test_plan_train_analyze(env, plan):
