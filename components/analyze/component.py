@@ -33,7 +33,7 @@ def analyze_study(
     """
     import shutil
 
-    from components.analyze.run import analyze_to_temp
+    from components.analyze.run import analyze_to_temp, embed_figures
 
     numbers, out_dir = analyze_to_temp(
         trial_ids=list(trial_ids),
@@ -45,7 +45,8 @@ def analyze_study(
     )
     shutil.copyfile(out_dir / "results.csv", results.path)
     shutil.copyfile(out_dir / "report.html", report.path)
-    shutil.copyfile(out_dir / "report.md", summary.path)
+    with open(summary.path, "w") as f:
+        f.write(embed_figures((out_dir / "report.md").read_text(), out_dir))
     for name, value in numbers["metrics"].items():
         metrics.log_metric(name, float(value))
     shutil.rmtree(out_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,17 @@ def analyze_study(
     tracking.finish_study_run(uri, parent_run_id, summary["metrics"], artifact_dir=out_dir)
     report("analyze", f"report at {store.key_uri(f'studies/{study}/report.html')}", started)
     return summary
+
+
+def embed_figures(markdown: str, folder: Path) -> str:
+    """Replaces ``](figures/x.png)`` links by data URIs: the Kubeflow UI's Markdown viewer
+    shows one artifact and cannot follow relative links."""
+
+    def data_uri(match: re.Match) -> str:
+        png = (folder / match.group(1)).read_bytes()
+        return f"](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+    return re.sub(r"\]\((figures/[^)]+\.png)\)", data_uri, markdown)
 
 
 def analyze_to_temp(**kwargs: Any) -> tuple[dict[str, Any], Path]:

@@ -115,7 +115,9 @@ def test_plan_train_analyze(env, plan):
     with open(report.outputs["report"].path) as f:
         assert "<img" in f.read()
     with open(report.outputs["summary"].path) as f:
-        assert "faces" in f.read()
+        markdown = f.read()
+    assert "faces" in markdown and "](data:image/png;base64," in markdown
+    assert "](figures/" not in markdown, "the Kubeflow UI cannot follow relative links"
     with open(report.outputs["results"].path) as f:
         assert len(f.read().strip().splitlines()) == 1 + 4
     assert "mean_error/shapes" in report.outputs["metrics"].metadata
