@@ -78,7 +78,8 @@ def apr_study(
         recipe: training recipe name; epochs: epochs per trial (0 = the recipe's).
         seed: sampling and data-split seed; train_seeds: training seeds.
         engine: training engine.
-        reference: reference dataset of the APR comparison ('' = the first dataset).
+        reference: reference dataset of the APR comparison ('' = one named imagenet, else the
+            dataset with the most models).
         store_uri, tracking_uri: '' = from the launcher config (cluster) or local defaults.
     """
     data = _on_cluster(

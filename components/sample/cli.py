@@ -34,7 +34,7 @@ def _flops_range(text: str) -> tuple[float, float]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of :func:`main`."""
     parser = _Parser(
-        prog="python -m components.sample",
+        prog="aprflow sample",
         description=(
             "Sample unique AnyNet specs of a design space whose FLOPs (pycls multiply-adds at "
             "224x224 with the spec's own stem) lie in a band, and write one JSON record per "
