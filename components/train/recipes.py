@@ -46,7 +46,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # Seconds per trial on a laptop CPU: the demo and the end-to-end test.
-    "apr_tiny": Recipe(name="apr_tiny", epochs=3, batch_size=64, lr=0.1),
+    "apr_tiny": Recipe(name="apr_tiny", epochs=3, batch_size=32, lr=0.1),
     # A short from-scratch schedule in the spirit of Tuggener et al. (train until roughly
     # converged on small data sets).
     "apr_short": Recipe(name="apr_short", epochs=30, batch_size=128, lr=0.2, warmup_epochs=2),
