@@ -66,3 +66,28 @@ def test_bad_config_is_one_clear_line(tmp_path):
     assert done.stderr.strip().startswith("error: unknown config key 'n_model'")
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_pipeline_on_s3_and_a_tracking_server(tmp_path, s3_env, mlflow_server):
+    """The cluster set-up on loopback: artifacts in S3 (moto_server), runs in an MLflow server."""
+    import boto3
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {"APRFLOW_STORE_URI": f"s3://{s3_env}/aprflow", "MLFLOW_TRACKING_URI": mlflow_server}
+    overrides = [
+        *("--set", "study_name=apr-s3", "--set", "n_models=2", "--set", "epochs=1"),
+        *("--set", "datasets=faces,shapes", "--set", "reference=faces"),
+    ]
+    done = _aprflow(["run", "apr-study", *overrides], env, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not (tmp_path / "runs" / "store").exists(), "nothing went to the local store"
+    s3 = boto3.client("s3", endpoint_url=env["APRFLOW_S3_ENDPOINT_URL"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_env)["Contents"]]
+    assert sum(k.endswith("/result.json") for k in keys) == 4
+    assert any(k.endswith("/report.html") and "/studies/apr-s3-" in k for k in keys)
+    reports = list((tmp_path / "runs").glob("apr-s3-*/report.html"))
+    assert len(reports) == 1, "the report is copied from S3 into runs/"
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("apr-s3").experiment_id])
+    assert len(runs) == 1 + 4
