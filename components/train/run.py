@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from components.common import tracking
+from components.common.hashing import content_hash
 from components.common.progress import report
 from components.common.storage import open_store
 from components.data.datasets import DatasetRef
@@ -90,8 +91,6 @@ def train_trial(
 ) -> dict[str, Any]:
     """Trains one planned trial (or reuses its result) and logs it as a nested MLflow run of the
     study's parent run."""
-    from components.common.hashing import content_hash
-
     store = open_store(store_uri)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking(uri)
