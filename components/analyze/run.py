@@ -11,9 +11,9 @@ from typing import Any
 import pandas as pd
 
 from components.common import tracking
-from components.common.hashing import content_hash
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
+from components.sample.space import AnyNetSpec
 from components.train.trial import result_key
 
 STAGE_FIELDS = (("depths", "d"), ("widths", "w"), ("bottleneck_ratios", "b"), ("group_widths", "g"))
@@ -23,7 +23,7 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
     """One trial result as a row of the tidy results table that ``analysis`` reads."""
     spec = result["spec"]
     row = {
-        "model": content_hash(spec, length=10),
+        "model": AnyNetSpec.from_dict(spec).spec_hash(),
         "dataset": result["dataset"]["name"],
         "seed": result["seed"],
         "recipe": result["recipe"]["name"],

@@ -17,13 +17,14 @@ numpy arrays so the samplers can score thousands of candidate specs in one call.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
+
+from components.common.hashing import canonical_json, content_hash
 
 BLOCK_TYPES = ("res_bottleneck", "res_basic", "vanilla")
 
@@ -323,7 +324,7 @@ class AnyNetSpec:
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no whitespace (the input of :meth:`spec_hash`)."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return canonical_json(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> AnyNetSpec:
@@ -332,7 +333,7 @@ class AnyNetSpec:
 
     def spec_hash(self) -> str:
         """First 16 hex characters of the sha256 of the canonical JSON."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        return content_hash(self.to_dict())
 
 
 def _check_each(spec: AnyNetSpec, name: str, ok: Callable[[Any], bool], rule: str) -> None:

@@ -9,10 +9,10 @@ import time
 from typing import Any
 
 from components.common import tracking
-from components.common.hashing import content_hash
 from components.common.progress import report
 from components.common.storage import open_store
 from components.data.datasets import DatasetRef
+from components.sample.space import AnyNetSpec
 from components.train.plan import load_trial, load_trial_ids, plan_trials, save_plan, study_id
 from components.train.recipes import resolve_recipe
 from components.train.trial import run_trial
@@ -99,7 +99,7 @@ def train_trial(
     trial = load_trial(store, trial_id)
     started = record["started_at"]
     position = f"trial {ids.index(trial_id) + 1}/{len(ids)}"
-    model = content_hash(trial.spec, length=10)
+    model = AnyNetSpec.from_dict(trial.spec).spec_hash()
     report("train", f"{position} {trial_id}: model {model} on {trial.dataset.name}", started)
     result = run_trial(store, trial, progress=lambda line: report("train", line, started))
     params = _architecture_params(trial.spec) | {
