@@ -20,6 +20,7 @@ STEPS = {
     "sample": ("components.sample.cli", "sample architectures of a design space in a FLOP band"),
     "data": ("components.data.cli", "materialise built-in datasets in the artifact store"),
     "train": ("components.train.cli", "train one architecture on one dataset"),
+    "transfer": ("components.transfer.cli", "kNN and linear-probe transfer of a trained backbone"),
     "analyze": ("analysis.cli", "run the APR analysis on any results table (CSV/Parquet)"),
 }
 

@@ -9,7 +9,8 @@ import os
 from typing import NamedTuple
 
 import pytest
-from kfp import dsl, local
+from helpers import kfp_local_session
+from kfp import dsl
 from mlflow.tracking import MlflowClient
 
 from components.analyze.component import analyze_study
@@ -25,14 +26,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*non-Python base image")
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("components")
-    saved = dict(os.environ)
-    os.environ["APRFLOW_STORE_URI"] = str(root / "store")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    os.environ["APRFLOW_TORCH_THREADS"] = "1"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"))
-    yield root
-    os.environ.clear()
-    os.environ.update(saved)
+    with kfp_local_session(str(root / "store"), root):
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,5 @@
+import sys
+
+from components.transfer.cli import main
+
+sys.exit(main())

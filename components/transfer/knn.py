@@ -1,0 +1,156 @@
+"""Cosine k-nearest-neighbour evaluation of fixed features (SEEDS 002).
+
+Every test image is a query against the training images: features are L2-normalised, the
+neighbours are the training images of highest cosine similarity. Two scores, both in [0, 1]:
+
+* ``top1``: share of queries whose nearest neighbour has the query's class.
+* ``topk_fraction`` (``knn_top5_fraction`` for k = 5): the mean over queries of the *fraction*
+  of the k nearest neighbours that have the query's class. This is not the usual top-5
+  accuracy (at least one of five right): one matching neighbour out of five scores 0.2.
+
+Ties in similarity are broken towards the lower training index, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from components.transfer.checks import labeled_features
+
+EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class KnnResult:
+    """Scores of a cosine kNN evaluation.
+
+    Attributes:
+        top1: share of test images whose nearest training image has their class.
+        topk_fraction: mean share of the k nearest training images that have the query's class.
+        k: neighbours per query.
+        n_train: training images (the neighbour pool).
+        n_test: test images (the queries).
+    """
+
+    top1: float
+    topk_fraction: float
+    k: int
+    n_train: int
+    n_test: int
+
+    def metrics(self) -> dict[str, float]:
+        """The scores under their table names: ``knn_top1``, ``knn_top{k}_fraction``."""
+        return {"knn_top1": self.top1, f"knn_top{self.k}_fraction": self.topk_fraction}
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Returns float32 rows scaled to unit L2 norm (all-zero rows stay zero).
+
+    Raises:
+        ValueError: when ``features`` is not 2-D.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2:
+        raise ValueError(f"features must be 2-D (n, dim), got shape {features.shape}")
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, EPS)
+
+
+def _top_k_rows(similarity: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k largest values, largest first, ties to lower indices.
+
+    O(n_cols) per row: a partition finds each row's k-th largest value, a stable (radix) sort
+    of the candidate mask lists the candidates in index order, and only those are sorted.
+    """
+    n_rows, n_cols = similarity.shape
+    if k == n_cols:
+        return np.argsort(-similarity, axis=1, kind="stable")
+    kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1 : k]
+    candidate = similarity >= kth  # at least k per row; more when the k-th value is tied
+    width = int(candidate.sum(axis=1).max())
+    columns = np.argsort(~candidate, axis=1, kind="stable")[:, :width]  # ascending index
+    values = np.take_along_axis(similarity, columns, axis=1)
+    values = np.where(np.take_along_axis(candidate, columns, axis=1), values, -np.inf)
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(columns, order, axis=1)
+
+
+def cosine_neighbors(
+    train_features: np.ndarray, test_features: np.ndarray, k: int, chunk_size: int = 1024
+) -> np.ndarray:
+    """Indices of each test row's k most cosine-similar training rows.
+
+    Similarities are computed as a matrix product of L2-normalised features, ``chunk_size``
+    queries at a time (memory: chunk_size x n_train floats).
+
+    Args:
+        train_features: (n_train, dim) features of the neighbour pool.
+        test_features: (n_test, dim) features of the queries.
+        k: neighbours per query, 1 <= k <= n_train.
+        chunk_size: queries per matrix product.
+
+    Returns:
+        int64 array (n_test, k): training indices, most similar first; ties go to the lower
+        training index.
+
+    Raises:
+        ValueError: for non-2-D features, mismatched feature widths, or a bad k or chunk size.
+    """
+    train = l2_normalize(train_features)
+    test = l2_normalize(test_features)
+    if train.shape[1] != test.shape[1]:
+        raise ValueError(
+            f"train and test features differ in width: {train.shape[1]} vs {test.shape[1]}"
+        )
+    if not 1 <= k <= len(train):
+        raise ValueError(
+            f"k must be between 1 and the number of training images ({len(train)}), got {k}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    out = np.empty((len(test), k), dtype=np.int64)
+    for start in range(0, len(test), chunk_size):
+        similarity = test[start : start + chunk_size] @ train.T
+        out[start : start + chunk_size] = _top_k_rows(similarity, k)
+    return out
+
+
+def knn_evaluate(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    k: int = 5,
+    chunk_size: int = 1024,
+) -> KnnResult:
+    """Cosine kNN top-1 and top-k fraction of test images against training images.
+
+    Args:
+        train_features: (n_train, dim) features of the training images.
+        train_labels: (n_train,) their classes.
+        test_features: (n_test, dim) features of the test images.
+        test_labels: (n_test,) their classes.
+        k: neighbours for the fraction score (5 gives SEEDS 002's "top-5").
+        chunk_size: queries per matrix product.
+
+    Returns:
+        The scores; see the module docstring for their definitions.
+
+    Raises:
+        ValueError: for malformed shapes, NaN features, no test images, or k > n_train.
+    """
+    train_features, train_labels = labeled_features(train_features, train_labels, "train")
+    test_features, test_labels = labeled_features(test_features, test_labels, "test")
+    if len(test_features) == 0:
+        raise ValueError("no test features to evaluate")
+    neighbors = cosine_neighbors(train_features, test_features, k, chunk_size)
+    same = train_labels[neighbors] == test_labels[:, None]
+    return KnnResult(
+        top1=float(same[:, 0].mean()),
+        topk_fraction=float(same.mean()),
+        k=k,
+        n_train=len(train_features),
+        n_test=len(test_features),
+    )

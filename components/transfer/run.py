@@ -1,0 +1,197 @@
+"""Evaluate one backbone on several datasets: fixed features → kNN and linear probe rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from components.common.progress import report
+from components.transfer.errors import TransferError
+
+METHODS = ("knn", "linear")
+#: Column names of the tidy CSV (``model`` holds the backbone source).
+CSV_COLUMNS = ("model", "dataset", "method", "metric", "value")
+
+
+def parse_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
+    """Normalises ``"knn,linear"`` or a list of names; rejects unknown and empty ones.
+
+    Raises:
+        TransferError: for an unknown method or an empty list.
+    """
+    names = methods.split(",") if isinstance(methods, str) else list(methods)
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise TransferError(
+            f"unknown or no method(s) {', '.join(unknown) or repr(methods)}: choose from "
+            f"{', '.join(METHODS)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def _configure_threads() -> None:
+    import torch
+
+    threads = int(os.environ.get("APRFLOW_TORCH_THREADS", "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def evaluate_transfer(
+    backbone: str,
+    datasets: list[str],
+    resolution: int,
+    store_uri: str | None,
+    methods: str | Sequence[str] = METHODS,
+    *,
+    input_size: int | None = None,
+    pretrained: bool = False,
+    k: int = 5,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> list[dict[str, Any]]:
+    """Embeds every dataset with the backbone and scores the fixed features.
+
+    Datasets are the built-in ones, materialised (or reused) at ``resolution`` in the store;
+    the backbone sees them resized to its own input size (see :func:`load_backbone`).
+
+    Args:
+        backbone: ``trial:<trial_id>`` or ``timm:<model name>``.
+        datasets: built-in dataset names.
+        resolution: image side at which the datasets are materialised.
+        store_uri: artifact store URI (None: APRFLOW_STORE_URI or runs/store).
+        methods: ``knn`` and/or ``linear`` (a list or a comma-separated string).
+        input_size: override of the backbone's input side (None: its own).
+        pretrained: timm backbones only: timm's pretrained weights instead of random ones.
+        k: neighbours of the kNN fraction score.
+        seed: seed of the dataset split, of the probe's validation split and of a timm
+            backbone's random initialisation.
+        batch_size: images per forward pass.
+
+    Returns:
+        Rows ``{backbone, dataset, method, metric, value}``: ``knn_top1``,
+        ``knn_top{k}_fraction`` (method ``knn``); ``linear_top1`` and the chosen ``linear_C``
+        (method ``linear``).
+
+    Raises:
+        TransferError / DatasetError: for an unknown backbone, trial, dataset or method (all
+            checked before any dataset is materialised).
+    """
+    from components.common.storage import open_store
+    from components.data.datasets import BUILTIN_DATASETS, load_split, prepare_all
+    from components.transfer.features import extract_features, load_backbone
+    from components.transfer.knn import knn_evaluate
+    from components.transfer.linear_probe import linear_probe
+
+    started = time.time()
+    methods = parse_methods(methods)
+    datasets = list(datasets)
+    if not datasets:
+        raise TransferError("no datasets to evaluate on")
+    unknown = sorted(set(datasets) - set(BUILTIN_DATASETS))
+    if unknown:
+        raise TransferError(
+            f"unknown dataset(s) {', '.join(unknown)}: choose from "
+            f"{', '.join(sorted(BUILTIN_DATASETS))}"
+        )
+    if k < 1:
+        raise TransferError(f"k must be at least 1, got {k}")
+    _configure_threads()
+    store = open_store(store_uri)
+    net = load_backbone(backbone, store, pretrained=pretrained, input_size=input_size, seed=seed)
+    report(
+        "transfer",
+        f"backbone {net.source}: {net.num_features} features at {net.input_size}px "
+        f"({', '.join(f'{k_}={v}' for k_, v in net.info.items())})",
+        started,
+    )
+    refs = prepare_all(datasets, resolution, seed, store_uri)
+    rows: list[dict[str, Any]] = []
+    for i, ref in enumerate(refs, 1):
+        if "knn" in methods and k > ref.n_train:
+            raise TransferError(f"k={k} exceeds the {ref.n_train} training images of {ref.name!r}")
+        x_train, y_train = load_split(store, ref, "train")
+        x_test, y_test = load_split(store, ref, "test")
+        tic = time.perf_counter()
+        f_train = extract_features(
+            net.model, x_train, net.mean, net.std, batch_size, input_size=net.input_size
+        )
+        f_test = extract_features(
+            net.model, x_test, net.mean, net.std, batch_size, input_size=net.input_size
+        )
+        report(
+            "transfer",
+            f"[{i}/{len(refs)}] {ref.name}: {len(f_train)} train + {len(f_test)} test features "
+            f"of width {f_train.shape[1]} in {time.perf_counter() - tic:.1f} s",
+            started,
+        )
+        scores: list[tuple[str, dict[str, float]]] = []
+        if "knn" in methods:
+            scores.append(("knn", knn_evaluate(f_train, y_train, f_test, y_test, k=k).metrics()))
+        if "linear" in methods:
+            probe = linear_probe(f_train, y_train, f_test, y_test, seed=seed)
+            if not probe.converged:
+                report("transfer", f"  {ref.name}: some L-BFGS fits hit max_iter", started)
+            scores.append(("linear", probe.metrics()))
+        for method, metrics in scores:
+            for metric, value in metrics.items():
+                rows.append(
+                    {
+                        "backbone": net.source,
+                        "dataset": ref.name,
+                        "method": method,
+                        "metric": metric,
+                        "value": float(value),
+                    }
+                )
+            summary = ", ".join(f"{m} {v:.4g}" for m, v in metrics.items())
+            report("transfer", f"  {ref.name} {method}: {summary}", started)
+    return rows
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """The rows as a tidy CSV with columns ``model,dataset,method,metric,value``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [row["backbone"], row["dataset"], row["method"], row["metric"], repr(row["value"])]
+        )
+    return buffer.getvalue()
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Writes :func:`rows_to_csv` to ``path`` atomically (temporary file + rename)."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(rows_to_csv(rows))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as an aligned plain-text table (for the CLI)."""
+    header = ("dataset", "method", "metric", "value")
+    body = [(r["dataset"], r["method"], r["metric"], f"{r['value']:.4g}") for r in rows]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *body, strict=False)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in (header, *body)
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
