@@ -13,7 +13,7 @@ from components.transfer.run import METHODS, evaluate_transfer, format_table, wr
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m components.transfer",
+        prog="aprflow transfer",
         description="Embed built-in datasets with a backbone (a trained trial or a timm model) "
         "and score the fixed features: cosine kNN top-1 and top-5 fraction, and a linear "
         "probe (L-BFGS logistic regression, C chosen on a validation split).",
