@@ -124,9 +124,11 @@ class LocalStore(ArtifactStore):
         return self._path(key).is_file()
 
     def list(self, prefix: str) -> list[str]:
-        if not self.root.is_dir():
+        # Walk only the prefix's folder: a store holds thousands of trial folders.
+        folder = self.root / prefix.rpartition("/")[0]
+        if not folder.is_dir():
             return []
-        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        keys = (p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
         return sorted(k for k in keys if k.startswith(prefix) and not k.endswith(".tmp"))
 
     def check(self) -> None:

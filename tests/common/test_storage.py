@@ -14,6 +14,9 @@ def _exercise(store) -> None:
     store.put_bytes("a/c.bin", b"\x00\x01")
     store.put_bytes("z/d.bin", b"2")
     assert store.list("a/") == ["a/b.json", "a/c.bin"]
+    assert store.list("a/b") == ["a/b.json"]
+    assert store.list("") == ["a/b.json", "a/c.bin", "z/d.bin"]
+    assert store.list("nothing/here/") == []
     assert store.get_bytes("a/c.bin") == b"\x00\x01"
     store.put_bytes("a/c.bin", b"new")  # replaced, not appended
     assert store.get_bytes("a/c.bin") == b"new"
