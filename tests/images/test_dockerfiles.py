@@ -97,6 +97,17 @@ def test_cpu_image_base_and_torch_index_arg():
     assert '--extra-index-url "${TORCH_INDEX_URL}"' in runs
 
 
+def test_cpu_image_installs_the_locked_deepspeed_and_prebuilds_its_cpu_op():
+    lock = (REPO_ROOT / "requirements.lock").read_text().splitlines()
+    assert "deepspeed==0.19.8" in lock, "the lock pins the whole tree, DeepSpeed included"
+    instrs = instructions(DOCKERFILES["cpu"])
+    runs = " ".join(a for k, a in instrs if k == "RUN")
+    assert "grep -viE '^deepspeed=='" in runs and "--no-build-isolation" in runs
+    assert "g++" in runs, "DeepSpeed's CPU op needs a compiler"
+    assert "ShareMemCommBuilder" in runs
+    assert ("ENV", "TORCH_EXTENSIONS_DIR=/opt/torch_extensions") in instrs
+
+
 def test_gpu_image_cuda13_and_deepspeed_ops():
     instrs = instructions(DOCKERFILES["gpu"])
     args = dict(a.split("=", 1) for k, a in instrs if k == "ARG" and "=" in a)

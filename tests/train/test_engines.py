@@ -1,0 +1,183 @@
+"""Training engines: the torch and DeepSpeed engines learn, and DeepSpeed's step is plain SGD."""
+
+import copy
+import io
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from components.common.storage import open_store
+from components.data.datasets import materialize
+from components.sample.samplers import sample_specs
+from components.train import engines
+from components.train.engines import DeepSpeedEngine, TorchEngine, create_engine
+from components.train.recipes import resolve_recipe
+from components.train.trial import Trial, run_trial
+
+
+def _problem() -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed regression batch whose targets are large enough for gradient norms above 1."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 4, generator=generator)
+    w = torch.tensor([[3.0], [-2.0], [1.5], [4.0]])
+    return x, x @ w + 2.0 + 0.1 * torch.randn(32, 1, generator=generator)
+
+
+def _model(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+def _optimizer(model: nn.Module, lr: float = 0.01) -> torch.optim.SGD:
+    # Two groups with different weight decay, Nesterov momentum: what the trial loop builds.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+
+
+def _train_step(engine, module, optimizer, x, y, lr) -> float:
+    for group in optimizer.param_groups:  # as the trial loop does
+        group["lr"] = lr
+    with engine.autocast():
+        loss = nn.functional.mse_loss(module(x), y)
+    engine.step(loss)
+    return loss.item()
+
+
+def _weights(module: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("name", ["torch", "deepspeed"])
+def test_loss_decreases(name):
+    x, y = _problem()
+    engine = create_engine(name, batch_size=len(x))
+    optimizer = _optimizer(model := _model())
+    module = engine.setup(model, optimizer)
+    assert engine.device == torch.device("cpu")
+    losses = [_train_step(engine, module, optimizer, x, y, lr=0.01) for _ in range(30)]
+    assert losses[-1] < 0.2 * losses[0]
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2])
+def test_deepspeed_step_is_plain_sgd_with_the_loops_lr(zero_stage):
+    import deepspeed
+
+    x, y = _problem()
+    reference = _model()
+    reference_optimizer = _optimizer(reference)
+    engine = DeepSpeedEngine(batch_size=len(x), zero_stage=zero_stage)
+    optimizer = _optimizer(model := copy.deepcopy(reference), lr=123.0)  # overridden each step
+    module = engine.setup(model, optimizer)
+    assert isinstance(module, deepspeed.DeepSpeedEngine)
+    assert engine.config()["zero_optimization"]["stage"] == zero_stage
+
+    for lr in (0.02, 0.005, 0.01):  # a changing LR, as under warm-up and cosine decay
+        for group in reference_optimizer.param_groups:
+            group["lr"] = lr
+        loss = nn.functional.mse_loss(reference(x), y)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in reference.parameters()])
+        assert torch.linalg.vector_norm(grads) > 1  # DeepSpeed's default clipping would show
+        reference_optimizer.step()
+        reference_optimizer.zero_grad()
+
+        _train_step(engine, module, optimizer, x, y, lr)
+        assert module.get_lr() == [lr, lr]  # the LR DeepSpeed's optimizer stepped with
+        for ours, theirs in zip(_weights(model), _weights(reference), strict=True):
+            torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_deepspeed_checkpoint_round_trip(zero_stage):
+    x, y = _problem()
+    engine = DeepSpeedEngine(batch_size=len(x), zero_stage=zero_stage)
+    optimizer = _optimizer(model := _model())
+    module = engine.setup(model, optimizer)
+    for _ in range(3):
+        _train_step(engine, module, optimizer, x, y, lr=0.01)
+    buffer = io.BytesIO()
+    torch.save({"engine": engine.state_dict()}, buffer)  # as the trial's checkpoint does
+
+    restored = DeepSpeedEngine(batch_size=len(x), zero_stage=zero_stage)
+    restored_optimizer = _optimizer(restored_model := _model(seed=1))
+    restored_module = restored.setup(restored_model, restored_optimizer)
+    checkpoint = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    restored.load_state_dict(checkpoint["engine"])
+    for ours, theirs in zip(_weights(restored_model), _weights(model), strict=True):
+        assert torch.equal(ours, theirs)
+
+    # The next step needs the momentum buffers too: identical only if they were restored.
+    _train_step(engine, module, optimizer, x, y, lr=0.02)
+    _train_step(restored, restored_module, restored_optimizer, x, y, lr=0.02)
+    for ours, theirs in zip(_weights(restored_model), _weights(model), strict=True):
+        torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
+
+
+def test_create_engine_options_and_names():
+    engine = create_engine("deepspeed", batch_size=8)
+    assert isinstance(engine, DeepSpeedEngine) and engine.name == "deepspeed"
+    config = engine.config()
+    assert config["train_micro_batch_size_per_gpu"] == 8
+    assert config["gradient_accumulation_steps"] == 1 and config["gradient_clipping"] == 0
+    assert not config["bf16"]["enabled"] and "scheduler" not in config
+    assert isinstance(create_engine("torch", batch_size=8), TorchEngine)
+    assert create_engine("deepspeed").batch_size == 32
+    # Repeated creation in one process reuses the process group.
+    assert torch.distributed.is_initialized() and torch.distributed.get_world_size() == 1
+    with pytest.raises(ValueError, match="deepspeed, torch"):
+        create_engine("nope")
+    with pytest.raises(ValueError, match="zero_stage"):
+        create_engine("torch", zero_stage=1)
+    with pytest.raises(ValueError, match="zero_stage must be"):
+        create_engine("deepspeed", zero_stage=3)
+
+
+def test_single_process_defaults_keep_launcher_env(monkeypatch):
+    calls = []
+
+    class FakeDeepSpeed:
+        @staticmethod
+        def init_distributed(dist_backend):
+            calls.append(dist_backend)
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # as a PyTorchJob would set
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("MASTER_ADDR", "job-master-0")
+    engines._init_process_group(FakeDeepSpeed, "gloo")
+    assert calls == ["gloo"]
+    assert (os.environ["WORLD_SIZE"], os.environ["RANK"]) == ("4", "2")
+    assert os.environ["MASTER_ADDR"] == "job-master-0"
+    assert os.environ["LOCAL_RANK"] == "0" and int(os.environ["MASTER_PORT"]) > 0
+
+
+def test_trial_with_deepspeed_engine(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    spec = sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict()
+    trial = Trial(
+        spec=spec,
+        dataset=materialize(store, "faces", resolution=12),
+        recipe=resolve_recipe("apr_tiny", {"epochs": 1}),
+        seed=0,
+        engine="deepspeed",
+    )
+    result = run_trial(store, trial, progress=lambda _: None)
+    assert result["status"] == "ok", result["reason"]
+    assert result["engine"] == "deepspeed" and 0 <= result["top1_error"] <= 100
+    assert len(result["history"]["train_loss"]) == 1
+    # Same seed, fp32 on the CPU, same SGD math: the torch engine trains the same network.
+    torch_result = run_trial(store, replace(trial, engine="torch"), progress=lambda _: None)
+    assert torch_result["trial_id"] != result["trial_id"]
+    assert result["history"]["train_loss"] == pytest.approx(
+        torch_result["history"]["train_loss"], rel=1e-5
+    )
+    assert result["history"]["test_loss"] == pytest.approx(
+        torch_result["history"]["test_loss"], rel=1e-4
+    )
