@@ -91,3 +91,18 @@ def test_pipeline_on_s3_and_a_tracking_server(tmp_path, s3_env, mlflow_server):
     client = MlflowClient(tracking_uri=mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("apr-s3").experiment_id])
     assert len(runs) == 1 + 4
+
+
+@pytest.mark.slow
+def test_pipeline_with_the_deepspeed_engine(tmp_path):
+    """Two trials at a time, each task its own DeepSpeed process group (kfp.local subprocesses)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
+    overrides = [
+        *("--set", "engine=deepspeed", "--set", "study_name=apr-ds", "--set", "n_models=2"),
+        *("--set", "epochs=1", "--set", "datasets=faces,shapes"),
+    ]
+    done = _aprflow(["run", "apr-study", *overrides], env, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = next((tmp_path / "runs").glob("apr-ds-*/results.csv")).read_text().splitlines()
+    assert len(table) == 1 + 4
+    assert all(",ok," in row for row in table[1:]), table
