@@ -136,8 +136,8 @@ def _init_process_group(deepspeed, backend: str) -> None:
         # needs a C++ compiler.
         raise RuntimeError(
             "DeepSpeed could not compile its communication op: install a C++ compiler "
-            "(g++, ninja) or prebuild the op in the image (DS_BUILD_SHM_COMM=1 when installing "
-            f"deepspeed), or use engine 'torch'. {str(e)[:300]}"
+            "(g++, ninja) or prebuild the op as images/cpu/Dockerfile does "
+            f"(ShareMemCommBuilder().load()), or use engine 'torch'. {str(e)[:300]}"
         ) from e
 
 
