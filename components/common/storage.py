@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from components.common.errors import AprflowError
+from components.common.files import atomic_write_bytes
 
 STORE_ENV = "APRFLOW_STORE_URI"
 S3_ENDPOINT_ENV = "APRFLOW_S3_ENDPOINT_URL"
@@ -83,14 +84,7 @@ class ArtifactStore(ABC):
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _check_key(key: str) -> str:

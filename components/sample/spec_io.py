@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
+from components.common.files import atomic_write_text
 from components.sample.space import AnyNetSpec, complexity
 
 
@@ -26,22 +25,6 @@ def spec_record(spec: AnyNetSpec) -> dict[str, Any]:
         "params": cx.params,
         "acts": cx.acts,
     }
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes text to a temporary file beside ``path`` and renames it over ``path``.
-
-    Readers never see a partial file, and on any error ``path`` is left untouched.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_specs_jsonl(path: str | os.PathLike, specs: Iterable[AnyNetSpec]) -> None:

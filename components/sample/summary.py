@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from components.common.files import atomic_write_text
 from components.sample.samplers import SampleResult
 from components.sample.space import AnyNetSpec, complexity
-from components.sample.spec_io import atomic_write_text
 
 # metric -> (plot title, scale applied for display)
 _METRICS = {

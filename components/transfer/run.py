@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from components.common.files import atomic_write_text
 from components.common.progress import report
 from components.transfer.errors import TransferError
 
@@ -169,18 +170,9 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Writes :func:`rows_to_csv` to ``path`` atomically (temporary file + rename)."""
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(rows_to_csv(rows))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, rows_to_csv(rows))
     return path
 
 
