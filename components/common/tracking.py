@@ -85,8 +85,10 @@ def _experiment_id(client, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def _find_run(client, experiment_id: str, tag: str, value: str) -> str | None:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'")
+def _find_run(client, experiment_id: str, **tags: str) -> str | None:
+    """The id of a run whose tags have these values, or None (tags given as name=value)."""
+    same = " and ".join(f"tags.`{tag}` = '{value}'" for tag, value in tags.items())
+    runs = client.search_runs([experiment_id], filter_string=same)
     return runs[0].info.run_id if runs else None
 
 
@@ -111,7 +113,7 @@ def start_study_run(
 
     client = _client(uri)
     experiment_id = _experiment_id(client, experiment)
-    run_id = _find_run(client, experiment_id, STUDY_TAG, study_id)
+    run_id = _find_run(client, experiment_id, **{STUDY_TAG: study_id})
     if run_id is None:
         tags = {STUDY_TAG: study_id, KFP_RUN_TAG: kfp_run_id, "mlflow.runName": study_id}
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
@@ -148,10 +150,9 @@ def log_trial_run(
     client = _client(uri)
     parent = client.get_run(parent_run_id)
     experiment_id = parent.info.experiment_id
-    same_trial = f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{parent_run_id}'"
-    runs = client.search_runs([experiment_id], filter_string=same_trial)
-    if runs:
-        return runs[0].info.run_id
+    existing = _find_run(client, experiment_id, **{TRIAL_TAG: trial_id, PARENT_TAG: parent_run_id})
+    if existing is not None:
+        return existing
     all_tags = {TRIAL_TAG: trial_id, PARENT_TAG: parent_run_id, "mlflow.runName": run_name}
     all_tags |= tags or {}
     run_id = client.create_run(experiment_id, tags=all_tags).info.run_id
