@@ -6,12 +6,15 @@
 
 Tasks exchange small values (trial ids, run ids) and KFP artifacts; large data goes through the
 artifact store. On a cluster every task reads the store and MLflow settings from the chart's
-``aprflow-launcher`` ConfigMap and ``aprflow-s3`` Secret (see charts/aprflow).
+launcher ConfigMap and S3 Secret (see charts/aprflow), named by the pipeline parameters
+``launcher_config_map`` and ``s3_secret`` (defaults: the chart's ``aprflow-launcher`` and
+``aprflow-s3``; pass ``s3_secret=NAME`` when the chart was installed with ``s3.existingSecret``).
 """
 
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
+from kfp.dsl.pipeline_channel import PipelineParameterChannel
 
 from components.analyze.component import analyze_study
 from components.data.component import prepare_datasets
@@ -29,18 +32,26 @@ LAUNCHER_KEYS = (
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
-def _on_cluster(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
-    """Resources, the launcher config as environment, and no KFP caching.
+def _on_cluster(
+    task: dsl.PipelineTask,
+    cpu: str,
+    memory: str,
+    launcher_config_map: str | PipelineParameterChannel = LAUNCHER_CONFIG_MAP,
+    s3_secret: str | PipelineParameterChannel = S3_SECRET,
+) -> dsl.PipelineTask:
+    """Resources, the launcher config and S3 credentials as environment, and no KFP caching.
 
+    The ConfigMap and Secret names may be pipeline parameters (kfp-kubernetes resolves them when
+    the task's pod is created), so one compiled pipeline serves any chart install.
     KFP caching is off because trials are idempotent by their own content hash (a finished
     trial is reused from the store), and a cached plan could point at a deleted MLflow run.
     """
     task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
     task.set_caching_options(False)
     kubernetes.use_config_map_as_env(
-        task, LAUNCHER_CONFIG_MAP, config_map_key_to_env={k: k for k in LAUNCHER_KEYS}
+        task, launcher_config_map, config_map_key_to_env={k: k for k in LAUNCHER_KEYS}
     )
-    kubernetes.use_secret_as_env(task, S3_SECRET, secret_key_to_env={k: k for k in SECRET_KEYS})
+    kubernetes.use_secret_as_env(task, s3_secret, secret_key_to_env={k: k for k in SECRET_KEYS})
     return task
 
 
@@ -65,6 +76,8 @@ def apr_study(
     reference: str = "",
     store_uri: str = "",
     tracking_uri: str = "",
+    launcher_config_map: str = LAUNCHER_CONFIG_MAP,
+    s3_secret: str = S3_SECRET,
 ) -> NamedTuple("StudyOutputs", study_id=str):
     """Parameters (every one can be set from the Kubeflow UI or ``kfp run create``):
 
@@ -81,20 +94,26 @@ def apr_study(
         reference: reference dataset of the APR comparison ('' = one named imagenet, else the
             dataset with the most models).
         store_uri, tracking_uri: '' = from the launcher config (cluster) or local defaults.
+        launcher_config_map, s3_secret: names of the chart's launcher ConfigMap and S3 Secret
+            in the run's namespace (cluster only; kfp.local ignores them).
     """
-    data = _on_cluster(
+
+    def on_cluster(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
+        return _on_cluster(task, cpu, memory, launcher_config_map, s3_secret)
+
+    data = on_cluster(
         prepare_datasets(datasets=datasets, resolution=resolution, seed=seed, store_uri=store_uri),
         "1",
         "2Gi",
     )
-    sample = _on_cluster(
+    sample = on_cluster(
         sample_architectures(
             space=space, n_models=n_models, flops_min=flops_min, flops_max=flops_max, seed=seed
         ),
         "1",
         "1Gi",
     )
-    plan = _on_cluster(
+    plan = on_cluster(
         plan_study(
             specs=sample.outputs["specs"],
             datasets=data.outputs["refs"],
@@ -110,11 +129,11 @@ def apr_study(
         "1",
         "1Gi",
     )
-    trials = _on_cluster(
+    trials = on_cluster(
         list_trials(study_id=plan.outputs["study_id"], store_uri=store_uri), "500m", "512Mi"
     )
     with dsl.ParallelFor(trials.output) as trial:
-        train = _on_cluster(
+        train = on_cluster(
             train_trial(
                 trial=trial,
                 store_uri=store_uri,
@@ -124,7 +143,7 @@ def apr_study(
             "2",
             "4Gi",
         )
-    _on_cluster(
+    on_cluster(
         analyze_study(
             trial_ids=dsl.Collected(train.outputs["Output"]),
             study_id=plan.outputs["study_id"],

@@ -46,8 +46,14 @@ def test_apr_study_ir_is_valid_and_self_contained():
     executors_config = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(executors_config) == set(executors)
     for executor in executors_config.values():
-        assert executor["configMapAsEnv"][0]["configMapName"] == LAUNCHER_CONFIG_MAP
-        assert executor["secretAsEnv"][0]["secretName"] == S3_SECRET
+        # The names are pipeline parameters (tests/pipelines/test_compile_cluster_names.py)
+        # whose defaults are the chart's names.
+        config_map = executor["configMapAsEnv"][0]["configMapNameParameter"]
+        secret = executor["secretAsEnv"][0]["secretNameParameter"]
+        assert config_map["componentInputParameter"].endswith("launcher_config_map")
+        assert secret["componentInputParameter"].endswith("s3_secret")
+    assert inputs["launcher_config_map"].default_value.string_value == LAUNCHER_CONFIG_MAP
+    assert inputs["s3_secret"].default_value.string_value == S3_SECRET
 
 
 def test_compile_cli(tmp_path, capsys):
