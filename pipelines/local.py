@@ -2,13 +2,16 @@
 
 Each task runs as a subprocess of this Python environment (``SubprocessRunner``): the same
 component code that runs in our image on Kubeflow. Defaults: artifact store ``runs/store``,
-MLflow ``sqlite:///runs/mlflow.db``, KFP's local outputs under ``runs/kfp-local``.
+MLflow ``sqlite:///runs/mlflow.db``, KFP's local outputs under ``runs/kfp-local``, every task's
+log in ``runs/logs/<pipeline>-<time>.log`` (the terminal shows progress only; see
+``pipelines/console.py``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +21,9 @@ from components.common.errors import AprflowError
 from components.common.progress import elapsed, report
 from components.common.storage import STORE_ENV, default_store_uri, open_store
 from components.common.tracking import TRACKING_ENV, resolve_tracking_uri
+from pipelines.console import StudyConsole
+
+TAIL_LINES = 25
 
 
 class LocalRunError(AprflowError):
@@ -40,7 +46,9 @@ def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs"
     # kfp.local runs two loop iterations at once; one torch thread each fills two cores.
     os.environ.setdefault("APRFLOW_TORCH_THREADS", "1")
     started = time.time()
+    log_path = runs_dir / "logs" / f"{pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     report("local", f"running {pipeline.name} with {arguments}")
+    report("local", f"task logs: {log_path}")
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(runs_dir / "kfp-local"),
@@ -50,11 +58,14 @@ def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs"
         # kfp.local warns when an image name lacks "python"; ours is a Python image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
-            task = pipeline(**arguments)
+            with StudyConsole(log_path):
+                task = pipeline(**arguments)
         except Exception as e:  # noqa: BLE001 - kfp.local raises bare errors for failed tasks
+            _print_tail(log_path)
             raise LocalRunError(
-                f"{pipeline.name} failed after {elapsed(started)}: {e} (the failing task's "
-                "log is above; finished trials are kept and reused when you run it again)"
+                f"{pipeline.name} failed after {elapsed(started)}: {e}; the tasks' log is "
+                f"{log_path} (its last lines are above). Finished trials are kept and reused "
+                "when you run it again"
             ) from None
     study = task.outputs["study_id"]
     store = open_store()
@@ -64,7 +75,14 @@ def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs"
     prefix = f"studies/{study}/"
     for key in store.list(prefix):
         store.get_file(key, out_dir / key.removeprefix(prefix))
+    shutil.copyfile(log_path, out_dir / "run.log")
     report("local", f"done in {elapsed(started)}: report at {out_dir / 'report.html'}")
     tracking = os.environ[TRACKING_ENV]
     report("local", f"browse the runs with: mlflow ui --backend-store-uri {tracking}")
     return out_dir
+
+
+def _print_tail(log_path: Path, lines: int = TAIL_LINES) -> None:
+    """Prints the last ``lines`` lines of the run's log to stderr: the failing task's output."""
+    tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    print("\n".join(f"  | {line}" for line in tail), file=sys.stderr)
