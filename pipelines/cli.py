@@ -2,6 +2,8 @@
 
 aprflow run apr-study [--config FILE] [--set key=value ...]
 aprflow compile [--out DIR]
+aprflow upload [--host URL] [--namespace NS] [FILE_OR_DIR ...]   (to Kubeflow Pipelines)
+aprflow submit STUDY --host URL [--namespace NS] [--experiment E] [--set key=value ...]
 aprflow sample|data|train|analyze ...      (one step; ``aprflow STEP --help``)
 """
 
@@ -73,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compile_ = commands.add_parser("compile", help="compile every pipeline to YAML")
     compile_.add_argument("--out", type=Path, default=COMPILED_DIR, help="output folder")
+    from pipelines import submit
+
+    upload = commands.add_parser(
+        "upload",
+        help="upload compiled pipelines to Kubeflow Pipelines (version = content hash)",
+    )
+    submit.add_upload_arguments(upload)
+    submit.add_connection_arguments(upload)
+    submit_ = commands.add_parser("submit", help="start a run on Kubeflow Pipelines")
+    submit.add_submit_arguments(submit_, sorted(PIPELINES))
+    submit.add_connection_arguments(submit_)
     for step, (_, summary) in STEPS.items():
         commands.add_parser(step, help=summary, add_help=False)
     return parser
@@ -107,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             for path in compile_all(args.out):
                 print(f"wrote {path}")
             return 0
+        if args.command in ("upload", "submit"):
+            from pipelines import submit
+
+            return submit.run_upload(args) if args.command == "upload" else submit.run_submit(args)
         return _run(args)
     except AprflowError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,353 @@
+"""Upload compiled pipelines to Kubeflow Pipelines and start runs there (``kfp.Client``).
+
+aprflow upload [--host URL] [--namespace NS] [--prefix aprflow-] [FILE_OR_DIR ...]
+aprflow submit apr-study --host URL [--namespace NS] [--experiment E] [--config F] [--set k=v]
+
+Each uploaded pipeline version is named by the content hash of its compiled YAML
+(``<pipeline name>-<hash>``), so uploading the same file twice creates nothing new and a changed
+pipeline gets a new version. The bearer token comes from ``APRFLOW_KFP_TOKEN``, else from the
+ServiceAccount token file that multi-user Kubeflow projects into pods
+(``KF_PIPELINES_SA_TOKEN_PATH``, default ``/var/run/secrets/kubeflow/pipelines/token``), else
+none (single-user KFP, a port-forward). At the top this module imports only kfp, PyYAML, the
+standard library and components.common.errors, so the small upload image (images/upload) runs
+it with nothing else installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.common.errors import AprflowError
+
+TOKEN_ENV = "APRFLOW_KFP_TOKEN"
+# The kfp SDK's own names for the projected ServiceAccount token (kfp.client).
+TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+DEFAULT_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
+HOST_ENV = "KF_PIPELINES_ENDPOINT"
+DEFAULT_PREFIX = "aprflow-"
+COMPILED_DIR = Path(__file__).parent / "compiled"
+
+
+class SubmitError(AprflowError):
+    """Bad input for an upload or a run, or a Kubeflow Pipelines API that refused it."""
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """Result of uploading one compiled pipeline."""
+
+    pipeline_name: str
+    pipeline_id: str
+    version_name: str
+    version_id: str
+    created: bool
+
+
+def version_name(pipeline_name: str, path: Path) -> str:
+    """``<pipeline name>-<first 12 hex digits of the SHA-256 of the file's bytes>``.
+
+    The compiled YAML is deterministic (tests/pipelines checks it is what `aprflow compile`
+    writes), so the same pipeline code always gives the same version name.
+    """
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"{pipeline_name}-{digest}"
+
+
+def pipeline_name_of(path: Path, prefix: str = DEFAULT_PREFIX) -> str:
+    """The name a compiled file is uploaded under: prefix + file stem with '-' for '_'."""
+    return prefix + path.stem.replace("_", "-")
+
+
+def discover_token(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The KFP bearer token: ``APRFLOW_KFP_TOKEN``, else the projected token file, else None.
+
+    Raises:
+        SubmitError: when ``KF_PIPELINES_SA_TOKEN_PATH`` names a file that cannot be read (a
+            typo there would otherwise end in an unexplained 401/403 from the API).
+    """
+    token = environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    explicit = environ.get(TOKEN_PATH_ENV)
+    path = Path(explicit or DEFAULT_TOKEN_PATH)
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        if explicit:
+            raise SubmitError(f"{TOKEN_PATH_ENV}={explicit}: no such token file") from None
+        return None
+    except OSError as e:
+        raise SubmitError(f"cannot read the KFP token file {path}: {e.strerror}") from None
+    return token or None
+
+
+def connect(host: str | None, namespace: str | None, token: str | None):
+    """A ``kfp.Client`` for ``host`` (or ``KF_PIPELINES_ENDPOINT``) with the bearer token."""
+    import kfp
+
+    host = host or os.environ.get(HOST_ENV)
+    if not host:
+        raise SubmitError(
+            f"no Kubeflow Pipelines host: pass --host URL (or set {HOST_ENV}), e.g. "
+            "--host http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+        )
+    if not host.startswith(("http://", "https://")):
+        raise SubmitError(f"--host {host!r} must start with http:// or https://")
+    kwargs: dict[str, Any] = {"host": host, "existing_token": token}
+    if namespace:
+        kwargs["namespace"] = namespace
+    try:
+        return kfp.Client(**kwargs)
+    except TimeoutError:  # kfp.Client probes /healthz 5 times, 5 s apart
+        raise SubmitError(
+            f"Kubeflow Pipelines at {host} does not answer /apis/v2beta1/healthz; check --host "
+            "(e.g. kubectl -n kubeflow port-forward svc/ml-pipeline 8888:8888)"
+        ) from None
+
+
+def _api_error(action: str, error: Exception) -> SubmitError:
+    status = getattr(error, "status", None)
+    reason = getattr(error, "reason", None) or str(error).splitlines()[0]
+    hint = ""
+    if status in (401, 403):
+        hint = (
+            f"; set {TOKEN_ENV} or mount a token with audience pipelines.kubeflow.org at "
+            f"{DEFAULT_TOKEN_PATH} (chart: pipelineUpload.kfpToken=true)"
+        )
+    code = f" (HTTP {status})" if status else ""
+    return SubmitError(f"Kubeflow Pipelines refused to {action}{code}: {reason}{hint}")
+
+
+def _name_filter(name: str) -> str:
+    return json.dumps(
+        {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]}
+    )
+
+
+def _find_pipeline(client, name: str, namespace: str | None) -> str | None:
+    # kfp.Client.get_pipeline_id lists shared pipelines only; a namespace needs the API call.
+    kwargs = {"filter": _name_filter(name)}
+    if namespace:
+        kwargs["namespace"] = namespace
+    found = client._pipelines_api.pipeline_service_list_pipelines(**kwargs).pipelines or []
+    if len(found) > 1:
+        raise SubmitError(f"{len(found)} pipelines are named {name!r}: delete all but one")
+    return found[0].pipeline_id if found else None
+
+
+def _find_version(client, pipeline_id: str, name: str) -> str | None:
+    response = client.list_pipeline_versions(pipeline_id, page_size=2, filter=_name_filter(name))
+    versions = response.pipeline_versions or []
+    return versions[0].pipeline_version_id if versions else None
+
+
+def upload(client, path: Path, name: str, namespace: str | None = None) -> Uploaded:
+    """Uploads ``path`` as a version of pipeline ``name`` unless that version exists already.
+
+    A new pipeline is created together with its first version (one API call), so every version
+    of an aprflow pipeline, the first included, carries a content-hash name.
+    """
+    import kfp_server_api
+
+    version = version_name(name, path)
+    try:
+        pipeline_id = _find_pipeline(client, name, namespace)
+        if pipeline_id is not None:
+            version_id = _find_version(client, pipeline_id, version)
+            if version_id is not None:
+                return Uploaded(name, pipeline_id, version, version_id, created=False)
+            response = client.upload_pipeline_version(
+                str(path), version, pipeline_id=pipeline_id, description=f"aprflow {path.name}"
+            )
+            return Uploaded(name, pipeline_id, version, response.pipeline_version_id, True)
+        spec = yaml.safe_load_all(path.read_text())
+        pipeline_spec, *platform = list(spec)
+        body = kfp_server_api.V2beta1CreatePipelineAndVersionRequest(
+            pipeline=kfp_server_api.V2beta1Pipeline(
+                display_name=name,
+                description=pipeline_spec.get("pipelineInfo", {}).get("description"),
+                namespace=namespace,
+            ),
+            pipeline_version=kfp_server_api.V2beta1PipelineVersion(
+                display_name=version,
+                description=f"aprflow {path.name}",
+                # A compiled file with a platform spec is uploaded as both documents.
+                pipeline_spec={"pipeline_spec": pipeline_spec, "platform_spec": platform[0]}
+                if platform
+                else pipeline_spec,
+            ),
+        )
+        created = client._pipelines_api.pipeline_service_create_pipeline_and_version(body)
+    except kfp_server_api.ApiException as e:
+        raise _api_error(f"upload {path.name} as {name}", e) from None
+    versions = client.list_pipeline_versions(created.pipeline_id, page_size=2)
+    version_id = (versions.pipeline_versions or [None])[0]
+    return Uploaded(
+        name,
+        created.pipeline_id,
+        version,
+        version_id.pipeline_version_id if version_id else "",
+        created=True,
+    )
+
+
+def compiled_files(paths: list[str]) -> list[Path]:
+    """The ``*.yaml`` files named by ``paths`` (files, or folders of them); default: compiled/."""
+    files: list[Path] = []
+    for raw in paths or [str(COMPILED_DIR)]:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(path.glob("*.yaml"))
+            if not found:
+                raise SubmitError(f"{path} holds no compiled pipeline (*.yaml)")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SubmitError(f"{path}: no such file or folder")
+    return files
+
+
+def run_arguments(pipeline_key: str, config: str | None, overrides: list[str]) -> dict[str, Any]:
+    """The run's parameters: the pipeline's defaults < ``config`` < ``--set`` (type-checked)."""
+    from pipelines.config import load_config, parse_overrides
+    from pipelines.registry import PIPELINES
+
+    return load_config(PIPELINES[pipeline_key], config, parse_overrides(overrides))
+
+
+def submit(
+    client,
+    pipeline_key: str,
+    arguments: dict[str, Any],
+    experiment: str,
+    namespace: str | None = None,
+    service_account: str | None = None,
+    run_name: str | None = None,
+) -> str:
+    """Starts a run of the compiled ``pipeline_key`` and returns its run id."""
+    import kfp_server_api
+
+    from pipelines.cli import compiled_path
+
+    path = compiled_path(pipeline_key)
+    try:
+        result = client.create_run_from_pipeline_package(
+            str(path),
+            arguments=arguments,
+            run_name=run_name,
+            experiment_name=experiment,
+            namespace=namespace,
+            service_account=service_account,
+        )
+    except kfp_server_api.ApiException as e:
+        raise _api_error(f"start a run of {path.name}", e) from None
+    return result.run_id
+
+
+def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="FILE_OR_DIR",
+        help=f"compiled pipeline files or folders (default {COMPILED_DIR})",
+    )
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="pipeline name prefix")
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host",
+        help=f"Kubeflow Pipelines API, e.g. http://localhost:8888 (default ${HOST_ENV})",
+    )
+    parser.add_argument(
+        "--namespace", help="profile namespace of multi-user Kubeflow (default: shared/kubeflow)"
+    )
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser, pipelines: list[str]) -> None:
+    parser.add_argument("pipeline", choices=pipelines, help="pipeline (study) to run")
+    parser.add_argument("--experiment", default="aprflow", help="KFP experiment (default aprflow)")
+    parser.add_argument("--run-name", help="run name shown in the Kubeflow UI")
+    parser.add_argument(
+        "--service-account",
+        help="Kubernetes ServiceAccount the run's pods use (default: the KFP runner account); "
+        "e.g. one annotated for IRSA / workload identity",
+    )
+    parser.add_argument("--config", help="YAML file of pipeline parameters")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one parameter, e.g. --set n_models=4 --set s3_secret=my-s3",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the run's arguments, contact nothing"
+    )
+
+
+def run_upload(args: argparse.Namespace) -> int:
+    files = compiled_files(args.paths)
+    client = connect(args.host, args.namespace, discover_token())
+    for path in files:
+        result = upload(client, path, pipeline_name_of(path, args.prefix), args.namespace)
+        state = "uploaded" if result.created else "unchanged, already uploaded"
+        print(
+            f"{path.name}: pipeline {result.pipeline_name} version {result.version_name} ({state})"
+        )
+    return 0
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    arguments = run_arguments(args.pipeline, args.config, args.overrides)
+    if args.dry_run:
+        print(json.dumps(arguments, indent=2, sort_keys=True))
+        return 0
+    client = connect(args.host, args.namespace, discover_token())
+    run_id = submit(
+        client,
+        args.pipeline,
+        arguments,
+        args.experiment,
+        args.namespace,
+        args.service_account,
+        args.run_name,
+    )
+    print(f"run {run_id} started in experiment {args.experiment}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.submit upload ...`` (the chart's upload Job) or ``... submit ...``."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.submit")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("upload", help="upload compiled pipelines (idempotent)")
+    add_upload_arguments(up)
+    add_connection_arguments(up)
+    from pipelines.registry import PIPELINES
+
+    sub = commands.add_parser("submit", help="start a run")
+    add_submit_arguments(sub, sorted(PIPELINES))
+    add_connection_arguments(sub)
+    args = parser.parse_args(argv)
+    try:
+        return run_upload(args) if args.command == "upload" else run_submit(args)
+    except AprflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
