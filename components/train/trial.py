@@ -24,13 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from components.common.hashing import content_hash
 from components.common.storage import ArtifactStore, StoreError
-from components.data.datasets import DatasetRef, load_manifest, load_split
+from components.data.datasets import DatasetRef
+from components.data.loader import TrainData, open_split
 from components.train.engines import TrainEngine, create_engine
 from components.train.recipes import Recipe
 
@@ -60,6 +60,7 @@ class Trial:
                     "name": self.dataset.name,
                     "content_hash": self.dataset.content_hash,
                     "resolution": self.dataset.resolution,
+                    "input": self.dataset.input,
                 },
                 "recipe": self.recipe.to_dict(),
                 "seed": self.seed,
@@ -106,7 +107,8 @@ def _lr_at(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     total = recipe.epochs * steps_per_epoch
     if step < warmup:
         return recipe.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1.0, total - warmup)
+    # Clamped: a streamed epoch may yield a step more or less than the planned count.
+    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
     return 0.5 * recipe.lr * (1.0 + math.cos(math.pi * progress))
 
 
@@ -120,53 +122,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     ]
 
 
-class _TensorBatches:
-    """Batches of a small in-memory split, normalised and augmented on the engine's device."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device) -> None:
-        self.x = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-        self.y = torch.from_numpy(y).to(device)
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1).clamp_min(1e-3) * 255
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
-
-    def train(self, recipe: Recipe, generator: torch.Generator):
-        order = torch.randperm(len(self), generator=generator).to(self.x.device)
-        # Drop the last partial batch: a batch of one breaks batch norm.
-        n_full = len(self) // recipe.batch_size * recipe.batch_size or len(self)
-        for start in range(0, n_full, recipe.batch_size):
-            index = order[start : start + recipe.batch_size]
-            images = self._prepare(self.x[index])
-            if recipe.crop_padding:
-                images = _random_crop(images, recipe.crop_padding, generator)
-            if recipe.hflip:
-                flip = (torch.rand(len(index), generator=generator) < 0.5).to(images.device)
-                images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
-            yield images, self.y[index]
-
-    def eval(self, batch_size: int):
-        for start in range(0, len(self), batch_size):
-            yield (
-                self._prepare(self.x[start : start + batch_size]),
-                self.y[start : start + batch_size],
-            )
-
-
-def _random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Pads by reflection and crops back at one random offset per batch (cheap on CPU)."""
-    n, c, h, w = images.shape
-    padded = F.pad(images, (padding,) * 4, mode="reflect")
-    dy, dx = torch.randint(0, 2 * padding + 1, (2,), generator=generator).tolist()
-    return padded[:, :, dy : dy + h, dx : dx + w]
-
-
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, engine: TrainEngine, batches: _TensorBatches, batch_size: int):
+def evaluate(model: torch.nn.Module, engine: TrainEngine, batches: TrainData, batch_size: int):
     """Returns (top-1 error in percent, mean cross-entropy) on ``batches``."""
     model.eval()
     wrong, loss_sum = 0, 0.0
@@ -217,13 +174,10 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
         nesterov=True,
     )
     model = engine.setup(model, optimizer)
-    manifest = load_manifest(store, trial.dataset)
-    train = _TensorBatches(
-        *load_split(store, trial.dataset, "train"), manifest["mean"], manifest["std"], engine.device
-    )
-    test = _TensorBatches(
-        *load_split(store, trial.dataset, "test"), manifest["mean"], manifest["std"], engine.device
-    )
+    # One interface for both input paths (components.data.loader): in memory for small sets,
+    # streamed from the shards by DataLoader workers for the others.
+    train = open_split(store, trial.dataset, "train", engine.device, trial.seed)
+    test = open_split(store, trial.dataset, "test", engine.device, trial.seed)
     history: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "test_error": []}
     start_epoch = 0
     checkpoint = _load_checkpoint(store, trial_id)
@@ -238,7 +192,7 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
         model.train()
         tic = time.perf_counter()
         loss_sum, n_batches = 0.0, 0
-        for step, (images, labels) in enumerate(train.train(recipe, generator)):
+        for step, (images, labels) in enumerate(train.train(recipe, generator, epoch)):
             lr = _lr_at(recipe, epoch * steps_per_epoch + step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
