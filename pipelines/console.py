@@ -125,7 +125,7 @@ class StudyConsole(io.TextIOBase):
         now = time.monotonic()
         text = f"{self.finished}/{self.total or '?'} trials, {self.failed} failed, "
         text += f"{format_seconds(now - self._started)} elapsed"
-        if self.total and self.trained and self._training_since is not None:
+        if self.total and self.trained and self._training_since and self.finished < self.total:
             per_trial = (now - self._training_since) / self.trained
             text += f", ETA {format_seconds(per_trial * (self.total - self.finished))}"
         return text

@@ -9,11 +9,14 @@ log in ``runs/logs/<pipeline>-<time>.log`` (the terminal shows progress only; se
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import os
 import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +61,7 @@ def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs"
         # kfp.local warns when an image name lacks "python"; ours is a Python image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
-            with StudyConsole(log_path):
+            with StudyConsole(log_path), _original_print():
                 task = pipeline(**arguments)
         except Exception as e:  # noqa: BLE001 - kfp.local raises bare errors for failed tasks
             _print_tail(log_path)
@@ -86,3 +89,15 @@ def _print_tail(log_path: Path, lines: int = TAIL_LINES) -> None:
     """Prints the last ``lines`` lines of the run's log to stderr: the failing task's output."""
     tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
     print("\n".join(f"  | {line}" for line in tail), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _original_print() -> Iterator[None]:
+    """Restores ``builtins.print`` after kfp.local: its tasks indent their output by swapping
+    ``builtins.print`` from parallel threads, and an unlucky interleaving leaves the indenting
+    version installed for the rest of the process."""
+    original = builtins.print
+    try:
+        yield
+    finally:
+        builtins.print = original
