@@ -102,8 +102,6 @@ def test_default_render_has_every_component(render):
             "Secret",  # Postgres
             "ConfigMap",  # launcher
             "ConfigMap",  # S3 settings
-            "Role",
-            "RoleBinding",
             "Service",  # MLflow
             "Service",  # Postgres
             "Deployment",
@@ -144,7 +142,7 @@ def test_full_values_external_postgres_existing_secret_no_upload(render):
     assert "s3://my-bucket/studies/apr/tracking" in container["args"]
     assert container["args"][-2:] == ["--expose-prometheus", "/tmp/metrics"]
     role = result.one("Role")
-    assert role["rules"][0]["resourceNames"] == ["my-s3-credentials"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]
     binding = result.one("RoleBinding")
     assert [s["name"] for s in binding["subjects"]] == [
         "aprflow-runner",
@@ -269,27 +267,51 @@ def test_postgres_password_secret_and_statefulset(render):
     assert re.fullmatch(r"[A-Za-z0-9]{24}", generated)
 
 
-def test_pipeline_upload_job_is_a_hook_with_an_explicit_command(render):
+def test_pipeline_upload_job_is_a_plain_job_in_the_small_image(render):
     result = ok(render(*DEFAULT, "--set", "pipelineUpload.kfpHost=http://kfp:8888"))
-    job = result.one("Job", "aprflow-pipeline-upload")
-    annotations = job["metadata"]["annotations"]
-    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
-    assert set(annotations["helm.sh/hook-delete-policy"].split(",")) == {
-        "before-hook-creation",
-        "hook-succeeded",
-    }
-    spec = pod_spec(job)
+    job = result.one("Job", "aprflow-pipeline-upload-r1")  # one Job per Helm revision
+    # Not a Helm hook: `helm install --wait` must not block on the upload.
+    assert not any(k.startswith("helm.sh/hook") for k in job["metadata"].get("annotations", {}))
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    spec = pod["spec"]
     assert spec["restartPolicy"] == "Never"
     assert spec["serviceAccountName"] == "aprflow-pipeline"
+    assert spec["automountServiceAccountToken"] is False
     container = spec["containers"][0]
-    assert container["image"] == "ghcr.io/aprflow/aprflow-cpu:0.1.0"
-    env = env_of(container)
-    assert env["KFP_HOST"]["value"] == "http://kfp:8888"
-    assert env["PIPELINES_DIR"]["value"] == "/app/pipelines/compiled"
-    script = container["args"][0]
-    assert 'kfp --endpoint "$KFP_HOST" pipeline create -p "$name" "$f"' in script
-    assert "pipeline create-version" in script
-    assert '"$PIPELINES_DIR"/*.yaml' in script
+    assert container["image"] == "ghcr.io/aprflow/aprflow-upload:0.1.0"
+    argv = container["command"] + container["args"]
+    assert argv == [
+        "python3",
+        "-m",
+        "pipelines.submit",
+        "upload",
+        "--host",
+        "http://kfp:8888",
+        "--prefix",
+        "aprflow-",
+        "/app/pipelines/compiled",
+    ]
+    assert "KF_PIPELINES_SA_TOKEN_PATH" not in env_of(container)
+    # The module and flags the Job calls exist (python -m pipelines.submit upload --help).
+    from pipelines.submit import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upload", "--help"])
+    assert exit_info.value.code == 0
+
+
+def test_upload_job_token_for_multi_user_kubeflow(render):
+    job = ok(render(*DEFAULT, "--set", "pipelineUpload.kfpToken=true")).one("Job")
+    spec = pod_spec(job)
+    container = spec["containers"][0]
+    token_dir = "/var/run/secrets/kubeflow/pipelines"
+    assert env_of(container)["KF_PIPELINES_SA_TOKEN_PATH"]["value"] == f"{token_dir}/token"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "kfp-token"]
+    assert mount["mountPath"] == token_dir
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "kfp-token"]
+    source = volume["projected"]["sources"][0]["serviceAccountToken"]
+    assert source["audience"] == "pipelines.kubeflow.org" and source["path"] == "token"
 
 
 def test_upload_job_disabled(render):
@@ -297,25 +319,37 @@ def test_upload_job_disabled(render):
     assert result.find("Job") == []
 
 
-def test_rbac_is_namespaced_and_read_only(render):
+def test_no_role_unless_aprflow_calls_the_api(render):
+    """Pods get the Secret and ConfigMaps from the kubelet: no Role for them by default."""
     result = ok(render(*DEFAULT))
+    kinds = {d["kind"] for d in result.docs}
+    assert not kinds & {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+def test_trainer_role_is_namespaced_and_only_trainjobs(render):
+    result = ok(
+        render(*DEFAULT, "--set", "trainer.enabled=true,rbac.extraSubjects={pipeline-runner}")
+    )
     kinds = {d["kind"] for d in result.docs}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
     role = result.one("Role")
-    for rule in role["rules"]:
-        assert rule["verbs"] == ["get"]
-        assert rule["resourceNames"]
-    names = {n for rule in role["rules"] for n in rule["resourceNames"]}
-    assert names == {"aprflow-s3", "aprflow-launcher", "aprflow-s3-config"}
+    assert role["rules"] == [
+        {
+            "apiGroups": ["trainer.kubeflow.org"],
+            "resources": ["trainjobs"],
+            "verbs": ["create", "get", "list", "watch", "delete"],
+        }
+    ]
     binding = result.one("RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert [s["name"] for s in binding["subjects"]] == ["aprflow-pipeline", "pipeline-runner"]
 
 
 @pytest.mark.parametrize("variant", ["defaults", "credentials"])
 def test_pods_run_non_root_with_resources(render, variant):
     result = ok(render(*VARIANTS[variant]))
     workloads = [d for d in result.docs if d["kind"] in WORKLOAD_KINDS]
-    assert len(workloads) == 3
+    assert len(workloads) == 3  # MLflow, Postgres, upload Job
     for doc in workloads:
         spec = pod_spec(doc)
         assert spec["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]

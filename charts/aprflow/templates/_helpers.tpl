@@ -173,3 +173,42 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/*
+Rules of the aprflow Role (empty when aprflow's code needs no Kubernetes API access).
+*/}}
+{{- define "aprflow.rbac.rules" -}}
+{{- if .Values.trainer.enabled }}
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+  verbs: ["create", "get", "list", "watch", "delete"]
+{{- end }}
+{{- with .Values.rbac.extraRules }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fails when the MLflow server could open more Postgres connections than the bundled Postgres
+accepts: (replicas + 1 surge pod) x workers x (pool size + overflow) <= max_connections - 10.
+*/}}
+{{- define "aprflow.mlflow.checkConnections" -}}
+{{- if and .Values.mlflow.enabled .Values.postgres.enabled }}
+{{- $perWorker := add .Values.mlflow.dbPool.size .Values.mlflow.dbPool.maxOverflow }}
+{{- $needed := mul (add .Values.mlflow.replicaCount 1) .Values.mlflow.workers $perWorker }}
+{{- $limit := sub .Values.postgres.maxConnections 10 }}
+{{- if gt (int $needed) (int $limit) }}
+{{- fail (printf "mlflow: (replicaCount %d + 1) x workers %d x (dbPool.size + dbPool.maxOverflow = %d) = %d Postgres connections exceeds postgres.maxConnections %d - 10 reserved: raise postgres.maxConnections or lower the MLflow sizing" (int .Values.mlflow.replicaCount) (int .Values.mlflow.workers) (int $perWorker) (int $needed) (int .Values.postgres.maxConnections)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+"s3_secret=NAME launcher_config_map=NAME " for run commands, only for names that differ from
+the pipeline parameters' defaults (aprflow-s3, aprflow-launcher).
+*/}}
+{{- define "aprflow.runNameArgs" -}}
+{{- $secret := include "aprflow.s3.secretName" . }}
+{{- if ne $secret "aprflow-s3" }}s3_secret={{ $secret }} {{ end }}
+{{- if ne .Values.launcher.configMapName "aprflow-launcher" }}launcher_config_map={{ .Values.launcher.configMapName }} {{ end }}
+{{- end }}
