@@ -7,19 +7,37 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path`` and renames it over ``path``.
+def stage_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to a new temporary file beside ``path`` (``.<name>.*.tmp``), flushed to
+    disk, and returns it; the caller publishes it with ``os.replace`` or ``os.link``.
 
-    The folder must exist. On any error ``path`` is left untouched and no temporary file stays.
+    The folder must exist. On any error no temporary file stays.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+            f.flush()
+            # Durable before it is published: after a power loss the new name never points
+            # at a file whose blocks were not written yet.
+            os.fsync(f.fileno())
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to a temporary file beside ``path`` and renames it over ``path``.
+
+    The folder must exist. On any error ``path`` is left untouched and no temporary file stays.
+    """
+    tmp = stage_bytes(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 
