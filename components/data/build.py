@@ -119,7 +119,7 @@ def _prepare(item: SourceItem, descriptor: DatasetDescriptor) -> tuple[SourceIte
     try:
         loaded = item.load()
     except (OSError, StoreError) as e:
-        return item, f"cannot be read ({e})"
+        return item, f"cannot be read: {e}"
     original = loaded if isinstance(loaded, bytes) else None
     try:
         if original is not None:
@@ -130,7 +130,8 @@ def _prepare(item: SourceItem, descriptor: DatasetDescriptor) -> tuple[SourceIte
         else:
             image_format, rgb = None, loaded.convert("RGB")
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a corrupt file
-        return item, f"corrupt or unreadable image ({type(e).__name__}: {e})"
+        detail = str(e).split(" <", 1)[0]  # PIL's messages end in an object's address
+        return item, f"corrupt or unreadable image: {type(e).__name__}: {detail}"
     size = rgb.size
     if min(size) < 1:
         return item, "image has no pixels"
@@ -162,7 +163,7 @@ def _resolve_classes(
         return descriptor.classes
     found = set(counts) | set(scan.class_folders or ()) | set(scan.class_order or ())
     for name in sorted(found - {c for c in found if counts[c]}):
-        skipped.append({"file": f"{name}/", "reason": "class folder has no images: class dropped"})
+        skipped.append({"file": f"{name}/", "reason": "empty class: no images, class dropped"})
     order = scan.class_order or tuple(sorted(found, key=_class_sort_key))
     classes = tuple(c for c in order if counts[c])
     if len(classes) < 2:
@@ -292,9 +293,10 @@ def materialize_scan(
         progress(f"{descriptor.name}: already built ({manifest_key}), reusing it")
         return DatasetRef(**store.get_json(manifest_key)["ref"])
     started = time.time()
-    skipped: list[dict[str, str]] = list(scan.skipped)
+    read_skipped: list[dict[str, str]] = []
     with tempfile.TemporaryFile(prefix="aprflow-data-") as spool:
-        images = _read_all(descriptor, scan, spool, skipped, progress, started)
+        images = _read_all(descriptor, scan, spool, read_skipped, progress, started)
+        skipped = scan.skipped + read_skipped  # a streamed listing adds to scan.skipped as read
         counts = Counter(im.label for im in images)
         classes = _resolve_classes(descriptor, scan, counts, skipped)
         index_of = {c: i for i, c in enumerate(classes)}
@@ -333,7 +335,8 @@ def materialize_scan(
 
 
 def _reason_kind(reason: str) -> str:
-    return reason.split(" (", 1)[0].split(":", 1)[0]
+    """Reasons read ``KIND: detail``; the manifest counts skipped files per kind."""
+    return reason.split(":", 1)[0]
 
 
 def _read_all(descriptor, scan, spool, skipped, progress, started) -> list[_Image]:
@@ -356,7 +359,7 @@ def _read_all(descriptor, scan, spool, skipped, progress, started) -> list[_Imag
             continue
         if descriptor.classes and item.label not in descriptor.classes:
             skipped.append(
-                {"file": item.name, "reason": f"label {item.label!r} is not in the class list"}
+                {"file": item.name, "reason": f"label outside the class list: {item.label!r}"}
             )
             continue
         extension, data, sha, rgb, size = outcome
@@ -364,7 +367,7 @@ def _read_all(descriptor, scan, spool, skipped, progress, started) -> list[_Imag
             first = seen[sha]
             where = f" in split {first.split}" if first.split else ""
             skipped.append(
-                {"file": item.name, "reason": f"duplicate of {first.name}{where}: kept once"}
+                {"file": item.name, "reason": f"duplicate: same bytes as {first.name}{where}"}
             )
             continue
         seen[sha] = item

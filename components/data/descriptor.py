@@ -19,6 +19,7 @@ Sources (``source`` URIs):
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,6 +37,12 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 class DatasetError(AprflowError):
     """An unknown, empty or malformed dataset, or a rule it cannot satisfy."""
+
+
+def mix_seed(*values: object) -> int:
+    """A 63-bit seed from several values (stable across processes and runs, unlike ``hash``)."""
+    digest = hashlib.sha256(",".join(map(str, values)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def check_name(name: str) -> str:

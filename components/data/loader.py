@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from components.common.files import atomic_write_bytes
 from components.common.storage import ArtifactStore, LocalStore, open_store
 from components.data.build import load_manifest, load_split, shard_keys
-from components.data.descriptor import DatasetRef
+from components.data.descriptor import DatasetRef, mix_seed
 from components.data.shards import decode_rgb, image_part, iter_samples
 
 CACHE_DIR_ENV = "APRFLOW_SHARD_CACHE"
@@ -157,12 +157,6 @@ class ShardCache:
             path.unlink(missing_ok=True)
 
 
-def _mix(*values: int) -> int:
-    """A 63-bit seed from integers (stable across processes, unlike ``hash``)."""
-    digest = hashlib.sha256(",".join(map(str, values)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """Seeds torch's and Python's global generators (timm's transforms use both) for one
@@ -235,7 +229,7 @@ class ShardStream(IterableDataset):
     def _shards(self, worker: int, workers: int) -> list[str]:
         keys = list(self.keys)
         if self.shuffle:
-            order = np.random.default_rng(_mix(self.seed, self.epoch)).permutation(len(keys))
+            order = np.random.default_rng(mix_seed(self.seed, self.epoch)).permutation(len(keys))
             keys = [keys[i] for i in order]
         return keys[worker::workers]
 
@@ -252,9 +246,9 @@ class ShardStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         samples = self._samples(self._shards(worker, workers))
         if self.shuffle:
-            samples = _shuffle_buffer(samples, _mix(self.seed, self.epoch, worker, workers))
+            samples = _shuffle_buffer(samples, mix_seed(self.seed, self.epoch, worker, workers))
         for name, data, label in samples:
-            with _seeded(_mix(self.seed, self.epoch, name)):
+            with _seeded(mix_seed(self.seed, self.epoch, name)):
                 image = self.transform(decode_rgb(data))
             yield image, label
 

@@ -104,13 +104,13 @@ def scan_image_folder(uri: str) -> Scan:
     for key in keys:
         parts = key.split("/")
         if len(parts) <= depth:
-            skipped.append({"file": key, "reason": "not inside a class folder"})
+            skipped.append({"file": key, "reason": "not in a class folder: top-level file"})
             continue
         label = parts[depth - 1]
         folders.add(label)
         if not _is_image_name(key):
             suffix = Path(key).suffix or "(none)"
-            skipped.append({"file": key, "reason": f"not an image file (extension {suffix})"})
+            skipped.append({"file": key, "reason": f"not an image file: extension {suffix}"})
             continue
         split = SPLIT_FOLDERS[parts[0]] if given else None
         items.append(SourceItem(key, label, split, _reader(store, key)))
@@ -183,23 +183,23 @@ def scan_webdataset(pattern: str, classes: tuple[str, ...]) -> Scan:
             try:
                 samples = list(iter_samples(_read_uri(shard, stores)))
             except (tarfile.TarError, OSError) as e:
-                skipped.append({"file": shard, "reason": f"not a readable tar shard ({e})"})
+                skipped.append({"file": shard, "reason": f"unreadable tar shard: {e}"})
                 continue
             for key, parts in samples:
                 name = f"{_split_uri(shard)[1]}:{key}"
                 found = image_part(parts)
                 if found is None:
-                    skipped.append({"file": name, "reason": "sample has no image member"})
+                    skipped.append({"file": name, "reason": "no image: sample has no image member"})
                     continue
                 if "cls" not in parts:
-                    skipped.append({"file": name, "reason": "sample has no .cls label"})
+                    skipped.append({"file": name, "reason": "no label: sample has no .cls member"})
                     continue
                 text = parts["cls"].decode(errors="replace").strip()
                 label = text
                 if text.isdigit() and classes:
                     if int(text) >= len(classes):
                         skipped.append(
-                            {"file": name, "reason": f"label {text} is outside the class list"}
+                            {"file": name, "reason": f"label outside the class list: {text}"}
                         )
                         continue
                     label = classes[int(text)]
@@ -248,11 +248,14 @@ def scan_manifest(uri: str) -> Scan:
             split = SPLIT_FOLDERS.get(str(record[split_col]).lower())
             if split is None:
                 skipped.append(
-                    {"file": path, "reason": f"split {record[split_col]!r} is not train/val/test"}
+                    {
+                        "file": path,
+                        "reason": f"unknown split: {record[split_col]!r} is not train/val/test",
+                    }
                 )
                 continue
         if not _is_image_name(path):
-            skipped.append({"file": path, "reason": "not an image file name"})
+            skipped.append({"file": path, "reason": "not an image file: no image extension"})
             continue
         items.append(
             SourceItem(
