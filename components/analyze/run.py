@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,20 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def gather_results(store: ArtifactStore, trial_ids: list[str]) -> pd.DataFrame:
-    """Reads every trial's ``result.json``; a trial without one is recorded as failed."""
+def gather_results(
+    store: ArtifactStore,
+    trial_ids: list[str],
+    runs: Mapping[str, Mapping[str, str]] | None = None,
+) -> pd.DataFrame:
+    """Reads every trial's ``result.json``; a trial without one is recorded as failed.
+
+    Args:
+        store: the artifact store.
+        trial_ids: the study's trials.
+        runs: ``{trial_id: {"run_id", "run_url"}}`` of the trials' MLflow runs
+            (``tracking.trial_run_links``); given, the table has ``run_id`` and ``run_url``
+            columns (empty for a trial without a run).
+    """
     rows = []
     for trial_id in trial_ids:
         if store.exists(result_key(trial_id)):
@@ -57,6 +70,10 @@ def gather_results(store: ArtifactStore, trial_ids: list[str]) -> pd.DataFrame:
                 "wall_time_s": 0.0,
             }
             rows.append(result_row(missing))
+    if runs is not None:
+        for row in rows:
+            run = runs.get(row["trial_id"], {})
+            row["run_id"], row["run_url"] = run.get("run_id", ""), run.get("run_url", "")
     return pd.DataFrame(rows)
 
 
@@ -85,20 +102,21 @@ def analyze_study(
     tracking.check_tracking(uri)
     started = store.get_json(f"studies/{study}/study.json")["started_at"]
     report("analyze", f"gathering {len(trial_ids)} trial results of study {study}", started)
-    table = gather_results(store, trial_ids)
+    table = gather_results(store, trial_ids, tracking.trial_run_links(uri, parent_run_id))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "results.csv", index=False)
+    top_k = top_k_for(table["model"].nunique())
     summary = analyze(
-        load_results(table),
-        out_dir,
-        reference=reference or None,
-        top_k=top_k_for(table["model"].nunique()),
-        title=study,
+        load_results(table), out_dir, reference=reference or None, top_k=top_k, title=study
     )
     for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
         store.put_file(f"studies/{study}/{path.relative_to(out_dir).as_posix()}", path)
-    tracking.finish_study_run(uri, parent_run_id, summary["metrics"], artifact_dir=out_dir)
+    params = {
+        "analysis.reference": summary.get("apr", {}).get("reference"),
+        "analysis.top_k": top_k,
+    }
+    tracking.finish_study_run(uri, parent_run_id, summary["metrics"], out_dir, params)
     report("analyze", f"report at {store.key_uri(f'studies/{study}/report.html')}", started)
     return summary
 

@@ -158,6 +158,36 @@ class AnyNetSpec:
         return sum(self.widths)
 
     @property
+    def mean_bottleneck_ratio(self) -> float:
+        """Mean of the stage bottleneck ratios, ``mean(b_i)`` (unweighted by depth)."""
+        return sum(self.bottleneck_ratios) / self.num_stages
+
+    @property
+    def mean_group_width(self) -> float:
+        """Mean of the stage group widths, ``mean(g_i)`` (unweighted by depth)."""
+        return sum(self.group_widths) / self.num_stages
+
+    def derived_quantities(self, resolution: int = 224) -> dict[str, float]:
+        """The scalars that summarise the architecture in one place (MLflow params, tables).
+
+        Total depth and width, mean bottleneck ratio and group width, and the exact
+        ``flops``/``params`` at ``resolution`` px with the spec's own stem (the FLOP-band
+        quantity of the samplers at 224).
+
+        Raises:
+            ValueError: If the spec is structurally invalid (no complexity then).
+        """
+        counts = complexity(self, resolution=resolution, small_input=False)
+        return {
+            "total_depth": self.cumulative_depth,
+            "total_width": self.cumulative_width,
+            "mean_bottleneck_ratio": self.mean_bottleneck_ratio,
+            "mean_group_width": self.mean_group_width,
+            "flops": counts.flops,
+            "params": counts.params,
+        }
+
+    @property
     def bottleneck_widths(self) -> tuple[int, ...]:
         """Inner width of each stage's blocks, ``round(w_i / b_i)``."""
         return tuple(round(w / b) for w, b in zip(self.widths, self.bottleneck_ratios, strict=True))

@@ -5,6 +5,7 @@ Both the KFP components (``component.py``) and the CLI (``aprflow train``) call 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -33,8 +34,13 @@ def plan_study(
     store_uri: str | None,
     tracking_uri: str | None,
     kfp_run_id: str = "",
+    config: dict[str, Any] | None = None,
 ) -> tuple[list[str], str, str]:
     """Plans every trial, opens the study's MLflow parent run and records the study.
+
+    Args:
+        config: the study's full resolved config (pipeline arguments), logged to the parent
+            run as ``config.<key>`` params and ``config.json``.
 
     Returns:
         ``(trial_ids, study_id, parent_run_id)``.
@@ -56,7 +62,13 @@ def plan_study(
         "engine": engine,
         "store_uri": store.uri,
     } | {f"recipe.{k}": v for k, v in resolved.to_dict().items()}
-    parent = tracking.start_study_run(uri, study_name, study, params, kfp_run_id)
+    params |= _population_params(specs)
+    for ref in refs:
+        # One recipe for every dataset today; per dataset so that studies stay comparable
+        # when recipes differ by dataset.
+        params[f"dataset.{ref.name}.recipe"] = resolved.name
+        params[f"dataset.{ref.name}.version"] = tracking.dataset_version(ref.to_dict())
+    parent = tracking.start_study_run(uri, study_name, study, params, kfp_run_id, config)
     record = {"study_id": study, "name": study_name, "parent_run_id": parent, "trials": len(ids)}
     if not store.exists(study_key(study)):
         store.put_json(study_key(study), record | {"started_at": time.time()})
@@ -66,6 +78,18 @@ def plan_study(
         f"{len(seeds)} seeds = {len(ids)} trials; MLflow parent run {parent}",
     )
     return ids, study, parent
+
+
+def _population_params(specs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sampled population's size and FLOP band (at 224 px, as the sampler counts)."""
+    flops = []
+    for spec in specs:
+        try:
+            flops.append(AnyNetSpec.from_dict(spec).derived_quantities()["flops"])
+        except ValueError:
+            continue  # a broken spec is recorded as its trials' failure
+    band = {"population.flops_min": min(flops), "population.flops_max": max(flops)} if flops else {}
+    return {"population.size": len(specs)} | band
 
 
 def _architecture_params(spec: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +103,9 @@ def _architecture_params(spec: dict[str, Any]) -> dict[str, Any]:
     ):
         for i, value in enumerate(spec.get(name, ()), 1):
             params[f"{short}{i}"] = value
+    # A structurally broken spec has no complexity; its trial's status says why it failed.
+    with contextlib.suppress(ValueError):
+        params |= AnyNetSpec.from_dict(spec).derived_quantities()
     return params
 
 
@@ -106,6 +133,7 @@ def train_trial(
         "model": model,
         "dataset": trial.dataset.name,
         "dataset_hash": trial.dataset.content_hash,
+        "dataset_version": tracking.dataset_version(trial.dataset.to_dict()),
         "recipe": trial.recipe.name,
         "seed": trial.seed,
         "engine": trial.engine,
@@ -123,16 +151,28 @@ def train_trial(
         )
         if result.get(key) is not None
     }
+    dataset = trial.dataset.to_dict()
+    source = store.key_uri(dataset["manifest_key"]) if "manifest_key" in dataset else store.uri
     tracking.log_trial_run(
         uri,
         record["parent_run_id"],
         trial_id,
-        run_name=f"{model}-{trial.dataset.name}-s{trial.seed}",
+        run_name=tracking.trial_run_name(
+            model, trial.dataset.name, trial.recipe.name, trial.seed, result["status"]
+        ),
         params=params,
         metrics=metrics,
         history=result.get("history", {}),
         status=result["status"],
-        tags={"aprflow.reason": result["reason"][:500], tracking.KFP_RUN_TAG: kfp_run_id},
+        tags={
+            tracking.REASON_TAG: result["reason"][:500],
+            tracking.KFP_RUN_TAG: kfp_run_id,
+            "aprflow.model": model,
+            "aprflow.dataset": trial.dataset.name,
+            "aprflow.recipe": trial.recipe.name,
+            "aprflow.seed": str(trial.seed),
+        },
+        inputs=[tracking.dataset_input(dataset, source)],
     )
     outcome = result["status"]
     if outcome == "ok":

@@ -53,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="split seed")
     parser.add_argument("--store", default=None, help=f"store URI (default {default_store_uri()})")
     parser.add_argument("--out", default=None, help="write a tidy CSV of the results here")
+    parser.add_argument(
+        "--experiment",
+        default=None,
+        help="log to this MLflow experiment as a transfer study: one parent run, one nested "
+        "run per dataset x method (default: no MLflow logging)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI for --experiment (default: MLFLOW_TRACKING_URI or "
+        "sqlite:///runs/mlflow.db)",
+    )
     return parser
 
 
@@ -69,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             pretrained=args.pretrained,
             k=args.k,
             seed=args.seed,
+            experiment=args.experiment,
+            tracking_uri=args.tracking_uri,
         )
         if args.out:
             write_csv(rows, args.out)

@@ -16,6 +16,8 @@ def evaluate_transfer(
     metrics: Output[Metrics],
     methods: str = "knn,linear",
     input_size: int = 0,
+    experiment: str = "",
+    tracking_uri: str = "",
 ):
     """Scores a backbone's fixed features with cosine kNN and a linear probe.
 
@@ -28,6 +30,9 @@ def evaluate_transfer(
         metrics: every score as ``<dataset>.<metric>`` (e.g. ``digits.knn_top1``).
         methods: comma-separated evaluations: knn, linear.
         input_size: image side fed to the backbone (0 = the backbone's own).
+        experiment: MLflow experiment of the transfer study (one parent run, one nested run
+            per dataset x method); '' logs nothing to MLflow.
+        tracking_uri: '' = MLFLOW_TRACKING_URI or the local default.
     """
     from components.transfer.run import evaluate_transfer as evaluate
     from components.transfer.run import write_csv
@@ -39,6 +44,8 @@ def evaluate_transfer(
         store_uri or None,
         methods,
         input_size=int(input_size) or None,
+        experiment=experiment or None,
+        tracking_uri=tracking_uri or None,
     )
     write_csv(rows, results.path)
     results.metadata["backbone"] = backbone

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from components.common import tracking
 from components.common.files import atomic_write_text
+from components.common.hashing import content_hash
 from components.common.progress import report
 from components.transfer.errors import TransferError
 
@@ -56,6 +58,9 @@ def evaluate_transfer(
     k: int = 5,
     seed: int = 0,
     batch_size: int = 256,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    kfp_run_id: str = "",
 ) -> list[dict[str, Any]]:
     """Embeds every dataset with the backbone and scores the fixed features.
 
@@ -74,6 +79,11 @@ def evaluate_transfer(
         seed: seed of the dataset split, of the probe's validation split and of a timm
             backbone's random initialisation.
         batch_size: images per forward pass.
+        experiment: MLflow experiment to log the evaluation to as a transfer study (one parent
+            run, one nested run per backbone x dataset x method; see :func:`track_transfer`);
+            None or '' logs nothing.
+        tracking_uri: MLflow tracking URI (None: MLFLOW_TRACKING_URI or runs/mlflow.db).
+        kfp_run_id: tagged on the MLflow runs.
 
     Returns:
         Rows ``{backbone, dataset, method, metric, value}``: ``knn_top1``,
@@ -103,6 +113,9 @@ def evaluate_transfer(
         )
     if k < 1:
         raise TransferError(f"k must be at least 1, got {k}")
+    if experiment:
+        tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
+        tracking.check_tracking(tracking_uri)
     _configure_threads()
     store = open_store(store_uri)
     net = load_backbone(backbone, store, pretrained=pretrained, input_size=input_size, seed=seed)
@@ -153,7 +166,91 @@ def evaluate_transfer(
                 )
             summary = ", ".join(f"{m} {v:.4g}" for m, v in metrics.items())
             report("transfer", f"  {ref.name} {method}: {summary}", started)
+    if experiment:
+        settings = {
+            "backbone": net.source,
+            "datasets": [ref.name for ref in refs],
+            "dataset_versions": {ref.name: tracking.dataset_version(ref.to_dict()) for ref in refs},
+            "resolution": resolution,
+            "methods": list(methods),
+            "input_size": net.input_size,
+            "pretrained": pretrained,
+            "k": k,
+            "seed": seed,
+        }
+        parent = track_transfer(
+            rows, refs, store, experiment, tracking_uri, settings, net.info, kfp_run_id
+        )
+        report("transfer", f"MLflow: experiment {experiment!r}, parent run {parent}", started)
     return rows
+
+
+def track_transfer(
+    rows: list[dict[str, Any]],
+    refs: list,
+    store,
+    experiment: str,
+    tracking_uri: str,
+    settings: dict[str, Any],
+    backbone_info: dict[str, Any],
+    kfp_run_id: str = "",
+) -> str:
+    """Logs a transfer evaluation as a study: one parent run, one nested run per backbone x
+    dataset x method (regime), found again on a re-run (their ids hash the settings).
+
+    The parent holds the settings as params and, per dataset and metric, the mean over the
+    backbones (with one backbone: its value) as ``<metric>/<dataset>``.
+
+    Returns:
+        The parent run id.
+    """
+    study = f"transfer-{content_hash(settings, length=10)}"
+    backbone_params = {f"backbone.{key}": value for key, value in backbone_info.items()}
+    parent = tracking.start_study_run(
+        tracking_uri,
+        experiment,
+        study,
+        settings | backbone_params,
+        kfp_run_id,
+        tags={"aprflow.kind": "transfer"},
+    )
+    by_name = {ref.name: ref.to_dict() for ref in refs}
+    groups: dict[tuple[str, str, str], dict[str, float]] = {}
+    for row in rows:
+        groups.setdefault((row["backbone"], row["dataset"], row["method"]), {})[row["metric"]] = (
+            row["value"]
+        )
+    for (backbone, dataset, method), metrics in groups.items():
+        record = by_name[dataset]
+        version = tracking.dataset_version(record)
+        source = store.key_uri(record["manifest_key"]) if "manifest_key" in record else store.uri
+        tracking.log_trial_run(
+            tracking_uri,
+            parent,
+            content_hash(
+                {"study": study, "backbone": backbone, "dataset": dataset, "method": method}
+            ),
+            run_name=f"{backbone.split(':', 1)[-1][:24]}-{dataset}-{method}",
+            params=settings
+            | backbone_params
+            | {"dataset": dataset, "dataset_version": version, "method": method},
+            metrics=metrics,
+            history={},
+            status="ok",
+            tags={
+                tracking.KFP_RUN_TAG: kfp_run_id,
+                "aprflow.backbone": backbone,
+                "aprflow.dataset": dataset,
+                "aprflow.regime": method,
+            },
+            inputs=[tracking.dataset_input(record, source)],
+        )
+    means: dict[str, list[float]] = {}
+    for row in rows:
+        means.setdefault(f"{row['metric']}/{row['dataset']}", []).append(row["value"])
+    summary = {key: sum(values) / len(values) for key, values in means.items()}
+    tracking.finish_study_run(tracking_uri, parent, summary)
+    return parent
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
