@@ -18,7 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m analysis",
         description="Analyse the architecture-performance relationship across datasets.",
     )
-    parser.add_argument("results", help="tidy results table (.csv, or .parquet/.pq)")
+    parser.add_argument(
+        "results",
+        help="results table (.csv, or .parquet/.pq): wide (one metric column) or long "
+        "(columns metric, value)",
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(
         "--reference",
@@ -30,9 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000; 0: none)"
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    parser.add_argument("--metric", default=None, help="metric column (default: auto-detect)")
     parser.add_argument(
-        "--scale", choices=SCALES, default=None, help="scale of the metric (default: detect)"
+        "--metric",
+        default=None,
+        help="wide table: the metric column (default: first of error, top1_error, accuracy, "
+        "top1); long table: the primary metric",
+    )
+    parser.add_argument(
+        "--regime", default=None, help="long table: the primary regime/recipe/method"
+    )
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default=None,
+        help="unit of the metric values (default: a '# unit: ...' line or 'unit' column; "
+        "without one, values above 1 mean percent and all values in [0, 1] are refused)",
     )
     parser.add_argument("--title", default=None, help="report title")
     return parser
@@ -55,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             n_bootstrap=args.bootstrap,
             seed=args.seed,
             title=args.title,
+            regime=args.regime,
+            metric=args.metric,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

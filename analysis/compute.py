@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.table import ARCH_GROUPS, ResultsTable
+from analysis.table import ARCH_GROUPS, ResultsTable, slice_label
 
 DEFAULT_REFERENCE = "imagenet"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STAGE_PROFILE_GROUPS = {"d": "depth", "w": "width"}
 
 
@@ -22,17 +22,22 @@ class Analysis:
 
     Attributes:
         summary: JSON-ready summary (see ``analysis/README.md`` for its layout).
+        table: The primary ``(regime, metric)`` slice of the input the analysis is about.
         models: Sorted model ids (rows of ``errors``).
         datasets: Sorted dataset names (columns of ``errors``).
         errors: ``(n_models, n_datasets)`` mean error over seeds, NaN where missing.
         features: Architecture feature -> per-model values aligned with ``models``.
         profiles: Stage group (``"d"``/``"w"``) -> dataset -> ``(k, 4)`` top-k profile.
+        columns: Mean error per model over every ``(regime, metric, dataset)`` of the input
+            (for the comparisons across regimes and metrics).
     """
 
     summary: dict
+    table: ResultsTable
     models: np.ndarray
     datasets: list[str]
     errors: np.ndarray
+    columns: pd.DataFrame = field(default_factory=pd.DataFrame)
     features: dict[str, np.ndarray] = field(default_factory=dict)
     profiles: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
@@ -68,6 +73,52 @@ def choose_reference(counts: dict[str, int], requested: str | None) -> tuple[str
     return name, "default: dataset with the most models (ties: first by name)"
 
 
+def choose_slice(
+    table: ResultsTable, reference: str, regime: str | None, metric: str | None
+) -> tuple[tuple[str, str], str]:
+    """Pick the primary ``(regime, metric)``: the one the reference comparison is about.
+
+    Args:
+        table: Validated results.
+        reference: The reference dataset.
+        regime: Requested regime, or None.
+        metric: Requested metric, or None.
+
+    Returns:
+        ``((regime, metric), how)``. Default: among the slices with a result on the
+        reference, the one with the most usable rows (ties: first by name).
+
+    Raises:
+        ValueError: If no slice matches the request or has a result on the reference.
+    """
+    frame = table.frame
+    rows = frame.groupby(["regime", "metric"]).size()
+    on_reference = set(
+        frame.loc[frame["dataset"] == reference, ["regime", "metric"]].itertuples(index=False)
+    )
+    matching = [
+        s
+        for s in table.slices
+        if (regime is None or s[0] == regime) and (metric is None or s[1] == metric)
+    ]
+    if not matching:
+        raise ValueError(
+            f"no results for regime {regime!r} / metric {metric!r}; present: "
+            f"{[slice_label(*s) for s in table.slices]}"
+        )
+    candidates = [s for s in matching if tuple(s) in on_reference]
+    if not candidates:
+        raise ValueError(
+            f"reference dataset {reference!r} has no usable result under "
+            f"{[slice_label(*s) for s in matching]}"
+        )
+    chosen = min(candidates, key=lambda s: (-int(rows[s]), s))
+    if len(table.slices) == 1:
+        return chosen, "the only one"
+    how = "given" if regime is not None or metric is not None else "default"
+    return chosen, f"{how}: most usable rows with a result on {reference}"
+
+
 def compute_analysis(
     table: ResultsTable,
     reference: str | None = None,
@@ -75,16 +126,27 @@ def compute_analysis(
     n_bootstrap: int = 1000,
     seed: int = 0,
     title: str | None = None,
+    regime: str | None = None,
+    metric: str | None = None,
 ) -> Analysis:
     """Compute all statistics of the analysis.
+
+    The per-dataset statistics, eCDFs, correlation matrix, architecture and seed analyses
+    are about the primary ``(regime, metric)`` (:func:`choose_slice`). The reference
+    comparison covers every other dataset of the primary slice and every dataset of the
+    other slices (e.g. transfer regimes: Kornblith et al.'s log-odds r against source
+    accuracy); ``comparisons`` correlate every two slices on each dataset they share (two
+    training recipes over the same architectures, a cheap score vs fine-tuned accuracy).
 
     Args:
         table: Validated results.
         reference: Reference dataset (see :func:`choose_reference` for the default).
         top_k: Number of best models per dataset for overlaps and stage profiles.
-        n_bootstrap: Bootstrap resamples for confidence intervals (0: no intervals).
+        n_bootstrap: Most bootstrap resamples for confidence intervals (0: no intervals).
         seed: Seed of the bootstrap.
         title: Report title.
+        regime: Primary regime (default: see :func:`choose_slice`).
+        metric: Primary metric (default: see :func:`choose_slice`).
 
     Returns:
         The analysis.
@@ -96,55 +158,162 @@ def compute_analysis(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-    models, datasets, errors = table.error_matrix()
-    column = {name: errors[:, i] for i, name in enumerate(datasets)}
-    counts = {name: int(np.isfinite(column[name]).sum()) for name in datasets}
+    usable_models = table.frame.groupby("dataset")["model"].nunique()
+    counts = {name: int(usable_models.get(name, 0)) for name in table.datasets}
     ref, how = choose_reference(counts, reference)
+    primary, primary_how = choose_slice(table, ref, regime, metric)
+    part = table.slice(*primary)
+    models, datasets, errors = part.error_matrix()
+    column = {name: errors[:, i] for i, name in enumerate(datasets)}
     bootstrap = stats.Bootstrap(n_resamples=n_bootstrap, seed=seed)
+    columns = table.error_columns()
+    targets = {
+        name: _target_keys(name, *primary)
+        | stats.pair_statistics(models, column[ref], column[name], (ref, name), top_k, bootstrap)
+        for name in datasets
+        if name != ref
+    }
+    targets |= _cross_slice_targets(columns, primary, ref, top_k, bootstrap)
 
     summary = {
         "schema_version": SCHEMA_VERSION,
         "title": title or f"APR analysis: {len(datasets)} datasets vs {ref}",
-        "input": _input_summary(table, models, errors),
+        "input": _input_summary(table, part, models, errors),
         "settings": {
             "reference": ref,
             "reference_choice": how,
+            "regime": primary[0],
+            "metric": primary[1],
+            "slice": slice_label(*primary),
+            "slice_choice": primary_how,
             "top_k": top_k,
             "n_bootstrap": n_bootstrap,
+            "bootstrap_tolerance": bootstrap.tolerance,
+            "bootstrap_pilot": stats.PILOT_RESAMPLES,
+            "interval_method": INTERVAL_METHOD,
             "seed": seed,
             "ci_level": stats.CI_LEVEL,
             "logit_clip": stats.LOGIT_EPS,
             "min_models": stats.MIN_MODELS,
         },
-        "datasets": _dataset_summaries(table, models, column),
+        "datasets": _dataset_summaries(part, models, column),
         "exclusions": _exclusions(table, models, column),
-        "apr": {
-            "reference": ref,
-            "targets": {
-                name: stats.pair_statistics(
-                    models, column[ref], column[name], (ref, name), top_k, bootstrap
-                )
-                for name in datasets
-                if name != ref
-            },
-        },
+        "apr": {"reference": ref, "slice": slice_label(*primary), "targets": targets},
         "correlation_matrix": stats.correlation_matrix(errors, datasets),
-        "top_k": _top_k_tables(table, models, column, top_k),
+        "top_k": _top_k_tables(part, models, column, top_k),
     }
-    features, profiles, summary["architecture"] = _architecture(table, models, column, top_k)
-    summary["seed_variance"] = _seed_summary(table)
+    features, profiles, summary["architecture"] = _architecture(part, models, column, top_k)
+    summary["seed_variance"] = _seed_summary(part)
+    summary["slices"] = _slice_summaries(columns)
+    summary["comparisons"] = _slice_comparisons(columns, top_k, bootstrap)
     summary["metrics"] = flat_metrics(summary)
-    return Analysis(summary, models, datasets, errors, features, profiles)
+    return Analysis(summary, part, models, datasets, errors, columns, features, profiles)
 
 
-def _input_summary(table: ResultsTable, models: np.ndarray, errors: np.ndarray) -> dict:
-    seeds = table.frame.groupby(["model", "dataset"]).size() if table.has_seed else None
+INTERVAL_METHOD = (
+    "95% percentile bootstrap over models (resampled with replacement); Spearman, Kendall "
+    "tau-b (O(n log n) weighted inversion count per resample) and log-odds r recomputed on "
+    f"each resample; after a pilot of {stats.PILOT_RESAMPLES} resamples, only as many more "
+    "(up to the requested number) as needed for a Monte-Carlo standard error of each "
+    f"endpoint below {stats.MC_TOLERANCE}"
+)
+
+
+def _cross_slice_targets(
+    columns: pd.DataFrame,
+    primary: tuple[str, str],
+    ref: str,
+    k: int,
+    bootstrap: stats.Bootstrap,
+) -> dict[str, dict]:
+    """The reference (in the primary slice) against every dataset of every other slice."""
+    models = columns.index.to_numpy(dtype=str)
+    reference = columns[(*primary, ref)].to_numpy(dtype=float)
+    ref_label = f"{ref} ({slice_label(*primary)})"
+    targets = {}
+    for regime, metric, dataset in columns.columns:
+        # The reference dataset under another regime is a slice comparison (below).
+        if (regime, metric) == primary or dataset == ref:
+            continue
+        label = f"{dataset} ({slice_label(regime, metric)})"
+        values = columns[(regime, metric, dataset)].to_numpy(dtype=float)
+        targets[label] = _target_keys(dataset, regime, metric) | (
+            stats.pair_statistics(models, reference, values, (ref_label, label), k, bootstrap)
+        )
+    return targets
+
+
+def _target_keys(dataset: str, regime: str, metric: str) -> dict:
+    return {
+        "dataset": dataset,
+        "regime": regime,
+        "metric": metric,
+        "slice": slice_label(regime, metric),
+    }
+
+
+def _slice_summaries(columns: pd.DataFrame) -> dict[str, dict]:
+    """Per ``(regime, metric)``: the error summary of each dataset."""
+    result: dict[str, dict] = {}
+    for regime, metric, dataset in columns.columns:
+        values = columns[(regime, metric, dataset)].to_numpy(dtype=float)
+        entry = result.setdefault(
+            slice_label(regime, metric), {"regime": regime, "metric": metric, "datasets": {}}
+        )
+        entry["datasets"][dataset] = stats.describe(values)
+    return result
+
+
+def _slice_comparisons(columns: pd.DataFrame, k: int, bootstrap: stats.Bootstrap) -> list[dict]:
+    """Every two ``(regime, metric)`` slices on each dataset they share, over the same
+    models: Spearman, Kendall tau and weighted tau (do the top models agree?), log-odds r,
+    top-k overlap and what choosing by the first costs on the second."""
+    models = columns.index.to_numpy(dtype=str)
+    by_dataset: dict[str, list[tuple[str, str]]] = {}
+    for regime, metric, dataset in columns.columns:
+        by_dataset.setdefault(dataset, []).append((regime, metric))
+    result = []
+    for dataset, slices in sorted(by_dataset.items()):
+        for i, first in enumerate(slices):
+            for second in slices[i + 1 :]:
+                a, b = slice_label(*first), slice_label(*second)
+                if first[1] == second[1]:
+                    kind = "regimes"  # e.g. two training recipes (ResNet strikes back)
+                elif first[0] == second[0]:
+                    kind = "metrics"
+                else:
+                    kind = "regime and metric"  # e.g. a cheap score vs fine-tuned accuracy
+                x = columns[(*first, dataset)].to_numpy(dtype=float)
+                y = columns[(*second, dataset)].to_numpy(dtype=float)
+                pair = stats.pair_statistics(
+                    models, x, y, (f"{dataset} ({a})", f"{dataset} ({b})"), k, bootstrap
+                )
+                if pair.get("reason") is None:
+                    # Choosing is directional: also what choosing by B costs on A.
+                    shared = np.isfinite(x) & np.isfinite(y)
+                    reverse = stats.top_k_agreement(models[shared], y[shared], x[shared], k)
+                    pair["reverse_selection"] = reverse["selection"]
+                result.append({"dataset": dataset, "a": a, "b": b, "kind": kind} | pair)
+    return result
+
+
+def _input_summary(
+    table: ResultsTable, part: ResultsTable, models: np.ndarray, errors: np.ndarray
+) -> dict:
+    seeds = table.frame.groupby(["model", "dataset", "regime", "metric"]).size()
     return {
         "source": table.source,
-        "metric_column": table.metric_column,
-        "metric_kind": table.metric_kind,
-        "scale": table.scale,
-        "scale_source": table.scale_source,
+        "layout": table.layout,
+        "metric_column": part.metric_column,
+        "metric_kind": part.metric_kind,
+        "scale": part.scale,
+        "scale_source": part.scale_source,
+        "units": {
+            name: {"kind": unit.kind, "scale": unit.scale, "source": unit.source}
+            for name, unit in table.units.items()
+        },
+        "slices": [slice_label(*s) for s in table.slices],
+        "skipped_metrics": table.skipped_metrics,
         "n_rows": table.n_input_rows,
         "n_rows_used": len(table.frame),
         "n_rows_excluded": len(table.excluded),
@@ -152,7 +321,7 @@ def _input_summary(table: ResultsTable, models: np.ndarray, errors: np.ndarray) 
         "n_models_complete": int(np.isfinite(errors).all(axis=1).sum()),
         "n_datasets": errors.shape[1],
         "has_seed": table.has_seed,
-        "max_seeds_per_result": int(seeds.max()) if seeds is not None else 1,
+        "max_seeds_per_result": int(seeds.max()) if table.has_seed else 1,
         "architecture_columns": list(table.arch_columns),
         "error_definition": "error in percent; mean over seeds when a model has several",
     }
@@ -182,6 +351,7 @@ def _exclusions(table: ResultsTable, models: np.ndarray, column: dict[str, np.nd
     }
     rows = [
         {k: (None if pd.isna(v) else v) for k, v in row.items()}
+        | {"slice": slice_label(row["regime"], row["metric"])}
         for row in excluded.to_dict("records")
     ]
     absent = {
@@ -301,8 +471,17 @@ def flat_metrics(summary: dict) -> dict[str, float]:
             ("pearson_logit_r", "pearson_logit", "value"),
             ("weighted_tau", "weighted_tau", "value"),
             ("topk_overlap", "top_k", "value"),
+            ("selection_loss", "selection", "loss"),
         ):
             candidates[metric_name(key, name)] = pair[stat].get(field_name)
+    for pair in summary["comparisons"]:
+        where = (f"{pair['a']} vs {pair['b']}", pair["dataset"])
+        for key, stat in (
+            ("compare_spearman_rho", "spearman"),
+            ("compare_kendall_tau", "kendall"),
+            ("compare_weighted_tau", "weighted_tau"),
+        ):
+            candidates[metric_name(key, *where)] = pair[stat]["value"]
     for name, per_feature in summary["architecture"].get("spearman", {}).items():
         for feature, entry in per_feature.items():
             candidates[metric_name("arch_spearman", feature, name)] = entry["value"]

@@ -14,10 +14,15 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 110
+# Above this many points a scatter becomes a blot: draw a hexbin density instead.
+DENSE_POINTS = 2000
+HEXBIN_GRID = 45
 PANEL = (3.6, 3.0)  # inches per panel in grids
 FEATURE_LABELS = {
     "cum_depth": "cumulative depth (Σ d_i)",
@@ -29,8 +34,10 @@ FEATURE_LABELS = {
 }
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
+def _new_figure(width: float, height: float, constrained: bool = True) -> Figure:
+    """A figure on its own Agg canvas. Grids of many panels pass ``constrained=False`` and
+    fixed margins: the constrained layout solver costs more than drawing them."""
+    fig = Figure(figsize=(width, height), layout="constrained" if constrained else None)
     FigureCanvasAgg(fig)
     return fig
 
@@ -41,15 +48,45 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _layout_grid(fig: Figure, rows: int, cols: int, left: float = 0.75) -> None:
+    """Fixed margins and gaps in inches (room for labels and two-line titles) for a grid,
+    and at most 5 ticks per axis: every tick is several artists, and grids have many axes."""
+    for ax in fig.axes:
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - 0.2 / width,
+        bottom=0.55 / height,
+        top=1 - 0.5 / height,
+        wspace=0.75 / max((width - left - 0.2) / cols - 0.75, 0.5),
+        hspace=0.85 / max((height - 1.05) / rows - 0.85, 0.5),
+    )
+
+
 def _grid(n_panels: int, max_cols: int = 3) -> tuple[Figure, list[Axes]]:
     """A figure with ``n_panels`` axes in rows of at most ``max_cols``; spare axes hidden."""
     cols = min(max_cols, n_panels)
     rows = math.ceil(n_panels / cols)
-    fig = _new_figure(PANEL[0] * cols, PANEL[1] * rows)
+    fig = _new_figure(PANEL[0] * cols, PANEL[1] * rows, constrained=False)
     axes = list(np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel())
+    _layout_grid(fig, rows, cols)
     for ax in axes[n_panels:]:
         ax.set_visible(False)
     return fig, axes[:n_panels]
+
+
+def _points(ax: Axes, x: np.ndarray, y: np.ndarray, size: float, label: str | None = None):
+    """One dot per model, or a log-scaled hexbin density when there are many models."""
+    if x.size > DENSE_POINTS:
+        ax.hexbin(x, y, gridsize=HEXBIN_GRID, mincnt=1, bins="log", cmap="Blues", linewidths=0)
+        # A proxy artist keeps the legend entry of the density.
+        ax.scatter(
+            [], [], marker="h", color="tab:blue", label=f"{label} (density)" if label else None
+        )
+    else:
+        ax.scatter(x, y, s=size, alpha=0.6 if label else 0.5, color="tab:blue", label=label)
 
 
 def dataset_colors(names: list[str]) -> dict[str, tuple]:
@@ -84,7 +121,8 @@ def ecdf_figure(errors: dict[str, np.ndarray]) -> bytes:
 
 
 def apr_scatter_figure(reference: str, panels: list[dict]) -> bytes:
-    """APR scatter per target: x = reference error, y = target error, one dot per model.
+    """APR scatter per target: x = reference error, y = target error, one dot per model
+    (a density above ``DENSE_POINTS`` models, with the reference's top-k still as dots).
 
     Args:
         reference: Reference dataset name.
@@ -94,14 +132,7 @@ def apr_scatter_figure(reference: str, panels: list[dict]) -> bytes:
     fig, axes = _grid(len(panels))
     for ax, panel in zip(axes, panels, strict=True):
         top = panel["top"]
-        ax.scatter(
-            panel["x"][~top],
-            panel["y"][~top],
-            s=10,
-            alpha=0.6,
-            color="tab:blue",
-            label="other models",
-        )
+        _points(ax, panel["x"][~top], panel["y"][~top], 10, label="other models")
         ax.scatter(
             panel["x"][top],
             panel["y"][top],
@@ -154,17 +185,17 @@ def stage_profile_figure(profiles: dict[str, np.ndarray], quantity: str) -> byte
     cmap = colormaps["viridis"]
     stages = np.arange(1, 5)
     for ax, (name, values) in zip(axes, profiles.items(), strict=True):
-        # Draw the best model last so it is on top.
-        for rank in range(len(values), 0, -1):
-            ax.plot(
-                stages,
-                values[rank - 1],
-                marker="o",
-                ms=3,
-                lw=1.2,
-                color=cmap(norm(rank)),
-                alpha=0.85,
-            )
+        # One collection for the k models (one artist draws faster than k lines); the best
+        # model last so it is on top.
+        ranks = np.arange(len(values), 0, -1)
+        lines = [np.column_stack([stages, values[rank - 1]]) for rank in ranks]
+        ax.add_collection(LineCollection(lines, colors=cmap(norm(ranks)), lw=1.2, alpha=0.85))
+        ax.scatter(
+            np.tile(stages, len(ranks)),
+            values[ranks - 1].ravel(),
+            s=9,
+            c=np.repeat(cmap(norm(ranks)), 4, axis=0),
+        )
         # The mean profile shows the trend (e.g. widths growing with the stage) in the tangle.
         ax.plot(
             stages,
@@ -202,13 +233,15 @@ def architecture_scatter_figure(
         correlations: Dataset -> feature -> ``{"value": rho or None, ...}``.
     """
     names = list(features)
-    fig = _new_figure(3.0 * len(names), 2.4 * len(errors))
+    fig = _new_figure(3.0 * len(names), 2.4 * len(errors), constrained=False)
     # Shared axes: one set of tick labels per row/column keeps large grids fast and legible.
     axes = fig.subplots(len(errors), len(names), squeeze=False, sharex="col", sharey="row")
+    _layout_grid(fig, len(errors), len(names), left=0.95)
     for row, (dataset, err) in enumerate(errors.items()):
         for col, feature in enumerate(names):
             ax = axes[row, col]
-            ax.scatter(features[feature], err, s=6, alpha=0.5, color="tab:blue")
+            shown = np.isfinite(features[feature]) & np.isfinite(err)
+            _points(ax, features[feature][shown], err[shown], 6)
             rho = correlations[dataset][feature]["value"]
             ax.set_title("ρ = n/a" if rho is None else f"ρ = {rho:.2f}", fontsize=8)
             if row == len(errors) - 1:

@@ -157,3 +157,66 @@ def seed_readings(summary: dict) -> list[str]:
                 f"the other (pooled within-model r = {fmt(r)}, {pair['n_points']} runs)."
             )
     return lines
+
+
+def answer_word(stat: dict) -> str:
+    """A one-word-ish answer from a rank correlation: yes / partly / no (reversed)."""
+    value = stat["value"]
+    if value >= 0.5:
+        word = "Yes"
+    elif value >= STRENGTH_BANDS[0][0]:
+        word = "Partly"
+    elif value > -STRENGTH_BANDS[0][0]:
+        word = "No"
+    else:
+        word = "No, the ranking is reversed"
+    low, high = stat.get("ci_low"), stat.get("ci_high")
+    if low is not None and low < 0 < high:
+        word += " (the interval includes 0: not even the sign is certain)"
+    return word
+
+
+def answer_sentence(pair: dict, reference: str, target: str) -> str:
+    """The answer for one comparison in one sentence: verdict, rho with interval and n, and
+    what choosing by the reference costs on the target."""
+    rho = pair["spearman"]
+    if rho["value"] is None:
+        return f"{target}: no answer, {pair['reason']}."
+    pick = pair["selection"]
+    k = pair["top_k"]["k"]
+    return (
+        f"{target}: {answer_word(rho)}, Spearman ρ = {fmt(rho['value'])}{interval(rho)} over "
+        f"n = {pair['n_models']} models. Picking by {reference} (its best, {pick['pick']}) "
+        f"costs {fmt(pick['loss'])} points of error on {target} against the best there "
+        f"(rank {pick['pick_rank']} of {pair['n_models']}); {reference}'s top {k} are "
+        f"{fmt(pick['top_k_mean_loss'])} points behind on average."
+    )
+
+
+def answer_readings(summary: dict) -> dict:
+    """The report's opening: the question, one answer per target, and the method."""
+    ref = summary["apr"]["reference"]
+    settings = summary["settings"]
+    answers = {
+        name: answer_sentence(pair, ref, name) for name, pair in summary["apr"]["targets"].items()
+    }
+    comparisons = {}
+    for c in summary["comparisons"]:
+        line = answer_sentence(c, c["a"], c["b"])
+        back = c.get("reverse_selection")
+        if back is not None:
+            line += (
+                f" Picking by {c['b']} instead costs {fmt(back['loss'])} points on {c['a']} "
+                f"(rank {back['pick_rank']})."
+            )
+        comparisons[f"{c['dataset']}: {c['a']} vs {c['b']}"] = line
+    return {
+        "question": f"Do architectures that rank well on {ref} rank well on the other datasets?",
+        "answers": answers,
+        "comparisons": comparisons,
+        "method": (
+            f"Rank correlations over the models both sides share; errors in percent "
+            f"({settings['slice']}). Intervals: {settings['interval_method']}. "
+            "“Points” are percentage points of error."
+        ),
+    }

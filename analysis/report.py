@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jinja2
 import numpy as np
@@ -15,12 +14,15 @@ import pandas as pd
 
 from analysis import figures, readings
 from analysis.compute import Analysis, compute_analysis
+from analysis.files import write_atomic
 from analysis.stats import STAGE_FEATURES
 from analysis.table import ResultsTable, load_results
 
 TEMPLATE_DIR = Path(__file__).parent
 # Long model lists are cut in the reports (summary.json keeps them all).
 MAX_LISTED = 20
+# Links of the model table: only web links or relative paths, never javascript: and the like.
+LINK_SCHEMES = ("http", "https", "")
 
 
 def analyze(
@@ -31,6 +33,8 @@ def analyze(
     n_bootstrap: int = 1000,
     seed: int = 0,
     title: str | None = None,
+    regime: str | None = None,
+    metric: str | None = None,
 ) -> dict:
     """Run the whole analysis and write its outputs.
 
@@ -47,6 +51,8 @@ def analyze(
         n_bootstrap: Bootstrap resamples for the 95% confidence intervals (0: none).
         seed: Bootstrap seed.
         title: Report title.
+        regime: Primary regime of a table with several (default: the one with most rows).
+        metric: Primary metric of a table with several (default: the one with most rows).
 
     Returns:
         The summary dict (as written to ``summary.json``).
@@ -55,19 +61,21 @@ def analyze(
         ValueError: On invalid input or arguments (nothing is written then).
     """
     table = results if isinstance(results, ResultsTable) else load_results(results)
-    analysis = compute_analysis(table, reference, top_k, n_bootstrap, seed, title)
+    analysis = compute_analysis(
+        table, reference, top_k, n_bootstrap, seed, title, regime=regime, metric=metric
+    )
     pngs = render_figures(analysis)
     summary = analysis.summary
     summary["figures"] = {name: f"figures/{name}.png" for name in pngs}
-    context = report_context(summary, pngs)
+    context = report_context(summary, pngs, model_table(analysis))
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, png in pngs.items():
         write_atomic(out / "figures" / f"{name}.png", png)
-    write_atomic(out / "report.md", render_template("report.md.j2", context).encode())
-    write_atomic(out / "report.html", render_template("report.html.j2", context).encode())
-    write_atomic(out / "summary.json", to_json(summary).encode())
+    write_atomic(out / "report.md", render_template("report.md.j2", context))
+    write_atomic(out / "report.html", render_template("report.html.j2", context))
+    write_atomic(out / "summary.json", to_json(summary))
     return summary
 
 
@@ -79,9 +87,12 @@ def render_figures(analysis: Analysis) -> dict[str, bytes]:
     pngs = {"ecdf": figures.ecdf_figure(finite)}
 
     ref = summary["apr"]["reference"]
+    settings = summary["settings"]
+    reference = analysis.columns[(settings["regime"], settings["metric"], ref)]
     panels = []
     for name, pair in summary["apr"]["targets"].items():
-        shared = np.isfinite(column[ref]) & np.isfinite(column[name])
+        target = analysis.columns[(pair["regime"], pair["metric"], pair["dataset"])]
+        shared = reference.notna() & target.notna()
         if not shared.any():
             continue
         top_models = {row["model"] for row in pair["reference_top_ranks"]}
@@ -89,9 +100,9 @@ def render_figures(analysis: Analysis) -> dict[str, bytes]:
         panels.append(
             {
                 "name": name,
-                "x": column[ref][shared],
-                "y": column[name][shared],
-                "top": np.isin(analysis.models[shared], list(top_models)),
+                "x": reference[shared].to_numpy(),
+                "y": target[shared].to_numpy(),
+                "top": shared[shared].index.isin(list(top_models)),
                 "label": f"ρ = {readings.fmt(rho['value'])}{readings.interval(rho)}, "
                 f"n = {pair['n_models']}",
             }
@@ -126,8 +137,13 @@ def render_figures(analysis: Analysis) -> dict[str, bytes]:
     return pngs
 
 
-def _table(table_id: str, columns: list[str], rows: list[list]) -> dict:
-    return {"id": table_id, "columns": columns, "rows": rows}
+def _table(table_id: str, records: list[dict]) -> dict:
+    """A report table from records: the keys of the first record are the column headers."""
+    return {
+        "id": table_id,
+        "columns": list(records[0]) if records else [],
+        "rows": [list(record.values()) for record in records],
+    }
 
 
 def _listed(models: list[str]) -> str:
@@ -135,81 +151,90 @@ def _listed(models: list[str]) -> str:
     return shown + (f" … (+{len(models) - MAX_LISTED} more)" if len(models) > MAX_LISTED else "")
 
 
+def _pair_record(pair: dict) -> dict:
+    """The columns of one pairwise comparison (reference vs target, or slice vs slice)."""
+    rho, tau, selection = pair["spearman"], pair["kendall"], pair["selection"]
+    return {
+        "shared models": pair["n_models"],
+        "Spearman ρ": rho["value"],
+        "ρ CI low": rho.get("ci_low"),
+        "ρ CI high": rho.get("ci_high"),
+        "ρ p": rho.get("p_value"),
+        "Kendall τ": tau["value"],
+        "τ CI low": tau.get("ci_low"),
+        "τ CI high": tau.get("ci_high"),
+        "log-odds r": pair["pearson_logit"]["value"],
+        "weighted τ": pair["weighted_tau"]["value"],
+        "top-k overlap": pair["top_k"]["value"],
+        "chance": pair["top_k"].get("chance"),
+        "loss of the pick (points)": selection.get("loss"),
+        "resamples": rho.get("n_boot_valid"),
+    }
+
+
+def _describe_record(d: dict) -> dict:
+    return {
+        "mean error": d["mean_error"],
+        "std": d["std_error"],
+        "min": d["min_error"],
+        "median": d["median_error"],
+        "max": d["max_error"],
+    }
+
+
 def report_tables(summary: dict) -> dict:
     """Tables shown in both reports: name -> ``{"id", "columns", "rows"}``."""
     tables = {}
     tables["datasets"] = _table(
         "datasets",
-        ["dataset", "models", "excluded", "mean error", "std", "min", "median", "max", "best"],
         [
-            [
-                name,
-                d["n_models"],
-                d["n_excluded"],
-                d["mean_error"],
-                d["std_error"],
-                d["min_error"],
-                d["median_error"],
-                d["max_error"],
-                d.get("best_model", ""),
-            ]
+            {"dataset": name, "models": d["n_models"], "excluded": d["n_excluded"]}
+            | _describe_record(d)
+            | {"best": d.get("best_model", "")}
             for name, d in summary["datasets"].items()
         ],
     )
     tables["apr"] = _table(
         "apr",
+        [{"target": name} | _pair_record(p) for name, p in summary["apr"]["targets"].items()],
+    )
+    primary = summary["settings"]["slice"]
+    tables["slices"] = _table(
+        "slices",
         [
-            "target",
-            "shared models",
-            "Spearman ρ",
-            "ρ CI low",
-            "ρ CI high",
-            "ρ p",
-            "Kendall τ",
-            "τ CI low",
-            "τ CI high",
-            "log-odds r",
-            "weighted τ",
-            "top-k overlap",
-            "chance",
+            {"regime / metric": label, "dataset": name, "models": d["n_models"]}
+            | _describe_record(d)
+            for label, entry in summary["slices"].items()
+            if label != primary
+            for name, d in entry["datasets"].items()
         ],
+    )
+    tables["comparisons"] = _table(
+        "comparisons",
         [
-            [
-                name,
-                p["n_models"],
-                p["spearman"]["value"],
-                p["spearman"].get("ci_low"),
-                p["spearman"].get("ci_high"),
-                p["spearman"].get("p_value"),
-                p["kendall"]["value"],
-                p["kendall"].get("ci_low"),
-                p["kendall"].get("ci_high"),
-                p["pearson_logit"]["value"],
-                p["weighted_tau"]["value"],
-                p["top_k"]["value"],
-                p["top_k"].get("chance"),
-            ]
-            for name, p in summary["apr"]["targets"].items()
+            {"dataset": c["dataset"], "A": c["a"], "B": c["b"], "kind": c["kind"]} | _pair_record(c)
+            for c in summary["comparisons"]
         ],
     )
     matrix = summary["correlation_matrix"]
     tables["matrix"] = _table(
         "matrix",
-        ["dataset", *matrix["datasets"]],
-        [[name, *row] for name, row in zip(matrix["datasets"], matrix["spearman"], strict=True)],
+        [
+            {"dataset": name} | dict(zip(matrix["datasets"], row, strict=True))
+            for name, row in zip(matrix["datasets"], matrix["spearman"], strict=True)
+        ],
     )
     tables["reference_top_ranks"] = {
         name: _table(
             f"refranks-{i}",
-            ["model", "reference rank", "target rank", "reference error", "target error"],
             [
-                [
-                    r["model"],
-                    r["reference_rank"],
-                    r["target_rank"],
-                    r["reference_error"],
-                    r["target_error"],
-                ]
+                {
+                    "model": r["model"],
+                    "reference rank": r["reference_rank"],
+                    "target rank": r["target_rank"],
+                    "reference error": r["reference_error"],
+                    "target error": r["target_error"],
+                }
                 for r in p["reference_top_ranks"]
             ],
         )
@@ -217,7 +242,7 @@ def report_tables(summary: dict) -> dict:
         if p["reference_top_ranks"]
     }
     tables["top_k"] = {
-        name: _table(f"topk-{i}", list(rows[0]), [list(r.values()) for r in rows])
+        name: _table(f"topk-{i}", rows)
         for i, (name, rows) in enumerate(summary["top_k"].items())
         if rows
     }
@@ -226,9 +251,10 @@ def report_tables(summary: dict) -> dict:
         features = arch["features"]
         tables["architecture"] = _table(
             "architecture",
-            ["dataset", *(f"ρ {f}" for f in features), *(f"p {f}" for f in features)],
             [
-                [name, *(per[f]["value"] for f in features), *(per[f]["p_value"] for f in features)]
+                {"dataset": name}
+                | {f"ρ {f}": per[f]["value"] for f in features}
+                | {f"p {f}": per[f]["p_value"] for f in features}
                 for name, per in arch["spearman"].items()
             ],
         )
@@ -236,59 +262,128 @@ def report_tables(summary: dict) -> dict:
     if seeds["available"]:
         tables["seeds"] = _table(
             "seeds",
-            ["dataset", "models with 2+ seeds", "mean std", "median std", "max std"],
             [
-                [name, d["n_models"], d["mean_std"], d["median_std"], d["max_std"]]
+                {
+                    "dataset": name,
+                    "models with 2+ seeds": d["n_models"],
+                    "mean std": d["mean_std"],
+                    "median std": d["median_std"],
+                    "max std": d["max_std"],
+                }
                 for name, d in seeds["per_dataset"].items()
             ],
         )
         tables["seed_pairs"] = _table(
             "seed-pairs",
             [
-                "dataset A",
-                "dataset B",
-                "models",
-                "runs",
-                "pooled within-model r",
-                "mean per-model r",
-            ],
-            [
-                [
-                    *c["datasets"],
-                    c["n_models"],
-                    c["n_points"],
-                    c["pooled_within_model_r"],
-                    c["mean_per_model_r"],
-                ]
+                {
+                    "dataset A": c["datasets"][0],
+                    "dataset B": c["datasets"][1],
+                    "models": c["n_models"],
+                    "runs": c["n_points"],
+                    "pooled within-model r": c["pooled_within_model_r"],
+                    "mean per-model r": c["mean_per_model_r"],
+                }
                 for c in seeds["cross_dataset"]
             ],
         )
     exclusions = summary["exclusions"]
     tables["excluded"] = _table(
         "excluded",
-        ["model", "dataset", "seed", "status", "reason"],
         [
-            [r["model"], r["dataset"], r["seed"], r["status"], r["reason"]]
+            {
+                "model": r["model"],
+                "dataset": r["dataset"],
+                "regime / metric": r["slice"],
+                "seed": r["seed"],
+                "status": r["status"],
+                "reason": r["reason"],
+            }
             for r in exclusions["rows"]
         ],
     )
     tables["absent"] = _table(
         "absent",
-        ["dataset", "models without a result", "models"],
         [
-            [name, len(models), _listed(models)]
+            {"dataset": name, "models without a result": len(models), "models": _listed(models)}
             for name, models in exclusions["models_without_result"].items()
         ],
     )
     return tables
 
 
-def report_context(summary: dict, pngs: dict[str, bytes]) -> dict:
+def _safe_link(url: str) -> str | None:
+    """``url`` if it is a web link or a relative path, else None (never a script link)."""
+    return url if url and urlsplit(url).scheme.lower() in LINK_SCHEMES else None
+
+
+def model_table(analysis: Analysis) -> dict:
+    """Every model of the primary slice for the report's sortable, filterable table.
+
+    Returns:
+        ``{"columns", "numeric", "rows", "links", "n"}``: one row per model with its error
+        and rank (1 = best) on each dataset and its architecture columns; ``links`` maps a
+        row's dataset columns to the model's tracked run on that dataset (``run_url``).
+    """
+    table = analysis.table
+    arch = table.architectures().reindex(analysis.models)
+    urls = table.run_urls()
+    columns, numeric, values = ["model"], [False], [analysis.models.tolist()]
+    for i, name in enumerate(analysis.datasets):
+        errors = analysis.errors[:, i]
+        ranks = pd.Series(errors).rank(method="min").to_numpy()
+        columns += [f"{name} error", f"{name} rank"]
+        numeric += [True, True]
+        values += [_rounded(errors, 4), _rounded(ranks, 0)]
+    for col in table.arch_columns:
+        columns.append(col)
+        numeric.append(True)
+        values.append(_rounded(arch[col].to_numpy(dtype=float), 4))
+    rows = [list(row) for row in zip(*values, strict=True)]
+    links = []
+    for model in analysis.models:
+        row_links = {}
+        for i, name in enumerate(analysis.datasets):
+            url = _safe_link(urls.get((model, name), ""))
+            if url:
+                row_links[str(1 + 2 * i)] = url
+        links.append(row_links)
+    return {
+        "columns": columns,
+        "numeric": numeric,
+        "rows": rows,
+        "links": links if any(links) else [],
+        "n": len(rows),
+    }
+
+
+def _rounded(values: np.ndarray, digits: int) -> list:
+    """Floats for the model table's JSON: rounded, NaN as None, whole numbers as ints."""
+    out = []
+    for value in values:
+        if not np.isfinite(value):
+            out.append(None)
+        elif digits == 0 or float(value).is_integer():
+            out.append(int(value))
+        else:
+            out.append(round(float(value), digits))
+    return out
+
+
+def script_json(data: dict) -> str:
+    """JSON to embed in a ``<script type="application/json">``: ``</`` cannot close it."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+
+
+def report_context(summary: dict, pngs: dict[str, bytes], models: dict) -> dict:
     """Everything the report templates need."""
     return {
         "summary": summary,
         "tables": report_tables(summary),
+        "models": models,
+        "models_json": script_json(models),
         "readings": {
+            "answers": readings.answer_readings(summary),
             "ecdf": readings.ecdf_reading(summary),
             "apr": readings.apr_readings(summary),
             "matrix": readings.matrix_reading(summary),
@@ -345,17 +440,3 @@ def _jsonable(value):
 def to_json(summary: dict) -> str:
     """Serialise the summary; fails loudly rather than writing a NaN."""
     return json.dumps(_jsonable(summary), indent=1, allow_nan=False, ensure_ascii=False)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        # mkstemp creates the file owner-only; reports are meant to be read by others.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

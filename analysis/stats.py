@@ -19,6 +19,15 @@ CI_LEVEL = 0.95
 # Accuracies are clipped to [LOGIT_EPS, 1 - LOGIT_EPS] before the logit, so 0 % or 100 %
 # accuracy gives a large finite log-odds instead of an infinity (1e-4 = 0.01 % accuracy).
 LOGIT_EPS = 1e-4
+# Precision-driven bootstrap (see Bootstrap): a pilot of PILOT_RESAMPLES, then enough for a
+# Monte-Carlo standard error of each 95 % percentile endpoint below MC_TOLERANCE. That standard
+# error is about ENDPOINT_SE_FACTOR * sd / sqrt(B) for a roughly normal bootstrap distribution
+# with standard deviation sd (sqrt(0.025 * 0.975) / phi(1.96) = 2.67).
+PILOT_RESAMPLES = 200
+MC_TOLERANCE = 0.002
+ENDPOINT_SE_FACTOR = 2.67
+# Resamples are processed in batches of about this many (resample, model) cells.
+BATCH_ELEMENTS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -26,18 +35,65 @@ class Bootstrap:
     """Bootstrap settings shared by all pairwise statistics.
 
     Attributes:
-        n_resamples: Number of bootstrap resamples (0 disables confidence intervals).
+        n_resamples: Most bootstrap resamples per pair (0 disables confidence intervals).
         seed: Base seed; each dataset pair derives its own stream from it and the pair's
             names, so a pair's interval does not depend on which other datasets exist.
+        tolerance: Monte-Carlo precision at which to stop early: after a pilot of
+            ``PILOT_RESAMPLES``, only as many resamples are drawn as needed for the standard
+            error of each interval endpoint to fall below ``tolerance`` (0: always draw
+            ``n_resamples``). With thousands of models the intervals are narrow and a few
+            hundred resamples pin their endpoints; with hundreds all ``n_resamples`` are used.
     """
 
     n_resamples: int
     seed: int
+    tolerance: float = MC_TOLERANCE
+
+    def generator(self, *names: str) -> np.random.Generator:
+        """The random stream of one pair (seeded by ``seed`` and the pair's names)."""
+        return np.random.default_rng([self.seed, *(zlib.crc32(name.encode()) for name in names)])
 
     def indices(self, n: int, *names: str) -> np.ndarray:
-        """Resampled model indices, shape ``(n_resamples, n)``."""
-        key = [self.seed, *(zlib.crc32(name.encode()) for name in names)]
-        return np.random.default_rng(key).integers(0, n, size=(self.n_resamples, n))
+        """All ``n_resamples`` resampled model indices of a pair, shape ``(n_resamples, n)``."""
+        return self.generator(*names).integers(0, n, size=(self.n_resamples, n))
+
+    def samples(self, statistics: dict, n: int, *names: str) -> dict[str, np.ndarray]:
+        """Bootstrap distribution of each statistic, resampling ``n`` models.
+
+        Args:
+            statistics: Name -> function of a ``(B, n)`` count matrix returning ``(B,)`` values.
+            n: Number of models.
+            names: The pair's names (seed of its stream).
+
+        Returns:
+            Name -> values of the resamples drawn (``n_resamples``, or fewer once every
+            endpoint is within ``tolerance``; see the class docstring).
+        """
+        rng = self.generator(*names)
+        drawn: dict[str, list[np.ndarray]] = {key: [] for key in statistics}
+
+        def draw(size: int) -> None:
+            # Batches keep the (B, n) count matrices small at tens of thousands of models.
+            step = max(1, BATCH_ELEMENTS // max(n, 1))
+            for start in range(0, size, step):
+                counts = resample_counts(rng.integers(0, n, size=(min(step, size - start), n)), n)
+                for key, function in statistics.items():
+                    drawn[key].append(function(counts))
+
+        pilot = min(self.n_resamples, PILOT_RESAMPLES)
+        draw(pilot)
+        if self.n_resamples > pilot:
+            needed = self.n_resamples
+            if self.tolerance > 0:
+                spread = max(_finite_std(np.concatenate(v)) for v in drawn.values())
+                needed = int(np.ceil((ENDPOINT_SE_FACTOR * spread / self.tolerance) ** 2))
+            draw(min(self.n_resamples, max(pilot, needed)) - pilot)
+        return {key: np.concatenate(v) if v else np.empty(0) for key, v in drawn.items()}
+
+
+def _finite_std(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.std()) if finite.size > 1 else 0.0
 
 
 def ecdf(errors: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -133,22 +189,72 @@ def bootstrap_spearman(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.n
 def bootstrap_kendall(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Kendall tau-b of every resample (given as :func:`resample_counts`) at once.
 
-    Every pair of resampled positions is a pair of original models (k, l); copies of one
-    model are tied in both variables and count nowhere. Hence, with
-    ``S = sign(x_k - x_l) * sign(y_k - y_l)``, ``P - Q = c^T S c / 2`` and the tau-b
-    denominators are ``c^T |sign(x_k - x_l)| c / 2`` (and the same for y): three
-    ``(B, n) @ (n, n)`` products instead of B scipy calls. Each value equals
-    ``scipy.stats.kendalltau(x[idx[b]], y[idx[b]])`` (tau-b).
+    Each value equals ``scipy.stats.kendalltau(x[idx[b]], y[idx[b]])`` (tau-b), computed as
+    scipy does, ``(n0 - n1 - n2 + n3 - 2 * discordant) / sqrt((n0 - n1) * (n0 - n2))``, from
+    pair counts weighted by how often each model occurs: ``n0`` all pairs, ``n1``/``n2``
+    pairs tied in x/y, ``n3`` tied in both (copies of one model are tied in both) and the
+    discordant pairs as a weighted inversion count of y in x order (:func:`_inversions`),
+    O(n log n) per resample and vectorised over the resamples.
     """
-    sx = np.sign(x[:, None] - x[None, :])
-    sy = np.sign(y[:, None] - y[None, :])
-
-    def quadratic(matrix: np.ndarray) -> np.ndarray:
-        return ((counts @ matrix) * counts).sum(axis=1) / 2.0
-
+    order = np.lexsort((y, x))
+    xs, ys = x[order], y[order]
+    # Within a run of equal x the y ranks ascend, so tied-x pairs are never inversions.
+    y_rank = np.unique(ys, return_inverse=True)[1].ravel()
+    x_start = _run_starts(xs != np.roll(xs, 1))
+    xy_start = _run_starts((xs != np.roll(xs, 1)) | (ys != np.roll(ys, 1)))
+    y_order = np.argsort(y_rank, kind="stable")
+    y_start = _run_starts(y_rank[y_order] != np.roll(y_rank[y_order], 1))
+    weights = counts[:, order]
+    n0 = _tied_pairs(weights.sum(axis=1, keepdims=True))
+    n1 = _tied_pairs(np.add.reduceat(weights, x_start, axis=1))
+    n2 = _tied_pairs(np.add.reduceat(weights[:, y_order], y_start, axis=1))
+    n3 = _tied_pairs(np.add.reduceat(weights, xy_start, axis=1))
+    discordant = _inversions(y_rank, weights)
     with np.errstate(invalid="ignore", divide="ignore"):
-        tau = quadratic(sx * sy) / np.sqrt(quadratic(np.abs(sx)) * quadratic(np.abs(sy)))
+        tau = (n0 - n1 - n2 + n3 - 2.0 * discordant) / np.sqrt((n0 - n1) * (n0 - n2))
     return np.clip(tau, -1.0, 1.0)
+
+
+def _run_starts(changed: np.ndarray) -> np.ndarray:
+    """Start positions of the runs of equal values (``changed[i]``: differs from i - 1)."""
+    changed = changed.copy()
+    changed[:1] = True
+    return np.flatnonzero(changed)
+
+
+def _tied_pairs(group_sizes: np.ndarray) -> np.ndarray:
+    """Pairs within groups, summed per row: ``sum s (s - 1) / 2``."""
+    return (group_sizes * (group_sizes - 1.0)).sum(axis=1) / 2.0
+
+
+def _inversions(ranks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted inversion count ``sum_{k < l} w_k w_l [r_k > r_l]`` per row of ``weights``.
+
+    An inversion is counted at the highest bit where the two ranks differ: at bit ``j``,
+    among positions with the same higher bits (a stable sort by ``r >> (j + 1)`` keeps their
+    order), each position with bit 0 pairs with the earlier positions with bit 1. A running
+    sum per group gives that for all rows at once: O(n) per bit, O(n log n) in all.
+
+    Args:
+        ranks: ``(n,)`` non-negative integer ranks in sequence order.
+        weights: ``(B, n)`` weights (counts) in the same order.
+    """
+    n_rows, n = weights.shape
+    total = np.zeros(n_rows)
+    ones_before = np.zeros((n_rows, n + 1))
+    for level in range(max(1, int(ranks.max()).bit_length())):
+        prefix = ranks >> (level + 1)
+        order = np.argsort(prefix, kind="stable")
+        bit = ((ranks >> level) & 1)[order].astype(bool)
+        prefix = prefix[order]
+        starts = _run_starts(prefix != np.roll(prefix, 1))
+        group_start = np.repeat(starts, np.diff(np.append(starts, n)))
+        w = weights[:, order]
+        np.cumsum(np.where(bit, w, 0.0), axis=1, out=ones_before[:, 1:])
+        zero = np.flatnonzero(~bit)
+        earlier_ones = ones_before[:, zero] - ones_before[:, group_start[zero]]
+        total += np.einsum("ij,ij->i", w[:, zero], earlier_ones)
+    return total
 
 
 def bootstrap_pearson(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -233,11 +339,10 @@ def pair_statistics(
     }
     reason = undefined_reason(x, y, names)
     if reason is not None:
-        keys = ("spearman", "kendall", "pearson_logit", "weighted_tau", "top_k")
+        keys = ("spearman", "kendall", "pearson_logit", "weighted_tau", "top_k", "selection")
         undefined = {key: {"value": None, "reason": reason} for key in keys}
         return result | {"reason": reason, "reference_top_ranks": []} | undefined
 
-    counts = resample_counts(bootstrap.indices(x.size, *names), x.size)
     rho, rho_p = stats.spearmanr(x, y)
     tau, tau_p = stats.kendalltau(x, y)
     lx, clipped_x = logit_accuracy(x)
@@ -246,17 +351,26 @@ def pair_statistics(
     # weightedtau weighs by rank of decreasing value: pass accuracies so the best models
     # (highest accuracy) get the largest weights.
     wtau = stats.weightedtau(100.0 - x, 100.0 - y).statistic
+    samples = bootstrap.samples(
+        {
+            "spearman": lambda counts: bootstrap_spearman(x, y, counts),
+            "kendall": lambda counts: bootstrap_kendall(x, y, counts),
+            "pearson_logit": lambda counts: bootstrap_pearson(lx, ly, counts),
+        },
+        x.size,
+        *names,
+    )
     result |= {
         "spearman": {"value": float(rho), "p_value": float(rho_p)}
-        | percentile_ci(bootstrap_spearman(x, y, counts)),
+        | percentile_ci(samples["spearman"]),
         "kendall": {"value": float(tau), "p_value": float(tau_p)}
-        | percentile_ci(bootstrap_kendall(x, y, counts)),
+        | percentile_ci(samples["kendall"]),
         "pearson_logit": {
             "value": float(r),
             "p_value": float(r_p),
             "n_clipped": clipped_x + clipped_y,
         }
-        | percentile_ci(bootstrap_pearson(lx, ly, counts)),
+        | percentile_ci(samples["pearson_logit"]),
         "weighted_tau": {"value": float(wtau)},
     }
     result |= top_k_agreement(ids, x, y, k)
@@ -264,13 +378,17 @@ def pair_statistics(
 
 
 def top_k_agreement(models: np.ndarray, ref: np.ndarray, target: np.ndarray, k: int) -> dict:
-    """Top-k overlap and the target ranks of the reference's best models.
+    """Top-k overlap, the target ranks of the reference's best models, and what choosing
+    by the reference costs on the target.
 
     Returns:
         ``top_k``: ``{"k", "value", "chance", "shared"}`` where ``value`` =
         |top-k(ref) ∩ top-k(target)| / k and ``chance`` = k / n is its expectation for
         unrelated rankings; ``reference_top_ranks``: for the reference's top-k, their rank
-        (1 = best, ties share the lowest rank) on both datasets.
+        (1 = best, ties share the lowest rank) on both datasets; ``selection``: the model
+        picked by the reference (its best), its error and rank on the target, the target's
+        best, the ``loss`` (picked minus best target error, percentage points) and the mean
+        loss of the reference's top-k.
     """
     k_eff = min(k, models.size)
     best_ref, best_target = top_k(ref, k_eff), top_k(target, k_eff)
@@ -293,7 +411,18 @@ def top_k_agreement(models: np.ndarray, ref: np.ndarray, target: np.ndarray, k: 
         "chance": k_eff / models.size,
         "shared": shared,
     }
-    return {"top_k": overlap, "reference_top_ranks": ranks}
+    best = int(best_target[0])
+    pick = int(best_ref[0])
+    selection = {
+        "pick": str(models[pick]),
+        "pick_error": float(target[pick]),
+        "pick_rank": int(target_rank[pick]),
+        "best": str(models[best]),
+        "best_error": float(target[best]),
+        "loss": float(target[pick] - target[best]),
+        "top_k_mean_loss": float(target[best_ref].mean() - target[best]),
+    }
+    return {"top_k": overlap, "reference_top_ranks": ranks, "selection": selection}
 
 
 def correlation_matrix(errors: np.ndarray, names: list[str]) -> dict:

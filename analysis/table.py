@@ -1,16 +1,26 @@
-"""Loading and validating the tidy results table.
+"""Loading and validating the results table.
 
-The table has one row per (model, dataset[, seed]). Whatever metric column it carries
-(error or accuracy, percent or fraction) is normalised to ``error`` in percent, so every
-statistic downstream works on one quantity. Rows that did not produce a usable result
-(status ``diverged``/``failed`` or an empty metric cell) are moved to an explicit exclusion
-list instead of being dropped silently.
+Two layouts are read:
+
+- **wide**: one row per (model, dataset[, regime][, seed]) and one metric column, e.g.
+  ``top1_error``;
+- **long**: one row per (model, dataset[, regime], metric[, seed]) with the columns
+  ``metric`` and ``value`` (transfer results, several regimes and metrics per model).
+
+Both become one canonical frame with a ``regime`` and a ``metric`` per row. Every metric is
+normalised to ``error`` in percent, so every statistic downstream works on one quantity. Its
+unit is data: given by the caller (``scale=``, ``--scale``), a header line
+(``# unit: percent``) or a ``unit`` column; a metric whose values all lie in [0, 1] without
+a stated unit is refused, because 0.4 could be 0.4 % or 40 %. Rows that did not produce a
+usable result (status ``diverged``/``failed`` or an empty metric cell) are moved to an
+explicit exclusion list instead of being dropped silently.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +29,12 @@ import pandas as pd
 METRIC_COLUMNS = ("error", "top1_error", "accuracy", "top1")
 SCALES = ("percent", "fraction")
 STATUSES = ("ok", "diverged", "failed")
+# The first of these columns present names the training regime / recipe / transfer method.
+REGIME_COLUMNS = ("regime", "recipe", "method")
+LONG_COLUMNS = ("metric", "value")
+UNIT_COLUMN = "unit"
+# Optional link of a row to its tracked run (e.g. the MLflow run of the trial).
+RUN_URL_COLUMN = "run_url"
 STAGES = (1, 2, 3, 4)
 # Architecture parameter groups: prefix -> meaning. A group is used only when all four
 # per-stage columns are present, because the derived features (sums, means) need all stages.
@@ -26,6 +42,24 @@ ARCH_GROUPS = {"d": "depth", "w": "width", "b": "bottleneck ratio", "g": "group 
 EXTRA_ARCH_COLUMNS = ("flops", "params")
 # Status given to ok rows whose metric cell is empty: they cannot enter any statistic.
 MISSING_METRIC = "missing_metric"
+# "# unit: percent" (every metric) or "# unit top1_error: percent" (one metric).
+_UNIT_LINE = re.compile(r"^#\s*unit(?:\s+(?P<metric>[^:\s]+))?\s*:\s*(?P<scale>\S+)\s*$", re.I)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """How one metric is read.
+
+    Attributes:
+        kind: ``"error"`` or ``"accuracy"`` (from the metric's name).
+        scale: ``"percent"`` or ``"fraction"``.
+        source: Where the scale came from (argument, header line, unit column, or inferred
+            from values above 1, which a fraction cannot have).
+    """
+
+    kind: str
+    scale: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -33,30 +67,55 @@ class ResultsTable:
     """A validated results table.
 
     Attributes:
-        frame: One row per usable result with columns ``model``, ``dataset``, ``error``
-            (percent), ``seed`` when ``has_seed``, and the architecture columns.
+        frame: One row per usable result with columns ``model``, ``dataset``, ``regime``
+            (``""`` when the input has none), ``metric``, ``error`` (percent), ``seed`` when
+            ``has_seed``, the architecture columns and ``run_url`` when present.
         excluded: Rows left out of every statistic, with columns ``model``, ``dataset``,
-            ``seed`` (or None), ``status`` and ``reason``.
-        metric_column: Name of the input column the error was derived from.
-        metric_kind: ``"error"`` or ``"accuracy"``.
-        scale: ``"percent"`` or ``"fraction"`` (of the input column).
-        scale_source: ``"detected"`` or ``"forced"``.
+            ``regime``, ``metric``, ``seed`` (or None), ``status`` and ``reason``.
+        units: Metric -> :class:`Unit`.
+        layout: ``"wide"`` or ``"long"``.
         arch_columns: Architecture columns present (``d1..d4`` etc., ``flops``, ``params``).
         has_seed: Whether the input had a ``seed`` column.
-        source: Where the table came from (a path or ``"<DataFrame>"``).
+        source: Where the table came from (a path, or the name given for a DataFrame).
         n_input_rows: Number of data rows in the input.
+        skipped_metrics: Metric -> why it is not analysed (long tables: neither an error nor
+            an accuracy, e.g. a chosen hyper-parameter).
     """
 
     frame: pd.DataFrame
     excluded: pd.DataFrame
-    metric_column: str
-    metric_kind: str
-    scale: str
-    scale_source: str
+    units: dict[str, Unit]
+    layout: str
     arch_columns: tuple[str, ...]
     has_seed: bool
     source: str
     n_input_rows: int
+    skipped_metrics: dict[str, str] = field(default_factory=dict)
+
+    def _single_unit(self) -> tuple[str, Unit]:
+        if len(self.units) != 1:
+            raise ValueError(f"the table holds {len(self.units)} metrics; take a slice first")
+        return next(iter(self.units.items()))
+
+    @property
+    def metric_column(self) -> str:
+        """The metric of a one-metric table (its column name in a wide table)."""
+        return self._single_unit()[0]
+
+    @property
+    def metric_kind(self) -> str:
+        """``"error"`` or ``"accuracy"`` of a one-metric table."""
+        return self._single_unit()[1].kind
+
+    @property
+    def scale(self) -> str:
+        """``"percent"`` or ``"fraction"`` of a one-metric table."""
+        return self._single_unit()[1].scale
+
+    @property
+    def scale_source(self) -> str:
+        """Where the scale of a one-metric table came from."""
+        return self._single_unit()[1].source
 
     @property
     def datasets(self) -> list[str]:
@@ -64,24 +123,65 @@ class ResultsTable:
         return sorted(set(self.frame["dataset"]) | set(self.excluded["dataset"]))
 
     @property
+    def slices(self) -> list[tuple[str, str]]:
+        """``(regime, metric)`` pairs with at least one usable row, sorted."""
+        pairs = self.frame[["regime", "metric"]].drop_duplicates()
+        return sorted(zip(pairs["regime"], pairs["metric"], strict=True))
+
+    @property
     def arch_groups(self) -> tuple[str, ...]:
         """Architecture group prefixes (``d``, ``w``, ``b``, ``g``) with all four stages."""
         return tuple(p for p in ARCH_GROUPS if all(f"{p}{s}" in self.arch_columns for s in STAGES))
 
+    def slice(self, regime: str, metric: str) -> ResultsTable:
+        """The rows of one ``(regime, metric)``, as a table of its own."""
+        if (regime, metric) not in self.slices:
+            raise ValueError(
+                f"no usable result for regime {regime!r} and metric {metric!r}; "
+                f"present: {[slice_label(*s) for s in self.slices]}"
+            )
+
+        def rows(frame: pd.DataFrame) -> pd.DataFrame:
+            keep = (frame["regime"] == regime) & (frame["metric"] == metric)
+            return frame[keep].reset_index(drop=True)
+
+        return replace(
+            self,
+            frame=rows(self.frame),
+            excluded=rows(self.excluded),
+            units={metric: self.units[metric]},
+        )
+
     def error_matrix(self) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Mean error per model and dataset (mean over seeds when there are several).
+
+        Only for a table with one ``(regime, metric)`` (see :meth:`slice`).
 
         Returns:
             ``(models, datasets, errors)``: sorted model ids, sorted dataset names and a
             ``(n_models, n_datasets)`` float array with NaN where a model has no usable
             result on a dataset.
         """
+        if len(self.slices) > 1:
+            raise ValueError(
+                f"the table holds {len(self.slices)} (regime, metric) slices; take one first"
+            )
         wide = self.frame.pivot_table(
             index="model", columns="dataset", values="error", aggfunc="mean", sort=True
         )
         datasets = self.datasets
         wide = wide.reindex(columns=datasets)
         return wide.index.to_numpy(dtype=str), datasets, wide.to_numpy(dtype=float)
+
+    def error_columns(self) -> pd.DataFrame:
+        """Mean error over seeds per model (rows, sorted) and (regime, metric, dataset)."""
+        return self.frame.pivot_table(
+            index="model",
+            columns=["regime", "metric", "dataset"],
+            values="error",
+            aggfunc="mean",
+            sort=True,
+        )
 
     def architectures(self) -> pd.DataFrame:
         """Architecture columns per model (index: model id, sorted)."""
@@ -92,32 +192,71 @@ class ResultsTable:
             .sort_index()
         )
 
+    def run_urls(self) -> dict[tuple[str, str], str]:
+        """``(model, dataset)`` -> link of its tracked run (first by regime, metric, seed)."""
+        if RUN_URL_COLUMN not in self.frame.columns:
+            return {}
+        rows = self.frame[self.frame[RUN_URL_COLUMN] != ""].sort_values(
+            ["model", "dataset", "regime", "metric", *(["seed"] if self.has_seed else [])]
+        )
+        first = rows.drop_duplicates(["model", "dataset"])
+        return dict(
+            zip(
+                zip(first["model"], first["dataset"], strict=True),
+                first[RUN_URL_COLUMN],
+                strict=True,
+            )
+        )
+
+
+def slice_label(regime: str, metric: str) -> str:
+    """How a ``(regime, metric)`` is named in reports and metric keys: ``regime/metric``."""
+    return f"{regime}/{metric}" if regime else metric
+
+
+def metric_kind(metric: str) -> str | None:
+    """``"error"`` if the name contains ``err``, ``"accuracy"`` if it contains ``acc`` or
+    ``top``, else None (not a quantity the analysis can put on the error scale)."""
+    name = metric.lower()
+    if "err" in name:
+        return "error"
+    if "acc" in name or "top" in name:
+        return "accuracy"
+    return None
+
 
 def load_results(
-    source: str | Path | pd.DataFrame, metric: str | None = None, scale: str | None = None
+    source: str | Path | pd.DataFrame,
+    metric: str | None = None,
+    scale: str | dict[str, str] | None = None,
+    name: str | None = None,
 ) -> ResultsTable:
-    """Load, validate and normalise a tidy results table.
+    """Load, validate and normalise a results table (wide or long layout).
 
     Args:
         source: A CSV or Parquet path (``.parquet``/``.pq``), or a DataFrame. CSV lines that
-            start with ``#`` are comments.
-        metric: Column holding the metric. Default: the first of ``error``, ``top1_error``,
-            ``accuracy``, ``top1`` present. A name containing ``err`` is read as an error,
-            anything else as an accuracy.
-        scale: ``"percent"`` or ``"fraction"``. Default: detected, fraction when every
-            value lies in [0, 1].
+            start with ``#`` are comments; ``# unit: percent`` (or ``# unit METRIC: fraction``)
+            states the unit.
+        metric: Wide tables: the metric column (default: the first of ``error``,
+            ``top1_error``, ``accuracy``, ``top1`` present). Long tables (columns ``metric``
+            and ``value``) read every metric; ``metric`` must then be one of them.
+        scale: ``"percent"`` or ``"fraction"`` for every metric, or metric -> scale. Without
+            it (and without a unit line or ``unit`` column) a metric is read as percent when
+            some value exceeds 1 and refused when all values lie in [0, 1].
+        name: How the source is named in the outputs (default: the path, or
+            ``"in-memory table"`` for a DataFrame).
 
     Returns:
         The validated table.
 
     Raises:
         ValueError: On an unreadable file, an empty table, missing or non-numeric
-            columns, out-of-range values, unknown status values, duplicate
-            (model, dataset[, seed]) rows or when no row is usable.
+            columns, an ambiguous or conflicting unit, out-of-range values, unknown status
+            values, duplicate rows or when no row is usable.
     """
-    if scale is not None and scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    raw, name = _read(source)
+    given = _given_scales(scale)
+    raw, origin, header_units = _read(source)
+    name = name or origin
     if raw.empty:
         raise ValueError(f"results table {name} is empty (no data rows)")
     missing = [c for c in ("model", "dataset") if c not in raw.columns]
@@ -126,13 +265,31 @@ def load_results(
             f"results table {name} lacks required column(s) {missing}; "
             f"columns present: {list(raw.columns)}"
         )
-    metric = _pick_metric(raw, metric, name)
+    layout = "long" if all(c in raw.columns for c in LONG_COLUMNS) else "wide"
+    regime_column = next((c for c in REGIME_COLUMNS if c in raw.columns), None)
     df = pd.DataFrame(
         {
             "model": _text_column(raw, "model", name),
             "dataset": _text_column(raw, "dataset", name),
+            "regime": _text_column(raw, regime_column, name) if regime_column else "",
         }
     )
+    if layout == "long":
+        df["metric"] = _text_column(raw, "metric", name)
+        value = _numeric_column(raw, "value", name)
+        if metric is not None and metric not in set(df["metric"]):
+            raise ValueError(
+                f"metric {metric!r} not in {name}; metrics present: {sorted(set(df['metric']))}"
+            )
+    else:
+        metric = _pick_metric(raw, metric, name)
+        if metric_kind(metric) is None:
+            raise ValueError(
+                f"metric column {metric!r} of {name} is neither an error nor an accuracy "
+                "(its name must contain 'err', 'acc' or 'top')"
+            )
+        df["metric"] = metric
+        value = _numeric_column(raw, metric, name)
     has_seed = "seed" in raw.columns
     if has_seed:
         seed = _numeric_column(raw, "seed", name)
@@ -140,73 +297,116 @@ def load_results(
             raise ValueError(f"column 'seed' of {name} has empty cells; give every row a seed")
         # Seeds are read as floats (NaN-able); keep integers as integers in the outputs.
         df["seed"] = seed.astype(int) if (seed % 1 == 0).all() else seed
-    keys = ["model", "dataset", "seed"] if has_seed else ["model", "dataset"]
+    keys = ["model", "dataset", "regime", "metric", *(["seed"] if has_seed else [])]
     dupes = df[df.duplicated(keys, keep=False)]
     if not dupes.empty:
-        shown = dupes[keys].drop_duplicates().head(5).to_dict("records")
+        shown_keys = [k for k in keys if not (k == "regime" and regime_column is None)]
+        if layout == "wide":
+            shown_keys.remove("metric")
+        shown = dupes[shown_keys].drop_duplicates().head(5).to_dict("records")
         raise ValueError(
-            f"results table {name} has {len(dupes)} rows with duplicate {tuple(keys)}, "
-            f"e.g. {shown}; keep one row per {tuple(keys)}"
+            f"results table {name} has {len(dupes)} rows with duplicate {tuple(shown_keys)}, "
+            f"e.g. {shown}; keep one row per {tuple(shown_keys)}"
         )
     df["status"] = _status_column(raw, name)
     reasons = raw["status_reason"] if "status_reason" in raw.columns else pd.Series("", raw.index)
     df["reason"] = reasons.fillna("").astype(str)
-    value = _numeric_column(raw, metric, name)
     arch_columns = _arch_columns(raw)
     for col in arch_columns:
         df[col] = _numeric_column(raw, col, name)
+    if RUN_URL_COLUMN in raw.columns:
+        df[RUN_URL_COLUMN] = raw[RUN_URL_COLUMN].fillna("").astype(str).str.strip()
 
-    empty_metric = (df["status"] == "ok") & value.isna()
+    skipped = {
+        m: "neither an error nor an accuracy (name without 'err', 'acc' or 'top')"
+        for m in sorted(set(df["metric"]))
+        if metric_kind(m) is None
+    }
+    analysed = ~df["metric"].isin(list(skipped))
+    empty_metric = analysed & (df["status"] == "ok") & value.isna()
     df.loc[empty_metric, "status"] = MISSING_METRIC
-    df.loc[empty_metric, "reason"] = f"empty '{metric}' cell"
-    ok = df["status"] == "ok"
+    df.loc[empty_metric, "reason"] = "empty metric value"
+    ok = analysed & (df["status"] == "ok")
     if not ok.any():
         raise ValueError(
-            f"results table {name} has no usable row: all {len(df)} rows are "
-            f"diverged/failed or lack a '{metric}' value"
+            f"results table {name} has no usable row: all {int(analysed.sum())} rows of "
+            "error/accuracy metrics are diverged/failed or lack a value"
         )
-    resolved_scale, scale_source = _resolve_scale(value[ok], scale, metric, name)
-    kind = "error" if "err" in metric.lower() else "accuracy"
-    percent = value * (100.0 if resolved_scale == "fraction" else 1.0)
-    error = percent if kind == "error" else 100.0 - percent
+    unit_cells = raw[UNIT_COLUMN] if UNIT_COLUMN in raw.columns else None
+    units = {}
+    error = pd.Series(np.nan, index=df.index)
+    for m in sorted(set(df.loc[analysed, "metric"])):
+        rows = df["metric"] == m
+        stated = _stated_scales(m, given, header_units, unit_cells, rows)
+        units[m] = _resolve_unit(m, value[rows & ok], stated, name)
+        percent = value[rows] * (100.0 if units[m].scale == "fraction" else 1.0)
+        error[rows] = percent if units[m].kind == "error" else 100.0 - percent
     # Rounding removes float noise such as 100 - 90.056 = 9.944000000000003 from the outputs.
     df["error"] = error.round(10)
 
     _check_constant_architecture(df[ok], arch_columns, name)
-    frame = df.loc[ok, [*keys, "error", *arch_columns]].reset_index(drop=True)
-    excluded = df.loc[~ok, ["model", "dataset", "status", "reason"]].copy()
-    excluded.insert(2, "seed", df.loc[~ok, "seed"] if has_seed else None)
+    extra = [RUN_URL_COLUMN] if RUN_URL_COLUMN in df.columns else []
+    frame = df.loc[ok, [*keys, "error", *arch_columns, *extra]].reset_index(drop=True)
+    bad = analysed & ~ok
+    excluded = df.loc[bad, ["model", "dataset", "regime", "metric", "status", "reason"]].copy()
+    excluded.insert(4, "seed", df.loc[bad, "seed"] if has_seed else None)
     return ResultsTable(
         frame=frame,
         excluded=excluded.reset_index(drop=True),
-        metric_column=metric,
-        metric_kind=kind,
-        scale=resolved_scale,
-        scale_source=scale_source,
+        units=units,
+        layout=layout,
         arch_columns=arch_columns,
         has_seed=has_seed,
         source=name,
         n_input_rows=len(df),
+        skipped_metrics=skipped,
     )
 
 
-def _read(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Read a DataFrame, CSV (skipping ``#`` comment lines) or Parquet file."""
+def _given_scales(scale: str | dict[str, str] | None) -> dict[str | None, str]:
+    """The caller's scale(s) as metric (None: every metric) -> scale, validated."""
+    given = scale if isinstance(scale, dict) else {None: scale} if scale is not None else {}
+    for value in given.values():
+        if value not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {value!r}")
+    return given
+
+
+def _read(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str, dict[str | None, str]]:
+    """Read a DataFrame, CSV (``#`` lines are comments or unit lines) or Parquet file.
+
+    Returns:
+        ``(frame, name, header units)``; header units map a metric (None: all) to a scale.
+    """
     if isinstance(source, pd.DataFrame):
-        return source.copy(), "<DataFrame>"
+        return source.copy(), "in-memory table", {}
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"results file {path} does not exist")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path), str(path)
-        # Drop only whole-line comments: pandas' comment= would also cut a '#' inside an id.
+            return pd.read_parquet(path), str(path), {}
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        text = "".join(line for line in lines if not line.lstrip().startswith("#"))
-        if not text.strip():
-            raise ValueError(f"results table {path} is empty (no header, no rows)")
-        return pd.read_csv(io.StringIO(text)), str(path)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, ImportError) as exc:
+    except (OSError, UnicodeDecodeError, ImportError) as exc:
+        raise ValueError(f"cannot read results table {path}: {exc}") from exc
+    # Drop only whole-line comments: pandas' comment= would also cut a '#' inside an id.
+    comments = [line.strip() for line in lines if line.lstrip().startswith("#")]
+    text = "".join(line for line in lines if not line.lstrip().startswith("#"))
+    units: dict[str | None, str] = {}
+    for line in comments:
+        match = _UNIT_LINE.match(line)
+        if match:
+            scale = match["scale"].lower()
+            if scale not in SCALES:
+                raise ValueError(
+                    f"unit line {line!r} of {path} names unit {scale!r}; valid: {list(SCALES)}"
+                )
+            units[match["metric"]] = scale
+    if not text.strip():
+        raise ValueError(f"results table {path} is empty (no header, no rows)")
+    try:
+        return pd.read_csv(io.StringIO(text)), str(path), units
+    except pd.errors.ParserError as exc:
         raise ValueError(f"cannot read results table {path}: {exc}") from exc
 
 
@@ -222,7 +422,8 @@ def _pick_metric(raw: pd.DataFrame, metric: str | None, name: str) -> str:
             return col
     raise ValueError(
         f"results table {name} has no metric column: expected one of {list(METRIC_COLUMNS)} "
-        f"(or name one with metric=/--metric); columns present: {list(raw.columns)}"
+        f"(or name one with metric=/--metric), or the long layout's 'metric' and 'value'; "
+        f"columns present: {list(raw.columns)}"
     )
 
 
@@ -267,21 +468,55 @@ def _arch_columns(raw: pd.DataFrame) -> tuple[str, ...]:
     return tuple(cols) + tuple(c for c in EXTRA_ARCH_COLUMNS if c in raw.columns)
 
 
-def _resolve_scale(values: pd.Series, scale: str | None, metric: str, name: str) -> tuple[str, str]:
-    """Detect (or check the forced) scale of the metric column."""
-    low, high = float(values.min()), float(values.max())
-    if scale is None:
-        scale = "fraction" if low >= 0.0 and high <= 1.0 else "percent"
-        source = "detected"
+def _stated_scales(
+    metric: str,
+    given: dict[str | None, str],
+    header: dict[str | None, str],
+    unit_cells: pd.Series | None,
+    rows: pd.Series,
+) -> dict[str, str]:
+    """Every scale stated for ``metric``: source -> scale."""
+    stated = {}
+    for source, scales in (("given", given), ("header line", header)):
+        scale = scales.get(metric, scales.get(None))
+        if scale is not None:
+            stated[source] = scale
+    if unit_cells is not None:
+        cells = unit_cells[rows].dropna().astype(str).str.strip().str.lower()
+        values = sorted(set(cells) - {""})
+        unknown = sorted(set(values) - set(SCALES))
+        if unknown:
+            raise ValueError(f"column 'unit' has unknown value(s) {unknown}; valid: {list(SCALES)}")
+        if len(values) > 1:
+            raise ValueError(f"column 'unit' gives metric {metric!r} several units {values}")
+        if values:
+            stated["unit column"] = values[0]
+    return stated
+
+
+def _resolve_unit(metric: str, values: pd.Series, stated: dict[str, str], name: str) -> Unit:
+    """The scale of one metric: stated (consistently), or inferred only where unambiguous."""
+    kind = metric_kind(metric)
+    if len(set(stated.values())) > 1:
+        raise ValueError(f"conflicting units for {metric!r} in {name}: {stated}")
+    low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
+    if stated:
+        source, scale = next(iter(stated.items()))
+    elif high > 1.0:
+        source, scale = "inferred: values above 1 cannot be a fraction", "percent"
     else:
-        source = "forced"
+        raise ValueError(
+            f"unit of {metric!r} in {name} is ambiguous: every value lies in [0, 1], which "
+            f"could be a fraction or a percent below 1; state it with --scale "
+            f"{'|'.join(SCALES)}, a '# unit: percent' header line or a 'unit' column"
+        )
     limit = 1.0 if scale == "fraction" else 100.0
     if low < 0.0 or high > limit:
         raise ValueError(
-            f"column {metric!r} of {name} ranges over [{low:g}, {high:g}], outside [0, {limit:g}] "
-            f"for scale {scale!r}"
+            f"metric {metric!r} of {name} ranges over [{low:g}, {high:g}], outside "
+            f"[0, {limit:g}] for scale {scale!r}"
         )
-    return scale, source
+    return Unit(kind=kind, scale=scale, source=source)
 
 
 def _check_constant_architecture(ok: pd.DataFrame, arch_columns: tuple[str, ...], name: str):

@@ -107,9 +107,11 @@ def analyze_study(
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "results.csv", index=False)
     top_k = top_k_for(table["model"].nunique())
-    summary = analyze(
-        load_results(table), out_dir, reference=reference or None, top_k=top_k, title=study
+    # Trials write top1_error in percent: say so, the analysis never guesses a unit.
+    results = load_results(
+        table, scale="percent", name=store.key_uri(f"studies/{study}/results.csv")
     )
+    summary = analyze(results, out_dir, reference=reference or None, top_k=top_k, title=study)
     for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
         store.put_file(f"studies/{study}/{path.relative_to(out_dir).as_posix()}", path)
     params = {

@@ -8,8 +8,9 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
-from analysis import analyze, report
+from analysis import analyze, figures, files, load_results, readings, report
 
 FIGURES = {
     "ecdf",
@@ -214,7 +215,207 @@ def test_write_atomic_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", fail)
+    monkeypatch.setattr(files.os, "replace", fail)
     with pytest.raises(OSError):
-        report.write_atomic(target, b"new")
+        files.write_atomic(target, "new")
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    monkeypatch.undo()
+    files.write_atomic(tmp_path / "x.txt", "ü")  # text is written as UTF-8
+    assert (tmp_path / "x.txt").read_bytes() == "ü".encode()
+
+
+def test_report_answers_first(synthetic_run, synthetic_table):
+    summary, out = synthetic_run
+    html = (out / "report.html").read_text()
+    question = "Do architectures that rank well on imagenet rank well on the other datasets?"
+    assert html.index(question) < html.index('<h2 id="data">') < html.index("<img")
+    ok = synthetic_table[synthetic_table["status"] == "ok"]
+    means = ok.groupby(["dataset", "model"])["top1_error"].mean()
+    for name in ("ds01", "ds02", "ds03"):
+        pair = summary["apr"]["targets"][name]
+        both = pd.concat([means["imagenet"], means[name]], axis=1, join="inner").sort_index()
+        pick = both.iloc[:, 0].idxmin()  # ties: first model id, as the analysis breaks them
+        loss = both.loc[pick].iloc[1] - both.iloc[:, 1].min()
+        assert pair["selection"]["pick"] == pick
+        assert pair["selection"]["loss"] == pytest.approx(loss)
+        rho = pair["spearman"]
+        sentence = (
+            f"{name}: {readings.answer_word(rho)}, Spearman ρ = {rho['value']:.2f} "
+            f"[{rho['ci_low']:.2f}, {rho['ci_high']:.2f}] over n = {pair['n_models']} models. "
+            f"Picking by imagenet (its best, {pick}) costs {loss:.2f} points"
+        )
+        assert sentence in html
+    assert "Partly" in readings.answer_word({"value": 0.3}) and readings.answer_word(
+        {"value": -0.4}
+    ).startswith("No, the ranking is reversed")
+    assert "interval includes 0" in readings.answer_word(
+        {"value": 0.05, "ci_low": -0.1, "ci_high": 0.2}
+    )
+    assert summary["settings"]["interval_method"] in html.replace("&#39;", "'")
+    md = (out / "report.md").read_text()
+    assert md.index(question) < md.index("## Data")
+
+
+def test_sub_one_percent_errors_stay_sub_one_percent(tmp_path):
+    errors = [0.4, 0.2, 0.9, 0.5, 0.3, 0.6]
+    frame = pd.DataFrame(
+        {"model": list("abcdef") * 2, "dataset": ["x"] * 6 + ["y"] * 6, "top1_error": errors * 2}
+    )
+    with pytest.raises(ValueError, match="ambiguous"):
+        analyze(frame, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    summary = analyze(load_results(frame, scale="percent"), tmp_path / "out", n_bootstrap=50)
+    assert summary["datasets"]["x"]["mean_error"] == pytest.approx(np.mean(errors))
+    assert summary["datasets"]["x"]["min_error"] == pytest.approx(0.2)
+    assert summary["input"]["units"] == {
+        "top1_error": {"kind": "error", "scale": "percent", "source": "given"}
+    }
+    # Log-odds of 99.6 % accuracy, not of 60 %.
+    pair = summary["apr"]["targets"]["y"]
+    assert pair["pearson_logit"]["value"] == pytest.approx(1.0)
+
+
+def transfer_table(n: int = 30) -> pd.DataFrame:
+    """Source accuracy on imagenet and three transfer regimes plus a kNN score on two target
+    datasets, in the long layout, accuracies as fractions (as the transfer component writes)."""
+    rng = np.random.default_rng(11)
+    quality = rng.normal(size=n)
+    rows = []
+    for m in range(n):
+        model = f"m{m:02d}"
+        rows.append(("imagenet", "pretrain", "top1", 0.75 + 0.03 * quality[m], model))
+        for dataset, agreement in (("cifar", 0.9), ("pets", 0.4)):
+            signal = agreement * quality[m]
+            for regime, noise in (("linear", 0.2), ("finetune", 0.5), ("scratch", 2.0)):
+                acc = 0.8 + 0.02 * (signal + noise * rng.normal())
+                rows.append((dataset, regime, "top1", acc, model))
+            rows.append((dataset, "knn", "knn_top1", 0.6 + 0.02 * (signal + rng.normal()), model))
+            rows.append((dataset, "linear", "linear_C", 10.0 ** rng.integers(-4, 4), model))
+    frame = pd.DataFrame(rows, columns=["dataset", "method", "metric", "value", "model"])
+    return frame.round(6)
+
+
+def test_long_table_runs_per_regime_and_metric_with_comparisons(tmp_path):
+    frame = transfer_table()
+    summary = analyze(load_results(frame, scale="fraction"), tmp_path, n_bootstrap=100)
+    assert summary["settings"]["slice"] == "pretrain/top1"
+    assert summary["input"]["slices"] == [
+        "finetune/top1",
+        "knn/knn_top1",
+        "linear/top1",
+        "pretrain/top1",
+        "scratch/top1",
+    ]
+    assert list(summary["input"]["skipped_metrics"]) == ["linear_C"]
+
+    def accuracy(dataset, method, metric):
+        rows = frame[(frame["dataset"] == dataset) & (frame["method"] == method)]
+        return rows[rows["metric"] == metric].set_index("model")["value"].sort_index()
+
+    source = accuracy("imagenet", "pretrain", "top1").to_numpy()
+    logit = lambda a: np.log(a / (1 - a))  # noqa: E731
+    targets = summary["apr"]["targets"]
+    assert len(targets) == 2 * 4  # 2 datasets x (3 regimes + kNN)
+    for regime in ("linear", "finetune", "scratch"):
+        pair = targets[f"cifar ({regime}/top1)"]
+        target = accuracy("cifar", regime, "top1").to_numpy()
+        # Kornblith et al.: Pearson r of log-odds against source accuracy.
+        expected = sps.pearsonr(logit(source), logit(target)).statistic
+        assert pair["pearson_logit"]["value"] == pytest.approx(expected, abs=1e-9)
+        assert pair["n_models"] == 30
+    linear_r = targets["cifar (linear/top1)"]["pearson_logit"]["value"]
+    assert linear_r > targets["cifar (scratch/top1)"]["pearson_logit"]["value"]
+
+    comparisons = {(c["dataset"], c["a"], c["b"]): c for c in summary["comparisons"]}
+    assert len(comparisons) == 2 * 6  # 4 slices per target dataset: 6 pairs each
+    cheap = comparisons[("pets", "finetune/top1", "knn/knn_top1")]
+    assert cheap["kind"] == "regime and metric"
+    knn, tuned = accuracy("pets", "knn", "knn_top1"), accuracy("pets", "finetune", "top1")
+    assert cheap["kendall"]["value"] == pytest.approx(sps.kendalltau(tuned, knn).statistic)
+    assert cheap["weighted_tau"]["value"] == pytest.approx(
+        sps.weightedtau(tuned.to_numpy(), knn.to_numpy()).statistic, abs=1e-9
+    )
+    assert cheap["reverse_selection"]["pick"] == knn.idxmax()
+    assert cheap["reverse_selection"]["loss"] == pytest.approx(
+        100 * (tuned.max() - tuned[knn.idxmax()]), abs=1e-6
+    )
+    assert comparisons[("cifar", "finetune/top1", "linear/top1")]["kind"] == "regimes"
+    key = "compare_kendall_tau/finetune/top1 vs knn/knn_top1/pets"
+    assert summary["metrics"][key] == pytest.approx(cheap["kendall"]["value"])
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="table-comparisons"' in html and "pets: finetune/top1 vs knn/knn_top1" in html
+
+
+def test_two_recipes_over_the_same_architectures(tmp_path):
+    rng = np.random.default_rng(5)
+    a1 = 20 + 3 * rng.normal(size=40)
+    a2 = a1 + rng.normal(size=40)
+    frame = pd.DataFrame(
+        {
+            "model": [f"m{i}" for i in range(40)] * 2,
+            "dataset": "imagenet",
+            "recipe": ["A1"] * 40 + ["A2"] * 40,
+            "top1_error": np.round(np.concatenate([a1, a2]), 1),
+        }
+    )
+    summary = analyze(frame, tmp_path, n_bootstrap=100, regime="A2")
+    assert summary["settings"]["slice"] == "A2/top1_error"
+    assert summary["settings"]["slice_choice"].startswith("given")
+    (pair,) = summary["comparisons"]
+    assert (pair["a"], pair["b"], pair["kind"]) == ("A1/top1_error", "A2/top1_error", "regimes")
+    x, y = frame["top1_error"][:40].to_numpy(), frame["top1_error"][40:].to_numpy()
+    assert pair["spearman"]["value"] == pytest.approx(sps.spearmanr(x, y).statistic)
+    assert pair["kendall"]["value"] == pytest.approx(sps.kendalltau(x, y).statistic)
+    with pytest.raises(ValueError, match="no results for regime 'A3'"):
+        analyze(frame, tmp_path / "bad", regime="A3")
+
+
+def test_model_table_has_every_model_spec_and_safe_run_links(tmp_path, synthetic_table):
+    frame = synthetic_table.copy()
+    frame["run_url"] = [f"http://mlflow:5000/#/experiments/1/runs/{i}" for i in range(len(frame))]
+    first = frame.index[(frame["model"] == "m0000") & (frame["dataset"] == "imagenet")][0]
+    frame.loc[first, "run_url"] = "javascript:alert(1)"
+    summary = analyze(frame, tmp_path, top_k=5, n_bootstrap=20)
+    html = (tmp_path / "report.html").read_text()
+    data = json.loads(html.split('id="model-data">')[1].split("</script>")[0])
+    assert data["n"] == summary["input"]["n_models"] == 80
+    columns = data["columns"]
+    assert columns[:3] == ["model", "ds01 error", "ds01 rank"]
+    assert {f"{p}{s}" for p in "dwbg" for s in range(1, 5)} <= set(columns)
+    row = data["rows"][1]  # m0001
+    raw = frame[(frame["model"] == "m0001") & (frame["status"] == "ok")]
+    assert row[columns.index("d1")] == raw["d1"].iloc[0]
+    imagenet = raw[raw["dataset"] == "imagenet"]["top1_error"].mean()
+    assert row[columns.index("imagenet error")] == pytest.approx(imagenet, abs=1e-4)
+    links = data["links"]
+    column = str(columns.index("imagenet error"))
+    assert column not in links[0], "a javascript: link must not be rendered"
+    seed0 = frame[(frame["model"] == "m0001") & (frame["dataset"] == "imagenet")].sort_values(
+        "seed"
+    )
+    assert links[1][column] == seed0["run_url"].iloc[0]
+    assert "javascript:" not in html
+
+
+def test_source_line_names_the_table(tmp_path):
+    frame = pd.DataFrame({"model": list("abcd"), "dataset": "x", "error": [1, 2, 3, 4.0]})
+    analyze(frame, tmp_path / "a", n_bootstrap=0)
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert "<code>in-memory table</code>" in html and "DataFrame" not in html
+    analyze(load_results(frame, name="studies/s1/results.csv"), tmp_path / "b", n_bootstrap=0)
+    assert "<code>studies/s1/results.csv</code>" in (tmp_path / "b" / "report.html").read_text()
+
+
+def test_many_points_are_drawn_as_a_density():
+    from matplotlib.collections import PathCollection, PolyCollection
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    many = np.arange(figures.DENSE_POINTS + 1.0)
+    figures._points(ax, many, many, 5, label="models")
+    assert isinstance(ax.collections[0], PolyCollection)  # the hexbin
+    assert ax.collections[0].get_array().sum() == many.size  # every model counted once
+    ax = Figure().add_subplot()
+    figures._points(ax, many[:100], many[:100], 5)
+    assert isinstance(ax.collections[0], PathCollection)
+    assert len(ax.collections[0].get_offsets()) == 100

@@ -51,6 +51,47 @@ def test_vectorised_bootstrap_equals_scipy_loop_on_same_indices(pair):
         assert pearson[b] == pytest.approx(sps.pearsonr(lx[rows], ly[rows]).statistic, abs=1e-12)
 
 
+@pytest.mark.parametrize("n", [7, 300])
+def test_fast_kendall_equals_scipy_with_heavy_ties(n):
+    """Few distinct values (many ties in x, in y and in both) and resamples with copies."""
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 6, size=n).astype(float)
+    y = np.where(rng.random(n) < 0.5, x, rng.integers(0, 4, size=n)).astype(float)
+    idx = rng.integers(0, n, size=(40, n))
+    tau = stats.bootstrap_kendall(x, y, stats.resample_counts(idx, n))
+    expected = [sps.kendalltau(x[rows], y[rows]).statistic for rows in idx]
+    np.testing.assert_allclose(tau, expected, rtol=0, atol=1e-12)
+
+
+def test_weighted_inversion_count_equals_brute_force():
+    rng = np.random.default_rng(8)
+    ranks = rng.integers(0, 37, size=50)
+    weights = rng.integers(0, 4, size=(5, 50)).astype(float)
+    expected = [
+        sum(w[i] * w[j] for i in range(50) for j in range(i + 1, 50) if ranks[i] > ranks[j])
+        for w in weights
+    ]
+    np.testing.assert_array_equal(stats._inversions(ranks, weights), expected)
+
+
+def test_bootstrap_draws_what_the_precision_needs():
+    statistic = {"mean": lambda counts: counts @ values / counts.sum(axis=1)}
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=5000)
+    # sd of the mean of 5000 N(0,1) ~ 0.014: 2.67 * 0.014 / 0.02 < 2, so the pilot suffices.
+    early = stats.Bootstrap(1000, 0, tolerance=0.02).samples(statistic, 5000, "a")
+    assert early["mean"].size == stats.PILOT_RESAMPLES
+    full = stats.Bootstrap(1000, 0, tolerance=0).samples(statistic, 5000, "a")
+    assert full["mean"].size == 1000
+    # The pilot is the start of the same stream: early stopping never changes its resamples.
+    np.testing.assert_array_equal(full["mean"][: early["mean"].size], early["mean"])
+    tight = stats.Bootstrap(1000, 0, tolerance=0.002).samples(statistic, 5000, "a")
+    sd = early["mean"].std()
+    needed = int(np.ceil((stats.ENDPOINT_SE_FACTOR * sd / 0.002) ** 2))
+    assert tight["mean"].size == min(1000, max(stats.PILOT_RESAMPLES, needed))
+    assert stats.Bootstrap(0, 0).samples(statistic, 5000, "a")["mean"].size == 0
+
+
 def test_degenerate_resample_gives_nan_and_is_dropped_from_the_interval():
     x, y = np.array([1.0, 2.0, 3.0]), np.array([3.0, 1.0, 2.0])
     idx = np.array([[0, 0, 0], [0, 1, 2], [2, 1, 0]])
@@ -95,8 +136,14 @@ def test_pair_statistics_match_scipy(pair):
     assert result["weighted_tau"]["value"] == pytest.approx(
         sps.weightedtau(100 - x, 100 - y).statistic
     )
-    low, high = result["spearman"]["ci_low"], result["spearman"]["ci_high"]
-    assert low <= result["spearman"]["value"] <= high
+    # The interval: percentiles of scipy's statistic on the pair's resamples (100 <= pilot).
+    idx = stats.Bootstrap(100, 0).indices(x.size, "ref", "tgt")
+    for key, function in (("spearman", sps.spearmanr), ("kendall", sps.kendalltau)):
+        replicates = [function(x[rows], y[rows]).statistic for rows in idx]
+        low, high = np.percentile(replicates, [2.5, 97.5])
+        assert result[key]["ci_low"] == pytest.approx(low, abs=1e-12)
+        assert result[key]["ci_high"] == pytest.approx(high, abs=1e-12)
+        assert result[key]["n_boot_valid"] == 100
 
 
 def test_top_k_overlap_and_reference_ranks():
@@ -114,6 +161,16 @@ def test_top_k_overlap_and_reference_ranks():
         ("c", 2),
     ]
     assert stats.top_k_agreement(models, ref, target, 50)["top_k"]["k"] == 6
+    # Picking by ref chooses a (6.0 on target); the best on target is b (1.0).
+    assert result["selection"] == {
+        "pick": "a",
+        "pick_error": 6.0,
+        "pick_rank": 6,
+        "best": "b",
+        "best_error": 1.0,
+        "loss": 5.0,
+        "top_k_mean_loss": (6.0 + 1.0 + 2.0) / 3 - 1.0,
+    }
 
 
 def test_pair_statistics_report_missing_models_and_too_few_shared():

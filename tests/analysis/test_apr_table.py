@@ -20,7 +20,7 @@ def test_timm_fixture_skips_comment_lines_and_reads_percent_accuracy(timm_csv):
     assert (table.metric_kind, table.scale, table.scale_source) == (
         "accuracy",
         "percent",
-        "detected",
+        "header line",
     )
     assert len(table.frame) == 240 and table.frame["dataset"].nunique() == 6
     raw = pd.read_csv(timm_csv, comment="#")
@@ -28,20 +28,158 @@ def test_timm_fixture_skips_comment_lines_and_reads_percent_accuracy(timm_csv):
 
 
 @pytest.mark.parametrize(
-    ("column", "values", "scale", "expected"),
+    ("column", "values", "scale", "expected", "source"),
     [
-        ("top1_error", [10.0, 20.0, 30.0], None, [10.0, 20.0, 30.0]),
-        ("error", [0.1, 0.2, 0.3], None, [10.0, 20.0, 30.0]),
-        ("accuracy", [0.9, 0.8, 0.7], None, [10.0, 20.0, 30.0]),
-        ("top1", [90.0, 80.0, 70.0], None, [10.0, 20.0, 30.0]),
-        # Percent errors that happen to be below 1 must be forced.
-        ("error", [0.1, 0.2, 0.3], "percent", [0.1, 0.2, 0.3]),
+        ("top1_error", [10.0, 20.0, 30.0], None, [10.0, 20.0, 30.0], "inferred"),
+        ("error", [0.1, 0.2, 0.3], "fraction", [10.0, 20.0, 30.0], "given"),
+        ("accuracy", [0.9, 0.8, 0.7], "fraction", [10.0, 20.0, 30.0], "given"),
+        ("top1", [90.0, 80.0, 70.0], None, [10.0, 20.0, 30.0], "inferred"),
+        # Sub-1 % errors stay sub-1 % (not 40 % where it was 0.4 %).
+        ("top1_error", [0.4, 0.2, 0.9], "percent", [0.4, 0.2, 0.9], "given"),
+        ("top1", [99.6, 99.8, 99.1], None, [0.4, 0.2, 0.9], "inferred"),
     ],
 )
-def test_metric_normalised_to_error_percent(column, values, scale, expected):
+def test_metric_normalised_to_error_percent(column, values, scale, expected, source):
     table = load_results(tidy(**{column: values}), scale=scale)
-    np.testing.assert_allclose(table.frame["error"], expected)
-    assert table.scale_source == ("forced" if scale else "detected")
+    np.testing.assert_allclose(table.frame["error"], expected, atol=1e-9)
+    assert table.scale_source.startswith(source)
+
+
+@pytest.mark.parametrize("column", ["top1_error", "accuracy"])
+def test_values_all_in_unit_interval_without_a_unit_are_refused(column):
+    with pytest.raises(ValueError, match=f"unit of '{column}' in .* is ambiguous") as caught:
+        load_results(tidy(**{column: [0.4, 0.2, 0.9]}))
+    message = str(caught.value)
+    assert "\n" not in message and "--scale" in message and "# unit: percent" in message
+
+
+def test_unit_header_lines_and_unit_column(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("# unit: percent\nmodel,dataset,top1_error\na,x,0.4\nb,x,0.2\nc,x,0.9\n")
+    table = load_results(path)
+    assert (table.scale, table.scale_source) == ("percent", "header line")
+    assert table.frame["error"].tolist() == [0.4, 0.2, 0.9]
+
+    path.write_text(
+        "# unit top1_error: fraction\nmodel,dataset,top1_error\na,x,0.4\nb,x,0.2\nc,x,0.9\n"
+    )
+    np.testing.assert_allclose(load_results(path).frame["error"], [40.0, 20.0, 90.0])
+
+    frame = tidy(top1_error=[0.4, 0.2, 0.9], unit=["percent"] * 3)
+    table = load_results(frame)
+    assert (table.scale, table.scale_source) == ("percent", "unit column")
+    assert table.frame["error"].tolist() == [0.4, 0.2, 0.9]
+
+
+@pytest.mark.parametrize(
+    ("frame", "kwargs", "message"),
+    [
+        (
+            tidy(top1_error=[0.4, 0.2, 0.9], unit=["percent"] * 3),
+            {"scale": "fraction"},
+            "conflicting units",
+        ),
+        (
+            tidy(top1_error=[0.4, 0.2, 0.9], unit=["percent", "fraction", "percent"]),
+            {},
+            "several units",
+        ),
+        (tidy(top1_error=[0.4, 0.2, 0.9], unit=["%"] * 3), {}, "unknown value"),
+    ],
+)
+def test_inconsistent_units_are_refused(frame, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load_results(frame, **kwargs)
+
+
+def test_unknown_unit_in_header_line_is_refused(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("# unit: permille\nmodel,dataset,top1_error\na,x,4\n")
+    with pytest.raises(ValueError, match="unit 'permille'"):
+        load_results(path)
+
+
+def long_table() -> pd.DataFrame:
+    """3 models x 2 datasets: a kNN score and fine-tuned accuracy, one unusable metric."""
+    rows = []
+    for i, model in enumerate(("a", "b", "c")):
+        for dataset in ("cifar", "pets"):
+            rows += [
+                {
+                    "model": model,
+                    "dataset": dataset,
+                    "method": "knn",
+                    "metric": "knn_top1",
+                    "value": 0.5 + 0.1 * i,
+                },
+                {
+                    "model": model,
+                    "dataset": dataset,
+                    "method": "finetune",
+                    "metric": "top1",
+                    "value": 0.7 + 0.05 * i,
+                },
+                {
+                    "model": model,
+                    "dataset": dataset,
+                    "method": "linear",
+                    "metric": "linear_C",
+                    "value": 100.0,
+                },
+            ]
+    return pd.DataFrame(rows)
+
+
+def test_long_table_is_read_per_regime_and_metric():
+    table = load_results(long_table(), scale="fraction")
+    assert table.layout == "long"
+    assert table.slices == [("finetune", "top1"), ("knn", "knn_top1")]
+    assert table.skipped_metrics == {
+        "linear_C": "neither an error nor an accuracy (name without 'err', 'acc' or 'top')"
+    }
+    knn = table.slice("knn", "knn_top1")
+    models, datasets, errors = knn.error_matrix()
+    assert models.tolist() == ["a", "b", "c"] and datasets == ["cifar", "pets"]
+    np.testing.assert_allclose(errors[:, 0], [50.0, 40.0, 30.0])
+    assert knn.metric_kind == "accuracy" and knn.scale_source == "given"
+    with pytest.raises(ValueError, match="2 metrics"):
+        _ = table.metric_column
+    with pytest.raises(ValueError, match=r"2 \(regime, metric\) slices"):
+        table.error_matrix()
+
+
+def test_long_table_units_per_metric_and_duplicates():
+    frame = long_table()
+    table = load_results(frame, scale={"knn_top1": "fraction", "top1": "fraction"})
+    assert {m: u.scale for m, u in table.units.items()} == {
+        "knn_top1": "fraction",
+        "top1": "fraction",
+    }
+    with pytest.raises(ValueError, match="unit of 'knn_top1'"):
+        load_results(frame, scale={"top1": "fraction"})
+    doubled = pd.concat([frame, frame.head(1)])
+    with pytest.raises(ValueError, match="duplicate"):
+        load_results(doubled, scale="fraction")
+
+
+def test_regime_column_separates_recipes_of_one_architecture():
+    frame = pd.DataFrame(
+        {
+            "model": ["a", "b", "a", "b"],
+            "dataset": "imagenet",
+            "recipe": ["A1", "A1", "A2", "A2"],
+            "top1_error": [20.0, 21.0, 22.0, 21.5],
+        }
+    )
+    table = load_results(frame)
+    assert table.slices == [("A1", "top1_error"), ("A2", "top1_error")]
+    assert table.slice("A2", "top1_error").frame["error"].tolist() == [22.0, 21.5]
+
+
+def test_source_name_of_an_in_memory_table():
+    frame = tidy(top1_error=[10.0, 20.0, 30.0])
+    assert load_results(frame).source == "in-memory table"
+    assert load_results(frame, name="s3://b/studies/x/results.csv").source.startswith("s3://")
 
 
 def test_metric_argument_picks_column_and_kind():
@@ -59,7 +197,15 @@ def test_status_rows_are_excluded_with_reason():
     table = load_results(frame)
     assert table.frame["model"].tolist() == ["a", "c"]
     assert table.excluded.to_dict("records") == [
-        {"model": "b", "dataset": "x", "seed": None, "status": "diverged", "reason": "loss NaN"}
+        {
+            "model": "b",
+            "dataset": "x",
+            "regime": "",
+            "metric": "top1_error",
+            "seed": None,
+            "status": "diverged",
+            "reason": "loss NaN",
+        }
     ]
 
 
@@ -108,7 +254,7 @@ def test_duplicates_allowed_across_seeds_but_not_within():
         load_results(frame)
 
 
-def test_forced_scale_out_of_range_and_bad_names(tmp_path):
+def test_given_scale_out_of_range_and_bad_names(tmp_path):
     with pytest.raises(ValueError, match="outside"):
         load_results(tidy(top1=[90.0, 80.0, 70.0]), scale="fraction")
     with pytest.raises(ValueError, match="scale must be"):
