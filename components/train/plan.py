@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from components.common.hashing import content_hash
-from components.common.storage import ArtifactStore
+from components.common.progress import report
+from components.common.storage import ArtifactStore, CorruptObjectError, MissingObjectError
 from components.data.datasets import DatasetRef
 from components.train.recipes import Recipe
 from components.train.trial import Trial
@@ -57,11 +58,25 @@ def save_plan(store: ArtifactStore, study: str, trials: list[Trial]) -> list[str
     ids = []
     for trial in trials:
         trial_id = trial.trial_id
-        if not store.exists(trial_key(trial_id)):
+        if not _plan_intact(store, trial_key(trial_id)):
             store.put_json(trial_key(trial_id), trial.to_dict())
         ids.append(trial_id)
     store.put_json(trial_list_key(study), ids)
     return ids
+
+
+def _plan_intact(store: ArtifactStore, key: str) -> bool:
+    """Whether ``key`` holds a readable trial definition; a truncated or corrupt one is set
+    aside (``trial.json.corrupt-<time>``) so that the plan writes it again."""
+    try:
+        Trial.from_dict(store.get_json(key))
+    except MissingObjectError:
+        return False
+    except (CorruptObjectError, KeyError, TypeError, ValueError) as e:
+        aside = store.set_aside(key)
+        report("plan", f"{key} is unreadable ({e}); set aside as {aside} and written again")
+        return False
+    return True
 
 
 def trial_list_key(study: str) -> str:

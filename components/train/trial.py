@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
 import time
 import traceback
 from collections.abc import Callable
@@ -28,11 +29,21 @@ import torch
 import torch.nn.functional as F
 
 from components.common.hashing import content_hash
-from components.common.storage import ArtifactStore, StoreError
+from components.common.storage import (
+    ArtifactStore,
+    CorruptObjectError,
+    Lease,
+    MissingObjectError,
+    StoreError,
+)
 from components.data.datasets import DatasetRef
 from components.data.loader import TrainData, open_split
 from components.train.engines import TrainEngine, create_engine
 from components.train.recipes import Recipe
+
+# A trial's lease expires this long after its holder's last renewal (every third of it).
+LEASE_TTL_ENV = "APRFLOW_LEASE_TTL_S"
+DEFAULT_LEASE_TTL_S = 120.0
 
 # Bump when a change to the training code changes what a trial produces.
 TRAINER_VERSION = 1
@@ -142,10 +153,38 @@ def _save_checkpoint(store, trial_id, engine, epoch, history, generator) -> None
     store.put_bytes(checkpoint_key(trial_id), buffer.getvalue())
 
 
-def _load_checkpoint(store, trial_id) -> dict[str, Any] | None:
-    if not store.exists(checkpoint_key(trial_id)):
+def load_checkpoint_bytes(data: bytes, engine: str = "torch") -> dict[str, Any]:
+    """Unpickles a checkpoint with ``torch.load(weights_only=True)``: tensors and plain
+    containers only, so a crafted checkpoint cannot run code. DeepSpeed's ZeRO optimizer state
+    holds three plain DeepSpeed objects (loss scaler, stage enum, fragment address), which are
+    allow-listed by name for that engine only (``torch.serialization.
+    get_unsafe_globals_in_checkpoint`` lists them)."""
+    allowed = []
+    if engine == "deepspeed":
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _load_checkpoint(store, trial_id, engine: str, progress: Progress) -> dict[str, Any] | None:
+    """The trial's last checkpoint; None when there is none or it is truncated or corrupt (then
+    it is set aside as ``checkpoint.pt.corrupt-<time>`` and the trial starts from scratch)."""
+    key = checkpoint_key(trial_id)
+    try:
+        return load_checkpoint_bytes(store.get_bytes(key), engine)
+    except MissingObjectError:
         return None
-    return torch.load(io.BytesIO(store.get_bytes(checkpoint_key(trial_id))), weights_only=False)
+    except (CorruptObjectError, pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        aside = store.set_aside(key)
+        progress(
+            f"checkpoint of trial {trial_id} is unusable ({e}); set aside as {aside}, "
+            "training from scratch"
+        )
+        return None
 
 
 def _configure_threads() -> None:
@@ -180,7 +219,7 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
     test = open_split(store, trial.dataset, "test", engine.device, trial.seed)
     history: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "test_error": []}
     start_epoch = 0
-    checkpoint = _load_checkpoint(store, trial_id)
+    checkpoint = _load_checkpoint(store, trial_id, trial.engine, progress)
     if checkpoint is not None:
         engine.load_state_dict(checkpoint["engine"])
         generator.set_state(checkpoint["generator"])
@@ -234,6 +273,45 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
     }
 
 
+def _stored_result(store: ArtifactStore, trial_id: str, progress: Progress) -> dict | None:
+    """The trial's stored result marked ``reused``; None when there is none, or when it is
+    truncated or corrupt (then it is set aside as ``result.json.corrupt-<time>``)."""
+    key = result_key(trial_id)
+    try:
+        result = store.get_json(key)
+        if not isinstance(result, dict) or result.get("status") not in STATUSES:
+            raise CorruptObjectError(f"object {key!r} holds no trial result")
+    except MissingObjectError:
+        return None
+    except CorruptObjectError as e:
+        aside = store.set_aside(key)
+        progress(f"trial {trial_id}: {e}; set aside as {aside}, training again")
+        return None
+    progress(f"trial {trial_id} already done ({result['status']}): reusing its result")
+    return result | {"reused": True}
+
+
+def _lease_or_result(
+    store: ArtifactStore, trial_id: str, progress: Progress
+) -> tuple[Lease | None, dict | None]:
+    """Takes the trial's lease, or waits until its holder publishes the result."""
+    ttl = float(os.environ.get(LEASE_TTL_ENV, DEFAULT_LEASE_TTL_S))
+    waiting = False
+    while True:
+        lease, holder = Lease.try_acquire(store, f"trials/{trial_id}", ttl)
+        if lease is not None:
+            return lease, None
+        if (stored := _stored_result(store, trial_id, progress)) is not None:
+            return None, stored
+        if not waiting:
+            progress(
+                f"trial {trial_id} is being trained by {holder.get('host')} (pid "
+                f"{holder.get('pid')}): waiting for its result"
+            )
+            waiting = True
+        time.sleep(min(5.0, ttl / 4))
+
+
 def run_trial(store: ArtifactStore, trial: Trial, progress: Progress = print) -> dict[str, Any]:
     """Runs ``trial`` unless its result exists, writes ``result.json`` and returns the result.
 
@@ -246,10 +324,20 @@ def run_trial(store: ArtifactStore, trial: Trial, progress: Progress = print) ->
         StoreError: when the artifact store fails (nothing is recorded then).
     """
     trial_id = trial.trial_id
-    if store.exists(result_key(trial_id)):
-        result = store.get_json(result_key(trial_id))
-        progress(f"trial {trial_id} already done ({result['status']}): reusing its result")
-        return result | {"reused": True}
+    if (stored := _stored_result(store, trial_id, progress)) is not None:
+        return stored
+    # One trainer per trial: a second run of the same study waits for this one's result.
+    lease, stored = _lease_or_result(store, trial_id, progress)
+    if stored is not None:
+        return stored
+    with lease.hold():
+        if (stored := _stored_result(store, trial_id, progress)) is not None:
+            return stored  # finished by the previous holder while this process waited
+        return _run_leased(store, trial, progress)
+
+
+def _run_leased(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, Any]:
+    trial_id = trial.trial_id
     _configure_threads()
     tic = time.perf_counter()
     outcome: dict[str, Any] = {"status": "ok", "reason": ""}
