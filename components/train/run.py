@@ -6,6 +6,7 @@ Both the KFP components (``component.py``) and the CLI (``aprflow train``) call 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from typing import Any
 
@@ -68,6 +69,7 @@ def plan_study(
         # when recipes differ by dataset.
         params[f"dataset.{ref.name}.recipe"] = resolved.name
         params[f"dataset.{ref.name}.version"] = tracking.dataset_version(ref.to_dict())
+    config = _plain_config(config) if config else None
     parent = tracking.start_study_run(uri, study_name, study, params, kfp_run_id, config)
     record = {"study_id": study, "name": study_name, "parent_run_id": parent, "trials": len(ids)}
     if not store.exists(study_key(study)):
@@ -78,6 +80,19 @@ def plan_study(
         f"{len(seeds)} seeds = {len(ids)} trials; MLflow parent run {parent}",
     )
     return ids, study, parent
+
+
+def _plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as the user wrote it: KFP hands pipeline arguments inside a dict over as
+    floats or text (``2`` arrives as ``2.0`` or ``"2.0"``), so integral numbers become ints."""
+    plain = {}
+    for key, value in config.items():
+        if isinstance(value, str) and re.fullmatch(r"-?\d+\.0", value):
+            value = float(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        plain[key] = value
+    return plain
 
 
 def _population_params(specs: list[dict[str, Any]]) -> dict[str, Any]:
