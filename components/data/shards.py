@@ -49,9 +49,12 @@ def shard_bytes(records: Iterable[Record]) -> bytes:
 
 
 def group_into_shards(
-    records: list[Record], max_bytes: int = SHARD_MAX_BYTES, max_images: int = SHARD_MAX_IMAGES
+    records: list[Record], max_bytes: int | None = None, max_images: int | None = None
 ) -> list[list[Record]]:
-    """Splits ``records`` (in order) into shards of at most ``max_images`` / ~``max_bytes``."""
+    """Splits ``records`` (in order) into shards of at most ``max_images`` / ~``max_bytes``
+    (default: the module's :data:`SHARD_MAX_IMAGES` / :data:`SHARD_MAX_BYTES`)."""
+    max_bytes = max_bytes or SHARD_MAX_BYTES
+    max_images = max_images or SHARD_MAX_IMAGES
     shards: list[list[Record]] = [[]]
     size = 0
     for record in records:

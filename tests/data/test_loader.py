@@ -1,0 +1,126 @@
+"""The training input pipeline: one interface, in memory or streamed; deterministic per
+(seed, epoch); a size-limited shard cache in front of S3; a trial trains and resumes on it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_folder
+
+from components.common.storage import open_store
+from components.data.build import build_dataset, load_manifest, load_split
+from components.data.descriptor import DatasetDescriptor, SplitRule
+from components.data.loader import InMemoryBatches, ShardCache, StreamBatches, open_split
+from components.train.recipes import resolve_recipe
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def built(tmp_path, monkeypatch):
+    """A 3-class folder of 10 images per class; the train split in 3 shards."""
+    from components.data import shards
+
+    monkeypatch.setattr(shards, "SHARD_MAX_IMAGES", 9)  # several shards: workers share them
+    store = open_store(str(tmp_path / "store"))
+    folder = make_image_folder(tmp_path / "folder")
+    descriptor = DatasetDescriptor(name="pets", source=str(folder), split=SplitRule(seed=2))
+    ref = build_dataset(store, descriptor, print)
+    return store, replace(ref, resolution=16, input="stream")
+
+
+def _epoch(data, recipe, epoch: int):
+    batches = list(data.train(recipe, torch.Generator().manual_seed(0), epoch))
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+def test_stream_is_deterministic_per_seed_and_epoch(built):
+    store, ref = built
+    assert len(load_manifest(store, ref)["splits"]["train"]["shards"]) == 3
+    recipe = resolve_recipe("apr_tiny", {"batch_size": 4, "hflip": True})
+    data = open_split(store, ref, "train", CPU, seed=5, workers=2)
+    assert isinstance(data, StreamBatches) and len(data) == 21
+    x0, y0 = _epoch(data, recipe, epoch=0)
+    assert x0.shape[1:] == (3, 16, 16) and x0.dtype == torch.float32
+    assert len(y0) in range(12, 22) and len(y0) % 4 == 0  # each worker drops its partial batch
+    again = _epoch(open_split(store, ref, "train", CPU, seed=5, workers=2), recipe, epoch=0)
+    assert torch.equal(x0, again[0]) and torch.equal(y0, again[1])
+    x1, _ = _epoch(data, recipe, epoch=1)
+    other_seed, _ = _epoch(open_split(store, ref, "train", CPU, seed=6, workers=2), recipe, 0)
+    assert not torch.equal(x0, x1[: len(x0)]) and not torch.equal(x0, other_seed[: len(x0)])
+    assert abs(float(x0.mean())) < 1.5, "normalised with the manifest's mean and std"
+
+
+def test_eval_sees_every_image_once_like_the_memory_path(built):
+    store, ref = built
+    streamed = open_split(store, ref, "test", CPU, workers=2)
+    labels = torch.cat([y for _, y in streamed.eval(4)])
+    memory = open_split(store, replace(ref, input="memory"), "test", CPU)
+    assert isinstance(memory, InMemoryBatches)
+    assert sorted(labels.tolist()) == sorted(load_split(store, ref, "test")[1].tolist())
+    assert len(memory) == len(streamed) == 6
+    # Same pixels after resizing: the stream's eval transform matches load_split's resize.
+    first_stream = next(open_split(store, ref, "test", CPU, workers=0).eval(6))[0]
+    first_memory = next(memory.eval(6))[0]
+    assert torch.allclose(first_stream, first_memory, atol=0.05)
+
+
+def test_shard_cache_on_s3_reuses_and_evicts(tmp_path, s3_env):
+    store = open_store(f"s3://{s3_env}/cache-test")
+    for n in range(3):
+        store.put_bytes(f"d/train-{n:06d}.tar", bytes([n]) * 1000)
+    cache = ShardCache(store, tmp_path / "cache", max_bytes=2500)
+    first = [cache.path(f"d/train-{n:06d}.tar") for n in range(3)]
+    assert cache.fetched == 3 and first[2].read_bytes() == bytes([2]) * 1000
+    assert not first[0].exists(), "least recently used shard evicted beyond the limit"
+    assert cache.path("d/train-000002.tar") == first[2] and cache.fetched == 3, "reused"
+    local = ShardCache(open_store(str(tmp_path / "s")), tmp_path / "cache")
+    assert local.path("x/a.tar") == tmp_path / "s" / "x" / "a.tar", "a local store is read in place"
+
+
+def test_stream_from_s3_through_the_cache(tmp_path, s3_env, monkeypatch):
+    monkeypatch.setenv("APRFLOW_SHARD_CACHE", str(tmp_path / "cache"))
+    store = open_store(f"s3://{s3_env}/aprflow")
+    folder = make_image_folder(tmp_path / "folder")
+    ref = build_dataset(store, DatasetDescriptor(name="pets", source=str(folder)), print)
+    data = open_split(store, replace(ref, input="stream"), "train", CPU, workers=0)
+    recipe = resolve_recipe("apr_tiny", {"batch_size": 7})
+    _, y = _epoch(data, recipe, 0)
+    assert sorted(y.tolist()) == sorted(load_split(store, ref, "train")[1].tolist())
+    cached = list((tmp_path / "cache").rglob("*.tar"))
+    assert len(cached) == 1 and cached[0].stat().st_size > 0
+
+
+def test_trial_trains_and_resumes_on_the_stream(built, monkeypatch):
+    """A trial killed during epoch 2 resumes from its epoch-1 checkpoint and ends exactly where
+    an uninterrupted run ends: the stream's order depends on (seed, epoch) only."""
+    from components.sample.samplers import sample_specs
+    from components.train.trial import Trial, result_key, run_trial
+
+    monkeypatch.setenv("APRFLOW_DATA_WORKERS", "1")
+    store, ref = built
+    spec = sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict()
+    recipe = resolve_recipe("apr_tiny", {"epochs": 2, "batch_size": 4})
+    trial = Trial(spec=spec, dataset=ref, recipe=recipe, seed=0)
+    assert trial.trial_id != replace(trial, dataset=replace(ref, input="memory")).trial_id
+
+    def killed_in_epoch_2(line: str) -> None:
+        if "epoch 2/2" in line:  # reported before the epoch-2 checkpoint is written
+            raise RuntimeError("pod killed")
+
+    assert run_trial(store, trial, progress=killed_in_epoch_2)["status"] == "failed"
+    (store.root / result_key(trial.trial_id)).unlink()
+    lines: list[str] = []
+    resumed = run_trial(store, trial, progress=lines.append)
+    assert any("resuming" in line and "after epoch 1" in line for line in lines)
+
+    fresh = open_store(str(store.root.parent / "fresh"))
+    for key in store.list("datasets/"):
+        fresh.put_bytes(key, store.get_bytes(key))
+    uninterrupted = run_trial(fresh, trial, progress=lambda _: None)
+    assert resumed["status"] == uninterrupted["status"] == "ok"
+    assert np.allclose(resumed["history"]["train_loss"], uninterrupted["history"]["train_loss"])
+    assert resumed["history"]["test_error"] == uninterrupted["history"]["test_error"]
