@@ -15,7 +15,7 @@ from components.sample.samplers import sample_specs
 from components.train import engines
 from components.train.engines import DeepSpeedEngine, TorchEngine, create_engine
 from components.train.recipes import resolve_recipe
-from components.train.trial import Trial, run_trial
+from components.train.trial import Trial, load_checkpoint_bytes, run_trial
 
 
 def _problem() -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +106,7 @@ def test_deepspeed_checkpoint_round_trip(zero_stage):
     restored = DeepSpeedEngine(batch_size=len(x), zero_stage=zero_stage)
     restored_optimizer = _optimizer(restored_model := _model(seed=1))
     restored_module = restored.setup(restored_model, restored_optimizer)
-    checkpoint = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    checkpoint = load_checkpoint_bytes(buffer.getvalue(), "deepspeed")  # weights_only=True
     restored.load_state_dict(checkpoint["engine"])
     for ours, theirs in zip(_weights(restored_model), _weights(model), strict=True):
         assert torch.equal(ours, theirs)
