@@ -45,7 +45,13 @@ def study(mlflow_server, tmp_path_factory):
     try:
         refs = prepare_all(["faces", "shapes"], 12, 0, store_uri)
         specs = [s.to_dict() for s in sample_specs("anynetx_a", 4, (150e6, 250e6), seed=0).specs]
-        config = {"study_name": EXPERIMENT, "n_models": 4, "flops_min": 150e6, "resolution": 12}
+        # As KFP hands pipeline arguments over inside a dict: ints as floats or text.
+        config = {
+            "study_name": EXPERIMENT,
+            "n_models": 4.0,
+            "flops_min": 150e6,
+            "resolution": "12.0",
+        }
         plan = dict(
             specs=[*specs, specs[0] | {"block_type": "no_such_block"}],  # fails to build
             datasets=[r.to_dict() for r in refs],
@@ -121,6 +127,7 @@ def test_parent_run_holds_the_study(study):
     params, metrics = parent.data.params, parent.data.metrics
     # The full config, the population and its FLOP band, the recipe per dataset.
     assert json.loads(params["config.flops_min"]) == 150e6 and params["config.resolution"] == "12"
+    assert params["config.n_models"] == "4" and params["config.study_name"] == EXPERIMENT
     assert params["population.size"] == "5"  # 4 sampled + 1 broken spec
     flops = [AnyNetSpec.from_dict(s).derived_quantities()["flops"] for s in study["specs"]]
     assert int(params["population.flops_min"]) == min(flops) >= 150e6
@@ -191,10 +198,13 @@ def test_readme_searches_find_the_runs(study):
     failed = _search(study, FAILED)
     assert _trial_ids(failed) == {r["trial_id"] for r in results if r["status"] == "failed"}
     assert len(failed) == 2
+    assert _trial_ids(_search(study, "tags.aprflow.status != 'ok'")) == _trial_ids(failed)
     # 3. One architecture across datasets.
     model = AnyNetSpec.from_dict(study["specs"][0]).spec_hash()
     same = _search(study, ONE_ARCHITECTURE.format(model=model))
     assert sorted(r.data.params["dataset"] for r in same) == ["faces", "shapes"]
+    by_name = _search(study, f"attributes.run_name LIKE '{model[:8]}%'")
+    assert _trial_ids(by_name) == _trial_ids(same)
 
 
 def test_results_table_links_each_trial_to_its_run(study):
