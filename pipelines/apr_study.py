@@ -68,6 +68,7 @@ def apr_study(
     flops_max: float = 250e6,
     datasets: list = ["digits", "faces", "shapes"],  # noqa: B006 - KFP reads the default
     resolution: int = 16,
+    dataset_settings: dict = {},  # noqa: B006 - KFP reads the default
     recipe: str = "apr_tiny",
     epochs: int = 0,
     seed: int = 0,
@@ -86,8 +87,11 @@ def apr_study(
         space: design space (anynetx_a ... anynetx_e, regnet).
         n_models: architectures to sample.
         flops_min, flops_max: FLOP band (multiply-adds at 224x224).
-        datasets: dataset names.
+        datasets: dataset names: built-in (digits, faces, shapes) or built with
+            ``aprflow data build`` / ``aprflow data subset`` in the study's store.
         resolution: training image side in pixels.
+        dataset_settings: per-dataset settings that override the study's, e.g.
+            ``{mine: {resolution: 32, recipe: apr_short, epochs: 5, input: stream}}``.
         recipe: training recipe name; epochs: epochs per trial (0 = the recipe's).
         seed: sampling and data-split seed; train_seeds: training seeds.
         engine: training engine.
@@ -102,7 +106,13 @@ def apr_study(
         return _on_cluster(task, cpu, memory, launcher_config_map, s3_secret)
 
     data = on_cluster(
-        prepare_datasets(datasets=datasets, resolution=resolution, seed=seed, store_uri=store_uri),
+        prepare_datasets(
+            datasets=datasets,
+            resolution=resolution,
+            seed=seed,
+            store_uri=store_uri,
+            settings=dataset_settings,
+        ),
         "1",
         "2Gi",
     )

@@ -8,12 +8,17 @@ A config file::
 
     # what the study is, the command that runs it and the expected result
     n_models: 8
-    datasets: [digits, faces, shapes]
+    datasets: [mine, digits]          # built-in names or names built with `aprflow data build`
+    dataset_settings:                 # per-dataset settings (keys: resolution, input, recipe,
+      mine: {resolution: 32, epochs: 5}   # epochs); --set dataset_settings.mine.resolution=32
+
+Mapping parameters (``dataset_settings``) take dotted overrides: ``--set a.b.c=value``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from pathlib import Path
 from typing import Any
@@ -85,11 +90,37 @@ def load_config(pipeline, path: str | Path | None, overrides: dict[str, Any]) ->
             raise ConfigError(f"config {path} must be a mapping of parameter: value")
         values |= loaded or {}
     values |= overrides
-    arguments = {name: p.default for name, p in parameters.items()}
+    arguments = {name: copy.deepcopy(p.default) for name, p in parameters.items()}
     for key, value in values.items():
+        head, _, path = key.partition(".")
+        if path and head in parameters and parameters[head].annotation is dict:
+            _set_nested(arguments[head], key, path.split("."), value)
+            continue
         if key not in parameters:
             raise ConfigError(
                 f"unknown config key {key!r}: valid keys are {', '.join(sorted(parameters))}"
             )
         arguments[key] = _coerce(key, value, parameters[key])
+    _check_nested(arguments)
     return arguments
+
+
+def _set_nested(mapping: dict, key: str, path: list[str], value: Any) -> None:
+    """``--set a.b.c=v`` on a mapping parameter ``a``: sets ``a[b][c] = v``."""
+    for part in path[:-1]:
+        inner = mapping.setdefault(part, {})
+        if not isinstance(inner, dict):
+            raise ConfigError(f"--set {key}: {part!r} holds {inner!r}, not a mapping")
+        mapping = inner
+    mapping[path[-1]] = value
+
+
+def _check_nested(arguments: dict[str, Any]) -> None:
+    """Validates the inside of mapping parameters (their keys and value types)."""
+    if "dataset_settings" in arguments:
+        from components.data.datasets import DatasetError, check_settings
+
+        try:
+            check_settings(arguments["dataset_settings"])
+        except DatasetError as e:
+            raise ConfigError(str(e)) from None

@@ -1,7 +1,7 @@
-"""KFP component: materialise the study's datasets in the artifact store."""
+"""KFP component: materialise (built-in) or look up (named builds) the study's datasets."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Output
+from kfp.dsl import HTML, Dataset, Output
 
 from components.common.images import CPU_IMAGE
 
@@ -13,21 +13,29 @@ def prepare_datasets(
     seed: int,
     store_uri: str,
     refs: Output[Dataset],
+    summary: Output[HTML],
+    settings: dict = {},  # noqa: B006 - KFP reads the default
 ):
     """Writes each dataset's shards to the store (reusing existing ones) and their references.
 
     Args:
-        datasets: built-in dataset names.
-        resolution: image side in pixels.
-        seed: generator and split seed.
+        datasets: built-in names (digits, faces, shapes) or names built with
+            ``aprflow data build`` / ``aprflow data subset`` in the same store.
+        resolution: training image side in pixels (datasets without their own setting).
+        seed: generator and split seed of the built-in sets.
         store_uri: artifact store URI ('' = APRFLOW_STORE_URI or runs/store).
         refs: JSON list of dataset references (name, manifest key, content hash, classes).
+        summary: each dataset's class histogram, sample grid and counts (Kubeflow UI).
+        settings: per-dataset settings ``{NAME: {resolution, input, recipe, epochs}}``.
     """
     import json
 
     from components.data.datasets import prepare_all
+    from components.data.summary import study_summary_html
 
-    prepared = prepare_all(datasets, int(resolution), int(seed), store_uri or None)
+    prepared = prepare_all(datasets, int(resolution), int(seed), store_uri or None, settings)
     with open(refs.path, "w") as f:
         json.dump([ref.to_dict() for ref in prepared], f)
     refs.metadata["datasets"] = {ref.name: ref.content_hash for ref in prepared}
+    with open(summary.path, "w") as f:
+        f.write(study_summary_html(prepared, store_uri or None))

@@ -127,6 +127,19 @@ def _check_settings(name: str, settings: dict[str, Any]) -> None:
         raise DatasetError(f"dataset_settings.{name}.recipe must be a recipe name")
 
 
+def check_settings(settings: Any) -> None:
+    """Raises :class:`DatasetError` unless ``settings`` maps dataset names to mappings of
+    :data:`DATASET_SETTINGS` keys with values of the right type (no store needed)."""
+    if not isinstance(settings, dict):
+        raise DatasetError("dataset_settings must map dataset names to settings")
+    for name, values in settings.items():
+        if not isinstance(values, dict):
+            raise DatasetError(
+                f"dataset_settings.{name} must be a mapping, e.g. {{resolution: 32}}"
+            )
+        _check_settings(name, values)
+
+
 def check_datasets(
     names: list[str], store: ArtifactStore, settings: dict[str, dict] | None = None
 ) -> None:
@@ -134,13 +147,13 @@ def check_datasets(
     ``store``, no name repeats, and the per-dataset settings name only these datasets."""
     settings = settings or {}
     if not names:
-        raise DatasetError("a study needs at least one dataset")
+        raise DatasetError("unknown or missing dataset(s): a study needs at least one dataset")
     if len(set(names)) != len(names):
         raise DatasetError(f"dataset list {names} names a dataset twice")
     unknown = [n for n in names if n not in BUILTIN_DATASETS and named_dataset(store, n) is None]
     if unknown:
         raise DatasetError(
-            f"unknown dataset(s) {', '.join(unknown)}: choose from "
+            f"unknown or missing dataset(s) {', '.join(unknown)}: choose from "
             f"{', '.join(sorted(BUILTIN_DATASETS))} (built in) or a dataset built in "
             f"{store.uri} (aprflow data build NAME --from URI; aprflow data list)"
         )
@@ -149,12 +162,7 @@ def check_datasets(
         raise DatasetError(
             f"dataset_settings name(s) {', '.join(stray)} that are not in the study's datasets"
         )
-    for name, values in settings.items():
-        if not isinstance(values, dict):
-            raise DatasetError(
-                f"dataset_settings.{name} must be a mapping, e.g. {{resolution: 32}}"
-            )
-        _check_settings(name, values)
+    check_settings(settings)
 
 
 def prepare(
@@ -171,7 +179,9 @@ def prepare(
             raise DatasetError(f"no dataset {name!r} in {store.uri}: build it first")
         ref = replace(DatasetRef(**record["ref"]), resolution=resolution)
     mode = settings.get("input") or ("memory" if in_memory_fits(ref) else "stream")
-    return replace(ref, input=mode)
+    return replace(
+        ref, input=mode, recipe=settings.get("recipe", ""), epochs=settings.get("epochs", 0)
+    )
 
 
 def prepare_all(

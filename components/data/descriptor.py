@@ -244,6 +244,8 @@ class DatasetRef:
         n_train, n_test, n_val: images per split.
         input: how the trainer feeds it: ``memory`` (decoded once, batches on the device) or
             ``stream`` (shards streamed by DataLoader workers, augmented per image).
+        recipe: this dataset's training recipe in a study ('' = the study's recipe).
+        epochs: this dataset's epochs in a study (0 = the study's).
     """
 
     name: str
@@ -255,6 +257,8 @@ class DatasetRef:
     n_test: int
     n_val: int = 0
     input: str = "memory"
+    recipe: str = ""
+    epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.input not in INPUT_MODES:

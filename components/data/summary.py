@@ -105,3 +105,27 @@ def write_summary(
     store.put_bytes(keys["png"], png)
     store.put_bytes(keys["html"], summary_html(manifest, png).encode())
     return keys
+
+
+def study_summary_html(refs: list, store_uri: str | None = None) -> str:
+    """One HTML page with every dataset's summary figure and counts (the data task's output)."""
+    from components.common.storage import open_store
+
+    store = open_store(store_uri)
+    sections = []
+    for ref in refs:
+        manifest = store.get_json(ref.manifest_key)
+        png = store.get_bytes(manifest["summary"]["png"])
+        splits = manifest["splits"]
+        sections.append(
+            f"<h2>{html.escape(ref.name)}</h2><p>{ref.num_classes} classes; train/val/test "
+            f"{splits['train']['n']}/{splits['val']['n']}/{splits['test']['n']}; trained at "
+            f"{ref.resolution}px, input {ref.input}; {manifest['n_skipped']} files skipped; "
+            f"content hash <code>{ref.content_hash}</code></p>"
+            f'<img alt="{html.escape(ref.name)}" src="data:image/png;base64,'
+            f'{base64.b64encode(png).decode()}">'
+        )
+    return (
+        '<!doctype html><html><head><meta charset="utf-8"><title>datasets</title></head>'
+        f'<body style="font-family:sans-serif">{"".join(sections)}</body></html>'
+    )

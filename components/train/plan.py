@@ -26,6 +26,7 @@ def plan_trials(
     recipe: Recipe,
     seeds: list[int],
     engine: str = "torch",
+    recipes: dict[str, Recipe] | None = None,
 ) -> list[Trial]:
     """Every (architecture x dataset x seed) trial, architectures outermost.
 
@@ -35,13 +36,20 @@ def plan_trials(
         recipe: the resolved training recipe.
         seeds: training seeds; several seeds measure seed variance.
         engine: training engine name.
+        recipes: per-dataset recipes by dataset name (``dataset_settings``), else ``recipe``.
     """
     if not specs:
         raise ValueError("a study needs at least one architecture")
     if not datasets:
         raise ValueError("a study needs at least one dataset")
     return [
-        Trial(spec=spec, dataset=dataset, recipe=recipe, seed=seed, engine=engine)
+        Trial(
+            spec=spec,
+            dataset=dataset,
+            recipe=(recipes or {}).get(dataset.name, recipe),
+            seed=seed,
+            engine=engine,
+        )
         for spec in specs
         for dataset in datasets
         for seed in seeds

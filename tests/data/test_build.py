@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, PER_CLASS, encoded, make_image_folder, make_webdataset, picture
+from imagesets import CLASSES, PER_CLASS, encoded, make_image_folder, make_webdataset, picture
 
 from components.common.storage import StoreError, open_store
 from components.data.build import build_dataset, list_named, load_manifest, load_split

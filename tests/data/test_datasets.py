@@ -50,7 +50,7 @@ def test_split_is_stratified():
 
 
 def test_unknown_dataset_writes_nothing(tmp_path):
-    with pytest.raises(DatasetError, match="unknown dataset.*cifar.*choose from digits"):
+    with pytest.raises(DatasetError, match="unknown or missing dataset.*cifar.*choose from digits"):
         prepare_all(["digits", "cifar"], 16, 0, str(tmp_path / "store"))
     assert not (tmp_path / "store").exists()
 
@@ -61,4 +61,4 @@ def test_cli(tmp_path, capsys):
     assert main(["faces", "--resolution", "10", "--store", str(tmp_path)]) == 0
     assert '"num_classes": 2' in capsys.readouterr().out
     assert main(["nope", "--store", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("error: unknown dataset")
+    assert capsys.readouterr().err.startswith("error: unknown or missing dataset")

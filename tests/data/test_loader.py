@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
+from imagesets import make_image_folder
 
 from components.common.storage import open_store
 from components.data.build import build_dataset, load_manifest, load_split

@@ -127,7 +127,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         (["build", "x", "--from", str(tmp_path), "--resolution", "4"], "too small"),
         (["describe", "digits"], "is built in"),
         (["subset", "nope", "--classes", "2", "--name", "y"], "no dataset 'nope'"),
-        (["nope"], "unknown dataset(s) nope"),
+        (["nope"], "unknown or missing dataset(s) nope"),
     ]
     for argv, message in cases:
         assert main([*argv, "--store", store]) == 2, argv
