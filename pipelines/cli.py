@@ -20,7 +20,7 @@ COMPILED_DIR = Path(__file__).parent / "compiled"
 # Single steps: each is the component's own CLI, also runnable as `python -m <module>`.
 STEPS = {
     "sample": ("components.sample.cli", "sample architectures of a design space in a FLOP band"),
-    "data": ("components.data.cli", "materialise built-in datasets in the artifact store"),
+    "data": ("components.data.cli", "build, derive, describe and list datasets (tar shards)"),
     "train": ("components.train.cli", "train one architecture on one dataset"),
     "transfer": ("components.transfer.cli", "kNN and linear-probe transfer of a trained backbone"),
     "analyze": ("analysis.cli", "run the APR analysis on any results table (CSV/Parquet)"),

@@ -16,12 +16,24 @@ from components.common.storage import open_store
 from components.data.datasets import DatasetRef
 from components.sample.space import AnyNetSpec
 from components.train.plan import load_trial, load_trial_ids, plan_trials, save_plan, study_id
-from components.train.recipes import resolve_recipe
+from components.train.recipes import Recipe, resolve_recipe
 from components.train.trial import run_trial
 
 
 def study_key(study: str) -> str:
     return f"studies/{study}/study.json"
+
+
+def _dataset_recipes(
+    refs: list[DatasetRef], recipe: str, overrides: dict[str, Any]
+) -> dict[str, Recipe]:
+    """Each dataset's recipe: its own ``recipe``/``epochs`` setting, else the study's."""
+    return {
+        ref.name: resolve_recipe(
+            ref.recipe or recipe, overrides | ({"epochs": ref.epochs} if ref.epochs else {})
+        )
+        for ref in refs
+    }
 
 
 def plan_study(
@@ -52,7 +64,8 @@ def plan_study(
     tracking.check_tracking(uri)
     resolved = resolve_recipe(recipe, recipe_overrides)
     refs = [DatasetRef(**d) for d in datasets]
-    trials = plan_trials(specs, refs, resolved, seeds, engine)
+    recipes = _dataset_recipes(refs, recipe, recipe_overrides)
+    trials = plan_trials(specs, refs, resolved, seeds, engine, recipes)
     study = study_id(study_name, trials)
     ids = save_plan(store, study, trials)
     params = {
@@ -65,9 +78,9 @@ def plan_study(
     } | {f"recipe.{k}": v for k, v in resolved.to_dict().items()}
     params |= _population_params(specs)
     for ref in refs:
-        # One recipe for every dataset today; per dataset so that studies stay comparable
-        # when recipes differ by dataset.
-        params[f"dataset.{ref.name}.recipe"] = resolved.name
+        # Recipes may differ by dataset (dataset_settings: {NAME: {recipe, epochs}}).
+        params[f"dataset.{ref.name}.recipe"] = recipes[ref.name].name
+        params[f"dataset.{ref.name}.epochs"] = recipes[ref.name].epochs
         params[f"dataset.{ref.name}.version"] = tracking.dataset_version(ref.to_dict())
     config = _plain_config(config) if config else None
     parent = tracking.start_study_run(uri, study_name, study, params, kfp_run_id, config)
