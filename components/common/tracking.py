@@ -205,15 +205,14 @@ def _log_new(
 
     now = _now_ms()
     logged_params, logged_metrics = run.data.params, run.data.metrics
-    param_rows = [
-        Param(key, _as_param(value))
-        for key, value in ((safe_key(k), v) for k, v in (params or {}).items())
-        if key not in logged_params and value is not None
-    ]
+    # Dicts by safe key: two names that sanitise alike must not reach one batch twice.
+    new_params = {safe_key(k): v for k, v in (params or {}).items() if v is not None}
+    param_rows = [Param(k, _as_param(v)) for k, v in new_params.items() if k not in logged_params]
+    new_metrics = {safe_key(k): v for k, v in (metrics or {}).items() if _is_number(v)}
     metric_rows = [
-        Metric(key, float(value), now, 0)
-        for key, value in ((safe_key(k), v) for k, v in (metrics or {}).items())
-        if _is_number(value) and logged_metrics.get(key) != float(value)
+        Metric(k, float(v), now, 0)
+        for k, v in new_metrics.items()
+        if logged_metrics.get(k) != float(v)
     ]
     for name, series in (history or {}).items():
         key = safe_key(name)
