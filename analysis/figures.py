@@ -19,10 +19,13 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-DPI = 110
+DPI = 100
 # Above this many points a scatter becomes a blot: draw a hexbin density instead.
 DENSE_POINTS = 2000
 HEXBIN_GRID = 45
+# Panel titles at a fixed height: left to matplotlib, each panel's title position is solved
+# from the tick label extents of its row at draw time, a third of a grid's drawing time.
+TITLE_Y = 1.0
 PANEL = (3.6, 3.0)  # inches per panel in grids
 FEATURE_LABELS = {
     "cum_depth": "cumulative depth (Σ d_i)",
@@ -97,7 +100,9 @@ def dataset_colors(names: list[str]) -> dict[str, tuple]:
 
 def ecdf_figure(errors: dict[str, np.ndarray]) -> bytes:
     """One eCDF step curve per dataset: F(e) = fraction of models with error < e."""
-    fig = _new_figure(7.5, 4.8)
+    fig = _new_figure(8.5, 4.8, constrained=False)
+    # Fixed margins: room for the legend on the right.
+    fig.subplots_adjust(left=0.8 / 8.5, right=1 - 2.4 / 8.5, bottom=0.6 / 4.8, top=1 - 0.4 / 4.8)
     ax = fig.add_subplot()
     colors = dataset_colors(list(errors))
     for name, values in errors.items():
@@ -140,7 +145,7 @@ def apr_scatter_figure(reference: str, panels: list[dict]) -> bytes:
             color="tab:orange",
             label=f"top-{int(top.sum())} on {reference}",
         )
-        ax.set_title(f"{panel['name']}\n{panel['label']}", fontsize=9)
+        ax.set_title(f"{panel['name']}\n{panel['label']}", fontsize=9, y=TITLE_Y)
         ax.set_xlabel(f"{reference} error (%)", fontsize=8)
         ax.set_ylabel(f"{panel['name']} error (%)", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -149,27 +154,57 @@ def apr_scatter_figure(reference: str, panels: list[dict]) -> bytes:
     return _png(fig)
 
 
-def correlation_heatmap(names: list[str], matrix: list[list[float | None]]) -> bytes:
-    """Annotated heat map of the dataset x dataset Spearman matrix (grey = undefined)."""
-    n = len(names)
+def _annotated_heatmap(
+    rows: list[str],
+    columns: list[str],
+    matrix: list[list[float | None]],
+    title: str,
+    label: str,
+) -> bytes:
+    """Heat map of correlations in [-1, 1], each cell annotated (grey = undefined)."""
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix], float)
-    size = max(4.5, 0.6 * n + 2.5)
-    fig = _new_figure(size + 1.0, size)
+    # Fixed margins in inches (row labels left, rotated column labels below, colour bar
+    # right): the constrained layout solver would take 40 % of the drawing time.
+    width = 0.6 * len(columns) + 3.6
+    height = 0.45 * len(rows) + 2.2
+    fig = _new_figure(width, height, constrained=False)
+    fig.subplots_adjust(
+        left=1.3 / width, right=1 - 0.3 / width, bottom=1.4 / height, top=1 - 0.5 / height
+    )
     ax = fig.add_subplot()
     cmap = colormaps["RdBu_r"].with_extremes(bad="lightgrey")
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1, vmax=1)
-    ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), names, fontsize=8)
-    fontsize = 8 if n <= 10 else 6
-    for i in range(n):
-        for j in range(n):
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    fontsize = 8 if max(len(rows), len(columns)) <= 10 else 6
+    for i in range(len(rows)):
+        for j in range(len(columns)):
             value = values[i, j]
             text = "n/a" if np.isnan(value) else f"{value:.2f}"
             color = "white" if np.isfinite(value) and abs(value) > 0.6 else "black"
             ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="Spearman ρ of errors")
-    ax.set_title("Dataset × dataset rank correlation")
+    fig.colorbar(image, ax=ax, shrink=0.8, label=label)
+    ax.set_title(title)
     return _png(fig)
+
+
+def correlation_heatmap(names: list[str], matrix: list[list[float | None]]) -> bytes:
+    """Annotated heat map of the dataset x dataset Spearman matrix (grey = undefined)."""
+    return _annotated_heatmap(
+        names, names, matrix, "Dataset × dataset rank correlation", "Spearman ρ of errors"
+    )
+
+
+def feature_correlation_heatmap(correlations: dict[str, dict[str, dict]]) -> bytes:
+    """Spearman ρ of each architecture feature with the error, one row per dataset
+    (Tuggener et al., Table 3, as a picture)."""
+    datasets = list(correlations)
+    features = list(correlations[datasets[0]])
+    matrix = [[correlations[d][f]["value"] for f in features] for d in datasets]
+    labels = [FEATURE_LABELS.get(f, f) for f in features]
+    return _annotated_heatmap(
+        datasets, labels, matrix, "Architecture feature vs error", "Spearman ρ with error"
+    )
 
 
 def stage_profile_figure(profiles: dict[str, np.ndarray], quantity: str) -> bytes:
@@ -205,7 +240,7 @@ def stage_profile_figure(profiles: dict[str, np.ndarray], quantity: str) -> byte
             ls="--",
             label=f"mean of top {len(values)}",
         )
-        ax.set_title(f"{name} (top {len(values)})", fontsize=9)
+        ax.set_title(f"{name} (top {len(values)})", fontsize=9, y=TITLE_Y)
         ax.set_xticks(stages, [f"stage {s}" for s in stages], fontsize=7)
         ax.set_ylabel(quantity, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
@@ -217,6 +252,36 @@ def stage_profile_figure(profiles: dict[str, np.ndarray], quantity: str) -> byte
         shrink=0.8,
         label="rank on the dataset (1 = best)",
     )
+    return _png(fig)
+
+
+def mean_profile_figure(profiles: dict[str, dict[str, np.ndarray]]) -> bytes:
+    """Mean per-stage profile of each dataset's top-k models, all datasets in one panel per
+    quantity (depth, width): do the best models of each dataset share a shape?
+
+    Args:
+        profiles: Quantity label -> dataset -> ``(k, 4)`` per-stage values of its top-k.
+    """
+    fig, axes = _grid(len(profiles), max_cols=2)
+    stages = np.arange(1, 5)
+    names = sorted({name for per in profiles.values() for name in per})
+    colors = dataset_colors(names)
+    for ax, (quantity, per_dataset) in zip(axes, profiles.items(), strict=True):
+        for name, values in per_dataset.items():
+            ax.plot(
+                stages,
+                np.nanmean(values, axis=0),
+                marker="o",
+                ms=3,
+                color=colors[name],
+                label=f"{name} (top {len(values)})",
+            )
+        ax.set_xticks(stages, [f"stage {s}" for s in stages], fontsize=7)
+        ax.set_ylabel(f"mean {quantity}", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.subplots_adjust(right=0.8)
     return _png(fig)
 
 
@@ -243,7 +308,7 @@ def architecture_scatter_figure(
             shown = np.isfinite(features[feature]) & np.isfinite(err)
             _points(ax, features[feature][shown], err[shown], 6)
             rho = correlations[dataset][feature]["value"]
-            ax.set_title("ρ = n/a" if rho is None else f"ρ = {rho:.2f}", fontsize=8)
+            ax.set_title("ρ = n/a" if rho is None else f"ρ = {rho:.2f}", fontsize=8, y=TITLE_Y)
             if row == len(errors) - 1:
                 ax.set_xlabel(FEATURE_LABELS.get(feature, feature), fontsize=8)
             if col == 0:

@@ -21,6 +21,9 @@ from analysis.table import ResultsTable, load_results
 TEMPLATE_DIR = Path(__file__).parent
 # Long model lists are cut in the reports (summary.json keeps them all).
 MAX_LISTED = 20
+# Datasets with per-model panels in the stage profile and architecture scatter figures
+# (the reference first, then by name).
+DETAILED_DATASETS = 3
 # Links of the model table: only web links or relative paths, never javascript: and the like.
 LINK_SCHEMES = ("http", "https", "")
 
@@ -114,21 +117,31 @@ def render_figures(analysis: Analysis) -> dict[str, bytes]:
         pngs["correlation_matrix"] = figures.correlation_heatmap(
             matrix["datasets"], matrix["spearman"]
         )
+    # Per-model detail (one panel per dataset) for the reference and the next datasets by
+    # name: a 10-dataset study would need 20 profile and 40 scatter panels, slow to draw
+    # and to read. The overview figures (mean profiles, heat map) have every dataset.
+    detailed = [name for name in [ref, *column] if name in finite]
+    detailed = list(dict.fromkeys(detailed))[:DETAILED_DATASETS]
     labels = {
         "d": ("topk_depth_profiles", "depth d_i (blocks)"),
         "w": ("topk_width_profiles", "width w_i (channels)"),
     }
     for prefix, profiles in analysis.profiles.items():
         name, quantity = labels[prefix]
-        pngs[name] = figures.stage_profile_figure(profiles, quantity)
+        shown = {d: profiles[d] for d in detailed if d in profiles}
+        pngs[name] = figures.stage_profile_figure(shown, quantity)
+    if analysis.profiles:
+        pngs["topk_mean_profiles"] = figures.mean_profile_figure(
+            {labels[prefix][1]: profiles for prefix, profiles in analysis.profiles.items()}
+        )
     # The figure shows the stage features (Tuggener et al.); flops/params, nearly constant in
     # a FLOP band, stay in the table unless they are all there is.
     shown = {k: v for k, v in analysis.features.items() if k in STAGE_FEATURES}
     if analysis.features:
+        correlations = summary["architecture"]["spearman"]
+        pngs["arch_correlation"] = figures.feature_correlation_heatmap(correlations)
         pngs["arch_vs_error"] = figures.architecture_scatter_figure(
-            shown or analysis.features,
-            {name: v for name, v in column.items() if name in finite},
-            summary["architecture"]["spearman"],
+            shown or analysis.features, {name: column[name] for name in detailed}, correlations
         )
     seeds = summary["seed_variance"]
     if seeds["available"]:

@@ -3,6 +3,7 @@ its sort script runs without an error and sorts."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -82,3 +83,46 @@ def test_report_loads_with_tables_images_and_working_sort(synthetic_run, tmp_pat
     ]
     assert ascending == pytest.approx(means)
     assert descending == pytest.approx(means[::-1])
+
+
+# Filters the model table to d1 >= 8, sorts it by the imagenet error, and records the shown
+# model ids, their errors and the count line.
+MODEL_PROBE = """
+<script>
+(function () {
+  var table = document.getElementById("table-models");
+  var filter = document.getElementById("model-filter");
+  filter.value = "d1>=8";
+  filter.dispatchEvent(new Event("input"));
+  var headers = table.tHead.rows[0].cells, column = -1;
+  for (var i = 0; i < headers.length; i++) {
+    if (headers[i].textContent === "imagenet error") { column = i; }
+  }
+  headers[column].click();
+  var rows = Array.prototype.map.call(table.tBodies[0].rows, function (r) {
+    return r.cells[0].textContent + ":" + r.cells[column].textContent;
+  });
+  document.body.setAttribute("data-probe-models", rows.join(","));
+  var count = document.getElementById("model-count").textContent;
+  document.body.setAttribute("data-probe-count", count);
+})();
+</script>
+</body>"""
+
+
+def test_model_table_filters_and_sorts(synthetic_run, tmp_path):
+    summary, out = synthetic_run
+    html = (out / "report.html").read_text()
+    data = json.loads(html.split('id="model-data">')[1].split("</script>")[0])
+    probe = tmp_path / "models.html"
+    probe.write_text(html.replace("</body>", MODEL_PROBE))
+    dom = dump_dom(probe, tmp_path)
+    assert f'data-models-ready="{summary["input"]["n_models"]}"' in dom
+
+    d1, error = data["columns"].index("d1"), data["columns"].index("imagenet error")
+    kept = sorted((row[error], row[0]) for row in data["rows"] if row[d1] >= 8)
+    shown = dom.split('data-probe-models="')[1].split('"')[0].split(",")
+    assert [s.split(":")[0] for s in shown] == [model for _, model in kept]
+    assert [float(s.split(":")[1]) for s in shown] == pytest.approx([e for e, _ in kept], abs=0.006)
+    count = dom.split('data-probe-count="')[1].split('"')[0]
+    assert count == f"{len(kept)} of {len(data['rows'])} models match"

@@ -49,6 +49,8 @@ def test_cli_writes_all_outputs(tmp_path, timm_csv, capsys):
         ("model,dataset,top1\na,x,90\na,x,80\n", [], "duplicate"),
         ("# nothing\n", [], "empty"),
         ("model,dataset,top1\na,x,90\n", ["--scale", "fraction"], "outside"),
+        ("model,dataset,top1_error\na,x,0.4\nb,x,0.2\n", [], "is ambiguous"),
+        ("model,dataset,metric,value\na,x,top1,80\n", ["--regime", "A1"], "regime 'A1'"),
     ],
 )
 def test_cli_bad_input_prints_one_error_line_and_exits_2(tmp_path, capsys, content, extra, message):
@@ -101,3 +103,31 @@ def test_python_dash_m_entry_point(tmp_path, timm_csv):
     # MPLBACKEND asks for a GUI backend that cannot start here: the figures must not care.
     assert good.returncode == 0, good.stderr
     assert (tmp_path / "o" / "figures" / "ecdf.png").is_file()
+
+
+def test_cli_scale_keeps_sub_one_percent_errors(tmp_path, capsys):
+    path = tmp_path / "results.csv"
+    path.write_text("model,dataset,top1_error\na,x,0.4\nb,x,0.2\nc,x,0.9\n")
+    assert main([str(path), "--out", str(tmp_path / "out"), "--scale", "percent"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["datasets"]["x"]["mean_error"] == pytest.approx(0.5)
+    assert summary["input"]["units"]["top1_error"]["source"] == "given"
+
+
+def test_cli_long_table_with_primary_regime_and_metric(tmp_path):
+    rows = ["# unit: percent", "model,dataset,recipe,metric,value"]
+    for i in range(6):
+        for recipe, shift in (("A1", 0), ("A2", 1)):
+            rows.append(f"m{i},imagenet,{recipe},top1_error,{20 + i + shift * (i % 2)}")
+            rows.append(f"m{i},cifar,{recipe},top1_error,{5 + (i * 7) % 6}")
+    path = tmp_path / "long.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert main([str(path), "--out", str(out), "--regime", "A2", "--metric", "top1_error"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["input"]["layout"] == "long"
+    assert summary["settings"]["slice"] == "A2/top1_error"
+    assert {(c["dataset"], c["a"], c["b"]) for c in summary["comparisons"]} == {
+        ("cifar", "A1/top1_error", "A2/top1_error"),
+        ("imagenet", "A1/top1_error", "A2/top1_error"),
+    }

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from scipy import stats as sps
 
 from analysis import analyze, figures, files, load_results, readings, report
@@ -19,6 +20,8 @@ FIGURES = {
     "topk_depth_profiles",
     "topk_width_profiles",
     "arch_vs_error",
+    "arch_correlation",
+    "topk_mean_profiles",
     "seed_std",
 }
 MLFLOW_KEY = re.compile(r"^[A-Za-z0-9_\-./ ]+$")
@@ -127,7 +130,10 @@ def test_figures_exist_and_are_non_trivial(timm_run, synthetic_run):
     _, out = synthetic_run
     assert {p.stem for p in (out / "figures").glob("*.png")} == FIGURES
     for path in (out / "figures").glob("*.png"):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) >= 300, path.name
+            # Drawn content, not an empty canvas: many distinct colours (antialiased marks).
+            assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 100, path.name
     assert {p.stem for p in (timm_run[1] / "figures").glob("*.png")} == {
         "ecdf",
         "apr_scatter",

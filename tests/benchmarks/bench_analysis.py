@@ -17,6 +17,7 @@ to end.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -29,22 +30,30 @@ from analysis.report import model_table, render_figures, render_template, report
 from analysis.synthetic import synthetic_results
 
 
-def stage_times(frame, out: Path, n_bootstrap: int) -> dict[str, float]:
-    """Seconds of each stage of one analysis (the same steps ``analyze()`` takes)."""
-    times = {}
-    start = time.perf_counter()
+class Clock:
+    """Wall-clock and CPU seconds of the stages of one run. On a shared machine the wall
+    time depends on the other jobs; the CPU time of this process does not."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, tuple[float, float]] = {}
+        self._start = (time.perf_counter(), time.process_time())
+
+    def lap(self, name: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.stages[name] = (now[0] - self._start[0], now[1] - self._start[1])
+        self._start = now
+
+
+def stage_times(frame, out: Path, n_bootstrap: int) -> tuple[Clock, int]:
+    """Seconds of each stage of one analysis (the same steps ``analyze()`` takes) and the
+    most bootstrap resamples a pair used."""
+    clock = Clock()
     table = load_results(frame, scale="percent")
-    times["load_results"] = time.perf_counter() - start
-
-    start = time.perf_counter()
+    clock.lap("load_results")
     analysis = compute_analysis(table, n_bootstrap=n_bootstrap)
-    times["statistics"] = time.perf_counter() - start
-
-    start = time.perf_counter()
+    clock.lap("statistics")
     pngs = render_figures(analysis)
-    times["figures"] = time.perf_counter() - start
-
-    start = time.perf_counter()
+    clock.lap("figures")
     context = report_context(analysis.summary, pngs, model_table(analysis))
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, png in pngs.items():
@@ -52,12 +61,12 @@ def stage_times(frame, out: Path, n_bootstrap: int) -> dict[str, float]:
     write_atomic(out / "report.md", render_template("report.md.j2", context))
     write_atomic(out / "report.html", render_template("report.html.j2", context))
     write_atomic(out / "summary.json", to_json(analysis.summary))
-    times["reports + files"] = time.perf_counter() - start
-    times["(resamples used per pair)"] = max(
+    clock.lap("reports + files")
+    used = max(
         pair["spearman"].get("n_boot_valid") or 0
         for pair in analysis.summary["apr"]["targets"].values()
     )
-    return times
+    return clock, used
 
 
 def main() -> None:
@@ -74,18 +83,21 @@ def main() -> None:
             f"bootstrap <= {args.bootstrap}"
         )
         with tempfile.TemporaryDirectory() as out:
-            stages = stage_times(frame, Path(out), args.bootstrap)
-            for name, seconds in stages.items():
-                print(f"  {name:28s} {seconds:7.2f}" + ("" if name.startswith("(") else " s"))
-            totals = []
+            clock, used = stage_times(frame, Path(out), args.bootstrap)
+            for name, (wall, cpu) in clock.stages.items():
+                print(f"  {name:24s} {wall:6.2f} s wall  {cpu:6.2f} s CPU")
+            print(f"  (bootstrap resamples per pair: {used})")
+            walls, cpus = [], []
             for _ in range(args.repeats):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 analyze(load_results(frame, scale="percent"), out, n_bootstrap=args.bootstrap)
-                totals.append(time.perf_counter() - start)
+                walls.append(time.perf_counter() - start)
+                cpus.append(time.process_time() - cpu)
             html = (Path(out) / "report.html").stat().st_size / 1e6
         print(
-            f"  {'end to end (analyze)':28s} {statistics.median(totals):7.2f} s  "
-            f"(median of {args.repeats}; report.html {html:.1f} MB)"
+            f"  {'end to end (analyze)':24s} {statistics.median(walls):6.2f} s wall  "
+            f"{statistics.median(cpus):6.2f} s CPU  (median of {args.repeats}; "
+            f"report.html {html:.1f} MB; load average {os.getloadavg()[0]:.1f})"
         )
 
 
