@@ -1,0 +1,353 @@
+"""The TrainJob launcher: manifests checked offline, the launch loop against a loopback
+stand-in of the Kubernetes API.
+
+The stand-in serves the custom-objects endpoints the real ``kubernetes`` client calls (create,
+get, delete of trainer.kubeflow.org/v1alpha1 trainjobs), flips a TrainJob to the condition a
+test asks for after a few reads and, for Complete, writes the trial's result.json into the
+store as the TrainJob's rank 0 would. It does not run a Trainer controller, pods or torchrun:
+that needs a cluster with Kubeflow Trainer.
+"""
+
+import json
+import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from components.common.images import GPU_IMAGE
+from components.common.storage import LocalStore
+from components.train.trial import result_key
+from components.trainjob import launch, manifest
+from pipelines.apr_study import LAUNCHER_KEYS, SECRET_KEYS
+
+TRIAL = "0397236fa8e13a60"
+STUDY = "apr-demo-7bc56b9bad"
+RESULT = {"trial_id": TRIAL, "status": "ok", "top1_error": 12.5}
+
+
+def build(**options):
+    return manifest.trainjob_manifest(TRIAL, STUDY, "team-a", GPU_IMAGE, 4, 8, **options)
+
+
+# --- the manifest ------------------------------------------------------------------------------
+
+
+def test_manifest_runs_the_gpu_image_on_every_node_with_the_runs_config():
+    job = build(launcher_config_map="my-launcher", s3_secret="my-s3", kfp_run_id="run-1")
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    assert job["metadata"]["name"] == f"aprflow-{TRIAL}"
+    assert job["metadata"]["namespace"] == "team-a"
+    assert job["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "ClusterTrainingRuntime",
+        "name": "aprflow-torch-distributed",
+    }
+    trainer = job["spec"]["trainer"]
+    assert trainer["image"] == GPU_IMAGE
+    assert trainer["command"] == ["torchrun", "--module", "components.trainjob.node"]
+    assert trainer["args"] == [
+        "--trial-id", TRIAL, "--study-id", STUDY, "--kfp-run-id", "run-1",
+    ]  # fmt: skip
+    assert trainer["numNodes"] == 4
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
+    assert trainer["resourcesPerNode"]["requests"]["nvidia.com/gpu"] == "8"
+    refs = {e["name"]: e["valueFrom"] for e in trainer["env"]}
+    assert set(refs) == set(LAUNCHER_KEYS) | set(SECRET_KEYS)
+    for key in LAUNCHER_KEYS:
+        assert refs[key] == {"configMapKeyRef": {"name": "my-launcher", "key": key}}
+    for key in SECRET_KEYS:
+        assert refs[key] == {"secretKeyRef": {"name": "my-s3", "key": key}}
+
+
+def test_manifest_parts_are_valid_kubernetes_objects():
+    """The env and resources deserialize into the kubernetes client's core/v1 models and
+    serialize back unchanged (field names and types the API server accepts)."""
+    trainer = build()["spec"]["trainer"]
+    api = k8s.ApiClient()
+    deserialize = api._ApiClient__deserialize
+    env = deserialize(trainer["env"], "list[V1EnvVar]")
+    assert all(isinstance(e, k8s.V1EnvVar) and e.value_from is not None for e in env)
+    resources = deserialize(trainer["resourcesPerNode"], "V1ResourceRequirements")
+    assert api.sanitize_for_serialization(env) == trainer["env"]
+    assert api.sanitize_for_serialization(resources) == trainer["resourcesPerNode"]
+
+
+def test_cpu_only_trainjob_has_no_gpu_resources():
+    resources = manifest.trainjob_manifest(TRIAL, STUDY, "ns", GPU_IMAGE, 2, 0)["spec"]["trainer"]
+    assert "nvidia.com/gpu" not in json.dumps(resources["resourcesPerNode"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"trial_id": "Not-A-Hash"}, "not a hex content hash"),
+        ({"num_nodes": 0}, "num_nodes must be >= 1"),
+        ({"gpus_per_node": -1}, "gpus per node must be >= 0"),
+    ],
+)
+def test_bad_manifest_input(kwargs, needle):
+    arguments = {"trial_id": TRIAL, "study_id": STUDY, "namespace": "ns", "image": GPU_IMAGE,
+                 "num_nodes": 2, "gpus_per_node": 1} | kwargs  # fmt: skip
+    with pytest.raises(ValueError, match=needle):
+        manifest.trainjob_manifest(**arguments)
+
+
+def test_name_is_a_dns_label_and_stable():
+    name = manifest.trainjob_name("f" * 64)
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 40
+    assert manifest.trainjob_name(TRIAL) == manifest.trainjob_name(TRIAL)
+
+
+def test_manifest_against_the_trainer_crd_schema():
+    folder = os.environ.get("APRFLOW_TRAINER_CRDS")
+    if not folder:
+        pytest.skip("APRFLOW_TRAINER_CRDS is not set (kubeflow/trainer's manifests/base/crds)")
+    crd = yaml.safe_load((Path(folder) / "trainer.kubeflow.org_trainjobs.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    schema = version["schema"]["openAPIV3Schema"]
+    jsonschema.validate(build(), schema)
+    broken = build()
+    broken["spec"]["trainer"]["numNodes"] = "four"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+# --- the launch loop against a stand-in API -----------------------------------------------------
+
+PATH = re.compile(
+    r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/(?P<ns>[^/]+)/trainjobs(/(?P<name>[^/]+))?$"
+)
+
+
+class FakeTrainer:
+    """Custom-objects endpoints for trainjobs; a job finishes after ``reads`` GETs."""
+
+    def __init__(self, store, outcome="Complete", reads=2, status_code=None):
+        self.store, self.outcome, self.reads, self.status_code = store, outcome, reads, status_code
+        self.objects: dict[str, dict] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.gets: dict[str, int] = {}
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+
+    def __enter__(self):
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        configuration = k8s.Configuration()
+        configuration.host = f"http://127.0.0.1:{self._server.server_port}"
+        return k8s.CustomObjectsApi(k8s.ApiClient(configuration))
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+    def finish(self, name):
+        job = self.objects[name]
+        job["status"] = {"conditions": [
+            {"type": "Created", "status": "True"},
+            {"type": self.outcome, "status": "True", "reason": self.outcome,
+             "message": "trainer node-0 exited with code 1" if self.outcome == "Failed" else ""},
+        ]}  # fmt: skip
+        if self.outcome == "Complete":  # what rank 0 of the TrainJob writes
+            self.store.put_json(result_key(TRIAL), RESULT)
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _route(self, method):
+                match = PATH.match(self.path.split("?")[0])
+                fake.calls.append((method, self.path))
+                if fake.status_code:
+                    return self._reply(
+                        fake.status_code, {"kind": "Status", "code": fake.status_code}
+                    )
+                if match is None:
+                    return self._reply(404, {"kind": "Status", "code": 404})
+                name = match["name"]
+                if method == "POST":
+                    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                    name = body["metadata"]["name"]
+                    if name in fake.objects:
+                        return self._reply(409, {"kind": "Status", "code": 409})
+                    fake.objects[name] = body
+                    return self._reply(201, body)
+                if name not in fake.objects:
+                    return self._reply(404, {"kind": "Status", "code": 404})
+                if method == "DELETE":
+                    del fake.objects[name]
+                    return self._reply(200, {"kind": "Status", "status": "Success"})
+                fake.gets[name] = fake.gets.get(name, 0) + 1
+                if fake.gets[name] >= fake.reads and "status" not in fake.objects[name]:
+                    fake.finish(name)
+                return self._reply(200, fake.objects[name])
+
+            def do_POST(self):
+                self._route("POST")
+
+            def do_GET(self):
+                self._route("GET")
+
+            def do_DELETE(self):
+                self._route("DELETE")
+
+        return Handler
+
+
+def run(api, store, **kwargs):
+    return launch.launch_trial(
+        TRIAL, STUDY, GPU_IMAGE, 2, 1, namespace="team-a", store=store, api=api, poll_s=0.01,
+        **kwargs,
+    )  # fmt: skip
+
+
+def test_launch_creates_waits_and_reads_the_result(tmp_path, capsys):
+    store = LocalStore(tmp_path)
+    fake = FakeTrainer(store, reads=3)
+    with fake as api:
+        assert run(api, store, s3_secret="my-s3") == RESULT
+    (created,) = fake.objects.values()
+    expected = manifest.trainjob_manifest(
+        TRIAL, STUDY, "team-a", GPU_IMAGE, 2, 1, s3_secret="my-s3"
+    )
+    assert {k: v for k, v in created.items() if k != "status"} == expected
+    posted = [c for c in fake.calls if c[0] == "POST"]
+    assert posted == [("POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team-a/trainjobs")]
+    assert fake.gets[f"aprflow-{TRIAL}"] == 3  # polled until Complete
+    assert f"aprflow-{TRIAL}: 2 nodes x 1 GPUs" in capsys.readouterr().out
+    env = {e["name"]: e for e in created["spec"]["trainer"]["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "my-s3"
+
+
+def test_a_finished_trial_needs_no_trainjob(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put_json(result_key(TRIAL), RESULT)
+    fake = FakeTrainer(store)
+    with fake as api:
+        assert run(api, store) == RESULT
+    assert fake.calls == []
+
+
+def test_a_running_trainjob_is_waited_for_not_created_twice(tmp_path):
+    store = LocalStore(tmp_path)
+    fake = FakeTrainer(store, reads=2)
+    fake.objects[f"aprflow-{TRIAL}"] = build()
+    with fake as api:
+        assert run(api, store) == RESULT
+    assert [c[0] for c in fake.calls].count("DELETE") == 0
+    assert len(fake.objects) == 1
+
+
+def test_a_failed_trainjob_is_replaced_once_on_retry(tmp_path):
+    store = LocalStore(tmp_path)
+    fake = FakeTrainer(store, reads=1)
+    old = build()
+    old["status"] = {"conditions": [{"type": "Failed", "status": "True", "message": "OOM"}]}
+    fake.objects[f"aprflow-{TRIAL}"] = old
+    with fake as api:
+        assert run(api, store) == RESULT
+    methods = [c[0] for c in fake.calls]
+    assert methods[:4] == ["POST", "GET", "DELETE", "POST"]
+
+
+def test_failed_trainjob_is_one_clear_error(tmp_path):
+    store = LocalStore(tmp_path)
+    with FakeTrainer(store, outcome="Failed") as api, pytest.raises(launch.TrainJobError) as e:
+        run(api, store)
+    message = str(e.value)
+    assert f"TrainJob team-a/aprflow-{TRIAL} failed: trainer node-0 exited with code 1" in message
+    assert "kubectl -n team-a logs" in message
+
+
+def test_forbidden_explains_the_role(tmp_path):
+    store = LocalStore(tmp_path)
+    with FakeTrainer(store, status_code=403) as api, pytest.raises(launch.TrainJobError) as e:
+        run(api, store)
+    assert "HTTP 403" in str(e.value) and "trainer.enabled=true" in str(e.value)
+
+
+def test_complete_without_result_is_an_error(tmp_path):
+    store = LocalStore(tmp_path)
+    fake = FakeTrainer(store, reads=1)
+    fake.finish = lambda name: fake.objects[name].update(
+        status={"conditions": [{"type": "Complete", "status": "True"}]}
+    )
+    with fake as api, pytest.raises(launch.TrainJobError, match="wrote no .*result.json"):
+        run(api, store)
+
+
+def test_timeout_names_the_trainjob(tmp_path):
+    store = LocalStore(tmp_path)
+    ticks = iter(range(100))
+    fake = FakeTrainer(store, reads=10**6)  # never finishes
+    fake.objects[f"aprflow-{TRIAL}"] = build()
+    with fake as api, pytest.raises(launch.TrainJobError) as e:
+        launch.wait_for(
+            api,
+            "team-a",
+            f"aprflow-{TRIAL}",
+            timeout_s=3,
+            poll_s=0,
+            clock=lambda: next(ticks),
+            sleep=lambda _: None,
+        )
+    assert "did not finish within 3 s" in str(e.value)
+    assert f"describe trainjob aprflow-{TRIAL}" in str(e.value)
+    assert fake.gets[f"aprflow-{TRIAL}"] == 3  # polled until the deadline, then gave up
+
+
+def test_namespace_outside_a_pod_is_a_clear_error(tmp_path):
+    with pytest.raises(launch.TrainJobError, match="pass namespace"):
+        launch.current_namespace(tmp_path / "absent")
+    (tmp_path / "namespace").write_text("team-b\n")
+    assert launch.current_namespace(tmp_path / "namespace") == "team-b"
+
+
+# --- the KFP component ----------------------------------------------------------------------------
+
+
+def test_component_compiles_into_a_pipeline_with_the_cpu_image(tmp_path):
+    from kfp import compiler, dsl
+
+    from components.common.images import CPU_IMAGE
+    from components.trainjob.component import train_trial_multinode
+
+    @dsl.pipeline(name="multinode")
+    def multinode(trial: dict = {"trial_id": TRIAL, "study_id": STUDY}):  # noqa: B006
+        train_trial_multinode(
+            trial=trial, num_nodes=2, gpus_per_node=8, runtime="aprflow-torch-distributed",
+            launcher_config_map="aprflow-launcher", s3_secret="aprflow-s3", store_uri="",
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )  # fmt: skip
+
+    path = tmp_path / "multinode.yaml"
+    compiler.Compiler().compile(multinode, str(path))
+    spec = yaml.safe_load(path.read_text())
+    (executor,) = spec["deploymentSpec"]["executors"].values()
+    assert executor["container"]["image"] == CPU_IMAGE
+    assert "launch_trial" in " ".join(executor["container"]["command"])
+
+
+def test_node_of_a_missing_trial_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from components.trainjob import node
+
+    monkeypatch.setenv("RANK", "1")  # a non-zero rank reads the planned trial itself
+    code = node.main(["--trial-id", TRIAL, "--study-id", STUDY, "--store-uri", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and TRIAL in err[0], err
