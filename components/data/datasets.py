@@ -102,22 +102,24 @@ def materialize(
     return materialize_scan(store, descriptor, listing, shuffle_train=False, progress=quiet)
 
 
-def _check_settings(name: str, settings: dict[str, Any]) -> None:
+def _check_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(settings) - set(DATASET_SETTINGS))
     if unknown:
         raise DatasetError(
             f"dataset_settings.{name}: unknown key(s) {', '.join(unknown)}: valid keys are "
             f"{', '.join(DATASET_SETTINGS)}"
         )
+    settings = dict(settings)
     for key in ("resolution", "epochs"):
-        if key in settings and (
-            isinstance(settings[key], bool) or not isinstance(settings[key], int)
-        ):
-            raise DatasetError(
-                f"dataset_settings.{name}.{key} must be an int, got {settings[key]!r}"
-            )
-    if "resolution" in settings and settings["resolution"] < 8:
+        value = settings.get(key)
+        if isinstance(value, float) and value.is_integer():
+            settings[key] = value = int(value)  # KFP hands JSON numbers over as floats
+        if key in settings and (isinstance(value, bool) or not isinstance(value, int)):
+            raise DatasetError(f"dataset_settings.{name}.{key} must be an int, got {value!r}")
+    if settings.get("resolution", 8) < 8:
         raise DatasetError(f"dataset_settings.{name}.resolution must be at least 8 pixels")
+    if settings.get("epochs", 1) < 1:
+        raise DatasetError(f"dataset_settings.{name}.epochs must be at least 1")
     if settings.get("input", "memory") not in INPUT_MODES:
         raise DatasetError(
             f"dataset_settings.{name}.input {settings['input']!r}: choose from "
@@ -125,19 +127,23 @@ def _check_settings(name: str, settings: dict[str, Any]) -> None:
         )
     if "recipe" in settings and not isinstance(settings["recipe"], str):
         raise DatasetError(f"dataset_settings.{name}.recipe must be a recipe name")
+    return settings
 
 
-def check_settings(settings: Any) -> None:
-    """Raises :class:`DatasetError` unless ``settings`` maps dataset names to mappings of
-    :data:`DATASET_SETTINGS` keys with values of the right type (no store needed)."""
+def check_settings(settings: Any) -> dict[str, dict[str, Any]]:
+    """Returns ``settings`` (numbers made ints) if it maps dataset names to mappings of
+    :data:`DATASET_SETTINGS` keys with values of the right type; else raises
+    :class:`DatasetError` (no store needed)."""
     if not isinstance(settings, dict):
         raise DatasetError("dataset_settings must map dataset names to settings")
+    checked = {}
     for name, values in settings.items():
         if not isinstance(values, dict):
             raise DatasetError(
                 f"dataset_settings.{name} must be a mapping, e.g. {{resolution: 32}}"
             )
-        _check_settings(name, values)
+        checked[name] = _check_settings(name, values)
+    return checked
 
 
 def check_datasets(
@@ -145,7 +151,7 @@ def check_datasets(
 ) -> None:
     """Raises :class:`DatasetError` unless every name is a built-in or a named build in
     ``store``, no name repeats, and the per-dataset settings name only these datasets."""
-    settings = settings or {}
+    settings = check_settings(settings or {})
     if not names:
         raise DatasetError("unknown or missing dataset(s): a study needs at least one dataset")
     if len(set(names)) != len(names):
@@ -162,7 +168,6 @@ def check_datasets(
         raise DatasetError(
             f"dataset_settings name(s) {', '.join(stray)} that are not in the study's datasets"
         )
-    check_settings(settings)
 
 
 def prepare(
@@ -203,7 +208,7 @@ def prepare_all(
         settings: per-dataset ``resolution``/``input`` (and ``recipe``/``epochs``, which the
             plan step reads).
     """
-    settings = settings or {}
+    settings = check_settings(settings or {})
     store = open_store(store_uri)
     check_datasets(list(names), store, settings)  # reads only: nothing is written on failure
     store.check()

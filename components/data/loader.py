@@ -265,6 +265,34 @@ def _shuffle_buffer(items: Iterator, seed: int, size: int = SHUFFLE_BUFFER) -> I
         yield buffer.pop(int(rng.integers(len(buffer))))
 
 
+def full_batches(batches: Iterator[Batch], batch_size: int) -> Iterator[Batch]:
+    """Re-batches so that every batch is full, as the in-memory path's are.
+
+    Each DataLoader worker batches its own images, so each ends an epoch with a partial batch;
+    those are joined into full ones and the remainder is dropped (a batch of one breaks batch
+    norm), unless the split is smaller than one batch: then it is the epoch's only batch.
+    """
+    pending: list[Batch] = []
+    waiting = 0
+    yielded = False
+    for images, labels in batches:
+        if len(labels) == batch_size and not pending:
+            yielded = True
+            yield images, labels
+            continue
+        pending.append((images, labels))
+        waiting += len(labels)
+        while waiting >= batch_size:
+            joined_x = torch.cat([b[0] for b in pending])
+            joined_y = torch.cat([b[1] for b in pending])
+            yielded = True
+            yield joined_x[:batch_size], joined_y[:batch_size]
+            pending = [(joined_x[batch_size:], joined_y[batch_size:])]
+            waiting -= batch_size
+    if not yielded and waiting > 1:
+        yield torch.cat([b[0] for b in pending]), torch.cat([b[1] for b in pending])
+
+
 def default_workers() -> int:
     """DataLoader workers: ``APRFLOW_DATA_WORKERS`` or the CPUs this process may use, up to 8."""
     if WORKERS_ENV in os.environ:
@@ -309,13 +337,13 @@ class StreamBatches(TrainData):
     def __len__(self) -> int:
         return self.n_images
 
-    def _batches(self, stream: ShardStream, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+    def _loaded(self, stream: ShardStream, batch_size: int) -> Iterator[Batch]:
+        """The DataLoader's batches on the device, timing the waits for them."""
         loader = DataLoader(
             stream,
             batch_size=batch_size,
             num_workers=min(self.workers, len(self.keys)),
             pin_memory=self.device.type == "cuda",
-            drop_last=drop_last,
         )
         self.wait_seconds = 0.0
         iterator = iter(loader)
@@ -335,13 +363,12 @@ class StreamBatches(TrainData):
         transform = train_transform(self.resolution, self.mean, self.std, recipe.hflip)
         stream = ShardStream(self.store_uri, self.keys, transform, self.seed, True, self.cache_dir)
         stream.epoch = epoch
-        # Each worker batches its own images: drop_last keeps batch norm away from tiny batches.
-        yield from self._batches(stream, recipe.batch_size, drop_last=True)
+        yield from full_batches(self._loaded(stream, recipe.batch_size), recipe.batch_size)
 
     def eval(self, batch_size: int) -> Iterator[Batch]:
         transform = eval_transform(self.resolution, self.mean, self.std)
         stream = ShardStream(self.store_uri, self.keys, transform, self.seed, False, self.cache_dir)
-        yield from self._batches(stream, batch_size, drop_last=False)
+        yield from self._loaded(stream, batch_size)
 
 
 def open_split(
