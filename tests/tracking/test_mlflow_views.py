@@ -216,6 +216,10 @@ def test_results_table_links_each_trial_to_its_run(study):
         assert run.data.tags[tracking.TRIAL_TAG] == row.trial_id
         expected = f"{uri}/#/experiments/{study['experiment_id']}/runs/{row.run_id}"
         assert row.run_url == expected
+    # The report's model table links each analysed model to its run on each dataset.
+    html = (study["out"] / "report.html").read_text()
+    ok = table[table["status"] == "ok"]
+    assert len(ok) == 8 and all(url in html for url in ok["run_url"])
 
 
 def test_no_run_left_running_and_a_rerun_adds_nothing(study):
