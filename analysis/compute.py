@@ -462,7 +462,13 @@ def flat_metrics(summary: dict) -> dict[str, float]:
         for key in ("n_models", "n_excluded", "mean_error", "median_error", "min_error"):
             candidates[metric_name(key, name)] = entry.get(key)
     for name, pair in summary["apr"]["targets"].items():
-        candidates[metric_name("n_models_shared", name)] = pair["n_models"]
+        # Targets of the primary slice keep the dataset name; others add their slice.
+        where = (
+            (name,)
+            if pair["slice"] == summary["apr"]["slice"]
+            else (pair["slice"], pair["dataset"])
+        )
+        candidates[metric_name("n_models_shared", *where)] = pair["n_models"]
         for key, stat, field_name in (
             ("spearman_rho", "spearman", "value"),
             ("spearman_ci_low", "spearman", "ci_low"),
@@ -473,7 +479,7 @@ def flat_metrics(summary: dict) -> dict[str, float]:
             ("topk_overlap", "top_k", "value"),
             ("selection_loss", "selection", "loss"),
         ):
-            candidates[metric_name(key, name)] = pair[stat].get(field_name)
+            candidates[metric_name(key, *where)] = pair[stat].get(field_name)
     for pair in summary["comparisons"]:
         where = (f"{pair['a']} vs {pair['b']}", pair["dataset"])
         for key, stat in (

@@ -371,16 +371,11 @@ def model_table(analysis: Analysis) -> dict:
 
 
 def _rounded(values: np.ndarray, digits: int) -> list:
-    """Floats for the model table's JSON: rounded, NaN as None, whole numbers as ints."""
-    out = []
-    for value in values:
-        if not np.isfinite(value):
-            out.append(None)
-        elif digits == 0 or float(value).is_integer():
-            out.append(int(value))
-        else:
-            out.append(round(float(value), digits))
-    return out
+    """Floats for the model table's JSON: rounded, NaN as None (vectorised: 15k models)."""
+    rounded = np.round(np.asarray(values, dtype=float), digits)
+    cells = rounded.astype(object)
+    cells[~np.isfinite(rounded)] = None
+    return cells.tolist()
 
 
 def script_json(data: dict) -> str:

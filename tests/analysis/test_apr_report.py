@@ -348,6 +348,7 @@ def test_long_table_runs_per_regime_and_metric_with_comparisons(tmp_path):
     assert comparisons[("cifar", "finetune/top1", "linear/top1")]["kind"] == "regimes"
     key = "compare_kendall_tau/finetune/top1 vs knn/knn_top1/pets"
     assert summary["metrics"][key] == pytest.approx(cheap["kendall"]["value"])
+    assert summary["metrics"]["pearson_logit_r/linear/top1/cifar"] == pytest.approx(linear_r)
     html = (tmp_path / "report.html").read_text()
     assert 'id="table-comparisons"' in html and "pets: finetune/top1 vs knn/knn_top1" in html
 
