@@ -31,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--top-k", type=int, default=15, help="top-k size (default 15)")
     parser.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000; 0: none)"
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="most bootstrap resamples per comparison (default 1000; fewer once the interval "
+        "endpoints are precise to 0.002; 0: no intervals)",
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument(
@@ -41,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         "top1); long table: the primary metric",
     )
     parser.add_argument(
-        "--regime", default=None, help="long table: the primary regime/recipe/method"
+        "--regime",
+        default=None,
+        help="the primary regime (column regime, recipe or method) when there are several",
     )
     parser.add_argument(
         "--scale",
