@@ -319,9 +319,10 @@ def log_trial_run(
 ) -> str:
     """Logs one finished trial as a nested run under ``parent_run_id`` and returns its id.
 
-    A finished run of the trial under this parent is returned as it is; a run left RUNNING
-    (its task was killed while logging) is completed: the missing params, metrics and inputs
-    are logged and the run is ended.
+    A finished run of the trial under this parent with the same status is returned as it is;
+    a run left RUNNING (its task was killed while logging), or one whose trial was recomputed
+    to another status (a corrupt result set aside), is completed in place: tags and name are
+    updated, the missing params, metrics and inputs logged, and the run ended again.
 
     Args:
         uri: tracking URI.
@@ -340,7 +341,11 @@ def log_trial_run(
     experiment_id = parent.info.experiment_id
     keys = {TRIAL_TAG: trial_id, PARENT_TAG: parent_run_id}
     run = _find_run(client, experiment_id, **keys)
-    if run is not None and run.info.status in FINISHED_STATES:
+    if (
+        run is not None
+        and run.info.status in FINISHED_STATES
+        and run.data.tags.get(STATUS_TAG) == status
+    ):
         return run.info.run_id
     all_tags = keys | {STUDY_TAG: parent.data.tags.get(STUDY_TAG, ""), STATUS_TAG: status}
     all_tags |= tags or {}

@@ -264,6 +264,17 @@ def test_a_killed_trial_run_is_completed_not_duplicated(mlflow_server):
     assert run.data.params == {"dataset": "faces"}
     assert tracking.log_trial_run(mlflow_server, parent, "t-killed", **kwargs) == empty
     assert len(client.get_metric_history(empty, "test_error")) == 2
+    # A trial recorded as failed and later recomputed (its corrupt result set aside) updates
+    # its run: status, name, metrics.
+    failed = kwargs | {"run_name": "m-2-failed", "metrics": {}, "history": {}, "status": "failed"}
+    rerun = tracking.log_trial_run(mlflow_server, parent, "t-2", **failed)
+    assert client.get_run(rerun).info.status == "FAILED"
+    assert tracking.log_trial_run(mlflow_server, parent, "t-2", **kwargs | {"run_name": "m-2"}) == (
+        rerun
+    )
+    run = client.get_run(rerun)
+    assert run.info.status == "FINISHED" and run.info.run_name == "m-2"
+    assert run.data.tags[tracking.STATUS_TAG] == "ok" and run.data.metrics["top1_error"] == 30.0
     # A run whose task never logged a result is ended as failed when the study finishes.
     tracking.finish_study_run(mlflow_server, parent, {"score": 1.0})
     orphan_run = client.get_run(orphan)
