@@ -177,7 +177,7 @@ def compute_analysis(
 
     summary = {
         "schema_version": SCHEMA_VERSION,
-        "title": title or f"APR analysis: {len(datasets)} datasets vs {ref}",
+        "title": title or f"APR analysis: {len(table.datasets)} dataset(s) vs {ref}",
         "input": _input_summary(table, part, models, errors),
         "settings": {
             "reference": ref,

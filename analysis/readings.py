@@ -177,15 +177,15 @@ def answer_word(stat: dict) -> str:
 
 
 def answer_sentence(pair: dict, reference: str, target: str) -> str:
-    """The answer for one comparison in one sentence: verdict, rho with interval and n, and
-    what choosing by the reference costs on the target."""
+    """The answer for one comparison (shown after the target's name): verdict, rho with
+    interval and n, and what choosing by the reference costs on the target."""
     rho = pair["spearman"]
     if rho["value"] is None:
-        return f"{target}: no answer, {pair['reason']}."
+        return f"no answer, {pair['reason']}."
     pick = pair["selection"]
     k = pair["top_k"]["k"]
     return (
-        f"{target}: {answer_word(rho)}, Spearman ρ = {fmt(rho['value'])}{interval(rho)} over "
+        f"{answer_word(rho)}, Spearman ρ = {fmt(rho['value'])}{interval(rho)} over "
         f"n = {pair['n_models']} models. Picking by {reference} (its best, {pick['pick']}) "
         f"costs {fmt(pick['loss'])} points of error on {target} against the best there "
         f"(rank {pick['pick_rank']} of {pair['n_models']}); {reference}'s top {k} are "

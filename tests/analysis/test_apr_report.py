@@ -246,7 +246,7 @@ def test_report_answers_first(synthetic_run, synthetic_table):
         assert pair["selection"]["loss"] == pytest.approx(loss)
         rho = pair["spearman"]
         sentence = (
-            f"{name}: {readings.answer_word(rho)}, Spearman ρ = {rho['value']:.2f} "
+            f"<b>{name}</b>: {readings.answer_word(rho)}, Spearman ρ = {rho['value']:.2f} "
             f"[{rho['ci_low']:.2f}, {rho['ci_high']:.2f}] over n = {pair['n_models']} models. "
             f"Picking by imagenet (its best, {pick}) costs {loss:.2f} points"
         )
