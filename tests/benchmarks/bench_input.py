@@ -37,9 +37,9 @@ from components.train.recipes import resolve_recipe
 CLASSES = 10
 
 
-def write_folder(root: Path, n_images: int, side: int) -> None:
+def write_folder(root: Path, n_images: int, side: int, seed: int = 0) -> None:
     """JPEG photos-like images (smooth colour fields + noise) in ``root/<class>/``."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for i in range(n_images):
         folder = root / f"class{i % CLASSES}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -94,10 +94,11 @@ def bench(side: int, n_images: int, workers: int, batch_size: int, device: str, 
 
     source_side = max(64, round(side * 1.15))  # stored a little larger, as photos are
     folder = root / f"src-{side}"
-    write_folder(folder, n_images, source_side)
+    write_folder(folder / "train", n_images, source_side)  # both read exactly these images
+    write_folder(folder / "test", CLASSES, source_side, seed=1)
     store = open_store(str(root / "store"))
     descriptor = DatasetDescriptor(
-        name=f"bench{side}", source=str(folder), split=SplitRule(val_fraction=0.0)
+        name=f"bench{side}", source=str(folder), split=SplitRule(mode="given", val_fraction=0.0)
     )
     ref = build_dataset(store, descriptor, lambda _: None)
     manifest = load_manifest(store, ref)
@@ -117,7 +118,7 @@ def bench(side: int, n_images: int, workers: int, batch_size: int, device: str, 
     recipe = resolve_recipe("apr_tiny", {"batch_size": batch_size, "hflip": True})
     transform = train_transform(side, mean, std, hflip=True)
     plain = DataLoader(
-        ImageFolder(str(folder), transform=transform),
+        ImageFolder(str(folder / "train"), transform=transform),
         batch_size=batch_size,
         shuffle=True,
         num_workers=workers,
@@ -125,6 +126,7 @@ def bench(side: int, n_images: int, workers: int, batch_size: int, device: str, 
         drop_last=True,
     )
     rate(stream.train(recipe, torch.Generator(), 0))  # warm the page cache for both
+    rate(plain)
     ours, n_ours = rate(stream.train(recipe, torch.Generator(), 1))
     theirs, n_theirs = rate(plain)
     waits = trainer_wait(stream, target, batch_size)
