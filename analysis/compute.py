@@ -169,6 +169,7 @@ def compute_analysis(
     columns = table.error_columns()
     targets = {
         name: _target_keys(name, *primary)
+        | {"reference_slice": slice_label(*primary)}
         | stats.pair_statistics(models, column[ref], column[name], (ref, name), top_k, bootstrap)
         for name in datasets
         if name != ref
@@ -226,19 +227,30 @@ def _cross_slice_targets(
     k: int,
     bootstrap: stats.Bootstrap,
 ) -> dict[str, dict]:
-    """The reference (in the primary slice) against every dataset of every other slice."""
+    """Every dataset of every other slice against the reference: the reference in the same
+    slice when the slice has it (e.g. a second training recipe), else the reference in the
+    primary slice (e.g. transfer regimes against source accuracy, Kornblith et al.)."""
     models = columns.index.to_numpy(dtype=str)
-    reference = columns[(*primary, ref)].to_numpy(dtype=float)
-    ref_label = f"{ref} ({slice_label(*primary)})"
     targets = {}
     for regime, metric, dataset in columns.columns:
         # The reference dataset under another regime is a slice comparison (below).
         if (regime, metric) == primary or dataset == ref:
             continue
-        label = f"{dataset} ({slice_label(regime, metric)})"
-        values = columns[(regime, metric, dataset)].to_numpy(dtype=float)
-        targets[label] = _target_keys(dataset, regime, metric) | (
-            stats.pair_statistics(models, reference, values, (ref_label, label), k, bootstrap)
+        own = (regime, metric, ref) in columns.columns
+        ref_slice = (regime, metric) if own else primary
+        reference = columns[(*ref_slice, ref)].to_numpy(dtype=float)
+        names = (f"{ref} ({slice_label(*ref_slice)})", f"{dataset} ({slice_label(regime, metric)})")
+        targets[names[1]] = (
+            _target_keys(dataset, regime, metric)
+            | {"reference_slice": slice_label(*ref_slice)}
+            | stats.pair_statistics(
+                models,
+                reference,
+                columns[(regime, metric, dataset)].to_numpy(dtype=float),
+                names,
+                k,
+                bootstrap,
+            )
         )
     return targets
 

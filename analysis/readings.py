@@ -197,9 +197,11 @@ def answer_readings(summary: dict) -> dict:
     """The report's opening: the question, one answer per target, and the method."""
     ref = summary["apr"]["reference"]
     settings = summary["settings"]
-    answers = {
-        name: answer_sentence(pair, ref, name) for name, pair in summary["apr"]["targets"].items()
-    }
+    answers = {}
+    for name, pair in summary["apr"]["targets"].items():
+        # A target of another slice names the slice its reference was taken from.
+        source = ref if pair["slice"] == settings["slice"] else f"{ref} ({pair['reference_slice']})"
+        answers[name] = answer_sentence(pair, source, name)
     comparisons = {}
     for c in summary["comparisons"]:
         line = answer_sentence(c, c["a"], c["b"])

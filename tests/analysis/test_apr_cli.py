@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scipy import stats as sps
 
 from analysis.cli import main
 
@@ -127,6 +128,12 @@ def test_cli_long_table_with_primary_regime_and_metric(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["input"]["layout"] == "long"
     assert summary["settings"]["slice"] == "A2/top1_error"
+    # Each recipe's datasets are compared with imagenet under the same recipe.
+    other = summary["apr"]["targets"]["cifar (A1/top1_error)"]
+    assert other["reference_slice"] == "A1/top1_error"
+    a1 = [20 + i for i in range(6)], [5 + (i * 7) % 6 for i in range(6)]
+    assert other["kendall"]["value"] == pytest.approx(sps.kendalltau(*a1).statistic)
+    assert summary["apr"]["targets"]["cifar"]["reference_slice"] == "A2/top1_error"
     assert {(c["dataset"], c["a"], c["b"]) for c in summary["comparisons"]} == {
         ("cifar", "A1/top1_error", "A2/top1_error"),
         ("imagenet", "A1/top1_error", "A2/top1_error"),
