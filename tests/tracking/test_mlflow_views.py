@@ -242,10 +242,20 @@ def test_no_run_left_running_and_a_rerun_adds_nothing(study):
     assert len(history) == 1, "the same value is not logged twice"
 
 
-def test_a_killed_trial_run_is_completed_not_duplicated(mlflow_server):
+def test_a_killed_trial_run_is_completed_not_duplicated(mlflow_server, tmp_path):
     client = MlflowClient(tracking_uri=mlflow_server)
-    parent = tracking.start_study_run(mlflow_server, "views-killed", "s-killed", {"n": 1})
+    config = {"note": "x" * 7000, "nested": {"a": [1, 2]}}
+    parent = tracking.start_study_run(
+        mlflow_server, "views-killed", "s-killed", {"n": 1}, "", config
+    )
     experiment_id = client.get_run(parent).info.experiment_id
+    # Params longer than MLflow's 6000 characters are cut; config.json keeps them whole.
+    params = client.get_run(parent).data.params
+    assert len(params["config.note"]) == 6000 and params["config.note"].endswith("...")
+    assert params["config.nested.a"] == "[1, 2]"
+    whole = client.download_artifacts(parent, "config.json", str(tmp_path))
+    assert json.loads(Path(whole).read_text()) == config
+    assert tracking.start_study_run(mlflow_server, "views-killed", "s-killed", {"n": 1}) == parent
     keys = {tracking.TRIAL_TAG: "t-killed", tracking.PARENT_TAG: parent}
     # A task killed right after creating its run: RUNNING, nothing logged.
     empty = client.create_run(experiment_id, tags=keys).info.run_id
