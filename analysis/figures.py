@@ -125,14 +125,14 @@ def ecdf_figure(errors: dict[str, np.ndarray]) -> bytes:
     return _png(fig)
 
 
-def apr_scatter_figure(reference: str, panels: list[dict]) -> bytes:
+def apr_scatter_figure(panels: list[dict]) -> bytes:
     """APR scatter per target: x = reference error, y = target error, one dot per model
     (a density above ``DENSE_POINTS`` models, with the reference's top-k still as dots).
 
     Args:
-        reference: Reference dataset name.
-        panels: Dicts with ``name``, ``x``, ``y``, ``top`` (bool mask of the reference's
-            top-k) and ``label`` (the correlation text for the title).
+        panels: Dicts with ``name`` (target), ``reference`` (its reference), ``x``, ``y``,
+            ``top`` (bool mask of the reference's top-k) and ``label`` (the correlation text
+            for the title).
     """
     fig, axes = _grid(len(panels))
     for ax, panel in zip(axes, panels, strict=True):
@@ -143,10 +143,10 @@ def apr_scatter_figure(reference: str, panels: list[dict]) -> bytes:
             panel["y"][top],
             s=18,
             color="tab:orange",
-            label=f"top-{int(top.sum())} on {reference}",
+            label=f"top-{int(top.sum())} on the reference",
         )
         ax.set_title(f"{panel['name']}\n{panel['label']}", fontsize=9, y=TITLE_Y)
-        ax.set_xlabel(f"{reference} error (%)", fontsize=8)
+        ax.set_xlabel(f"{panel['reference']} error (%)", fontsize=8)
         ax.set_ylabel(f"{panel['name']} error (%)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

@@ -90,10 +90,10 @@ def render_figures(analysis: Analysis) -> dict[str, bytes]:
     pngs = {"ecdf": figures.ecdf_figure(finite)}
 
     ref = summary["apr"]["reference"]
-    settings = summary["settings"]
-    reference = analysis.columns[(settings["regime"], settings["metric"], ref)]
     panels = []
     for name, pair in summary["apr"]["targets"].items():
+        source = summary["slices"][pair["reference_slice"]]
+        reference = analysis.columns[(source["regime"], source["metric"], ref)]
         target = analysis.columns[(pair["regime"], pair["metric"], pair["dataset"])]
         shared = reference.notna() & target.notna()
         if not shared.any():
@@ -103,6 +103,9 @@ def render_figures(analysis: Analysis) -> dict[str, bytes]:
         panels.append(
             {
                 "name": name,
+                "reference": ref
+                if pair["reference_slice"] == summary["settings"]["slice"]
+                else f"{ref} ({pair['reference_slice']})",
                 "x": reference[shared].to_numpy(),
                 "y": target[shared].to_numpy(),
                 "top": shared[shared].index.isin(list(top_models)),
@@ -111,7 +114,7 @@ def render_figures(analysis: Analysis) -> dict[str, bytes]:
             }
         )
     if panels:
-        pngs["apr_scatter"] = figures.apr_scatter_figure(ref, panels)
+        pngs["apr_scatter"] = figures.apr_scatter_figure(panels)
     if len(analysis.datasets) > 1:
         matrix = summary["correlation_matrix"]
         pngs["correlation_matrix"] = figures.correlation_heatmap(
