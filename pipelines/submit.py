@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -218,12 +219,30 @@ def compiled_files(paths: list[str]) -> list[Path]:
     return files
 
 
+# Run parameters that name Kubernetes objects in the run's namespace (DNS-1123 subdomains).
+OBJECT_NAME_PARAMETERS = ("s3_secret", "launcher_config_map")
+_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
 def run_arguments(pipeline_key: str, config: str | None, overrides: list[str]) -> dict[str, Any]:
-    """The run's parameters: the pipeline's defaults < ``config`` < ``--set`` (type-checked)."""
+    """The run's parameters: the pipeline's defaults < ``config`` < ``--set`` (type-checked).
+
+    Raises:
+        ConfigError: for an unknown key or a wrong type (pipelines.config).
+        SubmitError: for a Secret/ConfigMap name Kubernetes would reject.
+    """
     from pipelines.config import load_config, parse_overrides
     from pipelines.registry import PIPELINES
 
-    return load_config(PIPELINES[pipeline_key], config, parse_overrides(overrides))
+    arguments = load_config(PIPELINES[pipeline_key], config, parse_overrides(overrides))
+    for key in OBJECT_NAME_PARAMETERS:
+        value = arguments.get(key)
+        if value is not None and (len(value) > 253 or not _OBJECT_NAME.match(value)):
+            raise SubmitError(
+                f"{key}={value!r} is not a Kubernetes object name (lower-case letters, digits, "
+                "'-' and '.'), e.g. s3_secret=aprflow-s3"
+            )
+    return arguments
 
 
 def submit(

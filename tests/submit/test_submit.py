@@ -91,6 +91,10 @@ def test_submit_dry_run_builds_typed_arguments(capsys):
         (["submit", "apr-study", "--dry-run", "--set", "nope=1"], "unknown config key 'nope'"),
         (["submit", "apr-study", "--dry-run", "--set", "n_models=many"], "must be a int"),
         (["submit", "apr-study"], "no Kubeflow Pipelines host"),
+        (
+            ["submit", "apr-study", "--dry-run", "--set", "s3_secret=My_S3"],
+            "s3_secret='My_S3' is not a Kubernetes object name",
+        ),
         (["upload", "--host", "ml-pipeline:8888"], "must start with http"),
         (["upload", "--host", "http://127.0.0.1:9", "/nonexistent"], "no such file or folder"),
     ],
