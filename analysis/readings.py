@@ -186,9 +186,9 @@ def answer_sentence(pair: dict, reference: str, target: str) -> str:
     k = pair["top_k"]["k"]
     return (
         f"{answer_word(rho)}, Spearman ρ = {fmt(rho['value'])}{interval(rho)} over "
-        f"n = {pair['n_models']} models. Picking by {reference} (its best, {pick['pick']}) "
+        f"n = {pair['n_models']} models. Picking {pick['pick']}, the best on {reference}, "
         f"costs {fmt(pick['loss'])} points of error on {target} against the best there "
-        f"(rank {pick['pick_rank']} of {pair['n_models']}); {reference}'s top {k} are "
+        f"(rank {pick['pick_rank']} of {pair['n_models']}); the top {k} on {reference} are "
         f"{fmt(pick['top_k_mean_loss'])} points behind on average."
     )
 
@@ -208,7 +208,8 @@ def answer_readings(summary: dict) -> dict:
         back = c.get("reverse_selection")
         if back is not None:
             line += (
-                f" Picking by {c['b']} instead costs {fmt(back['loss'])} points on {c['a']} "
+                f" Picking the best on {c['b']} instead costs {fmt(back['loss'])} points on "
+                f"{c['a']} "
                 f"(rank {back['pick_rank']})."
             )
         comparisons[f"{c['dataset']}: {c['a']} vs {c['b']}"] = line

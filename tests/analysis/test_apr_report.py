@@ -248,7 +248,7 @@ def test_report_answers_first(synthetic_run, synthetic_table):
         sentence = (
             f"<b>{name}</b>: {readings.answer_word(rho)}, Spearman ρ = {rho['value']:.2f} "
             f"[{rho['ci_low']:.2f}, {rho['ci_high']:.2f}] over n = {pair['n_models']} models. "
-            f"Picking by imagenet (its best, {pick}) costs {loss:.2f} points"
+            f"Picking {pick}, the best on imagenet, costs {loss:.2f} points"
         )
         assert sentence in html
     assert "Partly" in readings.answer_word({"value": 0.3}) and readings.answer_word(
