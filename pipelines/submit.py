@@ -189,17 +189,10 @@ def upload(client, path: Path, name: str, namespace: str | None = None) -> Uploa
             ),
         )
         created = client._pipelines_api.pipeline_service_create_pipeline_and_version(body)
+        version_id = _find_version(client, created.pipeline_id, version) or ""
     except kfp_server_api.ApiException as e:
         raise _api_error(f"upload {path.name} as {name}", e) from None
-    versions = client.list_pipeline_versions(created.pipeline_id, page_size=2)
-    version_id = (versions.pipeline_versions or [None])[0]
-    return Uploaded(
-        name,
-        created.pipeline_id,
-        version,
-        version_id.pipeline_version_id if version_id else "",
-        created=True,
-    )
+    return Uploaded(name, created.pipeline_id, version, version_id, created=True)
 
 
 def compiled_files(paths: list[str]) -> list[Path]:

@@ -231,3 +231,16 @@ def test_kfp_cli_run_create_with_json_list_parameters(tmp_path):
     assert parameters["train_seeds"] == [0, 1]
     assert parameters["n_models"] == 4
     assert parameters["s3_secret"] == "my-s3"
+
+
+def test_upload_returns_the_ids_the_api_gave(tmp_path):
+    with FakeKfpApi() as api:
+        client = submit.connect(api.url, None, None)
+        name = submit.pipeline_name_of(STUDY)
+        first = submit.upload(client, STUDY, name)
+        second = submit.upload(client, STUDY, name)
+        ((pipeline_id, versions),) = api.versions.items()
+    assert first.created and not second.created
+    assert first.pipeline_id == second.pipeline_id == pipeline_id
+    assert first.version_id == second.version_id == versions[0]["pipeline_version_id"]
+    assert first.version_name == versions[0]["display_name"] == submit.version_name(name, STUDY)
