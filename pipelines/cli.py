@@ -5,6 +5,7 @@ aprflow compile [--out DIR]
 aprflow upload [--host URL] [--namespace NS] [FILE_OR_DIR ...]   (to Kubeflow Pipelines)
 aprflow submit STUDY --host URL [--namespace NS] [--experiment E] [--set key=value ...]
 aprflow sample|data|train|analyze ...      (one step; ``aprflow STEP --help``)
+--debug anywhere: show the traceback of an error instead of one ``error: ...`` line.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         "otherwise); 'compile' writes the YAML that a Kubeflow backend accepts "
         "(kfp run create -f pipelines/compiled/apr_study.yaml key=value ...).",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the traceback instead of one 'error: ...' line",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run a pipeline locally (kfp.local)")
     run.add_argument("pipeline", choices=sorted(PIPELINES), help="pipeline to run")
@@ -99,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
 
     pipeline = PIPELINES[args.pipeline]
     arguments = load_config(pipeline, args.config, parse_overrides(args.overrides))
-    check_study(arguments)
+    check_study(arguments, runs_dir=args.runs_dir)
     if args.dry_run:
         print(f"config OK: {arguments}")
         return 0
@@ -108,23 +114,41 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs ``aprflow``; bad input ends in one ``error: ...`` line and exit status 2.
+
+    ``--debug`` (anywhere on the line) re-raises instead, with the traceback.
+    """
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        return _dispatch(argv)
+    except Exception as e:  # noqa: BLE001 - the one place that turns errors into a line
+        if debug:
+            raise
+        if isinstance(e, AprflowError):
+            message = str(e)
+        elif isinstance(e, OSError):
+            message = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
+        else:  # a bug, not bad input: say so, and how to get the traceback for a report
+            message = f"internal error {type(e).__name__}: {e} (rerun with --debug for details)"
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in STEPS:
         import importlib
 
         module = importlib.import_module(STEPS[argv[0]][0])
         return module.main(argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "compile":
-            for path in compile_all(args.out):
-                print(f"wrote {path}")
-            return 0
-        if args.command in ("upload", "submit"):
-            from pipelines import submit
+    if args.command == "compile":
+        for path in compile_all(args.out):
+            print(f"wrote {path}")
+        return 0
+    if args.command in ("upload", "submit"):
+        from pipelines import submit
 
-            return submit.run_upload(args) if args.command == "upload" else submit.run_submit(args)
-        return _run(args)
-    except AprflowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return submit.run_upload(args) if args.command == "upload" else submit.run_submit(args)
+    return _run(args)

@@ -84,8 +84,12 @@ def load_config(pipeline, path: str | Path | None, overrides: dict[str, Any]) ->
             loaded = yaml.safe_load(Path(path).read_text())
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {path} is not a text (UTF-8 YAML) file") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+            # One line: PyYAML's message spans several with a caret under the position.
+            problem = " ".join(str(e).split())
+            raise ConfigError(f"config {path} is not valid YAML: {problem}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping of parameter: value")
         values |= loaded or {}

@@ -1,69 +1,138 @@
 """Checks a study's arguments before anything runs, so that bad input ends in one clear line.
 
-Each check raises an :class:`~components.common.errors.AprflowError` naming the problem and the
-fix; nothing has been written when one fails.
+Each check raises an :class:`~components.common.errors.AprflowError` naming the key, the value
+and the fix; nothing has been written when one fails (the argument checks come first, then the
+store, which is checked without writing, then the tracking URI). Absurd sizes are refused up
+front instead of sampling or allocating for minutes.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from components.common.errors import AprflowError
+from components.common.limits import (
+    MAX_EPOCHS,
+    MAX_MODELS,
+    MAX_RESOLUTION,
+    MAX_SEED,
+    MIN_RESOLUTION,
+)
 from components.common.storage import open_store
 from components.common.tracking import check_tracking, resolve_tracking_uri
-from components.data.datasets import DatasetError, check_datasets
+from components.data.datasets import BUILTIN_DATASETS
 from components.train.engines import ENGINES
 from components.train.recipes import resolve_recipe
+
+MAX_SEEDS = 1_000
+# A study name becomes an MLflow experiment name and a store prefix (studies/<name>-<hash>/):
+# letters, digits, '.', '_' and '-', starting with a letter or digit.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class PreflightError(AprflowError):
     """A study argument that cannot work."""
 
 
-def check_study(arguments: dict[str, Any]) -> None:
+def _int_in(arguments: dict[str, Any], key: str, low: int, high: int, why: str = "") -> int:
+    value = arguments[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PreflightError(f"{key} must be an integer in [{low}, {high}]{why}, got {value!r}")
+    return value
+
+
+def check_study_name(name: Any) -> str:
+    """Raises unless ``name`` is a safe study name (no path, no control characters)."""
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise PreflightError(
+            f"study_name {name!r} is not a valid name: use 1-100 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit (e.g. study_name=apr-demo)"
+        )
+    return name
+
+
+def check_uri_has_no_credentials(key: str, uri: str) -> None:
+    """Credentials come from the environment or a Kubernetes secret, never from a URI (it is
+    logged, tagged in MLflow and compiled into pipelines)."""
+    if uri and "://" in uri and urlparse(uri).password is not None:
+        raise PreflightError(
+            f"{key} carries a password: remove 'user:password@' and give credentials in the "
+            "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_USERNAME/"
+            "MLFLOW_TRACKING_PASSWORD) or the chart's secret"
+        )
+
+
+def check_runs_dir(path: str | Path) -> None:
+    """Raises unless ``path`` is a writable folder or can be created as one."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise PreflightError(f"--runs-dir {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PreflightError(f"--runs-dir {path}: {existing} is not writable")
+
+
+def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -> None:
     """Validates an ``apr_study`` argument set and the services it needs.
 
-    Samples the architectures once (milliseconds with the analytic FLOP count) so that a FLOP
-    band no architecture satisfies is reported before the pipeline starts.
+    Samples the architectures once (about a second for thousands with the analytic FLOP count)
+    so that a FLOP band no architecture satisfies is reported before the pipeline starts.
     """
     from components.sample.samplers import sample_specs
 
-    if arguments["n_models"] < 1:
-        raise PreflightError("n_models must be at least 1")
-    if not 0 < arguments["flops_min"] < arguments["flops_max"]:
+    check_study_name(arguments["study_name"])
+    n_models = _int_in(arguments, "n_models", 1, MAX_MODELS)
+    flops_min, flops_max = arguments["flops_min"], arguments["flops_max"]
+    if not 0 < flops_min < flops_max:
         raise PreflightError(
-            f"FLOP band [{arguments['flops_min']:g}, {arguments['flops_max']:g}] is empty: "
-            "set 0 < flops_min < flops_max"
+            f"FLOP band [{flops_min:g}, {flops_max:g}] is empty: set 0 < flops_min < flops_max"
         )
     datasets = arguments["datasets"]
-    settings = arguments.get("dataset_settings") or {}
-    try:
-        # Built-in names, or names built in the study's store (read only, nothing written).
-        check_datasets(datasets, open_store(arguments["store_uri"] or None), settings)
-        for values in settings.values():
-            if "recipe" in values:
-                resolve_recipe(values["recipe"])
-    except (DatasetError, ValueError) as e:
-        raise PreflightError(str(e)) from None
+    if not datasets or not all(isinstance(d, str) and d for d in datasets):
+        raise PreflightError(
+            f"datasets must be a list of dataset names, e.g. [digits, faces], got {datasets!r}"
+        )
+    repeated = sorted({d for d in datasets if datasets.count(d) > 1})
+    if repeated:
+        raise PreflightError(f"datasets {datasets} name {', '.join(repeated)} more than once")
+    unknown = sorted(set(datasets) - set(BUILTIN_DATASETS))
+    if unknown:
+        raise PreflightError(
+            f"unknown or missing dataset(s) {unknown}: choose from "
+            f"{', '.join(sorted(BUILTIN_DATASETS))}"
+        )
     reference = arguments["reference"]
     if reference and reference not in datasets:
         raise PreflightError(f"reference {reference!r} is not one of the datasets {datasets}")
-    if arguments["epochs"] < 0:
-        raise PreflightError("epochs must be 0 (the recipe's own) or more")
+    _int_in(arguments, "resolution", MIN_RESOLUTION, MAX_RESOLUTION, " pixels")
+    _int_in(arguments, "epochs", 0, MAX_EPOCHS, " (0 = the recipe's own)")
+    _int_in(arguments, "seed", 0, MAX_SEED)
     if arguments["engine"] not in ENGINES:
         raise PreflightError(
             f"unknown engine {arguments['engine']!r}: choose from {', '.join(sorted(ENGINES))}"
         )
-    if not arguments["train_seeds"]:
-        raise PreflightError("train_seeds must name at least one seed, e.g. [0]")
+    seeds = arguments["train_seeds"]
+    if (
+        not seeds
+        or len(seeds) > MAX_SEEDS
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise PreflightError(
+            f"train_seeds must be a list of 1-{MAX_SEEDS} distinct non-negative integers, "
+            f"e.g. [0, 1], got {seeds!r}"
+        )
+    for key in ("store_uri", "tracking_uri"):
+        check_uri_has_no_credentials(key, arguments[key])
+    if runs_dir is not None:
+        check_runs_dir(runs_dir)
     try:
         resolve_recipe(arguments["recipe"])
-        sample_specs(
-            arguments["space"],
-            arguments["n_models"],
-            (arguments["flops_min"], arguments["flops_max"]),
-            arguments["seed"],
-        )
+        sample_specs(arguments["space"], n_models, (flops_min, flops_max), arguments["seed"])
     except ValueError as e:
         raise PreflightError(str(e)) from None
     open_store(arguments["store_uri"] or None).check()

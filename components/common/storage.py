@@ -346,15 +346,19 @@ class LocalStore(ArtifactStore):
         return sorted(k for k in keys if k.startswith(prefix))
 
     def check(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
-                pass
-        except OSError as e:
+        # Writes nothing (a failed preflight leaves no empty store behind): the root, or the
+        # folder it would be created in, must be a writable directory.
+        existing = next(p for p in (self.root, *self.root.parents) if p.exists())
+        problem = None
+        if not existing.is_dir():
+            problem = f"{existing} is not a directory"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{existing} is not writable"
+        if problem:
             raise StoreError(
-                f"cannot write to the artifact store directory {self.root}: {e.strerror}; "
+                f"cannot write to the artifact store directory {self.root}: {problem}; "
                 f"set {STORE_ENV} to a writable directory or s3:// URI"
-            ) from None
+            )
 
 
 class S3Store(ArtifactStore):

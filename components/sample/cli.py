@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from components.sample.samplers import SPACES, sample_specs
@@ -80,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    if os.path.isdir(args.out):
+        print(
+            f"error: --out {args.out} is a directory: name a file, e.g. specs.jsonl",
+            file=sys.stderr,
+        )
         return 2
     low, high = args.flops
     print(

@@ -30,6 +30,11 @@ from components.sample.space import (
 # Candidates drawn per vectorized step. Part of the sampling procedure: changing it changes
 # which specs a seed yields.
 BATCH_SIZE = 4096
+# Refused above this many specs; and after PROBE_TRIES candidates, sampling stops early when the
+# acceptance rate so far cannot yield n within max_tries (a band no design reaches fails in
+# seconds).
+MAX_SPECS = 100_000
+PROBE_TRIES = 500_000
 
 _SHARED_BG = ("bottleneck_ratios", "group_widths")
 
@@ -249,6 +254,10 @@ def sample_specs(
     low, high = flops_range
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if n > MAX_SPECS:
+        raise ValueError(f"n must be at most {MAX_SPECS} (a study samples hundreds), got {n}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if not 0 < low <= high:
         raise ValueError(f"flops_range must satisfy 0 < low <= high, got {flops_range}")
     max_tries = max(1_000_000, 2000 * n) if max_tries is None else max_tries
@@ -296,6 +305,8 @@ def sample_specs(
         stats.rejected_by_constraints += int((~draws["valid"][:used]).sum())
         stats.rejected_by_flops += int((draws["valid"][:used] & ~in_band[:used]).sum())
         stats.tried += used
+        if stats.tried >= PROBE_TRIES and stats.accepted * max_tries < n * stats.tried:
+            break  # at the rate seen so far, max_tries cannot reach n: say so now, not in hours
     stats.seconds = time.perf_counter() - start
     if stats.accepted < n:
         raise ValueError(

@@ -7,6 +7,7 @@ import json
 import sys
 
 from components.common.errors import AprflowError
+from components.common.limits import MAX_EPOCHS, MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, int_in
 from components.common.storage import default_store_uri, open_store
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
 from components.train.engines import ENGINES
@@ -28,10 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--index", type=int, default=0, help="line of a JSONL spec file")
     parser.add_argument("--dataset", required=True, choices=sorted(BUILTIN_DATASETS))
-    parser.add_argument("--resolution", type=int, default=16, help="image side in pixels")
+    parser.add_argument(
+        "--resolution",
+        type=int_in(MIN_RESOLUTION, MAX_RESOLUTION),
+        default=16,
+        help="image side in pixels",
+    )
     parser.add_argument("--recipe", default="apr_tiny", choices=sorted(RECIPES))
-    parser.add_argument("--epochs", type=int, default=0, help="0 = the recipe's own")
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument(
+        "--epochs", type=int_in(0, MAX_EPOCHS), default=0, help="0 = the recipe's own"
+    )
+    parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="training seed")
     parser.add_argument("--engine", default="torch", choices=sorted(ENGINES))
     parser.add_argument("--store", default=None, help=f"store URI (default {default_store_uri()})")
     return parser
@@ -45,9 +53,13 @@ def _load_spec(path: str, index: int) -> dict:
         specs = read_specs_jsonl(path)
         if not 0 <= index < len(specs):
             raise ValueError(f"--index {index} is out of range: {path} holds {len(specs)} specs")
-        return specs[index].to_dict()
-    with open(path) as f:
-        return AnyNetSpec.from_dict(json.load(f)).to_dict()
+        spec = specs[index]
+    else:
+        with open(path) as f:
+            spec = AnyNetSpec.from_dict(json.load(f))
+    # A structurally broken spec is bad input here, not a trial result to store for good.
+    spec.validate(design_space=False)
+    return spec.to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

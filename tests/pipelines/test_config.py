@@ -64,6 +64,7 @@ def test_bad_files(tmp_path):
 )
 def test_preflight_rejects(override, message, local_env, monkeypatch):
     monkeypatch.setenv("APRFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("APRFLOW_S3_MAX_ATTEMPTS", "2")  # the default retries for ~1 min
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     arguments = load_config(apr_study, DEMO, override)
