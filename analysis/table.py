@@ -120,7 +120,8 @@ class ResultsTable:
     @property
     def datasets(self) -> list[str]:
         """Datasets with at least one usable or excluded row, sorted by name."""
-        return sorted(set(self.frame["dataset"]) | set(self.excluded["dataset"]))
+        names = set(self.frame["dataset"].unique()) | set(self.excluded["dataset"].unique())
+        return sorted(str(name) for name in names)
 
     @property
     def slices(self) -> list[tuple[str, str]]:
