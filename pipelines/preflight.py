@@ -24,7 +24,7 @@ from components.common.limits import (
 )
 from components.common.storage import open_store
 from components.common.tracking import check_tracking, resolve_tracking_uri
-from components.data.datasets import BUILTIN_DATASETS
+from components.data.datasets import DatasetError, check_datasets
 from components.train.engines import ENGINES
 from components.train.recipes import resolve_recipe
 
@@ -99,12 +99,15 @@ def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -
     repeated = sorted({d for d in datasets if datasets.count(d) > 1})
     if repeated:
         raise PreflightError(f"datasets {datasets} name {', '.join(repeated)} more than once")
-    unknown = sorted(set(datasets) - set(BUILTIN_DATASETS))
-    if unknown:
-        raise PreflightError(
-            f"unknown or missing dataset(s) {unknown}: choose from "
-            f"{', '.join(sorted(BUILTIN_DATASETS))}"
-        )
+    settings = arguments.get("dataset_settings") or {}
+    try:
+        # Built-in names, or names built in the study's store (read only, nothing written).
+        check_datasets(datasets, open_store(arguments["store_uri"] or None), settings)
+        for values in settings.values():
+            if "recipe" in values:
+                resolve_recipe(values["recipe"])
+    except (DatasetError, ValueError) as e:
+        raise PreflightError(str(e)) from None
     reference = arguments["reference"]
     if reference and reference not in datasets:
         raise PreflightError(f"reference {reference!r} is not one of the datasets {datasets}")

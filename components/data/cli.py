@@ -17,6 +17,7 @@ import json
 import sys
 
 from components.common.errors import AprflowError
+from components.common.limits import MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, int_in
 from components.common.storage import default_store_uri, open_store
 from components.data.build import build_dataset, list_named, load_manifest, named_dataset
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
@@ -30,6 +31,7 @@ from components.data.descriptor import (
 )
 
 COMMANDS = ("build", "subset", "describe", "list", "prepare")
+SEED = int_in(0, MAX_SEED)
 
 
 def _store_option(parser: argparse.ArgumentParser) -> None:
@@ -62,11 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         "val=F,test=F (default auto; fractions default val=0.1,test=0.2)",
     )
     build.add_argument(
-        "--resolution", type=int, default=None, help="resize images to N x N when storing"
+        "--resolution",
+        type=int_in(MIN_RESOLUTION, MAX_RESOLUTION, " pixels"),
+        default=None,
+        help="resize images to N x N when storing",
     )
     build.add_argument("--encoding", default="png", choices=["png", "jpeg"])
     build.add_argument("--classes", default="", help="comma-separated class list to keep")
-    build.add_argument("--seed", type=int, default=0, help="split and shuffle seed")
+    build.add_argument("--seed", type=SEED, default=0, help="split and shuffle seed")
     _store_option(build)
 
     subset = commands.add_parser("subset", help="derive a subset of a named dataset")
@@ -92,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     subset.add_argument(
         "--coarse", default="", help="child->parent class map (.json, .yaml or .csv child,parent)"
     )
-    subset.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    subset.add_argument("--seed", type=SEED, default=0, help="seed of the draws")
     _store_option(subset)
 
     describe = commands.add_parser("describe", help="show a named dataset's manifest")
@@ -106,8 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="materialise datasets as a study would")
     prepare.add_argument("datasets", nargs="+", help="built-in or built names")
-    prepare.add_argument("--resolution", type=int, default=16, help="image side in pixels")
-    prepare.add_argument("--seed", type=int, default=0, help="generator and split seed")
+    prepare.add_argument(
+        "--resolution",
+        type=int_in(MIN_RESOLUTION, MAX_RESOLUTION, " pixels"),
+        default=16,
+        help="image side in pixels",
+    )
+    prepare.add_argument("--seed", type=SEED, default=0, help="generator and split seed")
     _store_option(prepare)
     return parser
 

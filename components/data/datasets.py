@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from components.common.limits import MAX_RESOLUTION, MIN_RESOLUTION
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
 from components.data.build import (
@@ -94,8 +95,10 @@ def materialize(
         seed: seed of the generator (``shapes``) and of the train/test split.
         test_fraction: share of each class held out for testing.
     """
-    if resolution < 8:
-        raise DatasetError(f"resolution {resolution} is too small: use at least 8 pixels")
+    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+        raise DatasetError(
+            f"resolution {resolution} is out of range: use {MIN_RESOLUTION}-{MAX_RESOLUTION} pixels"
+        )
     descriptor = builtin_descriptor(name, resolution, seed, test_fraction)
     listing = scan_builtin(name, resolution, seed)
     quiet = lambda _: None  # noqa: E731 - prepare_all reports each dataset itself
@@ -116,8 +119,11 @@ def _check_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
             settings[key] = value = int(value)  # KFP hands JSON numbers over as floats
         if key in settings and (isinstance(value, bool) or not isinstance(value, int)):
             raise DatasetError(f"dataset_settings.{name}.{key} must be an int, got {value!r}")
-    if settings.get("resolution", 8) < 8:
-        raise DatasetError(f"dataset_settings.{name}.resolution must be at least 8 pixels")
+    if not MIN_RESOLUTION <= settings.get("resolution", MIN_RESOLUTION) <= MAX_RESOLUTION:
+        raise DatasetError(
+            f"dataset_settings.{name}.resolution must be in [{MIN_RESOLUTION}, "
+            f"{MAX_RESOLUTION}] pixels"
+        )
     if settings.get("epochs", 1) < 1:
         raise DatasetError(f"dataset_settings.{name}.epochs must be at least 1")
     if settings.get("input", "memory") not in INPUT_MODES:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from components.common.errors import AprflowError
+from components.common.limits import MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION
 
 # Bump when a change to the materialisation changes the bytes written for the same inputs.
 DATA_FORMAT_VERSION = 2
@@ -81,6 +82,8 @@ class SplitRule:
                 f"split fractions val={self.val_fraction}, test={self.test_fraction}: "
                 "use 0 <= val < 1 and 0 < test < 1"
             )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise DatasetError(f"split seed {self.seed} must be in [0, {MAX_SEED}]")
         if self.val_fraction + self.test_fraction >= 1:
             raise DatasetError(
                 f"split fractions val={self.val_fraction} + test={self.test_fraction} leave no "
@@ -125,10 +128,11 @@ class ImagePolicy:
 
     def __post_init__(self) -> None:
         if self.resolution is not None and not (
-            isinstance(self.resolution, int) and self.resolution >= 8
+            isinstance(self.resolution, int) and MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION
         ):
             raise DatasetError(
-                f"resolution {self.resolution!r} is too small: use at least 8 pixels"
+                f"resolution {self.resolution!r} is out of range: use {MIN_RESOLUTION}-"
+                f"{MAX_RESOLUTION} pixels"
             )
         if self.encoding not in ENCODINGS:
             raise DatasetError(

@@ -124,7 +124,6 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         (["build", "Bad Name", "--from", str(tmp_path)], "invalid dataset name"),
         (["build", "x", "--from", str(tmp_path / "none")], "does not exist"),
         (["build", "x", "--from", str(tmp_path), "--split", "val=2"], "split fractions"),
-        (["build", "x", "--from", str(tmp_path), "--resolution", "4"], "too small"),
         (["describe", "digits"], "is built in"),
         (["subset", "nope", "--classes", "2", "--name", "y"], "no dataset 'nope'"),
         (["nope"], "unknown or missing dataset(s) nope"),
@@ -133,6 +132,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         assert main([*argv, "--store", store]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+    for option, value in (("--resolution", "4"), ("--resolution", "100000"), ("--seed", "-1")):
+        with pytest.raises(SystemExit) as exit_:  # argparse: usage line + error line
+            main(["build", "x", "--from", str(tmp_path), option, value, "--store", store])
+        assert exit_.value.code == 2
+        assert "expected an integer in" in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "store").exists()
 
 
 def test_cli_prepare_keeps_the_original_form(tmp_path, capsys):
