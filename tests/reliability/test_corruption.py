@@ -11,7 +11,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import quiet, tiny_trial
+from faults import quiet, tiny_trial
 
 from components.common.storage import CorruptObjectError
 from components.train.plan import load_trial, save_plan, trial_key

@@ -1,0 +1,87 @@
+"""Helpers of the fault-injection tests: a tiny trial, aprflow as a process, a private S3 server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from components.data.datasets import materialize
+from components.sample.samplers import sample_specs
+from components.train.recipes import resolve_recipe
+from components.train.trial import Trial
+
+ROOT = Path(__file__).resolve().parents[2]
+APRFLOW = [sys.executable, "-m", "pipelines"]
+
+
+def tiny_trial(store, epochs: int = 2) -> Trial:
+    """A few-second trial: one small architecture on 8-px faces."""
+    spec = sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict()
+    dataset = materialize(store, "faces", resolution=8)
+    recipe = resolve_recipe("apr_tiny", {"epochs": epochs})
+    return Trial(spec=spec, dataset=dataset, recipe=recipe, seed=0)
+
+
+def quiet(_: str) -> None:
+    """A progress callback that drops lines."""
+
+
+def aprflow_env(**extra: str) -> dict[str, str]:
+    """The environment of an aprflow subprocess: this one's, one torch thread, plus ``extra``."""
+    return os.environ | {"APRFLOW_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"} | extra
+
+
+def start_aprflow(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Starts ``aprflow ARGS`` in its own process group, stdout and stderr into ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [*APRFLOW, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _root_conftest():
+    """tests/conftest.py as a module (its server helpers), loaded by path: ``conftest`` is
+    ambiguous between the two folders."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def private_moto_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A moto_server of this test alone (the shared ``s3_endpoint`` must not be paused)."""
+    helpers = _root_conftest()
+    port = helpers.free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    command = [str(helpers.BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    server = helpers._server(command, f"{endpoint}/moto-api/", folder / "moto.log")
+    process = next(server)
+    try:
+        yield endpoint, process
+    finally:
+        os.kill(process.pid, signal.SIGCONT)  # a stopped process cannot terminate
+        next(server, None)
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
+    """Polls ``predicate`` until it returns something truthy; fails the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
