@@ -7,14 +7,15 @@ The trainer asks :func:`open_split` for a split and gets a :class:`TrainData`:
   reflection padding, flips) from the trial's ``torch.Generator``. For the tiny sets, where a
   DataLoader's per-image work would cost more than the model.
 * :class:`StreamBatches` (``input: stream``): a ``torch.utils.data.DataLoader`` over
-  :class:`ShardStream`, an ``IterableDataset`` that reads the split's tar shards (through a
-  local :class:`ShardCache` with a size limit, so an epoch does not re-read S3), decodes and
-  augments each image in worker processes with timm's transforms (RandomResizedCrop, flip),
-  and hands pinned batches to the device.
+  :class:`ShardSamples`, which reads the split's tar shards (through a local
+  :class:`ShardCache` with a size limit, so an epoch does not re-read S3) and decodes and
+  augments each image in the worker processes with timm's transforms (RandomResizedCrop,
+  flip); pinned batches go to the device.
 
 Order is deterministic: the in-memory path draws from the trial's generator (saved in the
-checkpoint); the streaming path derives shard order, shuffle buffer and every augmentation from
-``(seed, epoch)`` alone, so a resumed trial sees the same data as an uninterrupted one.
+checkpoint); the streaming path derives the shard order, the shuffle and every image's
+augmentation from ``(seed, epoch)`` alone, whatever the number of workers, so a resumed trial
+sees the same data as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from components.common.files import atomic_write_bytes
 from components.common.storage import ArtifactStore, LocalStore, open_store
-from components.data.build import load_manifest, load_split, shard_keys
+from components.data.build import load_manifest, load_split
 from components.data.descriptor import DatasetRef, mix_seed
 from components.data.shards import decode_rgb, image_part, iter_own_shard
 
@@ -44,7 +45,8 @@ CACHE_DIR_ENV = "APRFLOW_SHARD_CACHE"
 CACHE_LIMIT_ENV = "APRFLOW_SHARD_CACHE_GB"
 WORKERS_ENV = "APRFLOW_DATA_WORKERS"
 DEFAULT_CACHE_LIMIT_GB = 20.0
-SHUFFLE_BUFFER = 1000
+SHUFFLE_WINDOW = 4096
+DEFAULT_WORKERS = 4
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -203,15 +205,15 @@ def eval_transform(resolution: int, mean, std) -> Callable:
     )
 
 
-class ShardStream(IterableDataset):
-    """(image tensor, label) pairs streamed from tar shards, split across DataLoader workers.
+class ShardSamples(Dataset):
+    """(image tensor, label) by global index over a split's tar shards, read through a
+    :class:`ShardCache`; each DataLoader worker keeps the last two shards it read in memory.
 
     Args:
         store_uri: the artifact store (each worker opens its own client).
-        keys: the split's shard keys.
+        shards: the split's shards as ``(key, images)`` in stored order.
         transform: PIL image -> normalised CHW tensor.
-        seed: the trial's seed.
-        shuffle: shuffle shard order and images (training), else the stored order.
+        seed: the trial's seed (with ``epoch``, it seeds each image's augmentation).
         cache_dir: local shard cache folder (default ``APRFLOW_SHARD_CACHE`` or
             ``~/.cache/aprflow/shards``).
     """
@@ -219,108 +221,86 @@ class ShardStream(IterableDataset):
     def __init__(
         self,
         store_uri: str,
-        keys: list[str],
+        shards: list[tuple[str, int]],
         transform: Callable,
         seed: int,
-        shuffle: bool,
         cache_dir: str | None = None,
     ) -> None:
-        self.store_uri, self.keys, self.transform = store_uri, list(keys), transform
-        self.seed, self.shuffle, self.cache_dir = seed, shuffle, cache_dir
+        self.store_uri, self.shards, self.transform = store_uri, shards, transform
+        self.seed, self.cache_dir = seed, cache_dir
+        self.starts = np.cumsum([0] + [n for _, n in shards])
         self.epoch = 0
+        self._loaded: dict[str, list[tuple[str, bytes, int]]] = {}
+        self._cache: ShardCache | None = None
 
-    def _shards(self, worker: int, workers: int) -> tuple[list[str], int, int]:
-        """This worker's shards, and which of their samples it keeps (``i % every == keep``).
+    def __len__(self) -> int:
+        return int(self.starts[-1])
 
-        With at least as many shards as workers, each worker reads whole shards; with fewer
-        (a small split), every worker reads every shard and keeps every ``workers``-th sample.
-        """
-        keys = list(self.keys)
-        if self.shuffle:
-            order = np.random.default_rng(mix_seed(self.seed, self.epoch)).permutation(len(keys))
-            keys = [keys[i] for i in order]
-        if len(keys) >= workers:
-            return keys[worker::workers], 1, 0
-        return keys, workers, worker
-
-    def _samples(self, keys: list[str], every: int, keep: int) -> Iterator[tuple[str, bytes, int]]:
-        cache = ShardCache(open_store(self.store_uri), self.cache_dir)
-        position = 0
-        for key in keys:
-            for name, parts in iter_own_shard(cache.path(key).read_bytes()):
+    def _shard(self, number: int) -> list[tuple[str, bytes, int]]:
+        key = self.shards[number][0]
+        if key not in self._loaded:
+            if self._cache is None:  # opened in the worker process, not pickled into it
+                self._cache = ShardCache(open_store(self.store_uri), self.cache_dir)
+            samples = []
+            for name, parts in iter_own_shard(self._cache.path(key).read_bytes()):
                 found = image_part(parts)
-                if found is None or "cls" not in parts:
-                    continue
-                if position % every == keep:
-                    yield f"{key}:{name}", found[1], int(parts["cls"])
-                position += 1
+                if found is not None and "cls" in parts:
+                    samples.append((f"{key}:{name}", found[1], int(parts["cls"])))
+            if len(samples) != self.shards[number][1]:
+                raise RuntimeError(
+                    f"shard {key} holds {len(samples)} images, manifest says "
+                    f"{self.shards[number][1]}"
+                )
+            self._loaded = dict(list(self._loaded.items())[-1:]) | {key: samples}
+        return self._loaded[key]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        samples = self._samples(*self._shards(worker, workers))
-        if self.shuffle:
-            samples = _shuffle_buffer(samples, mix_seed(self.seed, self.epoch, worker, workers))
-        for name, data, label in samples:
-            with _seeded(mix_seed(self.seed, self.epoch, name)):
-                image = self.transform(decode_rgb(data))
-            yield image, label
-
-
-def _shuffle_buffer(items: Iterator, seed: int, size: int = SHUFFLE_BUFFER) -> Iterator:
-    """Shuffles a stream through a buffer of ``size`` items, seeded."""
-    rng = np.random.default_rng(seed)
-    buffer = []
-    for item in items:
-        buffer.append(item)
-        if len(buffer) >= size:
-            yield buffer.pop(int(rng.integers(len(buffer))))
-    while buffer:
-        yield buffer.pop(int(rng.integers(len(buffer))))
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        number = int(np.searchsorted(self.starts, index, side="right")) - 1
+        name, data, label = self._shard(number)[index - int(self.starts[number])]
+        with _seeded(mix_seed(self.seed, self.epoch, name)):
+            image = self.transform(decode_rgb(data))
+        return image, label
 
 
-def full_batches(batches: Iterator[Batch], batch_size: int) -> Iterator[Batch]:
-    """Re-batches so that every batch is full, as the in-memory path's are.
+def epoch_order(shard_sizes: list[int], seed: int, epoch: int) -> list[int]:
+    """The training order of one epoch, from (seed, epoch) alone: shards in a random order,
+    images shuffled within windows of :data:`SHUFFLE_WINDOW` (so workers read few shards at
+    once; the build already wrote the training split in a random order)."""
+    rng = np.random.default_rng(mix_seed(seed, epoch))
+    starts = np.cumsum([0, *shard_sizes])
+    order = np.concatenate(
+        [np.arange(starts[s], starts[s + 1]) for s in rng.permutation(len(shard_sizes))]
+        or [np.zeros(0, int)]
+    )
+    for start in range(0, len(order), SHUFFLE_WINDOW):
+        window = order[start : start + SHUFFLE_WINDOW]
+        order[start : start + SHUFFLE_WINDOW] = window[rng.permutation(len(window))]
+    return order.tolist()
 
-    Each DataLoader worker batches its own images, so each ends an epoch with a partial batch;
-    those are joined into full ones and the remainder is dropped (a batch of one breaks batch
-    norm), unless the split is smaller than one batch: then it is the epoch's only batch.
-    """
-    pending: list[Batch] = []
-    waiting = 0
-    yielded = False
-    for images, labels in batches:
-        if len(labels) == batch_size and not pending:
-            yielded = True
-            yield images, labels
-            continue
-        pending.append((images, labels))
-        waiting += len(labels)
-        while waiting >= batch_size:
-            joined_x = torch.cat([b[0] for b in pending])
-            joined_y = torch.cat([b[1] for b in pending])
-            yielded = True
-            yield joined_x[:batch_size], joined_y[:batch_size]
-            pending = [(joined_x[batch_size:], joined_y[batch_size:])]
-            waiting -= batch_size
-    if not yielded and waiting > 1:
-        yield torch.cat([b[0] for b in pending]), torch.cat([b[1] for b in pending])
+
+def train_batches(order: list[int], batch_size: int) -> list[list[int]]:
+    """Full batches of ``order`` (the last partial one dropped: a batch of one breaks batch
+    norm), or one batch of everything when the split is smaller than a batch."""
+    full = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    return full or ([order] if len(order) > 1 else [])
 
 
 def default_workers() -> int:
-    """DataLoader workers: ``APRFLOW_DATA_WORKERS`` or the CPUs this process may use, up to 8."""
-    if WORKERS_ENV in os.environ:
-        return int(os.environ[WORKERS_ENV])
-    return max(1, min(8, len(os.sched_getaffinity(0)) - 1))
+    """DataLoader workers: ``APRFLOW_DATA_WORKERS``, else 4 (a fixed default, although the
+    order of batches does not depend on the number of workers)."""
+    return int(os.environ.get(WORKERS_ENV, DEFAULT_WORKERS))
 
 
 class StreamBatches(TrainData):
-    """Batches from a :class:`ShardStream` through a DataLoader with workers and pinned memory.
+    """Batches from :class:`ShardSamples` through a DataLoader with workers and pinned memory.
+
+    The batches (which images, in which order, augmented how) depend on (seed, epoch) only,
+    not on the number of workers: the main process fixes the batches, the workers decode and
+    augment them, and the DataLoader returns them in order.
 
     Args:
         store_uri: the artifact store.
-        keys: the split's shard keys.
-        n_images: images in the split.
+        shards: the split's shards as ``(key, images)``.
         resolution: training image side.
         mean, std: per-channel normalisation (fractions of 255).
         device: where batches go.
@@ -332,8 +312,7 @@ class StreamBatches(TrainData):
     def __init__(
         self,
         store_uri: str,
-        keys: list[str],
-        n_images: int,
+        shards: list[tuple[str, int]],
         resolution: int,
         mean,
         std,
@@ -342,20 +321,20 @@ class StreamBatches(TrainData):
         workers: int | None = None,
         cache_dir: str | None = None,
     ) -> None:
-        self.store_uri, self.keys, self.n_images = store_uri, keys, n_images
+        self.store_uri, self.shards = store_uri, shards
         self.resolution, self.mean, self.std = resolution, mean, std
         self.device, self.seed = device, seed
         self.workers = default_workers() if workers is None else workers
         self.cache_dir = cache_dir
 
     def __len__(self) -> int:
-        return self.n_images
+        return sum(n for _, n in self.shards)
 
-    def _loaded(self, stream: ShardStream, batch_size: int) -> Iterator[Batch]:
+    def _loaded(self, samples: ShardSamples, batches: list[list[int]]) -> Iterator[Batch]:
         """The DataLoader's batches on the device, timing the waits for them."""
         loader = DataLoader(
-            stream,
-            batch_size=batch_size,
+            samples,
+            batch_sampler=batches,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -375,14 +354,18 @@ class StreamBatches(TrainData):
 
     def train(self, recipe, generator: torch.Generator, epoch: int = 0) -> Iterator[Batch]:
         transform = train_transform(self.resolution, self.mean, self.std, recipe.hflip)
-        stream = ShardStream(self.store_uri, self.keys, transform, self.seed, True, self.cache_dir)
-        stream.epoch = epoch
-        yield from full_batches(self._loaded(stream, recipe.batch_size), recipe.batch_size)
+        samples = ShardSamples(self.store_uri, self.shards, transform, self.seed, self.cache_dir)
+        samples.epoch = epoch
+        order = epoch_order([n for _, n in self.shards], self.seed, epoch)
+        yield from self._loaded(samples, train_batches(order, recipe.batch_size))
 
     def eval(self, batch_size: int) -> Iterator[Batch]:
         transform = eval_transform(self.resolution, self.mean, self.std)
-        stream = ShardStream(self.store_uri, self.keys, transform, self.seed, False, self.cache_dir)
-        yield from self._loaded(stream, batch_size)
+        samples = ShardSamples(self.store_uri, self.shards, transform, self.seed, self.cache_dir)
+        n = len(samples)
+        yield from self._loaded(
+            samples, [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+        )
 
 
 def open_split(
@@ -400,8 +383,7 @@ def open_split(
         return InMemoryBatches(x, y, manifest["mean"], manifest["std"], device)
     return StreamBatches(
         store.uri,
-        shard_keys(manifest, split),
-        manifest["splits"][split]["n"],
+        [(shard["key"], shard["images"]) for shard in manifest["splits"][split]["shards"]],
         ref.resolution,
         manifest["mean"],
         manifest["std"],

@@ -5,8 +5,8 @@ normalise at the target size, :func:`components.data.loader.train_transform`) wi
 number of DataLoader workers and batch size, one epoch each, side by side in one run:
 
 * aprflow: the images built into tar shards (``aprflow data build``), streamed by
-  :class:`components.data.loader.StreamBatches` (shard reads, shuffle buffer, per-image
-  seeding for determinism);
+  :class:`components.data.loader.StreamBatches` (shard reads through the cache, seeded epoch
+  order and per-image seeding for determinism);
 * torchvision: ``ImageFolder`` over the same JPEG files + ``DataLoader(shuffle=True)``.
 
 Then the trainer: one epoch of a small AnyNet on the stream, timing how long the training loop
@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from components.common.storage import open_store
-from components.data.build import build_dataset, load_manifest, shard_keys
+from components.data.build import build_dataset, load_manifest
 from components.data.descriptor import DatasetDescriptor, SplitRule
 from components.data.loader import StreamBatches, train_transform
 from components.train.recipes import resolve_recipe
@@ -106,8 +106,7 @@ def bench(side: int, n_images: int, workers: int, batch_size: int, device: str, 
     target = torch.device(device)
     stream = StreamBatches(
         store.uri,
-        shard_keys(manifest, "train"),
-        ref.n_train,
+        [(shard["key"], shard["images"]) for shard in manifest["splits"]["train"]["shards"]],
         side,
         mean,
         std,

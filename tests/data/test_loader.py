@@ -1,5 +1,6 @@
 """The training input pipeline: one interface, in memory or streamed; deterministic per
-(seed, epoch); a size-limited shard cache in front of S3; a trial trains and resumes on it."""
+(seed, epoch) whatever the number of workers; a size-limited shard cache in front of S3; a
+trial trains and resumes on it."""
 
 from __future__ import annotations
 
@@ -45,9 +46,10 @@ def test_stream_is_deterministic_per_seed_and_epoch(built):
     assert isinstance(data, StreamBatches) and len(data) == 21
     x0, y0 = _epoch(data, recipe, epoch=0)
     assert x0.shape[1:] == (3, 16, 16) and x0.dtype == torch.float32
-    assert len(y0) == 20, "full batches of 4: the partial batches of the workers joined"
-    again = _epoch(open_split(store, ref, "train", CPU, seed=5, workers=2), recipe, epoch=0)
-    assert torch.equal(x0, again[0]) and torch.equal(y0, again[1])
+    assert len(y0) == 20, "full batches of 4"
+    for workers in (2, 0, 1):  # the same batches whatever the number of workers
+        again = _epoch(open_split(store, ref, "train", CPU, seed=5, workers=workers), recipe, 0)
+        assert torch.equal(x0, again[0]) and torch.equal(y0, again[1]), workers
     x1, _ = _epoch(data, recipe, epoch=1)
     other_seed, _ = _epoch(open_split(store, ref, "train", CPU, seed=6, workers=2), recipe, 0)
     assert not torch.equal(x0, x1[: len(x0)]) and not torch.equal(x0, other_seed[: len(x0)])
@@ -126,16 +128,11 @@ def test_trial_trains_and_resumes_on_the_stream(built, monkeypatch):
     assert resumed["history"]["test_error"] == uninterrupted["history"]["test_error"]
 
 
-def test_full_batches_join_partial_worker_batches():
-    from components.data.loader import full_batches
+def test_epoch_order_and_batches():
+    from components.data.loader import epoch_order, train_batches
 
-    def batches(sizes):
-        start = 0
-        for size in sizes:
-            yield torch.arange(start, start + size), torch.arange(start, start + size)
-            start += size
-
-    out = list(full_batches(batches([4, 3, 4, 2, 1]), 4))
-    assert [len(y) for _, y in out] == [4, 4, 4]
-    assert torch.cat([y for _, y in out]).tolist() == list(range(12)), "order kept, rest dropped"
-    assert [len(y) for _, y in full_batches(batches([3, 2]), 8)] == [5], "tiny split: one batch"
+    order = epoch_order([9, 9, 3], seed=5, epoch=0)
+    assert sorted(order) == list(range(21)) and order == epoch_order([9, 9, 3], 5, 0)
+    assert order != epoch_order([9, 9, 3], 5, 1) and order != epoch_order([9, 9, 3], 6, 0)
+    assert [len(b) for b in train_batches(order, 4)] == [4] * 5, "last partial batch dropped"
+    assert train_batches([3, 1, 2], 8) == [[3, 1, 2]], "a split smaller than a batch: one batch"
