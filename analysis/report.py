@@ -93,8 +93,11 @@ def render_figures(analysis: Analysis) -> dict[str, bytes]:
     panels = []
     for name, pair in summary["apr"]["targets"].items():
         source = summary["slices"][pair["reference_slice"]]
+        key = (pair["regime"], pair["metric"], pair["dataset"])
+        if key not in analysis.columns:
+            continue  # every row of the target was excluded: nothing to draw
         reference = analysis.columns[(source["regime"], source["metric"], ref)]
-        target = analysis.columns[(pair["regime"], pair["metric"], pair["dataset"])]
+        target = analysis.columns[key]
         shared = reference.notna() & target.notna()
         if not shared.any():
             continue

@@ -189,6 +189,22 @@ def test_fewer_than_three_models_is_reported_not_nan(tmp_path):
     assert "No comparison with x" in (tmp_path / "report.html").read_text()
 
 
+def test_dataset_whose_rows_all_failed_is_reported_not_drawn(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "model": list("abcd") * 2,
+            "dataset": ["x"] * 4 + ["y"] * 4,
+            "error": [1, 2, 3, 4.0, None, None, None, None],
+            "status": ["ok"] * 4 + ["failed"] * 4,
+        }
+    )
+    summary = analyze(frame, tmp_path, reference="x", n_bootstrap=10)
+    assert summary["apr"]["targets"]["y"]["n_models"] == 0
+    assert summary["exclusions"]["by_dataset"] == {"y": {"failed": 4}}
+    assert "apr_scatter" not in summary["figures"]
+    assert "y</b>: no answer, only 0 model(s) shared" in (tmp_path / "report.html").read_text()
+
+
 def test_single_dataset_runs(tmp_path):
     frame = pd.DataFrame({"model": list("abcd"), "dataset": "only", "error": [1, 2, 3, 4.0]})
     summary = analyze(frame, tmp_path, n_bootstrap=10)
