@@ -9,7 +9,6 @@ front instead of sampling or allocating for minutes.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,6 +20,7 @@ from components.common.limits import (
     MAX_RESOLUTION,
     MAX_SEED,
     MIN_RESOLUTION,
+    check_safe_name,
 )
 from components.common.storage import open_store
 from components.common.tracking import check_tracking, resolve_tracking_uri
@@ -29,9 +29,6 @@ from components.train.engines import ENGINES
 from components.train.recipes import resolve_recipe
 
 MAX_SEEDS = 1_000
-# A study name becomes an MLflow experiment name and a store prefix (studies/<name>-<hash>/):
-# letters, digits, '.', '_' and '-', starting with a letter or digit.
-STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class PreflightError(AprflowError):
@@ -47,12 +44,10 @@ def _int_in(arguments: dict[str, Any], key: str, low: int, high: int, why: str =
 
 def check_study_name(name: Any) -> str:
     """Raises unless ``name`` is a safe study name (no path, no control characters)."""
-    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or ".." in name:
-        raise PreflightError(
-            f"study_name {name!r} is not a valid name: use 1-100 letters, digits, '.', '_' or "
-            "'-', starting with a letter or digit (e.g. study_name=apr-demo)"
-        )
-    return name
+    try:
+        return check_safe_name("study_name", name)
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
 
 
 def check_uri_has_no_credentials(key: str, uri: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from components.common.hashing import content_hash
+from components.common.limits import check_safe_name
 from components.common.progress import report
 from components.common.storage import ArtifactStore, CorruptObjectError, MissingObjectError
 from components.data.datasets import DatasetRef
@@ -27,6 +28,8 @@ def plan_trials(
     seeds: list[int],
     engine: str = "torch",
     recipes: dict[str, Recipe] | None = None,
+    device: str = "auto",
+    gpus: int = 1,
 ) -> list[Trial]:
     """Every (architecture x dataset x seed) trial, architectures outermost.
 
@@ -37,6 +40,8 @@ def plan_trials(
         seeds: training seeds; several seeds measure seed variance.
         engine: training engine name.
         recipes: per-dataset recipes by dataset name (``dataset_settings``), else ``recipe``.
+        device: ``auto``, ``cuda`` or ``cpu`` (components.train.engines.resolve_device).
+        gpus: processes (GPUs) per trial; more than one needs the deepspeed engine.
     """
     if not specs:
         raise ValueError("a study needs at least one architecture")
@@ -49,6 +54,8 @@ def plan_trials(
             recipe=(recipes or {}).get(dataset.name, recipe),
             seed=seed,
             engine=engine,
+            device=device,
+            gpus=gpus,
         )
         for spec in specs
         for dataset in datasets
@@ -57,7 +64,13 @@ def plan_trials(
 
 
 def study_id(name: str, trials: list[Trial]) -> str:
-    """A study's id: its name plus the hash of its trials, so a re-run finds the same study."""
+    """A study's id: its name plus the hash of its trials, so a re-run finds the same study.
+
+    Raises:
+        ValueError: for a name that is no safe store prefix (``../x``, ``a/b``, control
+            characters), also when a cluster run skipped ``aprflow``'s preflight.
+    """
+    check_safe_name("study_name", name)
     return f"{name}-{content_hash(sorted(t.trial_id for t in trials), length=10)}"
 
 
