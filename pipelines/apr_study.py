@@ -1,8 +1,16 @@
 """The APR study pipeline: sample architectures, train each on every dataset, analyse.
 
     data ─┐
-          ├─ plan ─ list_trials ─ ParallelFor(trial) ─ train ─ Collected ─ analyze
+          ├─ plan ─ list_chunks ─ ParallelFor(chunk) ─ train_chunk ─ Collected ─ analyze
   sample ─┘
+
+The trials are grouped into chunks (components/train/chunk.py), one GPU task per chunk, so a
+500 x 9 study is tens of training pods, not thousands. The committed compiled YAML is the
+cluster one: the training task runs in the GPU image and requests ``gpus_per_trial`` GPUs on
+the nodes and with the tolerations of the cluster profile (pipelines/configs/cluster.yaml,
+read at compile time, like the loop's parallelism ``max_parallel_tasks``: Kubeflow Pipelines
+2.17 takes only a literal number there). kfp.local ignores resources; there ``device: auto``
+trains on the CPU and says so in each result.
 
 Tasks exchange small values (trial ids, run ids) and KFP artifacts; large data goes through the
 artifact store. On a cluster every task reads the store and MLflow settings from the chart's
@@ -19,7 +27,8 @@ from kfp.dsl.pipeline_channel import PipelineParameterChannel
 from components.analyze.component import analyze_study
 from components.data.component import prepare_datasets
 from components.sample.component import sample_architectures
-from components.train.component import list_trials, plan_study, train_trial
+from components.train.component import list_chunks, plan_study, train_chunk
+from pipelines.cluster import ClusterProfile, load_profile
 
 LAUNCHER_CONFIG_MAP = "aprflow-launcher"
 S3_SECRET = "aprflow-s3"
@@ -30,6 +39,7 @@ LAUNCHER_KEYS = (
     "AWS_DEFAULT_REGION",
 )
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+PROFILE: ClusterProfile = load_profile()
 
 
 def _on_cluster(
@@ -55,6 +65,33 @@ def _on_cluster(
     return task
 
 
+def _on_gpu_nodes(
+    task: dsl.PipelineTask, gpus: PipelineParameterChannel, profile: ClusterProfile
+) -> dsl.PipelineTask:
+    """GPUs, GPU nodes, a memory-backed /dev/shm and threads from the CPU request.
+
+    ``gpus`` is the run-time ``gpus_per_trial``; the rest is the cluster profile. /dev/shm is a
+    Memory emptyDir because a container's default 64 MiB breaks DataLoader workers and NCCL.
+    OMP_NUM_THREADS and APRFLOW_TASK_CPUS are the CPU request, so torch does not start as many
+    threads as the node has cores.
+    """
+    task.set_accelerator_type(profile.accelerator).set_accelerator_limit(gpus)
+    for key, value in profile.node_selector.items():
+        kubernetes.add_node_selector(task, key, value)
+    for toleration in profile.tolerations:
+        kubernetes.add_toleration(task, **toleration)
+    kubernetes.empty_dir_mount(
+        task,
+        volume_name="dshm",
+        mount_path="/dev/shm",
+        medium="Memory",
+        size_limit=profile.shm_size,
+    )
+    task.set_env_variable("OMP_NUM_THREADS", str(profile.train_cpu))
+    task.set_env_variable("APRFLOW_TASK_CPUS", str(profile.train_cpu))
+    return task
+
+
 @dsl.pipeline(
     name="apr-study",
     description="Sample AnyNetX architectures in a FLOP band, train each on several datasets "
@@ -74,6 +111,11 @@ def apr_study(
     seed: int = 0,
     train_seeds: list = [0],  # noqa: B006 - KFP reads the default
     engine: str = "torch",
+    device: str = "auto",
+    gpus_per_trial: int = 1,
+    trials_per_gpu: int = 1,
+    chunk_size: int = 0,
+    max_attempts: int = 2,
     reference: str = "",
     store_uri: str = "",
     tracking_uri: str = "",
@@ -94,7 +136,14 @@ def apr_study(
             ``{mine: {resolution: 32, recipe: apr_short, epochs: 5, input: stream}}``.
         recipe: training recipe name; epochs: epochs per trial (0 = the recipe's).
         seed: sampling and data-split seed; train_seeds: training seeds.
-        engine: training engine.
+        engine: training engine (torch, deepspeed).
+        device: auto (the GPU when there is one, recorded per trial), cuda (fail without a
+            GPU) or cpu.
+        gpus_per_trial: GPUs (processes, torchrun) per trial and per training task; more than
+            one needs engine deepspeed and at most the profile's gpus_per_node.
+        trials_per_gpu: trials trained at once in a training task (packing small models).
+        chunk_size: trials per training task (0 = about one GPU-hour each, estimated).
+        max_attempts: starts of a trial whose process is killed (OOM) before it is failed.
         reference: reference dataset of the APR comparison ('' = one named imagenet, else the
             dataset with the most models).
         store_uri, tracking_uri: '' = from the launcher config (cluster) or local defaults.
@@ -135,24 +184,32 @@ def apr_study(
             store_uri=store_uri,
             tracking_uri=tracking_uri,
             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            device=device,
+            gpus_per_trial=gpus_per_trial,
+            chunk_size=chunk_size,
+            max_parallel_tasks=PROFILE.max_parallel_tasks,
         ),
         "1",
         "1Gi",
     )
-    trials = on_cluster(
-        list_trials(study_id=plan.outputs["study_id"], store_uri=store_uri), "500m", "512Mi"
+    chunks = on_cluster(
+        list_chunks(study_id=plan.outputs["study_id"], store_uri=store_uri), "500m", "512Mi"
     )
-    with dsl.ParallelFor(trials.output) as trial:
+    with dsl.ParallelFor(chunks.output, parallelism=PROFILE.max_parallel_tasks) as chunk:
         train = on_cluster(
-            train_trial(
-                trial=trial,
+            train_chunk(
+                chunk=chunk,
                 store_uri=store_uri,
                 tracking_uri=tracking_uri,
                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                trials_per_gpu=trials_per_gpu,
+                max_attempts=max_attempts,
+                gpus_per_trial=gpus_per_trial,
             ),
-            "2",
-            "4Gi",
+            str(PROFILE.train_cpu),
+            PROFILE.train_memory,
         )
+        _on_gpu_nodes(train, gpus_per_trial, PROFILE)
     on_cluster(
         analyze_study(
             trial_ids=dsl.Collected(train.outputs["Output"]),

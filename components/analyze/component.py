@@ -26,7 +26,8 @@ def analyze_study(
     study's MLflow parent run.
 
     Args:
-        trial_ids: the train tasks' outputs, gathered with dsl.Collected.
+        trial_ids: the train tasks' outputs, gathered with dsl.Collected: trial ids, or lists
+            of them (one list per chunk task), flattened here.
         study_id, parent_run_id: from the plan step.
         reference: reference dataset of the APR comparison ('' = the analysis' default).
         store_uri, tracking_uri: '' means the environment's or the local defaults.
@@ -36,7 +37,7 @@ def analyze_study(
     from components.analyze.run import analyze_to_temp, embed_figures
 
     numbers, out_dir = analyze_to_temp(
-        trial_ids=list(trial_ids),
+        trial_ids=[i for item in trial_ids for i in (item if isinstance(item, list) else [item])],
         study=study_id,
         parent_run_id=parent_run_id,
         reference=reference or None,

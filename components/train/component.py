@@ -1,11 +1,11 @@
-"""KFP components: plan a study's trials, and train one trial."""
+"""KFP components: plan a study's trials and chunks, train one chunk (or one trial)."""
 
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Output
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
 
-from components.common.images import CPU_IMAGE
+from components.common.images import CPU_IMAGE, GPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -20,11 +20,18 @@ def plan_study(
     store_uri: str,
     tracking_uri: str,
     kfp_run_id: str,
+    plan: Output[Markdown],
+    device: str = "auto",
+    gpus_per_trial: int = 1,
+    chunk_size: int = 0,
+    max_parallel_tasks: int = 16,
 ) -> NamedTuple("PlanOutputs", study_id=str, parent_run_id=str):
-    """Plans every (architecture x dataset x seed) trial and opens the MLflow parent run.
+    """Plans every (architecture x dataset x seed) trial, groups them into chunks and opens
+    the MLflow parent run.
 
-    The trial list goes to the store (``studies/<study_id>/trials.json``); ``list_trials``
-    returns it for the fan-out.
+    The trial list and the chunks go to the store (``studies/<study_id>/trials.json``,
+    ``chunks.json``); ``list_chunks`` returns the chunks for the fan-out; ``plan`` shows the
+    chunking in the Kubeflow UI (``1500 trials in 30 chunks: 30 training tasks``).
 
     Args:
         specs: architecture specs (JSONL, from the sample component).
@@ -37,17 +44,23 @@ def plan_study(
         store_uri, tracking_uri: '' means the environment's (APRFLOW_STORE_URI,
             MLFLOW_TRACKING_URI) or the local defaults.
         kfp_run_id: tagged on the MLflow runs.
+        plan: the chunking as Markdown.
+        device: auto, cuda or cpu; gpus_per_trial: processes (GPUs) per trial.
+        chunk_size: trials per training task (0 = about one GPU-hour each);
+            max_parallel_tasks: the loop's parallelism (compiled in), for even chunks.
     """
     import json
     from collections import namedtuple
 
+    from components.common.storage import open_store
     from components.sample.spec_io import read_specs_jsonl
-    from components.train.run import plan_study as plan
+    from components.train.chunk import load_chunks, plan_markdown
+    from components.train.run import plan_study as run_plan
 
     with open(datasets.path) as f:
         refs = json.load(f)
     architectures = [spec.to_dict() for spec in read_specs_jsonl(specs.path)]
-    _, study, parent = plan(
+    _, study, parent = run_plan(
         architectures,
         refs,
         study_name,
@@ -58,8 +71,81 @@ def plan_study(
         store_uri or None,
         tracking_uri or None,
         kfp_run_id,
+        device=device,
+        gpus=int(gpus_per_trial),
+        chunk_size=int(chunk_size),
+        max_parallel_tasks=int(max_parallel_tasks),
     )
+    with open(plan.path, "w") as f:
+        f.write(plan_markdown(load_chunks(open_store(store_uri or None), study)))
     return namedtuple("PlanOutputs", ["study_id", "parent_run_id"])(study, parent)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def list_chunks(study_id: str, store_uri: str) -> list:
+    """Returns the study's chunks as loop items ``{"study_id": ..., "chunk": i}``.
+
+    The items carry no trial ids (the chunk task reads them from the store), so the workflow
+    object stays small; like ``list_trials`` they carry the study id for kfp.local.
+    """
+    from components.common.storage import open_store
+    from components.train.chunk import load_chunks
+
+    chunks = load_chunks(open_store(store_uri or None), study_id)["chunks"]
+    return [{"study_id": study_id, "chunk": i} for i in range(len(chunks))]
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def train_chunk(
+    chunk: dict,
+    store_uri: str,
+    tracking_uri: str,
+    kfp_run_id: str,
+    trials_per_gpu: int,
+    max_attempts: int,
+    gpus_per_trial: int,
+    metrics: Output[Metrics],
+) -> list:
+    """Trains one chunk's trials, each in a child process, and returns their trial ids.
+
+    Runs in the GPU image. A trial killed in every attempt (OOM, eviction) is recorded
+    ``failed`` and the chunk goes on; the task fails only on infrastructure errors. Threads per
+    trial come from ``APRFLOW_TASK_CPUS`` (set by the pipeline from the task's CPU request).
+
+    Args:
+        chunk: a ``list_chunks`` item.
+        store_uri, tracking_uri: '' means the environment's or the local defaults.
+        kfp_run_id: tagged on the MLflow runs.
+        trials_per_gpu: trials trained at once (packing small models on one GPU).
+        max_attempts: starts of a killed trial before it is recorded failed.
+        gpus_per_trial: processes (GPUs) per trial; more than one runs torchrun.
+    """
+    import os
+
+    from components.common.storage import open_store
+    from components.train.chunk import ChunkSettings, run_chunk
+    from components.train.trial import result_key
+
+    settings = ChunkSettings(
+        gpus_per_trial=int(gpus_per_trial),
+        trials_per_gpu=int(trials_per_gpu),
+        max_attempts=int(max_attempts),
+        cpus=int(float(os.environ.get("APRFLOW_TASK_CPUS", "0"))),
+    )
+    ids = run_chunk(
+        chunk["study_id"],
+        int(chunk["chunk"]),
+        store_uri or None,
+        tracking_uri or None,
+        kfp_run_id,
+        settings,
+    )
+    store = open_store(store_uri or None)
+    statuses = [store.get_json(result_key(trial_id))["status"] for trial_id in ids]
+    metrics.log_metric("trials", float(len(ids)))
+    metrics.log_metric("trials_ok", float(statuses.count("ok")))
+    metrics.log_metric("trials_failed", float(len(ids) - statuses.count("ok")))
+    return ids
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

@@ -19,12 +19,53 @@ from typing import Any
 import torch
 from torch import nn
 
+from components.common.errors import AprflowError
+
+DEVICES = ("auto", "cuda", "cpu")
+
+
+class DeviceError(AprflowError):
+    """A device that was asked for and is not there (or a name that is not a device)."""
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """The device a trial trains on: ``auto`` = the GPU of this rank (``LOCAL_RANK``) when
+    torch sees one, else the CPU; ``cuda`` = that GPU or :class:`DeviceError` (never a silent
+    fall-back to the CPU); ``cpu`` = the CPU."""
+    if requested not in DEVICES:
+        raise DeviceError(f"device {requested!r}: choose from {', '.join(DEVICES)}")
+    has_gpu = torch.cuda.is_available()
+    if requested == "cuda" and not has_gpu:
+        raise DeviceError(
+            "device 'cuda' was asked for but this machine has no usable GPU "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run on a "
+            "GPU node (the cluster pipeline requests nvidia.com/gpu) or set device=auto or cpu"
+        )
+    if requested == "cpu" or not has_gpu:
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process' rank and the number of processes of its trial (torchrun's RANK and
+    WORLD_SIZE; 0 and 1 in a plain process)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def describe_device(device: torch.device) -> str:
+    """``cpu`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``, for a trial's result record."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
 
 class TrainEngine(ABC):
     """Owns the model's device placement, mixed precision and optimizer step."""
 
     name: str
     device: torch.device
+    precision: str  # "bf16-autocast", "bf16" or "fp32": recorded in the trial's result
 
     @abstractmethod
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
@@ -56,9 +97,12 @@ class TorchEngine(TrainEngine):
 
     name = "torch"
 
-    def __init__(self, device: str | None = None, batch_size: int | None = None) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    def __init__(self, device: str = "auto", batch_size: int | None = None) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("engine 'torch' trains in one process: use engine 'deepspeed'")
+        self.device = resolve_device(device or "auto")
         self._on_gpu = self.device.type == "cuda"
+        self.precision = "bf16-autocast" if self._on_gpu else "fp32"
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -168,7 +212,7 @@ class DeepSpeedEngine(TrainEngine):
 
     name = "deepspeed"
 
-    def __init__(self, batch_size: int = 32, zero_stage: int = 0) -> None:
+    def __init__(self, batch_size: int = 32, zero_stage: int = 0, device: str = "auto") -> None:
         if zero_stage not in (0, 1, 2):
             raise ValueError(f"zero_stage must be 0, 1 or 2, not {zero_stage!r}")
         if batch_size < 1:
@@ -178,6 +222,13 @@ class DeepSpeedEngine(TrainEngine):
 
         accelerator = get_accelerator()
         self._on_gpu = accelerator.device_name() == "cuda"
+        wanted = resolve_device(device)  # 'cuda' without a GPU fails here, before any work
+        if (wanted.type == "cuda") != self._on_gpu:
+            raise DeviceError(
+                f"device {device!r} but DeepSpeed's accelerator is {accelerator.device_name()!r}: "
+                "set DS_ACCELERATOR=cpu to train DeepSpeed on the CPU of a GPU machine"
+            )
+        self.precision = "bf16" if self._on_gpu else "fp32"
         _init_process_group(self._deepspeed, "nccl" if self._on_gpu else "gloo")
         if self._on_gpu:
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))

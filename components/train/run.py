@@ -11,13 +11,18 @@ import time
 from typing import Any
 
 from components.common import tracking
-from components.common.progress import report
+from components.common.progress import TrialDone, report, trial_done_line
 from components.common.storage import open_store
 from components.data.datasets import DatasetRef
 from components.sample.space import AnyNetSpec
+from components.train.chunk import (
+    DEFAULT_MAX_PARALLEL_TASKS,
+    check_chunking,
+    save_chunks,
+)
 from components.train.plan import load_trial, load_trial_ids, plan_trials, save_plan, study_id
 from components.train.recipes import Recipe, resolve_recipe
-from components.train.trial import run_trial
+from components.train.trial import result_key, run_trial
 
 
 def study_key(study: str) -> str:
@@ -48,12 +53,19 @@ def plan_study(
     tracking_uri: str | None,
     kfp_run_id: str = "",
     config: dict[str, Any] | None = None,
+    device: str = "auto",
+    gpus: int = 1,
+    chunk_size: int = 0,
+    max_parallel_tasks: int = DEFAULT_MAX_PARALLEL_TASKS,
 ) -> tuple[list[str], str, str]:
     """Plans every trial, opens the study's MLflow parent run and records the study.
 
     Args:
         config: the study's full resolved config (pipeline arguments), logged to the parent
             run as ``config.<key>`` params and ``config.json``.
+        device, gpus: where each trial trains (see :class:`~components.train.trial.Trial`).
+        chunk_size, max_parallel_tasks: how trials are grouped into training tasks
+            (``studies/<study_id>/chunks.json``, see :mod:`components.train.chunk`).
 
     Returns:
         ``(trial_ids, study_id, parent_run_id)``.
@@ -65,9 +77,11 @@ def plan_study(
     resolved = resolve_recipe(recipe, recipe_overrides)
     refs = [DatasetRef(**d) for d in datasets]
     recipes = _dataset_recipes(refs, recipe, recipe_overrides)
-    trials = plan_trials(specs, refs, resolved, seeds, engine, recipes)
+    check_chunking(chunk_size, max_parallel_tasks)
+    trials = plan_trials(specs, refs, resolved, seeds, engine, recipes, device, gpus)
     study = study_id(study_name, trials)
     ids = save_plan(store, study, trials)
+    chunks = save_chunks(store, study, trials, chunk_size, max_parallel_tasks)
     params = {
         "n_models": len(specs),
         "datasets": ",".join(r.name for r in refs),
@@ -92,6 +106,7 @@ def plan_study(
         f"study {study}: {len(specs)} architectures x {len(refs)} datasets x "
         f"{len(seeds)} seeds = {len(ids)} trials; MLflow parent run {parent}",
     )
+    report("plan", chunks["summary"])
     return ids, study, parent
 
 
@@ -143,9 +158,15 @@ def train_trial(
     store_uri: str | None,
     tracking_uri: str | None,
     kfp_run_id: str = "",
+    result: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains one planned trial (or reuses its result) and logs it as a nested MLflow run of the
-    study's parent run."""
+    study's parent run.
+
+    Args:
+        result: a result decided outside the trial's own process (the chunk runner's record of
+            a trial killed in every attempt): written to the store and logged, nothing trained.
+    """
     store = open_store(store_uri)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking(uri)
@@ -156,7 +177,10 @@ def train_trial(
     position = f"trial {ids.index(trial_id) + 1}/{len(ids)}"
     model = AnyNetSpec.from_dict(trial.spec).spec_hash()
     report("train", f"{position} {trial_id}: model {model} on {trial.dataset.name}", started)
-    result = run_trial(store, trial, progress=lambda line: report("train", line, started))
+    if result is None:
+        result = run_trial(store, trial, progress=lambda line: report("train", line, started))
+    else:
+        store.put_json(result_key(trial_id), result)
     params = _architecture_params(trial.spec) | {
         "model": model,
         "dataset": trial.dataset.name,
@@ -165,6 +189,8 @@ def train_trial(
         "recipe": trial.recipe.name,
         "seed": trial.seed,
         "engine": trial.engine,
+        "device": trial.device,
+        "gpus": trial.gpus,
     }
     metrics = {
         key: result[key]
@@ -199,13 +225,22 @@ def train_trial(
             "aprflow.dataset": trial.dataset.name,
             "aprflow.recipe": trial.recipe.name,
             "aprflow.seed": str(trial.seed),
+            "aprflow.device_used": str(result.get("device_used", "")),
+            "aprflow.precision": str(result.get("precision", "")),
+            "aprflow.torch_version": str(result.get("torch_version", "")),
         },
         inputs=[tracking.dataset_input(dataset, source)],
     )
-    outcome = result["status"]
-    if outcome == "ok":
-        outcome += f", top-1 error {result['top1_error']:.1f}%"
+    if result["status"] == "ok":
+        outcome = f"top-1 error {result['top1_error']:.1f}%"
     else:
-        outcome += f": {result['reason']}"
-    report("train", f"{position} done ({outcome})", started)
+        outcome = result["reason"]
+    done = TrialDone(
+        index=ids.index(trial_id) + 1,
+        total=len(ids),
+        status=result["status"],
+        reused=result.get("reused", False),
+        detail=f"{outcome} (model {model} on {trial.dataset.name}, seed {trial.seed})",
+    )
+    report("train", trial_done_line(done), started)
     return result

@@ -38,7 +38,7 @@ from components.common.storage import (
 )
 from components.data.datasets import DatasetRef
 from components.data.loader import TrainData, open_split
-from components.train.engines import TrainEngine, create_engine
+from components.train.engines import TrainEngine, create_engine, describe_device, rank_and_world
 from components.train.recipes import Recipe
 
 # A trial's lease expires this long after its holder's last renewal (every third of it).
@@ -61,11 +61,19 @@ class Trial:
     recipe: Recipe
     seed: int
     engine: str = "torch"
+    # "auto" (a GPU when there is one, recorded in the result), "cuda" or "cpu"; and the
+    # processes (GPUs) one trial trains on. Both change the numbers (bf16 on a GPU, batch norm
+    # statistics per rank), so a pinned device or several GPUs are part of the identity.
+    device: str = "auto"
+    gpus: int = 1
 
     @property
     def trial_id(self) -> str:
+        placement = {"device": self.device} if self.device != "auto" else {}
+        placement |= {"gpus": self.gpus} if self.gpus != 1 else {}
         return content_hash(
-            {
+            placement
+            | {
                 "spec": self.spec,
                 "dataset": {
                     "name": self.dataset.name,
@@ -87,6 +95,8 @@ class Trial:
             "recipe": self.recipe.to_dict(),
             "seed": self.seed,
             "engine": self.engine,
+            "device": self.device,
+            "gpus": self.gpus,
         }
 
     @classmethod
@@ -97,6 +107,8 @@ class Trial:
             recipe=Recipe(**data["recipe"]),
             seed=int(data["seed"]),
             engine=data.get("engine", "torch"),
+            device=data.get("device", "auto"),
+            gpus=int(data.get("gpus", 1)),
         )
 
 
@@ -205,7 +217,13 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
     torch.manual_seed(trial.seed)
     generator = torch.Generator().manual_seed(trial.seed)
     model = build_model(spec, num_classes=trial.dataset.num_classes, small_input=small_input)
-    engine = create_engine(trial.engine, batch_size=recipe.batch_size)
+    engine = create_engine(trial.engine, batch_size=recipe.batch_size, device=trial.device)
+    # Several processes (torchrun, one per GPU): each takes its share of every batch, like a
+    # DistributedSampler, so the global batch (and the averaged gradient) is the recipe's;
+    # only rank 0 writes.
+    rank, world = rank_and_world()
+    if world != trial.gpus:
+        raise ValueError(f"trial planned for {trial.gpus} process(es) runs in {world}")
     optimizer = torch.optim.SGD(
         _param_groups(model, recipe.weight_decay),
         lr=recipe.lr,
@@ -232,6 +250,8 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
         tic = time.perf_counter()
         loss_sum, n_batches = 0.0, 0
         for step, (images, labels) in enumerate(train.train(recipe, generator, epoch)):
+            if world > 1:
+                images, labels = images[rank::world], labels[rank::world]
             lr = _lr_at(recipe, epoch * steps_per_epoch + step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -244,7 +264,7 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
             engine.step(loss)
             loss_sum += loss.item()
             n_batches += 1
-            images_seen += len(labels)
+            images_seen += len(labels) * world
         train_seconds += time.perf_counter() - tic
         test_error, test_loss = evaluate(model, engine, test, recipe.eval_batch_size)
         history["train_loss"].append(loss_sum / n_batches)
@@ -254,7 +274,8 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
             f"  epoch {epoch + 1}/{recipe.epochs}: train loss {loss_sum / n_batches:.3f}, "
             f"test error {test_error:.1f}%"
         )
-        _save_checkpoint(store, trial_id, engine, epoch + 1, history, generator)
+        if rank == 0:
+            _save_checkpoint(store, trial_id, engine, epoch + 1, history, generator)
     at_224 = complexity(spec, resolution=224)
     trained = complexity(
         replace(spec, num_classes=trial.dataset.num_classes),
@@ -270,6 +291,11 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
         "flops_trained": trained.flops,
         "params_trained": sum(p.numel() for p in model.parameters()),
         "train_images_per_s": images_seen / train_seconds if train_seconds else None,
+        # What it really ran on (the trial's ``device`` may be "auto").
+        "device_used": describe_device(engine.device),
+        "precision": engine.precision,
+        "torch_version": torch.__version__,
+        "world_size": world,
     }
 
 
@@ -336,7 +362,9 @@ def run_trial(store: ArtifactStore, trial: Trial, progress: Progress = print) ->
         return _run_leased(store, trial, progress)
 
 
-def _run_leased(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, Any]:
+def _run_leased(
+    store: ArtifactStore, trial: Trial, progress: Progress, write: bool = True
+) -> dict[str, Any]:
     trial_id = trial.trial_id
     _configure_threads()
     tic = time.perf_counter()
@@ -357,5 +385,6 @@ def _run_leased(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[
         **outcome,
         "wall_time_s": round(time.perf_counter() - tic, 3),
     }
-    store.put_json(result_key(trial_id), result)
+    if write:
+        store.put_json(result_key(trial_id), result)
     return result | {"reused": False}

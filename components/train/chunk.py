@@ -1,0 +1,466 @@
+"""Chunks: a study's trials grouped into a bounded number of training tasks, and the runner
+that trains one chunk, trial after trial, each in a child process that may be killed.
+
+Why chunks: one KFP task per trial means three pods (driver, launcher, executor) and a
+per-task start-up (image pull, imports) for every trial; a 500-model x 9-dataset study would
+be ~13,500 pods and a workflow object past Argo's size limit. A chunk task trains many trials
+in one pod, so the task count is ``ceil(trials / chunk_size)``.
+
+Sizing (``chunk_size = 0``, the default): each trial's cost is estimated analytically,
+
+    seconds = 6 x MACs(model at the dataset's resolution) x training images x epochs
+              / ASSUMED_TRAIN_FLOP_PER_S
+
+(6 = 2 FLOPs per multiply-add x 3 for forward + backward; MACs are the pycls "flops" the
+sampler counts), and a chunk holds as many trials as fit in :data:`CHUNK_SECONDS` (one
+GPU-hour) at the mean estimate, but no more than an even share of the trials over
+``max_parallel_tasks``, so that a small study still uses every parallel slot. The assumed
+throughput (5% of an H100's dense bf16 peak of 989 TFLOP/s) is an assumption, not a
+measurement: small CNNs at 32 px reach a few percent of peak (tests/benchmarks/bench_sweep.py
+measures it on the machine at hand); a wrong guess only makes chunks longer or shorter.
+
+Surviving kills: every trial of a chunk runs in a child process (forked from the chunk task,
+which has imported torch and the trainer already; ``torchrun`` for multi-GPU trials). A child
+killed by a signal (the kernel's OOM killer sends SIGKILL, exit 137 in a shell) is recorded in
+``trials/<id>/attempts.json`` and started again (resuming from its last checkpoint) up to
+``max_attempts`` times in this task; then the trial's result is written as ``failed: killed by
+signal 9 (out of memory?)`` and the chunk goes on. A later run of the study tries a trial that
+was killed again (the kill may have been a neighbour's fault); every other stored result is
+reused. The task exits non-zero only for infrastructure errors (a child that kept raising, the
+store, a GPU that was requested and is missing).
+
+Packing: ``trials_per_gpu > 1`` runs that many trial processes at once, sharing the task's GPU
+(or CPU cores: threads are divided among them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any
+
+from components.common.errors import AprflowError
+from components.common.progress import report
+from components.common.storage import ArtifactStore, MissingObjectError, open_store
+from components.train.plan import load_trial
+from components.train.trial import Trial, result_key
+
+# Assumed sustained training throughput of one GPU, for sizing chunks (see the module doc).
+H100_BF16_PEAK_FLOP_PER_S = 989e12
+ASSUMED_TRAIN_FLOP_PER_S = 0.05 * H100_BF16_PEAK_FLOP_PER_S
+CHUNK_SECONDS = 3600.0
+DEFAULT_MAX_PARALLEL_TASKS = 16
+DEFAULT_MAX_ATTEMPTS = 2
+# How often the runner looks at its children.
+POLL_S = 0.2
+
+
+class ChunkError(AprflowError):
+    """A chunk setting that cannot work, or an infrastructure error the runner could not retry."""
+
+
+def train_flop(trial: Trial) -> float:
+    """Analytic training FLOPs of a trial: 6 x MACs per image x training images x epochs.
+
+    A structurally broken spec costs nothing (its trial fails at once).
+    """
+    from components.sample.space import AnyNetSpec, complexity, uses_small_stem
+
+    resolution = trial.dataset.resolution
+    try:
+        spec = replace(AnyNetSpec.from_dict(trial.spec), num_classes=trial.dataset.num_classes)
+        macs = complexity(spec, resolution, uses_small_stem(resolution, None)).flops
+    except ValueError:
+        return 0.0
+    return 6.0 * macs * trial.dataset.n_train * trial.recipe.epochs
+
+
+def estimate_seconds(trial: Trial, flop_per_s: float = ASSUMED_TRAIN_FLOP_PER_S) -> float:
+    """A trial's estimated training time on one GPU at the assumed throughput."""
+    return train_flop(trial) / flop_per_s
+
+
+def check_chunking(chunk_size: int, max_parallel_tasks: int) -> None:
+    """Raises :class:`ChunkError` unless ``chunk_size >= 0`` (0 = sized by estimate) and
+    ``max_parallel_tasks >= 1``."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
+        raise ChunkError(
+            f"chunk_size must be a whole number of trials >= 1, or 0 to size chunks for about "
+            f"{CHUNK_SECONDS / 3600:g} GPU-hour each, got {chunk_size!r}"
+        )
+    if (
+        isinstance(max_parallel_tasks, bool)
+        or not isinstance(max_parallel_tasks, int)
+        or max_parallel_tasks < 1
+    ):
+        raise ChunkError(f"max_parallel_tasks must be at least 1, got {max_parallel_tasks!r}")
+
+
+def default_chunk_size(trials: list[Trial], max_parallel_tasks: int) -> int:
+    """Trials per chunk: a GPU-hour's worth at the mean estimate, at most an even share of the
+    trials over ``max_parallel_tasks`` (so a small study fills the parallel slots)."""
+    mean = sum(estimate_seconds(t) for t in trials) / len(trials)
+    per_hour = max(1, int(CHUNK_SECONDS // mean)) if mean > 0 else len(trials)
+    even_share = math.ceil(len(trials) / max_parallel_tasks)
+    return max(1, min(per_hour, even_share))
+
+
+def chunk_trials(trials: list[Trial], chunk_size: int, max_parallel_tasks: int) -> list[list[int]]:
+    """Splits the plan into chunks of consecutive trials (indices into ``trials``).
+
+    Args:
+        trials: the study's trials in plan order.
+        chunk_size: trials per chunk; 0 = :func:`default_chunk_size`.
+        max_parallel_tasks: how many chunk tasks run at once.
+    """
+    check_chunking(chunk_size, max_parallel_tasks)
+    size = chunk_size or default_chunk_size(trials, max_parallel_tasks)
+    return [list(range(i, min(i + size, len(trials)))) for i in range(0, len(trials), size)]
+
+
+def summary_line(n_trials: int, n_chunks: int) -> str:
+    """``1500 trials in 30 chunks: 30 training tasks`` (one task per chunk)."""
+    return f"{n_trials} trials in {n_chunks} chunks: {n_chunks} training tasks"
+
+
+def chunks_key(study: str) -> str:
+    return f"studies/{study}/chunks.json"
+
+
+def save_chunks(
+    store: ArtifactStore,
+    study: str,
+    trials: list[Trial],
+    chunk_size: int,
+    max_parallel_tasks: int,
+) -> dict[str, Any]:
+    """Chunks the planned trials, writes ``studies/<study>/chunks.json`` and returns it."""
+    chunks = chunk_trials(trials, chunk_size, max_parallel_tasks)
+    seconds = [estimate_seconds(t) for t in trials]
+    record = {
+        "chunk_size": len(chunks[0]),
+        "max_parallel_tasks": max_parallel_tasks,
+        "assumed_train_flop_per_s": ASSUMED_TRAIN_FLOP_PER_S,
+        "chunks": [[trials[i].trial_id for i in chunk] for chunk in chunks],
+        "estimated_gpu_hours": [round(sum(seconds[i] for i in c) / 3600, 4) for c in chunks],
+        "summary": summary_line(len(trials), len(chunks)),
+    }
+    store.put_json(chunks_key(study), record)
+    return record
+
+
+def load_chunks(store: ArtifactStore, study: str) -> dict[str, Any]:
+    return store.get_json(chunks_key(study))
+
+
+def plan_markdown(record: dict[str, Any]) -> str:
+    """The plan as Markdown for the Kubeflow UI (the plan task's ``plan`` output)."""
+    hours = record["estimated_gpu_hours"]
+    lines = [
+        f"## {record['summary']}",
+        "",
+        f"- trials per chunk: {record['chunk_size']}; chunk tasks at once: "
+        f"{record['max_parallel_tasks']}",
+        f"- estimated GPU-hours (analytic FLOPs at an assumed "
+        f"{record['assumed_train_flop_per_s'] / 1e12:.0f} TFLOP/s): {sum(hours):.2f} in all, "
+        f"{max(hours):.2f} for the longest chunk",
+        "",
+        "| chunk | trials | estimated GPU-hours |",
+        "| ---: | ---: | ---: |",
+    ]
+    lines += [f"| {i} | {len(ids)} | {hours[i]:.3f} |" for i, ids in enumerate(record["chunks"])]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """How a chunk task runs its trials.
+
+    Attributes:
+        gpus_per_trial: processes per trial (> 1: torchrun with one rank per GPU, DeepSpeed).
+        trials_per_gpu: trials trained at once (packing several small models on one device).
+        max_attempts: starts of a trial in this task before a killed trial is recorded failed.
+        cpus: CPU cores of the task; threads per trial = cpus // trials at once (0: leave).
+    """
+
+    gpus_per_trial: int = 1
+    trials_per_gpu: int = 1
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    cpus: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("gpus_per_trial", "trials_per_gpu", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ChunkError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.gpus_per_trial > 1 and self.trials_per_gpu > 1:
+            raise ChunkError("packing (trials_per_gpu > 1) is for one-GPU trials only")
+
+    @property
+    def threads_per_trial(self) -> int:
+        return max(1, self.cpus // self.trials_per_gpu) if self.cpus else 0
+
+
+def attempts_key(trial_id: str) -> str:
+    return f"trials/{trial_id}/attempts.json"
+
+
+def describe_exit(exitcode: int) -> str:
+    """A child's end in words: ``killed by signal 9 (out of memory?)`` for SIGKILL."""
+    if exitcode < 0:
+        number = -exitcode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = "unknown"
+        hint = " (out of memory?)" if number == signal.SIGKILL else f" ({name})"
+        return f"killed by signal {number}{hint}"
+    return f"exited with status {exitcode}"
+
+
+def _record_attempt(store: ArtifactStore, trial_id: str, entry: dict[str, Any]) -> int:
+    """Appends (or completes) this run's attempt entry; returns the number of entries."""
+    try:
+        history = store.get_json(attempts_key(trial_id))
+    except MissingObjectError:
+        history = {"trial_id": trial_id, "attempts": []}
+    attempts = history["attempts"]
+    if attempts and attempts[-1].get("started_at") == entry.get("started_at"):
+        attempts[-1] = entry
+    else:
+        attempts.append(entry)
+    store.put_json(attempts_key(trial_id), history)
+    return len(attempts)
+
+
+def _retry_if_killed(store: ArtifactStore, trial_id: str) -> None:
+    """A result of a trial that was killed in an earlier run is removed, so that the trial runs
+    again (``attempts.json`` keeps the history)."""
+    try:
+        result = store.get_json(result_key(trial_id))
+    except MissingObjectError:
+        return
+    if isinstance(result, dict) and result.get("killed"):
+        store.delete(result_key(trial_id))
+        report("train", f"trial {trial_id} was killed in an earlier run: trying it again")
+
+
+def _child_main(
+    study: str,
+    trial_id: str,
+    store_uri: str | None,
+    tracking_uri: str | None,
+    kfp_run_id: str,
+    threads: int,
+    result: dict[str, Any] | None,
+) -> None:
+    """A forked child: trains (or, with ``result``, only records) one trial. An exception is
+    an infrastructure error: the exit status says so to the runner."""
+    if threads:
+        os.environ["APRFLOW_TORCH_THREADS"] = str(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    from components.train.run import train_trial
+
+    train_trial(trial_id, study, store_uri, tracking_uri, kfp_run_id, result=result)
+
+
+class _Child:
+    """One trial's process: a fork of this one, or torchrun for a multi-GPU trial."""
+
+    def __init__(self, target_args: tuple, settings: ChunkSettings) -> None:
+        study, trial_id, store_uri, tracking_uri, kfp_run_id, threads, result = target_args
+        self.started_at = time.time()
+        if settings.gpus_per_trial > 1 and result is None:
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={settings.gpus_per_trial}",
+                "-m",
+                "components.train.chunk",
+                "--study",
+                study,
+                "--trial-id",
+                trial_id,
+                "--kfp-run-id",
+                kfp_run_id,
+            ]
+            command += ["--store-uri", store_uri] if store_uri else []
+            command += ["--tracking-uri", tracking_uri] if tracking_uri else []
+            env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+            self._popen: subprocess.Popen | None = subprocess.Popen(command, env=env)
+            self._process = None
+        else:
+            # Fork: torch, the model zoo and the trainer are imported already (no start-up per
+            # trial). The parent never touches CUDA, so the child may.
+            context = multiprocessing.get_context("fork")
+            self._process = context.Process(target=_child_main, args=target_args, daemon=False)
+            self._process.start()
+            self._popen = None
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid if self._popen else self._process.pid
+
+    def exitcode(self) -> int | None:
+        """None while running; negative = killed by that signal."""
+        if self._popen is not None:
+            return self._popen.poll()
+        return self._process.exitcode
+
+    def wait(self) -> int:
+        if self._popen is not None:
+            return self._popen.wait()
+        self._process.join()
+        return self._process.exitcode
+
+
+def _killed_result(trial: Trial, reasons: list[str]) -> dict[str, Any]:
+    from components.train.trial import TRAINER_VERSION
+
+    return {
+        "trial_id": trial.trial_id,
+        **trial.to_dict(),
+        "trainer_version": TRAINER_VERSION,
+        "status": "failed",
+        "reason": f"{reasons[-1]} in {len(reasons)} of {len(reasons)} attempts",
+        "killed": True,
+        "attempts": len(reasons),
+    }
+
+
+def run_chunk(
+    study: str,
+    chunk: int,
+    store_uri: str | None,
+    tracking_uri: str | None,
+    kfp_run_id: str = "",
+    settings: ChunkSettings | None = None,
+) -> list[str]:
+    """Trains every trial of chunk ``chunk`` of ``study``; returns their trial ids.
+
+    Raises:
+        ChunkError: a trial's child kept failing without being killed (an infrastructure
+            error), after the other running trials ended.
+        DeviceError: a trial asks for ``device: cuda`` and this machine has no GPU (before any
+            trial starts).
+    """
+    from components.train import run as _warm  # noqa: F401 - import once, before forking
+    from components.train.engines import resolve_device
+
+    settings = settings or ChunkSettings()
+    store = open_store(store_uri)
+    ids = load_chunks(store, study)["chunks"][chunk]
+    trials = {trial_id: load_trial(store, trial_id) for trial_id in ids}
+    for device in sorted({t.device for t in trials.values()}):
+        resolve_device(device)  # a GPU that was asked for and is missing: fail before training
+    report(
+        "train",
+        f"chunk {chunk}: {len(ids)} trials, {settings.trials_per_gpu} at a time, "
+        f"{settings.gpus_per_trial} process(es) each, up to {settings.max_attempts} attempts",
+    )
+    pending = deque(ids)
+    running: dict[str, _Child] = {}
+    reasons: dict[str, list[str]] = {trial_id: [] for trial_id in ids}
+    infrastructure: list[str] = []
+    while pending or running:
+        while pending and len(running) < settings.trials_per_gpu and not infrastructure:
+            trial_id = pending.popleft()
+            _retry_if_killed(store, trial_id)
+            args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
+            child = _Child((*args, settings.threads_per_trial, None), settings)
+            _record_attempt(
+                store,
+                trial_id,
+                {"started_at": child.started_at, "pid": child.pid, "kfp_run_id": kfp_run_id},
+            )
+            running[trial_id] = child
+        if not running:
+            break
+        time.sleep(POLL_S)
+        for trial_id, child in list(running.items()):
+            code = child.exitcode()
+            if code is None:
+                continue
+            del running[trial_id]
+            outcome = "ok" if code == 0 else describe_exit(code)
+            _record_attempt(
+                store,
+                trial_id,
+                {
+                    "started_at": child.started_at,
+                    "pid": child.pid,
+                    "kfp_run_id": kfp_run_id,
+                    "ended_at": time.time(),
+                    "outcome": outcome,
+                },
+            )
+            if code == 0:
+                continue
+            reasons[trial_id].append(outcome)
+            attempt = f"attempt {len(reasons[trial_id])}/{settings.max_attempts}"
+            if len(reasons[trial_id]) < settings.max_attempts:
+                report("train", f"trial {trial_id} {outcome} ({attempt}): starting it again")
+                pending.appendleft(trial_id)
+            elif code < 0 or settings.gpus_per_trial > 1:
+                # Killed (OOM, eviction) every time: the trial's failure, not the task's. A
+                # child records it, so MLflow and the progress line are written as for any
+                # trial (and this process never opens an MLflow connection before a fork).
+                report("train", f"trial {trial_id} {outcome} ({attempt}): recorded as failed")
+                result = _killed_result(trials[trial_id], reasons[trial_id])
+                args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
+                recorder = _Child((*args, 0, result), ChunkSettings())
+                if recorder.wait() != 0:
+                    infrastructure.append(f"trial {trial_id}: recording its failure failed")
+            else:
+                infrastructure.append(f"trial {trial_id} {outcome} in {attempt}s")
+    if infrastructure:
+        raise ChunkError(
+            f"chunk {chunk} of {study} stopped on infrastructure errors (see the log above): "
+            + "; ".join(infrastructure)
+        )
+    return ids
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m components.train.chunk",
+        description="One rank of a multi-GPU trial (started by the chunk runner via torchrun): "
+        "rank 0 trains, writes and logs the trial; the other ranks train their share only.",
+    )
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--trial-id", required=True)
+    parser.add_argument("--store-uri", default=None)
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--kfp-run-id", default="")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from components.train.run import train_trial
+
+        train_trial(args.trial_id, args.study, args.store_uri, args.tracking_uri, args.kfp_run_id)
+    else:
+        from components.train.trial import run_trial
+
+        store = open_store(args.store_uri)
+        run_trial(store, load_trial(store, args.trial_id), progress=lambda _: None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Chunks (issue 10): sizing, the runner's child processes, and surviving a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from components.common.storage import open_store
+from components.data.descriptor import DatasetRef
+from components.sample.samplers import sample_specs
+from components.train.chunk import (
+    CHUNK_SECONDS,
+    ChunkError,
+    ChunkSettings,
+    attempts_key,
+    chunk_trials,
+    describe_exit,
+    estimate_seconds,
+    load_chunks,
+    plan_markdown,
+)
+from components.train.engines import DeviceError, resolve_device
+from components.train.plan import plan_trials
+from components.train.recipes import resolve_recipe
+from components.train.trial import checkpoint_key, result_key
+
+ROOT = Path(__file__).parents[2]
+
+
+def _cifar_like(name: str) -> DatasetRef:
+    return DatasetRef(name, f"datasets/{name}/manifest.json", name, 10, 32, 50_000, 10_000)
+
+
+@pytest.fixture(scope="module")
+def big_plan():
+    """500 sampled 360-400 MF AnyNetX-A models x 9 CIFAR-size datasets, 30 epochs."""
+    specs = [s.to_dict() for s in sample_specs("anynetx_a", 500, (360e6, 400e6), 0).specs]
+    datasets = [_cifar_like(f"set{i}") for i in range(9)]
+    return plan_trials(specs, datasets, resolve_recipe("apr_short"), [0])
+
+
+def test_a_500_x_9_study_is_at_most_100_training_tasks(big_plan):
+    assert len(big_plan) == 4500
+    chunks = chunk_trials(big_plan, 0, 16)
+    assert len(chunks) <= 100
+    assert sorted(i for c in chunks for i in c) == list(range(4500)), "every trial once"
+    per_hour = CHUNK_SECONDS / (sum(estimate_seconds(t) for t in big_plan) / 4500)
+    assert all(len(c) <= max(1, int(per_hour)) for c in chunks), "no chunk over a GPU-hour"
+    # A given size is taken as is: ceil(4500 / 150) tasks.
+    assert len(chunk_trials(big_plan, 150, 16)) == 30
+
+
+def test_estimate_is_the_analytic_formula(big_plan):
+    from dataclasses import replace
+
+    from components.sample.space import AnyNetSpec, complexity
+
+    trial = big_plan[0]
+    spec = replace(AnyNetSpec.from_dict(trial.spec), num_classes=10)
+    macs = complexity(spec, 32, True).flops
+    assert estimate_seconds(trial, flop_per_s=1.0) == 6 * macs * 50_000 * 30
+
+
+def test_small_studies_fill_the_parallel_slots(big_plan):
+    assert [len(c) for c in chunk_trials(big_plan[:10], 0, 4)] == [3, 3, 3, 1]
+
+
+@pytest.mark.parametrize("size, parallel", [(-1, 4), (2, 0), (1.5, 4), (True, 4)])
+def test_bad_chunking_is_one_error(big_plan, size, parallel):
+    with pytest.raises(ChunkError, match="chunk_size|max_parallel_tasks"):
+        chunk_trials(big_plan[:4], size, parallel)
+
+
+def test_bad_runner_settings():
+    with pytest.raises(ChunkError, match="max_attempts must be at least 1"):
+        ChunkSettings(max_attempts=0)
+    with pytest.raises(ChunkError, match="packing"):
+        ChunkSettings(gpus_per_trial=2, trials_per_gpu=2)
+    assert ChunkSettings(trials_per_gpu=3, cpus=8).threads_per_trial == 2
+
+
+def test_describe_exit():
+    assert describe_exit(-9) == "killed by signal 9 (out of memory?)"
+    assert describe_exit(-15) == "killed by signal 15 (SIGTERM)"
+    assert describe_exit(1) == "exited with status 1"
+
+
+def test_cuda_without_a_gpu_fails_fast():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(DeviceError, match="device 'cuda' was asked for but this machine has no"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match="choose from auto, cuda, cpu"):
+        resolve_device("tpu")
+
+
+RUN_CHUNK = textwrap.dedent(
+    """
+    import sys
+    from components.train.chunk import ChunkSettings, run_chunk
+    ids = run_chunk(sys.argv[1], 0, None, None, "kill-test", ChunkSettings(max_attempts=1))
+    print("chunk done", len(ids))
+    """
+)
+
+
+def _run_chunk(study: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN_CHUNK, study],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _lease_pid(store, trial_id: str) -> int | None:
+    keys = sorted(store.list(f"trials/{trial_id}/lease-"))
+    return store.get_json(keys[-1])["pid"] if keys else None
+
+
+@pytest.mark.slow
+def test_a_sigkilled_trial_is_failed_then_ok_after_a_rerun(local_env):
+    """A trial's child process is SIGKILLed after its first epoch: with one attempt allowed the
+    chunk still finishes (exit 0) with that trial ``failed: killed by signal 9``, the other
+    trial ok; a re-run trains the killed trial again (from its checkpoint) to ``ok``."""
+    from components.data.datasets import prepare_all
+    from components.train.run import plan_study
+
+    refs = [r.to_dict() for r in prepare_all(["faces"], 12, 0)]
+    specs = [s.to_dict() for s in sample_specs("anynetx_a", 2, (150e6, 250e6), 0).specs]
+    ids, study, _ = plan_study(
+        specs, refs, "kill", "apr_tiny", {"epochs": 6}, [0], "torch", None, None, chunk_size=2
+    )
+    store = open_store()
+    assert load_chunks(store, study)["chunks"] == [ids]
+    env = os.environ | {"APRFLOW_TORCH_THREADS": "1"}
+    victim = ids[0]
+
+    first = _run_chunk(study, env)
+    deadline = time.time() + 120
+    while not store.exists(checkpoint_key(victim)):  # killed mid-trial, after epoch 1
+        assert first.poll() is None and time.time() < deadline, first.communicate()[0]
+        time.sleep(0.02)
+    pid = _lease_pid(store, victim)
+    assert pid not in (None, first.pid), "the trial runs in a child process"
+    os.kill(pid, signal.SIGKILL)
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, output
+    killed = store.get_json(result_key(victim))
+    assert killed["status"] == "failed" and killed["killed"], killed
+    assert killed["reason"] == "killed by signal 9 (out of memory?) in 1 of 1 attempts"
+    attempts = store.get_json(attempts_key(victim))["attempts"]
+    assert [a["outcome"] for a in attempts] == ["killed by signal 9 (out of memory?)"]
+    assert store.get_json(result_key(ids[1]))["status"] == "ok"
+    assert "trial 1/2 failed: killed by signal 9" in output, output
+
+    again = _run_chunk(study, env)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    result = store.get_json(result_key(victim))
+    assert result["status"] == "ok" and result["device_used"] == "cpu", result
+    assert len(result["history"]["test_error"]) == 6
+    assert "resuming trial" in output and "trial 2/2 ok (reused)" in output, output
+    outcomes = [a["outcome"] for a in store.get_json(attempts_key(victim))["attempts"]]
+    assert outcomes == ["killed by signal 9 (out of memory?)", "ok"]
+
+
+def test_plan_markdown_names_the_summary():
+    record = {
+        "chunks": [["a", "b"], ["c"]],
+        "chunk_size": 2,
+        "max_parallel_tasks": 4,
+        "assumed_train_flop_per_s": 49.45e12,
+        "estimated_gpu_hours": [0.5, 0.25],
+        "summary": "3 trials in 2 chunks: 2 training tasks",
+    }
+    markdown = plan_markdown(record)
+    assert markdown.startswith("## 3 trials in 2 chunks: 2 training tasks")
+    assert "| 1 | 1 | 0.250 |" in markdown and "0.75 in all" in markdown
+    json.dumps(record)
