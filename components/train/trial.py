@@ -352,6 +352,10 @@ def run_trial(store: ArtifactStore, trial: Trial, progress: Progress = print) ->
     trial_id = trial.trial_id
     if (stored := _stored_result(store, trial_id, progress)) is not None:
         return stored
+    if rank_and_world()[0] > 0:
+        # A follower rank of a multi-GPU trial: trains its share; rank 0 holds the lease and
+        # writes the checkpoint and the result.
+        return _run_leased(store, trial, progress, write=False)
     # One trainer per trial: a second run of the same study waits for this one's result.
     lease, stored = _lease_or_result(store, trial_id, progress)
     if stored is not None:
