@@ -320,15 +320,14 @@ def _stored_result(store: ArtifactStore, trial_id: str, progress: Progress) -> d
 def _lease_or_result(
     store: ArtifactStore, trial_id: str, progress: Progress
 ) -> tuple[Lease | None, dict | None]:
-    """Takes the trial's lease, or waits until its holder publishes the result."""
+    """Takes the trial's lease, or waits until its holder publishes the result (the caller
+    has just looked for one)."""
     ttl = float(os.environ.get(LEASE_TTL_ENV, DEFAULT_LEASE_TTL_S))
     waiting = False
     while True:
         lease, holder = Lease.try_acquire(store, f"trials/{trial_id}", ttl)
         if lease is not None:
             return lease, None
-        if (stored := _stored_result(store, trial_id, progress)) is not None:
-            return None, stored
         if not waiting:
             progress(
                 f"trial {trial_id} is being trained by {holder.get('host')} (pid "
@@ -336,6 +335,8 @@ def _lease_or_result(
             )
             waiting = True
         time.sleep(min(5.0, ttl / 4))
+        if (stored := _stored_result(store, trial_id, progress)) is not None:
+            return None, stored
 
 
 def run_trial(store: ArtifactStore, trial: Trial, progress: Progress = print) -> dict[str, Any]:

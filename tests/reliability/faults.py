@@ -38,11 +38,12 @@ def aprflow_env(**extra: str) -> dict[str, str]:
 
 
 def start_aprflow(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Starts ``aprflow ARGS`` in its own process group, stdout and stderr into ``log``."""
+    """Starts ``aprflow ARGS`` in its own process group, stdout and stderr into ``log``, in the
+    log's folder (MLflow's SQLite store puts artifacts under ./mlruns)."""
     with open(log, "wb") as out:
         return subprocess.Popen(
             [*APRFLOW, *args],
-            cwd=ROOT,
+            cwd=log.parent,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -71,8 +71,10 @@ def secret_study(s3_endpoint, tmp_path_factory) -> Path:
 def test_credentials_never_reach_any_output(secret_study):
     files = [p for p in secret_study.rglob("*") if p.is_file()]
     kinds = {p.suffix for p in files}
-    # Logs, the report, the results table, MLflow's database, compiled YAML, every store object.
-    assert {".log", ".html", ".csv", ".db", ".yaml", ".json", ".pt"} <= kinds, kinds
+    # Logs, the report, the results table, MLflow's database and artifacts (mlruns/), compiled
+    # YAML, every store object.
+    assert {".log", ".html", ".csv", ".db", ".yaml", ".json", ".pt", ".png"} <= kinds, kinds
+    assert list(secret_study.glob("mlruns/*/*/artifacts/*")), "MLflow artifacts are checked too"
     assert len(files) > 20
     leaks = [
         (str(path.relative_to(secret_study)), name)
