@@ -6,7 +6,7 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.common.images import CPU_IMAGE
+from components.common.images import CPU_IMAGE, GPU_IMAGE
 from pipelines.apr_study import LAUNCHER_CONFIG_MAP, S3_SECRET
 from pipelines.cli import COMPILED_DIR, compile_all, main
 
@@ -36,7 +36,8 @@ def test_apr_study_ir_is_valid_and_self_contained():
     executors = spec.deployment_spec["executors"]
     for name, executor in executors.items():
         container = executor["container"]
-        assert container["image"] == CPU_IMAGE, name
+        # Training runs in the GPU image (tests/sweep/test_compiled_gpu.py), the rest on CPUs.
+        assert container["image"] == (GPU_IMAGE if name == "exec-train-chunk" else CPU_IMAGE), name
         command = " ".join(container["command"])
         assert "pip install" not in command, f"{name} installs packages at run time"
     # The fan-out and fan-in are there.

@@ -1,0 +1,115 @@
+"""Checks and the dry-run plan of a study's sweep settings (chunks, GPUs, packing, attempts).
+
+``aprflow run`` calls :func:`check_sweep` after the study's own preflight, so a GPU asked for
+on a machine without one, a chunk size or parallelism below 1, or more GPUs per trial than a
+node of the cluster profile has, is one ``error: ...`` line before anything starts;
+``--dry-run`` prints :func:`dry_run_summary` (``1500 trials in 30 chunks: 30 training tasks``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from components.common.errors import AprflowError
+from components.train.chunk import ChunkError, check_chunking, chunk_trials, summary_line
+from components.train.engines import DEVICES, DeviceError, resolve_device
+from pipelines.cluster import ClusterProfile, load_profile
+
+
+class SweepError(AprflowError):
+    """A sweep setting that cannot work."""
+
+
+def _positive(arguments: dict[str, Any], key: str) -> int:
+    value = arguments[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SweepError(f"{key} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_sweep(
+    arguments: dict[str, Any], profile: ClusterProfile | None = None, local: bool = True
+) -> None:
+    """Raises :class:`SweepError` (or the chunk/device error) for a sweep setting that cannot
+    work; ``local``: the study trains on this machine, so ``device: cuda`` needs a GPU here."""
+    profile = profile or load_profile()
+    try:
+        check_chunking(arguments["chunk_size"], profile.max_parallel_tasks)
+    except ChunkError as e:
+        raise SweepError(str(e)) from None
+    gpus = _positive(arguments, "gpus_per_trial")
+    _positive(arguments, "trials_per_gpu")
+    _positive(arguments, "max_attempts")
+    if gpus > profile.gpus_per_node:
+        raise SweepError(
+            f"gpus_per_trial={gpus} is more than a node of the cluster profile has "
+            f"(gpus_per_node={profile.gpus_per_node}); multi-node trials use the TrainJob "
+            "launcher (components/trainjob)"
+        )
+    if gpus > 1 and arguments["engine"] != "deepspeed":
+        raise SweepError(f"gpus_per_trial={gpus} needs engine=deepspeed (torch trains on one)")
+    if gpus > 1 and arguments["trials_per_gpu"] > 1:
+        raise SweepError("trials_per_gpu > 1 (packing) is for gpus_per_trial=1 only")
+    device = arguments["device"]
+    if device not in DEVICES:
+        raise SweepError(f"device {device!r}: choose from {', '.join(DEVICES)}")
+    if local:
+        try:
+            resolve_device(device)
+        except DeviceError as e:
+            raise SweepError(str(e)) from None
+
+
+def _train_images(name: str, seed: int, store) -> int:
+    """Training images of a dataset, without writing anything: a named build's count, or 3/4
+    of a built-in set (its stratified 25% test split)."""
+    from components.data.build import named_dataset
+    from components.data.builtin import BUILTIN_DATASETS, load_raw
+
+    if name in BUILTIN_DATASETS:
+        return int(len(load_raw(name, seed).labels) * 0.75)
+    return int(named_dataset(store, name)["ref"]["n_train"])
+
+
+def dry_run_summary(arguments: dict[str, Any], profile: ClusterProfile | None = None) -> str:
+    """``N trials in C chunks: C training tasks`` for a checked study's arguments (the chunk
+    count from estimated sizes when ``chunk_size`` is 0, as the plan task computes it)."""
+    from components.common.storage import open_store
+    from components.data.descriptor import DatasetRef
+    from components.sample.samplers import sample_specs
+    from components.train.plan import plan_trials
+    from components.train.recipes import resolve_recipe
+
+    profile = profile or load_profile()
+    n_models, datasets = arguments["n_models"], arguments["datasets"]
+    n_trials = n_models * len(datasets) * len(arguments["train_seeds"])
+    if arguments["chunk_size"]:
+        return summary_line(n_trials, math.ceil(n_trials / arguments["chunk_size"]))
+    store = open_store(arguments["store_uri"] or None)
+    settings = arguments.get("dataset_settings") or {}
+    overrides = {"epochs": arguments["epochs"]} if arguments["epochs"] else {}
+    refs, recipes = [], {}
+    for name in datasets:
+        own = settings.get(name, {})
+        resolution = own.get("resolution", arguments["resolution"])
+        n_train = _train_images(name, arguments["seed"], store)
+        refs.append(DatasetRef(name, "", name, 1, resolution, n_train, 0))
+        epochs = {"epochs": own["epochs"]} if own.get("epochs") else {}
+        recipes[name] = resolve_recipe(own.get("recipe", arguments["recipe"]), overrides | epochs)
+    specs = sample_specs(
+        arguments["space"],
+        n_models,
+        (arguments["flops_min"], arguments["flops_max"]),
+        arguments["seed"],
+    ).specs
+    trials = plan_trials(
+        [s.to_dict() for s in specs],
+        refs,
+        resolve_recipe(arguments["recipe"], overrides),
+        arguments["train_seeds"],
+        arguments["engine"],
+        recipes,
+    )
+    chunks = chunk_trials(trials, 0, profile.max_parallel_tasks)
+    return summary_line(len(trials), len(chunks))

@@ -1,0 +1,84 @@
+"""The committed compiled pipeline is the cluster one: GPU training tasks in a bounded loop."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from components.common.images import CPU_IMAGE, GPU_IMAGE
+from pipelines.apr_study import PROFILE
+from pipelines.cli import COMPILED_DIR
+from pipelines.cluster import ProfileError, load_profile
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    spec, platform = yaml.safe_load_all((COMPILED_DIR / "apr_study.yaml").read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_training_executor_requests_gpus_in_the_gpu_image(compiled):
+    spec, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    train = executors["exec-train-chunk"]["container"]
+    assert train["image"] == GPU_IMAGE
+    accelerator = train["resources"]["accelerator"]
+    assert accelerator["resourceType"] == "nvidia.com/gpu"
+    # The count is the run-time parameter gpus_per_trial.
+    assert (
+        accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus_per_trial']}}"
+    )
+    assert train["resources"]["cpuRequest"] == PROFILE.train_cpu
+    env = {e["name"]: e["value"] for e in train["env"]}
+    assert env["OMP_NUM_THREADS"] == env["APRFLOW_TASK_CPUS"] == str(PROFILE.train_cpu)
+    others = {name: e["container"]["image"] for name, e in executors.items()}
+    del others["exec-train-chunk"]
+    assert set(others.values()) == {CPU_IMAGE}, "only training needs the GPU image"
+    assert all(
+        "accelerator" not in e["container"].get("resources", {})
+        for n, e in executors.items()
+        if n != "exec-train-chunk"
+    )
+
+
+def test_training_pods_land_on_gpu_nodes_with_a_memory_shm(compiled):
+    _, kubernetes = compiled
+    train = kubernetes["exec-train-chunk"]
+    assert train["nodeSelector"]["labels"] == PROFILE.node_selector
+    assert train["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert train["emptyDirMounts"] == [
+        {
+            "volumeName": "dshm",
+            "mountPath": "/dev/shm",
+            "medium": "Memory",
+            "sizeLimit": PROFILE.shm_size,
+        }
+    ]
+
+
+def test_one_bounded_loop_with_one_training_task(compiled):
+    spec, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    loops = [t for t in root.values() if "iteratorPolicy" in t or "parameterIterator" in t]
+    assert len(loops) == 1
+    assert loops[0]["iteratorPolicy"]["parallelismLimit"] == PROFILE.max_parallel_tasks
+    body = spec["components"][loops[0]["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(body) == ["train-chunk"]
+    # Outside the loop: data, sample, plan, list-chunks, analyze: pods = 5 + chunks.
+    assert len(root) == 6
+    assert (
+        "pipelinechannel--list-chunks-Output"
+        in loops[0]["parameterIterator"]["items"]["inputParameter"]
+    )
+
+
+def test_a_bad_profile_is_one_error(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("max_parallel_tasks: 0\n")
+    with pytest.raises(ProfileError, match="max_parallel_tasks must be an integer >= 1"):
+        load_profile(path)
+    path.write_text("gpu: 1\n")
+    with pytest.raises(ProfileError, match="unknown key.*gpu; valid keys are accelerator"):
+        load_profile(path)
