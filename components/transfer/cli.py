@@ -1,14 +1,21 @@
-"""``python -m components.transfer``: score a backbone's fixed features on datasets."""
+"""``python -m components.transfer``: score a backbone's fixed features on datasets.
+
+Sub-command ``score``: LogME / LEEP of your own arrays; without one, the single-backbone
+evaluation.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from components.common.errors import AprflowError
 from components.common.storage import default_store_uri
 from components.data.datasets import BUILTIN_DATASETS
+from components.transfer.errors import TransferError
 from components.transfer.run import METHODS, evaluate_transfer, format_table, write_csv
+from components.transfer.scores import SCORE_METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +75,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_score_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aprflow transfer score",
+        description="A cheap transferability score of your own arrays, printed as JSON: "
+        "LogME of features and labels, or LEEP of source-class probabilities and labels.",
+    )
+    parser.add_argument("--method", required=True, choices=SCORE_METHODS)
+    parser.add_argument("--features", required=True, help="(n, D) features, .npy")
+    parser.add_argument("--labels", required=True, help="(n,) integer target classes, .npy")
+    parser.add_argument(
+        "--probs", default=None, help="(n, Z) source-class probabilities, .npy (LEEP)"
+    )
+    return parser
+
+
+def score_main(argv: list[str]) -> int:
+    """``aprflow transfer score``: prints ``{"logme": value}`` or ``{"leep": value}``."""
+    import numpy as np
+
+    from components.transfer.scores import leep, logme
+
+    args = build_score_parser().parse_args(argv)
+    try:
+        labels = np.load(args.labels, allow_pickle=False)
+        if args.method == "logme":
+            value = logme(np.load(args.features, allow_pickle=False), labels)
+        else:
+            if args.probs is None:
+                raise TransferError("leep needs --probs (the source model's class probabilities)")
+            value = leep(np.load(args.probs, allow_pickle=False), labels)
+    except (AprflowError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({args.method: value}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["score"]:
+        return score_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         rows = evaluate_transfer(
