@@ -104,6 +104,8 @@ CASES: list[tuple[str, object, dict[str, str]]] = [
     ("store_uri-credentials", lambda f: _run("store_uri=s3://AKIA:secret@bucket/x"), {}),
     ("store_uri-a-file", lambda f: _run(f"store_uri={f['afile']}/store"), {}),
     ("tracking_uri-credentials", lambda f: _run("tracking_uri=http://u:pw@127.0.0.1:9"), {}),
+    ("tracking_uri-unreachable", lambda f: _run("tracking_uri=http://127.0.0.1:9"), {}),
+    ("tracking_uri-scheme", lambda f: _run("tracking_uri=ftp://host/x"), {}),
     (
         "s3-endpoint-invalid",
         lambda f: _run("store_uri=s3://bucket/x"),

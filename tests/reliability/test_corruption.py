@@ -8,20 +8,31 @@ from __future__ import annotations
 
 import io
 import pickle
+import shutil
 
 import pytest
 import torch
 from faults import quiet, tiny_trial
 
-from components.common.storage import CorruptObjectError
+from components.common.storage import CorruptObjectError, open_store
 from components.train.plan import load_trial, save_plan, trial_key
 from components.train.trial import checkpoint_key, load_checkpoint_bytes, result_key, run_trial
 
 
-@pytest.fixture
-def trained(store):
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    """One trained trial; each test damages its own copy of the store."""
+    root = tmp_path_factory.mktemp("trained") / "store"
+    store = open_store(str(root))
     trial = tiny_trial(store, epochs=1)
-    return trial, run_trial(store, trial, progress=quiet)
+    return root, trial, run_trial(store, trial, progress=quiet)
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path):
+    root, trial, result = trained_once
+    shutil.copytree(root, tmp_path / "copy")
+    return open_store(str(tmp_path / "copy")), trial, result
 
 
 def _path(store, key):
@@ -33,8 +44,8 @@ def _aside(store, key):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "not-a-result"])
-def test_bad_result_json_is_set_aside_and_recomputed(store, trained, damage):
-    trial, first = trained
+def test_bad_result_json_is_set_aside_and_recomputed(trained, damage):
+    store, trial, first = trained
     path = _path(store, result_key(trial.trial_id))
     data = path.read_bytes()
     bad = {"truncated": data[: len(data) // 2], "empty": b"", "not-a-result": b"[1, 2]"}[damage]
@@ -51,9 +62,8 @@ def test_bad_result_json_is_set_aside_and_recomputed(store, trained, damage):
     assert _path(store, kept).read_bytes() == bad
 
 
-def test_truncated_checkpoint_restarts_the_trial_instead_of_failing_it(store):
-    trial = tiny_trial(store, epochs=1)
-    reference = run_trial(store, trial, progress=quiet)
+def test_truncated_checkpoint_restarts_the_trial_instead_of_failing_it(trained):
+    store, trial, reference = trained
     store.delete(result_key(trial.trial_id))
     path = _path(store, checkpoint_key(trial.trial_id))
     path.write_bytes(path.read_bytes()[:1000])  # truncated behind the store's back
@@ -66,16 +76,18 @@ def test_truncated_checkpoint_restarts_the_trial_instead_of_failing_it(store):
     assert len(_aside(store, checkpoint_key(trial.trial_id))) == 1
 
 
-def test_checkpoint_without_checksum_that_does_not_load_is_set_aside(store):
-    trial = tiny_trial(store, epochs=1)
+def test_checkpoint_without_checksum_that_does_not_load_is_set_aside(trained):
+    store, trial, reference = trained
+    store.delete(result_key(trial.trial_id))
     # Written by another tool (no checksum), and a pickle that would run code if unpickled
     # with weights_only=False.
     payload = pickle.dumps(_Boom())
-    path = _path(store, checkpoint_key(trial.trial_id))
-    path.parent.mkdir(parents=True)
-    path.write_bytes(payload)
+    store.delete(checkpoint_key(trial.trial_id))
+    _path(store, checkpoint_key(trial.trial_id)).write_bytes(payload)
     result = run_trial(store, trial, progress=quiet)
     assert result["status"] == "ok" and not _Boom.ran
+    assert result["top1_error"] == reference["top1_error"]
+    assert len(_aside(store, checkpoint_key(trial.trial_id))) == 1
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint_bytes(payload)
 
@@ -93,9 +105,8 @@ def _mark_ran() -> None:
     _Boom.ran = True
 
 
-def test_checkpoints_load_with_weights_only(store):
-    trial = tiny_trial(store, epochs=1)
-    run_trial(store, trial, progress=quiet)
+def test_checkpoints_load_with_weights_only(trained):
+    store, trial, _ = trained
     state = load_checkpoint_bytes(store.get_bytes(checkpoint_key(trial.trial_id)))
     assert state["epoch"] == 1 and "model" in state["engine"]
     buffer = io.BytesIO()
@@ -104,8 +115,8 @@ def test_checkpoints_load_with_weights_only(store):
         load_checkpoint_bytes(buffer.getvalue())
 
 
-def test_plan_rewrites_a_bad_trial_json(store, capsys):
-    trial = tiny_trial(store, epochs=1)
+def test_plan_rewrites_a_bad_trial_json(trained, capsys):
+    store, trial, _ = trained
     save_plan(store, "s", [trial])
     path = _path(store, trial_key(trial.trial_id))
     path.write_bytes(path.read_bytes()[:20])
