@@ -364,6 +364,9 @@ def run_chunk(
     store = open_store(store_uri)
     ids = load_chunks(store, study)["chunks"][chunk]
     trials = {trial_id: load_trial(store, trial_id) for trial_id in ids}
+    # Children are forked from this process, so it must not initialise CUDA: NVML answers
+    # torch.cuda.is_available() without creating a CUDA context (PyTorch's fork-safe check).
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     for device in sorted({t.device for t in trials.values()}):
         resolve_device(device)  # a GPU that was asked for and is missing: fail before training
     report(
