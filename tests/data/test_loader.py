@@ -102,8 +102,9 @@ def test_trial_trains_and_resumes_on_the_stream(built, monkeypatch):
     from components.sample.samplers import sample_specs
     from components.train.trial import Trial, result_key, run_trial
 
-    monkeypatch.setenv("APRFLOW_DATA_WORKERS", "1")
+    monkeypatch.setenv("APRFLOW_DATA_WORKERS", "0")  # in process: workers are tested above
     store, ref = built
+    ref = replace(ref, resolution=8)  # three short trials: keep them cheap
     spec = sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict()
     recipe = resolve_recipe("apr_tiny", {"epochs": 2, "batch_size": 4})
     trial = Trial(spec=spec, dataset=ref, recipe=recipe, seed=0)
