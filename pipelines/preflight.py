@@ -80,6 +80,8 @@ def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -
     from components.sample.samplers import sample_specs
 
     check_study_name(arguments["study_name"])
+    for key in ("store_uri", "tracking_uri"):  # before anything opens them
+        check_uri_has_no_credentials(key, arguments[key])
     n_models = _int_in(arguments, "n_models", 1, MAX_MODELS)
     flops_min, flops_max = arguments["flops_min"], arguments["flops_max"]
     if not 0 < flops_min < flops_max:
@@ -124,8 +126,6 @@ def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -
             f"train_seeds must be a list of 1-{MAX_SEEDS} distinct non-negative integers, "
             f"e.g. [0, 1], got {seeds!r}"
         )
-    for key in ("store_uri", "tracking_uri"):
-        check_uri_has_no_credentials(key, arguments[key])
     if runs_dir is not None:
         check_runs_dir(runs_dir)
     try:
