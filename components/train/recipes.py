@@ -50,6 +50,31 @@ RECIPES: dict[str, Recipe] = {
     # A short from-scratch schedule in the spirit of Tuggener et al. (train until roughly
     # converged on small data sets).
     "apr_short": Recipe(name="apr_short", epochs=30, batch_size=128, lr=0.2, warmup_epochs=2),
+    # Transfer regimes 2 and 3 of Kornblith et al. (SEEDS 003): SGD Nesterov, cosine, batch
+    # 256, no label smoothing or warm-up. The transfer component searches lr x weight decay
+    # on validation and counts steps (20k scaled by dataset size): `epochs` is unused there.
+    "finetune": Recipe(
+        name="finetune",
+        epochs=1,
+        batch_size=256,
+        lr=0.01,
+        weight_decay=1e-4,
+        label_smoothing=0.0,
+        warmup_epochs=0.0,
+        crop_padding=0,
+        hflip=True,
+    ),
+    "scratch": Recipe(
+        name="scratch",
+        epochs=1,
+        batch_size=256,
+        lr=0.1,
+        weight_decay=1e-4,
+        label_smoothing=0.0,
+        warmup_epochs=0.0,
+        crop_padding=0,
+        hflip=True,
+    ),
 }
 
 

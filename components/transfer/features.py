@@ -136,7 +136,9 @@ def extract_features(
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def _load_trial_backbone(trial_id: str, store: ArtifactStore, input_size: int | None) -> Backbone:
+def _load_trial_backbone(
+    trial_id: str, store: ArtifactStore, input_size: int | None, keep_head: bool = False
+) -> Backbone:
     from components.data.datasets import load_manifest
     from components.sample.anynet import build_model
     from components.sample.space import AnyNetSpec, uses_small_stem
@@ -171,7 +173,8 @@ def _load_trial_backbone(trial_id: str, store: ArtifactStore, input_size: int | 
         weights_only=True,
     )
     model.load_state_dict(state["engine"]["model"])
-    model.reset_classifier(0)
+    if not keep_head:  # the transfer study keeps it: LEEP needs the source-class probabilities
+        model.reset_classifier(0)
     try:
         manifest = load_manifest(store, trial.dataset)
     except StoreError as e:

@@ -2,13 +2,21 @@
 
 Multinomial logistic regression (L-BFGS, L2 penalty, no augmentation) on standardised
 penultimate-layer features. The inverse regularisation strength C is chosen on a validation
-split carved from the training set (stratified), over a small log-spaced grid; the model is
-then refit with that C on the whole training set and scored once on the test set.
+split over a log-spaced grid (1e-6 .. 1e6); the model is then refit with that C on the
+training data (training + validation images) and scored once on the test set.
+
+The validation split is the dataset version's own ``val`` split when it has one (pass it as
+``val_features``/``val_labels``); otherwise a stratified share of the training set is held out
+with a seed the caller derives from the dataset version (never from a transfer seed).
+
+The fit minimises scikit-learn's objective ``1/2 ||W||^2 + C sum_i -log softmax(W x_i + b)_y_i``
+(bias not penalised) with ``scipy.optimize.minimize(method="L-BFGS-B")`` and the analytic
+gradient, so the same features and C give scikit-learn's ``LogisticRegression`` solution
+(tests/transfer/test_transfer_linear_probe.py checks it).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,8 +24,8 @@ import numpy as np
 
 from components.transfer.checks import labeled_features
 
-#: Default grid of C values: 1e-4 .. 1e4, one per decade (Kornblith et al. searched 1e-6..1e5).
-DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 4, 9))
+#: Default grid of C values: 1e-6 .. 1e6, one per decade (Kornblith et al. searched 1e-6..1e5).
+DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-6, 6, 13))
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,51 @@ class LinearProbeResult:
         return {"linear_top1": self.accuracy, "linear_C": self.C}
 
 
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, n_classes: int, C: float, max_iter: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Multinomial logistic regression with an L2 penalty on the weights, by L-BFGS.
+
+    Minimises ``1/2 ||W||^2 + C * sum_i -log softmax(x_i W + b)[y_i]`` (scikit-learn's
+    objective for ``LogisticRegression(C=C)``; the bias ``b`` is not penalised).
+
+    Args:
+        x: (n, d) float64 inputs.
+        y: (n,) class indices in ``[0, n_classes)``.
+        n_classes: number of classes K.
+        C: inverse regularisation strength (> 0).
+        max_iter: L-BFGS iterations.
+
+    Returns:
+        ``(W (d, K), b (K,), converged)``.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    n, d = x.shape
+    onehot = np.eye(n_classes)[y]
+
+    def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[: d * n_classes].reshape(d, n_classes), theta[d * n_classes :]
+        logits = x @ w + b
+        log_norm = logsumexp(logits, axis=1, keepdims=True)
+        loss = C * float((log_norm[:, 0] - (logits * onehot).sum(axis=1)).sum())
+        residual = C * (np.exp(logits - log_norm) - onehot)  # d loss / d logits
+        grad = np.concatenate([(x.T @ residual + w).ravel(), residual.sum(axis=0)])
+        return loss + 0.5 * float((w * w).sum()), grad
+
+    theta = np.zeros(d * n_classes + n_classes)
+    result = minimize(
+        loss_grad,
+        theta,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iter, "gtol": 1e-6 * max(1.0, C), "ftol": 1e-12},
+    )
+    w = result.x[: d * n_classes].reshape(d, n_classes)
+    return w, result.x[d * n_classes :], bool(result.success)
+
+
 def _fit_score(
     x_fit: np.ndarray,
     y_fit: np.ndarray,
@@ -54,21 +107,15 @@ def _fit_score(
     y_eval: np.ndarray,
     C: float,
     max_iter: int,
+    n_classes: int,
 ) -> tuple[float, bool]:
     """Standardises on the fitting data, fits, and returns (accuracy on eval, converged)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    model = make_pipeline(
-        StandardScaler(), LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter)
-    )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        model.fit(x_fit, y_fit)
-    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    return float((model.predict(x_eval) == y_eval).mean()), converged
+    mean = x_fit.mean(axis=0)
+    scale = x_fit.std(axis=0)
+    scale[scale == 0] = 1.0  # constant features stay 0, as StandardScaler leaves them
+    w, b, converged = fit_logistic((x_fit - mean) / scale, y_fit, n_classes, C, max_iter)
+    predicted = (((x_eval - mean) / scale) @ w + b).argmax(axis=1)
+    return float((predicted == y_eval).mean()), converged
 
 
 def linear_probe(
@@ -80,8 +127,10 @@ def linear_probe(
     val_fraction: float = 0.2,
     seed: int = 0,
     max_iter: int = 1000,
+    val_features: np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
 ) -> LinearProbeResult:
-    """Logistic-regression probe with C chosen on a validation split of the training set.
+    """Logistic-regression probe with C chosen on a validation split.
 
     Args:
         train_features: (n_train, dim) features of the training images.
@@ -90,9 +139,13 @@ def linear_probe(
         test_labels: (n_test,) their classes.
         Cs: candidate inverse regularisation strengths (positive); ties in validation
             accuracy go to the smallest C (the strongest regularisation).
-        val_fraction: share of the training set held out (stratified) to choose C.
-        seed: seed of the validation split.
+        val_fraction: without ``val_features``: share of the training set held out
+            (stratified) to choose C.
+        seed: without ``val_features``: seed of that held-out share (derive it from the
+            dataset version so that the split is the data's, not the experiment's).
         max_iter: L-BFGS iterations per fit.
+        val_features: (n_val, dim) features of the dataset's own validation split.
+        val_labels: (n_val,) their classes.
 
     Returns:
         Test accuracy, the chosen C and the validation accuracy of every C.
@@ -115,36 +168,55 @@ def linear_probe(
     Cs = sorted(float(c) for c in Cs)
     if not Cs or Cs[0] <= 0:
         raise ValueError(f"Cs must be a non-empty list of positive values, got {Cs}")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     classes, counts = np.unique(y_train, return_counts=True)
     if len(classes) < 2:
         raise ValueError(f"a linear probe needs at least two classes, got {classes.tolist()}")
-    if counts.min() < 2:
-        small = classes[counts < 2].tolist()
-        raise ValueError(
-            f"classes {small} have fewer than 2 training images: cannot carve a stratified "
-            "validation split"
-        )
-    try:
-        x_fit, x_val, y_fit, y_val = train_test_split(
-            x_train, y_train, test_size=val_fraction, random_state=seed, stratify=y_train
-        )
-    except ValueError as e:
-        raise ValueError(
-            f"cannot carve a stratified {val_fraction:.0%} validation split from "
-            f"{len(y_train)} training images of {len(classes)} classes: {e}"
-        ) from None
+    if val_features is not None:
+        x_val, y_val = labeled_features(val_features, val_labels, "val", dtype=np.float64)
+        if len(x_val) == 0 or x_val.shape[1] != x_train.shape[1]:
+            raise ValueError(f"validation features of shape {x_val.shape} do not fit")
+        x_fit, y_fit = x_train, y_train
+        x_train, y_train = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+    else:
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if counts.min() < 2:
+            small = classes[counts < 2].tolist()
+            raise ValueError(
+                f"classes {small} have fewer than 2 training images: cannot carve a stratified "
+                "validation split"
+            )
+        try:
+            x_fit, x_val, y_fit, y_val = train_test_split(
+                x_train, y_train, test_size=val_fraction, random_state=seed, stratify=y_train
+            )
+        except ValueError as e:
+            raise ValueError(
+                f"cannot carve a stratified {val_fraction:.0%} validation split from "
+                f"{len(y_train)} training images of {len(classes)} classes: {e}"
+            ) from None
+    # Class indices over every label seen, so that a class absent from one part still has
+    # its column (it is then never predicted there).
+    labels = np.unique(np.concatenate([y_train, y_test]))
+    index = {label: i for i, label in enumerate(labels.tolist())}
+
+    def encode(y: np.ndarray) -> np.ndarray:
+        return np.array([index[label] for label in y.tolist()], dtype=np.int64)
+
+    y_fit_i, y_val_i = encode(y_fit), encode(y_val)
+    y_train_i, y_test_i = encode(y_train), encode(y_test)
     grid, converged = {}, True
     # One BLAS thread: these products are small, and multi-threaded BLAS beside torch's
     # thread pool made the fits ~40x slower on a 2-core machine.
     with threadpool_limits(limits=1, user_api="blas"):
         for C in Cs:
-            grid[C], ok = _fit_score(x_fit, y_fit, x_val, y_val, C, max_iter)
+            grid[C], ok = _fit_score(x_fit, y_fit_i, x_val, y_val_i, C, max_iter, len(labels))
             converged &= ok
         best = max(grid.values())
         chosen = next(C for C in Cs if grid[C] == best)  # smallest C among the best
-        accuracy, ok = _fit_score(x_train, y_train, x_test, y_test, chosen, max_iter)
+        accuracy, ok = _fit_score(
+            x_train, y_train_i, x_test, y_test_i, chosen, max_iter, len(labels)
+        )
     return LinearProbeResult(
         accuracy=accuracy,
         C=chosen,

@@ -65,3 +65,32 @@ def test_shape_errors():
         linear_probe(x, y, np.zeros((3, 5)), y[:3])
     with pytest.raises(ValueError, match="one label per"):
         linear_probe(x, y[:9], x, y)
+
+
+@pytest.mark.parametrize("C", [1e-2, 1.0, 100.0])
+def test_fit_matches_scikit_learn(C):
+    """Same standardised features, same C: the same weights and predictions as sklearn."""
+    from sklearn.linear_model import LogisticRegression
+
+    from components.transfer.linear_probe import fit_logistic
+
+    rng = np.random.default_rng(4)
+    x, y = blobs(rng, 150, classes=3, dim=6, spread=1.5)
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    w, b, converged = fit_logistic(x, y, 3, C, max_iter=5000)
+    reference = LogisticRegression(C=C, solver="lbfgs", max_iter=5000, tol=1e-10).fit(x, y)
+    assert converged
+    np.testing.assert_allclose(w, reference.coef_.T, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(b, reference.intercept_, rtol=1e-3, atol=1e-4)
+    assert ((x @ w + b).argmax(axis=1) == reference.predict(x)).all()
+
+
+def test_given_validation_split_chooses_C_and_is_refit_with():
+    rng = np.random.default_rng(5)
+    x, y = blobs(rng, 300, spread=2.0)
+    result = linear_probe(
+        x[:200], y[:200], x[250:], y[250:], val_features=x[200:250], val_labels=y[200:250]
+    )
+    assert (result.n_train, result.n_val, result.n_test) == (250, 50, 50)
+    assert list(result.grid) == [float(c) for c in np.logspace(-6, 6, 13)]
+    assert result.accuracy >= 0.9
