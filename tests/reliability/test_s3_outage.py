@@ -16,11 +16,14 @@ import time
 
 import boto3
 import pytest
-from faults import private_moto_server
+from faults import RefusingProxy, private_moto_server
 
 from components.common.storage import StoreError, open_store
 
 PAUSE_S = 30
+# Connection refusals are retried with backoff: with the default 10 attempts the expected total
+# backoff is about a minute, so 10 s of refusals are always ridden out.
+REFUSE_S = 10
 
 
 def _store(endpoint: str, monkeypatch, **settings: str):
@@ -34,6 +37,12 @@ def _store(endpoint: str, monkeypatch, **settings: str):
     }.items():
         monkeypatch.setenv(key, value)
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="outage")
+    return open_store("s3://outage/study")
+
+
+def _store_at(endpoint: str, monkeypatch):
+    """The store of :func:`_store`'s bucket through another endpoint (a proxy)."""
+    monkeypatch.setenv("APRFLOW_S3_ENDPOINT_URL", endpoint)
     return open_store("s3://outage/study")
 
 
@@ -82,3 +91,27 @@ def test_s3_paused_beyond_the_retry_budget_fails_naming_the_endpoint(tmp_path, m
         assert time.monotonic() - tic < 20
         os.kill(server.pid, signal.SIGCONT)
         assert store.get_bytes("a.json") == b"{}"
+
+
+@pytest.mark.slow
+def test_s3_refusing_connections_mid_sequence_loses_nothing(tmp_path, monkeypatch):
+    with private_moto_server(tmp_path) as (endpoint, _):
+        proxy = RefusingProxy(int(endpoint.rsplit(":", 1)[1]))
+        _store(endpoint, monkeypatch)  # the bucket, created directly
+        store = _store_at(f"http://127.0.0.1:{proxy.port}", monkeypatch)
+        expected = {f"trials/t{i}/result.json": os.urandom(100) for i in range(6)}
+        items = list(expected.items())
+        for key, data in items[:3]:
+            store.put_bytes(key, data)
+        outage = threading.Thread(target=proxy.refuse, args=(REFUSE_S,))
+        outage.start()
+        time.sleep(0.2)
+        tic = time.monotonic()
+        for key, data in items[3:]:  # the first of these is refused until the proxy is back
+            store.put_bytes(key, data)
+        blocked = time.monotonic() - tic
+        outage.join()
+        print(f"\nS3 refusing connections {REFUSE_S} s: survived after {blocked:.0f} s")
+        assert blocked >= REFUSE_S - 1
+        assert store.list("trials/") == sorted(expected)
+        assert all(store.get_bytes(key) == data for key, data in expected.items())
