@@ -19,15 +19,16 @@ throughput (5% of an H100's dense bf16 peak of 989 TFLOP/s) is an assumption, no
 measurement: small CNNs at 32 px reach a few percent of peak (tests/benchmarks/bench_sweep.py
 measures it on the machine at hand); a wrong guess only makes chunks longer or shorter.
 
-Surviving kills: every trial of a chunk runs in a child process (forked from the chunk task,
-which has imported torch and the trainer already; ``torchrun`` for multi-GPU trials). A child
-killed by a signal (the kernel's OOM killer sends SIGKILL, exit 137 in a shell) is recorded in
-``trials/<id>/attempts.json`` and started again (resuming from its last checkpoint) up to
-``max_attempts`` times in this task; then the trial's result is written as ``failed: killed by
-signal 9 (out of memory?)`` and the chunk goes on. A later run of the study tries a trial that
-was killed again (the kill may have been a neighbour's fault); every other stored result is
-reused. The task exits non-zero only for infrastructure errors (a child that kept raising, the
-store, a GPU that was requested and is missing).
+Surviving kills: every trial of a chunk runs in a child process (forked from a multiprocessing
+fork server that has imported torch and the trainer once, so a trial starts in milliseconds and
+no child inherits a used OpenMP pool or CUDA context; ``torchrun`` for multi-GPU trials). A
+child killed by a signal (the kernel's OOM killer sends SIGKILL, exit 137 in a shell) is
+recorded in ``trials/<id>/attempts.json`` and started again (resuming from its last checkpoint)
+up to ``max_attempts`` times in this task; then the trial's result is written as ``failed:
+killed by signal 9 (out of memory?)`` and the chunk goes on. A later run of the study tries a
+trial that was killed again (the kill may have been a neighbour's fault); every other stored
+result is reused. The task exits non-zero only for infrastructure errors (a child that kept
+raising, the store, a GPU that was requested and is missing).
 
 Packing: ``trials_per_gpu > 1`` runs that many trial processes at once, sharing the task's GPU
 (or CPU cores: threads are divided among them).
@@ -264,9 +265,15 @@ def _child_main(
     kfp_run_id: str,
     threads: int,
     result: dict[str, Any] | None,
+    environment: dict[str, str],
 ) -> None:
-    """A forked child: trains (or, with ``result``, only records) one trial. An exception is
-    an infrastructure error: the exit status says so to the runner."""
+    """A child: trains (or, with ``result``, only records) one trial. An exception is an
+    infrastructure error: the exit status says so to the runner.
+
+    ``environment`` is the runner's: the fork server keeps the one it started with.
+    """
+    os.environ.clear()
+    os.environ.update(environment)
     if threads:
         os.environ["APRFLOW_TORCH_THREADS"] = str(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -303,10 +310,13 @@ class _Child:
             self._popen: subprocess.Popen | None = subprocess.Popen(command, env=env)
             self._process = None
         else:
-            # Fork: torch, the model zoo and the trainer are imported already (no start-up per
-            # trial). The parent never touches CUDA, so the child may.
-            context = multiprocessing.get_context("fork")
-            self._process = context.Process(target=_child_main, args=target_args, daemon=False)
+            # From the fork server: torch and the trainer are imported there once (no start-up
+            # per trial), and it never runs torch ops, so no child inherits a used OpenMP thread
+            # pool (GNU OpenMP hangs in a fork after use) or a CUDA context.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["components.train.run"])
+            args = (*target_args, dict(os.environ))
+            self._process = context.Process(target=_child_main, args=args, daemon=False)
             self._process.start()
             self._popen = None
 
@@ -357,15 +367,14 @@ def run_chunk(
         DeviceError: a trial asks for ``device: cuda`` and this machine has no GPU (before any
             trial starts).
     """
-    from components.train import run as _warm  # noqa: F401 - import once, before forking
     from components.train.engines import resolve_device
 
     settings = settings or ChunkSettings()
     store = open_store(store_uri)
     ids = load_chunks(store, study)["chunks"][chunk]
     trials = {trial_id: load_trial(store, trial_id) for trial_id in ids}
-    # Children are forked from this process, so it must not initialise CUDA: NVML answers
-    # torch.cuda.is_available() without creating a CUDA context (PyTorch's fork-safe check).
+    # NVML answers torch.cuda.is_available() without initialising CUDA (fork-safe), here and
+    # in the children.
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     for device in sorted({t.device for t in trials.values()}):
         resolve_device(device)  # a GPU that was asked for and is missing: fail before training
@@ -420,7 +429,7 @@ def run_chunk(
             elif code < 0 or settings.gpus_per_trial > 1:
                 # Killed (OOM, eviction) every time: the trial's failure, not the task's. A
                 # child records it, so MLflow and the progress line are written as for any
-                # trial (and this process never opens an MLflow connection before a fork).
+                # trial.
                 report("train", f"trial {trial_id} {outcome} ({attempt}): recorded as failed")
                 result = _killed_result(trials[trial_id], reasons[trial_id])
                 args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
