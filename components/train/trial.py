@@ -6,7 +6,12 @@ A trial is idempotent and resumable:
   engine, :data:`TRAINER_VERSION`), and everything it writes lives under ``trials/<id>/``;
 * a finished trial (``result.json`` present) is never trained again;
 * after every epoch a checkpoint is written, and a restarted trial (a killed pod) resumes from
-  it.
+  it;
+* one process trains a trial at a time: it holds the trial's lease
+  (:class:`~components.common.storage.Lease`), and a second run of the same study waits for
+  the result instead of training it again;
+* a truncated or corrupt ``result.json`` or checkpoint is set aside (``<key>.corrupt-<time>``)
+  and recomputed, never a crash and never a permanent ``failed``.
 
 A trial-level failure never raises: a NaN loss gives ``status = "diverged"``, any other error in
 building or training the model gives ``status = "failed"`` with the reason, so one bad
