@@ -226,9 +226,11 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
     # Several processes (torchrun, one per GPU): each takes its share of every batch, like a
     # DistributedSampler, so the global batch (and the averaged gradient) is the recipe's;
     # only rank 0 writes.
+    # (A trial planned for one GPU may still run in a bigger world: a multi-node TrainJob,
+    # components/trainjob; its result records the world size.)
     rank, world = rank_and_world()
-    if world != trial.gpus:
-        raise ValueError(f"trial planned for {trial.gpus} process(es) runs in {world}")
+    if trial.gpus > 1 and world != trial.gpus:
+        raise ValueError(f"trial planned for {trial.gpus} processes runs in {world}")
     optimizer = torch.optim.SGD(
         _param_groups(model, recipe.weight_decay),
         lr=recipe.lr,
