@@ -191,3 +191,26 @@ def test_plan_markdown_names_the_summary():
     assert markdown.startswith("## 3 trials in 2 chunks: 2 training tasks")
     assert "| 1 | 1 | 0.250 |" in markdown and "0.75 in all" in markdown
     json.dumps(record)
+
+
+@pytest.mark.slow
+def test_packing_trains_trials_at_once(local_env):
+    """trials_per_gpu=2: both trials of the chunk run in overlapping child processes."""
+    from components.data.datasets import prepare_all
+    from components.train.chunk import run_chunk
+    from components.train.run import plan_study
+
+    refs = [r.to_dict() for r in prepare_all(["faces"], 12, 0)]
+    specs = [s.to_dict() for s in sample_specs("anynetx_a", 2, (150e6, 250e6), 0).specs]
+    ids, study, _ = plan_study(
+        specs, refs, "pack", "apr_tiny", {"epochs": 1}, [0], "torch", None, None, chunk_size=2
+    )
+    assert run_chunk(study, 0, None, None, "", ChunkSettings(trials_per_gpu=2, cpus=2)) == ids
+    store = open_store()
+    spans = [store.get_json(attempts_key(i))["attempts"][0] for i in ids]
+    assert all(s["outcome"] == "ok" for s in spans)
+    assert spans[1]["started_at"] < spans[0]["ended_at"], (
+        "the second started before the first ended"
+    )
+    assert len({s["pid"] for s in spans}) == 2
+    assert all(store.get_json(result_key(i))["status"] == "ok" for i in ids)
