@@ -486,6 +486,8 @@ def flat_metrics(summary: dict) -> dict[str, float]:
             ("spearman_ci_low", "spearman", "ci_low"),
             ("spearman_ci_high", "spearman", "ci_high"),
             ("kendall_tau", "kendall", "value"),
+            ("kendall_ci_low", "kendall", "ci_low"),
+            ("kendall_ci_high", "kendall", "ci_high"),
             ("pearson_logit_r", "pearson_logit", "value"),
             ("weighted_tau", "weighted_tau", "value"),
             ("topk_overlap", "top_k", "value"),

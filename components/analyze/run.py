@@ -77,6 +77,33 @@ def gather_results(
     return pd.DataFrame(rows)
 
 
+def log_unlogged_trials(uri: str, parent_run_id: str, table: pd.DataFrame) -> None:
+    """Gives every trial of the results table without an MLflow run one, from its row: a trial
+    whose task never ran (no result.json) becomes a ``failed`` run, so that searches on
+    ``tags.aprflow.status`` find it too."""
+    for row in table[table["run_id"] == ""].to_dict("records"):
+        metrics = {k: row[k] for k in ("top1_error", "flops", "params", "wall_time_s")}
+        tracking.log_trial_run(
+            uri,
+            parent_run_id,
+            row["trial_id"],
+            run_name=tracking.trial_run_name(
+                row["model"], row["dataset"], row["recipe"], row["seed"], row["status"]
+            ),
+            params={k: row[k] for k in ("model", "dataset", "recipe", "seed")},
+            metrics=metrics,
+            history={},
+            status=row["status"],
+            tags={
+                tracking.REASON_TAG: str(row["status_reason"])[:500],
+                "aprflow.model": row["model"],
+                "aprflow.dataset": row["dataset"],
+                "aprflow.recipe": row["recipe"],
+                "aprflow.seed": str(row["seed"]),
+            },
+        )
+
+
 def top_k_for(n_models: int) -> int:
     """How many best models the top-k statistics compare: a quarter of the models, at most 15
     (Tuggener et al.'s top-15 of 500), at least 2; with k close to n they say nothing."""
@@ -99,10 +126,14 @@ def analyze_study(
 
     store = open_store(store_uri)
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_tracking(uri)
+    tracking.check_tracking(uri, tracking.wait_budget())
     started = store.get_json(f"studies/{study}/study.json")["started_at"]
     report("analyze", f"gathering {len(trial_ids)} trial results of study {study}", started)
+    tracking.replay_queue(store, study, uri, strict=True)
     table = gather_results(store, trial_ids, tracking.trial_run_links(uri, parent_run_id))
+    if (table["run_id"] == "").any():
+        log_unlogged_trials(uri, parent_run_id, table)
+        table = gather_results(store, trial_ids, tracking.trial_run_links(uri, parent_run_id))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "results.csv", index=False)

@@ -14,16 +14,37 @@ What MLflow's views need is written here, in one place:
 
 Every call is idempotent: runs are found again by their ``aprflow.study_id`` /
 ``aprflow.trial_id`` tags, params are immutable in MLflow so only the missing ones are logged,
-and a trial run that a killed task left RUNNING is completed, not duplicated.
+and a trial run that a killed task left RUNNING is completed, not duplicated. Two tasks that
+create the same run at once converge on the oldest one (the other is deleted).
+
+Reliability (issue 14):
+
+* an HTTP server is probed on ``/health`` with retries, backoff and jitter for at most
+  ``APRFLOW_MLFLOW_WAIT_S`` seconds (default 60); every tracking call is retried the same way on
+  transient failures (connection errors, timeouts, 5xx, SQLite ``database is locked``) and cut
+  off at that budget, so an outage never hangs a task;
+* a trial's logging is best-effort (:func:`log_trial_or_queue`): what cannot be logged within the
+  budget is queued as JSON in the artifact store (``studies/<study>/tracking-queue/``) and
+  replayed by the next trial's logging or by ``analyze`` (:func:`replay_queue`);
+* a SQLite database is created in a temporary file under an exclusive file lock and renamed
+  into place, so a kill or a second run during MLflow's schema migrations never leaves a
+  half-migrated ``mlflow.db``; one found half-migrated without runs is moved aside;
+* under the KFP MLflow plugin (``MLFLOW_RUN_ID`` set in the task), the study's parent is the
+  plugin's pipeline run and a trial is logged into the task's run instead of a new one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import json
 import math
 import numbers
 import os
+import random
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.errors import AprflowError
+from components.common.progress import report
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 # Where the MLflow UI of a SQLite store is browsed (`mlflow ui`'s default address); set it to
@@ -54,6 +76,26 @@ MAX_PARAM_VALUE = 6000
 MAX_KEY = 250
 MAX_DIGEST = 36
 _INVALID_KEY = re.compile(r"[^A-Za-z0-9_\-./ ]")
+# How long tracking waits for MLflow (health probes and retried calls) before giving up.
+WAIT_ENV = "APRFLOW_MLFLOW_WAIT_S"
+DEFAULT_WAIT_S = 60.0
+# Set by KFP's MLflow plugin in each task: the task's nested run under the pipeline run's run.
+PLUGIN_RUN_ENV = "MLFLOW_RUN_ID"
+# MLflow's own HTTP client retries for minutes by default; aprflow's retry loop bounds the
+# total, so each request is kept short (set these variables to override).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+TRANSIENT = (
+    "database is locked",
+    "connection",
+    "timed out",
+    "timeout",
+    "max retries exceeded",
+    "temporarily unavailable",
+    "503",
+    "502",
+    "504",
+    "429",
+)
 
 
 class TrackingError(AprflowError):
@@ -68,21 +110,53 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
 
 
-def check_tracking(uri: str) -> None:
+def wait_budget() -> float:
+    """Seconds tracking waits for MLflow: ``APRFLOW_MLFLOW_WAIT_S``, default 60."""
+    raw = os.environ.get(WAIT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_WAIT_S
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise TrackingError(f"{WAIT_ENV}={raw!r} must be a number of seconds >= 0")
+    return value
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter: up to 0.5, 1, 2, 4, 8 s, then 8 s."""
+    return random.uniform(0.1, min(8.0, 0.5 * 2**attempt))
+
+
+def _probe(url: str, timeout: float) -> None:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        response.read()
+
+
+def check_tracking(uri: str, wait_s: float = 0.0) -> None:
     """Raises TrackingError with a fix if the tracking URI cannot be used.
 
-    HTTP servers are probed on ``/health`` with a short timeout; SQLite needs a writable folder.
+    HTTP servers are probed on ``/health``, retried with backoff and jitter for up to ``wait_s``
+    seconds (0: one probe, as preflight does); SQLite needs a writable folder.
     """
     if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as response:
-                response.read()
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({reason}); start it or set "
-                f"{TRACKING_ENV} to a reachable server or sqlite:///PATH"
-            ) from None
+        deadline = time.monotonic() + wait_s
+        attempt = 0
+        while True:
+            try:
+                _probe(f"{uri.rstrip('/')}/health", min(5.0, max(1.0, wait_s)))
+                return
+            except (urllib.error.URLError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                pause = _backoff(attempt)
+                if time.monotonic() + pause >= deadline:
+                    waited = f" for {wait_s:.0f} s" if wait_s else ""
+                    raise TrackingError(
+                        f"MLflow tracking server {uri} is unreachable{waited} ({reason}); start "
+                        f"it, set {TRACKING_ENV} to a reachable server or sqlite:///PATH, or wait "
+                        f"longer with {WAIT_ENV}"
+                    ) from None
+                time.sleep(pause)
+                attempt += 1
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         try:
@@ -96,6 +170,147 @@ def check_tracking(uri: str) -> None:
         raise TrackingError(
             f"unsupported tracking URI {uri!r}: use http(s)://HOST:PORT or sqlite:///PATH"
         )
+
+
+@functools.cache
+def _schema_head() -> str:
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def _schema_state(db: Path) -> tuple[str | None, int]:
+    """``(alembic revision or None, number of runs)`` of an existing SQLite database."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+        tables = {row[0] for row in connection.execute("select name from sqlite_master")}
+        revision = None
+        if "alembic_version" in tables:
+            row = connection.execute("select version_num from alembic_version").fetchone()
+            revision = row[0] if row else None
+        runs = (
+            connection.execute("select count(*) from runs").fetchone()[0] if "runs" in tables else 0
+        )
+    return revision, runs
+
+
+def _create_schema(db: Path) -> None:
+    """Runs MLflow's schema migrations in a temporary file next to ``db``, then renames it into
+    place: a kill leaves at most a temporary file, never a half-migrated database."""
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for stale in db.parent.glob(f"{db.name}.init-*"):  # a killed creation's (we hold the lock)
+        stale.unlink(missing_ok=True)
+    temporary = db.with_name(f"{db.name}.init-{os.getpid()}").resolve()
+    SqlAlchemyStore(f"sqlite:///{temporary}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+    _forget_engines(temporary)
+    os.replace(temporary, db)
+    descriptor = os.open(db.parent, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _forget_engines(db: Path) -> None:
+    """Closes this process's MLflow connections to the file ``db`` before it is renamed or
+    replaced (MLflow caches one engine per URI; an engine on a replaced file writes nowhere)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for uri in list(SqlAlchemyStore._engine_map):
+        if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).resolve() == db:
+            SqlAlchemyStore._engine_map.pop(uri).dispose()
+
+
+_PREPARED: set[Path] = set()
+
+
+def prepare_sqlite(db: Path) -> None:
+    """Makes ``db`` a complete MLflow database, once per process and path.
+
+    Under an exclusive lock on ``<db>.lock`` (two runs starting at once take turns): a missing
+    or empty database is created by :func:`_create_schema`; one whose migrations stopped half
+    way (killed by an older aprflow or another tool) and that holds no runs is moved aside to
+    ``<db>.half-migrated-<time>`` and created again; one with runs at another schema version is
+    one clear error with the fix.
+    """
+    db = db.resolve()
+    if db in _PREPARED:
+        return
+    with open(db.with_name(f"{db.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if db.exists() and db.stat().st_size > 0:
+                revision, runs = _schema_state(db)
+                if revision != _schema_head():
+                    if runs:
+                        raise TrackingError(
+                            f"the MLflow database {db} holds {runs} runs at schema version "
+                            f"{revision}, not {_schema_head()}: back it up, then run `mlflow db "
+                            f"upgrade sqlite:///{db}` (or set {TRACKING_ENV} to another database)"
+                        )
+                    aside = db.with_name(
+                        f"{db.name}.half-migrated-{time.strftime('%Y%m%d-%H%M%S')}"
+                    )
+                    _forget_engines(db)
+                    os.replace(db, aside)
+                    report(
+                        "tracking",
+                        f"the MLflow database {db} was half-migrated (schema {revision}) and held "
+                        f"no runs: moved aside to {aside.name}, creating a new one",
+                    )
+            if not db.exists() or db.stat().st_size == 0:
+                _create_schema(db)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _PREPARED.add(db)
+
+
+def _is_transient(error: Exception) -> bool:
+    """A failure worth retrying: the server or the database is busy or away for a moment."""
+    if isinstance(error, OSError | TimeoutError):
+        return True
+    text = f"{type(error).__name__} {error}".lower()
+    return any(marker in text for marker in TRANSIENT)
+
+
+def _with_retries(call, what: str, wait_s: float | None = None):
+    """Runs ``call()``, retrying transient failures with backoff and jitter; the whole, retries
+    and a call that hangs on a paused server included, is cut off after ``wait_s`` seconds
+    (default :func:`wait_budget`) with a TrackingError.
+
+    The call runs in a daemon thread so that a hung request cannot block the task; one cut off
+    may still finish later, which is harmless: every tracking call is idempotent.
+    """
+    wait_s = wait_budget() if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    attempt = 0
+    while True:
+        outcome: dict[str, Any] = {}
+
+        def target(outcome: dict[str, Any] = outcome) -> None:
+            try:
+                outcome["value"] = call()
+            except Exception as e:  # noqa: BLE001 - judged below
+                outcome["error"] = e
+
+        thread = threading.Thread(target=target, name="aprflow-tracking", daemon=True)
+        thread.start()
+        thread.join(max(0.1, deadline - time.monotonic()))
+        if thread.is_alive():
+            raise TrackingError(f"{what}: MLflow did not answer within {wait_s:.0f} s ({WAIT_ENV})")
+        if "error" not in outcome:
+            return outcome.get("value")
+        error = outcome["error"]
+        if isinstance(error, TrackingError) or not _is_transient(error):
+            raise error
+        pause = _backoff(attempt)
+        if time.monotonic() + pause >= deadline:
+            raise TrackingError(f"{what}: still failing after {wait_s:.0f} s: {error}") from None
+        time.sleep(pause)
+        attempt += 1
 
 
 def safe_key(name: str) -> str:
@@ -123,10 +338,15 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def _client(uri: str):
+def _client(uri: str, wait_s: float | None = None):
+    """An MlflowClient for ``uri``, once the server answers or the SQLite database is complete."""
     from mlflow.tracking import MlflowClient
 
-    check_tracking(uri)
+    check_tracking(uri, wait_budget() if wait_s is None else wait_s)
+    if uri.startswith("sqlite:///"):
+        prepare_sqlite(Path(uri.removeprefix("sqlite:///")))
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -165,8 +385,27 @@ def _search(client, experiment_id: str, filter_string: str) -> Iterator:
 def _find_run(client, experiment_id: str, **tags: str):
     """The oldest run whose tags have these values (given as name=value), or None."""
     same = " and ".join(f"tags.`{tag}` = '{value}'" for tag, value in tags.items())
-    runs = sorted(_search(client, experiment_id, same), key=lambda r: r.info.start_time)
+    runs = sorted(
+        _search(client, experiment_id, same), key=lambda r: (r.info.start_time, r.info.run_id)
+    )
     return runs[0] if runs else None
+
+
+def _create_run_once(client, experiment_id: str, tags: dict[str, str], run_name: str, **keys):
+    """Creates a run with ``tags``, unless one whose ``keys`` tags match exists; two processes
+    that create it at once converge on the oldest run (the newer one is deleted)."""
+    run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    oldest = _find_run(client, experiment_id, **keys)
+    if oldest is not None and oldest.info.run_id != run.info.run_id:
+        client.delete_run(run.info.run_id)
+        return oldest
+    return run
+
+
+def plugin_run(client):
+    """The task's run of KFP's MLflow plugin (``MLFLOW_RUN_ID``), or None outside it."""
+    run_id = os.environ.get(PLUGIN_RUN_ENV, "").strip()
+    return client.get_run(run_id) if run_id else None
 
 
 def _as_param(value: Any) -> str:
@@ -262,12 +501,31 @@ def start_study_run(
             artifact ``config.json`` (whole, whatever the param length limit cuts).
         tags: extra tags (e.g. ``aprflow.kind``).
     """
+    return _with_retries(
+        lambda: _start_study_run(uri, experiment, study_id, params, kfp_run_id, config, tags),
+        f"opening the MLflow run of study {study_id}",
+    )
+
+
+def _start_study_run(uri, experiment, study_id, params, kfp_run_id, config, tags) -> str:
     client = _client(uri)
-    experiment_id = _experiment_id(client, experiment)
-    run = _find_run(client, experiment_id, **{STUDY_TAG: study_id})
-    if run is None:
-        all_tags = {STUDY_TAG: study_id, KFP_RUN_TAG: kfp_run_id, "aprflow.kind": "study"}
-        run = client.create_run(experiment_id, tags=all_tags | dict(tags or {}), run_name=study_id)
+    all_tags = {STUDY_TAG: study_id, KFP_RUN_TAG: kfp_run_id, "aprflow.kind": "study"}
+    all_tags |= dict(tags or {})
+    task_run = plugin_run(client)
+    if task_run is not None:
+        # KFP's MLflow plugin opened a run for the pipeline run and nested this task's run in
+        # it: that pipeline run is the study's parent (the plugin ends it, not aprflow).
+        run = client.get_run(task_run.data.tags.get(PARENT_TAG) or task_run.info.run_id)
+        for key, value in all_tags.items():
+            if run.data.tags.get(key) != value and value:
+                client.set_tag(run.info.run_id, key, value)
+    else:
+        experiment_id = _experiment_id(client, experiment)
+        run = _find_run(client, experiment_id, **{STUDY_TAG: study_id})
+        if run is None:
+            run = _create_run_once(
+                client, experiment_id, all_tags, study_id, **{STUDY_TAG: study_id}
+            )
     all_params = dict(params)
     if config is not None:
         all_params |= flat_params(config, "config.")
@@ -336,6 +594,17 @@ def log_trial_run(
         tags: extra tags (status reason, KFP run id, the report's columns).
         inputs: MLflow dataset inputs (:func:`dataset_input`), logged once.
     """
+    return _with_retries(
+        lambda: _log_trial_run(
+            uri, parent_run_id, trial_id, run_name, params, metrics, history, status, tags, inputs
+        ),
+        f"logging trial {trial_id} to MLflow",
+    )
+
+
+def _log_trial_run(
+    uri, parent_run_id, trial_id, run_name, params, metrics, history, status, tags, inputs
+) -> str:
     client = _client(uri)
     parent = client.get_run(parent_run_id)
     experiment_id = parent.info.experiment_id
@@ -349,23 +618,140 @@ def log_trial_run(
         return run.info.run_id
     all_tags = keys | {STUDY_TAG: parent.data.tags.get(STUDY_TAG, ""), STATUS_TAG: status}
     all_tags |= tags or {}
+    task_run = plugin_run(client) if run is None else None
+    adopted = (
+        task_run is not None
+        and task_run.data.tags.get(PARENT_TAG) == parent_run_id
+        and task_run.data.tags.get(TRIAL_TAG, trial_id) == trial_id
+    )
+    if adopted:
+        # The plugin's run of this task is the trial's run (the first trial of a chunk task;
+        # the chunk's other trials get runs of their own beside it). The plugin ends it.
+        run = task_run
     if run is None:
-        run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
-    else:
-        for key, value in (all_tags | {RUN_NAME_TAG: run_name}).items():
+        run = _create_run_once(client, experiment_id, all_tags, run_name, **keys)
+    for key, value in (all_tags | {RUN_NAME_TAG: run_name}).items():
+        if run.data.tags.get(key) != value:
             client.set_tag(run.info.run_id, key, value)
     if inputs and not run.inputs.dataset_inputs:
         client.log_inputs(run.info.run_id, datasets=inputs)
     _log_new(client, run, params=params, metrics=metrics, history=history)
-    client.set_terminated(run.info.run_id, "FINISHED" if status == "ok" else "FAILED")
+    if not adopted:
+        client.set_terminated(run.info.run_id, "FINISHED" if status == "ok" else "FAILED")
     return run.info.run_id
+
+
+def queue_key(study: str, trial_id: str) -> str:
+    """Where a trial's logging waits while MLflow is away."""
+    return f"studies/{study}/tracking-queue/{trial_id}.json"
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and other number-likes of a queued record."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _log_entry(uri: str, entry: Mapping[str, Any]) -> str:
+    """Logs a trial record of :func:`log_trial_or_queue` (its dataset as an MLflow input)."""
+    inputs = [dataset_input(entry["dataset"], entry["dataset_source"])] if entry["dataset"] else []
+    keys = ("parent_run_id", "trial_id", "run_name", "params", "metrics", "history", "status")
+    return log_trial_run(uri, **{k: entry[k] for k in keys}, tags=entry["tags"], inputs=inputs)
+
+
+def trial_entry(
+    parent_run_id: str,
+    trial_id: str,
+    run_name: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    history: dict[str, list[float]],
+    status: str,
+    tags: dict[str, str],
+    dataset: Mapping[str, Any] | None = None,
+    dataset_source: str = "",
+) -> dict[str, Any]:
+    """A trial's logging as plain JSON (what :func:`log_trial_or_queue` logs or queues); the
+    arguments are those of :func:`log_trial_run`, with the dataset record and its source URI
+    instead of the MLflow input."""
+    entry = {
+        "parent_run_id": parent_run_id,
+        "trial_id": trial_id,
+        "run_name": run_name,
+        "params": params,
+        "metrics": metrics,
+        "history": history,
+        "status": status,
+        "tags": tags,
+        "dataset": dict(dataset or {}),
+        "dataset_source": dataset_source,
+    }
+    return json.loads(json.dumps(entry, default=_plain))
+
+
+def log_trial_or_queue(store, study: str, uri: str, entry: Mapping[str, Any]) -> str | None:
+    """Logs a trial (:func:`trial_entry`) to MLflow, best-effort: never fails the trial.
+
+    When MLflow does not take it within the wait budget (``APRFLOW_MLFLOW_WAIT_S``), the entry
+    is queued at :func:`queue_key` in the artifact store and a line says so; once a trial is
+    logged, the study's queue is replayed (:func:`replay_queue`). Returns the run id, or None
+    when queued.
+    """
+    key = queue_key(study, entry["trial_id"])
+    try:
+        run_id = _log_entry(uri, entry)
+    except Exception as e:  # noqa: BLE001 - tracking must never fail a trial
+        store.put_json(key, dict(entry) | {"queued_at": time.time(), "error": str(e)[:500]})
+        report(
+            "tracking",
+            f"MLflow logging of trial {entry['trial_id']} queued at {store.key_uri(key)} ({e}); "
+            "it is replayed when MLflow is back (next trial, or analyze)",
+        )
+        return None
+    if store.exists(key):  # an older queued logging of this trial is superseded
+        store.delete(key)
+    with contextlib.suppress(Exception):  # best-effort: analyze replays what is left
+        replay_queue(store, study, uri)
+    return run_id
+
+
+def replay_queue(store, study: str, uri: str, strict: bool = False) -> int:
+    """Logs every queued trial of ``study`` to MLflow and removes it from the queue.
+
+    Idempotent (runs are found by their tags), so an entry replayed twice, or by two processes,
+    is still one run. Returns how many entries were logged.
+
+    Args:
+        strict: raise a TrackingError naming what is left when an entry cannot be logged
+            (analyze), instead of stopping quietly (a trial's best-effort replay).
+    """
+    keys = sorted(store.list(f"studies/{study}/tracking-queue/"))
+    done = 0
+    for key in keys:
+        try:
+            _log_entry(uri, store.get_json(key))
+        except Exception as e:
+            if strict:
+                raise TrackingError(
+                    f"{len(keys) - done} trial loggings are still queued under "
+                    f"{store.key_uri(f'studies/{study}/tracking-queue/')}: {e}"
+                ) from None
+            return done
+        store.delete(key)
+        done += 1
+    if done:
+        report("tracking", f"replayed {done} queued trial loggings into MLflow")
+    return done
 
 
 def child_runs(uri: str, parent_run_id: str) -> list:
     """Every nested run of a parent run (MLflow ``Run`` objects)."""
-    client = _client(uri)
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    return list(_search(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'"))
+
+    def search() -> list:
+        client = _client(uri)
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        return list(_search(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'"))
+
+    return _with_retries(search, f"listing the trial runs of {parent_run_id}")
 
 
 def trial_run_links(uri: str, parent_run_id: str) -> dict[str, dict[str, str]]:
@@ -402,6 +788,13 @@ def finish_study_run(
             results table, figures).
         params: params known only after the analysis (the reference dataset, top-k).
     """
+    _with_retries(
+        lambda: _finish_study_run(uri, run_id, metrics, artifact_dir, params),
+        f"finishing the MLflow run {run_id} of the study",
+    )
+
+
+def _finish_study_run(uri, run_id, metrics, artifact_dir, params) -> None:
     client = _client(uri)
     _log_new(client, client.get_run(run_id), params=params, metrics=metrics)
     if artifact_dir is not None:
@@ -415,4 +808,5 @@ def finish_study_run(
                 client.set_tag(child.info.run_id, REASON_TAG, "its task ended before logging")
             client.set_tag(child.info.run_id, "aprflow.logging", "incomplete")
             client.set_terminated(child.info.run_id, "FINISHED" if status == "ok" else "FAILED")
-    client.set_terminated(run_id, "FINISHED")
+    if not os.environ.get(PLUGIN_RUN_ENV):  # KFP's MLflow plugin ends its pipeline run itself
+        client.set_terminated(run_id, "FINISHED")

@@ -73,7 +73,7 @@ def plan_study(
     store = open_store(store_uri)
     store.check()
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_tracking(uri)
+    tracking.check_tracking(uri, tracking.wait_budget())
     resolved = resolve_recipe(recipe, recipe_overrides)
     refs = [DatasetRef(**d) for d in datasets]
     recipes = _dataset_recipes(refs, recipe, recipe_overrides)
@@ -168,8 +168,8 @@ def train_trial(
             a trial killed in every attempt): written to the store and logged, nothing trained.
     """
     store = open_store(store_uri)
+    # No tracking check: MLflow logging is best-effort here (queued while MLflow is away).
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_tracking(uri)
     record = store.get_json(study_key(study))
     ids = load_trial_ids(store, study)
     trial = load_trial(store, trial_id)
@@ -207,8 +207,7 @@ def train_trial(
     }
     dataset = trial.dataset.to_dict()
     source = store.key_uri(dataset["manifest_key"]) if "manifest_key" in dataset else store.uri
-    tracking.log_trial_run(
-        uri,
+    entry = tracking.trial_entry(
         record["parent_run_id"],
         trial_id,
         run_name=tracking.trial_run_name(
@@ -229,8 +228,10 @@ def train_trial(
             "aprflow.precision": str(result.get("precision", "")),
             "aprflow.torch_version": str(result.get("torch_version", "")),
         },
-        inputs=[tracking.dataset_input(dataset, source)],
+        dataset=dataset,
+        dataset_source=source,
     )
+    tracking.log_trial_or_queue(store, study, uri, entry)
     if result["status"] == "ok":
         outcome = f"top-1 error {result['top1_error']:.1f}%"
     else:

@@ -1,0 +1,106 @@
+"""MLflow's SQLite schema: a kill or a second run during its creation never breaks the database.
+
+MLflow migrates a new database in ~60 steps; killed half way, plain MLflow fails on it for good
+(``table scorers already exists``). aprflow creates it in a temporary file under an exclusive
+lock and renames it into place, and moves aside a half-migrated database that holds no runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from faults import ROOT, wait_for
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.tracking import MlflowClient
+
+from components.common import tracking
+
+INIT = (
+    "import sys; from pathlib import Path; from components.common import tracking; "
+    "uri = 'sqlite:///' + sys.argv[1]; "
+    "tracking.start_study_run(uri, 'exp', sys.argv[2], {'n': 1}); print('ok')"
+)
+
+
+def _start(db, study: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", INIT, str(db), study],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _runs(db) -> list:
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    return client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+
+
+def test_kill_during_schema_creation_then_rerun_works(tmp_path):
+    db = tmp_path / "mlflow.db"
+    process = _start(db, "s1")
+    # The point of the kill: migrations running in the temporary file (it has tables).
+    wait_for(
+        lambda: any(p.stat().st_size > 0 for p in tmp_path.glob("mlflow.db.init-*")),
+        timeout=120,
+        what="MLflow's schema creation",
+        poll=0.005,
+    )
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not db.exists(), "killed during creation: no half-built database under the final name"
+    assert list(tmp_path.glob("mlflow.db.init-*")), "the kill really hit the creation"
+    # The re-run creates the schema, cleans the killed attempt's file, and works.
+    parent = tracking.start_study_run(f"sqlite:///{db}", "exp", "s1", {"n": 1})
+    assert [r.info.run_id for r in _runs(db)] == [parent]
+    assert not list(tmp_path.glob("mlflow.db.init-*"))
+
+
+def test_two_processes_creating_one_database_both_succeed(tmp_path):
+    db = tmp_path / "mlflow.db"
+    processes = [_start(db, "s2"), _start(db, "s2")]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    runs = _runs(db)
+    assert len(runs) == 1, "one study, one parent run"
+    assert runs[0].data.tags[tracking.STUDY_TAG] == "s2"
+
+
+def _half_migrated(db) -> None:
+    """A database as a kill in the middle of MLflow's own migrations leaves it: tables of later
+    migrations present, the recorded revision older."""
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    with sqlite3.connect(db) as connection:
+        connection.execute("update alembic_version set version_num = '1a0cddfcaa16'")
+        connection.execute("drop table jobs")
+
+
+def test_half_migrated_database_without_runs_is_moved_aside(tmp_path, capsys):
+    db = tmp_path / "broken.db"
+    _half_migrated(db)
+    # What plain MLflow does with it (on a copy): fails, every time.
+    shutil.copy(db, tmp_path / "copy.db")
+    with pytest.raises(Exception, match="already exists"):
+        SqlAlchemyStore(f"sqlite:///{tmp_path / 'copy.db'}", str(tmp_path / "artifacts"))
+    parent = tracking.start_study_run(f"sqlite:///{db}", "exp", "s3", {"n": 1})
+    assert [r.info.run_id for r in _runs(db)] == [parent]
+    aside = list(tmp_path.glob("broken.db.half-migrated-*"))
+    assert len(aside) == 1, "the broken database is kept, moved aside"
+    assert "half-migrated" in capsys.readouterr().out
+
+
+def test_database_with_runs_at_another_schema_is_one_clear_error(tmp_path):
+    db = tmp_path / "old.db"
+    tracking.start_study_run(f"sqlite:///{db}", "exp", "s4", {"n": 1})
+    with sqlite3.connect(db) as connection:
+        connection.execute("update alembic_version set version_num = '1a0cddfcaa16'")
+    tracking._PREPARED.clear()  # as a new process would
+    with pytest.raises(tracking.TrackingError, match="holds 1 runs.*mlflow db upgrade"):
+        tracking.start_study_run(f"sqlite:///{db}", "exp", "s4", {"n": 1})
+    assert db.exists() and not list(tmp_path.glob("old.db.half-migrated-*"))
