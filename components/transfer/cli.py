@@ -1,7 +1,8 @@
 """``python -m components.transfer``: score a backbone's fixed features on datasets.
 
-Sub-command ``score``: LogME / LEEP of your own arrays; without one, the single-backbone
-evaluation.
+Sub-commands: ``score`` (LogME / LEEP of your own arrays) and ``study`` (many models x
+targets x regimes into one long results table, then the analysis); without one, the
+single-backbone evaluation.
 """
 
 from __future__ import annotations
@@ -112,10 +113,107 @@ def score_main(argv: list[str]) -> int:
     return 0
 
 
+def build_study_parser() -> argparse.ArgumentParser:
+    from components.transfer.study import CHEAP_REGIMES, REGIMES
+
+    parser = argparse.ArgumentParser(
+        prog="aprflow transfer study",
+        description="Many models x target datasets x regimes into one long results table "
+        "(model, dataset, regime, metric, value, unit, seconds, status), then the comparison "
+        "of every cheap score with fine-tuning and the APR analysis. Models that cannot be "
+        "loaded or run are recorded failed with the reason; the others go on.",
+    )
+    parser.add_argument(
+        "--models",
+        required=True,
+        help="model list CSV (columns model[,weights,source_dataset,source_top1,unit]; "
+        "'# unit: percent' states the unit of source_top1): local path or s3://bucket/key",
+    )
+    parser.add_argument("--datasets", nargs="+", required=True, help="target dataset names")
+    parser.add_argument("--resolution", type=int, default=32, help="side of built-in targets")
+    parser.add_argument(
+        "--regimes",
+        default=",".join(CHEAP_REGIMES),
+        help=f"comma-separated, from {','.join(REGIMES)} (default {','.join(CHEAP_REGIMES)})",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="input side for every model (default: each model's pretrained_cfg)",
+    )
+    parser.add_argument("--k", type=int, default=5, help="neighbours of the kNN fraction")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let timm download weights for models whose weights are 'hub'",
+    )
+    parser.add_argument(
+        "--finetune-max-steps",
+        type=int,
+        default=None,
+        help="cap on fine-tune/scratch steps (default: 20k scaled by dataset size)",
+    )
+    parser.add_argument("--chunk-size", type=int, default=0, help="models per chunk (0: 8)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights and heads")
+    parser.add_argument("--name", default="transfer", help="study name (MLflow experiment)")
+    parser.add_argument("--store", default=None, help=f"store URI (default {default_store_uri()})")
+    parser.add_argument("--out", default="transfer-report", help="report folder")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="log to MLflow here (parent run + one nested run per model x dataset x regime)",
+    )
+    return parser
+
+
+def study_main(argv: list[str]) -> int:
+    """``aprflow transfer study``: plan, every chunk in this process, analysis."""
+    from components.transfer.steps import run_all
+    from components.transfer.study import StudySettings
+
+    args = build_study_parser().parse_args(argv)
+    try:
+        settings = StudySettings(
+            regimes=tuple(r.strip() for r in args.regimes.split(",") if r.strip()),
+            input_size=args.input_size,
+            k=args.k,
+            batch_size=args.batch_size,
+            device=args.device,
+            allow_download=args.allow_download,
+            finetune_max_steps=args.finetune_max_steps,
+            seed=args.seed,
+        )
+        result = run_all(
+            args.name,
+            args.models,
+            args.datasets,
+            args.resolution,
+            settings,
+            args.store,
+            args.out,
+            args.chunk_size,
+            args.bootstrap,
+            args.tracking_uri,
+        )
+    except (AprflowError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"results: {result['results']}")
+    if result["apr_report"]:
+        print(f"report: {result['apr_report']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["score"]:
         return score_main(argv[1:])
+    if argv[:1] == ["study"]:
+        return study_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         rows = evaluate_transfer(

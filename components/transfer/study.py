@@ -364,7 +364,7 @@ def _tuned_rows(
                 seed=settings.seed,
                 device=settings.device,
             )
-        except (RuntimeError, ValueError, FloatingPointError, TransferError) as e:
+        except (RuntimeError, ValueError, AssertionError, FloatingPointError, TransferError) as e:
             reason = f"{regime}: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
             rows += failed_rows(loaded.entry.name, ref.name, [regime], reason)
             continue
@@ -425,7 +425,7 @@ def evaluate_model(
                     loaded, store, ref, split, x, y, settings, device
                 )
                 cached += hit
-        except (RuntimeError, ValueError) as e:  # OOM, an input size the model rejects
+        except (RuntimeError, ValueError, AssertionError) as e:  # OOM, input size rejected
             reason = f"features: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
             report("transfer", f"{name} on {ref.name}: failed: {reason}", started)
             rows += failed_rows(name, ref.name, settings.regimes, reason)
