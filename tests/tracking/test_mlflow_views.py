@@ -142,6 +142,10 @@ def test_parent_run_holds_the_study(study):
     for key in ("mean_error/shapes", "median_error/shapes", "min_error/shapes"):
         assert key in metrics
     assert {"spearman_rho/shapes", "kendall_tau/shapes", "topk_overlap/shapes"} <= set(metrics)
+    # The Kendall interval, where the bootstrap gives one, beside Spearman's.
+    tau = study["summary"]["apr"]["targets"]["shapes"]["kendall"]
+    for bound in ("ci_low", "ci_high"):
+        assert metrics.get(f"kendall_{bound}/shapes") == tau.get(bound)
     # The report files, and the config as a whole.
     client = study["client"]
     report = {a.path for a in client.list_artifacts(study["parent"], "report")}
