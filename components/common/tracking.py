@@ -81,6 +81,8 @@ WAIT_ENV = "APRFLOW_MLFLOW_WAIT_S"
 DEFAULT_WAIT_S = 60.0
 # Set by KFP's MLflow plugin in each task: the task's nested run under the pipeline run's run.
 PLUGIN_RUN_ENV = "MLFLOW_RUN_ID"
+OWNER_TAG = "aprflow.run_owner"
+PLUGIN_OWNER = "kfp-plugin"
 # MLflow's own HTTP client retries for minutes by default; aprflow's retry loop bounds the
 # total, so each request is kept short (set these variables to override).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
@@ -618,16 +620,18 @@ def _log_trial_run(
         return run.info.run_id
     all_tags = keys | {STUDY_TAG: parent.data.tags.get(STUDY_TAG, ""), STATUS_TAG: status}
     all_tags |= tags or {}
+    adopted = run is not None and run.data.tags.get(OWNER_TAG) == PLUGIN_OWNER
     task_run = plugin_run(client) if run is None else None
-    adopted = (
+    if (
         task_run is not None
         and task_run.data.tags.get(PARENT_TAG) == parent_run_id
         and task_run.data.tags.get(TRIAL_TAG, trial_id) == trial_id
-    )
-    if adopted:
+    ):
         # The plugin's run of this task is the trial's run (the first trial of a chunk task;
         # the chunk's other trials get runs of their own beside it). The plugin ends it.
-        run = task_run
+        run, adopted = task_run, True
+    if adopted:
+        all_tags[OWNER_TAG] = PLUGIN_OWNER
     if run is None:
         run = _create_run_once(client, experiment_id, all_tags, run_name, **keys)
     for key, value in (all_tags | {RUN_NAME_TAG: run_name}).items():
@@ -799,7 +803,11 @@ def _finish_study_run(uri, run_id, metrics, artifact_dir, params) -> None:
     _log_new(client, client.get_run(run_id), params=params, metrics=metrics)
     if artifact_dir is not None:
         client.log_artifacts(run_id, str(artifact_dir), artifact_path="report")
+    plugin = bool(os.environ.get(PLUGIN_RUN_ENV))
     for child in child_runs(uri, run_id):
+        tags = child.data.tags
+        if plugin and (TRIAL_TAG not in tags or tags.get(OWNER_TAG) == PLUGIN_OWNER):
+            continue  # a run of KFP's MLflow plugin: the plugin ends it with its task
         if child.info.status not in FINISHED_STATES:
             status = child.data.tags.get(STATUS_TAG)
             if status is None:

@@ -94,23 +94,24 @@ def test_kfp_mlflow_plugin_runs_are_used_not_duplicated(mlflow_server, monkeypat
     assert trials == {"t1", "t2", "t3", None}  # None: the plan and analyze tasks' runs
     adopted = runs[chunk_a]
     assert adopted.data.tags[tracking.STATUS_TAG] == "ok" and adopted.info.run_name == "m-x"
+    assert adopted.data.tags[tracking.OWNER_TAG] == tracking.PLUGIN_OWNER
     assert adopted.data.metrics == {"top1_error": 30.0, "test_error": 30.0}
     # The plugin ends its runs (with the task's state); aprflow ends only its own.
-    assert adopted.info.status == "RUNNING" and runs[pipeline].info.status == "RUNNING"
+    assert {runs[r].info.status for r in plugin_runs} == {"RUNNING"}
     assert runs[third].info.status == "FINISHED"
     assert runs[pipeline].data.tags[tracking.STUDY_TAG] == study
     assert runs[pipeline].data.params == {"n_models": "3"}
 
 
 def test_queued_logging_is_replayed_once(mlflow_server, tmp_path, monkeypatch):
-    monkeypatch.setenv(tracking.WAIT_ENV, "1")
     store = open_store(str(tmp_path / "store"))
     experiment, study = _name("queue"), _name("s")
     parent = tracking.start_study_run(mlflow_server, experiment, study, {})
     entry = tracking.trial_entry(parent, "t-q", tags={"aprflow.dataset": "faces"}, **TRIAL)
     # MLflow away (a closed port, no wait): the trial goes on, its logging is queued.
-    down = "http://127.0.0.1:9"
-    assert tracking.log_trial_or_queue(store, study, down, entry) is None
+    monkeypatch.setenv(tracking.WAIT_ENV, "1")
+    assert tracking.log_trial_or_queue(store, study, "http://127.0.0.1:9", entry) is None
+    monkeypatch.delenv(tracking.WAIT_ENV)
     assert store.get_json(tracking.queue_key(study, "t-q"))["trial_id"] == "t-q"
     # analyze replays it; twice is still one run.
     assert tracking.replay_queue(store, study, mlflow_server, strict=True) == 1
