@@ -42,6 +42,7 @@ something (a trial), written with a conditional create so that two processes nev
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -73,6 +74,7 @@ S3_MULTIPART_ENV = "APRFLOW_S3_MULTIPART_MB"
 # SIGKILL the process at exactly that point (tests/reliability/test_kills.py).
 FAULT_PAUSE_ENV = "APRFLOW_FAULT_PAUSE_BEFORE_PUBLISH"
 DEFAULT_STORE = "runs/store"
+STALE_TEMPORARY_S = 3600
 CHECKSUM_META = "sha256"
 
 
@@ -259,7 +261,18 @@ class LocalStore(ArtifactStore):
             tmp.unlink(missing_ok=True)
             raise
         self._write_sidecar(path, _digest(data), len(data))
+        self._remove_stale_temporaries(path)
         return self.key_uri(key)
+
+    @staticmethod
+    def _remove_stale_temporaries(path: Path) -> None:
+        """Deletes this key's temporary files that a killed writer left (older than an hour:
+        a live writer stages its bytes in seconds)."""
+        cutoff = time.time() - STALE_TEMPORARY_S
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink()
 
     def create_if_absent(self, key: str, data: bytes) -> bool:
         # A hard link of a complete temporary file publishes all of the bytes or fails with

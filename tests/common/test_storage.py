@@ -241,3 +241,16 @@ def test_local_leases(tmp_path):
 
 def test_s3_leases_use_conditional_writes(s3_env):
     _leases(open_store(f"s3://{s3_env}/p"))
+
+
+def test_temporaries_of_killed_writers_are_invisible_and_cleaned(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    store.put_bytes("t/x.bin", b"1")
+    stale = tmp_path / "store" / "t" / ".x.bin.abc123.tmp"  # as a SIGKILLed writer leaves it
+    fresh = tmp_path / "store" / "t" / ".x.bin.def456.tmp"  # a writer staging right now
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert store.list("t/") == ["t/x.bin"]
+    store.put_bytes("t/x.bin", b"2")
+    assert not stale.exists() and fresh.exists()
