@@ -20,6 +20,10 @@ import numpy as np
 from components.transfer.checks import labeled_features
 
 EPS = 1e-12
+#: Similarity entries per query chunk when no chunk size is given: 2**25 float32 (128 MiB);
+#: the top-k selection of a chunk holds a few arrays of that shape, so 100k training rows x
+#: any number of queries stay under ~1 GiB beside the features.
+CHUNK_ELEMENTS = 1 << 25
 
 
 @dataclass(frozen=True)
@@ -78,18 +82,19 @@ def _top_k_rows(similarity: np.ndarray, k: int) -> np.ndarray:
 
 
 def cosine_neighbors(
-    train_features: np.ndarray, test_features: np.ndarray, k: int, chunk_size: int = 1024
+    train_features: np.ndarray, test_features: np.ndarray, k: int, chunk_size: int | None = None
 ) -> np.ndarray:
     """Indices of each test row's k most cosine-similar training rows.
 
     Similarities are computed as a matrix product of L2-normalised features, ``chunk_size``
-    queries at a time (memory: chunk_size x n_train floats).
+    queries at a time (memory: chunk_size x n_train floats; default: as many queries as fit
+    :data:`CHUNK_ELEMENTS`, at most 1024).
 
     Args:
         train_features: (n_train, dim) features of the neighbour pool.
         test_features: (n_test, dim) features of the queries.
         k: neighbours per query, 1 <= k <= n_train.
-        chunk_size: queries per matrix product.
+        chunk_size: queries per matrix product (None: from :data:`CHUNK_ELEMENTS`).
 
     Returns:
         int64 array (n_test, k): training indices, most similar first; ties go to the lower
@@ -108,6 +113,8 @@ def cosine_neighbors(
         raise ValueError(
             f"k must be between 1 and the number of training images ({len(train)}), got {k}"
         )
+    if chunk_size is None:
+        chunk_size = max(1, min(1024, CHUNK_ELEMENTS // max(1, len(train))))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     out = np.empty((len(test), k), dtype=np.int64)
@@ -123,7 +130,7 @@ def knn_evaluate(
     test_features: np.ndarray,
     test_labels: np.ndarray,
     k: int = 5,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> KnnResult:
     """Cosine kNN top-1 and top-k fraction of test images against training images.
 
@@ -133,7 +140,7 @@ def knn_evaluate(
         test_features: (n_test, dim) features of the test images.
         test_labels: (n_test,) their classes.
         k: neighbours for the fraction score (5 gives SEEDS 002's "top-5").
-        chunk_size: queries per matrix product.
+        chunk_size: queries per matrix product (None: bounded by :data:`CHUNK_ELEMENTS`).
 
     Returns:
         The scores; see the module docstring for their definitions.

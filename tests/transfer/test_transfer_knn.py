@@ -96,3 +96,20 @@ def test_zero_rows_stay_zero_and_are_scored():
 def test_bad_input(args, message):
     with pytest.raises(ValueError, match=message):
         knn_evaluate(*args[:4], k=args[4])
+
+
+def test_default_chunks_bound_memory_by_the_training_set(monkeypatch):
+    """Without a chunk size, queries per chunk shrink as the training set grows (at most
+    CHUNK_ELEMENTS similarities at once), with the brute-force answer."""
+    import components.transfer.knn as knn
+
+    seen = []
+    original = knn._top_k_rows
+    monkeypatch.setattr(knn, "CHUNK_ELEMENTS", 120)  # 40 training rows -> 3 queries a chunk
+    monkeypatch.setattr(knn, "_top_k_rows", lambda s, k: seen.append(s.shape) or original(s, k))
+    rng = np.random.default_rng(9)
+    train, test = rng.normal(size=(40, 8)), rng.normal(size=(10, 8))
+    train_y, test_y = rng.integers(0, 3, 40), rng.integers(0, 3, 10)
+    expected, _, _ = brute_force(train, train_y, test, test_y, 5)
+    np.testing.assert_array_equal(cosine_neighbors(train, test, 5), expected)
+    assert seen == [(3, 40), (3, 40), (3, 40), (1, 40)]
