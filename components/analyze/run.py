@@ -101,6 +101,7 @@ def log_unlogged_trials(uri: str, parent_run_id: str, table: pd.DataFrame) -> No
                 "aprflow.recipe": row["recipe"],
                 "aprflow.seed": str(row["seed"]),
             },
+            adopt_task_run=False,  # KFP's MLflow plugin: the analyze task's run stays its own
         )
 
 

@@ -518,6 +518,11 @@ def _start_study_run(uri, experiment, study_id, params, kfp_run_id, config, tags
         # KFP's MLflow plugin opened a run for the pipeline run and nested this task's run in
         # it: that pipeline run is the study's parent (the plugin ends it, not aprflow).
         run = client.get_run(task_run.data.tags.get(PARENT_TAG) or task_run.info.run_id)
+        experiment = client.get_experiment(run.info.experiment_id)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
         for key, value in all_tags.items():
             if run.data.tags.get(key) != value and value:
                 client.set_tag(run.info.run_id, key, value)
@@ -576,6 +581,7 @@ def log_trial_run(
     status: str,
     tags: dict[str, str] | None = None,
     inputs: list | None = None,
+    adopt_task_run: bool = True,
 ) -> str:
     """Logs one finished trial as a nested run under ``parent_run_id`` and returns its id.
 
@@ -595,17 +601,29 @@ def log_trial_run(
         status: trial status (tag ``aprflow.status``); anything but ``ok`` ends the run FAILED.
         tags: extra tags (status reason, KFP run id, the report's columns).
         inputs: MLflow dataset inputs (:func:`dataset_input`), logged once.
+        adopt_task_run: under KFP's MLflow plugin, log into the task's run when no other trial
+            has it (False for loggings replayed or made up by another task, e.g. analyze).
     """
     return _with_retries(
         lambda: _log_trial_run(
-            uri, parent_run_id, trial_id, run_name, params, metrics, history, status, tags, inputs
+            uri,
+            parent_run_id,
+            trial_id,
+            run_name,
+            params,
+            metrics,
+            history,
+            status,
+            tags,
+            inputs,
+            adopt_task_run,
         ),
         f"logging trial {trial_id} to MLflow",
     )
 
 
 def _log_trial_run(
-    uri, parent_run_id, trial_id, run_name, params, metrics, history, status, tags, inputs
+    uri, parent_run_id, trial_id, run_name, params, metrics, history, status, tags, inputs, adopt
 ) -> str:
     client = _client(uri)
     parent = client.get_run(parent_run_id)
@@ -621,7 +639,7 @@ def _log_trial_run(
     all_tags = keys | {STUDY_TAG: parent.data.tags.get(STUDY_TAG, ""), STATUS_TAG: status}
     all_tags |= tags or {}
     adopted = run is not None and run.data.tags.get(OWNER_TAG) == PLUGIN_OWNER
-    task_run = plugin_run(client) if run is None else None
+    task_run = plugin_run(client) if run is None and adopt else None
     if (
         task_run is not None
         and task_run.data.tags.get(PARENT_TAG) == parent_run_id
@@ -655,11 +673,12 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else str(value)
 
 
-def _log_entry(uri: str, entry: Mapping[str, Any]) -> str:
+def _log_entry(uri: str, entry: Mapping[str, Any], adopt_task_run: bool = True) -> str:
     """Logs a trial record of :func:`log_trial_or_queue` (its dataset as an MLflow input)."""
     inputs = [dataset_input(entry["dataset"], entry["dataset_source"])] if entry["dataset"] else []
     keys = ("parent_run_id", "trial_id", "run_name", "params", "metrics", "history", "status")
-    return log_trial_run(uri, **{k: entry[k] for k in keys}, tags=entry["tags"], inputs=inputs)
+    kwargs = {k: entry[k] for k in keys} | {"tags": entry["tags"], "inputs": inputs}
+    return log_trial_run(uri, **kwargs, adopt_task_run=adopt_task_run)
 
 
 def trial_entry(
@@ -732,7 +751,7 @@ def replay_queue(store, study: str, uri: str, strict: bool = False) -> int:
     done = 0
     for key in keys:
         try:
-            _log_entry(uri, store.get_json(key))
+            _log_entry(uri, store.get_json(key), adopt_task_run=False)
         except Exception as e:
             if strict:
                 raise TrackingError(

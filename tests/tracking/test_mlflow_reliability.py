@@ -56,7 +56,7 @@ def test_two_tasks_opening_one_study_at_once_get_one_run(mlflow_server):
     assert len(runs) == 1 and ids == [runs[0].info.run_id] * 2
 
 
-def test_kfp_mlflow_plugin_runs_are_used_not_duplicated(mlflow_server, monkeypatch):
+def test_kfp_mlflow_plugin_runs_are_used_not_duplicated(mlflow_server, monkeypatch, tmp_path):
     """The plugin opens a run for the pipeline run and one nested run per task, and sets
     MLFLOW_RUN_ID in the task: the study logs into them and adds a run only for the second and
     later trials of a chunk task."""
@@ -83,15 +83,22 @@ def test_kfp_mlflow_plugin_runs_are_used_not_duplicated(mlflow_server, monkeypat
     plugin_runs.add(chunk_b)
     assert tracking.log_trial_run(mlflow_server, parent, "t2", **TRIAL) == chunk_b
     third = tracking.log_trial_run(mlflow_server, parent, "t3", **TRIAL)
-    plugin_runs.add(task_run("analyze"))
+    analyze = task_run("analyze")
+    plugin_runs.add(analyze)
+    # A logging queued during an outage and replayed by analyze gets a run of its own.
+    store = open_store(str(tmp_path / "store"))
+    entry = tracking.trial_entry(parent, "t4", tags={}, **TRIAL)
+    store.put_json(tracking.queue_key(study, "t4"), entry)
+    assert tracking.replay_queue(store, study, mlflow_server, strict=True) == 1
     tracking.finish_study_run(mlflow_server, parent, {"score": 1.0})
 
     runs = {r.info.run_id: r for r in client.search_runs([experiment_id], max_results=100)}
-    assert set(runs) == plugin_runs | {third}, "one run added: the chunk's second trial"
-    trials = {
-        r.data.tags.get(tracking.TRIAL_TAG) for r in tracking.child_runs(mlflow_server, parent)
-    }
-    assert trials == {"t1", "t2", "t3", None}  # None: the plan and analyze tasks' runs
+    added = set(runs) - plugin_runs
+    assert third in added and len(added) == 2, "runs added: a chunk's second trial, the replay"
+    children = tracking.child_runs(mlflow_server, parent)
+    trials = sorted(str(r.data.tags.get(tracking.TRIAL_TAG)) for r in children)
+    assert trials == ["None", "None", "t1", "t2", "t3", "t4"]  # None: plan and analyze tasks
+    assert tracking.TRIAL_TAG not in runs[analyze].data.tags
     adopted = runs[chunk_a]
     assert adopted.data.tags[tracking.STATUS_TAG] == "ok" and adopted.info.run_name == "m-x"
     assert adopted.data.tags[tracking.OWNER_TAG] == tracking.PLUGIN_OWNER
