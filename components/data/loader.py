@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from components.common.files import atomic_write_bytes
 from components.common.storage import ArtifactStore, LocalStore, open_store
 from components.data.build import load_manifest, load_split
-from components.data.descriptor import DatasetRef, mix_seed
+from components.data.descriptor import DatasetError, DatasetRef, mix_seed
 from components.data.shards import decode_rgb, image_part, iter_own_shard
 
 CACHE_DIR_ENV = "APRFLOW_SHARD_CACHE"
@@ -86,6 +86,7 @@ class InMemoryBatches(TrainData):
         return (images.float() - self.mean) / self.std
 
     def train(self, recipe, generator: torch.Generator, epoch: int = 0) -> Iterator[Batch]:
+        check_input(recipe, "memory")
         order = torch.randperm(len(self), generator=generator).to(self.x.device)
         # Drop the last partial batch: a batch of one breaks batch norm.
         n_full = len(self) // recipe.batch_size * recipe.batch_size or len(self)
@@ -105,6 +106,20 @@ class InMemoryBatches(TrainData):
                 self._prepare(self.x[start : start + batch_size]),
                 self.y[start : start + batch_size],
             )
+
+
+def check_input(recipe, input_mode: str, dataset: str = "") -> None:
+    """Raises :class:`DatasetError` when ``recipe`` sets per-image augmentations (RandAugment,
+    RandomResizedCrop ranges, colour jitter, random erasing) that ``input_mode`` does not do:
+    the memory input augments whole batches on the device (crop padding, flips) only."""
+    wanted = recipe.stream_augmentations()
+    if input_mode == "memory" and wanted:
+        where = f"dataset_settings.{dataset}.input: stream" if dataset else "input: stream"
+        raise DatasetError(
+            f"recipe {recipe.name!r} sets {', '.join(wanted)}, which only the stream input "
+            f"applies (timm's per-image transforms): train {dataset or 'the dataset'} with "
+            f"{where} (aprflow train --input stream)"
+        )
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -161,30 +176,43 @@ class ShardCache:
 
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
-    """Seeds torch's and Python's global generators (timm's transforms use both) for one
-    image, restoring them afterwards so that nothing else's randomness moves."""
+    """Seeds torch's, Python's and NumPy's global generators (timm's transforms use all three:
+    RandAugment picks its ops with NumPy) for one image, restoring them afterwards so that
+    nothing else's randomness moves."""
     # The CPU generator only: torch.manual_seed would also queue seeds for every accelerator
     # back end, recording a stack trace each time (most of the per-image cost).
     cpu = torch.default_generator
-    torch_state, python_state = cpu.get_state(), random.getstate()
+    torch_state, python_state, numpy_state = (
+        cpu.get_state(),
+        random.getstate(),
+        np.random.get_state(),
+    )
     cpu.manual_seed(seed)
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     try:
         yield
     finally:
         cpu.set_state(torch_state)
         random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
-def train_transform(resolution: int, mean, std, hflip: bool) -> Callable:
-    """timm's training transform: RandomResizedCrop (scale 0.08-1), optional flip, normalise."""
+def train_transform(resolution: int, mean, std, recipe) -> Callable:
+    """timm's training transform as the recipe says: RandomResizedCrop (``scale``, ``ratio``),
+    flip (``hflip``), ``auto_augment`` (RandAugment ...), ``color_jitter``, normalise, random
+    erasing (``re_prob``)."""
     from timm.data import create_transform
 
     return create_transform(
         resolution,
         is_training=True,
-        hflip=0.5 if hflip else 0.0,
-        color_jitter=0.0,
+        scale=recipe.scale,
+        ratio=recipe.ratio,
+        hflip=0.5 if recipe.hflip else 0.0,
+        color_jitter=recipe.color_jitter,
+        auto_augment=recipe.auto_augment or None,
+        re_prob=recipe.re_prob,
         interpolation="bilinear",
         mean=tuple(mean),
         std=tuple(std),
@@ -353,7 +381,7 @@ class StreamBatches(TrainData):
             )
 
     def train(self, recipe, generator: torch.Generator, epoch: int = 0) -> Iterator[Batch]:
-        transform = train_transform(self.resolution, self.mean, self.std, recipe.hflip)
+        transform = train_transform(self.resolution, self.mean, self.std, recipe)
         samples = ShardSamples(self.store_uri, self.shards, transform, self.seed, self.cache_dir)
         samples.epoch = epoch
         order = epoch_order([n for _, n in self.shards], self.seed, epoch)

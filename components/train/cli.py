@@ -10,6 +10,8 @@ from components.common.errors import AprflowError
 from components.common.limits import MAX_EPOCHS, MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, int_in
 from components.common.storage import default_store_uri, open_store
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
+from components.data.descriptor import INPUT_MODES
+from components.data.loader import check_input
 from components.train.engines import ENGINES
 from components.train.recipes import RECIPES, resolve_recipe
 from components.train.trial import Trial, run_trial
@@ -28,12 +30,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="architecture spec: a JSON file, or a JSONL file from 'aprflow sample' (--index)",
     )
     parser.add_argument("--index", type=int, default=0, help="line of a JSONL spec file")
-    parser.add_argument("--dataset", required=True, choices=sorted(BUILTIN_DATASETS))
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help=f"a built-in dataset ({', '.join(sorted(BUILTIN_DATASETS))}) or a name built in the "
+        "store with 'aprflow data build' / 'aprflow data subset'",
+    )
     parser.add_argument(
         "--resolution",
         type=int_in(MIN_RESOLUTION, MAX_RESOLUTION),
         default=16,
-        help="image side in pixels",
+        help="training image side in pixels",
+    )
+    parser.add_argument(
+        "--input",
+        choices=INPUT_MODES,
+        default=None,
+        help="memory (decoded once, augmented on the device) or stream (shards through "
+        "DataLoader workers, per-image timm augmentation); default: memory when it fits 1 GiB",
     )
     parser.add_argument("--recipe", default="apr_tiny", choices=sorted(RECIPES))
     parser.add_argument(
@@ -67,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = _load_spec(args.spec, args.index)
         recipe = resolve_recipe(args.recipe, {"epochs": args.epochs} if args.epochs else {})
-        (dataset,) = prepare_all([args.dataset], args.resolution, 0, args.store)
+        settings = {args.dataset: {"input": args.input}} if args.input else {}
+        (dataset,) = prepare_all([args.dataset], args.resolution, 0, args.store, settings)
+        check_input(recipe, dataset.input, dataset.name)
         trial = Trial(spec=spec, dataset=dataset, recipe=recipe, seed=args.seed, engine=args.engine)
         result = run_trial(open_store(args.store), trial)
     except (AprflowError, ValueError, OSError) as e:

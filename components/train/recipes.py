@@ -6,8 +6,23 @@ override) makes new trials instead of reusing old results.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+
+# Per-image augmentations of timm's create_transform, which only the stream input applies
+# (with their neutral values: what the stream did before they were fields). Left out of
+# ``to_dict`` when neutral, so trials from before they existed keep their ids.
+STREAM_AUGMENTATIONS: dict[str, Any] = {
+    "auto_augment": "",
+    "scale": (0.08, 1.0),
+    "ratio": (3 / 4, 4 / 3),
+    "color_jitter": 0.0,
+    "re_prob": 0.0,
+}
+# timm's augmentation strings: a policy name, then '-'-separated sections (key + number, or
+# RandAugment's t<choice>); timm ignores a section without a number, so it is refused here.
+_AUTO_AUGMENT = re.compile(r"(rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+\d[\d.]*|-t\w+)*")
 
 
 @dataclass(frozen=True)
@@ -26,6 +41,13 @@ class Recipe:
         crop_padding: pixels of reflection padding for random-crop augmentation (0: off).
         hflip: random horizontal flips (off for data where left and right differ, like digits).
         eval_batch_size: images per evaluation batch.
+        auto_augment: timm augmentation string (``rand-m7-mstd0.5`` RandAugment,
+            ``augmix-m5``, ``v0`` AutoAugment; '' = none). Stream input only.
+        scale: area range of RandomResizedCrop (stream input; the memory input pads and crops
+            by ``crop_padding`` instead).
+        ratio: aspect-ratio range of RandomResizedCrop (stream input).
+        color_jitter: colour jitter strength (stream input; 0 = off).
+        re_prob: random-erasing probability (stream input).
     """
 
     name: str
@@ -39,9 +61,27 @@ class Recipe:
     crop_padding: int = 2
     hflip: bool = False
     eval_batch_size: int = 512
+    auto_augment: str = STREAM_AUGMENTATIONS["auto_augment"]
+    scale: tuple[float, float] = STREAM_AUGMENTATIONS["scale"]
+    ratio: tuple[float, float] = STREAM_AUGMENTATIONS["ratio"]
+    color_jitter: float = STREAM_AUGMENTATIONS["color_jitter"]
+    re_prob: float = STREAM_AUGMENTATIONS["re_prob"]
+
+    def __post_init__(self) -> None:
+        # JSON (trial.json, KFP) hands ranges over as lists.
+        for key in ("scale", "ratio"):
+            object.__setattr__(self, key, tuple(float(v) for v in getattr(self, key)))
+
+    def stream_augmentations(self) -> list[str]:
+        """The per-image augmentations this recipe sets, which only the stream input does."""
+        return [k for k, neutral in STREAM_AUGMENTATIONS.items() if getattr(self, k) != neutral]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        for key, neutral in STREAM_AUGMENTATIONS.items():
+            if values[key] == neutral:
+                del values[key]
+        return values
 
 
 RECIPES: dict[str, Recipe] = {
@@ -76,6 +116,50 @@ RECIPES: dict[str, Recipe] = {
         hflip=True,
     ),
 }
+# apr_short with RandAugment for real images on the stream input (timm's per-image transforms;
+# `dataset_settings: {mine: {recipe: apr_short_randaug, input: stream}}`).
+RECIPES["apr_short_randaug"] = replace(
+    RECIPES["apr_short"],
+    name="apr_short_randaug",
+    crop_padding=0,
+    hflip=True,
+    auto_augment="rand-m7-mstd0.5",
+)
+
+
+def check_augmentations(recipe: Recipe) -> None:
+    """Raises ValueError unless the stream augmentations are in range and ``auto_augment`` is
+    a string timm accepts (checked by building the transform: timm is imported only then)."""
+    for key in ("scale", "ratio"):
+        values = getattr(recipe, key)
+        if not (
+            len(values) == 2 and 0 < values[0] <= values[1] and (key == "ratio" or values[1] <= 1)
+        ):
+            bound = "0 < min <= max <= 1" if key == "scale" else "0 < min <= max"
+            raise ValueError(
+                f"recipe field {key!r} must be [min, max] with {bound}, got {list(values)}"
+            )
+    if recipe.color_jitter < 0:
+        raise ValueError(f"recipe field 'color_jitter' must be >= 0, got {recipe.color_jitter}")
+    if not 0 <= recipe.re_prob <= 1:
+        raise ValueError(f"recipe field 're_prob' must be in [0, 1], got {recipe.re_prob}")
+    if not recipe.auto_augment:
+        return
+    example = "e.g. 'rand-m7-mstd0.5' (RandAugment), 'augmix-m5', 'v0' (AutoAugment)"
+    if not _AUTO_AUGMENT.fullmatch(recipe.auto_augment):
+        raise ValueError(
+            f"recipe field 'auto_augment' {recipe.auto_augment!r} is not a timm augmentation "
+            f"string: {example}"
+        )
+    from timm.data import create_transform
+
+    try:
+        create_transform(32, is_training=True, auto_augment=recipe.auto_augment)
+    except (AssertionError, ValueError, KeyError) as e:
+        raise ValueError(
+            f"recipe field 'auto_augment' {recipe.auto_augment!r} is not a timm augmentation "
+            f"string ({e or 'unknown section'}): {example}"
+        ) from None
 
 
 def resolve_recipe(name: str, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -97,8 +181,15 @@ def resolve_recipe(name: str, overrides: dict[str, Any] | None = None) -> Recipe
         expected = type(getattr(recipe, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             overrides[key] = float(value)
+        elif expected is tuple and isinstance(value, list | tuple):
+            if len(value) != 2 or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value
+            ):
+                raise ValueError(f"recipe field {key!r} must be [min, max], got {value!r}")
         elif not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise ValueError(f"recipe field {key!r} must be {expected.__name__}, got {value!r}")
     if overrides.get("epochs", recipe.epochs) < 1:
         raise ValueError("recipe field 'epochs' must be at least 1")
-    return replace(recipe, **overrides)
+    resolved = replace(recipe, **overrides)
+    check_augmentations(resolved)
+    return resolved

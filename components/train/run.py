@@ -14,6 +14,7 @@ from components.common import tracking
 from components.common.progress import TrialDone, report, trial_done_line
 from components.common.storage import open_store
 from components.data.datasets import DatasetRef
+from components.data.loader import check_input
 from components.sample.space import AnyNetSpec
 from components.train.chunk import (
     DEFAULT_MAX_PARALLEL_TASKS,
@@ -32,13 +33,19 @@ def study_key(study: str) -> str:
 def _dataset_recipes(
     refs: list[DatasetRef], recipe: str, overrides: dict[str, Any]
 ) -> dict[str, Recipe]:
-    """Each dataset's recipe: its own ``recipe``/``epochs`` setting, else the study's."""
-    return {
+    """Each dataset's recipe: its own ``recipe``/``epochs`` setting, else the study's.
+
+    Raises DatasetError before anything is planned when a recipe asks for augmentations its
+    dataset's input does not do (RandAugment on the memory input)."""
+    recipes = {
         ref.name: resolve_recipe(
             ref.recipe or recipe, overrides | ({"epochs": ref.epochs} if ref.epochs else {})
         )
         for ref in refs
     }
+    for ref in refs:
+        check_input(recipes[ref.name], ref.input, ref.name)
+    return recipes
 
 
 def plan_study(

@@ -22,7 +22,7 @@ from components.transfer.scores import SCORE_METHODS
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aprflow transfer",
-        description="Embed built-in datasets with a backbone (a trained trial or a timm model) "
+        description="Embed datasets with a backbone (a trained trial or a timm model) "
         "and score the fixed features: cosine kNN top-1 and top-5 fraction, and a linear "
         "probe (L-BFGS logistic regression, C chosen on a validation split).",
     )
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--datasets",
         nargs="+",
         required=True,
-        help=f"dataset names: {', '.join(sorted(BUILTIN_DATASETS))}",
+        help=f"dataset names: built in ({', '.join(sorted(BUILTIN_DATASETS))}) or built in the "
+        "store with 'aprflow data build' / 'aprflow data subset'",
     )
     parser.add_argument(
         "--resolution", type=int, default=16, help="image side of the materialised datasets"
@@ -129,7 +130,12 @@ def build_study_parser() -> argparse.ArgumentParser:
         help="model list CSV (columns model[,weights,source_dataset,source_top1,unit]; "
         "'# unit: percent' states the unit of source_top1): local path or s3://bucket/key",
     )
-    parser.add_argument("--datasets", nargs="+", required=True, help="target dataset names")
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        required=True,
+        help="target dataset names: built in or built in the store with 'aprflow data'",
+    )
     parser.add_argument("--resolution", type=int, default=32, help="side of built-in targets")
     parser.add_argument(
         "--regimes",

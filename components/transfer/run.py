@@ -64,13 +64,14 @@ def evaluate_transfer(
 ) -> list[dict[str, Any]]:
     """Embeds every dataset with the backbone and scores the fixed features.
 
-    Datasets are the built-in ones, materialised (or reused) at ``resolution`` in the store;
+    Datasets are built-in ones, materialised (or reused) at ``resolution`` in the store, or
+    names built with ``aprflow data build``/``subset`` in that store, read at ``resolution``;
     the backbone sees them resized to its own input size (see :func:`load_backbone`).
 
     Args:
         backbone: ``trial:<trial_id>`` or ``timm:<model name>``.
-        datasets: built-in dataset names.
-        resolution: image side at which the datasets are materialised.
+        datasets: built-in dataset names or names built in the store.
+        resolution: image side at which the datasets are materialised (or read).
         store_uri: artifact store URI (None: APRFLOW_STORE_URI or runs/store).
         methods: ``knn`` and/or ``linear`` (a list or a comma-separated string).
         input_size: override of the backbone's input side (None: its own).
@@ -95,7 +96,7 @@ def evaluate_transfer(
             checked before any dataset is materialised).
     """
     from components.common.storage import open_store
-    from components.data.datasets import BUILTIN_DATASETS, load_split, prepare_all
+    from components.data.datasets import check_datasets, load_split, prepare_all
     from components.transfer.features import extract_features, load_backbone
     from components.transfer.knn import knn_evaluate
     from components.transfer.linear_probe import linear_probe
@@ -105,12 +106,8 @@ def evaluate_transfer(
     datasets = list(datasets)
     if not datasets:
         raise TransferError("no datasets to evaluate on")
-    unknown = sorted(set(datasets) - set(BUILTIN_DATASETS))
-    if unknown:
-        raise TransferError(
-            f"unknown dataset(s) {', '.join(unknown)}: choose from "
-            f"{', '.join(sorted(BUILTIN_DATASETS))}"
-        )
+    # Built-in names and names built or derived with `aprflow data` (the study's resolver).
+    check_datasets(datasets, open_store(store_uri))
     if k < 1:
         raise TransferError(f"k must be at least 1, got {k}")
     if experiment:

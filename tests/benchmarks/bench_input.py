@@ -116,7 +116,7 @@ def bench(side: int, n_images: int, workers: int, batch_size: int, device: str, 
         workers=workers,
     )
     recipe = resolve_recipe("apr_tiny", {"batch_size": batch_size, "hflip": True})
-    transform = train_transform(side, mean, std, hflip=True)
+    transform = train_transform(side, mean, std, recipe)
     plain = DataLoader(
         ImageFolder(str(folder / "train"), transform=transform),
         batch_size=batch_size,

@@ -162,7 +162,11 @@ CASES: list[tuple[str, object, dict[str, str]]] = [
     ("train-spec-binary", lambda f: _train(f["binary"]), {}),
     ("train-spec-not-a-spec", lambda f: _train(f["notspec.json"]), {}),
     ("train-spec-index", lambda f: _train(f["specs.jsonl"], "--index", "5"), {}),
-    ("train-dataset-unknown", lambda f: ["train", "--spec", "x.json", "--dataset", "nosuch"], {}),
+    (
+        "train-dataset-unknown",
+        lambda f: ["train", "--spec", str(f["specs.jsonl"]), "--dataset", "nosuch"],
+        {},
+    ),
     ("train-epochs-negative", lambda f: _train(f["specs.jsonl"], "--epochs", "-1"), {}),
     ("train-epochs-1e6", lambda f: _train(f["specs.jsonl"], "--epochs", "1000000"), {}),
     ("train-resolution-4", lambda f: _train(f["specs.jsonl"], "--resolution", "4"), {}),

@@ -73,7 +73,10 @@ def test_knn_only(trained_trial):
     ("args", "message"),
     [
         (["--backbone", "trial:0123abcd", "--datasets", "faces"], "no trial '0123abcd'"),
-        (["--backbone", "timm:resnet18", "--datasets", "imagenet"], "unknown dataset(s) imagenet"),
+        (
+            ["--backbone", "timm:resnet18", "--datasets", "imagenet"],
+            "unknown or missing dataset(s) imagenet",
+        ),
         (["--backbone", "resnet18", "--datasets", "faces"], "unknown backbone 'resnet18'"),
         (["--backbone", "timm:resnet18", "--datasets", "faces", "--methods", "svm"], "svm"),
     ],

@@ -1,0 +1,139 @@
+"""Per-image augmentations as the recipe says (RandAugment, RandomResizedCrop ranges, colour
+jitter, random erasing): timm's transform on the stream input, refused by the memory input,
+validated with one clear line, part of the trial id."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from imagesets import CLASSES, picture
+
+from components.common.storage import open_store
+from components.data.build import build_dataset
+from components.data.descriptor import DatasetDescriptor, DatasetError
+from components.data.loader import open_split
+from components.train.cli import main as train_main
+from components.train.recipes import RECIPES, Recipe, resolve_recipe
+from components.train.trial import Trial
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def built(tmp_path):
+    """3 classes x 8 images of 12 px, built and read back as a stream at 12 px."""
+    folder = tmp_path / "folder"
+    for kind in CLASSES:
+        (folder / kind).mkdir(parents=True)
+        for i in range(8):
+            picture(kind, i, size=12).save(folder / kind / f"{i}.png")
+    store = open_store(str(tmp_path / "store"))
+    ref = build_dataset(store, DatasetDescriptor(name="pets", source=str(folder)), print)
+    return store, replace(ref, resolution=12, input="stream")
+
+
+def _epoch(store, ref, recipe, epoch: int, workers: int = 0):
+    data = open_split(store, ref, "train", CPU, seed=3, workers=workers)
+    batches = list(data.train(recipe, torch.Generator().manual_seed(0), epoch))
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+def test_rand_augment_changes_the_stream_deterministically(built):
+    store, ref = built
+    plain = resolve_recipe("apr_tiny", {"batch_size": 4})
+    augmented = resolve_recipe("apr_tiny", {"batch_size": 4, "auto_augment": "rand-m9-mstd0.5"})
+    x_plain, y_plain = _epoch(store, ref, plain, 0)
+    x_aug, y_aug = _epoch(store, ref, augmented, 0)
+    assert torch.equal(y_plain, y_aug), "the same images in the same order"
+    changed = (x_plain - x_aug).abs().flatten(1).amax(1) > 1e-3
+    assert changed.float().mean() > 0.5, "RandAugment changed most images"
+    # Deterministic per (seed, epoch): again in this process (NumPy's global state, which
+    # RandAugment draws its ops from, has moved on meanwhile) and in worker processes.
+    again, _ = _epoch(store, ref, augmented, 0)
+    in_workers, _ = _epoch(store, ref, augmented, 0, workers=2)
+    assert torch.equal(x_aug, again) and torch.equal(x_aug, in_workers)
+    next_epoch, _ = _epoch(store, ref, augmented, 1)
+    assert not torch.equal(x_aug, next_epoch)
+    # Random erasing and the crop's scale reach the transform too.
+    erased, _ = _epoch(store, ref, replace(plain, re_prob=1.0), 0)
+    assert not torch.equal(erased, x_plain)
+    whole, _ = _epoch(store, ref, replace(plain, scale=(1.0, 1.0), ratio=(1.0, 1.0)), 0)
+    assert not torch.equal(whole, x_plain)
+
+
+def test_memory_input_refuses_stream_augmentations(built):
+    store, ref = built
+    data = open_split(store, replace(ref, input="memory"), "train", CPU, seed=3)
+    recipe = RECIPES["apr_short_randaug"]
+    with pytest.raises(DatasetError, match="sets auto_augment, which only the stream input"):
+        next(iter(data.train(recipe, torch.Generator(), 0)))
+    # Crop padding and flips are what the memory input does itself.
+    assert next(iter(data.train(resolve_recipe("apr_tiny", {"hflip": True}), torch.Generator())))
+
+
+def test_train_cli_refuses_randaugment_in_memory(tmp_path, capsys):
+    from components.sample.samplers import sample_specs
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict())
+    )
+    args = ["--spec", str(spec), "--dataset", "faces", "--resolution", "8"]
+    code = train_main([*args, "--recipe", "apr_short_randaug", "--store", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: recipe 'apr_short_randaug' sets auto_augment") and (
+        "input: stream" in err
+    )
+    assert not (tmp_path / "s" / "trials").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"auto_augment": "rand-x7"}, "'rand-x7' is not a timm augmentation string"),
+        ({"auto_augment": "rand-mfoo"}, "'rand-mfoo' is not a timm augmentation string"),
+        ({"auto_augment": "trivial"}, "e.g. 'rand-m7-mstd0.5'"),
+        ({"scale": [0.5, 0.2]}, "'scale' must be \\[min, max\\] with 0 < min <= max <= 1"),
+        ({"scale": [0.5]}, "'scale' must be \\[min, max\\]"),
+        ({"ratio": [0, 1]}, "'ratio' must be \\[min, max\\] with 0 < min <= max"),
+        ({"re_prob": 1.5}, "'re_prob' must be in \\[0, 1\\]"),
+        ({"color_jitter": -0.1}, "'color_jitter' must be >= 0"),
+    ],
+)
+def test_bad_augmentations_are_one_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        resolve_recipe("apr_tiny", overrides)
+    assert "\n" not in str(caught.value)
+
+
+def test_augmentations_are_part_of_the_trial_id():
+    plain = resolve_recipe("apr_tiny")
+    # Neutral values are left out: trials from before these fields keep their ids.
+    assert "auto_augment" not in plain.to_dict() and "scale" not in plain.to_dict()
+    ref_fields = dict(name="d", manifest_key="k", content_hash="h", num_classes=2)
+    dataset = dict(ref_fields, resolution=8, n_train=10, n_test=4, input="stream")
+    from components.data.descriptor import DatasetRef
+
+    trial = Trial(spec={"a": 1}, dataset=DatasetRef(**dataset), recipe=plain, seed=0)
+    ids = {
+        replace(trial, recipe=resolve_recipe("apr_tiny", overrides)).trial_id
+        for overrides in (
+            {},
+            {"auto_augment": "rand-m7-mstd0.5"},
+            {"auto_augment": "rand-m9-mstd0.5"},
+            {"scale": [0.5, 1.0]},
+            {"ratio": [1.0, 1.0]},
+            {"re_prob": 0.25},
+            {"color_jitter": 0.4},
+        )
+    }
+    assert len(ids) == 7
+    # A stored trial (JSON lists) reads back to the same recipe and id.
+    ranged = replace(trial, recipe=resolve_recipe("apr_tiny", {"scale": [0.5, 1.0]}))
+    back = Trial.from_dict(json.loads(json.dumps(ranged.to_dict())))
+    assert back.recipe == ranged.recipe and back.trial_id == ranged.trial_id
+    assert isinstance(Recipe(**back.recipe.to_dict()).scale, tuple)
