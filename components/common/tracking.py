@@ -145,7 +145,7 @@ def check_tracking(uri: str, wait_s: float = 0.0) -> None:
         attempt = 0
         while True:
             try:
-                _probe(f"{uri.rstrip('/')}/health", min(5.0, max(1.0, wait_s)))
+                _probe(f"{uri.rstrip('/')}/health", timeout=5.0)
                 return
             except (urllib.error.URLError, OSError) as e:
                 reason = getattr(e, "reason", e)
@@ -185,7 +185,7 @@ def _schema_state(db: Path) -> tuple[str | None, int]:
     """``(alembic revision or None, number of runs)`` of an existing SQLite database."""
     import sqlite3
 
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:
         tables = {row[0] for row in connection.execute("select name from sqlite_master")}
         revision = None
         if "alembic_version" in tables:
