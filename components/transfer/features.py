@@ -193,6 +193,7 @@ def _load_trial_backbone(
             "kind": "trial",
             "trial_id": trial_id,
             "trained_on": trial.dataset.name,
+            "trained_on_version": trial.dataset.content_hash,
             "trained_resolution": resolution,
             "small_input": small_input,
             "epochs": trial.recipe.epochs,

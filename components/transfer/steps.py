@@ -258,13 +258,18 @@ def analyze(
                 ]
     ok = [r for r in rows if r["status"] == "ok" and r["regime"] != "source"]
     summary = None
-    sources = {r["dataset"] for r in rows if r["regime"] == "source"}
+    # The reference is the source dataset most models come from (imagenet for timm lists).
+    source_counts: dict[str, int] = {}
+    for r in rows:
+        if r["regime"] == "source" and r["status"] == "ok":
+            source_counts[r["dataset"]] = source_counts.get(r["dataset"], 0) + 1
+    reference = max(sorted(source_counts), key=source_counts.get) if source_counts else None
     if ok:
         try:
             summary = apr_analyze(
                 results,
                 out / "apr",
-                reference=sorted(sources)[0] if sources else None,
+                reference=reference,
                 n_bootstrap=n_bootstrap,
                 title=f"Transfer study {study_id}",
             )

@@ -416,6 +416,15 @@ def evaluate_model(
             reason = f"target {ref.name} has {ref.num_classes} class: nothing to rank"
             rows += failed_rows(name, ref.name, settings.regimes, reason)
             continue
+        trained = loaded.info.get("trained_on_version")
+        if loaded.info.get("trained_on") == ref.name and trained not in (None, ref.content_hash):
+            # Another split of the trial's own data: its test images may be training images.
+            reason = (
+                f"target {ref.name} version {ref.content_hash} is not the version the trial "
+                f"trained on ({trained}): its test split may hold training images"
+            )
+            rows += failed_rows(name, ref.name, settings.regimes, reason)
+            continue
         splits = _splits(store, ref)
         try:
             feats = {}

@@ -263,3 +263,25 @@ def test_score_vs_finetune_comparison():
     assert vs_source["spearman"]["value"] == pytest.approx(1.0)
     json.dumps(result)  # JSON-safe for the report and MLflow
     assert np.isfinite(vs_source["pearson_logit"]["value"])
+
+
+def test_trial_is_never_scored_on_another_split_of_its_own_data(trained_trial):
+    """A trial trained on faces (split seed 0) is scored on that version of faces, and refused
+    on faces re-split with seed 1, whose test split may hold its training images."""
+    from components.data.datasets import prepare_all
+
+    store_uri, trial_id = trained_trial
+    store = open_store(store_uri)
+    same = prepare_all(["faces"], 12, 0, store_uri)[0]
+    other = prepare_all(["faces"], 12, 1, store_uri)[0]
+    assert same.content_hash != other.content_hash
+    entry = ModelEntry(f"trial:{trial_id}")
+    settings = StudySettings(regimes=("knn",))
+    rows = [r.to_dict() for r in evaluate_model(entry, [same], store, settings)]
+    assert [r["status"] for r in rows if r["regime"] == "knn"] == ["ok", "ok"]
+    source = next(r for r in rows if r["regime"] == "source")
+    assert source["dataset"] == "faces" and 0 < source["value"] <= 1
+    rows = [r.to_dict() for r in evaluate_model(entry, [other], store, settings)]
+    knn = [r for r in rows if r["regime"] == "knn"]
+    assert all(r["status"] == "failed" for r in knn)
+    assert "may hold training images" in knn[0]["status_reason"]
