@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -38,6 +40,8 @@ def analyze(
     title: str | None = None,
     regime: str | None = None,
     metric: str | None = None,
+    dataset_figures: Mapping[str, str | Path] | None = None,
+    dataset_notes: Mapping[str, str] | None = None,
 ) -> dict:
     """Run the whole analysis and write its outputs.
 
@@ -56,6 +60,10 @@ def analyze(
         title: Report title.
         regime: Primary regime of a table with several (default: the one with most rows).
         metric: Primary metric of a table with several (default: the one with most rows).
+        dataset_figures: ``{dataset: PNG path}`` of each dataset's own summary (class
+            histogram, sample images), shown in a "Datasets" section and copied to
+            ``figures/dataset-<name>.png`` (None: no section).
+        dataset_notes: ``{dataset: sentence}`` under each dataset's figure (its counts).
 
     Returns:
         The summary dict (as written to ``summary.json``).
@@ -68,9 +76,11 @@ def analyze(
         table, reference, top_k, n_bootstrap, seed, title, regime=regime, metric=metric
     )
     pngs = render_figures(analysis)
+    datasets = dataset_sections(dataset_figures or {}, dataset_notes or {})
+    pngs |= {d["figure"]: d.pop("png") for d in datasets}
     summary = analysis.summary
     summary["figures"] = {name: f"figures/{name}.png" for name in pngs}
-    context = report_context(summary, pngs, model_table(analysis))
+    context = report_context(summary, pngs, model_table(analysis), datasets)
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -389,10 +399,33 @@ def script_json(data: dict) -> str:
     return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
 
 
-def report_context(summary: dict, pngs: dict[str, bytes], models: dict) -> dict:
-    """Everything the report templates need."""
+def dataset_sections(figures: Mapping[str, str | Path], notes: Mapping[str, str]) -> list[dict]:
+    """One entry per dataset with a summary figure: name, figure name, note and PNG bytes.
+
+    Raises:
+        ValueError: when a figure file cannot be read (before anything is written).
+    """
+    sections = []
+    for name, path in sorted(figures.items()):
+        try:
+            png = Path(path).read_bytes()
+        except OSError as e:
+            raise ValueError(f"dataset figure of {name!r} cannot be read: {e}") from None
+        # File names from dataset names, which this package does not check.
+        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        sections.append(
+            {"name": name, "figure": f"dataset-{slug}", "note": notes.get(name, ""), "png": png}
+        )
+    return sections
+
+
+def report_context(
+    summary: dict, pngs: dict[str, bytes], models: dict, datasets: list[dict] | None = None
+) -> dict:
+    """Everything the report templates need (``datasets``: see :func:`dataset_sections`)."""
     return {
         "summary": summary,
+        "dataset_summaries": datasets or [],
         "tables": report_tables(summary),
         "models": models,
         "models_json": script_json(models),

@@ -14,7 +14,9 @@ import pandas as pd
 from components.common import tracking
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
+from components.data.descriptor import DatasetRef
 from components.sample.space import AnyNetSpec
+from components.train.plan import trial_key
 from components.train.trial import result_key
 
 STAGE_FIELDS = (("depths", "d"), ("widths", "w"), ("bottleneck_ratios", "b"), ("group_widths", "g"))
@@ -143,7 +145,17 @@ def analyze_study(
     results = load_results(
         table, scale="percent", name=store.key_uri(f"studies/{study}/results.csv")
     )
-    summary = analyze(results, out_dir, reference=reference or None, top_k=top_k, title=study)
+    with tempfile.TemporaryDirectory(prefix="aprflow-datasets-") as folder:
+        figures, notes = dataset_summaries(store, table, Path(folder))
+        summary = analyze(
+            results,
+            out_dir,
+            reference=reference or None,
+            top_k=top_k,
+            title=study,
+            dataset_figures=figures,
+            dataset_notes=notes,
+        )
     for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
         store.put_file(f"studies/{study}/{path.relative_to(out_dir).as_posix()}", path)
     params = {
@@ -153,6 +165,36 @@ def analyze_study(
     tracking.finish_study_run(uri, parent_run_id, summary["metrics"], out_dir, params)
     report("analyze", f"report at {store.key_uri(f'studies/{study}/report.html')}", started)
     return summary
+
+
+def dataset_summaries(
+    store: ArtifactStore, table: pd.DataFrame, folder: Path
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Each study dataset's summary figure (written by its build next to the manifest), copied
+    into ``folder``, and its counts in words, for the report's "Datasets" section.
+
+    The dataset of each name is the one its first trial trained on (one trial.json read per
+    dataset). A dataset without a summary figure is left out.
+    """
+    figures, notes = {}, {}
+    for name, trial_id in table.drop_duplicates("dataset")[["dataset", "trial_id"]].values:
+        ref = DatasetRef(**store.get_json(trial_key(trial_id))["dataset"])
+        manifest = store.get_json(ref.manifest_key)
+        png_key = manifest.get("summary", {}).get("png")
+        if not png_key or not store.exists(png_key):
+            continue
+        figures[name] = folder / f"{len(figures)}.png"
+        figures[name].write_bytes(store.get_bytes(png_key))
+        splits = manifest["splits"]
+        notes[name] = (
+            f"{manifest['n_images']:,} images in {len(manifest['class_names'])} classes "
+            f"({splits['train']['n']:,} train, {splits['val']['n']:,} validation, "
+            f"{splits['test']['n']:,} test; most/fewest training images per class "
+            f"{manifest['imbalance']}), trained at {ref.resolution} px from the {ref.input} "
+            f"input; {manifest['n_skipped']} source file(s) skipped; content hash "
+            f"{ref.content_hash}."
+        )
+    return figures, notes
 
 
 def embed_figures(markdown: str, folder: Path) -> str:
