@@ -1,6 +1,7 @@
 """Trials: identity, idempotence, resume, and failures recorded instead of raised."""
 
 import pytest
+from trial_checks import checkpoint_test_error
 
 from components.common.storage import open_store
 from components.data.datasets import materialize
@@ -41,7 +42,11 @@ def test_trains_records_and_reuses(store, trial):
     lines = []
     result = run_trial(store, trial, progress=lines.append)
     assert result["status"] == "ok" and not result["reused"]
-    assert 0 <= result["top1_error"] <= 100
+    # The reported error is the last epoch's, and that of the stored weights on the test split.
+    assert result["top1_error"] == result["history"]["test_error"][-1]
+    assert result["top1_error"] == pytest.approx(
+        checkpoint_test_error(store, trial.trial_id), abs=1e-9
+    )
     assert len(result["history"]["test_error"]) == 2
     assert result["flops"] > result["flops_trained"] > 0
     assert result["params_trained"] > 0 and result["train_images_per_s"] > 0

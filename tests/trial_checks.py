@@ -1,0 +1,34 @@
+"""A trained trial checked against its stored weights (``from trial_checks import ...``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from components.common.storage import ArtifactStore
+from components.data.build import load_manifest, load_split
+from components.sample.anynet import build_model
+from components.sample.space import AnyNetSpec, uses_small_stem
+from components.train.trial import Trial, checkpoint_key, load_checkpoint_bytes, result_key
+
+
+def checkpoint_test_error(store: ArtifactStore, trial_id: str) -> float:
+    """Top-1 error in percent of the trial's last checkpoint on its test split, recomputed
+    here: weights from ``checkpoint.pt``, the test images decoded by ``load_split`` and
+    normalised with the manifest's mean and std, one forward pass in eval mode."""
+    trial = Trial.from_dict(store.get_json(result_key(trial_id)))
+    model = build_model(
+        AnyNetSpec.from_dict(trial.spec),
+        num_classes=trial.dataset.num_classes,
+        small_input=uses_small_stem(trial.dataset.resolution, None),
+    )
+    state = load_checkpoint_bytes(store.get_bytes(checkpoint_key(trial_id)), trial.engine)
+    model.load_state_dict(state["engine"]["model"])
+    x, y = load_split(store, trial.dataset, "test")
+    manifest = load_manifest(store, trial.dataset)
+    mean = np.asarray(manifest["mean"]) * 255
+    std = np.clip(np.asarray(manifest["std"]), 1e-3, None) * 255
+    images = torch.from_numpy(((x - mean) / std).astype(np.float32)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        predicted = model.eval()(images).argmax(1).numpy()
+    return 100.0 * int((predicted != y).sum()) / len(y)
