@@ -37,7 +37,7 @@ def test_built_name_on_train_and_transfer_clis(tmp_path, capsys, monkeypatch):
 
     code = train_main(
         ["--spec", str(spec), "--dataset", "pets", "--resolution", "8", "--epochs", "1"]
-        + ["--input", "stream", "--store", store_uri]
+        + ["--input", "stream", "--recipe", "apr_short_randaug", "--store", store_uri]
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -46,6 +46,7 @@ def test_built_name_on_train_and_transfer_clis(tmp_path, capsys, monkeypatch):
     assert result["dataset"]["name"] == "pets"
     assert result["dataset"]["content_hash"] == built["content_hash"]
     assert (result["dataset"]["resolution"], result["dataset"]["input"]) == (8, "stream")
+    assert result["recipe"]["auto_augment"] == "rand-m7-mstd0.5"  # RandAugment on the stream
 
     out_csv = tmp_path / "transfer.csv"
     code = transfer_main(

@@ -74,6 +74,16 @@ def test_memory_input_refuses_stream_augmentations(built):
     assert next(iter(data.train(resolve_recipe("apr_tiny", {"hflip": True}), torch.Generator())))
 
 
+def test_plan_refuses_randaugment_on_a_memory_dataset(built):
+    from components.train.run import _dataset_recipes
+
+    _, ref = built
+    ref = replace(ref, input="memory", recipe="apr_short_randaug")
+    with pytest.raises(DatasetError, match="dataset_settings.pets.input: stream"):
+        _dataset_recipes([ref], "apr_tiny", {})
+    assert _dataset_recipes([replace(ref, input="stream")], "apr_tiny", {})["pets"].auto_augment
+
+
 def test_train_cli_refuses_randaugment_in_memory(tmp_path, capsys):
     from components.sample.samplers import sample_specs
 
