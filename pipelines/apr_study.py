@@ -188,6 +188,27 @@ def apr_study(
             gpus_per_trial=gpus_per_trial,
             chunk_size=chunk_size,
             max_parallel_tasks=PROFILE.max_parallel_tasks,
+            # The scalar arguments: kfp.local 2.17 garbles a list or dict inside a dict
+            # argument; datasets, train_seeds and dataset_settings reach the parent run as the
+            # params datasets, seeds and dataset.<name>.recipe/epochs/version.
+            config={
+                "study_name": study_name,
+                "space": space,
+                "n_models": n_models,
+                "flops_min": flops_min,
+                "flops_max": flops_max,
+                "resolution": resolution,
+                "recipe": recipe,
+                "epochs": epochs,
+                "seed": seed,
+                "engine": engine,
+                "device": device,
+                "gpus_per_trial": gpus_per_trial,
+                "trials_per_gpu": trials_per_gpu,
+                "chunk_size": chunk_size,
+                "max_attempts": max_attempts,
+                "reference": reference,
+            },
         ),
         "1",
         "1Gi",

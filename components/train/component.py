@@ -25,6 +25,7 @@ def plan_study(
     gpus_per_trial: int = 1,
     chunk_size: int = 0,
     max_parallel_tasks: int = 16,
+    config: dict = {},  # noqa: B006 - KFP reads the default
 ) -> NamedTuple("PlanOutputs", study_id=str, parent_run_id=str):
     """Plans every (architecture x dataset x seed) trial, groups them into chunks and opens
     the MLflow parent run.
@@ -48,6 +49,8 @@ def plan_study(
         device: auto, cuda or cpu; gpus_per_trial: processes (GPUs) per trial.
         chunk_size: trials per training task (0 = about one GPU-hour each);
             max_parallel_tasks: the loop's parallelism (compiled in), for even chunks.
+        config: the study's resolved config (the pipeline's arguments), logged to the MLflow
+            parent run as ``config.<key>`` params and ``config.json``.
     """
     import json
     from collections import namedtuple
@@ -75,6 +78,7 @@ def plan_study(
         gpus=int(gpus_per_trial),
         chunk_size=int(chunk_size),
         max_parallel_tasks=int(max_parallel_tasks),
+        config=dict(config),
     )
     with open(plan.path, "w") as f:
         f.write(plan_markdown(load_chunks(open_store(store_uri or None), study)))
