@@ -81,6 +81,8 @@ WAIT_ENV = "APRFLOW_MLFLOW_WAIT_S"
 DEFAULT_WAIT_S = 60.0
 # Set by KFP's MLflow plugin in each task: the task's nested run under the pipeline run's run.
 PLUGIN_RUN_ENV = "MLFLOW_RUN_ID"
+# A trial's logging budget while its study has queued loggings (MLflow was away a moment ago).
+OUTAGE_WAIT_S = 10.0
 OWNER_TAG = "aprflow.run_owner"
 PLUGIN_OWNER = "kfp-plugin"
 # MLflow's own HTTP client retries for minutes by default; aprflow's retry loop bounds the
@@ -251,7 +253,9 @@ def prepare_sqlite(db: Path) -> None:
                         raise TrackingError(
                             f"the MLflow database {db} holds {runs} runs at schema version "
                             f"{revision}, not {_schema_head()}: back it up, then run `mlflow db "
-                            f"upgrade sqlite:///{db}` (or set {TRACKING_ENV} to another database)"
+                            f"upgrade sqlite:///{db}`; if that fails too (a migration killed half "
+                            f"way), move the file aside (its runs stay readable with an older "
+                            f"MLflow) or set {TRACKING_ENV} to another database"
                         )
                     aside = db.with_name(
                         f"{db.name}.half-migrated-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -582,6 +586,7 @@ def log_trial_run(
     tags: dict[str, str] | None = None,
     inputs: list | None = None,
     adopt_task_run: bool = True,
+    wait_s: float | None = None,
 ) -> str:
     """Logs one finished trial as a nested run under ``parent_run_id`` and returns its id.
 
@@ -603,6 +608,7 @@ def log_trial_run(
         inputs: MLflow dataset inputs (:func:`dataset_input`), logged once.
         adopt_task_run: under KFP's MLflow plugin, log into the task's run when no other trial
             has it (False for loggings replayed or made up by another task, e.g. analyze).
+        wait_s: how long to retry MLflow (default :func:`wait_budget`).
     """
     return _with_retries(
         lambda: _log_trial_run(
@@ -619,6 +625,7 @@ def log_trial_run(
             adopt_task_run,
         ),
         f"logging trial {trial_id} to MLflow",
+        wait_s,
     )
 
 
@@ -673,12 +680,14 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else str(value)
 
 
-def _log_entry(uri: str, entry: Mapping[str, Any], adopt_task_run: bool = True) -> str:
+def _log_entry(
+    uri: str, entry: Mapping[str, Any], adopt_task_run: bool = True, wait_s: float | None = None
+) -> str:
     """Logs a trial record of :func:`log_trial_or_queue` (its dataset as an MLflow input)."""
     inputs = [dataset_input(entry["dataset"], entry["dataset_source"])] if entry["dataset"] else []
     keys = ("parent_run_id", "trial_id", "run_name", "params", "metrics", "history", "status")
     kwargs = {k: entry[k] for k in keys} | {"tags": entry["tags"], "inputs": inputs}
-    return log_trial_run(uri, **kwargs, adopt_task_run=adopt_task_run)
+    return log_trial_run(uri, **kwargs, adopt_task_run=adopt_task_run, wait_s=wait_s)
 
 
 def trial_entry(
@@ -714,14 +723,19 @@ def trial_entry(
 def log_trial_or_queue(store, study: str, uri: str, entry: Mapping[str, Any]) -> str | None:
     """Logs a trial (:func:`trial_entry`) to MLflow, best-effort: never fails the trial.
 
-    When MLflow does not take it within the wait budget (``APRFLOW_MLFLOW_WAIT_S``), the entry
-    is queued at :func:`queue_key` in the artifact store and a line says so; once a trial is
-    logged, the study's queue is replayed (:func:`replay_queue`). Returns the run id, or None
-    when queued.
+    When MLflow does not take it within the wait budget (``APRFLOW_MLFLOW_WAIT_S``; at most
+    10 s while the study already has queued loggings), the entry is queued at
+    :func:`queue_key` in the artifact store and a line says so; once a trial is logged, the
+    study's queue is replayed (:func:`replay_queue`). Returns the run id, or None when queued.
     """
     key = queue_key(study, entry["trial_id"])
+    # A queue left by an earlier trial means MLflow was away a moment ago: try it only briefly
+    # then, so that a long outage does not cost every trial of a chunk the whole budget.
+    outage = bool(store.list(f"studies/{study}/tracking-queue/"))
     try:
-        run_id = _log_entry(uri, entry)
+        run_id = _log_entry(
+            uri, entry, wait_s=min(wait_budget(), OUTAGE_WAIT_S) if outage else None
+        )
     except Exception as e:  # noqa: BLE001 - tracking must never fail a trial
         store.put_json(key, dict(entry) | {"queued_at": time.time(), "error": str(e)[:500]})
         report(
