@@ -25,6 +25,7 @@ from components.common.limits import (
 from components.common.storage import open_store
 from components.common.tracking import check_tracking, resolve_tracking_uri
 from components.data.datasets import DatasetError, check_datasets
+from components.data.loader import check_input
 from components.train.engines import ENGINES
 from components.train.recipes import resolve_recipe
 
@@ -100,9 +101,12 @@ def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -
     try:
         # Built-in names, or names built in the study's store (read only, nothing written).
         check_datasets(datasets, open_store(arguments["store_uri"] or None), settings)
-        for values in settings.values():
-            if "recipe" in values:
-                resolve_recipe(values["recipe"])
+        for name in datasets:
+            own = settings.get(name, {})
+            recipe = resolve_recipe(own.get("recipe", arguments["recipe"]))
+            # Per-image augmentations (RandAugment ...) run on the stream input only: a recipe
+            # that sets them needs `input: stream` asked for, not left to the size's choice.
+            check_input(recipe, own.get("input", "memory"), name)
     except (DatasetError, ValueError) as e:
         raise PreflightError(str(e)) from None
     reference = arguments["reference"]

@@ -147,3 +147,18 @@ def test_augmentations_are_part_of_the_trial_id():
     back = Trial.from_dict(json.loads(json.dumps(ranged.to_dict())))
     assert back.recipe == ranged.recipe and back.trial_id == ranged.trial_id
     assert isinstance(Recipe(**back.recipe.to_dict()).scale, tuple)
+
+
+def test_preflight_asks_for_the_stream_input(local_env):
+    from pipelines.apr_study import apr_study
+    from pipelines.config import load_config
+    from pipelines.preflight import PreflightError, check_study
+
+    settings = {"faces": {"recipe": "apr_short_randaug"}}
+    arguments = load_config(apr_study, None, {"datasets": ["faces"], "dataset_settings": settings})
+    with pytest.raises(PreflightError, match="sets auto_augment.*dataset_settings.faces.input"):
+        check_study(arguments)
+    settings["faces"]["input"] = "stream"
+    check_study(arguments | {"dataset_settings": settings})
+    with pytest.raises(PreflightError, match="sets auto_augment"):  # the study's own recipe
+        check_study(arguments | {"dataset_settings": {}, "recipe": "apr_short_randaug"})
