@@ -4,7 +4,8 @@ Run as ``python tests/benchmarks/bench_transfer.py [--models test_resnet,test_co
 [--input-size 32] [--finetune-steps 20] [--knn-train 20000 --knn-dim 2048]`` from the
 repository root (pytest does not collect it). Each model gets randomly initialised weights
 saved to a file (loaded like any weights file); the target is the built-in digits set at
-16 px (1,347 training images: 1,078 train + 269 val, 450 test), fed at ``--input-size``.
+16 px (1,347 training images: about 1,078 train + 269 val held out by the version, 450
+test), fed at ``--input-size``.
 A fresh store is used, so features are extracted, not read from the cache.
 
 Prints, per regime, the median seconds per model (the ``seconds`` column of the results
@@ -62,7 +63,10 @@ def main() -> None:
         finetune_max_steps=args.finetune_steps,
         device=args.device,
     )
-    images = ref.n_train + ref.n_test
+    from components.transfer.study import _splits
+
+    splits = _splits(store, ref)
+    images = len(splits["train"][1]) + len(splits["test"][1])  # what kNN's seconds cover
     per_regime: dict[str, list[float]] = {}
     extraction: list[float] = []
     total = time.perf_counter()
