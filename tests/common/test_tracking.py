@@ -73,3 +73,49 @@ def test_default_uri(monkeypatch, tmp_path):
     assert tracking.resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/runs/mlflow.db"
     with pytest.raises(tracking.TrackingError, match="unsupported tracking URI"):
         tracking.check_tracking("ftp://x")
+
+
+def test_health_probe_waits_for_a_server_that_comes_back(monkeypatch):
+    """A server that refuses connections for ~2 s (a restarting pod) is waited for; one that
+    stays away fails after the budget, naming it and the setting."""
+    import http.server
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+    servers = []
+
+    def serve() -> None:  # nothing listens on the port before this runs: refused
+        servers.append(http.server.HTTPServer(("127.0.0.1", port), Health))
+        servers[0].serve_forever()
+
+    starter = threading.Timer(2, serve)
+    starter.start()
+    tic = time.monotonic()
+    try:
+        tracking.check_tracking(f"http://127.0.0.1:{port}", wait_s=30)
+    finally:
+        wait_for = time.monotonic() + 10
+        while not servers and time.monotonic() < wait_for:
+            time.sleep(0.1)
+        servers[0].shutdown()
+        starter.join()
+        servers[0].server_close()
+    assert 1.5 < time.monotonic() - tic < 30
+    tic = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match="unreachable for 3 s.*APRFLOW_MLFLOW_WAIT_S"):
+        tracking.check_tracking(f"http://127.0.0.1:{port}", wait_s=3)
+    assert time.monotonic() - tic < 6
+    monkeypatch.setenv(tracking.WAIT_ENV, "soon")
+    with pytest.raises(tracking.TrackingError, match="APRFLOW_MLFLOW_WAIT_S='soon' must be"):
+        tracking.wait_budget()
