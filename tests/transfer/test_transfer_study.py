@@ -285,3 +285,13 @@ def test_trial_is_never_scored_on_another_split_of_its_own_data(trained_trial):
     knn = [r for r in rows if r["regime"] == "knn"]
     assert all(r["status"] == "failed" for r in knn)
     assert "may hold training images" in knn[0]["status_reason"]
+
+
+def test_trials_all_lists_every_finished_trial(trained_trial):
+    from components.transfer.sources import expand_trials
+
+    store_uri, trial_id = trained_trial
+    entries = expand_trials(
+        [ModelEntry("trials:all"), ModelEntry("x", "random")], open_store(store_uri)
+    )
+    assert entries == [ModelEntry(f"trial:{trial_id}"), ModelEntry("x", "random")]
