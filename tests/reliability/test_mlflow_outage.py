@@ -22,6 +22,7 @@ import pytest
 from faults import _root_conftest, wait_for
 from mlflow.tracking import MlflowClient
 
+from components.analyze.run import analyze_study
 from components.common import tracking
 from components.common.storage import open_store
 from components.data.datasets import materialize
@@ -82,7 +83,7 @@ def test_mlflow_paused_30s_mid_study_loses_and_duplicates_nothing(tmp_path, monk
     store_uri = str(tmp_path / "store")
     store = open_store(store_uri)
     dataset = materialize(store, "faces", resolution=8)
-    specs = [s.to_dict() for s in sample_specs("anynetx_a", 4, (150e6, 250e6), seed=3).specs]
+    specs = [s.to_dict() for s in sample_specs("anynetx_a", 5, (150e6, 250e6), seed=3).specs]
     with private_mlflow_server(tmp_path) as (url, server):
         ids, study, parent = plan_study(
             specs, [dataset.to_dict()], "outage", "apr_tiny", {"epochs": 1}, [0], "torch",
@@ -103,7 +104,7 @@ def test_mlflow_paused_30s_mid_study_loses_and_duplicates_nothing(tmp_path, monk
             queued_during_pause = time.monotonic() - paused_at < PAUSE_S
         finally:
             resume.join()
-        # The next trial's logging replays the queue.
+        # The next trial's logging replays the queue (ids[4] is never trained: its task "died").
         assert train_trial(ids[3], study, store_uri, url)["status"] == "ok"
         assert not store.list(f"studies/{study}/tracking-queue/")
         assert tracking.replay_queue(store, study, url, strict=True) == 0  # what analyze calls
@@ -113,15 +114,21 @@ def test_mlflow_paused_30s_mid_study_loses_and_duplicates_nothing(tmp_path, monk
         runs = tracking.child_runs(url, parent)
         by_trial = sorted(r.data.tags[tracking.TRIAL_TAG] for r in runs)
         print(
-            f"\nMLflow paused {PAUSE_S} s mid-study: {len(ids)} trials trained, 2 loggings "
+            f"\nMLflow paused {PAUSE_S} s mid-study: {len(runs)} trials trained, 2 loggings "
             f"queued and replayed, {len(runs)} trial runs (one each), none RUNNING"
         )
         assert queued_during_pause, "both queued trials really ran during the pause"
-        assert by_trial == sorted(ids), "every trial in MLflow exactly once"
+        assert by_trial == sorted(ids[:4]), "every trained trial in MLflow exactly once"
         assert {r.info.status for r in runs} == {"FINISHED"}
         assert all("top1_error" in r.data.metrics for r in runs)
         # A re-run adds nothing.
         train_trial(ids[1], study, store_uri, url)
-        assert len(tracking.child_runs(url, parent)) == len(ids)
-        client = MlflowClient(tracking_uri=url)
-        assert client.get_run(parent).info.status == "RUNNING", "the study is still open"
+        assert len(tracking.child_runs(url, parent)) == len(ids) - 1
+        # analyze gives the trial that never ran a failed run, and closes the study.
+        analyze_study(ids, study, parent, None, store_uri, url, tmp_path / "analysis")
+        runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(url, parent)}
+        assert sorted(runs) == sorted(ids)
+        never = runs[ids[4]]
+        assert never.info.status == "FAILED" and never.data.tags[tracking.STATUS_TAG] == "failed"
+        assert MlflowClient(tracking_uri=url).get_run(parent).info.status == "FINISHED"
+        assert {r.info.status for r in runs.values()} == {"FINISHED", "FAILED"}
