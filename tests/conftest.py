@@ -82,7 +82,13 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [
+    command = mlflow_server_command(folder, port)
+    yield from (url for _ in _server(command, f"{url}/health", folder / "server.log"))
+
+
+def mlflow_server_command(folder: Path, port: int) -> list[str]:
+    """``mlflow server`` on loopback with its SQLite database and artifacts in ``folder``."""
+    return [
         str(BIN / "mlflow"),
         "server",
         "--backend-store-uri",
@@ -96,7 +102,6 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         "--workers",
         "1",
     ]
-    yield from (url for _ in _server(command, f"{url}/health", folder / "server.log"))
 
 
 @pytest.fixture

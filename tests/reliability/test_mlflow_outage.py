@@ -40,20 +40,7 @@ def private_mlflow_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen]
     helpers = _root_conftest()
     port = helpers.free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [
-        str(helpers.BIN / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{folder / 'mlflow.db'}",
-        "--default-artifact-root",
-        str(folder / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    command = helpers.mlflow_server_command(folder, port)
     with open(folder / "mlflow-server.log", "wb") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
