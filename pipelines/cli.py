@@ -17,13 +17,18 @@ from pathlib import Path
 from components.common.errors import AprflowError
 
 COMPILED_DIR = Path(__file__).parent / "compiled"
+# Pipelines whose preflight and report copy `aprflow run` knows.
+LOCAL_PIPELINES = ("apr-study",)
 
 # Single steps: each is the component's own CLI, also runnable as `python -m <module>`.
 STEPS = {
     "sample": ("components.sample.cli", "sample architectures of a design space in a FLOP band"),
     "data": ("components.data.cli", "build, derive, describe and list datasets (tar shards)"),
     "train": ("components.train.cli", "train one architecture on one dataset"),
-    "transfer": ("components.transfer.cli", "kNN and linear-probe transfer of a trained backbone"),
+    "transfer": (
+        "components.transfer.cli",
+        "transfer of pretrained models: kNN, linear probe, LogME, LEEP, fine-tune (study, score)",
+    ),
     "analyze": ("analysis.cli", "run the APR analysis on any results table (CSV/Parquet)"),
 }
 
@@ -65,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run a pipeline locally (kfp.local)")
-    run.add_argument("pipeline", choices=sorted(PIPELINES), help="pipeline to run")
+    # The transfer study runs locally as `aprflow transfer study` (the same steps without
+    # KFP); its pipeline is for clusters (`aprflow submit transfer-study`).
+    run.add_argument(
+        "pipeline",
+        choices=[name for name in PIPELINES if name in LOCAL_PIPELINES],
+        help="pipeline to run (the transfer study locally: aprflow transfer study --help)",
+    )
     run.add_argument("--config", help="YAML file of pipeline parameters (pipelines/configs/)")
     run.add_argument(
         "--set",

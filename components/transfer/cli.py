@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Embed datasets with a backbone (a trained trial or a timm model) "
         "and score the fixed features: cosine kNN top-1 and top-5 fraction, and a linear "
         "probe (L-BFGS logistic regression, C chosen on a validation split).",
+        epilog="Many models at once (kNN, probe, LogME, LEEP, fine-tune, scratch, and whether "
+        "the cheap scores predict fine-tuning): 'aprflow transfer study --help'. A score of "
+        "your own arrays: 'aprflow transfer score --help'.",
     )
     parser.add_argument(
         "--backbone",
