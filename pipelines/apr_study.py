@@ -116,6 +116,7 @@ def apr_study(
     trials_per_gpu: int = 1,
     chunk_size: int = 0,
     max_attempts: int = 2,
+    compile_model: bool = False,
     reference: str = "",
     store_uri: str = "",
     tracking_uri: str = "",
@@ -144,6 +145,8 @@ def apr_study(
         trials_per_gpu: trials trained at once in a training task (packing small models).
         chunk_size: trials per training task (0 = about one GPU-hour each, estimated).
         max_attempts: starts of a trial whose process is killed (OOM) before it is failed.
+        compile_model: torch.compile each model (engine torch; kernels cached per architecture
+            shape in the training pod, TORCHINDUCTOR_CACHE_DIR; part of the trial id).
         reference: reference dataset of the APR comparison ('' = one named imagenet, else the
             dataset with the most models).
         store_uri, tracking_uri: '' = from the launcher config (cluster) or local defaults.
@@ -188,6 +191,7 @@ def apr_study(
             gpus_per_trial=gpus_per_trial,
             chunk_size=chunk_size,
             max_parallel_tasks=PROFILE.max_parallel_tasks,
+            compile_model=compile_model,
             # The scalar arguments: kfp.local 2.17 garbles a list or dict inside a dict
             # argument; datasets, train_seeds and dataset_settings reach the parent run as the
             # params datasets, seeds and dataset.<name>.recipe/epochs/version.
@@ -207,6 +211,7 @@ def apr_study(
                 "trials_per_gpu": trials_per_gpu,
                 "chunk_size": chunk_size,
                 "max_attempts": max_attempts,
+                "compile_model": compile_model,
                 "reference": reference,
             },
         ),

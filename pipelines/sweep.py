@@ -13,7 +13,7 @@ from typing import Any
 
 from components.common.errors import AprflowError
 from components.train.chunk import ChunkError, check_chunking, chunk_trials, summary_line
-from components.train.engines import DEVICES, DeviceError, resolve_device
+from components.train.engines import DEVICES, DeviceError, check_compile, resolve_device
 from pipelines.cluster import ClusterProfile, load_profile
 
 
@@ -51,6 +51,10 @@ def check_sweep(
         raise SweepError(f"gpus_per_trial={gpus} needs engine=deepspeed (torch trains on one)")
     if gpus > 1 and arguments["trials_per_gpu"] > 1:
         raise SweepError("trials_per_gpu > 1 (packing) is for gpus_per_trial=1 only")
+    try:
+        check_compile(arguments["engine"], arguments.get("compile_model", False))
+    except ValueError as e:
+        raise SweepError(str(e)) from None
     device = arguments["device"]
     if device not in DEVICES:
         raise SweepError(f"device {device!r}: choose from {', '.join(DEVICES)}")

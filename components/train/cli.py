@@ -12,7 +12,7 @@ from components.common.storage import default_store_uri, open_store
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
 from components.data.descriptor import INPUT_MODES
 from components.data.loader import check_input
-from components.train.engines import ENGINES
+from components.train.engines import ENGINES, check_compile
 from components.train.recipes import RECIPES, resolve_recipe
 from components.train.trial import Trial, run_trial
 
@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="training seed")
     parser.add_argument("--engine", default="torch", choices=sorted(ENGINES))
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (engine torch; kernels cached in TORCHINDUCTOR_CACHE_DIR, "
+        "default ~/.cache/aprflow/inductor; a compiled trial has its own trial id)",
+    )
     parser.add_argument("--store", default=None, help=f"store URI (default {default_store_uri()})")
     return parser
 
@@ -79,12 +85,20 @@ def _load_spec(path: str, index: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_compile(args.engine, args.compile)
         spec = _load_spec(args.spec, args.index)
         recipe = resolve_recipe(args.recipe, {"epochs": args.epochs} if args.epochs else {})
         settings = {args.dataset: {"input": args.input}} if args.input else {}
         (dataset,) = prepare_all([args.dataset], args.resolution, 0, args.store, settings)
         check_input(recipe, dataset.input, dataset.name)
-        trial = Trial(spec=spec, dataset=dataset, recipe=recipe, seed=args.seed, engine=args.engine)
+        trial = Trial(
+            spec=spec,
+            dataset=dataset,
+            recipe=recipe,
+            seed=args.seed,
+            engine=args.engine,
+            compile_model=args.compile,
+        )
         result = run_trial(open_store(args.store), trial)
     except (AprflowError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

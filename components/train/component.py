@@ -26,6 +26,7 @@ def plan_study(
     chunk_size: int = 0,
     max_parallel_tasks: int = 16,
     config: dict = {},  # noqa: B006 - KFP reads the default
+    compile_model: bool = False,
 ) -> NamedTuple("PlanOutputs", study_id=str, parent_run_id=str):
     """Plans every (architecture x dataset x seed) trial, groups them into chunks and opens
     the MLflow parent run.
@@ -51,6 +52,8 @@ def plan_study(
             max_parallel_tasks: the loop's parallelism (compiled in), for even chunks.
         config: the study's resolved config (the pipeline's arguments), logged to the MLflow
             parent run as ``config.<key>`` params and ``config.json``.
+        compile_model: train ``torch.compile``-d models (engine torch only; part of the
+            trial id).
     """
     import json
     from collections import namedtuple
@@ -79,6 +82,7 @@ def plan_study(
         chunk_size=int(chunk_size),
         max_parallel_tasks=int(max_parallel_tasks),
         config=dict(config),
+        compile_model=bool(compile_model),
     )
     with open(plan.path, "w") as f:
         f.write(plan_markdown(load_chunks(open_store(store_uri or None), study)))

@@ -14,6 +14,7 @@ import os
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,9 @@ from torch import nn
 from components.common.errors import AprflowError
 
 DEVICES = ("auto", "cuda", "cpu")
+# Engines that can train a ``torch.compile``-d model (``compile_model``).
+COMPILE_ENGINES = ("torch",)
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
 class DeviceError(AprflowError):
@@ -60,12 +64,53 @@ def describe_device(device: torch.device) -> str:
     return str(device)
 
 
+def check_compile(engine: str, compile_model: bool) -> None:
+    """Raises ValueError when ``compile_model`` is asked of an engine that cannot compile."""
+    if compile_model and engine not in COMPILE_ENGINES:
+        raise ValueError(
+            f"compile_model needs engine {' or '.join(COMPILE_ENGINES)}: engine {engine!r} "
+            "trains eager models only (set compile_model=false or engine=torch)"
+        )
+
+
+def compile_cache_dir() -> Path:
+    """The folder inductor caches compiled kernels and FX graphs in, made this process'.
+
+    ``TORCHINDUCTOR_CACHE_DIR`` when set (a cluster may point it at a volume), else
+    ``$XDG_CACHE_HOME/aprflow/inductor`` (``~/.cache/aprflow/inductor``), which outlives a
+    trial: every later trial of the same architecture shape (spec, resolution, classes, batch
+    size) on this machine, or in this chunk task's pod, loads the graphs instead of compiling.
+    Set in the environment of the process that compiles (a chunk's trial child), which is
+    what inductor reads at each lookup.
+    """
+    import torch._functorch.config
+    import torch._inductor.config
+
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aprflow"
+    folder = Path(os.environ.setdefault(COMPILE_CACHE_ENV, str(default / "inductor")))
+    # The FX graph and AOT autograd caches are on by default (torch 2.14); set them here too,
+    # in case a site's environment turned them off (torch reads these flags at lookup).
+    torch._inductor.config.fx_graph_cache = True
+    torch._functorch.config.enable_autograd_cache = True
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def compile_cache_counters() -> dict[str, int]:
+    """This process' inductor FX-graph cache hits and misses so far (torch._dynamo counters)."""
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]
+    return {"hits": inductor["fxgraph_cache_hit"], "misses": inductor["fxgraph_cache_miss"]}
+
+
 class TrainEngine(ABC):
     """Owns the model's device placement, mixed precision and optimizer step."""
 
     name: str
     device: torch.device
     precision: str  # "bf16-autocast", "bf16" or "fp32": recorded in the trial's result
+    compiled: bool = False  # whether the module it returns is torch.compile-d
 
     @abstractmethod
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
@@ -93,16 +138,23 @@ class TorchEngine(TrainEngine):
 
     On the CPU, autocast and channels_last are left off: they slow small convolutions there.
     ``batch_size`` is accepted for symmetry with :class:`DeepSpeedEngine` and unused.
+
+    ``compile_model``: :meth:`setup` returns ``torch.compile(model)`` (default mode, inductor;
+    on the CPU it needs a C++ compiler), with the kernels cached in :func:`compile_cache_dir`.
+    Checkpoints hold the eager module's state, so they load with or without compiling.
     """
 
     name = "torch"
 
-    def __init__(self, device: str = "auto", batch_size: int | None = None) -> None:
+    def __init__(
+        self, device: str = "auto", batch_size: int | None = None, compile_model: bool = False
+    ) -> None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("engine 'torch' trains in one process: use engine 'deepspeed'")
         self.device = resolve_device(device or "auto")
         self._on_gpu = self.device.type == "cuda"
         self.precision = "bf16-autocast" if self._on_gpu else "fp32"
+        self.compiled = compile_model
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -110,6 +162,9 @@ class TorchEngine(TrainEngine):
         memory_format = torch.channels_last if self._on_gpu else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.optimizer = optimizer
+        if self.compiled:
+            compile_cache_dir()
+            return torch.compile(self.model)
         return self.model
 
     def step(self, loss: torch.Tensor) -> None:

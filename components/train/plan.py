@@ -13,6 +13,7 @@ from components.common.limits import check_safe_name
 from components.common.progress import report
 from components.common.storage import ArtifactStore, CorruptObjectError, MissingObjectError
 from components.data.datasets import DatasetRef
+from components.train.engines import check_compile
 from components.train.recipes import Recipe
 from components.train.trial import Trial
 
@@ -30,6 +31,7 @@ def plan_trials(
     recipes: dict[str, Recipe] | None = None,
     device: str = "auto",
     gpus: int = 1,
+    compile_model: bool = False,
 ) -> list[Trial]:
     """Every (architecture x dataset x seed) trial, architectures outermost.
 
@@ -42,11 +44,13 @@ def plan_trials(
         recipes: per-dataset recipes by dataset name (``dataset_settings``), else ``recipe``.
         device: ``auto``, ``cuda`` or ``cpu`` (components.train.engines.resolve_device).
         gpus: processes (GPUs) per trial; more than one needs the deepspeed engine.
+        compile_model: train ``torch.compile``-d models (engine torch only).
     """
     if not specs:
         raise ValueError("a study needs at least one architecture")
     if not datasets:
         raise ValueError("a study needs at least one dataset")
+    check_compile(engine, compile_model)
     return [
         Trial(
             spec=spec,
@@ -56,6 +60,7 @@ def plan_trials(
             engine=engine,
             device=device,
             gpus=gpus,
+            compile_model=compile_model,
         )
         for spec in specs
         for dataset in datasets

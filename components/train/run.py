@@ -64,6 +64,7 @@ def plan_study(
     gpus: int = 1,
     chunk_size: int = 0,
     max_parallel_tasks: int = DEFAULT_MAX_PARALLEL_TASKS,
+    compile_model: bool = False,
 ) -> tuple[list[str], str, str]:
     """Plans every trial, opens the study's MLflow parent run and records the study.
 
@@ -73,6 +74,7 @@ def plan_study(
         device, gpus: where each trial trains (see :class:`~components.train.trial.Trial`).
         chunk_size, max_parallel_tasks: how trials are grouped into training tasks
             (``studies/<study_id>/chunks.json``, see :mod:`components.train.chunk`).
+        compile_model: train ``torch.compile``-d models (engine torch only).
 
     Returns:
         ``(trial_ids, study_id, parent_run_id)``.
@@ -85,7 +87,9 @@ def plan_study(
     refs = [DatasetRef(**d) for d in datasets]
     recipes = _dataset_recipes(refs, recipe, recipe_overrides)
     check_chunking(chunk_size, max_parallel_tasks)
-    trials = plan_trials(specs, refs, resolved, seeds, engine, recipes, device, gpus)
+    trials = plan_trials(
+        specs, refs, resolved, seeds, engine, recipes, device, gpus, bool(compile_model)
+    )
     study = study_id(study_name, trials)
     ids = save_plan(store, study, trials)
     chunks = save_chunks(store, study, trials, chunk_size, max_parallel_tasks)

@@ -43,7 +43,14 @@ from components.common.storage import (
 )
 from components.data.datasets import DatasetRef
 from components.data.loader import TrainData, open_split
-from components.train.engines import TrainEngine, create_engine, describe_device, rank_and_world
+from components.train.engines import (
+    COMPILE_CACHE_ENV,
+    TrainEngine,
+    compile_cache_counters,
+    create_engine,
+    describe_device,
+    rank_and_world,
+)
 from components.train.recipes import Recipe
 
 # A trial's lease expires this long after its holder's last renewal (every third of it).
@@ -71,11 +78,17 @@ class Trial:
     # statistics per rank), so a pinned device or several GPUs are part of the identity.
     device: str = "auto"
     gpus: int = 1
+    # torch.compile: inductor fuses and reorders floating-point work, so a compiled trial's
+    # losses differ from the eager one's in the last digits and drift apart over training
+    # (tests/train/test_compile_model.py); a different measurement, hence part of the identity
+    # (only when on: eager trials keep their ids).
+    compile_model: bool = False
 
     @property
     def trial_id(self) -> str:
         placement = {"device": self.device} if self.device != "auto" else {}
         placement |= {"gpus": self.gpus} if self.gpus != 1 else {}
+        placement |= {"compile_model": True} if self.compile_model else {}
         return content_hash(
             placement
             | {
@@ -102,6 +115,7 @@ class Trial:
             "engine": self.engine,
             "device": self.device,
             "gpus": self.gpus,
+            "compile_model": self.compile_model,
         }
 
     @classmethod
@@ -114,6 +128,7 @@ class Trial:
             engine=data.get("engine", "torch"),
             device=data.get("device", "auto"),
             gpus=int(data.get("gpus", 1)),
+            compile_model=bool(data.get("compile_model", False)),
         )
 
 
@@ -222,7 +237,13 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
     torch.manual_seed(trial.seed)
     generator = torch.Generator().manual_seed(trial.seed)
     model = build_model(spec, num_classes=trial.dataset.num_classes, small_input=small_input)
-    engine = create_engine(trial.engine, batch_size=recipe.batch_size, device=trial.device)
+    # compile_model is passed only when asked for: an engine that cannot compile is refused
+    # by name (create_engine), and the plan refused it earlier (engines.check_compile).
+    compile_option = {"compile_model": True} if trial.compile_model else {}
+    engine = create_engine(
+        trial.engine, batch_size=recipe.batch_size, device=trial.device, **compile_option
+    )
+    cache_before = compile_cache_counters()
     # Several processes (torchrun, one per GPU): each takes its share of every batch, like a
     # DistributedSampler, so the global batch (and the averaged gradient) is the recipe's;
     # only rank 0 writes.
@@ -303,6 +324,16 @@ def _train(store: ArtifactStore, trial: Trial, progress: Progress) -> dict[str, 
         "precision": engine.precision,
         "torch_version": torch.__version__,
         "world_size": world,
+        "compiled": engine.compiled,
+    } | ({"compile_cache": _compile_cache_use(cache_before)} if engine.compiled else {})
+
+
+def _compile_cache_use(before: dict[str, int]) -> dict[str, Any]:
+    """The inductor FX-graph cache hits and misses of this trial's compilations, and the
+    folder: hits > 0 = graphs of an earlier trial of the same architecture shape were reused."""
+    after = compile_cache_counters()
+    return {key: after[key] - before[key] for key in after} | {
+        "dir": os.environ.get(COMPILE_CACHE_ENV, "")
     }
 
 
