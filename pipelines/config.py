@@ -48,7 +48,8 @@ def _coerce(key: str, value: Any, parameter: inspect.Parameter) -> Any:
     if expected is list and isinstance(value, str):
         # `--set datasets=digits,faces` as a shorthand for a YAML list.
         return [item.strip() for item in value.split(",") if item.strip()]
-    if isinstance(value, bool) or not isinstance(value, expected):
+    # A bool is an int to Python, but only a bool parameter takes one.
+    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
         raise ConfigError(
             f"config key {key!r} must be a {expected.__name__}, got {value!r} "
             f"(e.g. {key}={parameter.default!r})"

@@ -130,3 +130,23 @@ def test_compiled_trial_matches_eager_and_a_second_one_reuses_the_kernel_cache(t
     assert second["compile_cache"]["hits"] == first["compile_cache"]["misses"]
     assert second["compile_cache"]["misses"] == 0
     assert second["wall_time_s"] < first["wall_time_s"]
+
+
+def test_aprflow_run_takes_compile_model_and_refuses_it_with_deepspeed(local_env, capsys):
+    from pipelines.cli import main
+    from pipelines.config import ConfigError, load_config, parse_overrides
+    from pipelines.registry import PIPELINES
+
+    study = PIPELINES["apr-study"]
+    assert load_config(study, None, parse_overrides(["compile_model=true"]))["compile_model"]
+    with pytest.raises(ConfigError, match="'compile_model' must be a bool, got 1"):
+        load_config(study, None, parse_overrides(["compile_model=1"]))
+    argv = ["run", "apr-study", "--dry-run", "--set", "compile_model=true"]
+    assert main([*argv, "--set", "engine=deepspeed"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: compile_model needs engine torch: engine 'deepspeed' trains eager models only "
+        "(set compile_model=false or engine=torch)"
+    )
+    assert not (local_env / "store").exists(), "nothing was written"
+    assert main(argv) == 0
+    assert "'compile_model': True" in capsys.readouterr().out
