@@ -238,6 +238,7 @@ def train_trial(
             "aprflow.device_used": str(result.get("device_used", "")),
             "aprflow.precision": str(result.get("precision", "")),
             "aprflow.torch_version": str(result.get("torch_version", "")),
+            "aprflow.compiled": str(result.get("compiled", False)).lower(),
         },
         dataset=dataset,
         dataset_source=source,
