@@ -211,9 +211,10 @@ def study_main(argv: list[str]) -> int:
     except (AprflowError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(f"report: {result['report']}")
     print(f"results: {result['results']}")
     if result["apr_report"]:
-        print(f"report: {result['apr_report']}")
+        print(f"apr report: {result['apr_report']}")
     return 0
 
 

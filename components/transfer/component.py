@@ -168,7 +168,8 @@ def analyze_transfer_study(
 ):
     """Gathers the chunks, compares every cheap score with fine-tuning (Kendall tau, weighted
     tau, bootstrap intervals, cost), runs the APR analysis per regime against the source
-    accuracy, and logs the report to the MLflow parent run.
+    accuracy, writes the self-contained transfer report (``report``; also in the store under
+    ``studies/<study_id>/report.html``) and logs it to the MLflow parent run.
 
     Args:
         chunk_keys: the chunk tasks' outputs (dsl.Collected); every chunk of the plan is read.
@@ -189,11 +190,7 @@ def analyze_transfer_study(
         parent_run_id,
     )
     shutil.copyfile(result["results"], results.path)
-    if result["apr_report"]:
-        shutil.copyfile(result["apr_report"], report.path)
-    else:
-        with open(report.path, "w") as f:
-            f.write("<p>No usable result: every model failed on every target.</p>")
+    shutil.copyfile(result["report"], report.path)  # self-contained: figures embedded
     results.metadata["chunks"] = len(chunk_keys)
     for name, value in result["metrics"].items():
         comparison.log_metric(name, float(value))

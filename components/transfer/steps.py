@@ -4,7 +4,8 @@ study``: plan (datasets, models, chunks, MLflow parent), one chunk of models, an
 Store layout, under ``studies/<study_id>/``: ``transfer_plan.json`` (settings, models, dataset
 refs, chunks), ``results/chunk-<i>.csv`` (one long table per chunk, written atomically
 by the store; an existing one is reused, so a re-run only computes the chunks that are
-missing), ``results.csv`` (all chunks) and ``report/`` (the analysis).
+missing), ``results.csv`` (all chunks) and ``report.html`` (the transfer report,
+:mod:`components.transfer.report`).
 """
 
 from __future__ import annotations
@@ -226,13 +227,15 @@ def analyze(
 ) -> dict[str, Any]:
     """Gathers the chunks into ``results.csv``, runs the APR analysis (per regime vs the
     source accuracy, regimes and scores against each other) and the score-vs-fine-tune
-    comparison (:mod:`components.transfer.compare`), writes the report, closes the parent.
+    comparison (:mod:`components.transfer.compare`), writes the report (``report.html`` at
+    the top of ``out_dir``, in the store and on the parent run), closes the parent.
 
     Returns:
-        ``{"results": path, "comparison": {...}, "metrics": {...}}``.
+        ``{"report", "results", "comparison", "metrics", "figures", "apr_report"}``.
     """
     from analysis import analyze as apr_analyze
     from components.transfer.compare import compare, scatter_figures
+    from components.transfer.report import write_report
 
     store = open_store(store_uri)
     rows = gather(study_id, store)
@@ -275,10 +278,21 @@ def analyze(
             )
         except ValueError as e:  # e.g. every model failed on every target
             report("transfer", f"APR analysis skipped: {e}")
+    page = out / "report.html"
+    html = write_report(
+        page,
+        f"Transfer study {study_id}",
+        rows,
+        comparison,
+        figures,
+        apr_link="apr/report.html" if summary else "",
+    )
+    store.put_bytes(f"studies/{study_id}/report.html", html.encode())
     if tracking_uri and parent_run_id:
         tracking.finish_study_run(tracking_uri, parent_run_id, metrics, artifact_dir=out)
-    report("transfer", f"{study_id}: {len(rows)} rows, report in {out}")
+    report("transfer", f"{study_id}: {len(rows)} rows, report {page}")
     return {
+        "report": str(page),
         "results": str(results),
         "comparison": comparison,
         "metrics": metrics,

@@ -12,8 +12,9 @@ knn        knn_top1, knn_top5_fraction (fraction) cosine kNN train -> test (SEED
 linear     linear_top1 (fraction), linear_C       L-BFGS logistic regression, C on val (003)
 logme      logme (score)                          You et al., train features
 leep       leep (score)                           Nguyen et al., source-class probabilities
-finetune   top1 (fraction)                        SGD Nesterov, lr x wd on val (003 regime 2)
-scratch    top1 (fraction)                        the same from random init (003 regime 3)
+finetune   top1 (fraction), finetune_lr,          SGD Nesterov, lr x wd on val, refit on
+           finetune_weight_decay, finetune_refit  train + val (003 regime 2)
+scratch    (the same as finetune)                 the same from random init (003 regime 3)
 source     top1 (fraction)                        the model list's source accuracy
 =========  ===================================  =========================================
 
@@ -49,14 +50,17 @@ from components.transfer.sources import LoadedModel, ModelEntry, jsonable, load_
 
 REGIMES = ("knn", "linear", "logme", "leep", "finetune", "scratch")
 CHEAP_REGIMES = ("knn", "linear", "logme", "leep")
+#: Fine-tune / scratch rows: the reported accuracy, the configuration chosen on validation,
+#: and ``finetune_refit`` (1: the accuracy is of the refit on train + validation).
+FINETUNE_METRICS = ("top1", "finetune_lr", "finetune_weight_decay", "finetune_refit")
 #: The metric rows of each regime (``knn_top5_fraction`` for the default k = 5).
 REGIME_METRICS = {
     "knn": ("knn_top1", "knn_top5_fraction"),
     "linear": ("linear_top1", "linear_C"),
     "logme": ("logme",),
     "leep": ("leep",),
-    "finetune": ("top1",),
-    "scratch": ("top1",),
+    "finetune": FINETUNE_METRICS,
+    "scratch": FINETUNE_METRICS,
 }
 UNITS = {
     "knn_top1": "fraction",
@@ -368,16 +372,14 @@ def _tuned_rows(
             reason = f"{regime}: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
             rows += failed_rows(loaded.entry.name, ref.name, [regime], reason)
             continue
-        rows.append(
-            Row(
-                loaded.entry.name,
-                ref.name,
-                regime,
-                "top1",
-                result.accuracy,
-                time.perf_counter() - tic,
-            )
-        )
+        seconds = time.perf_counter() - tic
+        values = {
+            "top1": result.accuracy,
+            "finetune_lr": result.lr,
+            "finetune_weight_decay": result.weight_decay,
+            "finetune_refit": float(result.refit),
+        }
+        rows += [Row(loaded.entry.name, ref.name, regime, m, v, seconds) for m, v in values.items()]
     return rows
 
 

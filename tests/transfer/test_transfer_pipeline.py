@@ -65,6 +65,11 @@ def test_transfer_study_locally(trained_trial, tmp_path):
     assert sources["test_resnet"]["value"] == "0.615"
     assert sources[trial]["dataset"] == "faces"
     assert len(store.list(f"studies/{study_id}/results/")) == 2  # 3 models in chunks of 2
+    # Fine-tuned accuracy from the refit on train + val with the configuration chosen on val.
+    assert by[("test_resnet", "finetune", "finetune_refit")]["value"] == "1.0"
+    report_html = store.get_bytes(f"studies/{study_id}/report.html").decode()
+    assert "Does a cheap score predict fine-tuned accuracy on digits?" in report_html
+    assert report_html.count('src="data:image/png;base64,') == 1  # the digits scatter
 
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.get_experiment_by_name("toy-transfer")
@@ -74,3 +79,5 @@ def test_transfer_study_locally(trained_trial, tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 3 * 4  # models x regimes on one target
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    logged = mlflow.MlflowClient().list_artifacts(parents[0].info.run_id, "report")
+    assert "report/report.html" in {a.path for a in logged}

@@ -130,6 +130,9 @@ def test_study_table_cache_and_failures(tmp_path, digits, capsys):
         "0",
     ]
     assert main(args) == 0, capsys.readouterr().err
+    # The study says where its report is: report.html at the top of --out.
+    assert f"report: {tmp_path / 'out' / 'report.html'}\n" in capsys.readouterr().out
+    assert "Does a cheap score predict" in (tmp_path / "out" / "report.html").read_text()
     rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
     by = {(r["model"], r["dataset"], r["regime"], r["metric"]): r for r in rows}
     assert len(rows) == 3 + 4 * 4  # 3 source rows; 4 metrics x 4 models on digits
@@ -196,7 +199,8 @@ def test_one_class_target_and_rejected_input_size(tmp_path, digits):
 
 def test_finetune_improves_on_its_starting_point(tmp_path, digits):
     """A tiny pretrained-from-file model with a new head starts near chance on digits and
-    fine-tuning for 30 steps lifts its test accuracy far above that."""
+    fine-tuning for 30 steps lifts its test accuracy far above that; the reported accuracy
+    is the refit's on train + val with the configuration chosen on val."""
     from components.transfer.finetune import finetune
     from components.transfer.sources import eval_transform, prepare_images
     from components.transfer.study import _splits
@@ -224,7 +228,11 @@ def test_finetune_improves_on_its_starting_point(tmp_path, digits):
     )
     assert result.steps == 30 and set(result.grid) == {(0.1, 0.0)}
     assert result.initial_accuracy < 0.3
+    # Both the grid run (train only) and the reported refit on train + val learned.
+    assert result.grid_accuracy > result.initial_accuracy + 0.3
+    assert result.refit and result.refit_steps == 30
     assert result.accuracy > result.initial_accuracy + 0.3
+    assert result.accuracy != result.grid_accuracy  # another run: more data, other batches
 
 
 def test_score_vs_finetune_comparison():
