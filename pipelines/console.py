@@ -85,7 +85,8 @@ class StudyConsole(io.TextIOBase):
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> StudyConsole:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+        # Line-buffered: `tail -f` of the log follows the tasks as they print.
+        self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         self._saved = (sys.stdout, sys.stderr)
         if self._terminal is None:
             self._terminal = sys.stdout

@@ -59,6 +59,9 @@ def test_console_in_a_log(tmp_path):
     log = tmp_path / "logs" / "run.log"
     with StudyConsole(log, terminal=terminal) as console:
         _study()
+        # The log follows the run line by line (people `tail -f` it while tasks run).
+        done_lines = [line for line in log.read_text().splitlines() if "/4 ok" in line]
+        assert len(done_lines) == 3 and "trial 4/4 failed" in log.read_text()
     assert sys.stdout is not console and sys.stderr is not console
 
     shown = terminal.getvalue().splitlines()
