@@ -170,7 +170,11 @@ def build_study_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights and heads")
     parser.add_argument("--name", default="transfer", help="study name (MLflow experiment)")
     parser.add_argument("--store", default=None, help=f"store URI (default {default_store_uri()})")
-    parser.add_argument("--out", default="transfer-report", help="report folder")
+    parser.add_argument(
+        "--out",
+        default="transfer-report",
+        help="report folder (report.html, comparison.json, results.csv, figures/, apr/)",
+    )
     parser.add_argument(
         "--tracking-uri",
         default=None,
