@@ -3,7 +3,8 @@
 A trial is idempotent and resumable:
 
 * its id is the hash of (architecture spec, dataset content hash, resolved recipe, seed,
-  engine, :data:`TRAINER_VERSION`), and everything it writes lives under ``trials/<id>/``;
+  engine, :data:`TRAINER_VERSION`, and a pinned device, several GPUs or ``compile_model``
+  when set), and everything it writes lives under ``trials/<id>/``;
 * a finished trial (``result.json`` present) is never trained again;
 * after every epoch a checkpoint is written, and a restarted trial (a killed pod) resumes from
   it;
