@@ -19,9 +19,10 @@ from components.train.trial import Trial
 from pipelines.sweep import SweepError, check_sweep
 
 # Compiled and eager training of the same trial: inductor fuses and reorders float work, so
-# one epoch's losses agree to a few 1e-3 only; a compile that changed the model would miss
-# by far more (the two losses are ~0.5-1.0).
-LOSS_TOLERANCE = 0.02
+# the losses agree in the leading digits only (measured here: epoch-1 train loss 0.9357821
+# compiled vs 0.9357815 eager, test loss equal); a compile that changed the model would miss
+# by far more (the losses are ~0.5-1.0).
+LOSS_TOLERANCE = 1e-3
 
 
 def _spec() -> dict:
