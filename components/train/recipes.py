@@ -10,9 +10,8 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-# Per-image augmentations of timm's create_transform, which only the stream input applies
-# (with their neutral values: what the stream did before they were fields). Left out of
-# ``to_dict`` when neutral, so trials from before they existed keep their ids.
+# Per-image augmentations of timm's create_transform, which only the stream input applies,
+# with their neutral values.
 STREAM_AUGMENTATIONS: dict[str, Any] = {
     "auto_augment": "",
     "scale": (0.08, 1.0),
@@ -27,18 +26,42 @@ _AUTO_AUGMENT = re.compile(r"(rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+\
 
 @dataclass(frozen=True)
 class Recipe:
-    """Hyper-parameters of one training run.
+    """Hyper-parameters of one training run (names follow timm's ``train.py`` arguments).
 
     Attributes:
         name: registry name the recipe came from.
         epochs: passes over the training split.
-        batch_size: images per optimizer step.
+        batch_size: images per optimizer step (the effective batch: after an out-of-memory
+            the trainer halves the micro-batch and accumulates gradients to keep it).
         lr: peak learning rate (after warm-up) for ``batch_size``.
-        momentum: SGD momentum (Nesterov).
-        weight_decay: L2 weight decay, not applied to norm and bias parameters.
-        label_smoothing: cross-entropy label smoothing.
-        warmup_epochs: linear warm-up length before the cosine decay.
-        crop_padding: pixels of reflection padding for random-crop augmentation (0: off).
+        opt: optimizer name for ``timm.optim.create_optimizer_v2``: ``sgd`` (Nesterov),
+            ``momentum`` (plain momentum), ``adamw``, ``lamb``.
+        momentum: SGD momentum.
+        weight_decay: weight decay, not applied to norm and bias parameters.
+        opt_eps: optimizer epsilon (adamw, lamb; None = the optimizer's default).
+        sched: schedule name for ``timm.scheduler.create_scheduler_v2`` (``cosine``), stepped
+            per optimizer update.
+        warmup_epochs: linear warm-up length before the schedule (fractions allowed).
+        warmup_lr: learning rate at the start of the warm-up.
+        min_lr: learning rate at the end of the schedule.
+        label_smoothing: label smoothing of the (soft-target) cross-entropy.
+        bce_loss: binary cross-entropy instead of softmax cross-entropy (RSB).
+        bce_target_thresh: BCE targets above this become 1 (RSB: 0.2; None = soft targets).
+        mixup: Mixup alpha (0 = off).
+        cutmix: CutMix alpha (0 = off).
+        mixup_prob: probability of applying Mixup or CutMix to a batch.
+        mixup_switch_prob: probability of CutMix instead of Mixup when both are on.
+        drop_path: stochastic depth rate (timm ``DropPath`` in every AnyNet block, linearly
+            increasing with depth).
+        model_ema: keep an exponential moving average of the weights (``ModelEmaV3``) and
+            evaluate it.
+        model_ema_decay: EMA decay per update.
+        aug_repeats: repeated augmentation (``RepeatAugSampler``): each image this many times
+            per epoch, differently augmented (0 = off; RSB uses 3).
+        train_resolution_ratio: training image side as a fraction of the dataset's (test)
+            resolution (RSB A3 trains at 160 and tests at 224: 0.714).
+        crop_padding: pixels of reflection padding for random-crop augmentation (0: off;
+            memory input).
         hflip: random horizontal flips (off for data where left and right differ, like digits).
         eval_batch_size: images per evaluation batch.
         auto_augment: timm augmentation string (``rand-m7-mstd0.5`` RandAugment,
@@ -54,10 +77,26 @@ class Recipe:
     epochs: int
     batch_size: int
     lr: float
+    opt: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
+    opt_eps: float | None = None
+    sched: str = "cosine"
     warmup_epochs: float = 0.5
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.1
+    bce_loss: bool = False
+    bce_target_thresh: float | None = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    drop_path: float = 0.0
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    aug_repeats: int = 0
+    train_resolution_ratio: float = 1.0
     crop_padding: int = 2
     hflip: bool = False
     eval_batch_size: int = 512
@@ -77,11 +116,7 @@ class Recipe:
         return [k for k, neutral in STREAM_AUGMENTATIONS.items() if getattr(self, k) != neutral]
 
     def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        for key, neutral in STREAM_AUGMENTATIONS.items():
-            if values[key] == neutral:
-                del values[key]
-        return values
+        return asdict(self)
 
 
 RECIPES: dict[str, Recipe] = {
