@@ -96,6 +96,8 @@ def test_stream_from_s3_through_the_cache(tmp_path, s3_env, monkeypatch):
     assert len(cached) == 1 and cached[0].stat().st_size > 0
 
 
+@pytest.mark.slow
+@pytest.mark.extended
 def test_trial_trains_and_resumes_on_the_stream(built, monkeypatch):
     """A trial killed during epoch 2 resumes from its epoch-1 checkpoint and ends exactly where
     an uninterrupted run ends: the stream's order depends on (seed, epoch) only."""

@@ -82,6 +82,7 @@ def test_named_build_in_a_study_with_its_own_settings(tmp_path, local_env):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_tiny_study_on_a_user_image_folder(tmp_path):
     """`aprflow data build` then `aprflow run` with the built name beside a built-in set; the
     user set streams at its own resolution and epochs, the built-in stays in memory."""

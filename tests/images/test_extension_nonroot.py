@@ -74,6 +74,7 @@ def _run_as(uid: int, gid: int, groups: str, python: str, extensions: Path, home
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_prebuilt_op_loads_for_the_runtime_user_and_group_0(request):
     if os.geteuid() != 0:
         pytest.skip("needs root to run the load as other users (setpriv)")

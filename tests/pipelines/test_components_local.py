@@ -90,6 +90,8 @@ def test_sample_architectures(sample):
     assert "| cumulative depth |" in population and "data:image/png;base64," in population
 
 
+@pytest.mark.slow
+@pytest.mark.extended
 def test_plan_train_analyze(env, plan):
     study = plan.outputs["study_id"]
     assert study.startswith("components-")

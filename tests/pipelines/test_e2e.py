@@ -118,6 +118,7 @@ def test_pipeline_on_s3_and_a_tracking_server(tmp_path, s3_env, mlflow_server):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_pipeline_with_the_deepspeed_engine(tmp_path):
     """Two trials at a time, each task its own DeepSpeed process group (kfp.local subprocesses)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}

@@ -102,6 +102,7 @@ def test_two_runs_of_a_study_at_once_train_each_trial_once(twin_runs):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_s3_paused_30s_mid_study_finishes_with_the_same_results(twin_runs, tmp_path):
     with private_moto_server(tmp_path) as (endpoint, server):
         credentials = {

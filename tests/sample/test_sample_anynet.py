@@ -81,6 +81,7 @@ def test_params_and_macs_match_analytic_counts_for_random_specs():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_params_and_macs_match_analytic_counts_large_sweep():
     _check_counts_agree(seed=1, count=2000)
 

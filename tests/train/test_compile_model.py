@@ -109,6 +109,7 @@ def _train_cli(tmp_path: Path, cache: Path, *extra: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_compiled_trial_matches_eager_and_a_second_one_reuses_the_kernel_cache(tmp_path):
     cache = tmp_path / "inductor"
     first = _train_cli(tmp_path, cache, "--compile")
