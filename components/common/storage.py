@@ -41,6 +41,7 @@ something (a trial), written with a conditional create so that two processes nev
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import glob
 import hashlib
@@ -646,6 +647,11 @@ def default_store_uri() -> str:
     path so that subprocesses started elsewhere agree)."""
     uri = os.environ.get(STORE_ENV) or DEFAULT_STORE
     return uri if "://" in uri else Path(uri).resolve().as_uri()
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``--store URI`` option every command that reads or writes the store takes."""
+    parser.add_argument("--store", default=None, help=f"store URI (default {default_store_uri()})")
 
 
 def open_store(uri: str | None = None) -> ArtifactStore:

@@ -18,7 +18,7 @@ import sys
 
 from components.common.errors import AprflowError
 from components.common.limits import MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, int_in
-from components.common.storage import default_store_uri, open_store
+from components.common.storage import add_store_option, open_store
 from components.data.build import build_dataset, list_named, load_manifest, named_dataset
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
 from components.data.descriptor import (
@@ -32,10 +32,6 @@ from components.data.descriptor import (
 
 COMMANDS = ("build", "subset", "describe", "list", "prepare")
 SEED = int_in(0, MAX_SEED)
-
-
-def _store_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default=None, help=f"store URI (default {default_store_uri()})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--encoding", default="png", choices=["png", "jpeg"])
     build.add_argument("--classes", default="", help="comma-separated class list to keep")
     build.add_argument("--seed", type=SEED, default=0, help="split and shuffle seed")
-    _store_option(build)
+    add_store_option(build)
 
     subset = commands.add_parser("subset", help="derive a subset of a named dataset")
     subset.add_argument("parent", help="a dataset built or derived before")
@@ -98,16 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--coarse", default="", help="child->parent class map (.json, .yaml or .csv child,parent)"
     )
     subset.add_argument("--seed", type=SEED, default=0, help="seed of the draws")
-    _store_option(subset)
+    add_store_option(subset)
 
     describe = commands.add_parser("describe", help="show a named dataset's manifest")
     describe.add_argument("name")
     describe.add_argument("--json", action="store_true", help="the whole manifest as JSON")
-    _store_option(describe)
+    add_store_option(describe)
 
     listing = commands.add_parser("list", help="list the datasets built in the store")
     listing.add_argument("--json", action="store_true")
-    _store_option(listing)
+    add_store_option(listing)
 
     prepare = commands.add_parser("prepare", help="materialise datasets as a study would")
     prepare.add_argument("datasets", nargs="+", help="built-in or built names")
@@ -118,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="image side in pixels",
     )
     prepare.add_argument("--seed", type=SEED, default=0, help="generator and split seed")
-    _store_option(prepare)
+    add_store_option(prepare)
     return parser
 
 

@@ -12,7 +12,7 @@ import json
 import sys
 
 from components.common.errors import AprflowError
-from components.common.storage import default_store_uri
+from components.common.storage import add_store_option
 from components.data.datasets import BUILTIN_DATASETS
 from components.transfer.errors import TransferError
 from components.transfer.run import METHODS, evaluate_transfer, format_table, write_csv
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--k", type=int, default=5, help="neighbours of the kNN fraction score")
     parser.add_argument("--seed", type=int, default=0, help="split seed")
-    parser.add_argument("--store", default=None, help=f"store URI (default {default_store_uri()})")
+    add_store_option(parser)
     parser.add_argument("--out", default=None, help="write a tidy CSV of the results here")
     parser.add_argument(
         "--experiment",
@@ -169,7 +169,7 @@ def build_study_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights and heads")
     parser.add_argument("--name", default="transfer", help="study name (MLflow experiment)")
-    parser.add_argument("--store", default=None, help=f"store URI (default {default_store_uri()})")
+    add_store_option(parser)
     parser.add_argument(
         "--out",
         default="transfer-report",
