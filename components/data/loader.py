@@ -3,19 +3,26 @@
 The trainer asks :func:`open_split` for a split and gets a :class:`TrainData`:
 
 * :class:`InMemoryBatches` (``input: memory``): the split decoded once and kept on the
-  engine's device as uint8; batches are normalised and augmented there (random crop with
-  reflection padding, flips) from the trial's ``torch.Generator``. For the tiny sets, where a
-  DataLoader's per-image work would cost more than the model.
+  engine's device as uint8; batches are augmented there per image (a random crop of the
+  reflection-padded image and a random flip, each image its own, in one batched gather on
+  the uint8 pixels), normalised, and resized to the training resolution. For the tiny sets,
+  where a DataLoader's per-image work would cost more than the model.
 * :class:`StreamBatches` (``input: stream``): a ``torch.utils.data.DataLoader`` over
   :class:`ShardSamples`, which reads the split's tar shards (through a local
   :class:`ShardCache` with a size limit, so an epoch does not re-read S3) and decodes and
   augments each image in the worker processes with timm's transforms (RandomResizedCrop,
-  flip); pinned batches go to the device.
+  flip, RandAugment ...) at the training resolution; pinned batches go to the device.
 
-Order is deterministic: the in-memory path draws from the trial's generator (saved in the
-checkpoint); the streaming path derives the shard order, the shuffle and every image's
-augmentation from ``(seed, epoch)`` alone, whatever the number of workers, so a resumed trial
-sees the same data as an uninterrupted one.
+Both honour the recipe's ``aug_repeats`` (repeated augmentation, timm's
+``RepeatAugSampler``: each selected image several times in a row, each copy augmented
+differently, the epoch as long as the split) and ``train_resolution_ratio`` (train at
+``round(ratio x resolution)`` px, evaluate at the dataset's resolution: RSB A3's 160/224).
+
+Order is deterministic: which images an epoch visits, in which order, is a function of
+``(seed, epoch)`` alone on both paths (a resumed trial can skip the batches it has done); the
+memory path draws its crops and flips from the trial's generator (saved in the checkpoint);
+the streaming path derives every image's augmentation from ``(seed, epoch, image, copy)``,
+whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ WORKERS_ENV = "APRFLOW_DATA_WORKERS"
 DEFAULT_CACHE_LIMIT_GB = 20.0
 SHUFFLE_WINDOW = 4096
 DEFAULT_WORKERS = 4
+# The smallest training side train_resolution_ratio can ask for (an AnyNet stem and four
+# stride-2 stages still see a pixel).
+MIN_TRAIN_RESOLUTION = 8
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -63,21 +73,84 @@ class TrainData(ABC):
 
     @abstractmethod
     def train(self, recipe: Any, generator: torch.Generator, epoch: int) -> Iterator[Batch]:
-        """Augmented, shuffled training batches of one epoch (the last partial batch dropped)."""
+        """Augmented, shuffled training batches of one epoch (the last partial batch dropped).
+
+        Which images each batch holds depends on ``(seed, epoch)`` only, so a resumed epoch
+        can skip its first ``k`` batches (``itertools.islice``)."""
 
     @abstractmethod
     def eval(self, batch_size: int) -> Iterator[Batch]:
         """Every image once, unaugmented, in a fixed order."""
 
+    def batches_per_epoch(self, recipe: Any) -> int:
+        """How many batches :meth:`train` yields per epoch (the schedule's steps)."""
+        return len(train_batches(list(range(epoch_images(len(self), recipe))), recipe.batch_size))
+
+
+def train_resolution(resolution: int, ratio: float) -> int:
+    """The training image side: ``round(ratio x resolution)``, at least
+    :data:`MIN_TRAIN_RESOLUTION` px (evaluation stays at ``resolution``)."""
+    return max(MIN_TRAIN_RESOLUTION, round(ratio * resolution))
+
+
+def _repeat_sampler(n: int, repeats: int):
+    from timm.data.distributed_sampler import RepeatAugSampler
+
+    # One process (rank 0 of 1), no shuffle of its own: the caller's permutation is the
+    # shuffle; the sampler repeats and selects as in timm's distributed training.
+    return RepeatAugSampler(range(n), num_replicas=1, rank=0, shuffle=False, num_repeats=repeats)
+
+
+def epoch_images(n: int, recipe: Any) -> int:
+    """Images per epoch: ``n``, or with ``aug_repeats`` as many as timm's
+    ``RepeatAugSampler`` selects (``n`` rounded down to a multiple of 256 from 256 images on:
+    the epoch stays as long as the split, as in timm)."""
+    return len(_repeat_sampler(n, recipe.aug_repeats)) if recipe.aug_repeats else n
+
+
+def repeat_order(order: list[int], repeats: int) -> list[tuple[int, int]]:
+    """``(image, copy)`` pairs of an epoch: ``order`` itself (copy 0) without repeats, else
+    timm's ``RepeatAugSampler`` over the permutation ``order``: each image ``repeats`` times in
+    a row (copies 0, 1, ...), cut to the sampler's epoch length. With ``order`` =
+    :func:`shuffled_order` this is exactly the sampler's own order after
+    ``set_epoch(mix_seed(seed, epoch))``."""
+    if not repeats:
+        return [(index, 0) for index in order]
+    picked = [order[i] for i in _repeat_sampler(len(order), repeats)]
+    copies: dict[int, int] = {}
+    pairs = []
+    for index in picked:
+        pairs.append((index, copies.get(index, 0)))
+        copies[index] = pairs[-1][1] + 1
+    return pairs
+
+
+def shuffled_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A permutation of ``range(n)`` from (seed, epoch) alone (what timm's samplers draw with
+    a generator seeded per epoch)."""
+    generator = torch.Generator().manual_seed(mix_seed(seed, epoch))
+    return torch.randperm(n, generator=generator).tolist()
+
 
 class InMemoryBatches(TrainData):
-    """Batches of a small in-memory split, normalised and augmented on the engine's device."""
+    """Batches of a small in-memory split, augmented and normalised on the engine's device.
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device) -> None:
+    Args:
+        x: images, NHWC uint8.
+        y: labels.
+        mean, std: per-channel normalisation (fractions of 255).
+        device: where the split lives and batches are made.
+        seed: the trial's seed (with the epoch, it fixes each epoch's order).
+    """
+
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device, seed: int = 0
+    ) -> None:
         self.x = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
         self.y = torch.from_numpy(y).to(device)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1).clamp_min(1e-3) * 255
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.y)
@@ -86,18 +159,25 @@ class InMemoryBatches(TrainData):
         return (images.float() - self.mean) / self.std
 
     def train(self, recipe, generator: torch.Generator, epoch: int = 0) -> Iterator[Batch]:
+        """Batches in an order from (seed, epoch), with ``aug_repeats``; per-image crops and
+        flips drawn from ``generator``; resized to :func:`train_resolution` (bilinear with
+        antialiasing, after cropping at the stored resolution: the resize is a pure function of
+        the batch, so the augmentations are the same at every training resolution)."""
         check_input(recipe, "memory")
-        order = torch.randperm(len(self), generator=generator).to(self.x.device)
-        # Drop the last partial batch: a batch of one breaks batch norm.
-        n_full = len(self) // recipe.batch_size * recipe.batch_size or len(self)
-        for start in range(0, n_full, recipe.batch_size):
-            index = order[start : start + recipe.batch_size]
-            images = self._prepare(self.x[index])
-            if recipe.crop_padding:
-                images = random_crop(images, recipe.crop_padding, generator)
-            if recipe.hflip:
-                flip = (torch.rand(len(index), generator=generator) < 0.5).to(images.device)
-                images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+        pairs = repeat_order(shuffled_order(len(self), self.seed, epoch), recipe.aug_repeats)
+        height, width = self.x.shape[2:]
+        size = (
+            train_resolution(height, recipe.train_resolution_ratio),
+            train_resolution(width, recipe.train_resolution_ratio),
+        )
+        for batch in train_batches([index for index, _ in pairs], recipe.batch_size):
+            index = torch.tensor(batch, device=self.x.device)
+            images = crop_and_flip(self.x[index], recipe.crop_padding, recipe.hflip, generator)
+            images = self._prepare(images)
+            if size != (height, width):
+                images = F.interpolate(
+                    images, size=size, mode="bilinear", antialias=True, align_corners=False
+                )
             yield images, self.y[index]
 
     def eval(self, batch_size: int) -> Iterator[Batch]:
@@ -111,7 +191,7 @@ class InMemoryBatches(TrainData):
 def check_input(recipe, input_mode: str, dataset: str = "") -> None:
     """Raises :class:`DatasetError` when ``recipe`` sets per-image augmentations (RandAugment,
     RandomResizedCrop ranges, colour jitter, random erasing) that ``input_mode`` does not do:
-    the memory input augments whole batches on the device (crop padding, flips) only."""
+    the memory input does per-image crops of the padded image and flips only."""
     wanted = recipe.stream_augmentations()
     if input_mode == "memory" and wanted:
         where = f"dataset_settings.{dataset}.input: stream" if dataset else "input: stream"
@@ -122,12 +202,36 @@ def check_input(recipe, input_mode: str, dataset: str = "") -> None:
         )
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Pads by reflection and crops back at one random offset per batch (cheap on CPU)."""
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices outside ``[0, size)`` mirrored back in without repeating the edge (``F.pad``'s
+    ``reflect``; valid up to ``size - 1`` outside)."""
+    return (size - 1) - ((size - 1) - index.abs()).abs()
+
+
+def crop_and_flip(
+    images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Per image: a random crop of the image reflection-padded by ``padding`` (offsets in
+    ``[0, 2 * padding]``) and, with ``hflip``, a horizontal flip with probability 0.5.
+
+    All images in one batched gather of rows, then of columns (a flip reverses an image's
+    column indices), on any dtype and device; the random draws come from ``generator`` (CPU),
+    so the batch is a function of the generator's state.
+    """
     n, c, h, w = images.shape
-    padded = F.pad(images, (padding,) * 4, mode="reflect")
-    dy, dx = torch.randint(0, 2 * padding + 1, (2,), generator=generator).tolist()
-    return padded[:, :, dy : dy + h, dx : dx + w]
+    if padding >= min(h, w):
+        raise ValueError(f"crop_padding {padding} must be below the image side ({h}x{w})")
+    if not padding and not hflip:
+        return images
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator) - padding
+    rows = _reflect(offsets[0, :, None] + torch.arange(h), h)
+    cols = _reflect(offsets[1, :, None] + torch.arange(w), w)
+    if hflip:
+        flip = torch.rand(n, generator=generator) < 0.5
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    rows, cols = rows.to(images.device), cols.to(images.device)
+    images = images.gather(2, rows[:, None, :, None].expand(n, c, h, w))
+    return images.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
 class ShardCache:
@@ -234,14 +338,16 @@ def eval_transform(resolution: int, mean, std) -> Callable:
 
 
 class ShardSamples(Dataset):
-    """(image tensor, label) by global index over a split's tar shards, read through a
-    :class:`ShardCache`; each DataLoader worker keeps the last two shards it read in memory.
+    """(image tensor, label) by ``(global index, epoch, copy)`` over a split's tar shards, read
+    through a :class:`ShardCache`; each DataLoader worker keeps the last two shards it read in
+    memory. The item names everything an image's augmentation is seeded from (with the seed),
+    so the workers hold no per-epoch state.
 
     Args:
         store_uri: the artifact store (each worker opens its own client).
         shards: the split's shards as ``(key, images)`` in stored order.
         transform: PIL image -> normalised CHW tensor.
-        seed: the trial's seed (with ``epoch``, it seeds each image's augmentation).
+        seed: the trial's seed (with the item, it seeds each image's augmentation).
         cache_dir: local shard cache folder (default ``APRFLOW_SHARD_CACHE`` or
             ``~/.cache/aprflow/shards``).
     """
@@ -257,7 +363,6 @@ class ShardSamples(Dataset):
         self.store_uri, self.shards, self.transform = store_uri, shards, transform
         self.seed, self.cache_dir = seed, cache_dir
         self.starts = np.cumsum([0] + [n for _, n in shards])
-        self.epoch = 0
         self._loaded: dict[str, list[tuple[str, bytes, int]]] = {}
         self._cache: ShardCache | None = None
 
@@ -282,10 +387,13 @@ class ShardSamples(Dataset):
             self._loaded = dict(list(self._loaded.items())[-1:]) | {key: samples}
         return self._loaded[key]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        """The image ``index`` as augmented for ``copy`` of it in ``epoch`` (repeated
+        augmentation: each copy differently)."""
+        index, epoch, copy = item
         number = int(np.searchsorted(self.starts, index, side="right")) - 1
         name, data, label = self._shard(number)[index - int(self.starts[number])]
-        with _seeded(mix_seed(self.seed, self.epoch, name)):
+        with _seeded(mix_seed(self.seed, epoch, name, copy)):
             image = self.transform(decode_rgb(data))
         return image, label
 
@@ -306,7 +414,7 @@ def epoch_order(shard_sizes: list[int], seed: int, epoch: int) -> list[int]:
     return order.tolist()
 
 
-def train_batches(order: list[int], batch_size: int) -> list[list[int]]:
+def train_batches(order: list, batch_size: int) -> list[list]:
     """Full batches of ``order`` (the last partial one dropped: a batch of one breaks batch
     norm), or one batch of everything when the split is smaller than a batch."""
     full = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
@@ -381,18 +489,26 @@ class StreamBatches(TrainData):
             )
 
     def train(self, recipe, generator: torch.Generator, epoch: int = 0) -> Iterator[Batch]:
-        transform = train_transform(self.resolution, self.mean, self.std, recipe)
+        """The epoch's batches (order and augmentation from (seed, epoch) only; ``generator``
+        is unused), at :func:`train_resolution`, with ``aug_repeats`` over the shard-local
+        :func:`epoch_order` (a fully random order would read a shard per image)."""
+        size = train_resolution(self.resolution, recipe.train_resolution_ratio)
+        transform = train_transform(size, self.mean, self.std, recipe)
         samples = ShardSamples(self.store_uri, self.shards, transform, self.seed, self.cache_dir)
-        samples.epoch = epoch
         order = epoch_order([n for _, n in self.shards], self.seed, epoch)
-        yield from self._loaded(samples, train_batches(order, recipe.batch_size))
+        items = [(index, epoch, copy) for index, copy in repeat_order(order, recipe.aug_repeats)]
+        yield from self._loaded(samples, train_batches(items, recipe.batch_size))
 
     def eval(self, batch_size: int) -> Iterator[Batch]:
         transform = eval_transform(self.resolution, self.mean, self.std)
         samples = ShardSamples(self.store_uri, self.shards, transform, self.seed, self.cache_dir)
         n = len(samples)
         yield from self._loaded(
-            samples, [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+            samples,
+            [
+                [(j, 0, 0) for j in range(i, min(i + batch_size, n))]
+                for i in range(0, n, batch_size)
+            ],
         )
 
 
@@ -408,7 +524,7 @@ def open_split(
     manifest = load_manifest(store, ref)
     if ref.input == "memory":
         x, y = load_split(store, ref, split)
-        return InMemoryBatches(x, y, manifest["mean"], manifest["std"], device)
+        return InMemoryBatches(x, y, manifest["mean"], manifest["std"], device, seed)
     return StreamBatches(
         store.uri,
         [(shard["key"], shard["images"]) for shard in manifest["splits"][split]["shards"]],

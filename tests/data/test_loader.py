@@ -139,3 +139,23 @@ def test_epoch_order_and_batches():
     assert order != epoch_order([9, 9, 3], 5, 1) and order != epoch_order([9, 9, 3], 6, 0)
     assert [len(b) for b in train_batches(order, 4)] == [4] * 5, "last partial batch dropped"
     assert train_batches([3, 1, 2], 8) == [[3, 1, 2]], "a split smaller than a batch: one batch"
+
+
+def test_stream_repeats_each_image_differently_and_trains_at_the_train_resolution(built):
+    """aug_repeats on the stream: copies in a row, each augmented differently, the same
+    whatever the workers; train_resolution_ratio sizes the training crops, not evaluation."""
+    store, ref = built
+    recipe = resolve_recipe(
+        "apr_tiny",
+        {"batch_size": 4, "hflip": True, "aug_repeats": 2, "train_resolution_ratio": 0.75},
+    )
+    data = open_split(store, ref, "train", CPU, seed=5, workers=0)
+    x, y = _epoch(data, recipe, epoch=0)
+    assert x.shape[1:] == (3, 12, 12), "round(0.75 x 16) px"
+    assert next(data.eval(4))[0].shape[1:] == (3, 16, 16)
+    # 21 images, 2 repeats: timm's sampler selects 21 (10 images twice, one once); 5 batches.
+    assert len(y) == 20 == 4 * data.batches_per_epoch(recipe)
+    assert all(y[i] == y[i + 1] for i in range(0, 20, 2))
+    assert all(not torch.equal(x[i], x[i + 1]) for i in range(0, 20, 2)), "copies differ"
+    in_workers = _epoch(open_split(store, ref, "train", CPU, seed=5, workers=2), recipe, 0)
+    assert torch.equal(x, in_workers[0]) and torch.equal(y, in_workers[1])
