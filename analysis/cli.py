@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "results",
-        help="results table (.csv, or .parquet/.pq): wide (one metric column) or long "
+        help="results table (.csv, or .parquet/.pq): wide (metric columns) or long "
         "(columns metric, value)",
     )
     parser.add_argument("--out", required=True, help="output directory")
@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metric",
         default=None,
-        help="wide table: the metric column (default: first of error, top1_error, accuracy, "
-        "top1); long table: the primary metric",
+        help="wide table: the primary metric column (default: first of error, top1_error, "
+        "accuracy, top1; the evaluation columns top5_error and <metric>@<test set> are read "
+        "beside it); long table: the primary metric",
     )
     parser.add_argument(
         "--regime",

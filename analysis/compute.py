@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.table import ARCH_GROUPS, ResultsTable, slice_label
+from analysis.table import ARCH_GROUPS, ResultsTable, slice_label, split_evaluation
 
 DEFAULT_REFERENCE = "imagenet"
 SCHEMA_VERSION = 2
@@ -86,7 +86,8 @@ def choose_slice(
 
     Returns:
         ``((regime, metric), how)``. Default: among the slices with a result on the
-        reference, the one with the most usable rows (ties: first by name).
+        reference (of a wide table's primary metric column when it has one), the one with the
+        most usable rows (ties: first by name).
 
     Raises:
         ValueError: If no slice matches the request or has a result on the reference.
@@ -112,10 +113,16 @@ def choose_slice(
             f"reference dataset {reference!r} has no usable result under "
             f"{[slice_label(*s) for s in matching]}"
         )
+    how = "given" if regime is not None or metric is not None else "default"
+    # A wide table's first metric column is its primary metric; further evaluations of the
+    # same checkpoints (top-5, other test sets) are compared with it, not chosen over it.
+    own = [s for s in candidates if s[1] == table.primary_metric]
+    if metric is None and own and len(own) < len(candidates):
+        candidates = own
+        how += f" (the table's metric column {table.primary_metric!r})"
     chosen = min(candidates, key=lambda s: (-int(rows[s]), s))
     if len(table.slices) == 1:
         return chosen, "the only one"
-    how = "given" if regime is not None or metric is not None else "default"
     return chosen, f"{how}: most usable rows with a result on {reference}"
 
 
@@ -204,7 +211,7 @@ def compute_analysis(
         "top_k": _top_k_tables(part, models, column, top_k),
     }
     features, profiles, summary["architecture"] = _architecture(part, models, column, top_k)
-    summary["seed_variance"] = _seed_summary(part)
+    summary["seed_variance"] = _seed_summary(table, *primary)
     summary["slices"] = _slice_summaries(columns)
     summary["comparisons"] = _slice_comparisons(columns, top_k, bootstrap)
     summary["metrics"] = flat_metrics(summary)
@@ -438,12 +445,27 @@ def _architecture(
     return features, profiles, summary
 
 
-def _seed_summary(table: ResultsTable) -> dict:
+def evaluations_of(metrics: list[str], metric: str) -> dict[str, str]:
+    """The evaluations of the same checkpoints as ``metric``: test set -> metric, ``metric``
+    first, then the other metrics with the same base (``top1_error`` ->
+    ``top1_error@val``, ``top1_error@imagenet_v2``) by name."""
+    base = split_evaluation(metric)[0]
+    others = sorted(m for m in metrics if m != metric and split_evaluation(m)[0] == base)
+    return {split_evaluation(m)[1]: m for m in [metric, *others]}
+
+
+def _seed_summary(table: ResultsTable, regime: str, metric: str) -> dict:
+    """The seed study (:func:`stats.seed_study`) of the primary regime: spread of each
+    evaluation of the primary metric across seeds, and the correlation across seeds between
+    two test sets of the same checkpoints."""
     if not table.has_seed:
         return {"available": False, "reason": "no seed column in the input"}
-    if table.frame.groupby(["model", "dataset"]).size().max() < 2:
+    frame = table.frame[table.frame["regime"] == regime]
+    evaluations = evaluations_of(sorted(set(frame["metric"])), metric)
+    frame = frame[frame["metric"].isin(list(evaluations.values()))]
+    if frame.groupby(["model", "dataset", "metric"]).size().max() < 2:
         return {"available": False, "reason": "every model has a single seed per dataset"}
-    return {"available": True} | stats.seed_variance(table.frame)
+    return {"available": True, "regime": regime} | stats.seed_study(frame, evaluations)
 
 
 def _scalar(value) -> float | None:
@@ -505,8 +527,15 @@ def flat_metrics(summary: dict) -> dict[str, float]:
     for name, per_feature in summary["architecture"].get("spearman", {}).items():
         for feature, entry in per_feature.items():
             candidates[metric_name("arch_spearman", feature, name)] = entry["value"]
-    for name, entry in summary["seed_variance"].get("per_dataset", {}).items():
+    seeds = summary["seed_variance"]
+    for name, entry in seeds.get("per_dataset", {}).items():
         candidates[metric_name("seed_std_mean", name)] = entry["mean_std"]
+        for test_set, spread in entry["test_sets"].items():
+            if test_set != entry["test_set"]:
+                candidates[metric_name("seed_std_mean", name, test_set)] = spread["mean_std"]
+    for pair in seeds.get("test_set_pairs", []):
+        where = (pair["dataset"], " vs ".join(pair["test_sets"]))
+        candidates[metric_name("seed_pair_r", *where)] = pair["pooled_within_model_r"]
     metrics: dict[str, float] = {}
     for key, value in candidates.items():
         if value is None or not np.isfinite(value):

@@ -139,23 +139,42 @@ def architecture_readings(summary: dict) -> list[str]:
 
 
 def seed_readings(summary: dict) -> list[str]:
-    """Typical seed-to-seed spread per dataset and cross-dataset seed correlation."""
+    """Seed-to-seed spread per dataset and test set, and the ResNet-strikes-back statistic:
+    how the errors of the same checkpoints on two test sets co-vary across seeds."""
     seeds = summary["seed_variance"]
     if not seeds["available"]:
         return [f"Seed analysis skipped: {seeds['reason']}."]
-    lines = [
-        f"{name}: a model's error varies across seeds by {fmt(d['mean_std'], 3)} points "
-        f"(mean std over {d['n_models']} models)."
-        for name, d in seeds["per_dataset"].items()
-    ]
-    for pair in seeds["cross_dataset"]:
+    lines = []
+    for name, d in seeds["per_dataset"].items():
+        spreads = ", ".join(
+            f"{fmt(spread['mean_std'], 3)} points on {test_set}"
+            for test_set, spread in d["test_sets"].items()
+        )
+        lines.append(
+            f"{name}: a model's error varies across seeds by {spreads} "
+            f"(mean std over {d['n_models']} model(s) with 2+ seeds)."
+        )
+    for pair in seeds["test_set_pairs"]:
+        a, b = pair["test_sets"]
         r = pair["pooled_within_model_r"]
-        if r is not None:
-            a, b = pair["datasets"]
-            lines.append(
-                f"{a} vs {b}: {strength(r)} relation between a seed's result on one and on "
-                f"the other (pooled within-model r = {fmt(r)}, {pair['n_points']} runs)."
-            )
+        where = (
+            f"checkpoints trained on {pair['dataset']} ({pair['n_models']} model(s), "
+            f"{pair['n_seeds']} seeds in all)"
+        )
+        if r is None:
+            lines.append(f"{a} vs {b} for the {where}: correlation undefined: {pair['reason']}.")
+            continue
+        lines.append(
+            f"{a} vs {b} for the same {where}: {strength(r)} relation between a seed's error "
+            f"on one and on the other (within-model r = {fmt(r)}; std across seeds "
+            f"{fmt(pair['mean_std_a'], 3)} on {a}, {fmt(pair['mean_std_b'], 3)} on {b})."
+        )
+    if not seeds["test_set_pairs"]:
+        lines.append(
+            "No checkpoint was evaluated on a second test set (a trial's test_sets), so the "
+            "correlation between two test sets across seeds (ResNet strikes back: ImageNet-val "
+            "vs ImageNet-V2) is not computed."
+        )
     return lines
 
 

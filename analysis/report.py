@@ -161,8 +161,15 @@ def render_figures(analysis: Analysis) -> dict[str, bytes]:
         )
     seeds = summary["seed_variance"]
     if seeds["available"]:
-        stds = pd.DataFrame(seeds["per_model"]).groupby("dataset")["std"]
-        pngs["seed_std"] = figures.seed_std_figure({name: group.to_numpy() for name, group in stds})
+        per_model = pd.DataFrame(seeds["per_model"])
+        several = per_model["test_set"].nunique() > 1
+        stds = per_model.groupby(["dataset", "test_set"])["std"]
+        pngs["seed_std"] = figures.seed_std_figure(
+            {
+                (f"{name} on {test_set}" if several else name): group.to_numpy()
+                for (name, test_set), group in stds
+            }
+        )
     return pngs
 
 
@@ -293,27 +300,32 @@ def report_tables(summary: dict) -> dict:
             "seeds",
             [
                 {
-                    "dataset": name,
-                    "models with 2+ seeds": d["n_models"],
-                    "mean std": d["mean_std"],
-                    "median std": d["median_std"],
-                    "max std": d["max_std"],
+                    "trained on": name,
+                    "test set": test_set,
+                    "models with 2+ seeds": spread["n_models"],
+                    "mean std": spread["mean_std"],
+                    "median std": spread["median_std"],
+                    "max std": spread["max_std"],
                 }
                 for name, d in seeds["per_dataset"].items()
+                for test_set, spread in d["test_sets"].items()
             ],
         )
         tables["seed_pairs"] = _table(
             "seed-pairs",
             [
                 {
-                    "dataset A": c["datasets"][0],
-                    "dataset B": c["datasets"][1],
+                    "trained on": c["dataset"],
+                    "test set A": c["test_sets"][0],
+                    "test set B": c["test_sets"][1],
                     "models": c["n_models"],
-                    "runs": c["n_points"],
-                    "pooled within-model r": c["pooled_within_model_r"],
+                    "seeds": c["n_seeds"],
+                    "within-model r": c["pooled_within_model_r"],
                     "mean per-model r": c["mean_per_model_r"],
+                    "mean std A": c["mean_std_a"],
+                    "mean std B": c["mean_std_b"],
                 }
-                for c in seeds["cross_dataset"]
+                for c in seeds["test_set_pairs"]
             ],
         )
     exclusions = summary["exclusions"]

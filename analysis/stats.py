@@ -510,69 +510,115 @@ def feature_correlations(
     return result
 
 
-def seed_variance(frame: pd.DataFrame) -> dict:
-    """Spread of the error across seeds, and how seed noise co-varies between datasets.
+def seed_study(frame: pd.DataFrame, evaluations: dict[str, str]) -> dict:
+    """Seed-to-seed spread of the error, and how the seed noise of one checkpoint co-varies
+    between two test sets: "ResNet strikes back"'s seed study (100 seeds of A2: std 0.1 on
+    ImageNet-val, 0.23 on ImageNet-V2, the two only weakly correlated per seed).
+
+    A checkpoint is one (model, dataset, seed) row group: the model trained on ``dataset``
+    with that seed. Its evaluations are the metrics named in ``evaluations`` (its own test
+    split, its validation split, other test sets with the same classes), so a correlation
+    between two test sets is always between the errors of the *same* checkpoints across
+    seeds; different trained datasets are never correlated with each other here.
 
     Args:
-        frame: Usable rows with ``model``, ``dataset``, ``seed`` and ``error``.
+        frame: Usable rows of one regime with ``model``, ``dataset``, ``seed``, ``metric``
+            and ``error``.
+        evaluations: Test set label -> metric, e.g. ``{"test": "top1_error",
+            "imagenet_v2": "top1_error@imagenet_v2"}``; the first is the primary one.
 
     Returns:
-        ``per_model``: one record per (model, dataset) with 2+ seeds (n_seeds, mean, std
-        with ddof=1, min, max); ``per_dataset``: mean/median/max of those stds;
-        ``cross_dataset``: per dataset pair, the Pearson r across shared seeds per model
-        (models with 3+ shared seeds) and the pooled within-model r (each model's errors
-        centred on its own mean, as in the ResNet-strikes-back val-vs-V2 seed study).
+        ``per_model``: one record per (model, dataset, test set) with 2+ seeds (``n_seeds``,
+        ``mean``, ``std`` with ddof=1, ``min``, ``max``); ``per_dataset``: per trained
+        dataset, the mean/median/max of those stds on the primary test set and, under
+        ``test_sets``, on each test set; ``test_set_pairs``: per trained dataset and pair of
+        test sets ``[a, b]``, per model with 2+ seeds evaluated on both each one's std
+        (``std_a``, ``std_b``) and, from 3 seeds, the Pearson r (and p-value) of the two
+        errors across seeds, their means over models, and the within-model r pooled over
+        models (each model's errors centred on its own mean; equal to the per-model r when
+        there is one model, as in RSB).
     """
-    grouped = frame.groupby(["model", "dataset"])["error"]
+    labels = list(evaluations)
+    primary = labels[0]
+    by_metric = {metric: label for label, metric in evaluations.items()}
+    rows = frame[frame["metric"].isin(list(by_metric))]
+    wide = rows.pivot_table(
+        index=["model", "dataset", "seed"], columns="metric", values="error", aggfunc="first"
+    ).rename(columns=by_metric)
+    long = rows.assign(test_set=rows["metric"].map(by_metric))
+    grouped = long.groupby(["model", "dataset", "test_set"])["error"]
     table = grouped.agg(n_seeds="count", mean="mean", std="std", min="min", max="max")
     table = table[table["n_seeds"] > 1].reset_index()
-    per_dataset = {
-        name: {
-            "n_models": len(group),
-            "mean_std": float(group["std"].mean()),
-            "median_std": float(group["std"].median()),
-            "max_std": float(group["std"].max()),
+    per_dataset = {}
+    for dataset, group in table.groupby("dataset"):
+        spreads = {
+            label: _spread(group[group["test_set"] == label]["std"])
+            for label in labels
+            if (group["test_set"] == label).any()
         }
-        for name, group in table.groupby("dataset")
-    }
-    wide = frame.pivot_table(index=["model", "seed"], columns="dataset", values="error")
-    cross = []
-    names = sorted(per_dataset)
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            pair = _seed_pair_correlation(wide[[a, b]].dropna(), a, b)
-            if pair is not None:
-                cross.append(pair)
+        main = spreads.get(primary, {"n_models": 0, "mean_std": None})
+        per_dataset[str(dataset)] = main | {"test_set": primary, "test_sets": spreads}
+    pairs = []
+    for dataset, both in wide.groupby(level="dataset"):
+        for i, a in enumerate(labels):
+            for b in labels[i + 1 :]:
+                if a in both.columns and b in both.columns:
+                    pair = _test_set_pair(both[[a, b]].dropna().droplevel("dataset"), a, b)
+                    if pair is not None:
+                        pairs.append({"dataset": str(dataset)} | pair)
     return {
+        "evaluations": dict(evaluations),
         "per_model": table.astype({"n_seeds": int}).to_dict("records"),
         "per_dataset": per_dataset,
-        "cross_dataset": cross,
+        "test_set_pairs": pairs,
     }
 
 
-def _seed_pair_correlation(both: pd.DataFrame, a: str, b: str) -> dict | None:
-    """Seed-to-seed correlation of two datasets; None when no model shares 2+ seeds."""
+def _spread(stds: pd.Series) -> dict:
+    """Summary of per-model seed stds: how many models, mean, median and max."""
+    return {
+        "n_models": int(stds.size),
+        "mean_std": float(stds.mean()),
+        "median_std": float(stds.median()),
+        "max_std": float(stds.max()),
+    }
+
+
+def _test_set_pair(both: pd.DataFrame, a: str, b: str) -> dict | None:
+    """Seed-to-seed correlation of one trained dataset's checkpoints on test sets ``a`` and
+    ``b`` (``both``: index (model, seed), columns a and b); None when no model has 2+ seeds
+    on both."""
     sizes = both.groupby(level="model").size()
     both = both[both.index.get_level_values("model").isin(sizes.index[sizes >= 2])]
     if both.empty:
         return None
-    centred = both - both.groupby(level="model").transform("mean")
     per_model = {}
     for model, group in both.groupby(level="model"):
         x, y = group[a].to_numpy(), group[b].to_numpy()
-        if undefined_reason(x, y, (a, b)) is None:
-            per_model[str(model)] = float(stats.pearsonr(x, y).statistic)
+        entry = {"n_seeds": int(x.size), "std_a": float(x.std(ddof=1))}
+        entry["std_b"] = float(y.std(ddof=1))
+        reason = undefined_reason(x, y, (a, b))
+        if reason is None:
+            r, p = stats.pearsonr(x, y)
+            entry |= {"pearson_r": float(r), "p_value": float(p)}
+        else:
+            entry |= {"pearson_r": None, "p_value": None, "reason": reason}
+        per_model[str(model)] = entry
+    centred = both - both.groupby(level="model").transform("mean")
     x, y = centred[a].to_numpy(), centred[b].to_numpy()
     pooled_reason = undefined_reason(x, y, (a, b))
     pooled = None if pooled_reason else float(stats.pearsonr(x, y).statistic)
+    defined = [m["pearson_r"] for m in per_model.values() if m["pearson_r"] is not None]
     result = {
-        "datasets": [a, b],
-        "n_models": int(sizes[sizes >= 2].size),
-        "n_points": int(len(both)),
+        "test_sets": [a, b],
+        "n_models": len(per_model),
+        "n_seeds": int(len(both)),
         "pooled_within_model_r": pooled,
-        "mean_per_model_r": float(np.mean(list(per_model.values()))) if per_model else None,
-        "per_model_r": per_model,
+        "mean_per_model_r": float(np.mean(defined)) if defined else None,
+        "mean_std_a": float(np.mean([m["std_a"] for m in per_model.values()])),
+        "mean_std_b": float(np.mean([m["std_b"] for m in per_model.values()])),
+        "per_model": per_model,
     }
-    if pooled is None or not per_model:
-        result["reason"] = pooled_reason or "no model has 3+ non-constant shared seeds"
+    if pooled is None or not defined:
+        result["reason"] = pooled_reason or "no model has 3+ non-constant seeds on both"
     return result

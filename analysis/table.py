@@ -2,8 +2,10 @@
 
 Two layouts are read:
 
-- **wide**: one row per (model, dataset[, regime][, seed]) and one metric column, e.g.
-  ``top1_error``;
+- **wide**: one row per (model, dataset[, regime][, seed]) and one or more metric columns,
+  e.g. ``top1_error``, plus, for several evaluations of the same checkpoint, ``top5_error``
+  and ``<metric>@<test set>`` columns (``top1_error@val``, ``top1_error@imagenet_v2``: the
+  same trained model evaluated on its validation split or on another test set);
 - **long**: one row per (model, dataset[, regime], metric[, seed]) with the columns
   ``metric`` and ``value`` (transfer results, several regimes and metrics per model).
 
@@ -27,6 +29,12 @@ import numpy as np
 import pandas as pd
 
 METRIC_COLUMNS = ("error", "top1_error", "accuracy", "top1")
+# Read beside the primary metric column of a wide table by default: further evaluations of the
+# same checkpoints (top-5 error, other splits or test sets as ``<metric>@<test set>``).
+COMPANION_COLUMNS = ("top5_error",)
+EVALUATION_SEPARATOR = "@"
+# The test set of a plain metric (no ``@<test set>``): the trained dataset's test split.
+OWN_TEST_SET = "test"
 SCALES = ("percent", "fraction")
 STATUSES = ("ok", "diverged", "failed")
 # The first of these columns present names the training regime / recipe / transfer method.
@@ -80,6 +88,8 @@ class ResultsTable:
         n_input_rows: Number of data rows in the input.
         skipped_metrics: Metric -> why it is not analysed (long tables: neither an error nor
             an accuracy, e.g. a chosen hyper-parameter).
+        primary_metric: Wide tables: the metric column named or picked first (the default
+            primary slice); None for long tables.
     """
 
     frame: pd.DataFrame
@@ -91,6 +101,7 @@ class ResultsTable:
     source: str
     n_input_rows: int
     skipped_metrics: dict[str, str] = field(default_factory=dict)
+    primary_metric: str | None = None
 
     def _single_unit(self) -> tuple[str, Unit]:
         if len(self.units) != 1:
@@ -215,6 +226,13 @@ def slice_label(regime: str, metric: str) -> str:
     return f"{regime}/{metric}" if regime else metric
 
 
+def split_evaluation(metric: str) -> tuple[str, str]:
+    """``(base metric, test set)`` of a metric name: ``top1_error@imagenet_v2`` ->
+    ``("top1_error", "imagenet_v2")``; a plain name is on the trained dataset's ``test``."""
+    base, separator, test_set = metric.partition(EVALUATION_SEPARATOR)
+    return (base, test_set) if separator and test_set else (metric, OWN_TEST_SET)
+
+
 def metric_kind(metric: str) -> str | None:
     """``"error"`` if the name contains ``err``, ``"accuracy"`` if it contains ``acc`` or
     ``top``, else None (not a quantity the analysis can put on the error scale)."""
@@ -228,7 +246,7 @@ def metric_kind(metric: str) -> str | None:
 
 def load_results(
     source: str | Path | pd.DataFrame,
-    metric: str | None = None,
+    metric: str | list[str] | None = None,
     scale: str | dict[str, str] | None = None,
     name: str | None = None,
 ) -> ResultsTable:
@@ -238,9 +256,11 @@ def load_results(
         source: A CSV or Parquet path (``.parquet``/``.pq``), or a DataFrame. CSV lines that
             start with ``#`` are comments; ``# unit: percent`` (or ``# unit METRIC: fraction``)
             states the unit.
-        metric: Wide tables: the metric column (default: the first of ``error``,
-            ``top1_error``, ``accuracy``, ``top1`` present). Long tables (columns ``metric``
-            and ``value``) read every metric; ``metric`` must then be one of them.
+        metric: Wide tables: the metric column, or several (default: the first of ``error``,
+            ``top1_error``, ``accuracy``, ``top1`` present, plus the evaluation columns
+            ``top5_error`` and ``<metric>@<test set>`` when present; the first is the primary
+            metric). Long tables (columns ``metric`` and ``value``) read every metric;
+            ``metric`` must then be one of them.
         scale: ``"percent"`` or ``"fraction"`` for every metric, or metric -> scale. Without
             it (and without a unit line or ``unit`` column) a metric is read as percent when
             some value exceeds 1 and refused when all values lie in [0, 1].
@@ -275,22 +295,25 @@ def load_results(
             "regime": _text_column(raw, regime_column, name) if regime_column else "",
         }
     )
+    primary = None
     if layout == "long":
-        df["metric"] = _text_column(raw, "metric", name)
-        value = _numeric_column(raw, "value", name)
-        if metric is not None and metric not in set(df["metric"]):
+        if metric is not None and not isinstance(metric, str):
+            raise ValueError("a long table takes one metric (the primary one), not a list")
+        metrics = None
+        if metric is not None and metric not in set(_text_column(raw, "metric", name)):
             raise ValueError(
-                f"metric {metric!r} not in {name}; metrics present: {sorted(set(df['metric']))}"
+                f"metric {metric!r} not in {name}; metrics present: "
+                f"{sorted(set(_text_column(raw, 'metric', name)))}"
             )
     else:
-        metric = _pick_metric(raw, metric, name)
-        if metric_kind(metric) is None:
-            raise ValueError(
-                f"metric column {metric!r} of {name} is neither an error nor an accuracy "
-                "(its name must contain 'err', 'acc' or 'top')"
-            )
-        df["metric"] = metric
-        value = _numeric_column(raw, metric, name)
+        metrics = _pick_metrics(raw, metric, name)
+        primary = metrics[0]
+        for column in metrics:
+            if metric_kind(column) is None:
+                raise ValueError(
+                    f"metric column {column!r} of {name} is neither an error nor an accuracy "
+                    "(its name must contain 'err', 'acc' or 'top')"
+                )
     has_seed = "seed" in raw.columns
     if has_seed:
         seed = _numeric_column(raw, "seed", name)
@@ -298,12 +321,13 @@ def load_results(
             raise ValueError(f"column 'seed' of {name} has empty cells; give every row a seed")
         # Seeds are read as floats (NaN-able); keep integers as integers in the outputs.
         df["seed"] = seed.astype(int) if (seed % 1 == 0).all() else seed
+    if layout == "long":
+        df["metric"] = _text_column(raw, "metric", name)
     keys = ["model", "dataset", "regime", "metric", *(["seed"] if has_seed else [])]
-    dupes = df[df.duplicated(keys, keep=False)]
+    row_keys = keys if layout == "long" else [k for k in keys if k != "metric"]
+    dupes = df[df.duplicated(row_keys, keep=False)]
     if not dupes.empty:
-        shown_keys = [k for k in keys if not (k == "regime" and regime_column is None)]
-        if layout == "wide":
-            shown_keys.remove("metric")
+        shown_keys = [k for k in row_keys if not (k == "regime" and regime_column is None)]
         shown = dupes[shown_keys].drop_duplicates().head(5).to_dict("records")
         raise ValueError(
             f"results table {name} has {len(dupes)} rows with duplicate {tuple(shown_keys)}, "
@@ -317,7 +341,16 @@ def load_results(
         df[col] = _numeric_column(raw, col, name)
     if RUN_URL_COLUMN in raw.columns:
         df[RUN_URL_COLUMN] = raw[RUN_URL_COLUMN].fillna("").astype(str).str.strip()
-
+    unit_cells = raw[UNIT_COLUMN] if UNIT_COLUMN in raw.columns else None
+    if layout == "long":
+        value = _numeric_column(raw, "value", name)
+    else:
+        # One row per (input row, metric column): each evaluation is a metric of its own.
+        values = [_numeric_column(raw, column, name) for column in metrics]
+        df = pd.concat([df.assign(metric=column) for column in metrics], ignore_index=True)
+        value = pd.concat(values, ignore_index=True)
+        if unit_cells is not None:
+            unit_cells = pd.concat([unit_cells] * len(metrics), ignore_index=True)
     skipped = {
         m: "neither an error nor an accuracy (name without 'err', 'acc' or 'top')"
         for m in sorted(set(df["metric"]))
@@ -333,7 +366,6 @@ def load_results(
             f"results table {name} has no usable row: all {int(analysed.sum())} rows of "
             "error/accuracy metrics are diverged/failed or lack a value"
         )
-    unit_cells = raw[UNIT_COLUMN] if UNIT_COLUMN in raw.columns else None
     units = {}
     error = pd.Series(np.nan, index=df.index)
     for m in sorted(set(df.loc[analysed, "metric"])):
@@ -359,8 +391,9 @@ def load_results(
         arch_columns=arch_columns,
         has_seed=has_seed,
         source=name,
-        n_input_rows=len(df),
+        n_input_rows=len(raw),
         skipped_metrics=skipped,
+        primary_metric=primary,
     )
 
 
@@ -411,16 +444,29 @@ def _read(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str, dict[st
         raise ValueError(f"cannot read results table {path}: {exc}") from exc
 
 
-def _pick_metric(raw: pd.DataFrame, metric: str | None, name: str) -> str:
+def _pick_metrics(raw: pd.DataFrame, metric: str | list[str] | None, name: str) -> list[str]:
+    """The metric columns of a wide table, the primary one first (see :func:`load_results`)."""
     if metric is not None:
-        if metric not in raw.columns:
+        chosen = [metric] if isinstance(metric, str) else list(metric)
+        missing = [m for m in chosen if m not in raw.columns]
+        if missing or not chosen:
             raise ValueError(
-                f"metric column {metric!r} not in {name}; columns present: {list(raw.columns)}"
+                f"metric column(s) {missing or chosen} not in {name}; columns present: "
+                f"{list(raw.columns)}"
             )
-        return metric
+        if len(set(chosen)) < len(chosen):
+            raise ValueError(f"metric columns {chosen} name a column twice")
+        return chosen
     for col in METRIC_COLUMNS:
         if col in raw.columns:
-            return col
+            companions = [
+                c
+                for c in raw.columns
+                if c != col
+                and (c in COMPANION_COLUMNS or EVALUATION_SEPARATOR in str(c))
+                and metric_kind(split_evaluation(str(c))[0]) is not None
+            ]
+            return [col, *companions]
     raise ValueError(
         f"results table {name} has no metric column: expected one of {list(METRIC_COLUMNS)} "
         f"(or name one with metric=/--metric), or the long layout's 'metric' and 'value'; "

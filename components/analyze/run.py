@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.table import EVALUATION_SEPARATOR, OWN_TEST_SET
 from components.common import tracking
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
@@ -20,10 +21,35 @@ from components.train.plan import trial_key
 from components.train.trial import result_key
 
 STAGE_FIELDS = (("depths", "d"), ("widths", "w"), ("bottleneck_ratios", "b"), ("group_widths", "g"))
+# Errors of each evaluation of a trial's checkpoint that become results-table columns.
+EVALUATION_ERRORS = ("top1_error", "top5_error")
+
+
+def evaluation_columns(result: dict[str, Any]) -> dict[str, float]:
+    """The further evaluations of a trial's checkpoint as results-table columns (percent).
+
+    ``top5_error`` on the trained dataset's test split, and ``<error>@<evaluation>`` for its
+    validation split (``top1_error@val``) and each extra test set
+    (``top1_error@imagenet_v2``) of the result's ``evaluations``; the analysis reads them as
+    metrics of the same checkpoints (``analysis.table``). A result without them adds none.
+    """
+    evaluations = result.get("evaluations") or {}
+    columns = {}
+    top5 = result.get("top5_error", evaluations.get("test", {}).get("top5_error"))
+    if top5 is not None:
+        columns["top5_error"] = top5
+    for name, values in evaluations.items():
+        if name == OWN_TEST_SET:
+            continue
+        for error in EVALUATION_ERRORS:
+            if values.get(error) is not None:
+                columns[f"{error}{EVALUATION_SEPARATOR}{name}"] = values[error]
+    return columns
 
 
 def result_row(result: dict[str, Any]) -> dict[str, Any]:
-    """One trial result as a row of the tidy results table that ``analysis`` reads."""
+    """One trial result as a row of the tidy results table that ``analysis`` reads: its
+    top-1 error, every further evaluation (:func:`evaluation_columns`), status, spec."""
     spec = result["spec"]
     row = {
         "model": AnyNetSpec.from_dict(spec).spec_hash(),
@@ -31,6 +57,9 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
         "seed": result["seed"],
         "recipe": result["recipe"]["name"],
         "top1_error": result.get("top1_error"),
+        **evaluation_columns(result),
+        # Trials write errors in percent: the table says so (the analysis never guesses).
+        "unit": "percent",
         "status": result["status"],
         "status_reason": result["reason"],
         "flops": result.get("flops"),

@@ -226,30 +226,85 @@ def test_architecture_features_and_correlations():
     assert result["cum_width"]["n_models"] == 19
 
 
-def test_seed_variance_matches_pandas_and_scipy():
+def seed_study_frame() -> pd.DataFrame:
+    """3 models x 2 trained datasets x 6 seeds; each checkpoint evaluated on its test split,
+    its validation split and (imagenet only) a second test set ``v2``. Across datasets the
+    test errors of one seed number are identical (a perfect but meaningless correlation, the
+    statistic this study must not compute); within a checkpoint, v2 is noisier than test."""
     rng = np.random.default_rng(5)
-    rows = [
-        {"model": f"m{m}", "dataset": d, "seed": s, "error": 20 + m + rng.normal()}
-        for m in range(6)
-        for d in ("val", "v2")
-        for s in range(5)
-    ]
-    frame = pd.DataFrame(rows)
-    result = stats.seed_variance(frame)
-    expected = frame.groupby(["model", "dataset"])["error"].std()
+    rows = []
+    for m in range(3):
+        shared = rng.normal(size=6)
+        for dataset in ("imagenet", "cifar10"):
+            for s in range(6):
+                checkpoint = {"model": f"m{m}", "dataset": dataset, "seed": s}
+                test = 20 + m + shared[s]
+                evaluations = {"top1_error": test, "top1_error@val": test + rng.normal(0, 0.1)}
+                if dataset == "imagenet":
+                    evaluations["top1_error@v2"] = 30 + m + 2 * rng.normal()
+                rows += [checkpoint | {"metric": k, "error": v} for k, v in evaluations.items()]
+    return pd.DataFrame(rows)
+
+
+def test_seed_study_correlates_test_sets_of_the_same_checkpoints_as_scipy():
+    frame = seed_study_frame()
+    evaluations = {"test": "top1_error", "val": "top1_error@val", "v2": "top1_error@v2"}
+    result = stats.seed_study(frame, evaluations)
+    long = frame.assign(test_set=frame["metric"].map({v: k for k, v in evaluations.items()}))
+    expected = long.groupby(["model", "dataset", "test_set"])["error"].std()
+    assert len(result["per_model"]) == 3 * 2 * 2 + 3  # v2 on imagenet only
     for record in result["per_model"]:
-        assert record["std"] == pytest.approx(expected[(record["model"], record["dataset"])])
-        assert record["n_seeds"] == 5
-    val_std = expected.xs("val", level="dataset")
-    assert result["per_dataset"]["val"]["mean_std"] == pytest.approx(val_std.mean())
-    (cross,) = result["cross_dataset"]
-    wide = frame.pivot_table(index=["model", "seed"], columns="dataset", values="error")
-    m0 = wide.loc["m0"]
-    assert cross["per_model_r"]["m0"] == pytest.approx(sps.pearsonr(m0["v2"], m0["val"])[0])
-    centred = wide - wide.groupby(level="model").transform("mean")
-    assert cross["pooled_within_model_r"] == pytest.approx(
-        sps.pearsonr(centred["v2"], centred["val"])[0]
+        key = (record["model"], record["dataset"], record["test_set"])
+        assert record["std"] == pytest.approx(expected[key]) and record["n_seeds"] == 6
+    imagenet = result["per_dataset"]["imagenet"]
+    assert imagenet["test_set"] == "test" and imagenet["n_models"] == 3
+    assert imagenet["mean_std"] == pytest.approx(
+        expected.xs(("imagenet", "test"), level=(1, 2)).mean()
     )
+    assert imagenet["test_sets"]["v2"]["mean_std"] == pytest.approx(
+        expected.xs(("imagenet", "v2"), level=(1, 2)).mean()
+    )
+    assert set(result["per_dataset"]["cifar10"]["test_sets"]) == {"test", "val"}
+
+    pairs = {(p["dataset"], *p["test_sets"]): p for p in result["test_set_pairs"]}
+    # Pairs of test sets within one trained dataset only: never imagenet vs cifar10.
+    assert set(pairs) == {
+        ("imagenet", "test", "val"),
+        ("imagenet", "test", "v2"),
+        ("imagenet", "val", "v2"),
+        ("cifar10", "test", "val"),
+    }
+    wide = frame[frame["dataset"] == "imagenet"].pivot_table(
+        index=["model", "seed"], columns="metric", values="error"
+    )
+    pair = pairs[("imagenet", "test", "v2")]
+    assert pair["n_models"] == 3 and pair["n_seeds"] == 18
+    for model in ("m0", "m1", "m2"):
+        x, y = wide.loc[model, "top1_error"], wide.loc[model, "top1_error@v2"]
+        r, p = sps.pearsonr(x, y)
+        assert pair["per_model"][model]["pearson_r"] == pytest.approx(r)
+        assert pair["per_model"][model]["p_value"] == pytest.approx(p)
+        assert pair["per_model"][model]["std_a"] == pytest.approx(x.std(ddof=1))
+        assert pair["per_model"][model]["std_b"] == pytest.approx(y.std(ddof=1))
+    centred = wide - wide.groupby(level="model").transform("mean")
+    pooled = sps.pearsonr(centred["top1_error"], centred["top1_error@v2"]).statistic
+    assert pair["pooled_within_model_r"] == pytest.approx(pooled)
+    assert abs(pooled) < 0.9  # not the identical-seed-number correlation of the old statistic
+    assert pair["mean_std_b"] > 1.0 > pair["mean_std_a"]  # v2 spreads more, as constructed
+
+
+def test_seed_study_of_one_model_is_its_pearson_r():
+    """RSB's case: one architecture, n seeds, two test sets: the pooled within-model r is the
+    plain Pearson r of the two error vectors."""
+    frame = seed_study_frame()
+    frame = frame[(frame["model"] == "m1") & (frame["dataset"] == "imagenet")]
+    result = stats.seed_study(frame, {"test": "top1_error", "v2": "top1_error@v2"})
+    (pair,) = result["test_set_pairs"]
+    wide = frame.pivot_table(index="seed", columns="metric", values="error")
+    expected = sps.pearsonr(wide["top1_error"], wide["top1_error@v2"]).statistic
+    assert pair["pooled_within_model_r"] == pytest.approx(expected)
+    assert pair["mean_per_model_r"] == pytest.approx(expected)
+    assert pair["n_seeds"] == 6 and pair["n_models"] == 1
 
 
 def test_metric_names_are_valid_mlflow_keys():

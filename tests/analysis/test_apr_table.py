@@ -275,3 +275,32 @@ def test_architecture_must_agree_across_rows_of_a_model():
     )
     with pytest.raises(ValueError, match="architecture columns must be identical"):
         load_results(frame)
+
+
+def test_wide_table_reads_evaluation_columns_as_metrics_of_the_same_rows():
+    frame = tidy(
+        top1_error=[10.0, 20.0, 30.0],
+        top5_error=[2.0, None, 6.0],
+        **{"top1_error@v2": [15.0, 25.0, 35.0], "wall_time_s": [1.0, 2.0, 3.0]},
+        status=["ok", "ok", "diverged"],
+    )
+    table = load_results(frame, scale="percent")
+    assert table.primary_metric == "top1_error" and table.n_input_rows == 3
+    assert table.slices == [("", "top1_error"), ("", "top1_error@v2"), ("", "top5_error")]
+    by_metric = table.frame.groupby("metric")["error"].apply(list).to_dict()
+    assert by_metric == {
+        "top1_error": [10.0, 20.0],
+        "top1_error@v2": [15.0, 25.0],
+        "top5_error": [2.0],
+    }
+    # The diverged row is excluded once per metric; b's empty top-5 cell is a missing metric.
+    excluded = table.excluded.groupby("status")["metric"].apply(sorted).to_dict()
+    assert excluded == {
+        "diverged": ["top1_error", "top1_error@v2", "top5_error"],
+        "missing_metric": ["top5_error"],
+    }
+    # Named columns: only those, the first is the primary one.
+    named = load_results(frame, metric=["top1_error@v2", "top1_error"], scale="percent")
+    assert named.primary_metric == "top1_error@v2" and len(named.units) == 2
+    with pytest.raises(ValueError, match=r"metric column\(s\) \['nope'\] not in"):
+        load_results(frame, metric=["top1_error", "nope"], scale="percent")

@@ -55,3 +55,75 @@ def test_markdown_figures_become_data_uris(tmp_path):
 
 def test_top_k_is_a_quarter_within_bounds():
     assert [top_k_for(n) for n in (3, 8, 40, 500)] == [2, 2, 10, 15]
+
+
+def _evaluated(trial_id: str, seed: int, test: float, v2: float, model_depth: int = 1) -> dict:
+    """A result as issue 9's trainer writes it: top-5, evaluations on test, val and a second
+    test set of the same classes, per-epoch history."""
+    result = _result(trial_id, "ok", test)
+    result["spec"] = SPEC | {"depths": [model_depth, 2, 3, 4]}
+    result["seed"] = seed
+    result["dataset"] = {"name": "imagenet"}
+    result["top5_error"] = test / 4
+    result["evaluations"] = {
+        "test": {"top1_error": test, "top5_error": test / 4, "loss": 1.0},
+        "val": {"top1_error": test + 0.5, "top5_error": test / 4 + 0.5, "loss": 1.1},
+        "imagenet_v2": {"top1_error": v2, "top5_error": v2 / 4, "loss": 1.5},
+    }
+    return result
+
+
+def test_row_carries_each_evaluation_as_a_column():
+    row = result_row(_evaluated("t1", 0, 20.0, 31.0))
+    assert row["top1_error"] == 20.0 and row["top5_error"] == 5.0
+    assert row["top1_error@val"] == 20.5 and row["top5_error@val"] == 5.5
+    assert row["top1_error@imagenet_v2"] == 31.0 and row["top5_error@imagenet_v2"] == 7.75
+    assert row["unit"] == "percent"
+    # A result without evaluations keeps the columns it always had (plus its unit).
+    plain = result_row(_result("t2", "ok", 12.5))
+    assert not {k for k in plain if k.startswith("top5") or "@" in k}
+
+
+def test_study_analysis_compares_test_sets_of_the_same_checkpoints(tmp_path):
+    """The gathered table of a seed study (one model per depth, 6 seeds, each checkpoint on
+    test and ImageNet-V2) gives the seed study on the same checkpoints, exact against scipy,
+    and the APR comparison test vs V2 (and top-1 vs top-5) over the same models."""
+    import numpy as np
+    import pandas as pd
+    import pytest
+    from scipy import stats as sps
+
+    from analysis import analyze, load_results
+
+    rng = np.random.default_rng(3)
+    results = [
+        _evaluated(f"d{d}s{s}", s, 20 + d + rng.normal(), 30 + 1.5 * d + 2 * rng.normal(), d)
+        for d in range(1, 9)
+        for s in range(6)
+    ]
+    table = pd.DataFrame([result_row(r) for r in results])
+    summary = analyze(load_results(table), tmp_path, n_bootstrap=0, top_k=3)
+    assert summary["settings"]["metric"] == "top1_error"
+    seeds = summary["seed_variance"]
+    assert seeds["evaluations"] == {
+        "test": "top1_error",
+        "imagenet_v2": "top1_error@imagenet_v2",
+        "val": "top1_error@val",
+    }
+    pairs = {tuple(p["test_sets"]): p for p in seeds["test_set_pairs"]}
+    pair = pairs[("test", "imagenet_v2")]
+    assert pair["dataset"] == "imagenet" and pair["n_models"] == 8 and pair["n_seeds"] == 48
+    wide = table.set_index(["model", "seed"])[["top1_error", "top1_error@imagenet_v2"]]
+    centred = wide - wide.groupby(level="model").transform("mean")
+    expected = sps.pearsonr(centred["top1_error"], centred["top1_error@imagenet_v2"]).statistic
+    assert pair["pooled_within_model_r"] == pytest.approx(expected)
+    key = "seed_pair_r/imagenet/test vs imagenet_v2"
+    assert summary["metrics"][key] == pytest.approx(expected)
+    comparisons = {(c["a"], c["b"]): c for c in summary["comparisons"]}
+    v2 = comparisons[("apr_tiny/top1_error", "apr_tiny/top1_error@imagenet_v2")]
+    means = table.groupby("model")[["top1_error", "top1_error@imagenet_v2"]].mean()
+    rho = sps.spearmanr(means["top1_error"], means["top1_error@imagenet_v2"]).statistic
+    assert v2["kind"] == "metrics" and v2["spearman"]["value"] == pytest.approx(rho)
+    assert ("apr_tiny/top1_error", "apr_tiny/top5_error") in comparisons
+    report = (tmp_path / "report.md").read_text()
+    assert "test vs imagenet_v2 for the same checkpoints trained on imagenet (8 model(s)" in report
