@@ -108,9 +108,12 @@ def apr_study(
     dataset_settings: dict = {},  # noqa: B006 - KFP reads the default
     recipe: str = "apr_tiny",
     epochs: int = 0,
+    recipe_overrides: dict = {},  # noqa: B006 - KFP reads the default
     seed: int = 0,
     train_seeds: list = [0],  # noqa: B006 - KFP reads the default
     engine: str = "torch",
+    zero_stage: int = 0,
+    precision: str = "auto",
     device: str = "auto",
     gpus_per_trial: int = 1,
     trials_per_gpu: int = 1,
@@ -134,10 +137,17 @@ def apr_study(
             ``aprflow data build`` / ``aprflow data subset`` in the study's store.
         resolution: training image side in pixels.
         dataset_settings: per-dataset settings that override the study's, e.g.
-            ``{mine: {resolution: 32, recipe: apr_short, epochs: 5, input: stream}}``.
-        recipe: training recipe name; epochs: epochs per trial (0 = the recipe's).
+            ``{mine: {resolution: 32, recipe: apr_short, epochs: 5, input: stream,
+            recipe_overrides: {lr: 0.05}, test_sets: [mine_v2]}}`` (test_sets: datasets with
+            the same classes whose test split the trials are also evaluated on).
+        recipe: training recipe name (recipes/*.yaml, ``aprflow recipes``); epochs: epochs
+            per trial (0 = the recipe's).
+        recipe_overrides: recipe fields over the recipe's values, JSON in the Kubeflow UI,
+            e.g. ``{"lr": 0.05, "mixup": 0.2}`` (``aprflow run --set recipe.lr=0.05``).
         seed: sampling and data-split seed; train_seeds: training seeds.
         engine: training engine (torch, deepspeed).
+        zero_stage: DeepSpeed ZeRO stage 0-2 (engine deepspeed); precision: auto (bf16 on a
+            GPU, fp32 on the CPU), fp32, bf16 or fp16 (GPU). Both are part of the trial id.
         device: auto (the GPU when there is one, recorded per trial), cuda (fail without a
             GPU) or cpu.
         gpus_per_trial: GPUs (processes, torchrun) per trial and per training task; more than
@@ -192,9 +202,15 @@ def apr_study(
             chunk_size=chunk_size,
             max_parallel_tasks=PROFILE.max_parallel_tasks,
             compile_model=compile_model,
+            recipe_overrides=recipe_overrides,
+            dataset_settings=dataset_settings,
+            seed=seed,
+            zero_stage=zero_stage,
+            precision=precision,
             # The scalar arguments: kfp.local 2.17 garbles a list or dict inside a dict
             # argument; datasets, train_seeds and dataset_settings reach the parent run as the
-            # params datasets, seeds and dataset.<name>.recipe/epochs/version.
+            # params datasets, seeds and dataset.<name>.recipe/epochs/version, recipe_overrides
+            # as the resolved recipe.<field> params.
             config={
                 "study_name": study_name,
                 "space": space,
@@ -206,6 +222,8 @@ def apr_study(
                 "epochs": epochs,
                 "seed": seed,
                 "engine": engine,
+                "zero_stage": zero_stage,
+                "precision": precision,
                 "device": device,
                 "gpus_per_trial": gpus_per_trial,
                 "trials_per_gpu": trials_per_gpu,

@@ -5,6 +5,7 @@ aprflow compile [--out DIR]
 aprflow upload [--host URL] [--namespace NS] [FILE_OR_DIR ...]   (to Kubeflow Pipelines)
 aprflow submit STUDY --host URL [--namespace NS] [--experiment E] [--set key=value ...]
 aprflow sample|data|train|analyze ...      (one step; ``aprflow STEP --help``)
+aprflow recipes [NAME] [--set recipe.FIELD=VALUE]   (training recipes, recipes/*.yaml)
 --debug anywhere: show the traceback of an error instead of one ``error: ...`` line.
 """
 
@@ -25,6 +26,7 @@ STEPS = {
     "sample": ("components.sample.cli", "sample architectures of a design space in a FLOP band"),
     "data": ("components.data.cli", "build, derive, describe and list datasets (tar shards)"),
     "train": ("components.train.cli", "train one architecture on one dataset"),
+    "recipes": ("components.train.recipes_cli", "list the training recipes, or print one resolved"),
     "transfer": (
         "components.transfer.cli",
         "transfer of pretrained models: kNN, linear probe, LogME, LEEP, fine-tune (study, score)",

@@ -10,9 +10,13 @@ A config file::
     n_models: 8
     datasets: [mine, digits]          # built-in names or names built with `aprflow data build`
     dataset_settings:                 # per-dataset settings (keys: resolution, input, recipe,
-      mine: {resolution: 32, epochs: 5}   # epochs); --set dataset_settings.mine.resolution=32
+      mine: {resolution: 32, epochs: 5}   # epochs, recipe_overrides, test_sets)
+    recipe_overrides: {lr: 0.05}      # any field of the recipe (aprflow recipes NAME)
 
-Mapping parameters (``dataset_settings``) take dotted overrides: ``--set a.b.c=value``.
+Mapping parameters (``dataset_settings``, ``recipe_overrides``) take dotted overrides:
+``--set a.b.c=value``; ``--set recipe.lr=0.05`` is ``--set recipe_overrides.lr=0.05``. The
+inside of a mapping is checked like the rest: an unknown recipe field lists the valid ones, a
+value out of range names the range.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from typing import Any
 import yaml
 
 from components.common.errors import AprflowError
+from components.common.validation import check_type, parse_assignments
+
+# ``--set recipe.lr=0.05``: the recipe's fields are the inside of ``recipe_overrides``.
+ALIASES = {"recipe.": "recipe_overrides."}
 
 
 class ConfigError(AprflowError):
@@ -43,32 +51,21 @@ def _coerce(key: str, value: Any, parameter: inspect.Parameter) -> Any:
         # YAML reads `9e7` (no dot, no sign) as a string; numbers written so are still numbers.
         with contextlib.suppress(ValueError):
             value = expected(value)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
     if expected is list and isinstance(value, str):
         # `--set datasets=digits,faces` as a shorthand for a YAML list.
         return [item.strip() for item in value.split(",") if item.strip()]
-    # A bool is an int to Python, but only a bool parameter takes one.
-    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
-        raise ConfigError(
-            f"config key {key!r} must be a {expected.__name__}, got {value!r} "
-            f"(e.g. {key}={parameter.default!r})"
-        )
-    return value
+    try:
+        return check_type(f"config key {key!r}", value, expected)
+    except ValueError as e:
+        raise ConfigError(f"{e} (e.g. {key}={parameter.default!r})") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """Parses ``key=value`` strings; values are YAML scalars or lists (``[a, b]``)."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r} is not key=value (e.g. --set n_models=4)")
-        try:
-            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {pair!r}: the value is not valid YAML") from None
-    return overrides
+    try:
+        return parse_assignments(pairs, "n_models=4")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_config(pipeline, path: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +94,9 @@ def load_config(pipeline, path: str | Path | None, overrides: dict[str, Any]) ->
     values |= overrides
     arguments = {name: copy.deepcopy(p.default) for name, p in parameters.items()}
     for key, value in values.items():
+        for alias, target in ALIASES.items():
+            if key.startswith(alias) and target.split(".")[0] in parameters:
+                key = target + key.removeprefix(alias)
         head, _, path = key.partition(".")
         if path and head in parameters and parameters[head].annotation is dict:
             _set_nested(arguments[head], key, path.split("."), value)
@@ -121,11 +121,27 @@ def _set_nested(mapping: dict, key: str, path: list[str], value: Any) -> None:
 
 
 def _check_nested(arguments: dict[str, Any]) -> None:
-    """Validates the inside of mapping parameters (their keys and value types)."""
-    if "dataset_settings" in arguments:
-        from components.data.datasets import DatasetError, check_settings
+    """Validates the inside of mapping parameters (their keys, value types and ranges)."""
+    from components.data.datasets import DatasetError, check_settings
+    from components.train.recipes import check_overrides
 
+    overrides = {"recipe_overrides": arguments.get("recipe_overrides", {})}
+    if "dataset_settings" in arguments:
         try:
-            check_settings(arguments["dataset_settings"])
+            settings = check_settings(arguments["dataset_settings"])
         except DatasetError as e:
             raise ConfigError(str(e)) from None
+        for name, own in settings.items():
+            overrides[f"dataset_settings.{name}.recipe_overrides"] = own.get("recipe_overrides", {})
+    for where, values in overrides.items():
+        try:
+            check_overrides(values, where)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        unset = [key for key, value in values.items() if value is None]
+        if unset:
+            # Kubeflow Pipelines (and kfp.local) take no null inside an argument.
+            raise ConfigError(
+                f"{where}.{unset[0]}: null cannot pass through a pipeline argument; leave the "
+                "field out to keep the recipe's value"
+            )

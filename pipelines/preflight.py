@@ -27,6 +27,7 @@ from components.common.tracking import check_tracking, resolve_tracking_uri
 from components.data.datasets import DatasetError, check_datasets
 from components.data.loader import check_input
 from components.train.engines import ENGINES
+from components.train.plan import dataset_recipe, engine_options, study_overrides
 from components.train.recipes import resolve_recipe
 
 MAX_SEEDS = 1_000
@@ -98,22 +99,29 @@ def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -
     if repeated:
         raise PreflightError(f"datasets {datasets} name {', '.join(repeated)} more than once")
     settings = arguments.get("dataset_settings") or {}
+    _int_in(arguments, "epochs", 0, MAX_EPOCHS, " (0 = the recipe's own)")
+    overrides = study_overrides(arguments.get("recipe_overrides"), arguments["epochs"])
     try:
         # Built-in names, or names built in the study's store (read only, nothing written).
         check_datasets(datasets, open_store(arguments["store_uri"] or None), settings)
+        # Every recipe as its trials will have it: a bad field or value (a negative lr, mixup
+        # above 1) is refused here, before any task runs.
+        resolve_recipe(arguments["recipe"], overrides)
         for name in datasets:
             own = settings.get(name, {})
-            recipe = resolve_recipe(own.get("recipe", arguments["recipe"]))
+            recipe = dataset_recipe(arguments["recipe"], overrides, own)
             # Per-image augmentations (RandAugment ...) run on the stream input only: a recipe
             # that sets them needs `input: stream` asked for, not left to the size's choice.
             check_input(recipe, own.get("input", "memory"), name)
+        engine_options(
+            arguments["engine"], arguments.get("zero_stage", 0), arguments.get("precision", "auto")
+        )
     except (DatasetError, ValueError) as e:
         raise PreflightError(str(e)) from None
     reference = arguments["reference"]
     if reference and reference not in datasets:
         raise PreflightError(f"reference {reference!r} is not one of the datasets {datasets}")
     _int_in(arguments, "resolution", MIN_RESOLUTION, MAX_RESOLUTION, " pixels")
-    _int_in(arguments, "epochs", 0, MAX_EPOCHS, " (0 = the recipe's own)")
     _int_in(arguments, "seed", 0, MAX_SEED)
     if arguments["engine"] not in ENGINES:
         raise PreflightError(
@@ -133,7 +141,6 @@ def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -
     if runs_dir is not None:
         check_runs_dir(runs_dir)
     try:
-        resolve_recipe(arguments["recipe"])
         sample_specs(arguments["space"], n_models, (flops_min, flops_max), arguments["seed"])
     except ValueError as e:
         raise PreflightError(str(e)) from None

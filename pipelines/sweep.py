@@ -13,7 +13,13 @@ from typing import Any
 
 from components.common.errors import AprflowError
 from components.train.chunk import ChunkError, check_chunking, chunk_trials, summary_line
-from components.train.engines import DEVICES, DeviceError, check_compile, resolve_device
+from components.train.engines import (
+    DEVICES,
+    DeviceError,
+    check_compile,
+    check_precision,
+    resolve_device,
+)
 from pipelines.cluster import ClusterProfile, load_profile
 
 
@@ -60,8 +66,10 @@ def check_sweep(
         raise SweepError(f"device {device!r}: choose from {', '.join(DEVICES)}")
     if local:
         try:
-            resolve_device(device)
-        except DeviceError as e:
+            on_gpu = resolve_device(device).type == "cuda"
+            # fp16 scales the loss on CUDA only: refused here rather than in every trial.
+            check_precision(arguments.get("precision", "auto"), on_gpu)
+        except (DeviceError, ValueError) as e:
             raise SweepError(str(e)) from None
 
 
@@ -82,7 +90,7 @@ def dry_run_summary(arguments: dict[str, Any], profile: ClusterProfile | None = 
     from components.common.storage import open_store
     from components.data.descriptor import DatasetRef
     from components.sample.samplers import sample_specs
-    from components.train.plan import plan_trials
+    from components.train.plan import dataset_recipe, plan_trials, study_overrides
     from components.train.recipes import resolve_recipe
 
     profile = profile or load_profile()
@@ -92,15 +100,14 @@ def dry_run_summary(arguments: dict[str, Any], profile: ClusterProfile | None = 
         return summary_line(n_trials, math.ceil(n_trials / arguments["chunk_size"]))
     store = open_store(arguments["store_uri"] or None)
     settings = arguments.get("dataset_settings") or {}
-    overrides = {"epochs": arguments["epochs"]} if arguments["epochs"] else {}
+    overrides = study_overrides(arguments.get("recipe_overrides"), arguments["epochs"])
     refs, recipes = [], {}
     for name in datasets:
         own = settings.get(name, {})
         resolution = own.get("resolution", arguments["resolution"])
         n_train = _train_images(name, arguments["seed"], store)
         refs.append(DatasetRef(name, "", name, 1, resolution, n_train, 0))
-        epochs = {"epochs": own["epochs"]} if own.get("epochs") else {}
-        recipes[name] = resolve_recipe(own.get("recipe", arguments["recipe"]), overrides | epochs)
+        recipes[name] = dataset_recipe(arguments["recipe"], overrides, own)
     specs = sample_specs(
         arguments["space"],
         n_models,

@@ -49,8 +49,11 @@ __all__ = [
     "to_rgb_uint8",
 ]
 
-# Per-dataset settings a study may give (``dataset_settings: {mine: {resolution: 32}}``).
-DATASET_SETTINGS = ("resolution", "input", "recipe", "epochs")
+# Per-dataset settings a study may give (``dataset_settings: {mine: {resolution: 32}}``):
+# ``recipe_overrides`` (recipe fields, checked against the recipe schema by the config and the
+# plan) and ``test_sets`` (datasets with the same classes whose test split the trials of this
+# one are also evaluated on) are read by the plan step.
+DATASET_SETTINGS = ("resolution", "input", "recipe", "epochs", "recipe_overrides", "test_sets")
 
 
 def stratified_split(labels, test_fraction: float, seed: int):
@@ -133,6 +136,22 @@ def _check_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
         )
     if "recipe" in settings and not isinstance(settings["recipe"], str):
         raise DatasetError(f"dataset_settings.{name}.recipe must be a recipe name")
+    if not isinstance(settings.get("recipe_overrides", {}), dict):
+        raise DatasetError(
+            f"dataset_settings.{name}.recipe_overrides must map recipe fields to values, "
+            "e.g. {lr: 0.05}"
+        )
+    test_sets = settings.get("test_sets", [])
+    if (
+        not isinstance(test_sets, list)
+        or not all(isinstance(t, str) and t for t in test_sets)
+        or len(set(test_sets)) != len(test_sets)
+        or name in test_sets
+    ):
+        raise DatasetError(
+            f"dataset_settings.{name}.test_sets must be a list of distinct dataset names other "
+            f"than {name} (same classes, e.g. [imagenet_v2]), got {test_sets!r}"
+        )
     return settings
 
 
@@ -173,6 +192,13 @@ def check_datasets(
     if stray:
         raise DatasetError(
             f"dataset_settings name(s) {', '.join(stray)} that are not in the study's datasets"
+        )
+    extra = sorted({t for own in settings.values() for t in own.get("test_sets", [])})
+    missing = [n for n in extra if n not in BUILTIN_DATASETS and named_dataset(store, n) is None]
+    if missing:
+        raise DatasetError(
+            f"unknown test set(s) {', '.join(missing)} in dataset_settings: a built-in dataset or "
+            f"one built in {store.uri} (aprflow data build NAME --from URI)"
         )
 
 

@@ -8,12 +8,14 @@ import sys
 
 from components.common.errors import AprflowError
 from components.common.limits import MAX_EPOCHS, MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, int_in
+from components.common.progress import report
 from components.common.storage import default_store_uri, open_store
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
 from components.data.descriptor import INPUT_MODES
 from components.data.loader import check_input
-from components.train.engines import ENGINES, check_compile
-from components.train.recipes import RECIPES, resolve_recipe
+from components.train.engines import ENGINES, PRECISIONS, check_compile
+from components.train.plan import engine_options
+from components.train.recipes import RECIPES, recipe_sets, resolve_recipe
 from components.train.trial import Trial, run_trial
 
 
@@ -47,14 +49,48 @@ def build_parser() -> argparse.ArgumentParser:
         choices=INPUT_MODES,
         default=None,
         help="memory (decoded once, augmented on the device) or stream (shards through "
-        "DataLoader workers, per-image timm augmentation); default: memory when it fits 1 GiB",
+        "DataLoader workers, per-image timm augmentation); default: stream when the recipe "
+        "asks for per-image augmentation only the stream input does (RandAugment, "
+        "RandomResizedCrop ranges, colour jitter, random erasing: the rsb_* recipes), else "
+        "memory when it fits 1 GiB",
     )
-    parser.add_argument("--recipe", default="apr_tiny", choices=sorted(RECIPES))
     parser.add_argument(
-        "--epochs", type=int_in(0, MAX_EPOCHS), default=0, help="0 = the recipe's own"
+        "--recipe",
+        default="apr_tiny",
+        help=f"training recipe (recipes/*.yaml; 'aprflow recipes' lists them): "
+        f"{', '.join(sorted(RECIPES))}",
+    )
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="recipe.FIELD=VALUE",
+        help="override one recipe field, e.g. --set recipe.lr=0.05 --set recipe.epochs=1 "
+        "(repeatable; 'aprflow recipes NAME' shows every field)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int_in(0, MAX_EPOCHS),
+        default=0,
+        help="0 = the recipe's own (same as --set recipe.epochs=N)",
     )
     parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="training seed")
     parser.add_argument("--engine", default="torch", choices=sorted(ENGINES))
+    parser.add_argument(
+        "--zero-stage",
+        type=int,
+        default=0,
+        choices=(0, 1, 2),
+        help="DeepSpeed ZeRO stage (engine deepspeed; part of the trial id)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto (bf16 autocast on a GPU, fp32 on the CPU), fp32, bf16 or fp16 (GPU, with "
+        "loss scaling); part of the trial id",
+    )
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -87,8 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_compile(args.engine, args.compile)
         spec = _load_spec(args.spec, args.index)
-        recipe = resolve_recipe(args.recipe, {"epochs": args.epochs} if args.epochs else {})
-        settings = {args.dataset: {"input": args.input}} if args.input else {}
+        overrides = ({"epochs": args.epochs} if args.epochs else {}) | recipe_sets(args.sets)
+        recipe = resolve_recipe(args.recipe, overrides)
+        options = engine_options(args.engine, args.zero_stage, args.precision)
+        data_input = args.input
+        if data_input is None and recipe.stream_augmentations():
+            data_input = "stream"
+            report(
+                "train",
+                f"recipe {recipe.name} sets {', '.join(recipe.stream_augmentations())}: "
+                "stream input (per-image augmentation)",
+            )
+        settings = {args.dataset: {"input": data_input}} if data_input else {}
         (dataset,) = prepare_all([args.dataset], args.resolution, 0, args.store, settings)
         check_input(recipe, dataset.input, dataset.name)
         trial = Trial(
@@ -98,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             engine=args.engine,
             compile_model=args.compile,
+            engine_options=options,
         )
         result = run_trial(open_store(args.store), trial)
     except (AprflowError, ValueError, OSError) as e:

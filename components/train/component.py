@@ -27,6 +27,11 @@ def plan_study(
     max_parallel_tasks: int = 16,
     config: dict = {},  # noqa: B006 - KFP reads the default
     compile_model: bool = False,
+    recipe_overrides: dict = {},  # noqa: B006 - KFP reads the default
+    dataset_settings: dict = {},  # noqa: B006 - KFP reads the default
+    seed: int = 0,
+    zero_stage: int = 0,
+    precision: str = "auto",
 ) -> NamedTuple("PlanOutputs", study_id=str, parent_run_id=str):
     """Plans every (architecture x dataset x seed) trial, groups them into chunks and opens
     the MLflow parent run.
@@ -40,7 +45,7 @@ def plan_study(
         datasets: dataset references (JSON, from the data component).
         study_name: MLflow experiment and study name.
         recipe: training recipe name.
-        epochs: epochs per trial (0 = the recipe's own).
+        epochs: epochs per trial (0 = the recipe's own; wins over recipe_overrides.epochs).
         seeds: training seeds.
         engine: training engine ('torch').
         store_uri, tracking_uri: '' means the environment's (APRFLOW_STORE_URI,
@@ -54,6 +59,11 @@ def plan_study(
             parent run as ``config.<key>`` params and ``config.json``.
         compile_model: train ``torch.compile``-d models (engine torch only; part of the
             trial id).
+        recipe_overrides: recipe fields over the recipe's values (``{"lr": 0.05}``).
+        dataset_settings: per-dataset settings; the plan reads ``recipe_overrides`` and
+            ``test_sets`` (the rest reached it through ``datasets``).
+        seed: the data seed (extra test sets are materialised with it).
+        zero_stage, precision: engine options of every trial (part of the trial id).
     """
     import json
     from collections import namedtuple
@@ -61,6 +71,7 @@ def plan_study(
     from components.common.storage import open_store
     from components.sample.spec_io import read_specs_jsonl
     from components.train.chunk import load_chunks, plan_markdown
+    from components.train.plan import engine_options, study_overrides
     from components.train.run import plan_study as run_plan
 
     with open(datasets.path) as f:
@@ -71,7 +82,7 @@ def plan_study(
         refs,
         study_name,
         recipe,
-        {"epochs": int(epochs)} if int(epochs) else {},
+        study_overrides(recipe_overrides, int(epochs)),
         [int(s) for s in seeds],  # JSON numbers may arrive as floats
         engine,
         store_uri or None,
@@ -83,6 +94,9 @@ def plan_study(
         max_parallel_tasks=int(max_parallel_tasks),
         config=dict(config),
         compile_model=bool(compile_model),
+        dataset_settings=dict(dataset_settings),
+        seed=int(seed),
+        engine_options=engine_options(engine, int(zero_stage), precision),
     )
     with open(plan.path, "w") as f:
         f.write(plan_markdown(load_chunks(open_store(store_uri or None), study)))

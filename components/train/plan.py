@@ -14,8 +14,50 @@ from components.common.progress import report
 from components.common.storage import ArtifactStore, CorruptObjectError, MissingObjectError
 from components.data.datasets import DatasetRef
 from components.train.engines import check_compile
-from components.train.recipes import Recipe
+from components.train.recipes import Recipe, resolve_recipe
 from components.train.trial import Trial
+
+
+def engine_options(engine: str, zero_stage: int = 0, precision: str = "auto") -> dict[str, Any]:
+    """A trial's engine options (``Trial.engine_options``) from the pipeline parameters and
+    CLI flags ``zero_stage`` and ``precision``; the defaults are left out, so a trial that sets
+    none keeps one id whichever entry point planned it.
+
+    Raises:
+        ValueError: for a ZeRO stage other than 0-2, ZeRO with an engine other than
+            deepspeed, or an unknown precision.
+    """
+    from components.train.engines import PRECISIONS
+
+    if isinstance(zero_stage, bool) or zero_stage not in (0, 1, 2):
+        raise ValueError(f"zero_stage must be 0, 1 or 2, got {zero_stage!r}")
+    if zero_stage and engine != "deepspeed":
+        raise ValueError(
+            f"zero_stage={zero_stage} needs engine=deepspeed (ZeRO partitions the optimizer "
+            "state across DeepSpeed's ranks)"
+        )
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    options: dict[str, Any] = {"zero_stage": zero_stage} if zero_stage else {}
+    return options | ({"precision": precision} if precision != "auto" else {})
+
+
+def study_overrides(recipe_overrides: dict[str, Any] | None, epochs: int = 0) -> dict[str, Any]:
+    """The study-wide recipe overrides: ``recipe_overrides``, then a non-zero ``epochs``."""
+    return dict(recipe_overrides or {}) | ({"epochs": int(epochs)} if epochs else {})
+
+
+def dataset_recipe(recipe: str, overrides: dict[str, Any], settings: dict[str, Any]) -> Recipe:
+    """One dataset's recipe in a study: its own ``recipe`` (else the study's ``recipe``) with
+    the study's ``overrides``, then its own ``recipe_overrides`` and ``epochs``
+    (``settings`` = ``dataset_settings[name]``).
+
+    Raises:
+        ValueError: for an unknown recipe or field, or a value of the wrong type or range.
+    """
+    own = dict(settings.get("recipe_overrides") or {})
+    own |= {"epochs": int(settings["epochs"])} if settings.get("epochs") else {}
+    return resolve_recipe(settings.get("recipe") or recipe, overrides | own)
 
 
 def trial_key(trial_id: str) -> str:
@@ -32,6 +74,8 @@ def plan_trials(
     device: str = "auto",
     gpus: int = 1,
     compile_model: bool = False,
+    engine_options: dict[str, Any] | None = None,
+    test_sets: dict[str, list[DatasetRef]] | None = None,
 ) -> list[Trial]:
     """Every (architecture x dataset x seed) trial, architectures outermost.
 
@@ -45,6 +89,9 @@ def plan_trials(
         device: ``auto``, ``cuda`` or ``cpu`` (components.train.engines.resolve_device).
         gpus: processes (GPUs) per trial; more than one needs the deepspeed engine.
         compile_model: train ``torch.compile``-d models (engine torch only).
+        engine_options: options of the engine (:func:`engine_options`).
+        test_sets: per dataset name, extra datasets whose test split its trials are also
+            evaluated on (``dataset_settings.<name>.test_sets``).
     """
     if not specs:
         raise ValueError("a study needs at least one architecture")
@@ -61,6 +108,8 @@ def plan_trials(
             device=device,
             gpus=gpus,
             compile_model=compile_model,
+            engine_options=dict(engine_options or {}),
+            test_sets=tuple((test_sets or {}).get(dataset.name, ())),
         )
         for spec in specs
         for dataset in datasets

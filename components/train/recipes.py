@@ -1,14 +1,28 @@
-"""Training recipes as plain data: a name resolves to every hyper-parameter a trial uses.
+"""Training recipes as files: ``recipes/<name>.yaml`` resolves to every hyper-parameter a trial
+uses.
 
-A trial's identity includes its fully resolved recipe, so changing any value here (or with an
-override) makes new trials instead of reusing old results.
+Each file sets the fields of :class:`Recipe` it needs (the rest keep the defaults below) under a
+header comment whose first line is the recipe's one-line description (``aprflow recipes``), then
+what it reproduces, for which data scale, and the command that runs it. Every field is checked
+against the same schema wherever it comes from (a file, ``--set recipe.lr=0.05``,
+``recipe_overrides`` in a study config or the Kubeflow UI): an unknown field lists the valid
+ones, a wrong type names the expected one, and a value out of :data:`BOUNDS` names the range.
+
+A trial's identity includes its fully resolved recipe, so changing any value (in a file or with
+an override) makes new trials instead of reusing old results.
 """
 
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import asdict, dataclass, fields, replace
+from importlib import resources
 from typing import Any
+
+import yaml
+
+from components.common.validation import Bound, check_type, parse_assignments
 
 # Per-image augmentations of timm's create_transform, which only the stream input applies,
 # with their neutral values.
@@ -22,33 +36,43 @@ STREAM_AUGMENTATIONS: dict[str, Any] = {
 # timm's augmentation strings: a policy name, then '-'-separated sections (key + number, or
 # RandAugment's t<choice>); timm ignores a section without a number, so it is refused here.
 _AUTO_AUGMENT = re.compile(r"(rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+\d[\d.]*|-t\w+)*")
+# Names of timm.optim.create_optimizer_v2 the trainer supports (all in timm's
+# list_optimizers(), tests/train/test_recipes.py checks): Nesterov SGD, plain momentum, AdamW
+# and LAMB; and schedules of timm.scheduler.create_scheduler_v2 that need no settings beyond
+# the recipe's (step/multistep need milestones, plateau a metric).
+OPTIMIZERS = ("sgd", "momentum", "adamw", "lamb")
+SCHEDULES = ("cosine", "tanh", "poly")
+# The folder of the recipe files: the top-level `recipes/`, installed as a data package.
+RECIPE_PACKAGE = "recipes"
 
 
 @dataclass(frozen=True)
 class Recipe:
     """Hyper-parameters of one training run (names follow timm's ``train.py`` arguments).
 
+    A Recipe is valid once built: every field is checked against its type and :data:`BOUNDS`.
+
     Attributes:
-        name: registry name the recipe came from.
+        name: registry name the recipe came from (its file's name).
         epochs: passes over the training split.
         batch_size: images per optimizer step (the effective batch: after an out-of-memory
             the trainer halves the micro-batch and accumulates gradients to keep it).
         lr: peak learning rate (after warm-up) for ``batch_size``.
-        opt: optimizer name for ``timm.optim.create_optimizer_v2``: ``sgd`` (Nesterov),
-            ``momentum`` (plain momentum), ``adamw``, ``lamb``.
+        opt: optimizer name for ``timm.optim.create_optimizer_v2`` (:data:`OPTIMIZERS`):
+            ``sgd`` (Nesterov), ``momentum`` (plain momentum), ``adamw``, ``lamb``.
         momentum: SGD momentum.
         weight_decay: weight decay, not applied to norm and bias parameters.
         opt_eps: optimizer epsilon (adamw, lamb; None = the optimizer's default).
-        sched: schedule name for ``timm.scheduler.create_scheduler_v2`` (``cosine``), stepped
-            per optimizer update.
+        sched: schedule name for ``timm.scheduler.create_scheduler_v2`` (:data:`SCHEDULES`),
+            stepped per optimizer update.
         warmup_epochs: linear warm-up length before the schedule (fractions allowed).
         warmup_lr: learning rate at the start of the warm-up.
         min_lr: learning rate at the end of the schedule.
-        label_smoothing: label smoothing of the (soft-target) cross-entropy.
+        label_smoothing: label smoothing of the (soft-target or binary) cross-entropy.
         bce_loss: binary cross-entropy instead of softmax cross-entropy (RSB).
         bce_target_thresh: BCE targets above this become 1 (RSB: 0.2; None = soft targets).
-        mixup: Mixup alpha (0 = off).
-        cutmix: CutMix alpha (0 = off).
+        mixup: Mixup alpha (0 = off; RSB 0.2).
+        cutmix: CutMix alpha (0 = off; RSB 1.0).
         mixup_prob: probability of applying Mixup or CutMix to a batch.
         mixup_switch_prob: probability of CutMix instead of Mixup when both are on.
         drop_path: stochastic depth rate (timm ``DropPath`` in every AnyNet block, linearly
@@ -71,6 +95,12 @@ class Recipe:
         ratio: aspect-ratio range of RandomResizedCrop (stream input).
         color_jitter: colour jitter strength (stream input; 0 = off).
         re_prob: random-erasing probability (stream input).
+        reference_steps: fine-tune and scratch (components/transfer/finetune.py): optimizer
+            steps at ``reference_images`` training images, scaled down for fewer (Kornblith
+            et al.: 20,000; 0 = not a step-counted recipe).
+        reference_images: the training-set size at which ``reference_steps`` apply.
+        lr_grid: learning rates the fine-tune search tries, each chosen on validation.
+        weight_decay_grid: weight decays the fine-tune search tries.
     """
 
     name: str
@@ -105,11 +135,17 @@ class Recipe:
     ratio: tuple[float, float] = STREAM_AUGMENTATIONS["ratio"]
     color_jitter: float = STREAM_AUGMENTATIONS["color_jitter"]
     re_prob: float = STREAM_AUGMENTATIONS["re_prob"]
+    reference_steps: int = 0
+    reference_images: int = 0
+    lr_grid: tuple[float, ...] = ()
+    weight_decay_grid: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        # JSON (trial.json, KFP) hands ranges over as lists.
-        for key in ("scale", "ratio"):
-            object.__setattr__(self, key, tuple(float(v) for v in getattr(self, key)))
+        # Types as annotated (JSON and YAML hand tuples over as lists, KFP ints as floats),
+        # then ranges: a Recipe that exists is valid, whoever built it.
+        for key, value in self.to_dict().items():
+            if key != "name":
+                object.__setattr__(self, key, check_field(key, value))
 
     def stream_augmentations(self) -> list[str]:
         """The per-image augmentations this recipe sets, which only the stream input does."""
@@ -118,48 +154,98 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_yaml(self) -> str:
+        """Every field as YAML, in declaration order (what ``aprflow recipes NAME`` prints)."""
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in self.to_dict().items()}
+        return yaml.safe_dump(plain, sort_keys=False)
 
-RECIPES: dict[str, Recipe] = {
-    # Seconds per trial on a laptop CPU: the demo and the end-to-end test.
-    "apr_tiny": Recipe(name="apr_tiny", epochs=3, batch_size=32, lr=0.1),
-    # A short from-scratch schedule in the spirit of Tuggener et al. (train until roughly
-    # converged on small data sets).
-    "apr_short": Recipe(name="apr_short", epochs=30, batch_size=128, lr=0.2, warmup_epochs=2),
-    # Transfer regimes 2 and 3 of Kornblith et al. (SEEDS 003): SGD Nesterov, cosine, batch
-    # 256, no label smoothing or warm-up. The transfer component searches lr x weight decay
-    # on validation and counts steps (20k scaled by dataset size): `epochs` is unused there.
-    "finetune": Recipe(
-        name="finetune",
-        epochs=1,
-        batch_size=256,
-        lr=0.01,
-        weight_decay=1e-4,
-        label_smoothing=0.0,
-        warmup_epochs=0.0,
-        crop_padding=0,
-        hflip=True,
-    ),
-    "scratch": Recipe(
-        name="scratch",
-        epochs=1,
-        batch_size=256,
-        lr=0.1,
-        weight_decay=1e-4,
-        label_smoothing=0.0,
-        warmup_epochs=0.0,
-        crop_padding=0,
-        hflip=True,
-    ),
+
+_POSITIVE = Bound(low=0, low_open=True)
+_NON_NEGATIVE = Bound(low=0)
+_AT_LEAST_ONE = Bound(low=1)
+_PROBABILITY = Bound(low=0, high=1)
+_FRACTION = Bound(low=0, high=1, high_open=True)
+# The valid range of every numeric or named field; the ranges of the RandomResizedCrop fields
+# scale/ratio and the auto_augment string are checked by check_augmentations.
+BOUNDS: dict[str, Bound] = {
+    "epochs": _AT_LEAST_ONE,
+    "batch_size": _AT_LEAST_ONE,
+    "lr": _POSITIVE,
+    "opt": Bound(choices=OPTIMIZERS),
+    "momentum": _FRACTION,
+    "weight_decay": _NON_NEGATIVE,
+    "opt_eps": _POSITIVE,
+    "sched": Bound(choices=SCHEDULES),
+    "warmup_epochs": _NON_NEGATIVE,
+    "warmup_lr": _NON_NEGATIVE,
+    "min_lr": _NON_NEGATIVE,
+    "label_smoothing": _FRACTION,
+    "bce_target_thresh": _PROBABILITY,
+    # Beta-distribution alphas; above 1 the mixes cluster around half and half.
+    "mixup": _PROBABILITY,
+    "cutmix": _PROBABILITY,
+    "mixup_prob": _PROBABILITY,
+    "mixup_switch_prob": _PROBABILITY,
+    "drop_path": _FRACTION,
+    "model_ema_decay": _FRACTION,
+    "aug_repeats": _NON_NEGATIVE,
+    "train_resolution_ratio": Bound(low=0, high=1, low_open=True),
+    "crop_padding": _NON_NEGATIVE,
+    "eval_batch_size": _AT_LEAST_ONE,
+    "color_jitter": _NON_NEGATIVE,
+    "re_prob": _PROBABILITY,
+    "reference_steps": _NON_NEGATIVE,
+    "reference_images": _NON_NEGATIVE,
+    "lr_grid": _POSITIVE,
+    "weight_decay_grid": _NON_NEGATIVE,
 }
-# apr_short with RandAugment for real images on the stream input (timm's per-image transforms;
-# `dataset_settings: {mine: {recipe: apr_short_randaug, input: stream}}`).
-RECIPES["apr_short_randaug"] = replace(
-    RECIPES["apr_short"],
-    name="apr_short_randaug",
-    crop_padding=0,
-    hflip=True,
-    auto_augment="rand-m7-mstd0.5",
-)
+_TYPES: dict[str, Any] = typing.get_type_hints(Recipe)
+#: Fields a recipe file or an override may set (``name`` is the file's).
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Recipe) if f.name != "name")
+
+
+def check_field(key: str, value: Any) -> Any:
+    """Returns ``value`` for recipe field ``key`` (typed as the field is), or raises one
+    ValueError line: an unknown field lists the valid ones, a wrong type names the expected
+    one, a value out of range names the range."""
+    if key not in FIELDS:
+        raise ValueError(f"unknown recipe field {key!r}: valid fields are {', '.join(FIELDS)}")
+    label = f"recipe field {key!r}"
+    value = check_type(label, value, _TYPES[key])
+    if key in BOUNDS:
+        BOUNDS[key].check(label, value)
+    return value
+
+
+def check_overrides(overrides: Any, where: str = "recipe_overrides") -> dict[str, Any]:
+    """Returns ``overrides`` (field -> value) with every field checked by :func:`check_field`.
+
+    Raises:
+        ValueError: for something that is no mapping, or any bad field (``where`` says which
+            setting held it).
+    """
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{where} must map recipe fields to values, e.g. {{lr: 0.05}}")
+    return {key: check_field(key, value) for key, value in overrides.items()}
+
+
+def recipe_sets(pairs: list[str]) -> dict[str, Any]:
+    """``--set recipe.FIELD=VALUE`` strings (values in YAML) as checked recipe overrides."""
+    overrides = {}
+    for key, value in parse_assignments(pairs, "recipe.lr=0.05").items():
+        field = key.removeprefix("recipe.")
+        if field == key:
+            raise ValueError(
+                f"--set {key}=...: recipe fields are set as recipe.FIELD=VALUE, e.g. "
+                "--set recipe.lr=0.05"
+            )
+        overrides[field] = value
+    return check_overrides(overrides, "--set")
+
+
+def with_overrides(recipe: Recipe, overrides: dict[str, Any] | None) -> Recipe:
+    """``recipe`` with ``overrides`` applied, every value checked."""
+    return replace(recipe, **check_overrides(overrides or {}))
 
 
 def check_augmentations(recipe: Recipe) -> None:
@@ -167,17 +253,11 @@ def check_augmentations(recipe: Recipe) -> None:
     a string timm accepts (checked by building the transform: timm is imported only then)."""
     for key in ("scale", "ratio"):
         values = getattr(recipe, key)
-        if not (
-            len(values) == 2 and 0 < values[0] <= values[1] and (key == "ratio" or values[1] <= 1)
-        ):
+        if not (0 < values[0] <= values[1] and (key == "ratio" or values[1] <= 1)):
             bound = "0 < min <= max <= 1" if key == "scale" else "0 < min <= max"
             raise ValueError(
                 f"recipe field {key!r} must be [min, max] with {bound}, got {list(values)}"
             )
-    if recipe.color_jitter < 0:
-        raise ValueError(f"recipe field 'color_jitter' must be >= 0, got {recipe.color_jitter}")
-    if not 0 <= recipe.re_prob <= 1:
-        raise ValueError(f"recipe field 're_prob' must be in [0, 1], got {recipe.re_prob}")
     if not recipe.auto_augment:
         return
     example = "e.g. 'rand-m7-mstd0.5' (RandAugment), 'augmix-m5', 'v0' (AutoAugment)"
@@ -197,34 +277,59 @@ def check_augmentations(recipe: Recipe) -> None:
         ) from None
 
 
+def parse_recipe_file(name: str, text: str, where: str) -> tuple[Recipe, str]:
+    """The recipe of one file's text and its description (the header's first line).
+
+    Raises:
+        ValueError: naming ``where`` (the file) for YAML that is no mapping, a missing
+            required field or any bad field.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping of recipe field: value")
+    try:
+        recipe = Recipe(name=name, **check_overrides(data, where))
+    except TypeError:  # a required field missing: check_overrides has refused unknown ones
+        required = ("epochs", "batch_size", "lr")
+        missing = [k for k in required if k not in data]
+        raise ValueError(f"{where}: missing recipe field(s) {', '.join(missing)}") from None
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    header = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    return recipe, header[0] if header else ""
+
+
+def _load_registry() -> tuple[dict[str, Recipe], dict[str, str]]:
+    """Every ``recipes/*.yaml`` of the installed package, by file name."""
+    recipes, descriptions = {}, {}
+    folder = resources.files(RECIPE_PACKAGE)
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            name = entry.name.removesuffix(".yaml")
+            where = f"{RECIPE_PACKAGE}/{entry.name}"
+            recipes[name], descriptions[name] = parse_recipe_file(name, entry.read_text(), where)
+    return recipes, descriptions
+
+
+RECIPES, DESCRIPTIONS = _load_registry()
+
+
 def resolve_recipe(name: str, overrides: dict[str, Any] | None = None) -> Recipe:
     """Returns the registered recipe ``name`` with ``overrides`` applied.
 
     Raises:
-        ValueError: for an unknown recipe or override key, or a value of the wrong type.
+        ValueError: for an unknown recipe, an unknown override field, a value of the wrong type
+            or out of range.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}: choose from {', '.join(sorted(RECIPES))}")
-    recipe = RECIPES[name]
-    overrides = dict(overrides or {})
-    valid = {f.name: f for f in fields(Recipe) if f.name != "name"}
-    for key, value in overrides.items():
-        if key not in valid:
-            raise ValueError(
-                f"unknown recipe field {key!r}: valid fields are {', '.join(sorted(valid))}"
-            )
-        expected = type(getattr(recipe, key))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            overrides[key] = float(value)
-        elif expected is tuple and isinstance(value, list | tuple):
-            if len(value) != 2 or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in value
-            ):
-                raise ValueError(f"recipe field {key!r} must be [min, max], got {value!r}")
-        elif not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-            raise ValueError(f"recipe field {key!r} must be {expected.__name__}, got {value!r}")
-    if overrides.get("epochs", recipe.epochs) < 1:
-        raise ValueError("recipe field 'epochs' must be at least 1")
-    resolved = replace(recipe, **overrides)
+    resolved = with_overrides(RECIPES[name], overrides)
     check_augmentations(resolved)
     return resolved

@@ -21,7 +21,14 @@ from components.train.chunk import (
     check_chunking,
     save_chunks,
 )
-from components.train.plan import load_trial, load_trial_ids, plan_trials, save_plan, study_id
+from components.train.plan import (
+    dataset_recipe,
+    load_trial,
+    load_trial_ids,
+    plan_trials,
+    save_plan,
+    study_id,
+)
 from components.train.recipes import Recipe, resolve_recipe
 from components.train.trial import result_key, run_trial
 
@@ -31,21 +38,41 @@ def study_key(study: str) -> str:
 
 
 def _dataset_recipes(
-    refs: list[DatasetRef], recipe: str, overrides: dict[str, Any]
+    refs: list[DatasetRef],
+    recipe: str,
+    overrides: dict[str, Any],
+    settings: dict[str, dict[str, Any]],
 ) -> dict[str, Recipe]:
-    """Each dataset's recipe: its own ``recipe``/``epochs`` setting, else the study's.
+    """Each dataset's recipe (:func:`~components.train.plan.dataset_recipe`): its own
+    ``recipe``/``epochs`` (carried by its reference) and ``recipe_overrides`` settings on top
+    of the study's.
 
     Raises DatasetError before anything is planned when a recipe asks for augmentations its
     dataset's input does not do (RandAugment on the memory input)."""
-    recipes = {
-        ref.name: resolve_recipe(
-            ref.recipe or recipe, overrides | ({"epochs": ref.epochs} if ref.epochs else {})
-        )
-        for ref in refs
-    }
+    recipes = {}
     for ref in refs:
+        own = settings.get(ref.name, {}) | {"recipe": ref.recipe, "epochs": ref.epochs}
+        recipes[ref.name] = dataset_recipe(recipe, overrides, own)
         check_input(recipes[ref.name], ref.input, ref.name)
     return recipes
+
+
+def _test_sets(
+    refs: list[DatasetRef],
+    settings: dict[str, dict[str, Any]],
+    seed: int,
+    store_uri: str | None,
+) -> dict[str, list[DatasetRef]]:
+    """Each dataset's extra test sets (``dataset_settings.<name>.test_sets``), materialised or
+    looked up at that dataset's resolution like the study's own datasets."""
+    from components.data.datasets import prepare_all
+
+    test_sets = {}
+    for ref in refs:
+        names = settings.get(ref.name, {}).get("test_sets") or []
+        if names:
+            test_sets[ref.name] = prepare_all(names, ref.resolution, seed, store_uri)
+    return test_sets
 
 
 def plan_study(
@@ -65,6 +92,9 @@ def plan_study(
     chunk_size: int = 0,
     max_parallel_tasks: int = DEFAULT_MAX_PARALLEL_TASKS,
     compile_model: bool = False,
+    dataset_settings: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    engine_options: dict[str, Any] | None = None,
 ) -> tuple[list[str], str, str]:
     """Plans every trial, opens the study's MLflow parent run and records the study.
 
@@ -75,6 +105,11 @@ def plan_study(
         chunk_size, max_parallel_tasks: how trials are grouped into training tasks
             (``studies/<study_id>/chunks.json``, see :mod:`components.train.chunk`).
         compile_model: train ``torch.compile``-d models (engine torch only).
+        dataset_settings: per-dataset settings (``recipe_overrides``, ``test_sets``; the
+            recipe, epochs and input also reach the plan through the dataset references).
+        seed: the study's data seed (extra test sets are materialised with it).
+        engine_options: options of the engine for every trial
+            (:func:`~components.train.plan.engine_options`).
 
     Returns:
         ``(trial_ids, study_id, parent_run_id)``.
@@ -83,12 +118,23 @@ def plan_study(
     store.check()
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking(uri, tracking.wait_budget())
+    settings = dataset_settings or {}
     resolved = resolve_recipe(recipe, recipe_overrides)
     refs = [DatasetRef(**d) for d in datasets]
-    recipes = _dataset_recipes(refs, recipe, recipe_overrides)
+    recipes = _dataset_recipes(refs, recipe, recipe_overrides, settings)
     check_chunking(chunk_size, max_parallel_tasks)
     trials = plan_trials(
-        specs, refs, resolved, seeds, engine, recipes, device, gpus, bool(compile_model)
+        specs,
+        refs,
+        resolved,
+        seeds,
+        engine,
+        recipes,
+        device,
+        gpus,
+        bool(compile_model),
+        engine_options,
+        _test_sets(refs, settings, seed, store_uri),
     )
     study = study_id(study_name, trials)
     ids = save_plan(store, study, trials)
@@ -101,12 +147,23 @@ def plan_study(
         "engine": engine,
         "store_uri": store.uri,
     } | {f"recipe.{k}": v for k, v in resolved.to_dict().items()}
+    params |= {f"engine_options.{k}": v for k, v in (engine_options or {}).items()}
     params |= _population_params(specs)
     for ref in refs:
         # Recipes may differ by dataset (dataset_settings: {NAME: {recipe, epochs}}).
         params[f"dataset.{ref.name}.recipe"] = recipes[ref.name].name
         params[f"dataset.{ref.name}.epochs"] = recipes[ref.name].epochs
         params[f"dataset.{ref.name}.version"] = tracking.dataset_version(ref.to_dict())
+        # The fields a dataset's recipe sets apart from the study's (its recipe_overrides).
+        own = recipes[ref.name].to_dict()
+        params |= {
+            f"dataset.{ref.name}.recipe.{k}": v
+            for k, v in own.items()
+            if k not in ("name", "epochs") and v != getattr(resolved, k)
+        }
+        names = settings.get(ref.name, {}).get("test_sets")
+        if names:
+            params[f"dataset.{ref.name}.test_sets"] = ",".join(names)
     config = _plain_config(config) if config else None
     parent = tracking.start_study_run(uri, study_name, study, params, kfp_run_id, config)
     record = {"study_id": study, "name": study_name, "parent_run_id": parent, "trials": len(ids)}
@@ -203,6 +260,7 @@ def train_trial(
         "device": trial.device,
         "gpus": trial.gpus,
     }
+    params |= {f"engine_options.{k}": v for k, v in trial.engine_options.items()}
     metrics = {
         key: result[key]
         for key in (

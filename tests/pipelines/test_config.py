@@ -34,7 +34,7 @@ def test_unknown_key_names_the_valid_ones():
 
 
 def test_wrong_type_names_key_and_example():
-    with pytest.raises(ConfigError, match="'n_models' must be a int, got 'many'"):
+    with pytest.raises(ConfigError, match="'n_models' must be an int, got 'many'"):
         load_config(apr_study, None, {"n_models": "many"})
 
 

@@ -89,7 +89,7 @@ def test_submit_dry_run_builds_typed_arguments(capsys):
     ("argv", "needle"),
     [
         (["submit", "apr-study", "--dry-run", "--set", "nope=1"], "unknown config key 'nope'"),
-        (["submit", "apr-study", "--dry-run", "--set", "n_models=many"], "must be a int"),
+        (["submit", "apr-study", "--dry-run", "--set", "n_models=many"], "must be an int"),
         (["submit", "apr-study"], "no Kubeflow Pipelines host"),
         (
             ["submit", "apr-study", "--dry-run", "--set", "s3_secret=My_S3"],

@@ -1,30 +1,176 @@
-"""Training recipes as data."""
+"""Training recipes as files (recipes/*.yaml), their schema and `aprflow recipes`."""
+
+import tomllib
+from pathlib import Path
 
 import pytest
+import setuptools
 
-from components.train.recipes import RECIPES, resolve_recipe
-from components.train.trial import _lr_at
+from components.train.recipes import (
+    BOUNDS,
+    DESCRIPTIONS,
+    FIELDS,
+    OPTIMIZERS,
+    RECIPES,
+    SCHEDULES,
+    parse_recipe_file,
+    resolve_recipe,
+)
+from pipelines.cli import main as aprflow
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_overrides_and_validation():
     recipe = resolve_recipe("apr_tiny", {"epochs": 5, "lr": 1})
     assert recipe.epochs == 5 and recipe.lr == 1.0 and isinstance(recipe.lr, float)
     assert RECIPES["apr_tiny"].epochs == 3, "the registry is not modified"
-    with pytest.raises(ValueError, match="unknown recipe field 'epoch'.*epochs"):
+    with pytest.raises(ValueError, match="unknown recipe field 'epoch'.*valid fields are.*epochs"):
         resolve_recipe("apr_tiny", {"epoch": 5})
-    with pytest.raises(ValueError, match="'hflip' must be bool"):
+    with pytest.raises(ValueError, match="'hflip' must be a bool, got 1"):
         resolve_recipe("apr_tiny", {"hflip": 1})
-    with pytest.raises(ValueError, match="'epochs' must be int"):
+    with pytest.raises(ValueError, match="'epochs' must be an int, got 2.5"):
         resolve_recipe("apr_tiny", {"epochs": 2.5})
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match=r"'epochs' must be >= 1, got 0"):
         resolve_recipe("apr_tiny", {"epochs": 0})
+    with pytest.raises(ValueError, match="'opt_eps' must be a number or null, got 'x'"):
+        resolve_recipe("rsb_a3", {"opt_eps": "x"})
+    # Optional fields take None or a number; KFP's integral floats are ints again.
+    assert resolve_recipe("rsb_a3", {"bce_target_thresh": None}).bce_target_thresh is None
+    assert resolve_recipe("rsb_a3", {"opt_eps": 1e-8, "epochs": 2.0}).epochs == 2
+    with pytest.raises(ValueError, match="unknown recipe 'a9': choose from .*rsb_a1"):
+        resolve_recipe("a9")
 
 
-def test_schedule_warms_up_then_decays_to_zero():
-    recipe = resolve_recipe("apr_tiny", {"epochs": 4, "warmup_epochs": 1.0, "lr": 0.4})
-    lrs = [_lr_at(recipe, step, 10) for step in range(40)]
-    assert lrs[0] == pytest.approx(0.04)
-    assert lrs[9] == pytest.approx(0.4)
-    assert max(lrs) == pytest.approx(0.4)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
-    assert lrs[-1] < 0.01
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lr", -0.1, r"'lr' must be > 0, got -0.1"),
+        ("mixup", 1.5, r"'mixup' must be in \[0, 1\], got 1.5"),
+        ("drop_path", 1.0, r"'drop_path' must be in \[0, 1\), got 1.0"),
+        ("label_smoothing", 1.0, r"'label_smoothing' must be in \[0, 1\), got 1.0"),
+        ("train_resolution_ratio", 0, r"'train_resolution_ratio' must be in \(0, 1\], got 0.0"),
+        ("batch_size", 0, r"'batch_size' must be >= 1, got 0"),
+        ("aug_repeats", -1, r"'aug_repeats' must be >= 0, got -1"),
+        ("opt", "adam", r"'opt' must be one of sgd, momentum, adamw, lamb, got 'adam'"),
+        ("lr_grid", [0.1, 0], r"'lr_grid' \(each value\) must be > 0"),
+        ("lr", float("nan"), r"'lr' must be a finite number"),
+    ],
+)
+def test_values_out_of_range_name_field_value_and_range(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_recipe("rsb_a3", {field: value})
+
+
+def test_every_bounded_field_exists_and_names_are_timms():
+    import timm.optim
+    import torch
+    from timm.scheduler import create_scheduler_v2
+
+    assert set(BOUNDS) <= set(FIELDS)
+    assert set(OPTIMIZERS) <= set(timm.optim.list_optimizers())
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    for sched in SCHEDULES:
+        scheduler, _ = create_scheduler_v2(optimizer, sched=sched, num_epochs=3)
+        assert scheduler is not None, sched
+
+
+def test_recipe_files_reproduce_the_papers():
+    assert set(RECIPES) == {
+        "apr_tiny",
+        "apr_short",
+        "apr_short_randaug",
+        "rsb_a1",
+        "rsb_a2",
+        "rsb_a3",
+        "finetune",
+        "scratch",
+    }
+    for name in RECIPES:
+        text = (ROOT / "recipes" / f"{name}.yaml").read_text()
+        header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+        assert DESCRIPTIONS[name] and text.startswith(f"# {DESCRIPTIONS[name]}")
+        for part in ("Reproduces:", "Data scale:", "Run: aprflow"):
+            assert part in header, f"{name}: no {part!r} in its header"
+    rsb = {n: RECIPES[n] for n in ("rsb_a1", "rsb_a2", "rsb_a3")}
+    # ResNet strikes back, Table 1.
+    assert [r.epochs for r in rsb.values()] == [600, 300, 100]
+    assert [r.lr for r in rsb.values()] == [5e-3, 5e-3, 8e-3]
+    assert [r.weight_decay for r in rsb.values()] == [0.01, 0.02, 0.02]
+    assert [r.aug_repeats for r in rsb.values()] == [3, 3, 0]
+    assert [r.drop_path for r in rsb.values()] == [0.05, 0.05, 0.0]
+    assert [r.label_smoothing for r in rsb.values()] == [0.1, 0.0, 0.0]
+    assert [r.auto_augment.split("-")[1] for r in rsb.values()] == ["m7", "m7", "m6"]
+    assert rsb["rsb_a3"].train_resolution_ratio == pytest.approx(160 / 224)
+    for recipe in rsb.values():
+        assert (recipe.opt, recipe.sched, recipe.batch_size, recipe.warmup_epochs) == (
+            "lamb",
+            "cosine",
+            2048,
+            5.0,
+        )
+        assert (recipe.bce_loss, recipe.bce_target_thresh) == (True, 0.2)
+        assert (recipe.mixup, recipe.cutmix, recipe.model_ema) == (0.2, 1.0, False)
+        assert recipe.stream_augmentations() == ["auto_augment"]
+    # Kornblith et al.: SGD Nesterov, batch 256, 20k steps at 50k images, lr x wd grid.
+    for name in ("finetune", "scratch"):
+        recipe = RECIPES[name]
+        assert (recipe.opt, recipe.batch_size, recipe.label_smoothing) == ("sgd", 256, 0.0)
+        assert (recipe.reference_steps, recipe.reference_images) == (20_000, 50_000)
+        assert recipe.lr_grid == (0.001, 0.01, 0.1)
+        assert recipe.weight_decay_grid == (0.0, 1e-4)
+    # The APR schedules keep the values they had as code.
+    assert (RECIPES["apr_tiny"].epochs, RECIPES["apr_tiny"].batch_size) == (3, 32)
+    short = RECIPES["apr_short"]
+    assert (short.epochs, short.batch_size, short.lr, short.warmup_epochs) == (30, 128, 0.2, 2.0)
+    assert RECIPES["apr_short_randaug"].auto_augment == "rand-m7-mstd0.5"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("# x\nepochs: 1\nbatch_size: 8\nlr: 0.1\nmomentun: 0.9\n", "unknown recipe field"),
+        ("# x\nepochs: 1\nbatch_size: 8\n", "missing recipe field.*lr"),
+        ("# x\nepochs: 1\nbatch_size: 8\nlr: -1\n", "'lr' must be > 0"),
+        ("- 1\n", "must be a mapping"),
+        ("epochs: [\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_recipe_file_names_the_file(text, message):
+    with pytest.raises(ValueError, match=f"recipes/bad.yaml.*{message}"):
+        parse_recipe_file("bad", text, "recipes/bad.yaml")
+
+
+def test_recipe_files_are_package_data():
+    """A non-editable install (the images: pip install --no-deps .) carries recipes/*.yaml."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = setuptools.find_packages(str(ROOT), include=config["packages"]["find"]["include"])
+    assert "recipes" in packages
+    assert "*.yaml" in config["package-data"]["*"]
+
+
+def test_aprflow_recipes_lists_and_resolves(capsys):
+    assert aprflow(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:5] == ["NAME", "EPOCHS", "BATCH", "OPT", "LR"]
+    a3 = next(line for line in lines if line.startswith("rsb_a3 "))
+    assert a3.split()[1:5] == ["100", "2048", "lamb", "0.008"]
+    assert DESCRIPTIONS["rsb_a3"] in a3
+
+    assert (
+        aprflow(["recipes", "rsb_a3", "--set", "recipe.lr=0.05", "--set", "recipe.epochs=1"]) == 0
+    )
+    import yaml
+
+    shown = yaml.safe_load(capsys.readouterr().out)
+    expected = resolve_recipe("rsb_a3", {"lr": 0.05, "epochs": 1}).to_dict()
+    assert shown == {k: list(v) if isinstance(v, tuple) else v for k, v in expected.items()}
+
+    for argv, message in (
+        (["recipes", "rsb_a9"], "error: unknown recipe 'rsb_a9'"),
+        (["recipes", "rsb_a3", "--set", "recipe.mixup=2"], "error: recipe field 'mixup'"),
+        (["recipes", "rsb_a3", "--set", "lr=1"], "error: --set lr=...: recipe fields are set"),
+    ):
+        assert aprflow(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
