@@ -74,6 +74,10 @@ FINISHED_STATES = ("FINISHED", "FAILED")
 # MLflow's limits: param values up to 6000 characters, keys up to 250, log_batch sizes.
 MAX_PARAM_VALUE = 6000
 MAX_KEY = 250
+MAX_BATCH_PARAMS = 100
+MAX_BATCH_ENTRIES = 1000
+# A trial run's resolved recipe, whole (params hold it field by field, cut at MLflow's limits).
+RECIPE_ARTIFACT = "recipe.json"
 MAX_DIGEST = 36
 _INVALID_KEY = re.compile(r"[^A-Za-z0-9_\-./ ]")
 # How long tracking waits for MLflow (health probes and retried calls) before giving up.
@@ -443,8 +447,10 @@ def _log_new(
     """Logs what ``run`` does not hold yet, in the batch sizes MLflow accepts.
 
     Params are immutable in MLflow: one already logged keeps its value. A metric is logged when
-    its latest value differs, so a re-run adds nothing; a history series only when the run has
-    none of it. Non-finite values (a diverged trial's loss) are left out: the status tag says why.
+    its latest value differs, so a re-run adds nothing; a history series (one value per epoch,
+    ``step`` = epoch, 1 = the first) only when the run has none of it. Non-finite values (a
+    diverged trial's loss) are left out: the status tag says why. Everything goes in as few
+    ``log_batch`` calls as MLflow accepts (:func:`_batches`).
     """
     from mlflow.entities import Metric, Param
 
@@ -467,11 +473,19 @@ def _log_new(
                 for step, v in enumerate(series, 1)
                 if _is_number(v)
             ]
-    run_id = run.info.run_id
-    for start in range(0, len(metric_rows), 1000):
-        client.log_batch(run_id, metrics=metric_rows[start : start + 1000])
-    for start in range(0, len(param_rows), 100):
-        client.log_batch(run_id, params=param_rows[start : start + 100])
+    for params_part, metrics_part in _batches(param_rows, metric_rows):
+        client.log_batch(run.info.run_id, metrics=metrics_part, params=params_part)
+
+
+def _batches(params: list, metrics: list) -> Iterator[tuple[list, list]]:
+    """Params and metrics packed into as few ``log_batch`` calls as MLflow's limits allow
+    (at most 100 params and 1000 entries in all per call): a trial's params and its whole
+    per-epoch history usually go in one call, which keeps a 15k-trial study's logging fast."""
+    while params or metrics:
+        params_part = params[:MAX_BATCH_PARAMS]
+        metrics_part = metrics[: MAX_BATCH_ENTRIES - len(params_part)]
+        params, metrics = params[len(params_part) :], metrics[len(metrics_part) :]
+        yield params_part, metrics_part
 
 
 def flat_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -587,6 +601,8 @@ def log_trial_run(
     inputs: list | None = None,
     adopt_task_run: bool = True,
     wait_s: float | None = None,
+    recipe: Mapping[str, Any] | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Logs one finished trial as a nested run under ``parent_run_id`` and returns its id.
 
@@ -609,7 +625,13 @@ def log_trial_run(
         adopt_task_run: under KFP's MLflow plugin, log into the task's run when no other trial
             has it (False for loggings replayed or made up by another task, e.g. analyze).
         wait_s: how long to retry MLflow (default :func:`wait_budget`).
+        recipe: the trial's resolved recipe (every field): the artifact ``recipe.json`` and
+            the params ``recipe.<field>`` (:func:`recipe_params`).
+        engine_options: the trial's engine options (ZeRO stage, precision): params
+            ``engine.<option>``.
     """
+    params = dict(params) | recipe_params(recipe or {})
+    params |= {f"engine.{k}": v for k, v in (engine_options or {}).items()}
     return _with_retries(
         lambda: _log_trial_run(
             uri,
@@ -623,14 +645,36 @@ def log_trial_run(
             tags,
             inputs,
             adopt_task_run,
+            recipe,
         ),
         f"logging trial {trial_id} to MLflow",
         wait_s,
     )
 
 
+def recipe_params(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved recipe as params ``recipe.<field>``: every field, an unset one (None) as
+    ``None`` so that MLflow's compare view shows it too; lists as JSON, values cut at MLflow's
+    6000 characters (the ``recipe.json`` artifact keeps them whole)."""
+    return {
+        key: "None" if value is None else value
+        for key, value in flat_params(recipe, "recipe.").items()
+    }
+
+
 def _log_trial_run(
-    uri, parent_run_id, trial_id, run_name, params, metrics, history, status, tags, inputs, adopt
+    uri,
+    parent_run_id,
+    trial_id,
+    run_name,
+    params,
+    metrics,
+    history,
+    status,
+    tags,
+    inputs,
+    adopt,
+    recipe,
 ) -> str:
     client = _client(uri)
     parent = client.get_run(parent_run_id)
@@ -665,6 +709,8 @@ def _log_trial_run(
     if inputs and not run.inputs.dataset_inputs:
         client.log_inputs(run.info.run_id, datasets=inputs)
     _log_new(client, run, params=params, metrics=metrics, history=history)
+    if recipe:
+        client.log_dict(run.info.run_id, dict(recipe), RECIPE_ARTIFACT)
     if not adopted:
         client.set_terminated(run.info.run_id, "FINISHED" if status == "ok" else "FAILED")
     return run.info.run_id
@@ -687,6 +733,8 @@ def _log_entry(
     inputs = [dataset_input(entry["dataset"], entry["dataset_source"])] if entry["dataset"] else []
     keys = ("parent_run_id", "trial_id", "run_name", "params", "metrics", "history", "status")
     kwargs = {k: entry[k] for k in keys} | {"tags": entry["tags"], "inputs": inputs}
+    # Entries queued by an older aprflow have no recipe or engine options.
+    kwargs |= {"recipe": entry.get("recipe"), "engine_options": entry.get("engine_options")}
     return log_trial_run(uri, **kwargs, adopt_task_run=adopt_task_run, wait_s=wait_s)
 
 
@@ -701,6 +749,8 @@ def trial_entry(
     tags: dict[str, str],
     dataset: Mapping[str, Any] | None = None,
     dataset_source: str = "",
+    recipe: Mapping[str, Any] | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A trial's logging as plain JSON (what :func:`log_trial_or_queue` logs or queues); the
     arguments are those of :func:`log_trial_run`, with the dataset record and its source URI
@@ -716,6 +766,8 @@ def trial_entry(
         "tags": tags,
         "dataset": dict(dataset or {}),
         "dataset_source": dataset_source,
+        "recipe": dict(recipe or {}),
+        "engine_options": dict(engine_options or {}),
     }
     return json.loads(json.dumps(entry, default=_plain))
 
@@ -780,6 +832,98 @@ def replay_queue(store, study: str, uri: str, strict: bool = False) -> int:
     return done
 
 
+LIVE_TAG = "aprflow.live_run"
+# How long the end of a live run may wait for the system-metrics thread's last logging.
+LIVE_FINISH_S = 30.0
+
+
+@contextlib.contextmanager
+def live_run(
+    uri: str, parent_run_id: str, name: str, tags: Mapping[str, str] | None = None
+) -> Iterator[str | None]:
+    """A run that is RUNNING while the block trains, with MLflow's system metrics on.
+
+    A trial's own run is written after it trained (from its result, or later from the queue),
+    so the run that exists *during* training is this one: a nested run of the study named
+    ``name`` (found again by its ``aprflow.live_run`` tag, so a re-run of a chunk resumes its
+    steps), or, under KFP's MLflow plugin, the task's run. MLflow's system-metrics monitor
+    (``log_system_metrics``: CPU, memory, disk, network, GPU through psutil/pynvml, keys
+    ``system/...``, every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds, default 10)
+    samples the whole machine, so it covers the trial processes a chunk starts. The run is
+    ended FINISHED, or FAILED when the block raises (the plugin's run is left to the plugin).
+
+    Best-effort like every trial logging: when MLflow does not answer within the outage budget
+    (at most 10 s), a line says so and the block runs without a live run (yields None); a
+    monitor that stalls at the end is left behind after 30 s.
+
+    Args:
+        uri: tracking URI.
+        parent_run_id: the study's run.
+        name: the run's name and key, e.g. ``chunk-3``.
+        tags: extra tags.
+
+    Yields:
+        The live run's id, or None.
+    """
+    try:
+        run_id, owned = _with_retries(
+            lambda: _open_live_run(uri, parent_run_id, name, dict(tags or {})),
+            f"opening the live MLflow run {name}",
+            min(wait_budget(), OUTAGE_WAIT_S),
+        )
+        monitor = _start_system_metrics(uri, run_id)
+    except Exception as e:  # noqa: BLE001 - tracking must never fail training
+        report("tracking", f"no live MLflow run {name} (system metrics off): {e}")
+        yield None
+        return
+    failed = False
+    try:
+        yield run_id
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        finisher = threading.Thread(target=monitor.finish, name="aprflow-sysmetrics", daemon=True)
+        finisher.start()
+        finisher.join(LIVE_FINISH_S)
+        if owned:
+            with contextlib.suppress(Exception):  # best-effort; analyze ends runs left RUNNING
+                _with_retries(
+                    lambda: _client(uri).set_terminated(run_id, "FAILED" if failed else "FINISHED"),
+                    f"ending the live MLflow run {name}",
+                    min(wait_budget(), OUTAGE_WAIT_S),
+                )
+
+
+def _open_live_run(uri: str, parent_run_id: str, name: str, tags: dict) -> tuple[str, bool]:
+    """``(run id, owned)``: the plugin's task run (not owned), else the study's nested run
+    ``name``, created or set RUNNING again."""
+    client = _client(uri)
+    task_run = plugin_run(client)
+    if task_run is not None:
+        return task_run.info.run_id, False
+    parent = client.get_run(parent_run_id)
+    experiment_id = parent.info.experiment_id
+    keys = {LIVE_TAG: name, PARENT_TAG: parent_run_id}
+    all_tags = keys | {STUDY_TAG: parent.data.tags.get(STUDY_TAG, ""), "aprflow.kind": "live"}
+    run = _find_run(client, experiment_id, **keys)
+    if run is None:
+        run = _create_run_once(client, experiment_id, all_tags | dict(tags), name, **keys)
+    elif run.info.status != "RUNNING":
+        client.update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id, True
+
+
+def _start_system_metrics(uri: str, run_id: str):
+    """MLflow's system-metrics monitor on ``run_id``, started (what ``mlflow.start_run(...,
+    log_system_metrics=True)`` starts), resuming the run's steps."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
 def child_runs(uri: str, parent_run_id: str) -> list:
     """Every nested run of a parent run (MLflow ``Run`` objects)."""
 
@@ -814,7 +958,8 @@ def finish_study_run(
     Nested runs still RUNNING (their task was killed while logging) are ended, so no run of a
     finished study stays RUNNING: their ``aprflow.status`` tag (set first, from the trial's
     result) decides FINISHED or FAILED, a run without one is ``failed``, and the tag
-    ``aprflow.logging = incomplete`` says that metrics may be missing.
+    ``aprflow.logging = incomplete`` says that metrics may be missing; a live run
+    (:func:`live_run`) left RUNNING by a killed chunk is ended FAILED.
 
     Args:
         uri: tracking URI.
@@ -841,7 +986,9 @@ def _finish_study_run(uri, run_id, metrics, artifact_dir, params) -> None:
         tags = child.data.tags
         if plugin and (TRIAL_TAG not in tags or tags.get(OWNER_TAG) == PLUGIN_OWNER):
             continue  # a run of KFP's MLflow plugin: the plugin ends it with its task
-        if child.info.status not in FINISHED_STATES:
+        if child.info.status not in FINISHED_STATES and LIVE_TAG in tags:
+            client.set_terminated(child.info.run_id, "FAILED")  # its chunk was killed
+        elif child.info.status not in FINISHED_STATES:
             status = child.data.tags.get(STATUS_TAG)
             if status is None:
                 status = "failed"

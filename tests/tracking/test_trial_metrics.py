@@ -1,0 +1,186 @@
+"""Per-epoch metrics, the recipe and system metrics of trials in a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from components.common import tracking
+from components.common.storage import open_store
+
+EPOCHS = 4
+SERIES = (
+    "train_loss",
+    "test_loss",
+    "test_error",
+    "test_top5_error",
+    "lr",
+    "images_per_s",
+    "peak_memory_mb",
+    "ema_test_error",
+)
+# A resolved recipe as Recipe.to_dict() gives it (a subset of fields is enough here: every
+# field goes through the same code).
+RECIPE = {
+    "name": "rsb_a3",
+    "epochs": EPOCHS,
+    "lr": 0.008,
+    "opt": "lamb",
+    "weight_decay": 0.02,
+    "mixup": 0.1,
+    "cutmix": 1.0,
+    "auto_augment": "rand-m6-mstd0.5-inc1",
+    "scale": [0.08, 1.0],
+    "model_ema": True,
+    "warmup_lr": None,
+}
+
+
+def _history() -> dict[str, list[float]]:
+    """One value per epoch and series, distinct so that steps can be checked."""
+    return {name: [100.0 * i + epoch for epoch in range(EPOCHS)] for i, name in enumerate(SERIES)}
+
+
+def _study(uri: str) -> str:
+    name = uuid.uuid4().hex[:8]
+    return tracking.start_study_run(uri, f"metrics-{name}", f"s-{name}", {"n_models": 1})
+
+
+def test_trial_run_has_per_epoch_metrics_recipe_and_engine_options(mlflow_server, monkeypatch):
+    parent = _study(mlflow_server)
+    calls = []
+    real = MlflowClient.log_batch
+
+    def counting(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        calls.append((len(metrics), len(params)))
+        return real(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", counting)
+    entry = tracking.trial_entry(
+        parent,
+        "t-epochs",
+        run_name="m-digits",
+        params={"dataset": "digits", "seed": 0},
+        metrics={"top1_error": 12.5, "top5_error": 1.5},
+        history=_history(),
+        status="ok",
+        tags={},
+        recipe=RECIPE,
+        engine_options={"zero_stage": 2, "precision": "bf16"},
+    )
+    run_id = tracking.log_trial_run(mlflow_server, **{k: entry[k] for k in _ARGS})
+    # Params and the whole history in one batched call.
+    assert calls == [(len(SERIES) * EPOCHS + 2, 2 + len(RECIPE) + 2)]
+
+    client = MlflowClient(mlflow_server)
+    for i, name in enumerate(SERIES):
+        history = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in history] == [
+            (epoch + 1, 100.0 * i + epoch) for epoch in range(EPOCHS)
+        ], name
+    params = client.get_run(run_id).data.params
+    assert params["recipe.lr"] == "0.008" and params["recipe.opt"] == "lamb"
+    assert params["recipe.scale"] == "[0.08, 1.0]" and params["recipe.warmup_lr"] == "None"
+    assert params["engine.zero_stage"] == "2" and params["engine.precision"] == "bf16"
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert tracking.RECIPE_ARTIFACT in artifacts
+    local = client.download_artifacts(run_id, tracking.RECIPE_ARTIFACT)
+    assert json.loads(Path(local).read_text()) == RECIPE
+
+    # Logging again (a replay) adds no value to any series.
+    tracking.log_trial_run(mlflow_server, **{k: entry[k] for k in _ARGS} | {"status": "ok"})
+    assert len(client.get_metric_history(run_id, "test_error")) == EPOCHS
+
+
+_ARGS = (
+    "parent_run_id",
+    "trial_id",
+    "run_name",
+    "params",
+    "metrics",
+    "history",
+    "status",
+    "tags",
+    "recipe",
+    "engine_options",
+)
+
+
+def test_long_histories_are_split_within_mlflow_batch_limits(mlflow_server):
+    parent = _study(mlflow_server)
+    history = {f"s{i}": [float(e) for e in range(300)] for i in range(5)}  # 1500 values
+    run_id = tracking.log_trial_run(
+        mlflow_server,
+        parent,
+        "t-long",
+        run_name="long",
+        params={f"p{i}": i for i in range(150)},
+        metrics={},
+        history=history,
+        status="ok",
+    )
+    client = MlflowClient(mlflow_server)
+    assert len(client.get_metric_history(run_id, "s4")) == 300
+    assert len(client.get_run(run_id).data.params) == 150
+
+
+def test_queued_trial_keeps_its_recipe_until_replayed(mlflow_server, monkeypatch, tmp_path):
+    parent = _study(mlflow_server)
+    store = open_store(str(tmp_path / "store"))
+    entry = tracking.trial_entry(
+        parent, "t-queued", "q", {}, {"top1_error": 3.0}, _history(), "ok", {}, recipe=RECIPE
+    )
+    monkeypatch.setenv(tracking.WAIT_ENV, "1")
+    down = "http://127.0.0.1:9"  # nothing listens on the discard port
+    assert tracking.log_trial_or_queue(store, "s", down, entry) is None
+    assert store.get_json(tracking.queue_key("s", "t-queued"))["recipe"] == RECIPE
+    monkeypatch.delenv(tracking.WAIT_ENV)  # MLflow is back
+    assert tracking.replay_queue(store, "s", mlflow_server, strict=True) == 1
+    client = MlflowClient(mlflow_server)
+    (run,) = [r for r in tracking.child_runs(mlflow_server, parent)]
+    assert run.data.params["recipe.name"] == "rsb_a3"
+    assert tracking.RECIPE_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert len(client.get_metric_history(run.info.run_id, "lr")) == EPOCHS
+
+
+def test_live_run_logs_system_metrics_while_the_block_runs(mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    parent = _study(mlflow_server)
+    client = MlflowClient(mlflow_server)
+    with tracking.live_run(mlflow_server, parent, "chunk-0", {"aprflow.chunk": "0"}) as run_id:
+        assert client.get_run(run_id).info.status == "RUNNING"
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # some CPU work to sample
+            sum(i * i for i in range(10_000))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "chunk-0"
+    assert run.data.tags[tracking.PARENT_TAG] == parent
+    cpu = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+    assert len(cpu) >= 2 and all(0.0 <= m.value <= 100.0 for m in cpu)
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
+    steps = max(m.step for m in cpu)
+
+    # A re-run of the chunk resumes the same run and its steps; a failure ends it FAILED.
+    with pytest.raises(RuntimeError), tracking.live_run(mlflow_server, parent, "chunk-0") as again:
+        assert again == run_id
+        time.sleep(0.7)
+        raise RuntimeError("a chunk that failed")
+    assert client.get_run(run_id).info.status == "FAILED"
+    later = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+    assert max(m.step for m in later) > steps and len(later) > len(cpu)
+    # Not a trial: the study's trial links ignore it.
+    assert tracking.trial_run_links(mlflow_server, parent) == {}
+
+
+def test_live_run_without_mlflow_runs_the_block(monkeypatch):
+    monkeypatch.setenv(tracking.WAIT_ENV, "1")
+    started = time.monotonic()
+    ran = []
+    with tracking.live_run("http://127.0.0.1:9", "no-parent", "chunk-0") as run_id:
+        ran.append(run_id)
+    assert ran == [None] and time.monotonic() - started < 15
