@@ -1,33 +1,50 @@
-"""Training throughput of aprflow's trial loop vs timm's own ``train.py``, side by side.
+"""Training throughput of aprflow's trainer on its stream input vs timm's own ``train.py``.
 
-Both train the same registered model (``anynet_regnetx_200mf`` by default, built from the same
-spec) on the same images, batch size, optimizer and thread count, on this machine; the figure
-is images per second during training (timm: its running average ``N/s`` of the last epoch's
-log lines; aprflow: ``train_images_per_s`` of the trial result) and their ratio.
+Both sides train the same registered model (``anynet_<reference>``, e.g.
+``anynet_regnetx_400mf``, ``anynet_resnet18``: the AnyNet renderings of
+:data:`components.sample.space.REFERENCE_SPECS`, registered with timm by
+``components.sample.anynet``; at 64 px and below both use the small-image stem) with the same
+augmentation on the same JPEG files: per-image RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3,
+bilinear) + horizontal flip + normalisation, decoded in DataLoader workers; same batch size,
+SGD-Nesterov, cosine schedule, label smoothing 0.1, torch's default threads, this machine.
 
-timm's ``train.py`` is not part of the timm wheel: take it from a checkout of
-huggingface/pytorch-image-models and pass its path::
+* timm: its ``train.py`` (``create_dataset`` ImageFolder + ``create_loader``: persistent
+  workers, fast-collate prefetcher on or off, pinned memory on CUDA), once per loader setting;
+  the figure is the average ``N/s`` of its last epoch's log lines;
+* aprflow: the same files built into tar shards (``aprflow data build``, originals kept),
+  trained by the real trial loop (``components.train.trial.run_trial``, ``input: stream``,
+  ``APRFLOW_DATA_WORKERS`` workers); the figure is the last epoch's ``images_per_s`` from the
+  result's history (older trainers: ``train_images_per_s`` over all epochs, compared with
+  timm's over all epochs).
+
+Runs of the two sides alternate, and the best setting of each is compared (ratio
+aprflow / timm). The 1-minute load average before each run is printed with it.
+
+timm's ``train.py`` is not in the timm wheel: take it from a checkout of
+huggingface/pytorch-image-models (the version matching the installed timm)::
 
     .venv/bin/python tests/benchmarks/bench_train_vs_timm.py --timm-train PATH/train.py
-
-The resolution must be above 64 px so that aprflow does not swap in its small-image stem (the
-two models would then differ).
+    .venv/bin/python tests/benchmarks/bench_train_vs_timm.py --timm-train PATH/train.py \\
+        --references resnet18 --resolutions 96 --workers 1 --images 256
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from PIL import Image
+from bench_input import CLASSES, write_folder
 
 from components.common.storage import open_store
-from components.data.datasets import load_manifest, load_split, prepare_all
-from components.sample.space import REFERENCE_SPECS
+from components.data.build import build_dataset, load_manifest
+from components.data.descriptor import DatasetDescriptor, SplitRule
+from components.sample.space import REFERENCE_SPECS, uses_small_stem
 from components.train.recipes import resolve_recipe
 from components.train.trial import Trial, run_trial
 
@@ -36,86 +53,155 @@ TIMM_RUNNER = (
     "import runpy, sys; import components.sample.anynet; "
     "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 )
-RATE = re.compile(r"\(\s*[\d.]+s,\s*([\d.]+)/s\)")
+# "Train: 1 [   7/8 (100%)]  Loss: ... Time: 0.50s, 64.0/s  (0.52s, 61.5/s)"
+TIMM_LINE = re.compile(
+    r"Train: (\d+) \[\s*(\d+)/(\d+)\s.*?\(\s*([\d.]+)s,\s*([\d.]+)/s\)", re.DOTALL
+)
+LR, MOMENTUM, WEIGHT_DECAY, SMOOTHING = 0.1, 0.9, 5e-4, 0.1
 
 
-def write_image_folder(store, ref, root: Path) -> None:
-    """Writes the materialised splits as ImageFolder PNGs: root/{train,validation}/<class>/."""
-    names = load_manifest(store, ref)["class_names"]
-    for split, folder in (("train", "train"), ("test", "validation")):
-        x, y = load_split(store, ref, split)
-        for i, (image, label) in enumerate(zip(x, y, strict=True)):
-            target = root / folder / names[label]
-            target.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(target / f"{i:05d}.png")
+def load_average() -> float:
+    return os.getloadavg()[0]
 
 
-def timm_rate(args, data: Path, num_classes: int, mean, std, out: Path) -> float:
+def timm_rates(args, model: str, resolution: int, data: Path, mean, std, setting: dict):
+    """(last-epoch images/s, all-epochs images/s) of one train.py run."""
     command = [
         *(sys.executable, "-c", TIMM_RUNNER, str(args.timm_train)),
-        *("--data-dir", str(data), "--model", args.model, "--num-classes", str(num_classes)),
-        *("--img-size", str(args.resolution), "-b", str(args.batch_size)),
+        *("--data-dir", str(data), "--train-split", "train", "--val-split", "test"),
+        *("--model", model, "--num-classes", str(CLASSES)),
+        *("--img-size", str(resolution), "-b", str(args.batch_size)),
         *("--epochs", str(args.epochs), "--warmup-epochs", "0", "--sched", "cosine"),
-        *("--opt", "sgd", "--lr", "0.1", "--momentum", "0.9", "--weight-decay", "5e-4"),
-        *("--smoothing", "0.1", "--device", "cpu", "--workers", str(args.workers)),
-        *("--mean", *map(str, mean), "--std", *map(str, std), "--no-aug"),
-        *("--log-interval", "5", "--output", str(out), "--checkpoint-hist", "1"),
+        *("--opt", "sgd", "--lr", str(LR), "--momentum", str(MOMENTUM)),
+        *("--weight-decay", str(WEIGHT_DECAY), "--smoothing", str(SMOOTHING)),
+        *("--scale", "0.08", "1.0", "--ratio", str(3 / 4), str(4 / 3), "--hflip", "0.5"),
+        *("--color-jitter", "0", "--reprob", "0", "--train-interpolation", "bilinear"),
+        *("--mean", *map(str, mean), "--std", *map(str, std), "--device", args.device),
+        *("--workers", str(setting["workers"]), "--log-interval", "1"),
+        *("--output", str(data.parent / "timm-out"), "--checkpoint-hist", "1"),
+        *([] if setting["prefetcher"] else ["--no-prefetcher"]),
+        *(["--pin-mem"] if args.device == "cuda" else []),
+        *(["--model-kwargs", "small_input=True"] if uses_small_stem(resolution, None) else []),
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     log = done.stdout + done.stderr
     if done.returncode != 0:
         raise SystemExit(f"timm train.py failed:\n{log[-3000:]}")
-    last_epoch = f"Train: {args.epochs - 1} "
-    rates = [
-        float(m) for line in log.splitlines() if last_epoch in line for m in RATE.findall(line)
-    ]
-    if not rates:
-        raise SystemExit(f"no throughput in timm's log:\n{log[-3000:]}")
-    return rates[-1]
+    # Per epoch, its last line: (updates, average seconds per update).
+    epochs: dict[int, tuple[int, float]] = {}
+    for line in log.splitlines():
+        if (match := TIMM_LINE.search(line)) is not None:
+            epoch, index, _, avg_s, _ = match.groups()
+            epochs[int(epoch)] = (int(index) + 1, float(avg_s))
+    if len(epochs) != args.epochs:
+        raise SystemExit(f"no throughput per epoch in timm's log:\n{log[-3000:]}")
+    images = {e: updates * args.batch_size for e, (updates, _) in epochs.items()}
+    seconds = {e: updates * avg_s for e, (updates, avg_s) in epochs.items()}
+    last = args.epochs - 1
+    return images[last] / seconds[last], sum(images.values()) / sum(seconds.values())
+
+
+def aprflow_rates(args, reference: str, ref, workers: int):
+    """(last-epoch images/s or None, all-epochs images/s) of one run_trial on the stream."""
+    os.environ["APRFLOW_DATA_WORKERS"] = str(workers)
+    recipe = resolve_recipe(
+        "apr_tiny",
+        {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": LR,
+            "momentum": MOMENTUM,
+            "weight_decay": WEIGHT_DECAY,
+            "label_smoothing": SMOOTHING,
+            "warmup_epochs": 0.0,
+            "crop_padding": 0,
+            "hflip": True,
+        },
+    )
+    store = open_store(args.store)
+    # A fresh trial id per run (the seed), so nothing is reused from an earlier run.
+    args.trial_seed += 1
+    trial = Trial(REFERENCE_SPECS[reference].to_dict(), ref, recipe, seed=args.trial_seed)
+    if args.device != "cpu":
+        trial = replace(trial, device=args.device)
+    result = run_trial(store, trial, progress=lambda _: None)
+    if result["status"] != "ok":
+        raise SystemExit(f"aprflow trial {result['status']}: {result.get('reason')}")
+    per_epoch = result["history"].get("images_per_s")
+    return (per_epoch[-1] if per_epoch else None), result["train_images_per_s"]
+
+
+def compare(args, reference: str, resolution: int, folder: Path, ref, mean, std) -> None:
+    model = f"anynet_{reference}"
+    ref = replace(ref, resolution=resolution, input="stream")
+    timm_settings = [{"workers": w, "prefetcher": p} for w in args.workers for p in (True, False)]
+    rows: list[tuple[str, str, float | None, float, float]] = []
+    for i in range(max(len(timm_settings), len(args.workers))):
+        if i < len(args.workers):
+            load = load_average()
+            last, total = aprflow_rates(args, reference, ref, args.workers[i])
+            rows.append(("aprflow", f"{args.workers[i]} workers", last, total, load))
+            print(f"    {rows[-1]}", flush=True)
+        if i < len(timm_settings):
+            setting = timm_settings[i]
+            load = load_average()
+            last, total = timm_rates(args, model, resolution, folder, mean, std, setting)
+            prefetcher = "on" if setting["prefetcher"] else "off"
+            name = f"{setting['workers']} workers, prefetcher {prefetcher}"
+            rows.append(("timm", name, last, total, load))
+            print(f"    {rows[-1]}", flush=True)
+    # Compare the last epochs when the trainer reports them, else all epochs on both sides.
+    last_epoch = all(row[2] is not None for row in rows)
+    column = 2 if last_epoch else 3
+    print(
+        f"{model} at {resolution} px, {ref.n_train} JPEG train images ({args.source_side} px), "
+        f"batch {args.batch_size}, {args.epochs} epochs, {args.device}; images/s "
+        f"({'last epoch' if last_epoch else 'all epochs'}):"
+    )
+    for side, setting, *rates, load in rows:
+        print(f"  {side:8s} {setting:28s} {rates[column - 2]:8.1f}   (load average {load:.2f})")
+    best = {side: max(r[column] for r in rows if r[0] == side) for side in ("aprflow", "timm")}
+    print(
+        f"  best: aprflow {best['aprflow']:.1f}, timm {best['timm']:.1f}; "
+        f"ratio aprflow / timm = {best['aprflow'] / best['timm']:.2f}",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timm-train", type=Path, required=True, help="timm's train.py")
-    parser.add_argument("--reference", default="regnetx_200mf", choices=sorted(REFERENCE_SPECS))
-    parser.add_argument("--dataset", default="shapes")
-    parser.add_argument("--resolution", type=int, default=96)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--references",
+        nargs="+",
+        default=["regnetx_400mf", "resnet18"],
+        choices=sorted(REFERENCE_SPECS),
+    )
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 96])
+    parser.add_argument("--images", type=int, default=256, help="training images")
+    parser.add_argument("--source-side", type=int, default=128, help="side of the JPEG files")
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="timm's data loader workers (0 was timm's fastest on 2 cores: 225 vs 180-186 "
-        "images/s with 1-2 workers)",
+        "--workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers to try"
     )
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    if args.resolution <= 64:
-        parser.error("--resolution must be above 64 px (see the module docstring)")
-    args.model = f"anynet_{args.reference}"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        store = open_store(str(tmp / "store"))
-        (ref,) = prepare_all([args.dataset], args.resolution, 0, store.uri)
-        manifest = load_manifest(store, ref)
-        write_image_folder(store, ref, tmp / "images")
-        timm = timm_rate(
-            args, tmp / "images", ref.num_classes, manifest["mean"], manifest["std"], tmp / "out"
+        folder = tmp / "images"  # train/ and test/: timm reads these files, aprflow builds them
+        write_folder(folder / "train", args.images, args.source_side)
+        write_folder(folder / "test", 2 * CLASSES, args.source_side, seed=1)
+        args.store, args.trial_seed = str(tmp / "store"), 0
+        descriptor = DatasetDescriptor(
+            name="bench", source=str(folder), split=SplitRule(mode="given", val_fraction=0.0)
         )
-        recipe = resolve_recipe(
-            "apr_tiny",
-            {"epochs": args.epochs, "batch_size": args.batch_size, "crop_padding": 0},
-        )
-        spec = REFERENCE_SPECS[args.reference].to_dict()
-        result = run_trial(store, Trial(spec, ref, recipe, seed=0), progress=lambda _: None)
-        ours = result["train_images_per_s"]
-    print(
-        f"{args.model} on {args.dataset} ({ref.n_train} train images, {args.resolution} px), "
-        f"batch {args.batch_size}, {args.epochs} epochs, CPU:"
-    )
-    print(f"  timm train.py : {timm:8.1f} images/s")
-    print(f"  aprflow trial : {ours:8.1f} images/s")
-    print(f"  ratio aprflow / timm = {ours / timm:.2f}")
+        ref = build_dataset(open_store(args.store), descriptor, lambda _: None)
+        manifest = load_manifest(open_store(args.store), ref)
+        print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
+        for reference in args.references:
+            for resolution in args.resolutions:
+                compare(args, reference, resolution, folder, ref, manifest["mean"], manifest["std"])
 
 
 if __name__ == "__main__":
