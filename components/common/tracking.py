@@ -467,7 +467,8 @@ def _log_new(
     ]
     for name, series in (history or {}).items():
         key = safe_key(name)
-        if key not in logged_metrics:
+        # Only per-epoch lists are series; anything else in a history is not a metric.
+        if key not in logged_metrics and isinstance(series, list | tuple):
             metric_rows += [
                 Metric(key, float(v), now, step)
                 for step, v in enumerate(series, 1)
@@ -650,6 +651,34 @@ def log_trial_run(
         f"logging trial {trial_id} to MLflow",
         wait_s,
     )
+
+
+# A trial result's final scalars logged as metrics of its run (when present).
+RESULT_METRICS = (
+    "top1_error",
+    "top5_error",
+    "test_loss",
+    "flops",
+    "params",
+    "flops_trained",
+    "train_images_per_s",
+    "wall_time_s",
+    "micro_batch_size",
+    "oom_retries",
+    "attempt",
+)
+
+
+def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """A trial result's final scalars as run metrics: :data:`RESULT_METRICS` and each of its
+    ``evaluations`` as ``<evaluation>/<metric>`` (``test/top5_error``, ``val/top1_error``,
+    ``imagenet_v2/top1_error``: the same checkpoint on another split or test set)."""
+    metrics = {key: result[key] for key in RESULT_METRICS if _is_number(result.get(key))}
+    for name, values in (result.get("evaluations") or {}).items():
+        for key, value in values.items():
+            if _is_number(value):
+                metrics[f"{name}/{key}"] = value
+    return metrics
 
 
 def recipe_params(recipe: Mapping[str, Any]) -> dict[str, Any]:

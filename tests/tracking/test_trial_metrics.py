@@ -184,3 +184,31 @@ def test_live_run_without_mlflow_runs_the_block(monkeypatch):
     with tracking.live_run("http://127.0.0.1:9", "no-parent", "chunk-0") as run_id:
         ran.append(run_id)
     assert ran == [None] and time.monotonic() - started < 15
+
+
+def test_result_metrics_carry_each_evaluation():
+    result = {
+        "top1_error": 20.0,
+        "top5_error": 5.0,
+        "wall_time_s": 3.5,
+        "oom_retries": 1,
+        "flops": None,
+        "status": "ok",
+        "history": {"test_error": [30.0, 20.0]},
+        "evaluations": {
+            "test": {"top1_error": 20.0, "top5_error": 5.0, "loss": 0.9},
+            "imagenet_v2": {"top1_error": 31.0, "top5_error": 9.0, "loss": 1.4},
+        },
+    }
+    assert tracking.result_metrics(result) == {
+        "top1_error": 20.0,
+        "top5_error": 5.0,
+        "wall_time_s": 3.5,
+        "oom_retries": 1,
+        "test/top1_error": 20.0,
+        "test/top5_error": 5.0,
+        "test/loss": 0.9,
+        "imagenet_v2/top1_error": 31.0,
+        "imagenet_v2/top5_error": 9.0,
+        "imagenet_v2/loss": 1.4,
+    }
