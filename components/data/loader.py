@@ -72,11 +72,14 @@ class TrainData(ABC):
         """Images in the split."""
 
     @abstractmethod
-    def train(self, recipe: Any, generator: torch.Generator, epoch: int) -> Iterator[Batch]:
+    def train(
+        self, recipe: Any, generator: torch.Generator, epoch: int, start: int = 0
+    ) -> Iterator[Batch]:
         """Augmented, shuffled training batches of one epoch (the last partial batch dropped).
 
-        Which images each batch holds depends on ``(seed, epoch)`` only, so a resumed epoch
-        can skip its first ``k`` batches (``itertools.islice``)."""
+        Which images each batch holds depends on ``(seed, epoch)`` only. ``start`` skips the
+        epoch's first batches without making them (a resumed epoch): the batches yielded are
+        exactly those from ``start`` on of a full pass from the same generator state."""
 
     @abstractmethod
     def eval(self, batch_size: int) -> Iterator[Batch]:
@@ -158,11 +161,14 @@ class InMemoryBatches(TrainData):
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) / self.std
 
-    def train(self, recipe, generator: torch.Generator, epoch: int = 0) -> Iterator[Batch]:
+    def train(
+        self, recipe, generator: torch.Generator, epoch: int = 0, start: int = 0
+    ) -> Iterator[Batch]:
         """Batches in an order from (seed, epoch), with ``aug_repeats``; per-image crops and
-        flips drawn from ``generator``; resized to :func:`train_resolution` (bilinear with
-        antialiasing, after cropping at the stored resolution: the resize is a pure function of
-        the batch, so the augmentations are the same at every training resolution)."""
+        flips drawn from ``generator`` (skipped batches still draw theirs); resized to
+        :func:`train_resolution` (bilinear with antialiasing, after cropping at the stored
+        resolution: the resize is a pure function of the batch, so the augmentations are the
+        same at every training resolution)."""
         check_input(recipe, "memory")
         pairs = repeat_order(shuffled_order(len(self), self.seed, epoch), recipe.aug_repeats)
         height, width = self.x.shape[2:]
@@ -170,9 +176,18 @@ class InMemoryBatches(TrainData):
             train_resolution(height, recipe.train_resolution_ratio),
             train_resolution(width, recipe.train_resolution_ratio),
         )
-        for batch in train_batches([index for index, _ in pairs], recipe.batch_size):
+        batches = train_batches([index for index, _ in pairs], recipe.batch_size)
+        augment = recipe.crop_padding > 0 or recipe.hflip
+        for number, batch in enumerate(batches):
+            draws = (
+                augmentation_draws(len(batch), height, width, recipe, generator)
+                if augment
+                else None
+            )
+            if number < start:
+                continue
             index = torch.tensor(batch, device=self.x.device)
-            images = crop_and_flip(self.x[index], recipe.crop_padding, recipe.hflip, generator)
+            images = self.x[index] if draws is None else crop_and_flip(self.x[index], *draws)
             images = self._prepare(images)
             if size != (height, width):
                 images = F.interpolate(
@@ -208,27 +223,29 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return (size - 1) - ((size - 1) - index.abs()).abs()
 
 
-def crop_and_flip(
-    images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator
-) -> torch.Tensor:
-    """Per image: a random crop of the image reflection-padded by ``padding`` (offsets in
-    ``[0, 2 * padding]``) and, with ``hflip``, a horizontal flip with probability 0.5.
-
-    All images in one batched gather of rows, then of columns (a flip reverses an image's
-    column indices), on any dtype and device; the random draws come from ``generator`` (CPU),
-    so the batch is a function of the generator's state.
-    """
-    n, c, h, w = images.shape
-    if padding >= min(h, w):
-        raise ValueError(f"crop_padding {padding} must be below the image side ({h}x{w})")
-    if not padding and not hflip:
-        return images
+def augmentation_draws(
+    n: int, height: int, width: int, recipe, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random part of :func:`crop_and_flip` for ``n`` images, from ``generator`` (CPU):
+    per image the source rows and columns of its crop of the image reflection-padded by
+    ``recipe.crop_padding`` (offsets in ``[0, 2 * padding]``), columns reversed for a flip
+    (probability 0.5 with ``recipe.hflip``)."""
+    padding = recipe.crop_padding
+    if padding >= min(height, width):
+        raise ValueError(f"crop_padding {padding} must be below the image side ({height}x{width})")
     offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator) - padding
-    rows = _reflect(offsets[0, :, None] + torch.arange(h), h)
-    cols = _reflect(offsets[1, :, None] + torch.arange(w), w)
-    if hflip:
+    rows = _reflect(offsets[0, :, None] + torch.arange(height), height)
+    cols = _reflect(offsets[1, :, None] + torch.arange(width), width)
+    if recipe.hflip:
         flip = torch.rand(n, generator=generator) < 0.5
         cols = torch.where(flip[:, None], cols.flip(1), cols)
+    return rows, cols
+
+
+def crop_and_flip(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Each image's crop (and flip) of :func:`augmentation_draws`: one batched gather of rows,
+    then of columns, on any dtype and device (uint8 here: a quarter of float's traffic)."""
+    n, c, h, w = images.shape
     rows, cols = rows.to(images.device), cols.to(images.device)
     images = images.gather(2, rows[:, None, :, None].expand(n, c, h, w))
     return images.gather(3, cols[:, None, None, :].expand(n, c, h, w))
@@ -488,16 +505,19 @@ class StreamBatches(TrainData):
                 labels.to(self.device, non_blocking=True),
             )
 
-    def train(self, recipe, generator: torch.Generator, epoch: int = 0) -> Iterator[Batch]:
+    def train(
+        self, recipe, generator: torch.Generator, epoch: int = 0, start: int = 0
+    ) -> Iterator[Batch]:
         """The epoch's batches (order and augmentation from (seed, epoch) only; ``generator``
         is unused), at :func:`train_resolution`, with ``aug_repeats`` over the shard-local
-        :func:`epoch_order` (a fully random order would read a shard per image)."""
+        :func:`epoch_order` (a fully random order would read a shard per image); from batch
+        ``start`` on (the skipped ones are neither read nor decoded)."""
         size = train_resolution(self.resolution, recipe.train_resolution_ratio)
         transform = train_transform(size, self.mean, self.std, recipe)
         samples = ShardSamples(self.store_uri, self.shards, transform, self.seed, self.cache_dir)
         order = epoch_order([n for _, n in self.shards], self.seed, epoch)
         items = [(index, epoch, copy) for index, copy in repeat_order(order, recipe.aug_repeats)]
-        yield from self._loaded(samples, train_batches(items, recipe.batch_size))
+        yield from self._loaded(samples, train_batches(items, recipe.batch_size)[start:])
 
     def eval(self, batch_size: int) -> Iterator[Batch]:
         transform = eval_transform(self.resolution, self.mean, self.std)

@@ -159,3 +159,13 @@ def test_stream_repeats_each_image_differently_and_trains_at_the_train_resolutio
     assert all(not torch.equal(x[i], x[i + 1]) for i in range(0, 20, 2)), "copies differ"
     in_workers = _epoch(open_split(store, ref, "train", CPU, seed=5, workers=2), recipe, 0)
     assert torch.equal(x, in_workers[0]) and torch.equal(y, in_workers[1])
+
+
+def test_stream_start_skips_batches_exactly(built):
+    store, ref = built
+    recipe = resolve_recipe("apr_tiny", {"batch_size": 4, "hflip": True})
+    data = open_split(store, ref, "train", CPU, seed=5, workers=0)
+    full = list(data.train(recipe, torch.Generator(), 1))
+    resumed = list(data.train(recipe, torch.Generator(), 1, start=3))
+    assert len(full) == 5 and len(resumed) == 2
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, full[3:], strict=True))
