@@ -147,7 +147,7 @@ def plan_study(
         "engine": engine,
         "store_uri": store.uri,
     } | {f"recipe.{k}": v for k, v in resolved.to_dict().items()}
-    params |= {f"engine_options.{k}": v for k, v in (engine_options or {}).items()}
+    params |= {f"engine.{k}": v for k, v in (engine_options or {}).items()}
     params |= _population_params(specs)
     for ref in refs:
         # Recipes may differ by dataset (dataset_settings: {NAME: {recipe, epochs}}).
@@ -260,7 +260,6 @@ def train_trial(
         "device": trial.device,
         "gpus": trial.gpus,
     }
-    params |= {f"engine_options.{k}": v for k, v in trial.engine_options.items()}
     metrics = {
         key: result[key]
         for key in (
@@ -300,6 +299,8 @@ def train_trial(
         },
         dataset=dataset,
         dataset_source=source,
+        recipe=trial.recipe.to_dict(),
+        engine_options=trial.engine_options,
     )
     tracking.log_trial_or_queue(store, study, uri, entry)
     if result["status"] == "ok":

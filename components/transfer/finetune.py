@@ -1,16 +1,18 @@
 """Fine-tuning and training from scratch on a target: Kornblith et al.'s regimes 2 and 3.
 
-The recipe (``finetune`` / ``scratch`` in :mod:`components.train.recipes`): SGD with Nesterov
+The recipe (``recipes/finetune.yaml`` / ``recipes/scratch.yaml``): SGD with Nesterov
 momentum (timm ``create_optimizer_v2(opt="sgd")``), cosine decay per step
 (``timm.scheduler.CosineLRScheduler``), batch 256, no label smoothing. Kornblith et al. trained
 20,000 steps on every dataset; here the steps are scaled by the training set's size,
-``steps = max(1, round(20000 * min(1, n_train / 50000)))`` (20k steps at CIFAR's 50,000 images,
-about 100 epochs; fewer on smaller sets), and ``max_steps`` caps them (toy runs). The learning
-rate x weight decay grid is searched on the validation split (each configuration trained on
-the training split); then, as Kornblith et al. did, the configuration best on validation is
-**refit on train + validation** (steps scaled by that size) and its test accuracy is the
-reported one (``refit=False`` reports the grid run's own test accuracy instead). ``scratch``
-is the same procedure from a random initialisation of the same architecture.
+``steps = max(1, round(reference_steps * min(1, n_train / reference_images)))`` (the recipe's
+fields: 20k steps at CIFAR's 50,000 images, about 100 epochs; fewer on smaller sets), and
+``max_steps`` caps them (toy runs). The learning rate x weight decay grid (the recipe's
+``lr_grid`` x ``weight_decay_grid``) is searched on the validation split (each configuration
+trained on the training split); then, as Kornblith et al. did, the configuration best on
+validation is **refit on train + validation** (steps scaled by that size) and its test
+accuracy is the reported one (``refit=False`` reports the grid run's own test accuracy
+instead). ``scratch`` is the same procedure from a random initialisation of the same
+architecture.
 
 The torch engine of the trainer (:class:`components.train.engines.TorchEngine`) owns the
 device placement, bf16 autocast on a GPU and the optimizer step.
@@ -27,16 +29,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Kornblith et al.: 20,000 steps at batch 256 on every dataset; scaled here to this size.
-REFERENCE_STEPS = 20_000
-REFERENCE_IMAGES = 50_000
-DEFAULT_LRS: tuple[float, ...] = (0.001, 0.01, 0.1)
-DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (0.0, 1e-4)
 
+def scaled_steps(recipe, n_train: int, max_steps: int | None = None) -> int:
+    """Optimizer steps of ``recipe`` (its ``reference_steps`` at ``reference_images``) for a
+    training set of ``n_train`` images (see the module docstring).
 
-def scaled_steps(n_train: int, max_steps: int | None = None) -> int:
-    """Optimizer steps for a training set of ``n_train`` images (see the module docstring)."""
-    steps = max(1, round(REFERENCE_STEPS * min(1.0, n_train / REFERENCE_IMAGES)))
+    Raises:
+        ValueError: for a recipe without a step count (``reference_steps`` 0).
+    """
+    if not recipe.reference_steps or not recipe.reference_images:
+        raise ValueError(
+            f"recipe {recipe.name!r} counts no fine-tune steps: set reference_steps and "
+            "reference_images (as recipes/finetune.yaml does)"
+        )
+    ratio = min(1.0, n_train / recipe.reference_images)
+    steps = max(1, round(recipe.reference_steps * ratio))
     return min(steps, max_steps) if max_steps else steps
 
 
@@ -138,8 +145,8 @@ def finetune(
     test: tuple[torch.Tensor, torch.Tensor],
     *,
     recipe: str = "finetune",
-    lrs: Sequence[float] = DEFAULT_LRS,
-    weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
+    lrs: Sequence[float] | None = None,
+    weight_decays: Sequence[float] | None = None,
     max_steps: int | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -154,8 +161,9 @@ def finetune(
         num_classes: target classes.
         train, val, test: ``(inputs NCHW float, labels int64)`` prepared with the model's
             eval transform.
-        recipe: recipe name in :mod:`components.train.recipes` (batch size, momentum, hflip).
-        lrs, weight_decays: the grid.
+        recipe: recipe name in :mod:`components.train.recipes` (batch size, momentum, hflip,
+            steps and grid).
+        lrs, weight_decays: the grid (None: the recipe's ``lr_grid`` / ``weight_decay_grid``).
         max_steps: cap on the scaled step count (toy runs).
         seed: seed of the new head and of the batch order.
         device: ``auto``, ``cuda`` or ``cpu`` (the engine's choice).
@@ -169,13 +177,15 @@ def finetune(
     from components.train.recipes import resolve_recipe
 
     settings = resolve_recipe(recipe)
+    lrs = settings.lr_grid if lrs is None else lrs
+    weight_decays = settings.weight_decay_grid if weight_decays is None else weight_decays
     if not lrs or not weight_decays:
         raise ValueError("the learning-rate and weight-decay grids must not be empty")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         start = copy.deepcopy(model).cpu()
         start.reset_classifier(num_classes)
-    steps = scaled_steps(len(train[0]), max_steps)
+    steps = scaled_steps(settings, len(train[0]), max_steps)
     start_engine = TorchEngine(device=device)
     initial = accuracy(
         copy.deepcopy(start).to(start_engine.device), start_engine, *test, settings.eval_batch_size
@@ -215,7 +225,7 @@ def finetune(
     if refit:
         # The validation split has chosen; it now trains too (more data, same recipe).
         both = (torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]]))
-        refit_steps = scaled_steps(len(both[0]), max_steps)
+        refit_steps = scaled_steps(settings, len(both[0]), max_steps)
         trained, engine = train_steps(
             copy.deepcopy(start),
             *both,

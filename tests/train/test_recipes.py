@@ -174,3 +174,15 @@ def test_aprflow_recipes_lists_and_resolves(capsys):
         assert aprflow(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_finetune_steps_and_grid_come_from_the_recipe():
+    from components.transfer.finetune import scaled_steps
+
+    finetune = RECIPES["finetune"]
+    assert scaled_steps(finetune, 5_000) == 2_000, "20k steps at 50k images, scaled"
+    assert scaled_steps(finetune, 80_000) == 20_000 and scaled_steps(finetune, 80_000, 7) == 7
+    fewer = resolve_recipe("finetune", {"reference_steps": 1_000})
+    assert scaled_steps(fewer, 5_000) == 100
+    with pytest.raises(ValueError, match="'apr_tiny' counts no fine-tune steps"):
+        scaled_steps(RECIPES["apr_tiny"], 5_000)
