@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.table import ARCH_GROUPS, ResultsTable, slice_label, split_evaluation
+from analysis.table import (
+    ARCH_GROUPS,
+    COMPANION_COLUMNS,
+    OWN_TEST_SET,
+    ResultsTable,
+    slice_label,
+    split_evaluation,
+)
 
 DEFAULT_REFERENCE = "imagenet"
 SCHEMA_VERSION = 2
@@ -286,7 +293,9 @@ def _slice_summaries(columns: pd.DataFrame) -> dict[str, dict]:
 def _slice_comparisons(columns: pd.DataFrame, k: int, bootstrap: stats.Bootstrap) -> list[dict]:
     """Every two ``(regime, metric)`` slices on each dataset they share, over the same
     models: Spearman, Kendall tau and weighted tau (do the top models agree?), log-odds r,
-    top-k overlap and what choosing by the first costs on the second."""
+    top-k overlap and what choosing by the first costs on the second. Two slices that differ
+    in both regime and metric are compared only when neither metric is a further evaluation
+    of the checkpoints (top-5, another test set)."""
     models = columns.index.to_numpy(dtype=str)
     by_dataset: dict[str, list[tuple[str, str]]] = {}
     for regime, metric, dataset in columns.columns:
@@ -300,6 +309,11 @@ def _slice_comparisons(columns: pd.DataFrame, k: int, bootstrap: stats.Bootstrap
                     kind = "regimes"  # e.g. two training recipes (ResNet strikes back)
                 elif first[0] == second[0]:
                     kind = "metrics"
+                elif _is_evaluation(first[1]) or _is_evaluation(second[1]):
+                    # Recipe A's error on one test set vs recipe B's on another says nothing
+                    # the "regimes" and "metrics" pairs do not; with several recipes and
+                    # evaluations these pairs would grow quadratically.
+                    continue
                 else:
                     kind = "regime and metric"  # e.g. a cheap score vs fine-tuned accuracy
                 x = columns[(*first, dataset)].to_numpy(dtype=float)
@@ -314,6 +328,11 @@ def _slice_comparisons(columns: pd.DataFrame, k: int, bootstrap: stats.Bootstrap
                     pair["reverse_selection"] = reverse["selection"]
                 result.append({"dataset": dataset, "a": a, "b": b, "kind": kind} | pair)
     return result
+
+
+def _is_evaluation(metric: str) -> bool:
+    """A further evaluation of the trained checkpoints (``top5_error``, ``<m>@<test set>``)."""
+    return metric in COMPANION_COLUMNS or split_evaluation(metric)[1] != OWN_TEST_SET
 
 
 def _input_summary(

@@ -445,3 +445,29 @@ def test_many_points_are_drawn_as_a_density():
     figures._points(ax, many[:100], many[:100], 5)
     assert isinstance(ax.collections[0], PathCollection)
     assert len(ax.collections[0].get_offsets()) == 100
+
+
+def test_evaluations_of_two_recipes_are_compared_within_recipe_and_within_test_set():
+    from analysis.compute import compute_analysis
+
+    rng = np.random.default_rng(2)
+    rows = [
+        {
+            "model": f"m{m}",
+            "dataset": "imagenet",
+            "recipe": recipe,
+            "top1_error": 20 + m + rng.normal(),
+            "top1_error@v2": 30 + m + rng.normal(),
+        }
+        for m in range(12)
+        for recipe in ("a1", "a3")
+    ]
+    table = load_results(pd.DataFrame(rows), scale="percent")
+    summary = compute_analysis(table, n_bootstrap=0, top_k=3).summary
+    pairs = {(c["a"], c["b"]): c["kind"] for c in summary["comparisons"]}
+    assert pairs == {
+        ("a1/top1_error", "a1/top1_error@v2"): "metrics",
+        ("a1/top1_error", "a3/top1_error"): "regimes",
+        ("a1/top1_error@v2", "a3/top1_error@v2"): "regimes",
+        ("a3/top1_error", "a3/top1_error@v2"): "metrics",
+    }
