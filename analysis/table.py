@@ -345,12 +345,20 @@ def load_results(
     if layout == "long":
         value = _numeric_column(raw, "value", name)
     else:
-        # One row per (input row, metric column): each evaluation is a metric of its own.
+        # One row per (input row, metric column): each evaluation is a metric of its own. A
+        # further evaluation's empty cell means "not evaluated there" (e.g. a second test set
+        # given for one dataset only), and a failed row is excluded once, under the primary
+        # metric: only the primary column's rows are kept whatever their value.
         values = [_numeric_column(raw, column, name) for column in metrics]
-        df = pd.concat([df.assign(metric=column) for column in metrics], ignore_index=True)
-        value = pd.concat(values, ignore_index=True)
+        keep = [pd.Series(True, index=raw.index)]
+        keep += [v.notna() & (df["status"] == "ok") for v in values[1:]]
+        df = pd.concat(
+            [df[k].assign(metric=column) for column, k in zip(metrics, keep, strict=True)],
+            ignore_index=True,
+        )
+        value = pd.concat([v[k] for v, k in zip(values, keep, strict=True)], ignore_index=True)
         if unit_cells is not None:
-            unit_cells = pd.concat([unit_cells] * len(metrics), ignore_index=True)
+            unit_cells = pd.concat([unit_cells[k] for k in keep], ignore_index=True)
     skipped = {
         m: "neither an error nor an accuracy (name without 'err', 'acc' or 'top')"
         for m in sorted(set(df["metric"]))

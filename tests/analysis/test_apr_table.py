@@ -293,12 +293,17 @@ def test_wide_table_reads_evaluation_columns_as_metrics_of_the_same_rows():
         "top1_error@v2": [15.0, 25.0],
         "top5_error": [2.0],
     }
-    # The diverged row is excluded once per metric; b's empty top-5 cell is a missing metric.
-    excluded = table.excluded.groupby("status")["metric"].apply(sorted).to_dict()
-    assert excluded == {
-        "diverged": ["top1_error", "top1_error@v2", "top5_error"],
-        "missing_metric": ["top5_error"],
-    }
+    # The diverged row is excluded once, under the primary metric; b's empty top-5 cell means
+    # "not evaluated" (no exclusion), while an empty primary cell is a missing metric.
+    assert table.excluded[["model", "metric", "status"]].values.tolist() == [
+        ["c", "top1_error", "diverged"]
+    ]
+    frame.loc[0, "top1_error"] = None
+    missing = load_results(frame, scale="percent").excluded
+    assert missing[["model", "metric", "status"]].values.tolist() == [
+        ["a", "top1_error", "missing_metric"],
+        ["c", "top1_error", "diverged"],
+    ]
     # Named columns: only those, the first is the primary one.
     named = load_results(frame, metric=["top1_error@v2", "top1_error"], scale="percent")
     assert named.primary_metric == "top1_error@v2" and len(named.units) == 2
