@@ -147,6 +147,9 @@ def test_recipe_files_are_package_data():
     packages = setuptools.find_packages(str(ROOT), include=config["packages"]["find"]["include"])
     assert "recipes" in packages
     assert "*.yaml" in config["package-data"]["*"]
+    for image in ("cpu", "gpu", "upload"):
+        dockerfile = (ROOT / "images" / image / "Dockerfile").read_text()
+        assert "COPY recipes /tmp/aprflow-src/recipes" in dockerfile, image
 
 
 def test_aprflow_recipes_lists_and_resolves(capsys):
