@@ -293,9 +293,10 @@ def _slice_summaries(columns: pd.DataFrame) -> dict[str, dict]:
 def _slice_comparisons(columns: pd.DataFrame, k: int, bootstrap: stats.Bootstrap) -> list[dict]:
     """Every two ``(regime, metric)`` slices on each dataset they share, over the same
     models: Spearman, Kendall tau and weighted tau (do the top models agree?), log-odds r,
-    top-k overlap and what choosing by the first costs on the second. Two slices that differ
-    in both regime and metric are compared only when neither metric is a further evaluation
-    of the checkpoints (top-5, another test set)."""
+    top-k overlap and what choosing by the first costs on the second. Further evaluations of
+    the checkpoints (top-5, another test set) are compared one step at a time: within a
+    regime, the same metric on two test sets or two metrics on one test set; across regimes,
+    the same metric only."""
     models = columns.index.to_numpy(dtype=str)
     by_dataset: dict[str, list[tuple[str, str]]] = {}
     for regime, metric, dataset in columns.columns:
@@ -305,11 +306,14 @@ def _slice_comparisons(columns: pd.DataFrame, k: int, bootstrap: stats.Bootstrap
         for i, first in enumerate(slices):
             for second in slices[i + 1 :]:
                 a, b = slice_label(*first), slice_label(*second)
+                evaluations = _is_evaluation(first[1]) or _is_evaluation(second[1])
                 if first[1] == second[1]:
                     kind = "regimes"  # e.g. two training recipes (ResNet strikes back)
                 elif first[0] == second[0]:
+                    if evaluations and not _one_step_apart(first[1], second[1]):
+                        continue
                     kind = "metrics"
-                elif _is_evaluation(first[1]) or _is_evaluation(second[1]):
+                elif evaluations:
                     # Recipe A's error on one test set vs recipe B's on another says nothing
                     # the "regimes" and "metrics" pairs do not; with several recipes and
                     # evaluations these pairs would grow quadratically.
@@ -333,6 +337,14 @@ def _slice_comparisons(columns: pd.DataFrame, k: int, bootstrap: stats.Bootstrap
 def _is_evaluation(metric: str) -> bool:
     """A further evaluation of the trained checkpoints (``top5_error``, ``<m>@<test set>``)."""
     return metric in COMPANION_COLUMNS or split_evaluation(metric)[1] != OWN_TEST_SET
+
+
+def _one_step_apart(first: str, second: str) -> bool:
+    """Two evaluations that differ in one thing only: the metric on one test set
+    (``top1_error`` vs ``top5_error``), or one metric on two test sets (``top1_error`` vs
+    ``top1_error@v2``); ``top1_error`` vs ``top5_error@v2`` differs in both."""
+    (base_a, set_a), (base_b, set_b) = split_evaluation(first), split_evaluation(second)
+    return base_a == base_b or set_a == set_b
 
 
 def _input_summary(

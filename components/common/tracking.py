@@ -657,10 +657,12 @@ def log_trial_run(
 RESULT_METRICS = (
     "top1_error",
     "top5_error",
+    "ema_top1_error",
     "test_loss",
     "flops",
     "params",
     "flops_trained",
+    "params_trained",
     "train_images_per_s",
     "wall_time_s",
     "micro_batch_size",

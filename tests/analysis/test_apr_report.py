@@ -458,6 +458,7 @@ def test_evaluations_of_two_recipes_are_compared_within_recipe_and_within_test_s
             "recipe": recipe,
             "top1_error": 20 + m + rng.normal(),
             "top1_error@v2": 30 + m + rng.normal(),
+            "top5_error@v2": 10 + m + rng.normal(),
         }
         for m in range(12)
         for recipe in ("a1", "a3")
@@ -465,9 +466,13 @@ def test_evaluations_of_two_recipes_are_compared_within_recipe_and_within_test_s
     table = load_results(pd.DataFrame(rows), scale="percent")
     summary = compute_analysis(table, n_bootstrap=0, top_k=3).summary
     pairs = {(c["a"], c["b"]): c["kind"] for c in summary["comparisons"]}
+    # One step at a time: never a1 top-1 vs a3 top-1 on v2, nor top-1 on test vs top-5 on v2.
     assert pairs == {
         ("a1/top1_error", "a1/top1_error@v2"): "metrics",
         ("a1/top1_error", "a3/top1_error"): "regimes",
+        ("a1/top1_error@v2", "a1/top5_error@v2"): "metrics",
         ("a1/top1_error@v2", "a3/top1_error@v2"): "regimes",
+        ("a1/top5_error@v2", "a3/top5_error@v2"): "regimes",
         ("a3/top1_error", "a3/top1_error@v2"): "metrics",
+        ("a3/top1_error@v2", "a3/top5_error@v2"): "metrics",
     }
