@@ -184,3 +184,73 @@ def test_acceptance_rsb_a3_smoke_trial_on_digits(tmp_path):
     assert result["dataset"]["input"] == "stream"
     assert len(result["history"]["test_error"]) == 1
     assert 0 <= result["top1_error"] <= 100
+
+
+def _image_folder(root: Path, seed: int) -> str:
+    """Two classes of 10 small PNG images each (an ImageFolder)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label in ("dark", "light"):
+        (root / label).mkdir(parents=True)
+        for i in range(10):
+            pixels = rng.integers(0, 100, (12, 12, 3)) + (150 if label == "light" else 0)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / label / f"{i}.png")
+    return str(root)
+
+
+def test_plan_component_and_pipeline_carry_every_recipe_setting(tmp_path, local_env):
+    """The plan task's own code (what Kubeflow runs) turns the pipeline parameters into the
+    planned trials; the compiled pipeline binds them to the run's parameters."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from components.common.storage import open_store
+    from components.data.build import build_dataset
+    from components.data.datasets import prepare_all
+    from components.data.descriptor import DatasetDescriptor
+    from components.train.component import plan_study
+    from components.train.plan import load_trial, load_trial_ids
+
+    store_uri = str(local_env / "store")
+    store = open_store(store_uri)
+    for name, seed in (("pics", 0), ("pics_v2", 1)):
+        source = _image_folder(tmp_path / name, seed)
+        build_dataset(store, DatasetDescriptor(name=name, source=source), lambda _: None)
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps([r.to_dict() for r in prepare_all(["pics"], 12, 0, store_uri)]))
+    specs = tmp_path / "specs.jsonl"
+    specs.write_text(json.dumps({"spec": SPEC}) + "\n")
+    # Kubeflow hands numbers inside a dict over as floats.
+    settings = {"pics": {"recipe_overrides": {"epochs": 2.0}, "test_sets": ["pics_v2"]}}
+    study, _ = plan_study.python_func(
+        specs=SimpleNamespace(path=str(specs)),
+        datasets=SimpleNamespace(path=str(refs)),
+        study_name="plumbing",
+        recipe="apr_tiny",
+        epochs=0,
+        seeds=[0.0],
+        engine="deepspeed",
+        store_uri="",
+        tracking_uri="",
+        kfp_run_id="",
+        plan=SimpleNamespace(path=str(tmp_path / "plan.md")),
+        recipe_overrides={"lr": 0.05, "mixup": 0.2},
+        dataset_settings=settings,
+        zero_stage=1.0,
+        precision="fp32",
+    )
+    (trial_id,) = load_trial_ids(store, study)
+    trial = load_trial(store, trial_id)
+    assert (trial.recipe.name, trial.recipe.lr, trial.recipe.mixup) == ("apr_tiny", 0.05, 0.2)
+    assert trial.recipe.epochs == 2
+    assert trial.engine_options == {"zero_stage": 1, "precision": "fp32"}
+    assert [t.name for t in trial.test_sets] == ["pics_v2"]
+
+    path = Path(__file__).parents[2] / "pipelines" / "compiled" / "apr_study.yaml"
+    compiled = next(yaml.safe_load_all(path.read_text()))
+    inputs = compiled["root"]["dag"]["tasks"]["plan-study"]["inputs"]["parameters"]
+    for name in ("recipe_overrides", "dataset_settings", "seed", "zero_stage", "precision"):
+        assert inputs[name] == {"componentInputParameter": name}, name
