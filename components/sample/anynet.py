@@ -20,7 +20,7 @@ from typing import Any
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, ConvNormAct, SEModule
+from timm.layers import ClassifierHead, ConvNormAct, DropPath, SEModule
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
@@ -46,14 +46,25 @@ class Stem(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """``relu(shortcut(x) + transform(x))``; the shortcut projects (1x1 conv + BN) on shape change.
+    """``relu(shortcut(x) + drop_path(transform(x)))``; the shortcut projects (1x1 conv + BN) on
+    shape change.
 
-    The last layer of ``transform`` must be a ConvNormAct without activation.
+    The last layer of ``transform`` must be a ConvNormAct without activation. ``drop_path``
+    (stochastic depth, timm's ``DropPath``) drops the residual branch per sample with that
+    probability while training (the identity in eval mode); it has no parameters and no MACs.
     """
 
-    def __init__(self, transform: nn.Sequential, in_chs: int, out_chs: int, stride: int) -> None:
+    def __init__(
+        self,
+        transform: nn.Sequential,
+        in_chs: int,
+        out_chs: int,
+        stride: int,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.transform = transform
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         needs_proj = in_chs != out_chs or stride != 1
         self.shortcut = (
             ConvNormAct(in_chs, out_chs, 1, stride=stride, apply_act=False)
@@ -67,7 +78,7 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(self.transform[-1].bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.shortcut(x) + self.transform(x))
+        return self.act(self.shortcut(x) + self.drop_path(self.transform(x)))
 
 
 def _bottleneck_transform(
@@ -92,9 +103,12 @@ def _two_conv_transform(in_chs: int, out_chs: int, stride: int, last_act: bool) 
     )
 
 
-def _make_block(spec: AnyNetSpec, stage: int, in_chs: int, stride: int) -> nn.Module:
+def _make_block(
+    spec: AnyNetSpec, stage: int, in_chs: int, stride: int, drop_path: float
+) -> nn.Module:
     out_chs = spec.widths[stage]
     if spec.block_type == "vanilla":
+        # No residual branch to drop: stochastic depth does not apply to vanilla blocks.
         return _two_conv_transform(in_chs, out_chs, stride, last_act=True)
     if spec.block_type == "res_basic":
         transform = _two_conv_transform(in_chs, out_chs, stride, last_act=False)
@@ -107,7 +121,7 @@ def _make_block(spec: AnyNetSpec, stage: int, in_chs: int, stride: int) -> nn.Mo
             spec.group_widths[stage],
             spec.se_ratio,
         )
-    return ResidualBlock(transform, in_chs, out_chs, stride)
+    return ResidualBlock(transform, in_chs, out_chs, stride, drop_path)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -136,6 +150,7 @@ class AnyNet(nn.Module):
         small_input: bool = False,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
         zero_init_last: bool = True,
     ) -> None:
         """Builds the network.
@@ -148,6 +163,9 @@ class AnyNet(nn.Module):
                 for CIFAR-size inputs.
             global_pool: timm pooling type of the head.
             drop_rate: Dropout before the classifier.
+            drop_path_rate: Stochastic depth of the last residual block; block ``b`` of ``B``
+                (counted over all stages) drops its branch with ``drop_path_rate * b / (B - 1)``,
+                as timm's ResNet. Changes training only: parameters and MACs are unchanged.
             zero_init_last: Zero the last BN of each residual block.
 
         Raises:
@@ -162,14 +180,22 @@ class AnyNet(nn.Module):
         self.stem = Stem(in_chans, spec.stem_width, stem_type)
         reduction = STEM_LAYOUTS[stem_type].reduction
         self.feature_info = [dict(num_chs=spec.stem_width, reduction=reduction, module="stem")]
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         stages = []
         in_chs = spec.stem_width
+        n_blocks, block = sum(spec.depths), 0
         for i, (depth, stride) in enumerate(zip(spec.depths, spec.strides, strict=True)):
             # Only the first block of a stage changes the width and applies the stride.
-            blocks = [
-                _make_block(spec, i, in_chs if j == 0 else spec.widths[i], stride if j == 0 else 1)
-                for j in range(depth)
-            ]
+            blocks = []
+            for j in range(depth):
+                rate = drop_path_rate * block / max(1, n_blocks - 1)
+                blocks.append(
+                    _make_block(
+                        spec, i, in_chs if j == 0 else spec.widths[i], stride if j == 0 else 1, rate
+                    )
+                )
+                block += 1
             stages.append(nn.Sequential(*blocks))
             in_chs = spec.widths[i]
             reduction *= stride

@@ -680,6 +680,10 @@ def complexity(
             the resolution (see :func:`uses_small_stem`). FLOP bands of the samplers are
             always at 224 px with the spec's own stem.
 
+    Stochastic depth (``build_model(drop_path_rate=...)``, the recipe's ``drop_path``) is not
+    an input: it drops residual branches while training only, adds no parameters and leaves
+    the inference network (and so these counts) unchanged.
+
     Raises:
         ValueError: If the spec is structurally invalid.
     """

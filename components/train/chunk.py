@@ -52,7 +52,7 @@ from components.common.errors import AprflowError
 from components.common.progress import report
 from components.common.storage import ArtifactStore, MissingObjectError, open_store
 from components.train.plan import load_trial
-from components.train.trial import Trial, result_key
+from components.train.trial import Trial, attempts_key, result_key
 
 # Assumed sustained training throughput of one GPU, for sizing chunks (see the module doc).
 H100_BF16_PEAK_FLOP_PER_S = 989e12
@@ -213,10 +213,6 @@ class ChunkSettings:
         return max(1, self.cpus // self.trials_per_gpu) if self.cpus else 0
 
 
-def attempts_key(trial_id: str) -> str:
-    return f"trials/{trial_id}/attempts.json"
-
-
 def describe_exit(exitcode: int) -> str:
     """A child's end in words: ``killed by signal 9 (out of memory?)`` for SIGKILL."""
     if exitcode < 0:
@@ -235,8 +231,9 @@ def _record_attempt(store: ArtifactStore, trial_id: str, entry: dict[str, Any]) 
     try:
         history = store.get_json(attempts_key(trial_id))
     except MissingObjectError:
-        history = {"trial_id": trial_id, "attempts": []}
-    attempts = history["attempts"]
+        history = {"trial_id": trial_id}
+    # The trial itself counts its starts and infrastructure errors in the same object.
+    attempts = history.setdefault("attempts", [])
     if attempts and attempts[-1].get("started_at") == entry.get("started_at"):
         attempts[-1] = entry
     else:

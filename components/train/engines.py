@@ -2,8 +2,15 @@
 
 The trial loop (``components.train.trial``) talks only to :class:`TrainEngine`, so that the
 plain PyTorch engine and the DeepSpeed engine (ZeRO, multi-GPU) here are interchangeable.
-Engines take keyword options through :func:`create_engine` (``batch_size`` is accepted by
-every engine, so the loop can always pass it).
+Engines take keyword options through :func:`create_engine` (``batch_size`` and
+``micro_batches`` are accepted by every engine, so the loop can always pass them; a trial's
+``engine_options``, e.g. ``{"precision": "bf16"}`` or ``{"zero_stage": 2}``, come on top).
+
+One optimizer update of the trial loop is ``backward(loss, weight)`` per micro-batch (the
+batch split after an out-of-memory; ``weight`` = the micro-batch's share of the batch, so the
+accumulated gradient is the whole batch's mean) followed by ``optimizer_step()``. The learning
+rate schedule (timm's) is built by the trial on :attr:`TrainEngine.optimizer`, the optimizer
+that really steps (DeepSpeed's wrapper under DeepSpeed).
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ import inspect
 import os
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,8 @@ DEVICES = ("auto", "cuda", "cpu")
 # Engines that can train a ``torch.compile``-d model (``compile_model``).
 COMPILE_ENGINES = ("torch",)
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+# ``precision`` engine option: auto = bf16 on a GPU, fp32 on the CPU.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class DeviceError(AprflowError):
@@ -104,21 +112,46 @@ def compile_cache_counters() -> dict[str, int]:
     return {"hits": inductor["fxgraph_cache_hit"], "misses": inductor["fxgraph_cache_miss"]}
 
 
+def check_precision(precision: str, on_gpu: bool) -> None:
+    """Raises ValueError for an unknown precision, or fp16 without a GPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "fp16" and not on_gpu:
+        raise ValueError("precision 'fp16' needs a GPU (loss scaling on CUDA): use fp32 or bf16")
+
+
 class TrainEngine(ABC):
     """Owns the model's device placement, mixed precision and optimizer step."""
 
     name: str
     device: torch.device
-    precision: str  # "bf16-autocast", "bf16" or "fp32": recorded in the trial's result
+    precision: str  # "bf16-autocast", "bf16", "fp16" or "fp32": recorded in the trial's result
     compiled: bool = False  # whether the module it returns is torch.compile-d
+    #: the optimizer that steps (the LR schedule is built on it), after :meth:`setup`
+    optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    @abstractmethod
+    def model(self) -> nn.Module:
+        """The plain (unwrapped, uncompiled) model, after :meth:`setup`."""
 
     @abstractmethod
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
         """Moves the model to the engine's device and returns the module to call."""
 
     @abstractmethod
+    def backward(self, loss: torch.Tensor, weight: float = 1.0) -> None:
+        """Backward pass of one micro-batch's mean loss, which is ``weight`` of the batch
+        (gradients accumulate until :meth:`optimizer_step`)."""
+
+    @abstractmethod
+    def optimizer_step(self) -> None:
+        """Optimizer step on the accumulated gradients, then gradient reset."""
+
     def step(self, loss: torch.Tensor) -> None:
-        """Backward pass, optimizer step and gradient reset for one batch."""
+        """Backward pass, optimizer step and gradient reset for one whole batch."""
+        self.backward(loss)
+        self.optimizer_step()
 
     @abstractmethod
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -136,8 +169,12 @@ class TrainEngine(ABC):
 class TorchEngine(TrainEngine):
     """Plain PyTorch: CUDA with bf16 autocast and channels_last when a GPU is there, else CPU.
 
-    On the CPU, autocast and channels_last are left off: they slow small convolutions there.
-    ``batch_size`` is accepted for symmetry with :class:`DeepSpeedEngine` and unused.
+    ``precision``: ``auto`` (bf16 autocast on a GPU, fp32 on the CPU, where autocast and
+    channels_last slow small convolutions), ``fp32``, ``bf16`` (autocast, also on the CPU) or
+    ``fp16`` (CUDA autocast with a ``torch.amp.GradScaler``: dynamic loss scaling, a step with
+    inf/NaN gradients is skipped; its state is in the checkpoint).
+    ``batch_size`` and ``micro_batches`` are accepted for symmetry with
+    :class:`DeepSpeedEngine` and unused (gradients simply accumulate).
 
     ``compile_model``: :meth:`setup` returns ``torch.compile(model)`` (default mode, inductor;
     on the CPU it needs a C++ compiler), with the kernels cached in :func:`compile_cache_dir`.
@@ -147,42 +184,65 @@ class TorchEngine(TrainEngine):
     name = "torch"
 
     def __init__(
-        self, device: str = "auto", batch_size: int | None = None, compile_model: bool = False
+        self,
+        device: str = "auto",
+        batch_size: int | None = None,
+        compile_model: bool = False,
+        precision: str = "auto",
+        micro_batches: int = 1,
     ) -> None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("engine 'torch' trains in one process: use engine 'deepspeed'")
         self.device = resolve_device(device or "auto")
         self._on_gpu = self.device.type == "cuda"
-        self.precision = "bf16-autocast" if self._on_gpu else "fp32"
+        check_precision(precision, self._on_gpu)
+        if precision == "auto":
+            precision = "bf16" if self._on_gpu else "fp32"
+        self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.precision = f"{precision}-autocast" if self._autocast_dtype else "fp32"
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.compiled = compile_model
-        self.model: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self._model: nn.Module | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
         memory_format = torch.channels_last if self._on_gpu else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=memory_format)
+        self._model = model.to(self.device, memory_format=memory_format)
         self.optimizer = optimizer
         if self.compiled:
             compile_cache_dir()
-            return torch.compile(self.model)
-        return self.model
+            return torch.compile(self._model)
+        return self._model
 
-    def step(self, loss: torch.Tensor) -> None:
-        loss.backward()
-        self.optimizer.step()
+    def backward(self, loss: torch.Tensor, weight: float = 1.0) -> None:
+        loss = loss * weight if weight != 1.0 else loss
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def optimizer_step(self) -> None:
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._on_gpu):
-            yield
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state = {"model": self._model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return state | ({"scaler": self.scaler.state_dict()} if self.scaler else {})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self._model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 _SINGLE_PROCESS_ENV = {
@@ -246,19 +306,22 @@ class DeepSpeedEngine(TrainEngine):
     Runs in a plain single process (world size 1, gloo on the CPU, nccl on CUDA) as well as
     under a launcher that set the distributed environment. The configuration is explicit:
 
-    * ``train_micro_batch_size_per_gpu = batch_size`` and ``gradient_accumulation_steps = 1``.
-      The trial loop feeds its own batches, so DeepSpeed uses the batch size for bookkeeping
-      only (throughput logs); the default of 32 is harmless when the caller does not pass the
-      recipe's batch size.
+    * ``train_micro_batch_size_per_gpu = ceil(batch_size / micro_batches)`` and
+      ``gradient_accumulation_steps = micro_batches`` (1 unless an out-of-memory split the
+      batch). The trial loop feeds its own batches, so DeepSpeed uses the batch size for
+      bookkeeping only; it calls DeepSpeed's ``step`` after every micro-batch and DeepSpeed
+      steps the optimizer at the accumulation boundary.
     * ``zero_optimization.stage = zero_stage``: 0 (the default) is plain data parallelism.
       ZeRO 1 shards the optimizer state across ranks, ZeRO 2 also the gradients: they save
       memory with several GPUs and only add overhead in one process. ``zero_allow_untested
       _optimizer`` is set for them because the trial's optimizer is SGD.
-    * bf16 (bf16 weights, fp32 master weights kept by DeepSpeed) only on CUDA; fp32 on CPU.
+    * ``precision``: ``auto`` = bf16 on CUDA (bf16 weights, fp32 master weights kept by
+      DeepSpeed), fp32 on the CPU; ``bf16`` (CUDA only here), ``fp16`` (CUDA, DeepSpeed's
+      dynamic loss scaling) or ``fp32``.
     * ``gradient_clipping = 0``: DeepSpeed otherwise clips at 1.0 by default, which the torch
-      engine does not do. No DeepSpeed LR scheduler: the trial loop sets ``lr`` on the client
-      optimizer's ``param_groups`` every step, and :meth:`setup` makes sure those are the
-      groups DeepSpeed's optimizer steps with.
+      engine does not do. No DeepSpeed LR scheduler: the trial builds timm's scheduler on
+      :attr:`optimizer`, which is DeepSpeed's own (the wrapper whose ``param_groups`` it
+      steps with), so nothing is aliased by hand.
 
     Checkpoints are plain torch objects (module ``state_dict`` + optimizer ``state_dict``), not
     a DeepSpeed checkpoint directory. With ZeRO 1/2 the optimizer part is this rank's shard
@@ -267,11 +330,20 @@ class DeepSpeedEngine(TrainEngine):
 
     name = "deepspeed"
 
-    def __init__(self, batch_size: int = 32, zero_stage: int = 0, device: str = "auto") -> None:
+    def __init__(
+        self,
+        batch_size: int = 32,
+        zero_stage: int = 0,
+        device: str = "auto",
+        precision: str = "auto",
+        micro_batches: int = 1,
+    ) -> None:
         if zero_stage not in (0, 1, 2):
             raise ValueError(f"zero_stage must be 0, 1 or 2, not {zero_stage!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size!r}")
+        if micro_batches < 1:
+            raise ValueError(f"micro_batches must be positive, not {micro_batches!r}")
         self._deepspeed = _import_deepspeed()
         from deepspeed.accelerator import get_accelerator
 
@@ -283,7 +355,12 @@ class DeepSpeedEngine(TrainEngine):
                 f"device {device!r} but DeepSpeed's accelerator is {accelerator.device_name()!r}: "
                 "set DS_ACCELERATOR=cpu to train DeepSpeed on the CPU of a GPU machine"
             )
-        self.precision = "bf16" if self._on_gpu else "fp32"
+        check_precision(precision, self._on_gpu)
+        if precision == "bf16" and not self._on_gpu:
+            raise ValueError("engine 'deepspeed' trains in fp32 on the CPU: use precision fp32")
+        if precision == "auto":
+            precision = "bf16" if self._on_gpu else "fp32"
+        self.precision = precision
         _init_process_group(self._deepspeed, "nccl" if self._on_gpu else "gloo")
         if self._on_gpu:
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -292,18 +369,23 @@ class DeepSpeedEngine(TrainEngine):
         else:
             self.device = torch.device("cpu")
         self.batch_size = batch_size
+        self.micro_batches = micro_batches
         self.zero_stage = zero_stage
         self.engine = None  # the deepspeed.DeepSpeedEngine, after setup
-        self.optimizer: torch.optim.Optimizer | None = None  # the client optimizer
+
+    @property
+    def model(self) -> nn.Module:
+        return self.engine.module
 
     def config(self) -> dict[str, Any]:
         """The DeepSpeed configuration this engine initialises with."""
         config: dict[str, Any] = {
-            "train_micro_batch_size_per_gpu": self.batch_size,
-            "gradient_accumulation_steps": 1,
+            "train_micro_batch_size_per_gpu": -(-self.batch_size // self.micro_batches),
+            "gradient_accumulation_steps": self.micro_batches,
             "gradient_clipping": 0.0,
             "zero_optimization": {"stage": self.zero_stage},
-            "bf16": {"enabled": self._on_gpu},
+            "bf16": {"enabled": self.precision == "bf16"},
+            "fp16": {"enabled": self.precision == "fp16"},
             "steps_per_print": 10**12,
             "wall_clock_breakdown": False,
         }
@@ -315,24 +397,29 @@ class DeepSpeedEngine(TrainEngine):
         self.engine, _, _, _ = self._deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.config()
         )
-        wrapped = self.engine.optimizer
-        if wrapped.param_groups is not optimizer.param_groups:
-            # A wrapper with its own groups: point the client optimizer at them, so the LR the
-            # trial loop sets on ``optimizer.param_groups`` is the one DeepSpeed steps with.
-            optimizer.param_groups = wrapped.param_groups
-        self.optimizer = optimizer
+        # The optimizer DeepSpeed steps: the client one (ZeRO 0, fp32) or its wrapper (ZeRO,
+        # bf16/fp16), whose param_groups are the ones stepped with.
+        self.optimizer = self.engine.optimizer
         return self.engine
 
-    def step(self, loss: torch.Tensor) -> None:
-        # DeepSpeed's step also zeroes the gradients.
-        self.engine.backward(loss)
+    def backward(self, loss: torch.Tensor, weight: float = 1.0) -> None:
+        # DeepSpeed divides the loss by gradient_accumulation_steps itself; undone here so the
+        # micro-batch counts by its share of the batch (exact for unequal micro-batches too).
+        factor = weight * self.micro_batches
+        self.engine.backward(loss * factor if factor != 1.0 else loss)
+        # Called after every micro-batch: DeepSpeed steps (and zeroes the gradients) at the
+        # accumulation boundary only.
         self.engine.step()
 
+    def optimizer_step(self) -> None:
+        """Nothing left to do: :meth:`backward` of the last micro-batch stepped."""
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        # bf16 itself comes from the config (bf16 weights); autocast on CUDA lets the fp32
-        # batches the loop produces meet them. The CPU runs in fp32.
-        if self._on_gpu:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        # The half precision itself comes from the config (half weights); autocast on CUDA lets
+        # the fp32 batches the loop produces meet them. The CPU runs in fp32.
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
         return contextlib.nullcontext()
 
     def state_dict(self) -> dict[str, Any]:
