@@ -134,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"recipe {recipe.name} sets {', '.join(recipe.stream_augmentations())}: "
                 "stream input (per-image augmentation)",
             )
-        settings = {args.dataset: {"input": data_input}} if data_input else {}
+        settings = {}
+        if data_input:
+            check_input(recipe, data_input, args.dataset)  # before anything is written
+            settings = {args.dataset: {"input": data_input}}
         (dataset,) = prepare_all([args.dataset], args.resolution, 0, args.store, settings)
-        check_input(recipe, dataset.input, dataset.name)
         trial = Trial(
             spec=spec,
             dataset=dataset,

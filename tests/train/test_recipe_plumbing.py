@@ -39,6 +39,7 @@ def spec_file(tmp_path):
         (["--set", "recipe.drop_path=1"], "recipe field 'drop_path' must be in [0, 1), got 1.0"),
         (["--set", "recipe.epochs=two"], "recipe field 'epochs' must be an int, got 'two'"),
         (["--zero-stage", "2"], "zero_stage=2 needs engine=deepspeed"),
+        (["--recipe", "rsb_a3", "--input", "memory"], "recipe 'rsb_a3' sets auto_augment"),
     ],
 )
 def test_train_refuses_bad_recipe_input_in_one_line(tmp_path, capsys, spec_file, args, message):
