@@ -17,8 +17,10 @@ SGD-Nesterov, cosine schedule, label smoothing 0.1, torch's default threads, thi
   result's history (older trainers: ``train_images_per_s`` over all epochs, compared with
   timm's over all epochs).
 
-Runs of the two sides alternate, and the best setting of each is compared (ratio
-aprflow / timm). The 1-minute load average before each run is printed with it.
+Runs of the two sides alternate (``--rounds`` times), and the best run of each side is
+compared (ratio aprflow / timm, on the last epoch and on all epochs): on a shared machine
+other load only slows a run down. The 1-minute load average before each run is printed
+with it.
 
 timm's ``train.py`` is not in the timm wheel: take it from a checkout of
 huggingface/pytorch-image-models (the version matching the installed timm)::
@@ -44,7 +46,9 @@ from bench_input import CLASSES, write_folder
 from components.common.storage import open_store
 from components.data.build import build_dataset, load_manifest
 from components.data.descriptor import DatasetDescriptor, SplitRule
+from components.data.loader import TrainData, open_split
 from components.sample.space import REFERENCE_SPECS, uses_small_stem
+from components.train import trial as trial_module
 from components.train.recipes import resolve_recipe
 from components.train.trial import Trial, run_trial
 
@@ -124,48 +128,78 @@ def aprflow_rates(args, reference: str, ref, workers: int):
     trial = Trial(REFERENCE_SPECS[reference].to_dict(), ref, recipe, seed=args.trial_seed)
     if args.device != "cpu":
         trial = replace(trial, device=args.device)
-    result = run_trial(store, trial, progress=lambda _: None)
+    # Profiling: the trial's training split, whose wait_seconds is the last epoch's time spent
+    # waiting for batches (data) rather than training (compute).
+    opened: list[TrainData] = []
+
+    def recording_open_split(*split_args, **kwargs) -> TrainData:
+        opened.append(open_split(*split_args, **kwargs))
+        return opened[-1]
+
+    trial_module.open_split = recording_open_split
+    try:
+        result = run_trial(store, trial, progress=lambda _: None)
+    finally:
+        trial_module.open_split = open_split
     if result["status"] != "ok":
         raise SystemExit(f"aprflow trial {result['status']}: {result.get('reason')}")
     per_epoch = result["history"].get("images_per_s")
-    return (per_epoch[-1] if per_epoch else None), result["train_images_per_s"]
+    last = per_epoch[-1] if per_epoch else None
+    if last:
+        images = len(opened[0]) // args.batch_size * args.batch_size
+        print(
+            f"    aprflow last epoch: waited {opened[0].wait_seconds:.2f} s for data of "
+            f"{images / last:.2f} s",
+            flush=True,
+        )
+    return last, result["train_images_per_s"]
 
 
 def compare(args, reference: str, resolution: int, folder: Path, ref, mean, std) -> None:
+    """Alternating runs of every setting of each side (``--rounds`` times), then the table and
+    the ratio of the best rates."""
     model = f"anynet_{reference}"
     ref = replace(ref, resolution=resolution, input="stream")
-    timm_settings = [{"workers": w, "prefetcher": p} for w in args.workers for p in (True, False)]
+    ours = [("aprflow", {"workers": w}) for w in args.workers]
+    theirs = [
+        ("timm", {"workers": w, "prefetcher": p == "on"})
+        for w in args.workers
+        for p in args.timm_prefetcher
+    ]
+    # The sides interleaved, so that a burst of other load hits both.
+    order = []
+    for i in range(max(len(ours), len(theirs))):
+        order += ours[i : i + 1] + theirs[i : i + 1]
     rows: list[tuple[str, str, float | None, float, float]] = []
-    for i in range(max(len(timm_settings), len(args.workers))):
-        if i < len(args.workers):
+    for _ in range(args.rounds):
+        for side, setting in order:
             load = load_average()
-            last, total = aprflow_rates(args, reference, ref, args.workers[i])
-            rows.append(("aprflow", f"{args.workers[i]} workers", last, total, load))
-            print(f"    {rows[-1]}", flush=True)
-        if i < len(timm_settings):
-            setting = timm_settings[i]
-            load = load_average()
-            last, total = timm_rates(args, model, resolution, folder, mean, std, setting)
-            prefetcher = "on" if setting["prefetcher"] else "off"
-            name = f"{setting['workers']} workers, prefetcher {prefetcher}"
-            rows.append(("timm", name, last, total, load))
-            print(f"    {rows[-1]}", flush=True)
-    # Compare the last epochs when the trainer reports them, else all epochs on both sides.
-    last_epoch = all(row[2] is not None for row in rows)
-    column = 2 if last_epoch else 3
+            if side == "aprflow":
+                last, total = aprflow_rates(args, reference, ref, setting["workers"])
+                name = f"{setting['workers']} workers"
+            else:
+                last, total = timm_rates(args, model, resolution, folder, mean, std, setting)
+                prefetcher = "on" if setting["prefetcher"] else "off"
+                name = f"{setting['workers']} workers, prefetcher {prefetcher}"
+            rows.append((side, name, last, total, load))
+            print(f"    {side} {name}: {last or 0:.1f} / {total:.1f} images/s", flush=True)
     print(
         f"{model} at {resolution} px, {ref.n_train} JPEG train images ({args.source_side} px), "
-        f"batch {args.batch_size}, {args.epochs} epochs, {args.device}; images/s "
-        f"({'last epoch' if last_epoch else 'all epochs'}):"
+        f"batch {args.batch_size}, {args.epochs} epochs, {args.device}; images/s, last epoch / "
+        "all epochs:"
     )
-    for side, setting, *rates, load in rows:
-        print(f"  {side:8s} {setting:28s} {rates[column - 2]:8.1f}   (load average {load:.2f})")
-    best = {side: max(r[column] for r in rows if r[0] == side) for side in ("aprflow", "timm")}
-    print(
-        f"  best: aprflow {best['aprflow']:.1f}, timm {best['timm']:.1f}; "
-        f"ratio aprflow / timm = {best['aprflow'] / best['timm']:.2f}",
-        flush=True,
-    )
+    for side, setting, last, total, load in rows:
+        shown = f"{last:8.1f}" if last is not None else "       -"
+        print(f"  {side:8s} {setting:28s} {shown} / {total:6.1f}   (load average {load:.2f})")
+    for column, window in ((2, "last epoch"), (3, "all epochs")):
+        if any(row[column] is None for row in rows):
+            continue  # a trainer without per-epoch rates: all epochs only
+        best = {side: max(r[column] for r in rows if r[0] == side) for side in ("aprflow", "timm")}
+        print(
+            f"  best ({window}): aprflow {best['aprflow']:.1f}, timm {best['timm']:.1f}; "
+            f"ratio aprflow / timm = {best['aprflow'] / best['timm']:.2f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -185,6 +219,10 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers to try"
     )
+    parser.add_argument(
+        "--timm-prefetcher", nargs="+", choices=("on", "off"), default=["on", "off"]
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of all runs")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
