@@ -41,7 +41,7 @@ def _dataset_recipes(
     refs: list[DatasetRef],
     recipe: str,
     overrides: dict[str, Any],
-    settings: dict[str, dict[str, Any]],
+    settings: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Recipe]:
     """Each dataset's recipe (:func:`~components.train.plan.dataset_recipe`): its own
     ``recipe``/``epochs`` (carried by its reference) and ``recipe_overrides`` settings on top
@@ -51,7 +51,7 @@ def _dataset_recipes(
     dataset's input does not do (RandAugment on the memory input)."""
     recipes = {}
     for ref in refs:
-        own = settings.get(ref.name, {}) | {"recipe": ref.recipe, "epochs": ref.epochs}
+        own = (settings or {}).get(ref.name, {}) | {"recipe": ref.recipe, "epochs": ref.epochs}
         recipes[ref.name] = dataset_recipe(recipe, overrides, own)
         check_input(recipes[ref.name], ref.input, ref.name)
     return recipes

@@ -92,13 +92,16 @@ def test_train_cli_refuses_randaugment_in_memory(tmp_path, capsys):
         json.dumps(sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict())
     )
     args = ["--spec", str(spec), "--dataset", "faces", "--resolution", "8"]
-    code = train_main([*args, "--recipe", "apr_short_randaug", "--store", str(tmp_path / "s")])
+    # Without --input the recipe's RandAugment chooses the stream input; asked for memory, the
+    # trial is refused before anything is written.
+    args += ["--input", "memory", "--store", str(tmp_path / "s")]
+    code = train_main([*args, "--recipe", "apr_short_randaug"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: recipe 'apr_short_randaug' sets auto_augment") and (
         "input: stream" in err
     )
-    assert not (tmp_path / "s" / "trials").exists()
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize(
@@ -108,7 +111,7 @@ def test_train_cli_refuses_randaugment_in_memory(tmp_path, capsys):
         ({"auto_augment": "rand-mfoo"}, "'rand-mfoo' is not a timm augmentation string"),
         ({"auto_augment": "trivial"}, "e.g. 'rand-m7-mstd0.5'"),
         ({"scale": [0.5, 0.2]}, "'scale' must be \\[min, max\\] with 0 < min <= max <= 1"),
-        ({"scale": [0.5]}, "'scale' must be \\[min, max\\]"),
+        ({"scale": [0.5]}, "'scale' must be \\[number, number\\], got \\[0.5\\]"),
         ({"ratio": [0, 1]}, "'ratio' must be \\[min, max\\] with 0 < min <= max"),
         ({"re_prob": 1.5}, "'re_prob' must be in \\[0, 1\\]"),
         ({"color_jitter": -0.1}, "'color_jitter' must be >= 0"),
@@ -122,8 +125,8 @@ def test_bad_augmentations_are_one_clear_error(overrides, message):
 
 def test_augmentations_are_part_of_the_trial_id():
     plain = resolve_recipe("apr_tiny")
-    # Neutral values are left out: trials from before these fields keep their ids.
-    assert "auto_augment" not in plain.to_dict() and "scale" not in plain.to_dict()
+    # Every field is in the recipe's identity, neutral values too (issue 9: TRAINER_VERSION 2).
+    assert plain.to_dict()["auto_augment"] == "" and plain.to_dict()["scale"] == (0.08, 1.0)
     ref_fields = dict(name="d", manifest_key="k", content_hash="h", num_classes=2)
     dataset = dict(ref_fields, resolution=8, n_train=10, n_test=4, input="stream")
     from components.data.descriptor import DatasetRef
