@@ -556,7 +556,13 @@ def seed_study(frame: pd.DataFrame, evaluations: dict[str, str]) -> dict:
             for label in labels
             if (group["test_set"] == label).any()
         }
-        main = spreads.get(primary, {"n_models": 0, "mean_std": None})
+        main = spreads.get(primary) or {
+            "n_models": 0,
+            "mean_std": None,
+            "median_std": None,
+            "max_std": None,
+            "reason": f"no model has 2+ seeds on {primary}",
+        }
         per_dataset[str(dataset)] = main | {"test_set": primary, "test_sets": spreads}
     pairs = []
     for dataset, both in wide.groupby(level="dataset"):

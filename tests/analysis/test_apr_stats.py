@@ -311,3 +311,14 @@ def test_metric_names_are_valid_mlflow_keys():
     from analysis.compute import metric_name
 
     assert metric_name("spearman_rho", "ImageNet-A (v2)+x..y") == "spearman_rho/ImageNet-A _v2__x.y"
+
+
+def test_seed_study_without_repeated_seeds_on_the_primary_test_set_says_why():
+    frame = seed_study_frame()
+    # Only seed 0 has a test error; every seed has a v2 error.
+    frame = frame[(frame["metric"] != "top1_error") | (frame["seed"] == 0)]
+    result = stats.seed_study(frame, {"test": "top1_error", "v2": "top1_error@v2"})
+    imagenet = result["per_dataset"]["imagenet"]
+    assert imagenet["mean_std"] is None and "2+ seeds on test" in imagenet["reason"]
+    assert imagenet["test_sets"]["v2"]["n_models"] == 3
+    assert result["test_set_pairs"] == []
