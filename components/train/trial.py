@@ -445,6 +445,9 @@ def _train(
         memory["micro_batch"] = saved.get("micro_batch_size", recipe.batch_size)
         memory["oom_retries"] = saved.get("oom_retries", 0)
     micro_batch = memory["micro_batch"]
+    # After an out-of-memory, evaluation batches are bounded by the micro-batch as well.
+    eval_batch = recipe.eval_batch_size if memory["oom_retries"] == 0 else micro_batch
+    eval_batch = min(eval_batch, recipe.eval_batch_size)
     # compile_model is passed only when asked for: an engine that cannot compile is refused
     # by name (create_engine), and the plan refused it earlier (engines.check_compile).
     compile_option = {"compile_model": True} if trial.compile_model else {}
@@ -612,7 +615,7 @@ def _train(
         partial["seconds"] += time.perf_counter() - tic
         trained_batches = step + 1
         train_loss = float(loss_sum) / max(1, trained_batches)
-        test_result = evaluate(module, engine, test, recipe.eval_batch_size, classes)
+        test_result = evaluate(module, engine, test, eval_batch, classes)
         history["train_loss"].append(train_loss)
         history["test_loss"].append(test_result["loss"])
         history["test_error"].append(test_result["top1_error"])
@@ -625,7 +628,7 @@ def _train(
             f"test error {test_result['top1_error']:.1f}%"
         )
         if ema is not None:
-            ema_error = evaluate(ema.module, engine, test, recipe.eval_batch_size, classes)
+            ema_error = evaluate(ema.module, engine, test, eval_batch, classes)
             history["ema_test_error"].append(ema_error["top1_error"])
             line += f" (EMA {ema_error['top1_error']:.1f}%)"
         progress(line)
@@ -638,10 +641,10 @@ def _train(
     evaluations = {"test": _final(history)}
     if trial.dataset.n_val > 0:
         val = open_split(store, trial.dataset, "val", engine.device, trial.seed)
-        evaluations["val"] = evaluate(module, engine, val, recipe.eval_batch_size, classes)
+        evaluations["val"] = evaluate(module, engine, val, eval_batch, classes)
     for extra in trial.test_sets:
         data = open_split(store, extra, "test", engine.device, trial.seed)
-        evaluations[extra.name] = evaluate(module, engine, data, recipe.eval_batch_size, classes)
+        evaluations[extra.name] = evaluate(module, engine, data, eval_batch, classes)
     at_224 = complexity(spec, resolution=224)
     trained = complexity(
         replace(spec, num_classes=classes),
