@@ -200,6 +200,21 @@ def check_datasets(
             f"unknown test set(s) {', '.join(missing)} in dataset_settings: a built-in dataset or "
             f"one built in {store.uri} (aprflow data build NAME --from URI)"
         )
+    for name, own in settings.items():
+        for extra in own.get("test_sets", []):
+            if _class_count(store, extra) != _class_count(store, name):
+                raise DatasetError(
+                    f"dataset_settings.{name}.test_sets: {extra} has "
+                    f"{_class_count(store, extra)} classes, {name} {_class_count(store, name)}: "
+                    "a test set must share the dataset's classes"
+                )
+
+
+def _class_count(store: ArtifactStore, name: str) -> int:
+    """Classes of a built-in dataset or of a named build in ``store`` (read only)."""
+    if name in BUILTIN_DATASETS:
+        return len(load_raw(name).class_names)
+    return int(named_dataset(store, name)["ref"]["num_classes"])
 
 
 def prepare(

@@ -105,6 +105,10 @@ def test_aprflow_run_refuses_a_bad_override_before_anything_runs(tmp_path, capsy
         ({"zero_stage": 2}, "zero_stage=2 needs engine=deepspeed"),
         ({"recipe": "rsb_a3"}, "sets auto_augment, which only the stream input"),
         ({"dataset_settings": {"digits": {"test_sets": ["nope"]}}}, "unknown test set.*nope"),
+        (
+            {"dataset_settings": {"digits": {"test_sets": ["faces"]}}},
+            "digits.test_sets: faces has 2 classes, digits 10",
+        ),
         ({"precision": "fp8"}, "precision 'fp8': choose from auto, fp32, bf16, fp16"),
     ],
 )
