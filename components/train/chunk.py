@@ -28,7 +28,9 @@ up to ``max_attempts`` times in this task; then the trial's result is written as
 killed by signal 9 (out of memory?)`` and the chunk goes on. A later run of the study tries a
 trial that was killed again (the kill may have been a neighbour's fault); every other stored
 result is reused. The task exits non-zero only for infrastructure errors (a child that kept
-raising, the store, a GPU that was requested and is missing).
+raising, the store, a GPU that was requested and is missing), after the chunk's other trials
+have run; a trial that met one wrote no result (``trials/<id>/attempts.json`` counts it), so a
+re-run trains it again.
 
 Packing: ``trials_per_gpu > 1`` runs that many trial processes at once, sharing the task's GPU
 (or CPU cores: threads are divided among them).
@@ -385,7 +387,10 @@ def run_chunk(
     reasons: dict[str, list[str]] = {trial_id: [] for trial_id in ids}
     infrastructure: list[str] = []
     while pending or running:
-        while pending and len(running) < settings.trials_per_gpu and not infrastructure:
+        # An infrastructure error of one trial (its child raised: store, tracking, CUDA/NCCL)
+        # does not stop the others; the task fails at the end, and that trial, which wrote no
+        # result, is retried by a re-run.
+        while pending and len(running) < settings.trials_per_gpu:
             trial_id = pending.popleft()
             _retry_if_killed(store, trial_id)
             args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
