@@ -1,5 +1,7 @@
 """Gathering trial results into the tidy table, and the Markdown for the Kubeflow UI."""
 
+import pytest
+
 from components.analyze.run import embed_figures, gather_results, result_row, top_k_for
 from components.common.storage import open_store
 
@@ -127,3 +129,38 @@ def test_study_analysis_compares_test_sets_of_the_same_checkpoints(tmp_path):
     assert ("apr_tiny/top1_error", "apr_tiny/top5_error") in comparisons
     report = (tmp_path / "report.md").read_text()
     assert "test vs imagenet_v2 for the same checkpoints trained on imagenet (8 model(s)" in report
+
+
+@pytest.mark.slow
+def test_real_trials_on_two_test_sets_give_the_seed_study(tmp_path):
+    """Three seeds of one model trained by the real trainer, each evaluated on faces' test split
+    and on the same split under another name: gathered and analysed, the two test sets of the
+    same checkpoints correlate exactly (r = 1) with equal spreads, and nothing pairs datasets."""
+    from dataclasses import replace
+
+    from analysis import analyze, load_results
+    from components.data.datasets import materialize
+    from components.train.recipes import resolve_recipe
+    from components.train.trial import Trial, run_trial
+
+    store = open_store(str(tmp_path / "store"))
+    spec = SPEC | {"depths": [1, 1, 1, 1]}  # tiny: the statistic, not the model, is tested
+    faces = materialize(store, "faces", resolution=12)
+    again = replace(faces, name="faces_again")
+    recipe = resolve_recipe("apr_tiny", {"epochs": 1})
+    ids = []
+    for seed in (0, 1, 2):
+        trial = Trial(spec=spec, dataset=faces, recipe=recipe, seed=seed, test_sets=(again,))
+        store.put_json(f"trials/{trial.trial_id}/trial.json", trial.to_dict())
+        assert run_trial(store, trial, progress=lambda _: None)["status"] == "ok"
+        ids.append(trial.trial_id)
+    table = gather_results(store, ids)
+    assert {"top5_error", "top1_error@faces_again", "top5_error@faces_again"} <= set(table)
+    summary = analyze(load_results(table), tmp_path / "out", n_bootstrap=0, top_k=2)
+    seeds = summary["seed_variance"]
+    (pair,) = [p for p in seeds["test_set_pairs"] if p["test_sets"] == ["test", "faces_again"]]
+    errors = table["top1_error"]
+    assert errors.nunique() > 1, "the seeds give different checkpoints (training is seeded)"
+    assert pair["pooled_within_model_r"] == pytest.approx(1.0)
+    assert pair["mean_std_a"] == pytest.approx(errors.std()) == pytest.approx(pair["mean_std_b"])
+    assert pair["n_seeds"] == 3 and pair["dataset"] == "faces"
