@@ -91,6 +91,7 @@ def _forward_fits_up_to(monkeypatch, limit: int) -> list[int]:
     return sizes
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_batch(store, trial, monkeypatch):
     sizes = _forward_fits_up_to(monkeypatch, 10)
     lines = []
