@@ -187,3 +187,34 @@ def test_trial_with_deepspeed_engine(tmp_path):
     assert result["history"]["test_loss"] == pytest.approx(
         torch_result["history"]["test_loss"], rel=1e-4
     )
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_deepspeed_steps_with_timms_schedule_and_accumulates_micro_batches(zero_stage):
+    from timm.optim import create_optimizer_v2
+
+    from components.train.trial import create_schedule, train_batch
+
+    x, y = _problem()
+    recipe = resolve_recipe("apr_tiny", {"epochs": 2, "lr": 0.02, "warmup_epochs": 0.5})
+    reference = _model()
+    torch_engine = TorchEngine(device="cpu")
+    torch_module = torch_engine.setup(reference, create_optimizer_v2(reference, opt="sgd"))
+    torch_schedule = create_schedule(torch_engine.optimizer, recipe, updates_per_epoch=4)
+    # DeepSpeed with the batch as two micro-batches (gradient accumulation), the schedule built
+    # on the optimizer DeepSpeed steps (its ZeRO wrapper under ZeRO 1).
+    engine = DeepSpeedEngine(batch_size=len(x), zero_stage=zero_stage, micro_batches=2)
+    model = copy.deepcopy(reference)
+    module = engine.setup(model, create_optimizer_v2(model, opt="sgd"))
+    schedule = create_schedule(engine.optimizer, recipe, updates_per_epoch=4)
+    loss = nn.MSELoss()
+    for update in range(8):
+        torch_schedule.step_update(update)
+        schedule.step_update(update)
+        train_batch(torch_module, torch_engine, loss, x, y, micro_batch=len(x))
+        train_batch(module, engine, loss, x, y, micro_batch=len(x) // 2)
+        lr = torch_engine.optimizer.param_groups[0]["lr"]
+        assert module.get_lr() == [lr] * len(module.get_lr())
+        for ours, theirs in zip(_weights(model), _weights(reference), strict=True):
+            torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    assert module.global_steps == 8  # one optimizer step per batch, not per micro-batch
