@@ -260,19 +260,8 @@ def train_trial(
         "device": trial.device,
         "gpus": trial.gpus,
     }
-    metrics = {
-        key: result[key]
-        for key in (
-            "top1_error",
-            "test_loss",
-            "flops",
-            "params",
-            "flops_trained",
-            "train_images_per_s",
-            "wall_time_s",
-        )
-        if result.get(key) is not None
-    }
+    # Final scalars, top-5 and each evaluation (val, extra test sets) of the checkpoint.
+    metrics = tracking.result_metrics(result)
     dataset = trial.dataset.to_dict()
     source = store.key_uri(dataset["manifest_key"]) if "manifest_key" in dataset else store.uri
     entry = tracking.trial_entry(
