@@ -81,7 +81,11 @@ def _same(result: dict, reference: dict) -> None:
     assert result["status"] == "ok", result["reason"]
     assert result["trial_id"] == reference["trial_id"]
     assert result["top1_error"] == reference["top1_error"]
-    assert result["history"] == reference["history"], "a resumed trial equals an uninterrupted one"
+    # Throughput and memory are measurements of the run, not results of the training.
+    measured = ("images_per_s", "peak_memory_mb")
+    assert {k: v for k, v in result["history"].items() if k not in measured} == {
+        k: v for k, v in reference["history"].items() if k not in measured
+    }, "a resumed trial equals an uninterrupted one"
 
 
 @pytest.mark.slow
