@@ -113,11 +113,14 @@ def compile_cache_counters() -> dict[str, int]:
 
 
 def check_precision(precision: str, on_gpu: bool) -> None:
-    """Raises ValueError for an unknown precision, or fp16 without a GPU."""
+    """Raises ValueError for an unknown precision; :class:`DeviceError` for fp16 without a GPU
+    (the machine's lack, not the trial's: a trial does not record it as its result)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     if precision == "fp16" and not on_gpu:
-        raise ValueError("precision 'fp16' needs a GPU (loss scaling on CUDA): use fp32 or bf16")
+        raise DeviceError(
+            "precision 'fp16' needs a GPU (loss scaling on CUDA): run on a GPU or use fp32/bf16"
+        )
 
 
 class TrainEngine(ABC):

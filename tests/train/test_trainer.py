@@ -14,7 +14,7 @@ from components.sample import anynet
 from components.sample.anynet import build_model
 from components.sample.samplers import sample_specs
 from components.sample.space import REFERENCE_SPECS
-from components.train.engines import TorchEngine, create_engine
+from components.train.engines import DeviceError, TorchEngine, create_engine
 from components.train.recipes import resolve_recipe
 from components.train.trial import (
     Trial,
@@ -158,7 +158,7 @@ def test_top5_and_extra_test_sets(store, trial):
 def test_engine_options_are_identity_and_checked(trial):
     assert replace(trial, engine_options={"precision": "fp32"}).trial_id != trial.trial_id
     assert create_engine("torch", device="cpu", precision="bf16").precision == "bf16-autocast"
-    with pytest.raises(ValueError, match="'fp16' needs a GPU"):
+    with pytest.raises(DeviceError, match="'fp16' needs a GPU"):
         create_engine("torch", device="cpu", precision="fp16")
     with pytest.raises(ValueError, match="choose from auto, fp32, bf16, fp16"):
         create_engine("torch", precision="fp8")
