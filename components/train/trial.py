@@ -577,7 +577,6 @@ def _train(
         bad_step = torch.full((), -1, dtype=torch.long, device=engine.device)
         bad_value = torch.zeros((), device=engine.device)
         last_save = tic = time.perf_counter()
-        n_batches = 0
         step = first_step
 
         for step, (images, labels) in enumerate(train.train(recipe, generator, epoch), start=0):
@@ -602,7 +601,6 @@ def _train(
             bad_step = torch.where(bad, step + 1, bad_step)
             bad_value = torch.where(bad, loss, bad_value)
             loss_sum += loss
-            n_batches += 1
             partial["images"] += len(labels) * world
             now = time.perf_counter()
             if now - last_save >= every_s:
@@ -611,6 +609,9 @@ def _train(
                 partial["seconds"] += now - tic
                 save(epoch, step + 1)
                 last_save = tic = time.perf_counter()
+        if pending_rng is not None:  # checkpointed after the epoch's last batch
+            _set_rng_state(pending_rng)
+            pending_rng = None
         _check_finite(bad_step, bad_value, epoch)
         partial["seconds"] += time.perf_counter() - tic
         trained_batches = step + 1
