@@ -319,6 +319,10 @@ def _seeded(seed: int) -> Iterator[None]:
         np.random.set_state(numpy_state)
 
 
+# The recipe fields train_transform reads (with the size, they identify the transform).
+TRANSFORM_FIELDS = ("scale", "ratio", "hflip", "color_jitter", "auto_augment", "re_prob")
+
+
 def train_transform(resolution: int, mean, std, recipe) -> Callable:
     """timm's training transform as the recipe says: RandomResizedCrop (``scale``, ``ratio``),
     flip (``hflip``), ``auto_augment`` (RandAugment ...), ``color_jitter``, normalise, random
@@ -444,6 +448,20 @@ def default_workers() -> int:
     return int(os.environ.get(WORKERS_ENV, DEFAULT_WORKERS))
 
 
+class EpochBatches:
+    """A DataLoader's batch sampler whose batches are set before each pass: one DataLoader
+    (and its persistent workers) serves every epoch, each with its own batches."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+
+    def __iter__(self) -> Iterator[list]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class StreamBatches(TrainData):
     """Batches from :class:`ShardSamples` through a DataLoader with workers and pinned memory.
 
@@ -479,18 +497,33 @@ class StreamBatches(TrainData):
         self.device, self.seed = device, seed
         self.workers = default_workers() if workers is None else workers
         self.cache_dir = cache_dir
+        # Per use ("train", "eval"): the transform's settings, its DataLoader and batch list.
+        self._loaders: dict[str, tuple[tuple, DataLoader, EpochBatches]] = {}
 
     def __len__(self) -> int:
         return sum(n for _, n in self.shards)
 
-    def _loaded(self, samples: ShardSamples, batches: list[list[int]]) -> Iterator[Batch]:
-        """The DataLoader's batches on the device, timing the waits for them."""
+    def _loader(self, use: str, settings: tuple, transform: Callable) -> DataLoader:
+        """The DataLoader for ``use`` with ``transform``, kept across epochs with persistent
+        workers (as timm's loader): a new one per epoch would fork the trainer's process again,
+        and the trainer would then pay copy-on-write faults on its own memory in that epoch."""
+        if use in self._loaders and self._loaders[use][0] == settings:
+            return self._loaders[use][1]
+        samples = ShardSamples(self.store_uri, self.shards, transform, self.seed, self.cache_dir)
+        batches = EpochBatches()
         loader = DataLoader(
             samples,
             batch_sampler=batches,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
+            persistent_workers=self.workers > 0,
         )
+        self._loaders[use] = (settings, loader, batches)
+        return loader
+
+    def _loaded(self, loader: DataLoader, batches: list[list]) -> Iterator[Batch]:
+        """The batches ``batches`` through ``loader`` on the device, timing the waits."""
+        loader.batch_sampler.batches = batches
         self.wait_seconds = 0.0
         iterator = iter(loader)
         while True:
@@ -513,18 +546,17 @@ class StreamBatches(TrainData):
         :func:`epoch_order` (a fully random order would read a shard per image); from batch
         ``start`` on (the skipped ones are neither read nor decoded)."""
         size = train_resolution(self.resolution, recipe.train_resolution_ratio)
-        transform = train_transform(size, self.mean, self.std, recipe)
-        samples = ShardSamples(self.store_uri, self.shards, transform, self.seed, self.cache_dir)
+        settings = (size, *(getattr(recipe, field) for field in TRANSFORM_FIELDS))
+        loader = self._loader("train", settings, train_transform(size, self.mean, self.std, recipe))
         order = epoch_order([n for _, n in self.shards], self.seed, epoch)
         items = [(index, epoch, copy) for index, copy in repeat_order(order, recipe.aug_repeats)]
-        yield from self._loaded(samples, train_batches(items, recipe.batch_size)[start:])
+        yield from self._loaded(loader, train_batches(items, recipe.batch_size)[start:])
 
     def eval(self, batch_size: int) -> Iterator[Batch]:
-        transform = eval_transform(self.resolution, self.mean, self.std)
-        samples = ShardSamples(self.store_uri, self.shards, transform, self.seed, self.cache_dir)
-        n = len(samples)
+        loader = self._loader("eval", (), eval_transform(self.resolution, self.mean, self.std))
+        n = len(self)
         yield from self._loaded(
-            samples,
+            loader,
             [
                 [(j, 0, 0) for j in range(i, min(i + batch_size, n))]
                 for i in range(0, n, batch_size)

@@ -49,7 +49,10 @@ def test_rand_augment_changes_the_stream_deterministically(built):
     x_aug, y_aug = _epoch(store, ref, augmented, 0)
     assert torch.equal(y_plain, y_aug), "the same images in the same order"
     changed = (x_plain - x_aug).abs().flatten(1).amax(1) > 1e-3
-    assert changed.float().mean() > 0.5, "RandAugment changed most images"
+    # Two ops, each applied with probability 0.5, leave about a quarter of the images as they
+    # were, and some ops (equalize, posterize ...) barely change these flat pictures: over the
+    # random dataset keys of the test's temporary folders, 50-83% of the 12 images changed.
+    assert changed.float().mean() > 0.25, "RandAugment changed many images"
     # Deterministic per (seed, epoch): again in this process (NumPy's global state, which
     # RandAugment draws its ops from, has moved on meanwhile) and in worker processes.
     again, _ = _epoch(store, ref, augmented, 0)
