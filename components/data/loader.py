@@ -517,6 +517,10 @@ class StreamBatches(TrainData):
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=self.workers > 0,
+            # The DataLoader draws its workers' base seeds from this generator, not the global
+            # one: the trainer's global RNG (DropPath, Mixup) is the same whether the loader
+            # is new (a resumed epoch) or persistent (workers seed each image themselves).
+            generator=torch.Generator(),
         )
         self._loaders[use] = (settings, loader, batches)
         return loader

@@ -169,3 +169,17 @@ def test_stream_start_skips_batches_exactly(built):
     resumed = list(data.train(recipe, torch.Generator(), 1, start=3))
     assert len(full) == 5 and len(resumed) == 2
     assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, full[3:], strict=True))
+
+
+def test_stream_leaves_the_global_generator_alone(built):
+    """The trainer's global RNG (DropPath, Mixup) must not depend on whether the loader's
+    persistent workers are new (a resumed run) or reused (an uninterrupted one)."""
+    store, ref = built
+    recipe = resolve_recipe("apr_tiny", {"batch_size": 4, "hflip": True})
+    for workers in (0, 2):
+        data = open_split(store, ref, "train", CPU, seed=5, workers=workers)
+        before = torch.random.get_rng_state()
+        for epoch in (0, 1):  # a new DataLoader, then the persistent one again
+            list(data.train(recipe, torch.Generator(), epoch))
+            list(data.eval(8))
+        assert torch.equal(before, torch.random.get_rng_state()), workers
