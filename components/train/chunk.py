@@ -386,65 +386,78 @@ def run_chunk(
     running: dict[str, _Child] = {}
     reasons: dict[str, list[str]] = {trial_id: [] for trial_id in ids}
     infrastructure: list[str] = []
-    while pending or running:
-        # An infrastructure error of one trial (its child raised: store, tracking, CUDA/NCCL)
-        # does not stop the others; the task fails at the end, and that trial, which wrote no
-        # result, is retried by a re-run.
-        while pending and len(running) < settings.trials_per_gpu:
-            trial_id = pending.popleft()
-            _retry_if_killed(store, trial_id)
-            args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
-            child = _Child((*args, settings.threads_per_trial, None), settings)
-            _record_attempt(
-                store,
-                trial_id,
-                {"started_at": child.started_at, "pid": child.pid, "kfp_run_id": kfp_run_id},
-            )
-            running[trial_id] = child
-        if not running:
-            break
-        time.sleep(POLL_S)
-        for trial_id, child in list(running.items()):
-            code = child.exitcode()
-            if code is None:
-                continue
-            del running[trial_id]
-            outcome = "ok" if code == 0 else describe_exit(code)
-            _record_attempt(
-                store,
-                trial_id,
-                {
-                    "started_at": child.started_at,
-                    "pid": child.pid,
-                    "kfp_run_id": kfp_run_id,
-                    "ended_at": time.time(),
-                    "outcome": outcome,
-                },
-            )
-            if code == 0:
-                continue
-            reasons[trial_id].append(outcome)
-            attempt = f"attempt {len(reasons[trial_id])}/{settings.max_attempts}"
-            if len(reasons[trial_id]) < settings.max_attempts:
-                report("train", f"trial {trial_id} {outcome} ({attempt}): starting it again")
-                pending.appendleft(trial_id)
-            elif code < 0 or settings.gpus_per_trial > 1:
-                # Killed (OOM, eviction) every time: the trial's failure, not the task's. A
-                # child records it, so MLflow and the progress line are written as for any
-                # trial.
-                report("train", f"trial {trial_id} {outcome} ({attempt}): recorded as failed")
-                result = _killed_result(trials[trial_id], reasons[trial_id])
+    from components.common import tracking
+    from components.train.run import study_key
+
+    # The run open while this chunk trains, with MLflow's system metrics on (a trial's own run
+    # is written after it trained); best-effort: without MLflow the chunk trains all the same.
+    live = tracking.live_run(
+        tracking.resolve_tracking_uri(tracking_uri),
+        store.get_json(study_key(study))["parent_run_id"],
+        f"chunk-{chunk}",
+        {"aprflow.chunk": str(chunk), tracking.KFP_RUN_TAG: kfp_run_id},
+    )
+    with live:
+        while pending or running:
+            # An infrastructure error of one trial (its child raised: store, tracking, CUDA/NCCL)
+            # does not stop the others; the task fails at the end, and that trial, which wrote no
+            # result, is retried by a re-run.
+            while pending and len(running) < settings.trials_per_gpu:
+                trial_id = pending.popleft()
+                _retry_if_killed(store, trial_id)
                 args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
-                recorder = _Child((*args, 0, result), ChunkSettings())
-                if recorder.wait() != 0:
-                    infrastructure.append(f"trial {trial_id}: recording its failure failed")
-            else:
-                infrastructure.append(f"trial {trial_id} {outcome} in {attempt}s")
-    if infrastructure:
-        raise ChunkError(
-            f"chunk {chunk} of {study} stopped on infrastructure errors (see the log above): "
-            + "; ".join(infrastructure)
-        )
+                child = _Child((*args, settings.threads_per_trial, None), settings)
+                _record_attempt(
+                    store,
+                    trial_id,
+                    {"started_at": child.started_at, "pid": child.pid, "kfp_run_id": kfp_run_id},
+                )
+                running[trial_id] = child
+            if not running:
+                break
+            time.sleep(POLL_S)
+            for trial_id, child in list(running.items()):
+                code = child.exitcode()
+                if code is None:
+                    continue
+                del running[trial_id]
+                outcome = "ok" if code == 0 else describe_exit(code)
+                _record_attempt(
+                    store,
+                    trial_id,
+                    {
+                        "started_at": child.started_at,
+                        "pid": child.pid,
+                        "kfp_run_id": kfp_run_id,
+                        "ended_at": time.time(),
+                        "outcome": outcome,
+                    },
+                )
+                if code == 0:
+                    continue
+                reasons[trial_id].append(outcome)
+                attempt = f"attempt {len(reasons[trial_id])}/{settings.max_attempts}"
+                if len(reasons[trial_id]) < settings.max_attempts:
+                    report("train", f"trial {trial_id} {outcome} ({attempt}): starting it again")
+                    pending.appendleft(trial_id)
+                elif code < 0 or settings.gpus_per_trial > 1:
+                    # Killed (OOM, eviction) every time: the trial's failure, not the task's. A
+                    # child records it, so MLflow and the progress line are written as for any
+                    # trial.
+                    report("train", f"trial {trial_id} {outcome} ({attempt}): recorded as failed")
+                    result = _killed_result(trials[trial_id], reasons[trial_id])
+                    args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
+                    recorder = _Child((*args, 0, result), ChunkSettings())
+                    if recorder.wait() != 0:
+                        infrastructure.append(f"trial {trial_id}: recording its failure failed")
+                else:
+                    infrastructure.append(f"trial {trial_id} {outcome} in {attempt}s")
+        if infrastructure:
+            raise ChunkError(
+                f"chunk {chunk} of {study} stopped on infrastructure errors (see the log above): "
+                + "; ".join(infrastructure)
+            )
+
     return ids
 
 

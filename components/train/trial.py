@@ -482,7 +482,7 @@ def _train(
     # streamed from the shards by DataLoader workers for the others.
     train = open_split(store, trial.dataset, "train", engine.device, trial.seed)
     test = open_split(store, trial.dataset, "test", engine.device, trial.seed)
-    updates_per_epoch = max(1, len(train) // recipe.batch_size)
+    updates_per_epoch = train.batches_per_epoch(recipe)
     # Built on the optimizer that steps (DeepSpeed's wrapper under DeepSpeed); a pure function
     # of the update count, set before every update.
     scheduler = create_schedule(engine.optimizer, recipe, updates_per_epoch)
@@ -577,11 +577,12 @@ def _train(
         bad_step = torch.full((), -1, dtype=torch.long, device=engine.device)
         bad_value = torch.zeros((), device=engine.device)
         last_save = tic = time.perf_counter()
-        step = first_step
+        step = first_step - 1  # the last batch trained (none yet this epoch)
 
-        for step, (images, labels) in enumerate(train.train(recipe, generator, epoch), start=0):
-            if step < first_step:
-                continue  # trained before the interruption: drawn again only for the order
+        # The batches trained before an interruption are skipped by the loader (their random
+        # draws replayed, nothing decoded).
+        batches = train.train(recipe, generator, epoch, start=first_step)
+        for step, (images, labels) in enumerate(batches, start=first_step):
             if pending_rng is not None:
                 _set_rng_state(pending_rng)
                 pending_rng = None

@@ -16,8 +16,9 @@ N_MODELS, DATASETS = 3, ["digits", "faces", "shapes"]
 # Top-1 error of guessing the most frequent class (digits: 10 balanced classes; faces: 2;
 # shapes: 6), in percent.
 CHANCE_ERROR = {"digits": 90.0, "faces": 50.0, "shapes": 83.3}
-# How far below chance the mean error must be after 2 epochs (measured: digits 48 %, faces 26 %,
-# shapes 81 %; shapes needs more epochs than this test spends, so it is only required to finish).
+# How far below chance the mean error must be after 2 epochs (apr_tiny, batch 16; measured with
+# `aprflow train` on 3 models of the demo's space: digits 27 %, faces 12-22 %, shapes 75 %; shapes
+# needs more epochs than this test spends, so it is only required to finish).
 LEARNED_MARGIN = {"digits": 20.0, "faces": 10.0}
 
 
@@ -69,8 +70,11 @@ def test_demo_pipeline_end_to_end(tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    # One run per trial; the chunks' live runs (system metrics) are nested beside them.
+    children = [r for r in nested if "aprflow.trial_id" in r.data.tags]
     assert len(children) == N_MODELS * len(DATASETS)
+    assert all("aprflow.live_run" in r.data.tags for r in nested if r not in children)
     assert all("top1_error" in r.data.metrics for r in children if r.info.status == "FINISHED")
     assert parents[0].info.status == "FINISHED"
     assert client.list_artifacts(parents[0].info.run_id, "report")

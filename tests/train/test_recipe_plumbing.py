@@ -129,7 +129,7 @@ def test_plan_carries_recipes_engine_options_and_test_sets():
     overrides = study_overrides({"mixup": 0.2, "lr": 0.3}, epochs=3)
     assert overrides == {"mixup": 0.2, "lr": 0.3, "epochs": 3}
     own = dataset_recipe("apr_tiny", overrides, {"recipe_overrides": {"lr": 0.05}, "epochs": 2})
-    assert (own.lr, own.mixup, own.epochs, own.batch_size) == (0.05, 0.2, 2, 32)
+    assert (own.lr, own.mixup, own.epochs, own.batch_size) == (0.05, 0.2, 2, 16)
     study = dataset_recipe("apr_tiny", overrides, {})
     assert (study.lr, study.epochs) == (0.3, 3)
     with pytest.raises(ValueError, match="'mixup' must be in"):
