@@ -273,7 +273,9 @@ def _child_main(
     """
     os.environ.clear()
     os.environ.update(environment)
-    if threads:
+    # A thread count set for the whole run wins (kfp.local sets 1: its parallel chunk tasks
+    # share this machine's cores).
+    if threads and "APRFLOW_TORCH_THREADS" not in environment:
         os.environ["APRFLOW_TORCH_THREADS"] = str(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
     from components.train.run import train_trial

@@ -152,7 +152,11 @@ def train_chunk(
         gpus_per_trial=int(gpus_per_trial),
         trials_per_gpu=int(trials_per_gpu),
         max_attempts=int(max_attempts),
-        cpus=int(float(os.environ.get("APRFLOW_TASK_CPUS", "0"))),
+        # The request can exceed the cores this process may use (kfp.local applies the cluster
+        # profile's request on a laptop): more torch threads than cores spin against each other.
+        cpus=min(
+            int(float(os.environ.get("APRFLOW_TASK_CPUS", "0"))), len(os.sched_getaffinity(0))
+        ),
     )
     ids = run_chunk(
         chunk["study_id"],
