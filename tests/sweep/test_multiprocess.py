@@ -35,7 +35,8 @@ def test_two_process_deepspeed_matches_one_process(local_env):
             refs,
             f"ds{gpus}",
             "apr_tiny",
-            {"epochs": 1},
+            # Batch 32 (16 images per rank): the tolerances below were measured so.
+            {"epochs": 1, "batch_size": 32},
             [0],
             "deepspeed",
             None,
