@@ -9,7 +9,7 @@ import sys
 from components.common.errors import AprflowError
 from components.common.limits import MAX_EPOCHS, MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, int_in
 from components.common.progress import report
-from components.common.storage import default_store_uri, open_store
+from components.common.storage import add_store_option, open_store
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
 from components.data.descriptor import INPUT_MODES
 from components.data.loader import check_input
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the model (engine torch; kernels cached in TORCHINDUCTOR_CACHE_DIR, "
         "default ~/.cache/aprflow/inductor; a compiled trial has its own trial id)",
     )
-    parser.add_argument("--store", default=None, help=f"store URI (default {default_store_uri()})")
+    add_store_option(parser)
     return parser
 
 
