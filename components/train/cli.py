@@ -15,7 +15,7 @@ from components.data.descriptor import INPUT_MODES
 from components.data.loader import check_input
 from components.train.engines import ENGINES, PRECISIONS, check_compile
 from components.train.plan import engine_options
-from components.train.recipes import RECIPES, recipe_sets, resolve_recipe
+from components.train.recipes import RECIPES, add_recipe_set_option, recipe_sets, resolve_recipe
 from components.train.trial import Trial, run_trial
 
 
@@ -60,15 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"training recipe (recipes/*.yaml; 'aprflow recipes' lists them): "
         f"{', '.join(sorted(RECIPES))}",
     )
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="recipe.FIELD=VALUE",
-        help="override one recipe field, e.g. --set recipe.lr=0.05 --set recipe.epochs=1 "
-        "(repeatable; 'aprflow recipes NAME' shows every field)",
-    )
+    add_recipe_set_option(parser)
     parser.add_argument(
         "--epochs",
         type=int_in(0, MAX_EPOCHS),

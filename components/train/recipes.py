@@ -14,6 +14,7 @@ an override) makes new trials instead of reusing old results.
 
 from __future__ import annotations
 
+import argparse
 import re
 import typing
 from dataclasses import asdict, dataclass, fields, replace
@@ -227,6 +228,20 @@ def check_overrides(overrides: Any, where: str = "recipe_overrides") -> dict[str
     if not isinstance(overrides, dict):
         raise ValueError(f"{where} must map recipe fields to values, e.g. {{lr: 0.05}}")
     return {key: check_field(key, value) for key, value in overrides.items()}
+
+
+def add_recipe_set_option(parser: argparse.ArgumentParser) -> None:
+    """Adds the repeatable ``--set recipe.FIELD=VALUE`` option (parsed by :func:`recipe_sets`)."""
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="recipe.FIELD=VALUE",
+        help="override one recipe field, e.g. --set recipe.lr=0.05 --set recipe.epochs=1 "
+        "(repeatable, as in aprflow train and aprflow run; 'aprflow recipes NAME' shows every "
+        "field)",
+    )
 
 
 def recipe_sets(pairs: list[str]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from components.common.errors import AprflowError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from components.train.recipes import add_recipe_set_option
+
     parser = argparse.ArgumentParser(
         prog="aprflow recipes",
         description="Without NAME: list the training recipes (recipes/*.yaml) with their "
@@ -16,15 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         "field of that recipe as YAML, with --set overrides applied (what a trial would use).",
     )
     parser.add_argument("name", nargs="?", help="a recipe name (see the list)")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="recipe.FIELD=VALUE",
-        help="override one field, e.g. --set recipe.lr=0.05 (repeatable; as in aprflow train "
-        "and aprflow run)",
-    )
+    add_recipe_set_option(parser)
     return parser
 
 
