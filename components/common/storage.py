@@ -20,12 +20,13 @@ Integrity, the same on both back ends:
       :class:`CorruptObjectError` (a :class:`StoreError`) for a truncated or damaged object.
       S3 keeps them in the object's own metadata (``x-amz-meta-sha256``), published atomically
       with the bytes. The local store keeps them in a hidden sidecar file ``.<name>.sha256``
-      beside the object, written right after it: a portable choice (extended attributes would
-      be atomic too, but are not available on every file system, e.g. macOS's API differs and
-      many network file systems drop them). A kill in the microseconds between the two renames
-      leaves a stale sidecar, which reads as corrupt: the caller sets the object aside and
-      recomputes it, so the worst case is repeated work, never a wrong result. An object
-      without a sidecar (written by another tool) is read unverified.
+      beside the object: a portable choice (extended attributes would be atomic too, but are
+      not available on every file system, e.g. macOS's API differs and many network file
+      systems drop them). An overwrite takes three renames: a sidecar accepting the old and
+      the new bytes, the object, a sidecar accepting only the new bytes; so a writer killed
+      between any two leaves an object that its sidecar accepts (a killed pod's last
+      checkpoint stays usable). An object without a sidecar (written by another tool) is read
+      unverified.
     * Callers recover from a corrupt object with :meth:`ArtifactStore.set_aside`, which renames
       it to ``<key>.corrupt-<time>`` (kept for inspection) so that it can be recomputed.
 
@@ -243,8 +244,16 @@ class LocalStore(ArtifactStore):
     def _sidecar(path: Path) -> Path:
         return path.with_name(f".{path.name}.sha256")
 
-    def _write_sidecar(self, path: Path, digest: str, size: int) -> None:
-        atomic_write_bytes(self._sidecar(path), f"{digest} {size}\n".encode())
+    def _write_sidecar(self, path: Path, *accepted: str) -> None:
+        """Records the checksums (``"<sha256> <size>"`` lines) that ``path``'s bytes may have."""
+        atomic_write_bytes(self._sidecar(path), "".join(f"{a}\n" for a in accepted).encode())
+
+    def _recorded(self, path: Path) -> list[str] | None:
+        """The checksum lines of ``path``'s sidecar; None when it has none."""
+        try:
+            return self._sidecar(path).read_text().splitlines()
+        except FileNotFoundError:
+            return None
 
     def _stage(self, key: str, data: bytes) -> Path:
         """Writes ``data`` to a temporary file beside ``key``'s path (the caller publishes it)."""
@@ -255,13 +264,17 @@ class LocalStore(ArtifactStore):
     def put_bytes(self, key: str, data: bytes) -> str:
         path = self._path(key)
         tmp = self._stage(key, data)
+        checksum = f"{_digest(data)} {len(data)}"
         try:
             _pause_before_publish(key)
+            old = self._recorded(path)
+            if old is not None:  # while the object is replaced, either version reads as valid
+                self._write_sidecar(path, checksum, *old)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._write_sidecar(path, _digest(data), len(data))
+        self._write_sidecar(path, checksum)
         self._remove_stale_temporaries(path)
         return self.key_uri(key)
 
@@ -286,18 +299,17 @@ class LocalStore(ArtifactStore):
             return False
         finally:
             tmp.unlink(missing_ok=True)
-        self._write_sidecar(path, _digest(data), len(data))
+        self._write_sidecar(path, f"{_digest(data)} {len(data)}")
         return True
 
     def _verify(self, key: str, path: Path, digest: str, size: int) -> None:
-        try:
-            recorded = self._sidecar(path).read_text().split()
-        except FileNotFoundError:
+        recorded = self._recorded(path)
+        if recorded is None:
             return  # written by another tool: nothing to verify against
-        if recorded != [digest, str(size)]:
+        if f"{digest} {size}" not in recorded:
             raise CorruptObjectError(
                 f"object {key!r} in store {self.uri} is corrupt: {size} bytes with SHA-256 "
-                f"{digest[:12]}..., but {' '.join(recorded)[:80]!r} was recorded when it was "
+                f"{digest[:12]}..., but {' | '.join(recorded)[:80]!r} was recorded when it was "
                 "written (truncated or damaged)"
             )
 

@@ -1,5 +1,6 @@
 """The artifact store: local directory and S3 (against a real S3 server on loopback)."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -158,6 +159,42 @@ def test_local_store_checksums_detect_damage(tmp_path):
     _corrupt_local(store, "big.bin", b"x" * 9)
     with pytest.raises(CorruptObjectError):
         store.verified_path("big.bin")
+
+
+class _Killed(BaseException):
+    """A writer's death, raised where a SIGKILL could land."""
+
+
+@pytest.mark.parametrize("renames_done", [0, 1, 2, 3])
+def test_local_overwrite_killed_between_renames_leaves_a_valid_object(
+    tmp_path, monkeypatch, renames_done
+):
+    # An overwrite is three renames (transition sidecar, object, final sidecar); a kill after
+    # any number of them must leave the old or the new bytes, and a sidecar that accepts them.
+    store = open_store(str(tmp_path / "store"))
+    store.put_bytes("t/checkpoint.pt", b"old" * 100)
+    real_replace, done = os.replace, []
+
+    def replace_then_die(src, dst):
+        if len(done) == renames_done:
+            raise _Killed
+        real_replace(src, dst)
+        done.append(dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(_Killed) if renames_done < 3 else contextlib.nullcontext():
+        store.put_bytes("t/checkpoint.pt", b"new" * 200)
+    monkeypatch.setattr(os, "replace", real_replace)
+    expected = b"old" * 100 if renames_done < 2 else b"new" * 200
+    assert store.get_bytes("t/checkpoint.pt") == expected
+    assert store.verified_path("t/checkpoint.pt").read_bytes() == expected
+    store.put_bytes("t/checkpoint.pt", b"next")  # the next writer starts from a clean state
+    assert store.get_bytes("t/checkpoint.pt") == b"next"
+    sidecar = tmp_path / "store" / "t" / ".checkpoint.pt.sha256"
+    assert sidecar.read_text() == f"{hashlib.sha256(b'next').hexdigest()} 4\n"
+    _corrupt_local(store, "t/checkpoint.pt", b"nexT")
+    with pytest.raises(CorruptObjectError):
+        store.get_bytes("t/checkpoint.pt")
 
 
 def test_s3_store_checksums_detect_damage(s3_env, tmp_path):
