@@ -9,13 +9,16 @@ bilinear) + horizontal flip + normalisation, decoded in DataLoader workers; same
 SGD-Nesterov, cosine schedule, label smoothing 0.1, torch's default threads, this machine.
 
 * timm: its ``train.py`` (``create_dataset`` ImageFolder + ``create_loader``: persistent
-  workers, fast-collate prefetcher on or off, pinned memory on CUDA), once per loader setting;
+  workers, fast-collate prefetcher on or off, pinned memory on CUDA), once per loader setting,
+  with glibc's default allocator and with the one aprflow's trainer sets (``--timm-malloc``:
+  ``MALLOC_MMAP_THRESHOLD_`` 32 MiB, ``MALLOC_TRIM_THRESHOLD_`` 1 GiB, which aprflow sets
+  with ``mallopt``), so that timm's best setting is the one compared;
   the figure is the average ``N/s`` of its last epoch's log lines;
 * aprflow: the same files built into tar shards (``aprflow data build``, originals kept),
   trained by the real trial loop (``components.train.trial.run_trial``, ``input: stream``,
-  ``APRFLOW_DATA_WORKERS`` workers); the figure is the last epoch's ``images_per_s`` from the
-  result's history (older trainers: ``train_images_per_s`` over all epochs, compared with
-  timm's over all epochs).
+  ``APRFLOW_DATA_WORKERS`` workers) in a fresh process of its own, as a study runs each
+  trial (and as timm's train.py runs); the figures are the ``images_per_s`` of the result's
+  history (each epoch's training loop) and ``train_images_per_s`` (all epochs).
 
 Runs of the two sides alternate (``--rounds`` times), and the best run of each side is
 compared (ratio aprflow / timm, on the last epoch and on all epochs): on a shared machine
@@ -33,6 +36,7 @@ huggingface/pytorch-image-models (the version matching the installed timm)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -62,6 +66,8 @@ TIMM_LINE = re.compile(
     r"Train: (\d+) \[\s*(\d+)/(\d+)\s.*?\(\s*([\d.]+)s,\s*([\d.]+)/s\)", re.DOTALL
 )
 LR, MOMENTUM, WEIGHT_DECAY, SMOOTHING = 0.1, 0.9, 5e-4, 0.1
+# This script's own mode that runs one aprflow trial: RUN_TRIAL STORE_URI TRIAL_JSON.
+RUN_TRIAL = "--run-trial"
 
 
 def load_average() -> float:
@@ -87,7 +93,10 @@ def timm_rates(args, model: str, resolution: int, data: Path, mean, std, setting
         *(["--pin-mem"] if args.device == "cuda" else []),
         *(["--model-kwargs", "small_input=True"] if uses_small_stem(resolution, None) else []),
     ]
-    done = subprocess.run(command, capture_output=True, text=True)
+    # glibc reads these at start-up: the allocator setting aprflow's trainer makes with mallopt.
+    malloc = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+    env = os.environ | (malloc if setting["malloc"] == "tuned" else {})
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     log = done.stdout + done.stderr
     if done.returncode != 0:
         raise SystemExit(f"timm train.py failed:\n{log[-3000:]}")
@@ -102,12 +111,31 @@ def timm_rates(args, model: str, resolution: int, data: Path, mean, std, setting
     images = {e: updates * args.batch_size for e, (updates, _) in epochs.items()}
     seconds = {e: updates * avg_s for e, (updates, avg_s) in epochs.items()}
     last = args.epochs - 1
+    per_epoch = [images[e] / seconds[e] for e in sorted(epochs)]
+    print(f"    timm per epoch: {', '.join(f'{r:.1f}' for r in per_epoch)} images/s", flush=True)
     return images[last] / seconds[last], sum(images.values()) / sum(seconds.values())
 
 
+def run_profiled_trial(store_uri: str, trial_dict: dict) -> dict:
+    """Runs the trial in this process; its result, and the seconds its last epoch waited for
+    data out of the images it trained per epoch."""
+    # The trial's training split, whose wait_seconds is the last epoch's time spent waiting
+    # for batches (data) rather than training (compute).
+    opened: list[TrainData] = []
+
+    def recording_open_split(*split_args, **kwargs) -> TrainData:
+        opened.append(open_split(*split_args, **kwargs))
+        return opened[-1]
+
+    trial_module.open_split = recording_open_split
+    trial = Trial.from_dict(trial_dict)
+    result = run_trial(open_store(store_uri), trial, progress=lambda _: None)
+    return {"result": result, "wait_seconds": opened[0].wait_seconds, "images": len(opened[0])}
+
+
 def aprflow_rates(args, reference: str, ref, workers: int):
-    """(last-epoch images/s or None, all-epochs images/s) of one run_trial on the stream."""
-    os.environ["APRFLOW_DATA_WORKERS"] = str(workers)
+    """(last-epoch images/s, all-epochs images/s) of one trial on the stream input, in a
+    process of its own as in a study (a chunk's fork-server child) and as timm's train.py."""
     recipe = resolve_recipe(
         "apr_tiny",
         {
@@ -122,37 +150,31 @@ def aprflow_rates(args, reference: str, ref, workers: int):
             "hflip": True,
         },
     )
-    store = open_store(args.store)
     # A fresh trial id per run (the seed), so nothing is reused from an earlier run.
     args.trial_seed += 1
     trial = Trial(REFERENCE_SPECS[reference].to_dict(), ref, recipe, seed=args.trial_seed)
     if args.device != "cpu":
         trial = replace(trial, device=args.device)
-    # Profiling: the trial's training split, whose wait_seconds is the last epoch's time spent
-    # waiting for batches (data) rather than training (compute).
-    opened: list[TrainData] = []
-
-    def recording_open_split(*split_args, **kwargs) -> TrainData:
-        opened.append(open_split(*split_args, **kwargs))
-        return opened[-1]
-
-    trial_module.open_split = recording_open_split
-    try:
-        result = run_trial(store, trial, progress=lambda _: None)
-    finally:
-        trial_module.open_split = open_split
+    done = subprocess.run(
+        [sys.executable, __file__, RUN_TRIAL, args.store, json.dumps(trial.to_dict())],
+        env=os.environ | {"APRFLOW_DATA_WORKERS": str(workers)},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"aprflow trial process failed:\n{done.stderr[-3000:]}")
+    profiled = json.loads(done.stdout.splitlines()[-1])
+    result = profiled["result"]
     if result["status"] != "ok":
         raise SystemExit(f"aprflow trial {result['status']}: {result.get('reason')}")
-    per_epoch = result["history"].get("images_per_s")
-    last = per_epoch[-1] if per_epoch else None
-    if last:
-        images = len(opened[0]) // args.batch_size * args.batch_size
-        print(
-            f"    aprflow last epoch: waited {opened[0].wait_seconds:.2f} s for data of "
-            f"{images / last:.2f} s",
-            flush=True,
-        )
-    return last, result["train_images_per_s"]
+    per_epoch = result["history"]["images_per_s"]
+    images = profiled["images"] // args.batch_size * args.batch_size
+    print(
+        f"    aprflow per epoch: {', '.join(f'{r:.1f}' for r in per_epoch)} images/s; last "
+        f"epoch waited {profiled['wait_seconds']:.2f} s for data of {images / per_epoch[-1]:.2f} s",
+        flush=True,
+    )
+    return per_epoch[-1], result["train_images_per_s"]
 
 
 def compare(args, reference: str, resolution: int, folder: Path, ref, mean, std) -> None:
@@ -162,15 +184,16 @@ def compare(args, reference: str, resolution: int, folder: Path, ref, mean, std)
     ref = replace(ref, resolution=resolution, input="stream")
     ours = [("aprflow", {"workers": w}) for w in args.workers]
     theirs = [
-        ("timm", {"workers": w, "prefetcher": p == "on"})
+        ("timm", {"workers": w, "prefetcher": p == "on", "malloc": m})
         for w in args.workers
         for p in args.timm_prefetcher
+        for m in args.timm_malloc
     ]
     # The sides interleaved, so that a burst of other load hits both.
     order = []
     for i in range(max(len(ours), len(theirs))):
         order += ours[i : i + 1] + theirs[i : i + 1]
-    rows: list[tuple[str, str, float | None, float, float]] = []
+    rows: list[tuple[str, str, float, float, float]] = []
     for _ in range(args.rounds):
         for side, setting in order:
             load = load_average()
@@ -180,20 +203,17 @@ def compare(args, reference: str, resolution: int, folder: Path, ref, mean, std)
             else:
                 last, total = timm_rates(args, model, resolution, folder, mean, std, setting)
                 prefetcher = "on" if setting["prefetcher"] else "off"
-                name = f"{setting['workers']} workers, prefetcher {prefetcher}"
+                name = f"{setting['workers']} w, prefetcher {prefetcher}, {setting['malloc']}"
             rows.append((side, name, last, total, load))
-            print(f"    {side} {name}: {last or 0:.1f} / {total:.1f} images/s", flush=True)
+            print(f"    {side} {name}: {last:.1f} / {total:.1f} images/s", flush=True)
     print(
         f"{model} at {resolution} px, {ref.n_train} JPEG train images ({args.source_side} px), "
         f"batch {args.batch_size}, {args.epochs} epochs, {args.device}; images/s, last epoch / "
         "all epochs:"
     )
     for side, setting, last, total, load in rows:
-        shown = f"{last:8.1f}" if last is not None else "       -"
-        print(f"  {side:8s} {setting:28s} {shown} / {total:6.1f}   (load average {load:.2f})")
+        print(f"  {side:8s} {setting:34s} {last:8.1f} / {total:6.1f}   (load average {load:.2f})")
     for column, window in ((2, "last epoch"), (3, "all epochs")):
-        if any(row[column] is None for row in rows):
-            continue  # a trainer without per-epoch rates: all epochs only
         best = {side: max(r[column] for r in rows if r[0] == side) for side in ("aprflow", "timm")}
         print(
             f"  best ({window}): aprflow {best['aprflow']:.1f}, timm {best['timm']:.1f}; "
@@ -203,6 +223,9 @@ def compare(args, reference: str, resolution: int, folder: Path, ref, mean, std)
 
 
 def main() -> None:
+    if sys.argv[1:2] == [RUN_TRIAL]:
+        print(json.dumps(run_profiled_trial(sys.argv[2], json.loads(sys.argv[3]))))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timm-train", type=Path, required=True, help="timm's train.py")
     parser.add_argument(
@@ -221,6 +244,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--timm-prefetcher", nargs="+", choices=("on", "off"), default=["on", "off"]
+    )
+    parser.add_argument(
+        "--timm-malloc",
+        nargs="+",
+        choices=("default", "tuned"),
+        default=["default", "tuned"],
+        help="timm with glibc's default allocator, or tuned as aprflow's trainer tunes it "
+        "(MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of all runs")
     parser.add_argument("--device", default="cpu")
