@@ -27,7 +27,8 @@ from components.transfer.component import (
     plan_transfer_study,
     transfer_chunk,
 )
-from pipelines.apr_study import LAUNCHER_CONFIG_MAP, PROFILE, S3_SECRET, _on_cluster, _on_gpu_nodes
+from pipelines import cluster
+from pipelines.cluster import LAUNCHER_CONFIG_MAP, PROFILE, S3_SECRET, on_gpu_nodes
 
 
 @dsl.pipeline(
@@ -46,6 +47,7 @@ def transfer_study(
     k: int = 5,
     allow_download: bool = False,
     finetune_max_steps: int = 0,
+    recipe_overrides: dict = {},  # noqa: B006 - KFP reads the default
     seed: int = 0,
     device: str = "auto",
     chunk_size: int = 0,
@@ -68,6 +70,8 @@ def transfer_study(
         k: neighbours of the kNN fraction score.
         allow_download: let timm download ``hub`` weights.
         finetune_max_steps: cap on fine-tune/scratch steps (0 = 20k scaled by dataset size).
+        recipe_overrides: fields over the finetune and scratch recipes (JSON in the Kubeflow
+            UI), e.g. ``{"lr_grid": [0.01, 0.1], "batch_size": 128}``.
         seed: seed of random weights, new heads and batch order (not of any data split).
         device: auto, cuda or cpu.
         chunk_size: models per chunk task (0 = 8).
@@ -77,7 +81,7 @@ def transfer_study(
     """
 
     def on_cluster(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
-        return _on_cluster(task, cpu, memory, launcher_config_map, s3_secret)
+        return cluster.on_cluster(task, cpu, memory, launcher_config_map, s3_secret)
 
     plan = on_cluster(
         plan_transfer_study(
@@ -90,6 +94,7 @@ def transfer_study(
             k=k,
             allow_download=allow_download,
             finetune_max_steps=finetune_max_steps,
+            recipe_overrides=recipe_overrides,
             seed=seed,
             device=device,
             chunk_size=chunk_size,
@@ -120,7 +125,7 @@ def transfer_study(
             str(PROFILE.train_cpu),
             PROFILE.train_memory,
         )
-        _on_gpu_nodes(evaluate, 1, PROFILE)
+        on_gpu_nodes(evaluate, 1, PROFILE)
     on_cluster(
         analyze_transfer_study(
             chunk_keys=dsl.Collected(evaluate.output),

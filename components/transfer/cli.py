@@ -14,6 +14,7 @@ import sys
 from components.common.errors import AprflowError
 from components.common.storage import add_store_option
 from components.data.datasets import BUILTIN_DATASETS
+from components.train.recipes import add_recipe_set_option, recipe_sets
 from components.transfer.errors import TransferError
 from components.transfer.run import METHODS, evaluate_transfer, format_table, write_csv
 from components.transfer.scores import SCORE_METHODS
@@ -165,6 +166,7 @@ def build_study_parser() -> argparse.ArgumentParser:
         default=None,
         help="cap on fine-tune/scratch steps (default: 20k scaled by dataset size)",
     )
+    add_recipe_set_option(parser)  # over the finetune and scratch recipes
     parser.add_argument("--chunk-size", type=int, default=0, help="models per chunk (0: 8)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights and heads")
@@ -198,6 +200,7 @@ def study_main(argv: list[str]) -> int:
             device=args.device,
             allow_download=args.allow_download,
             finetune_max_steps=args.finetune_max_steps,
+            recipe_overrides=recipe_sets(args.sets),
             seed=args.seed,
         )
         result = run_all(

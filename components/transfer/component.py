@@ -67,6 +67,7 @@ def plan_transfer_study(
     k: int,
     allow_download: bool,
     finetune_max_steps: int,
+    recipe_overrides: dict,
     seed: int,
     device: str,
     chunk_size: int,
@@ -79,6 +80,8 @@ def plan_transfer_study(
     Args:
         model_list: model list CSV: a path, ``s3://bucket/key``, or the text itself.
         input_size: 0 = each model's pretrained_cfg; finetune_max_steps: 0 = the scaled 20k.
+        recipe_overrides: fields over the finetune and scratch recipes, e.g.
+            ``{"lr_grid": [0.01, 0.1]}``.
         chunk_size: models per chunk task (0 = 8).
         store_uri, tracking_uri: '' = the environment's or the local defaults
             (tracking '' logs to MLFLOW_TRACKING_URI or the local default).
@@ -93,6 +96,7 @@ def plan_transfer_study(
         k=int(k),
         allow_download=bool(allow_download),
         finetune_max_steps=int(finetune_max_steps) or None,
+        recipe_overrides=dict(recipe_overrides),
         seed=int(seed),
         device=device,
     )

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -145,8 +146,7 @@ def finetune(
     test: tuple[torch.Tensor, torch.Tensor],
     *,
     recipe: str = "finetune",
-    lrs: Sequence[float] | None = None,
-    weight_decays: Sequence[float] | None = None,
+    overrides: Mapping[str, Any] | None = None,
     max_steps: int | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -162,8 +162,8 @@ def finetune(
         train, val, test: ``(inputs NCHW float, labels int64)`` prepared with the model's
             eval transform.
         recipe: recipe name in :mod:`components.train.recipes` (batch size, momentum, hflip,
-            steps and grid).
-        lrs, weight_decays: the grid (None: the recipe's ``lr_grid`` / ``weight_decay_grid``).
+            steps and the ``lr_grid`` x ``weight_decay_grid``).
+        overrides: recipe fields over the recipe's values, e.g. ``{"lr_grid": [0.1]}``.
         max_steps: cap on the scaled step count (toy runs).
         seed: seed of the new head and of the batch order.
         device: ``auto``, ``cuda`` or ``cpu`` (the engine's choice).
@@ -176,11 +176,9 @@ def finetune(
     from components.train.engines import TorchEngine
     from components.train.recipes import resolve_recipe
 
-    settings = resolve_recipe(recipe)
-    lrs = settings.lr_grid if lrs is None else lrs
-    weight_decays = settings.weight_decay_grid if weight_decays is None else weight_decays
-    if not lrs or not weight_decays:
-        raise ValueError("the learning-rate and weight-decay grids must not be empty")
+    settings = resolve_recipe(recipe, dict(overrides or {}))
+    if not settings.lr_grid or not settings.weight_decay_grid:
+        raise ValueError("the recipe's lr_grid and weight_decay_grid must not be empty")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         start = copy.deepcopy(model).cpu()
@@ -200,8 +198,8 @@ def finetune(
         seed=seed,
         device=device,
     )
-    for lr in sorted(lrs):
-        for wd in sorted(weight_decays):
+    for lr in sorted(settings.lr_grid):
+        for wd in sorted(settings.weight_decay_grid):
             try:
                 trained, engine = train_steps(
                     copy.deepcopy(start),

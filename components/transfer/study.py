@@ -45,6 +45,7 @@ from components.common.files import atomic_write_text
 from components.common.hashing import content_hash
 from components.common.progress import report
 from components.common.storage import ArtifactStore
+from components.train.recipes import resolve_recipe
 from components.transfer.errors import TransferError
 from components.transfer.sources import LoadedModel, ModelEntry, jsonable, load_model
 
@@ -95,8 +96,8 @@ class StudySettings:
         device: ``auto``, ``cuda`` or ``cpu``.
         allow_download: let timm fetch ``hub`` weights.
         finetune_max_steps: cap on fine-tune/scratch steps (None: the scaled 20k).
-        finetune_lrs: learning-rate grid of fine-tune/scratch.
-        finetune_weight_decays: weight-decay grid of fine-tune/scratch.
+        recipe_overrides: fields over the ``finetune`` and ``scratch`` recipes' values (e.g.
+            ``{"lr_grid": [0.01, 0.1]}``), checked as ``aprflow recipes finetune --set``.
         seed: seed of random weights, new heads and batch order (never of a data split).
     """
 
@@ -107,8 +108,7 @@ class StudySettings:
     device: str = "auto"
     allow_download: bool = False
     finetune_max_steps: int | None = None
-    finetune_lrs: tuple[float, ...] = (0.001, 0.01, 0.1)
-    finetune_weight_decays: tuple[float, ...] = (0.0, 1e-4)
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -122,6 +122,12 @@ class StudySettings:
             raise TransferError(f"k and batch_size must be >= 1, got {self.k}, {self.batch_size}")
         if self.input_size is not None and self.input_size < 8:
             raise TransferError(f"input_size must be >= 8 pixels, got {self.input_size}")
+        for regime in ("finetune", "scratch"):
+            if regime in self.regimes:
+                try:
+                    resolve_recipe(regime, self.recipe_overrides)
+                except ValueError as e:
+                    raise TransferError(f"recipe {regime}: {e}") from None
 
 
 @dataclass
@@ -362,8 +368,7 @@ def _tuned_rows(
                 tensors["val"],
                 tensors["test"],
                 recipe=regime,
-                lrs=settings.finetune_lrs,
-                weight_decays=settings.finetune_weight_decays,
+                overrides=settings.recipe_overrides,
                 max_steps=settings.finetune_max_steps,
                 seed=settings.seed,
                 device=settings.device,

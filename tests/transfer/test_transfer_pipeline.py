@@ -41,6 +41,7 @@ def test_transfer_study_locally(trained_trial, tmp_path):
             regimes=["knn", "logme", "leep", "finetune"],
             input_size=32,
             finetune_max_steps=3,
+            recipe_overrides={"lr_grid": [0.05], "weight_decay_grid": [0.0]},
             chunk_size=2,
             n_bootstrap=50,
             device="cpu",
@@ -67,6 +68,9 @@ def test_transfer_study_locally(trained_trial, tmp_path):
     assert len(store.list(f"studies/{study_id}/results/")) == 2  # 3 models in chunks of 2
     # Fine-tuned accuracy from the refit on train + val with the configuration chosen on val.
     assert by[("test_resnet", "finetune", "finetune_refit")]["value"] == "1.0"
+    # The recipe override (a grid of one, outside the recipe's own) reached the fine-tune.
+    assert by[("test_resnet", "finetune", "finetune_lr")]["value"] == "0.05"
+    assert by[("test_resnet", "finetune", "finetune_weight_decay")]["value"] == "0.0"
     report_html = store.get_bytes(f"studies/{study_id}/report.html").decode()
     assert "Does a cheap score predict fine-tuned accuracy on digits?" in report_html
     assert report_html.count('src="data:image/png;base64,') == 1  # the digits scatter

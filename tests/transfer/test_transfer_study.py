@@ -221,8 +221,7 @@ def test_finetune_improves_on_its_starting_point(tmp_path, digits):
         tensors["train"],
         tensors["val"],
         tensors["test"],
-        lrs=(0.1,),
-        weight_decays=(0.0,),
+        overrides={"lr_grid": [0.1], "weight_decay_grid": [0.0]},
         max_steps=30,
         device="cpu",
     )
@@ -233,6 +232,23 @@ def test_finetune_improves_on_its_starting_point(tmp_path, digits):
     assert result.refit and result.refit_steps == 30
     assert result.accuracy > result.initial_accuracy + 0.3
     assert result.accuracy != result.grid_accuracy  # another run: more data, other batches
+
+
+def test_recipe_overrides_are_checked_before_a_study_starts(capsys):
+    settings = StudySettings(regimes=("finetune",), recipe_overrides={"lr_grid": [0.05]})
+    assert settings.recipe_overrides == {"lr_grid": [0.05]}
+    for overrides, message in [
+        ({"lr": -1.0}, "recipe finetune: .*lr"),
+        ({"learning_rate": 0.1}, "recipe finetune: .*learning_rate"),
+        ({"mixup": 2.0}, "recipe finetune: .*mixup"),
+    ]:
+        with pytest.raises(TransferError, match=message):
+            StudySettings(regimes=("knn", "finetune"), recipe_overrides=overrides)
+    # The command line's --set reaches the same check, in one line, before anything runs.
+    argv = ["study", "--models", "m.csv", "--datasets", "digits", "--regimes", "scratch"]
+    code = main([*argv, "--set", "recipe.lr=-1"])
+    assert code != 0
+    assert "recipe field 'lr' must be > 0" in capsys.readouterr().err
 
 
 def test_score_vs_finetune_comparison():
