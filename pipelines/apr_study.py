@@ -21,75 +21,14 @@ launcher ConfigMap and S3 Secret (see charts/aprflow), named by the pipeline par
 
 from typing import NamedTuple
 
-from kfp import dsl, kubernetes
-from kfp.dsl.pipeline_channel import PipelineParameterChannel
+from kfp import dsl
 
 from components.analyze.component import analyze_study
 from components.data.component import prepare_datasets
 from components.sample.component import sample_architectures
 from components.train.component import list_chunks, plan_study, train_chunk
-from pipelines.cluster import ClusterProfile, load_profile
-
-LAUNCHER_CONFIG_MAP = "aprflow-launcher"
-S3_SECRET = "aprflow-s3"
-LAUNCHER_KEYS = (
-    "APRFLOW_STORE_URI",
-    "APRFLOW_S3_ENDPOINT_URL",
-    "MLFLOW_TRACKING_URI",
-    "AWS_DEFAULT_REGION",
-)
-SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-PROFILE: ClusterProfile = load_profile()
-
-
-def _on_cluster(
-    task: dsl.PipelineTask,
-    cpu: str,
-    memory: str,
-    launcher_config_map: str | PipelineParameterChannel = LAUNCHER_CONFIG_MAP,
-    s3_secret: str | PipelineParameterChannel = S3_SECRET,
-) -> dsl.PipelineTask:
-    """Resources, the launcher config and S3 credentials as environment, and no KFP caching.
-
-    The ConfigMap and Secret names may be pipeline parameters (kfp-kubernetes resolves them when
-    the task's pod is created), so one compiled pipeline serves any chart install.
-    KFP caching is off because trials are idempotent by their own content hash (a finished
-    trial is reused from the store), and a cached plan could point at a deleted MLflow run.
-    """
-    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
-    task.set_caching_options(False)
-    kubernetes.use_config_map_as_env(
-        task, launcher_config_map, config_map_key_to_env={k: k for k in LAUNCHER_KEYS}
-    )
-    kubernetes.use_secret_as_env(task, s3_secret, secret_key_to_env={k: k for k in SECRET_KEYS})
-    return task
-
-
-def _on_gpu_nodes(
-    task: dsl.PipelineTask, gpus: PipelineParameterChannel, profile: ClusterProfile
-) -> dsl.PipelineTask:
-    """GPUs, GPU nodes, a memory-backed /dev/shm and threads from the CPU request.
-
-    ``gpus`` is the run-time ``gpus_per_trial``; the rest is the cluster profile. /dev/shm is a
-    Memory emptyDir because a container's default 64 MiB breaks DataLoader workers and NCCL.
-    OMP_NUM_THREADS and APRFLOW_TASK_CPUS are the CPU request, so torch does not start as many
-    threads as the node has cores.
-    """
-    task.set_accelerator_type(profile.accelerator).set_accelerator_limit(gpus)
-    for key, value in profile.node_selector.items():
-        kubernetes.add_node_selector(task, key, value)
-    for toleration in profile.tolerations:
-        kubernetes.add_toleration(task, **toleration)
-    kubernetes.empty_dir_mount(
-        task,
-        volume_name="dshm",
-        mount_path="/dev/shm",
-        medium="Memory",
-        size_limit=profile.shm_size,
-    )
-    task.set_env_variable("OMP_NUM_THREADS", str(profile.train_cpu))
-    task.set_env_variable("APRFLOW_TASK_CPUS", str(profile.train_cpu))
-    return task
+from pipelines import cluster
+from pipelines.cluster import LAUNCHER_CONFIG_MAP, PROFILE, S3_SECRET, on_gpu_nodes
 
 
 @dsl.pipeline(
@@ -165,7 +104,7 @@ def apr_study(
     """
 
     def on_cluster(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
-        return _on_cluster(task, cpu, memory, launcher_config_map, s3_secret)
+        return cluster.on_cluster(task, cpu, memory, launcher_config_map, s3_secret)
 
     data = on_cluster(
         prepare_datasets(
@@ -253,7 +192,7 @@ def apr_study(
             str(PROFILE.train_cpu),
             PROFILE.train_memory,
         )
-        _on_gpu_nodes(train, gpus_per_trial, PROFILE)
+        on_gpu_nodes(train, gpus_per_trial, PROFILE)
     on_cluster(
         analyze_study(
             trial_ids=dsl.Collected(train.outputs["Output"]),

@@ -3,7 +3,8 @@
 Kubeflow Pipelines fixes node selectors, tolerations, CPU requests and a loop's parallelism at
 compile time, so they come from a profile file (``pipelines/configs/cluster.yaml``, or the file
 named by ``APRFLOW_CLUSTER_PROFILE`` when compiling); the GPU count per training task is the
-run-time pipeline parameter ``gpus_per_trial``.
+run-time pipeline parameter ``gpus_per_trial``. :func:`on_cluster` and :func:`on_gpu_nodes` put
+a task of any pipeline on the cluster with it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kfp import dsl, kubernetes
+from kfp.dsl.pipeline_channel import PipelineParameterChannel
 
 from components.common.errors import AprflowError
 
 PROFILE_ENV = "APRFLOW_CLUSTER_PROFILE"
 DEFAULT_PROFILE = Path(__file__).parent / "configs" / "cluster.yaml"
+# The chart's ConfigMap and Secret (charts/aprflow) and the keys each task reads from them.
+LAUNCHER_CONFIG_MAP = "aprflow-launcher"
+S3_SECRET = "aprflow-s3"
+LAUNCHER_KEYS = (
+    "APRFLOW_STORE_URI",
+    "APRFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_TRACKING_URI",
+    "AWS_DEFAULT_REGION",
+)
+SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 class ProfileError(AprflowError):
@@ -66,3 +79,57 @@ def load_profile(path: str | Path | None = None) -> ClusterProfile:
             f"{', '.join(sorted(valid))}"
         )
     return ClusterProfile(**values)
+
+
+#: The profile the pipelines are compiled with.
+PROFILE: ClusterProfile = load_profile()
+
+
+def on_cluster(
+    task: dsl.PipelineTask,
+    cpu: str,
+    memory: str,
+    launcher_config_map: str | PipelineParameterChannel = LAUNCHER_CONFIG_MAP,
+    s3_secret: str | PipelineParameterChannel = S3_SECRET,
+) -> dsl.PipelineTask:
+    """Resources, the launcher config and S3 credentials as environment, and no KFP caching.
+
+    The ConfigMap and Secret names may be pipeline parameters (kfp-kubernetes resolves them when
+    the task's pod is created), so one compiled pipeline serves any chart install.
+    KFP caching is off because trials are idempotent by their own content hash (a finished
+    trial is reused from the store), and a cached plan could point at a deleted MLflow run.
+    """
+    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+    task.set_caching_options(False)
+    kubernetes.use_config_map_as_env(
+        task, launcher_config_map, config_map_key_to_env={k: k for k in LAUNCHER_KEYS}
+    )
+    kubernetes.use_secret_as_env(task, s3_secret, secret_key_to_env={k: k for k in SECRET_KEYS})
+    return task
+
+
+def on_gpu_nodes(
+    task: dsl.PipelineTask, gpus: PipelineParameterChannel, profile: ClusterProfile
+) -> dsl.PipelineTask:
+    """GPUs, GPU nodes, a memory-backed /dev/shm and threads from the CPU request.
+
+    ``gpus`` is the run-time ``gpus_per_trial``; the rest is the cluster profile. /dev/shm is a
+    Memory emptyDir because a container's default 64 MiB breaks DataLoader workers and NCCL.
+    OMP_NUM_THREADS and APRFLOW_TASK_CPUS are the CPU request, so torch does not start as many
+    threads as the node has cores.
+    """
+    task.set_accelerator_type(profile.accelerator).set_accelerator_limit(gpus)
+    for key, value in profile.node_selector.items():
+        kubernetes.add_node_selector(task, key, value)
+    for toleration in profile.tolerations:
+        kubernetes.add_toleration(task, **toleration)
+    kubernetes.empty_dir_mount(
+        task,
+        volume_name="dshm",
+        mount_path="/dev/shm",
+        medium="Memory",
+        size_limit=profile.shm_size,
+    )
+    task.set_env_variable("OMP_NUM_THREADS", str(profile.train_cpu))
+    task.set_env_variable("APRFLOW_TASK_CPUS", str(profile.train_cpu))
+    return task

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pipelines.apr_study import LAUNCHER_CONFIG_MAP, LAUNCHER_KEYS, S3_SECRET, SECRET_KEYS
+from pipelines.cluster import LAUNCHER_CONFIG_MAP, LAUNCHER_KEYS, S3_SECRET, SECRET_KEYS
 
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pipelines import apr_study
+from pipelines import cluster
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "aprflow"
 FULL_VALUES = Path(__file__).resolve().parent / "values-full.yaml"
@@ -30,8 +30,8 @@ STANDARD_LABELS = (
     "app.kubernetes.io/part-of",
     "app.kubernetes.io/component",
 )
-# What the pipeline injects into every task (pipelines/apr_study.py) is what the chart provides.
-LAUNCHER_KEYS = set(apr_study.LAUNCHER_KEYS)
+# What the pipeline injects into every task (pipelines/cluster.py) is what the chart provides.
+LAUNCHER_KEYS = set(cluster.LAUNCHER_KEYS)
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 
 VARIANTS = {
@@ -164,9 +164,9 @@ def test_full_values_external_postgres_existing_secret_no_upload(render):
 @pytest.mark.parametrize("release", ["aprflow", "study-7"])
 def test_secret_and_configmap_names_default_to_fixed_names(render, release):
     result = ok(render(*DEFAULT, release=release))
-    secret = result.one("Secret", apr_study.S3_SECRET)["stringData"]
-    assert secret.keys() == set(apr_study.SECRET_KEYS)
-    result.one("ConfigMap", apr_study.LAUNCHER_CONFIG_MAP)
+    secret = result.one("Secret", cluster.S3_SECRET)["stringData"]
+    assert secret.keys() == set(cluster.SECRET_KEYS)
+    result.one("ConfigMap", cluster.LAUNCHER_CONFIG_MAP)
     result.one("ServiceAccount", "aprflow-pipeline")
 
 

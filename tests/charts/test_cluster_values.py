@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client as k8s
 
 from components.common.images import GPU_IMAGE
-from pipelines.apr_study import LAUNCHER_CONFIG_MAP, S3_SECRET
+from pipelines.cluster import LAUNCHER_CONFIG_MAP, S3_SECRET
 
 K8S_VERSION = "1.33.0"
 BASE = ("--set", "s3.bucket=studies")

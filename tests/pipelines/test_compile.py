@@ -7,8 +7,8 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.common.images import CPU_IMAGE, GPU_IMAGE
-from pipelines.apr_study import LAUNCHER_CONFIG_MAP, S3_SECRET
 from pipelines.cli import COMPILED_DIR, compile_all, main
+from pipelines.cluster import LAUNCHER_CONFIG_MAP, S3_SECRET
 
 
 def test_compiled_yaml_is_what_compile_produces_today(tmp_path):

@@ -10,8 +10,8 @@ chart's names, so a default chart install needs no arguments.
 import pytest
 import yaml
 
-from pipelines.apr_study import LAUNCHER_CONFIG_MAP, S3_SECRET
 from pipelines.cli import COMPILED_DIR, compile_all
+from pipelines.cluster import LAUNCHER_CONFIG_MAP, S3_SECRET
 
 CHART_VALUES = COMPILED_DIR.parents[1] / "charts" / "aprflow" / "values.yaml"
 NAME_PARAMETERS = {"secretAsEnv": "s3_secret", "configMapAsEnv": "launcher_config_map"}

@@ -6,9 +6,8 @@ import pytest
 import yaml
 
 from components.common.images import CPU_IMAGE, GPU_IMAGE
-from pipelines.apr_study import PROFILE
 from pipelines.cli import COMPILED_DIR
-from pipelines.cluster import ProfileError, load_profile
+from pipelines.cluster import PROFILE, ProfileError, load_profile
 
 
 @pytest.fixture(scope="module")

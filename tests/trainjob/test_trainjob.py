@@ -24,7 +24,7 @@ from components.common.images import GPU_IMAGE
 from components.common.storage import LocalStore
 from components.train.trial import result_key
 from components.trainjob import launch, manifest
-from pipelines.apr_study import LAUNCHER_KEYS, SECRET_KEYS
+from pipelines.cluster import LAUNCHER_KEYS, SECRET_KEYS
 
 TRIAL = "0397236fa8e13a60"
 STUDY = "apr-demo-7bc56b9bad"
