@@ -284,18 +284,23 @@ def _child_main(
 
 
 class _Child:
-    """One trial's process: a fork of this one, or torchrun for a multi-GPU trial."""
+    """One trial's process: a fork of this one, or torchrun for a multi-GPU trial; it runs
+    from :meth:`start` on (the caller records the attempt before, so that the parent and the
+    trial never write ``attempts.json`` at the same time)."""
 
     def __init__(self, target_args: tuple, settings: ChunkSettings) -> None:
-        study, trial_id, store_uri, tracking_uri, kfp_run_id, threads, result = target_args
+        self.target_args, self.settings = target_args, settings
         self.started_at = time.time()
-        if settings.gpus_per_trial > 1 and result is None:
+
+    def start(self) -> _Child:
+        study, trial_id, store_uri, tracking_uri, kfp_run_id, threads, result = self.target_args
+        if self.settings.gpus_per_trial > 1 and result is None:
             command = [
                 sys.executable,
                 "-m",
                 "torch.distributed.run",
                 "--standalone",
-                f"--nproc_per_node={settings.gpus_per_trial}",
+                f"--nproc_per_node={self.settings.gpus_per_trial}",
                 "-m",
                 "components.train.chunk",
                 "--study",
@@ -316,10 +321,11 @@ class _Child:
             # pool (GNU OpenMP hangs in a fork after use) or a CUDA context.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["components.train.run"])
-            args = (*target_args, dict(os.environ))
+            args = (*self.target_args, dict(os.environ))
             self._process = context.Process(target=_child_main, args=args, daemon=False)
             self._process.start()
             self._popen = None
+        return self
 
     @property
     def pid(self) -> int:
@@ -410,11 +416,9 @@ def run_chunk(
                 args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
                 child = _Child((*args, settings.threads_per_trial, None), settings)
                 _record_attempt(
-                    store,
-                    trial_id,
-                    {"started_at": child.started_at, "pid": child.pid, "kfp_run_id": kfp_run_id},
+                    store, trial_id, {"started_at": child.started_at, "kfp_run_id": kfp_run_id}
                 )
-                running[trial_id] = child
+                running[trial_id] = child.start()
             if not running:
                 break
             time.sleep(POLL_S)
@@ -449,7 +453,7 @@ def run_chunk(
                     report("train", f"trial {trial_id} {outcome} ({attempt}): recorded as failed")
                     result = _killed_result(trials[trial_id], reasons[trial_id])
                     args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
-                    recorder = _Child((*args, 0, result), ChunkSettings())
+                    recorder = _Child((*args, 0, result), ChunkSettings()).start()
                     if recorder.wait() != 0:
                         infrastructure.append(f"trial {trial_id}: recording its failure failed")
                 else:

@@ -285,7 +285,12 @@ def _init_process_group(deepspeed, backend: str) -> None:
     if not dist.is_initialized():
         for key, value in _SINGLE_PROCESS_ENV.items():
             os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        if os.environ["WORLD_SIZE"] == "1" and "TORCHELASTIC_RUN_ID" not in os.environ:
+            # A world of one agrees on its port with nobody (torchrun's workers do, with their
+            # agent): a free one, never a MASTER_PORT inherited from a process that holds it.
+            os.environ["MASTER_PORT"] = str(_free_port())
+        else:
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
     # A no-op when DeepSpeed's communication backend is up already; when torch.distributed
     # was initialised by someone else, DeepSpeed adopts that group instead of creating one.
     try:
