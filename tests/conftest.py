@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from components.common.storage import open_store
+
 BIN = Path(sys.executable).parent
 
 
@@ -102,6 +104,12 @@ def mlflow_server_command(folder: Path, port: int) -> list[str]:
         "--workers",
         "1",
     ]
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty local artifact store in ``tmp_path``."""
+    return open_store(str(tmp_path / "store"))
 
 
 @pytest.fixture

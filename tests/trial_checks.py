@@ -1,4 +1,5 @@
-"""A trained trial checked against its stored weights (``from trial_checks import ...``)."""
+"""Trials for tests, and a trained trial checked against its stored weights
+(``from trial_checks import ...``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,21 @@ import torch
 
 from components.common.storage import ArtifactStore
 from components.data.build import load_manifest, load_split
+from components.data.datasets import materialize
 from components.sample.anynet import build_model
+from components.sample.samplers import sample_specs
 from components.sample.space import AnyNetSpec, uses_small_stem
+from components.train.recipes import resolve_recipe
 from components.train.trial import Trial, checkpoint_key, load_checkpoint_bytes, result_key
+
+
+def faces_trial(store: ArtifactStore, recipe_overrides: dict) -> Trial:
+    """A small AnyNetX (150-250 MFLOPs at 224 px) on the built-in faces set at 12 px, with
+    ``apr_tiny`` and ``recipe_overrides``, seed 0."""
+    spec = sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict()
+    dataset = materialize(store, "faces", resolution=12)
+    recipe = resolve_recipe("apr_tiny", recipe_overrides)
+    return Trial(spec=spec, dataset=dataset, recipe=recipe, seed=0)
 
 
 def checkpoint_test_error(store: ArtifactStore, trial_id: str) -> float:

@@ -1,28 +1,17 @@
 """Trials: identity, idempotence, resume, and failures recorded instead of raised."""
 
 import pytest
-from trial_checks import checkpoint_test_error
+from trial_checks import checkpoint_test_error, faces_trial
 
-from components.common.storage import open_store
 from components.data.datasets import materialize
-from components.sample.samplers import sample_specs
 from components.train.plan import load_trial, load_trial_ids, plan_trials, save_plan, study_id
 from components.train.recipes import resolve_recipe
 from components.train.trial import Trial, checkpoint_key, result_key, run_trial
 
 
 @pytest.fixture
-def store(tmp_path):
-    return open_store(str(tmp_path / "store"))
-
-
-@pytest.fixture
 def trial(store) -> Trial:
-    spec = sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict()
-    dataset = materialize(store, "faces", resolution=12)
-    return Trial(
-        spec=spec, dataset=dataset, recipe=resolve_recipe("apr_tiny", {"epochs": 2}), seed=0
-    )
+    return faces_trial(store, {"epochs": 2})
 
 
 def test_identity_covers_every_input(trial):
