@@ -35,6 +35,8 @@ limiting) with ``APRFLOW_S3_MAX_ATTEMPTS`` attempts (default 10) and connect/rea
 ``APRFLOW_S3_CONNECT_TIMEOUT`` / ``APRFLOW_S3_READ_TIMEOUT`` seconds (default 10 / 60); with the
 defaults a request rides out about a minute of an unreachable server. Objects larger than
 ``APRFLOW_S3_MULTIPART_MB`` MiB (default 64) go up and down in parts (boto3 TransferConfig).
+The local store's file-system errors (a full disk, a permission) are :class:`StoreError` too:
+the store's failure, which a trial never records as its own result.
 
 Leases (:class:`Lease`): an object with an expiry that one process holds while it computes
 something (a trial), written with a conditional create so that two processes never both hold it.
@@ -255,6 +257,20 @@ class LocalStore(ArtifactStore):
         except FileNotFoundError:
             return None
 
+    def _error(self, key: str, action: str, error: OSError) -> StoreError:
+        return StoreError(f"store {self.uri}: cannot {action} {key!r}: {error}")
+
+    @contextlib.contextmanager
+    def _errors(self, key: str, action: str):
+        """Turns the file system's errors (disk full, permissions, ...) into StoreError: the
+        store's failure, which a trial does not record as its own result."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except OSError as e:
+            raise self._error(key, action, e) from None
+
     def _stage(self, key: str, data: bytes) -> Path:
         """Writes ``data`` to a temporary file beside ``key``'s path (the caller publishes it)."""
         path = self._path(key)
@@ -262,21 +278,22 @@ class LocalStore(ArtifactStore):
         return stage_bytes(path, data)
 
     def put_bytes(self, key: str, data: bytes) -> str:
-        path = self._path(key)
-        tmp = self._stage(key, data)
-        checksum = f"{_digest(data)} {len(data)}"
-        try:
-            _pause_before_publish(key)
-            old = self._recorded(path)
-            if old is not None:  # while the object is replaced, either version reads as valid
-                self._write_sidecar(path, checksum, *old)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._write_sidecar(path, checksum)
-        self._remove_stale_temporaries(path)
-        return self.key_uri(key)
+        with self._errors(key, "write"):
+            path = self._path(key)
+            tmp = self._stage(key, data)
+            checksum = f"{_digest(data)} {len(data)}"
+            try:
+                _pause_before_publish(key)
+                old = self._recorded(path)
+                if old is not None:  # while the object is replaced, either version reads as valid
+                    self._write_sidecar(path, checksum, *old)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            self._write_sidecar(path, checksum)
+            self._remove_stale_temporaries(path)
+            return self.key_uri(key)
 
     @staticmethod
     def _remove_stale_temporaries(path: Path) -> None:
@@ -289,18 +306,19 @@ class LocalStore(ArtifactStore):
                     stale.unlink()
 
     def create_if_absent(self, key: str, data: bytes) -> bool:
-        # A hard link of a complete temporary file publishes all of the bytes or fails with
-        # EEXIST; O_CREAT|O_EXCL followed by a write would show a half-written object.
-        path = self._path(key)
-        tmp = self._stage(key, data)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
-        self._write_sidecar(path, f"{_digest(data)} {len(data)}")
-        return True
+        with self._errors(key, "write"):
+            # A hard link of a complete temporary file publishes all of the bytes or fails with
+            # EEXIST; O_CREAT|O_EXCL followed by a write would show a half-written object.
+            path = self._path(key)
+            tmp = self._stage(key, data)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._write_sidecar(path, f"{_digest(data)} {len(data)}")
+            return True
 
     def _verify(self, key: str, path: Path, digest: str, size: int) -> None:
         recorded = self._recorded(path)
@@ -320,6 +338,8 @@ class LocalStore(ArtifactStore):
                 data = path.read_bytes()
             except FileNotFoundError:
                 raise MissingObjectError(f"no object {key!r} in store {self.uri}") from None
+            except OSError as e:
+                raise self._error(key, "read", e) from None
             try:
                 self._verify(key, path, _digest(data), len(data))
                 return data

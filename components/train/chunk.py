@@ -457,7 +457,7 @@ def run_chunk(
                     if recorder.wait() != 0:
                         infrastructure.append(f"trial {trial_id}: recording its failure failed")
                 else:
-                    infrastructure.append(f"trial {trial_id} {outcome} in {attempt}s")
+                    infrastructure.append(f"trial {trial_id} {outcome} ({attempt})")
         if infrastructure:
             raise ChunkError(
                 f"chunk {chunk} of {study} stopped on infrastructure errors (see the log above): "

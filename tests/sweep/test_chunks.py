@@ -214,3 +214,32 @@ def test_packing_trains_trials_at_once(local_env):
     )
     assert len({s["pid"] for s in spans}) == 2
     assert all(store.get_json(result_key(i))["status"] == "ok" for i in ids)
+
+
+@pytest.mark.slow
+def test_a_store_error_in_one_trial_is_retried_not_cached_and_the_chunk_goes_on(local_env):
+    """The store cannot hold one trial's checkpoint (its key is a folder): that trial's child
+    fails with a StoreError, the other trial of the chunk trains, the task fails naming the
+    trial, and nothing is cached for it; once the store is fixed, a re-run trains it."""
+    from components.data.datasets import prepare_all
+    from components.train.chunk import run_chunk
+    from components.train.run import plan_study
+
+    refs = [r.to_dict() for r in prepare_all(["faces"], 8, 0)]
+    specs = [s.to_dict() for s in sample_specs("anynetx_a", 2, (150e6, 250e6), 0).specs]
+    ids, study, _ = plan_study(
+        specs, refs, "infra", "apr_tiny", {"epochs": 1}, [0], "torch", None, None, chunk_size=2
+    )
+    store = open_store()
+    victim, other = ids
+    blocked = store.root / checkpoint_key(victim)
+    blocked.mkdir(parents=True)
+    with pytest.raises(ChunkError, match=f"trial {victim} exited with status 1 \\(attempt 1/1\\)"):
+        run_chunk(study, 0, None, None, "infra", ChunkSettings(max_attempts=1))
+    assert store.get_json(result_key(other))["status"] == "ok"
+    assert not store.exists(result_key(victim)), "an infrastructure error is not the result"
+    (error,) = store.get_json(attempts_key(victim))["infrastructure_errors"]
+    assert error["error"].startswith(f"StoreError: store {store.uri}: cannot "), error
+    blocked.rmdir()
+    assert run_chunk(study, 0, None, None, "infra", ChunkSettings(max_attempts=1)) == ids
+    assert store.get_json(result_key(victim))["status"] == "ok"
