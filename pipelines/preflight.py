@@ -110,9 +110,9 @@ def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -
         for name in datasets:
             own = settings.get(name, {})
             recipe = dataset_recipe(arguments["recipe"], overrides, own)
-            # Per-image augmentations (RandAugment ...) run on the stream input only: a recipe
-            # that sets them needs `input: stream` asked for, not left to the size's choice.
-            check_input(recipe, own.get("input", "memory"), name)
+            # Per-image augmentations (RandAugment ...) run on the stream input only, which the
+            # plan picks for such a recipe unless the dataset's settings name another input.
+            check_input(recipe, own.get("input", "stream"), name)
         engine_options(
             arguments["engine"], arguments.get("zero_stage", 0), arguments.get("precision", "auto")
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from dataclasses import replace
 from typing import Any
 
 from components.common import tracking
@@ -42,19 +43,26 @@ def _dataset_recipes(
     recipe: str,
     overrides: dict[str, Any],
     settings: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Recipe]:
+) -> tuple[list[DatasetRef], dict[str, Recipe]]:
     """Each dataset's recipe (:func:`~components.train.plan.dataset_recipe`): its own
     ``recipe``/``epochs`` (carried by its reference) and ``recipe_overrides`` settings on top
-    of the study's.
+    of the study's; and the references, a dataset whose recipe sets per-image augmentations
+    (RandAugment, ...) switched to the stream input unless its settings name an ``input``
+    (as ``aprflow train`` does).
 
-    Raises DatasetError before anything is planned when a recipe asks for augmentations its
-    dataset's input does not do (RandAugment on the memory input)."""
-    recipes = {}
+    Raises DatasetError before anything is planned when a recipe asks for augmentations the
+    input its dataset's settings name does not do (RandAugment with ``input: memory``)."""
+    recipes, planned = {}, []
     for ref in refs:
-        own = (settings or {}).get(ref.name, {}) | {"recipe": ref.recipe, "epochs": ref.epochs}
-        recipes[ref.name] = dataset_recipe(recipe, overrides, own)
+        own = (settings or {}).get(ref.name, {})
+        recipes[ref.name] = dataset_recipe(
+            recipe, overrides, own | {"recipe": ref.recipe, "epochs": ref.epochs}
+        )
+        if recipes[ref.name].stream_augmentations() and not own.get("input"):
+            ref = replace(ref, input="stream")
         check_input(recipes[ref.name], ref.input, ref.name)
-    return recipes
+        planned.append(ref)
+    return planned, recipes
 
 
 def _test_sets(
@@ -120,8 +128,9 @@ def plan_study(
     tracking.check_tracking(uri, tracking.wait_budget())
     settings = dataset_settings or {}
     resolved = resolve_recipe(recipe, recipe_overrides)
-    refs = [DatasetRef(**d) for d in datasets]
-    recipes = _dataset_recipes(refs, recipe, recipe_overrides, settings)
+    refs, recipes = _dataset_recipes(
+        [DatasetRef(**d) for d in datasets], recipe, recipe_overrides, settings
+    )
     check_chunking(chunk_size, max_parallel_tasks)
     trials = plan_trials(
         specs,

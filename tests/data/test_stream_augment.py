@@ -77,14 +77,17 @@ def test_memory_input_refuses_stream_augmentations(built):
     assert next(iter(data.train(resolve_recipe("apr_tiny", {"hflip": True}), torch.Generator())))
 
 
-def test_plan_refuses_randaugment_on_a_memory_dataset(built):
+def test_plan_streams_a_randaugment_dataset_unless_memory_is_asked_for(built):
     from components.train.run import _dataset_recipes
 
     _, ref = built
-    ref = replace(ref, input="memory", recipe="apr_short_randaug")
+    ref = replace(ref, input="memory", recipe="apr_short_randaug")  # the size's choice
+    (planned,), recipes = _dataset_recipes([ref], "apr_tiny", {})
+    assert planned.input == "stream" and recipes["pets"].auto_augment
+    (plain,), _ = _dataset_recipes([replace(ref, recipe="apr_tiny")], "apr_tiny", {})
+    assert plain.input == "memory"  # a recipe without per-image augmentation keeps it
     with pytest.raises(DatasetError, match="dataset_settings.pets.input: stream"):
-        _dataset_recipes([ref], "apr_tiny", {})
-    assert _dataset_recipes([replace(ref, input="stream")], "apr_tiny", {})["pets"].auto_augment
+        _dataset_recipes([ref], "apr_tiny", {}, {"pets": {"input": "memory"}})
 
 
 def test_train_cli_refuses_randaugment_in_memory(tmp_path, capsys):
@@ -155,16 +158,38 @@ def test_augmentations_are_part_of_the_trial_id():
     assert isinstance(Recipe(**back.recipe.to_dict()).scale, tuple)
 
 
-def test_preflight_asks_for_the_stream_input(local_env):
+def test_a_planned_randaugment_trial_streams_its_dataset(local_env):
+    from components.data.datasets import prepare_all
+    from components.sample.samplers import sample_specs
+    from components.train.plan import load_trial
+    from components.train.run import plan_study
+
+    # As the pipeline's prepare and plan steps see it: the dataset's settings in both.
+    settings = {"faces": {"recipe": "apr_short_randaug"}}
+    refs = [r.to_dict() for r in prepare_all(["faces", "digits"], 8, 0, None, settings)]
+    assert {r["input"] for r in refs} == {"memory"}  # small: the size alone picks memory
+    specs = [s.to_dict() for s in sample_specs("anynetx_a", 1, (150e6, 250e6), 0).specs]
+    ids, _, _ = plan_study(
+        specs, refs, "aug", "apr_tiny", {}, [0], "torch", None, None, dataset_settings=settings
+    )
+    planned = {t.dataset.name: t for t in (load_trial(open_store(), i) for i in ids)}
+    assert planned["faces"].dataset.input == "stream" and planned["faces"].recipe.auto_augment
+    assert planned["digits"].dataset.input == "memory"  # apr_tiny: no per-image augmentation
+
+
+def test_preflight_refuses_randaugment_only_with_an_explicit_memory_input(local_env):
     from pipelines.apr_study import apr_study
     from pipelines.config import load_config
     from pipelines.preflight import PreflightError, check_study
 
+    # No input named: the plan streams the dataset (test_plan_streams_...), nothing to refuse.
     settings = {"faces": {"recipe": "apr_short_randaug"}}
     arguments = load_config(apr_study, None, {"datasets": ["faces"], "dataset_settings": settings})
+    check_study(arguments)
+    check_study(arguments | {"dataset_settings": {}, "recipe": "apr_short_randaug"})
+    settings["faces"]["input"] = "memory"
     with pytest.raises(PreflightError, match="sets auto_augment.*dataset_settings.faces.input"):
-        check_study(arguments)
-    settings["faces"]["input"] = "stream"
-    check_study(arguments | {"dataset_settings": settings})
-    with pytest.raises(PreflightError, match="sets auto_augment"):  # the study's own recipe
-        check_study(arguments | {"dataset_settings": {}, "recipe": "apr_short_randaug"})
+        check_study(arguments | {"dataset_settings": settings})
+    memory = {"faces": {"input": "memory"}}  # the study's own recipe, the same
+    with pytest.raises(PreflightError, match="sets auto_augment"):
+        check_study(arguments | {"dataset_settings": memory, "recipe": "apr_short_randaug"})

@@ -103,7 +103,10 @@ def test_aprflow_run_refuses_a_bad_override_before_anything_runs(tmp_path, capsy
     ("change", "message"),
     [
         ({"zero_stage": 2}, "zero_stage=2 needs engine=deepspeed"),
-        ({"recipe": "rsb_a3"}, "sets auto_augment, which only the stream input"),
+        (
+            {"recipe": "rsb_a3", "dataset_settings": {"digits": {"input": "memory"}}},
+            "sets auto_augment, which only the stream input",
+        ),
         ({"dataset_settings": {"digits": {"test_sets": ["nope"]}}}, "unknown test set.*nope"),
         (
             {"dataset_settings": {"digits": {"test_sets": ["faces"]}}},
