@@ -3,6 +3,7 @@
 values refused in one line before anything is written."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -191,7 +192,11 @@ def test_acceptance_rsb_a3_smoke_trial_on_digits(tmp_path):
     assert (recipe["opt"], recipe["bce_loss"], recipe["lr"]) == ("lamb", True, 8e-3)
     assert result["dataset"]["input"] == "stream"
     assert len(result["history"]["test_error"]) == 1
-    assert 0 <= result["top1_error"] <= 100
+    # One epoch of an ImageNet recipe trains (finite BCE loss) but is not expected to learn:
+    # the error is a count of the 450 test images, nothing more is asserted of it.
+    assert math.isfinite(result["history"]["train_loss"][0])
+    assert round(result["top1_error"] * 450 / 100, 6).is_integer()
+    print(f"acceptance: top-1 error {result['top1_error']:.1f} %")
 
 
 def _image_folder(root: Path, seed: int) -> str:
