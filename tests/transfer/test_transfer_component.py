@@ -36,4 +36,5 @@ def test_component_locally(env):
     assert results.metadata["backbone"] == f"trial:{trial_id}"
     metrics = task.outputs["metrics"].metadata
     assert set(metrics) == {f"faces.{r['metric']}" for r in rows}
-    assert 0.0 <= metrics["faces.knn_top1"] <= 1.0
+    # The logged metric is the table's number, and the trial (trained on faces) beats chance.
+    assert metrics["faces.knn_top1"] == float(rows[0]["value"]) > 0.6
