@@ -25,7 +25,7 @@ from components.common.limits import (
 from components.common.storage import open_store
 from components.common.tracking import check_tracking, resolve_tracking_uri
 from components.data.datasets import DatasetError, check_datasets
-from components.data.loader import check_input
+from components.data.loader import recipe_input
 from components.train.engines import ENGINES
 from components.train.plan import dataset_recipe, engine_options, study_overrides
 from components.train.recipes import resolve_recipe
@@ -112,7 +112,7 @@ def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -
             recipe = dataset_recipe(arguments["recipe"], overrides, own)
             # Per-image augmentations (RandAugment ...) run on the stream input only, which the
             # plan picks for such a recipe unless the dataset's settings name another input.
-            check_input(recipe, own.get("input", "stream"), name)
+            recipe_input(recipe, own.get("input"), name)
         engine_options(
             arguments["engine"], arguments.get("zero_stage", 0), arguments.get("precision", "auto")
         )

@@ -217,6 +217,17 @@ def check_input(recipe, input_mode: str, dataset: str = "") -> None:
         )
 
 
+def recipe_input(recipe, asked: str | None, dataset: str = "") -> str | None:
+    """The input a dataset trains ``recipe`` on: ``asked`` (its ``input`` setting), refused by
+    :func:`check_input` when the recipe's augmentations need another; without one, the stream
+    when the recipe sets per-image augmentations only the stream does, else None (the
+    dataset's size chooses). ``aprflow train``, the study's preflight and its plan decide so."""
+    if not asked:
+        return "stream" if recipe.stream_augmentations() else None
+    check_input(recipe, asked, dataset)
+    return asked
+
+
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     """Indices outside ``[0, size)`` mirrored back in without repeating the edge (``F.pad``'s
     ``reflect``; valid up to ``size - 1`` outside)."""

@@ -12,7 +12,7 @@ from components.common.progress import report
 from components.common.storage import add_store_option, open_store
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
 from components.data.descriptor import INPUT_MODES
-from components.data.loader import check_input
+from components.data.loader import recipe_input
 from components.train.engines import ENGINES, PRECISIONS, check_compile
 from components.train.plan import engine_options
 from components.train.recipes import RECIPES, add_recipe_set_option, recipe_sets, resolve_recipe
@@ -118,18 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         overrides = ({"epochs": args.epochs} if args.epochs else {}) | recipe_sets(args.sets)
         recipe = resolve_recipe(args.recipe, overrides)
         options = engine_options(args.engine, args.zero_stage, args.precision)
-        data_input = args.input
-        if data_input is None and recipe.stream_augmentations():
-            data_input = "stream"
+        # Checked before anything is written.
+        data_input = recipe_input(recipe, args.input, args.dataset)
+        if data_input and not args.input:
             report(
                 "train",
                 f"recipe {recipe.name} sets {', '.join(recipe.stream_augmentations())}: "
                 "stream input (per-image augmentation)",
             )
-        settings = {}
-        if data_input:
-            check_input(recipe, data_input, args.dataset)  # before anything is written
-            settings = {args.dataset: {"input": data_input}}
+        settings = {args.dataset: {"input": data_input}} if data_input else {}
         (dataset,) = prepare_all([args.dataset], args.resolution, 0, args.store, settings)
         trial = Trial(
             spec=spec,

@@ -15,7 +15,7 @@ from components.common import tracking
 from components.common.progress import TrialDone, report, trial_done_line
 from components.common.storage import open_store
 from components.data.datasets import DatasetRef
-from components.data.loader import check_input
+from components.data.loader import recipe_input
 from components.sample.space import AnyNetSpec
 from components.train.chunk import (
     DEFAULT_MAX_PARALLEL_TASKS,
@@ -58,10 +58,8 @@ def _dataset_recipes(
         recipes[ref.name] = dataset_recipe(
             recipe, overrides, own | {"recipe": ref.recipe, "epochs": ref.epochs}
         )
-        if recipes[ref.name].stream_augmentations() and not own.get("input"):
-            ref = replace(ref, input="stream")
-        check_input(recipes[ref.name], ref.input, ref.name)
-        planned.append(ref)
+        chosen = recipe_input(recipes[ref.name], own.get("input"), ref.name)
+        planned.append(replace(ref, input=chosen) if chosen else ref)
     return planned, recipes
 
 
