@@ -54,11 +54,12 @@ def apr_study(
     zero_stage: int = 0,
     precision: str = "auto",
     device: str = "auto",
-    gpus_per_trial: int = 1,
+    gpus_per_trial: str = "1",
     trials_per_gpu: int = 1,
     chunk_size: int = 0,
     max_attempts: int = 2,
     compile_model: bool = False,
+    trial_timeout_s: int = 0,
     reference: str = "",
     store_uri: str = "",
     tracking_uri: str = "",
@@ -90,12 +91,15 @@ def apr_study(
         device: auto (the GPU when there is one, recorded per trial), cuda (fail without a
             GPU) or cpu.
         gpus_per_trial: GPUs (processes, torchrun) per trial and per training task; more than
-            one needs engine deepspeed and at most the profile's gpus_per_node.
+            one needs engine deepspeed and at most the profile's gpus_per_node. A string
+            ("1", "2"): the backend reads a run-time GPU limit only from a string parameter.
         trials_per_gpu: trials trained at once in a training task (packing small models).
         chunk_size: trials per training task (0 = about one GPU-hour each, estimated).
         max_attempts: starts of a trial whose process is killed (OOM) before it is failed.
         compile_model: torch.compile each model (engine torch; kernels cached per architecture
             shape in the training pod, TORCHINDUCTOR_CACHE_DIR; part of the trial id).
+        trial_timeout_s: wall-clock limit of one trial; a trial past it (a hung NCCL or
+            data-loader) is recorded failed and its GPU freed (0 = from the plan's estimate).
         reference: reference dataset of the APR comparison ('' = one named imagenet, else the
             dataset with the most models).
         store_uri, tracking_uri: '' = from the launcher config (cluster) or local defaults.
@@ -146,31 +150,15 @@ def apr_study(
             seed=seed,
             zero_stage=zero_stage,
             precision=precision,
-            # The scalar arguments: kfp.local 2.17 garbles a list or dict inside a dict
-            # argument; datasets, train_seeds and dataset_settings reach the parent run as the
-            # params datasets, seeds and dataset.<name>.recipe/epochs/version, recipe_overrides
-            # as the resolved recipe.<field> params.
-            config={
-                "study_name": study_name,
-                "space": space,
-                "n_models": n_models,
-                "flops_min": flops_min,
-                "flops_max": flops_max,
-                "resolution": resolution,
-                "recipe": recipe,
-                "epochs": epochs,
-                "seed": seed,
-                "engine": engine,
-                "zero_stage": zero_stage,
-                "precision": precision,
-                "device": device,
-                "gpus_per_trial": gpus_per_trial,
-                "trials_per_gpu": trials_per_gpu,
-                "chunk_size": chunk_size,
-                "max_attempts": max_attempts,
-                "compile_model": compile_model,
-                "reference": reference,
-            },
+            trial_timeout_s=trial_timeout_s,
+            space=space,
+            n_models=n_models,
+            flops_min=flops_min,
+            flops_max=flops_max,
+            resolution=resolution,
+            trials_per_gpu=trials_per_gpu,
+            max_attempts=max_attempts,
+            reference=reference,
         ),
         "1",
         "1Gi",
@@ -190,12 +178,12 @@ def apr_study(
                 gpus_per_trial=gpus_per_trial,
             ),
             str(PROFILE.train_cpu),
-            PROFILE.train_memory,
+            PROFILE.train_pod_memory,
         )
         on_gpu_nodes(train, gpus_per_trial, PROFILE)
     on_cluster(
         analyze_study(
-            trial_ids=dsl.Collected(train.outputs["Output"]),
+            chunk_trials=dsl.Collected(train.outputs["Output"]),
             study_id=plan.outputs["study_id"],
             parent_run_id=plan.outputs["parent_run_id"],
             reference=reference,

@@ -115,12 +115,11 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.local import run_local
     from pipelines.preflight import check_study
     from pipelines.registry import PIPELINES
-    from pipelines.sweep import check_sweep, dry_run_summary
+    from pipelines.sweep import dry_run_summary
 
     pipeline = PIPELINES[args.pipeline]
     arguments = load_config(pipeline, args.config, parse_overrides(args.overrides))
     check_study(arguments, runs_dir=args.runs_dir)
-    check_sweep(arguments)
     if args.dry_run:
         print(f"config OK: {arguments}")
         print(dry_run_summary(arguments))

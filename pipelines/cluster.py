@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from kfp import dsl, kubernetes
 from kfp.dsl.pipeline_channel import PipelineParameterChannel
+from kubernetes.utils import parse_quantity
 
 from components.common.errors import AprflowError
 
@@ -50,18 +51,41 @@ class ClusterProfile:
     train_memory: str = "64Gi"
     shm_size: str = "16Gi"
     max_parallel_tasks: int = 16
+    task_retries: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("gpus_per_node", "train_cpu", "max_parallel_tasks"):
+        for name, low in (
+            ("gpus_per_node", 1),
+            ("train_cpu", 1),
+            ("max_parallel_tasks", 1),
+            ("task_retries", 0),
+        ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ProfileError(
-                    f"cluster profile: {name} must be an integer >= 1, got {value!r}"
+                    f"cluster profile: {name} must be an integer >= {low}, got {value!r}"
                 )
+        for name in ("train_memory", "shm_size"):
+            try:
+                parse_quantity(getattr(self, name))
+            except ValueError:
+                raise ProfileError(
+                    f"cluster profile: {name} {getattr(self, name)!r} is no Kubernetes "
+                    "quantity (e.g. 64Gi)"
+                ) from None
         for toleration in self.tolerations:
             unknown = set(toleration) - {"key", "operator", "value", "effect", "toleration_seconds"}
             if unknown:
                 raise ProfileError(f"cluster profile: toleration keys {sorted(unknown)} unknown")
+
+    @property
+    def train_pod_memory(self) -> str:
+        """The training pod's memory: ``train_memory`` plus ``shm_size``, because the files in
+        a memory-backed emptyDir (/dev/shm) are charged to the pod's memory limit
+        (kubernetes.io/docs/concepts/storage/volumes/#emptydir: "files you write count
+        against your container's memory limit")."""
+        total = parse_quantity(self.train_memory) + parse_quantity(self.shm_size)
+        return f"{int(total) // 2**20}Mi"
 
 
 def load_profile(path: str | Path | None = None) -> ClusterProfile:
@@ -109,16 +133,29 @@ def on_cluster(
 
 
 def on_gpu_nodes(
-    task: dsl.PipelineTask, gpus: PipelineParameterChannel, profile: ClusterProfile
+    task: dsl.PipelineTask, gpus: str | PipelineParameterChannel, profile: ClusterProfile
 ) -> dsl.PipelineTask:
-    """GPUs, GPU nodes, a memory-backed /dev/shm and threads from the CPU request.
+    """GPUs, GPU nodes, a memory-backed /dev/shm, threads from the CPU request, and retries.
 
-    ``gpus`` is the run-time ``gpus_per_trial``; the rest is the cluster profile. /dev/shm is a
-    Memory emptyDir because a container's default 64 MiB breaks DataLoader workers and NCCL.
+    ``gpus`` is a literal or a ``str`` pipeline parameter: the backend's driver reads a
+    run-time GPU count with ``GetStringValue()``, so an ``int`` parameter sets no GPU limit at
+    all (pipelines/backend.py, rule runtime-resource-string). The rest is the cluster profile.
+    /dev/shm is a Memory emptyDir because a container's default 64 MiB breaks DataLoader
+    workers and NCCL; the task's memory must include it (``ClusterProfile.train_pod_memory``).
     OMP_NUM_THREADS and APRFLOW_TASK_CPUS are the CPU request, so torch does not start as many
-    threads as the node has cores.
+    threads as the node has cores. A preempted or drained GPU node fails the pod: the task is
+    retried with back-off (the 2.17 Argo compiler turns ``set_retry`` into the executor's
+    retryStrategy, backend/src/v2/compiler/argocompiler/container.go:577-587, 614-650), and
+    a retried chunk reuses its finished trials.
     """
     task.set_accelerator_type(profile.accelerator).set_accelerator_limit(gpus)
+    if profile.task_retries:
+        task.set_retry(
+            num_retries=profile.task_retries,
+            backoff_duration="60s",
+            backoff_factor=2.0,
+            backoff_max_duration="1800s",
+        )
     for key, value in profile.node_selector.items():
         kubernetes.add_node_selector(task, key, value)
     for toleration in profile.tolerations:

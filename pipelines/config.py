@@ -51,6 +51,10 @@ def _coerce(key: str, value: Any, parameter: inspect.Parameter) -> Any:
         # YAML reads `9e7` (no dot, no sign) as a string; numbers written so are still numbers.
         with contextlib.suppress(ValueError):
             value = expected(value)
+    if expected is str and isinstance(value, int) and not isinstance(value, bool):
+        # `gpus_per_trial: 2` in YAML for a str parameter (the backend takes a GPU limit from a
+        # string parameter only): the same count.
+        value = str(value)
     if expected is list and isinstance(value, str):
         # `--set datasets=digits,faces` as a shorthand for a YAML list.
         return [item.strip() for item in value.split(",") if item.strip()]

@@ -3,12 +3,16 @@
 Each check raises an :class:`~components.common.errors.AprflowError` naming the key, the value
 and the fix; nothing has been written when one fails (the argument checks come first, then the
 store, which is checked without writing, then the tracking URI). Absurd sizes are refused up
-front instead of sampling or allocating for minutes.
+front instead of sampling or allocating for minutes. ``aprflow run`` runs every check;
+``aprflow submit`` (a cluster run) only those that need nothing of this machine
+(``local=False``): the datasets built in the store, the store, MLflow and the GPU are the
+cluster's.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -24,13 +28,15 @@ from components.common.limits import (
 )
 from components.common.storage import open_store
 from components.common.tracking import check_tracking, resolve_tracking_uri
-from components.data.datasets import DatasetError, check_datasets
+from components.data.datasets import DatasetError, check_datasets, check_settings
 from components.data.loader import recipe_input
 from components.train.engines import ENGINES
 from components.train.plan import dataset_recipe, engine_options, study_overrides
 from components.train.recipes import resolve_recipe
+from pipelines.sweep import check_sweep
 
 MAX_SEEDS = 1_000
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 class PreflightError(AprflowError):
@@ -42,6 +48,21 @@ def _int_in(arguments: dict[str, Any], key: str, low: int, high: int, why: str =
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise PreflightError(f"{key} must be an integer in [{low}, {high}]{why}, got {value!r}")
     return value
+
+
+def gpus_per_trial(value: Any) -> int:
+    """``gpus_per_trial`` as an int: an int, or a whole number as a string (``"2"``).
+
+    The pipeline parameter may be a string (Kubeflow takes a task's GPU limit from a string
+    parameter), while a config file or ``--set`` gives an int; both mean the same count.
+    """
+    if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value.strip()):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise PreflightError(
+        f'gpus_per_trial must be a whole number of GPUs, e.g. 1 or "2", got {value!r}'
+    )
 
 
 def check_study_name(name: Any) -> str:
@@ -73,11 +94,22 @@ def check_runs_dir(path: str | Path) -> None:
         raise PreflightError(f"--runs-dir {path}: {existing} is not writable")
 
 
-def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -> None:
-    """Validates an ``apr_study`` argument set and the services it needs.
+def check_study(
+    arguments: dict[str, Any], runs_dir: str | Path | None = None, local: bool = True
+) -> None:
+    """Validates an ``apr_study`` argument set and, for a local run, the services it needs.
 
     Samples the architectures once (about a second for thousands with the analytic FLOP count)
-    so that a FLOP band no architecture satisfies is reported before the pipeline starts.
+    so that a FLOP band no architecture satisfies is reported before the pipeline starts. The
+    sweep settings (GPUs per trial against the cluster profile, packing, chunks, device) are
+    :func:`pipelines.sweep.check_sweep`'s.
+
+    Args:
+        arguments: the pipeline's arguments (pipelines.config.load_config).
+        runs_dir: where a local run writes its reports (checked writable when given).
+        local: the study runs on this machine (``aprflow run``): also check that its datasets
+            are built-in or built in the store, the store, MLflow, and the device. False for a
+            cluster run (``aprflow submit``), whose store, MLflow and GPUs are out of reach.
     """
     from components.sample.samplers import sample_specs
 
@@ -98,12 +130,10 @@ def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -
     repeated = sorted({d for d in datasets if datasets.count(d) > 1})
     if repeated:
         raise PreflightError(f"datasets {datasets} name {', '.join(repeated)} more than once")
-    settings = arguments.get("dataset_settings") or {}
     _int_in(arguments, "epochs", 0, MAX_EPOCHS, " (0 = the recipe's own)")
     overrides = study_overrides(arguments.get("recipe_overrides"), arguments["epochs"])
     try:
-        # Built-in names, or names built in the study's store (read only, nothing written).
-        check_datasets(datasets, open_store(arguments["store_uri"] or None), settings)
+        settings = check_settings(arguments.get("dataset_settings") or {})
         # Every recipe as its trials will have it: a bad field or value (a negative lr, mixup
         # above 1) is refused here, before any task runs.
         resolve_recipe(arguments["recipe"], overrides)
@@ -138,11 +168,21 @@ def check_study(arguments: dict[str, Any], runs_dir: str | Path | None = None) -
             f"train_seeds must be a list of 1-{MAX_SEEDS} distinct non-negative integers, "
             f"e.g. [0, 1], got {seeds!r}"
         )
-    if runs_dir is not None:
-        check_runs_dir(runs_dir)
+    sweep = arguments | {"gpus_per_trial": gpus_per_trial(arguments["gpus_per_trial"])}
+    check_sweep(sweep, local=local)
     try:
         sample_specs(arguments["space"], n_models, (flops_min, flops_max), arguments["seed"])
     except ValueError as e:
         raise PreflightError(str(e)) from None
-    open_store(arguments["store_uri"] or None).check()
+    if not local:
+        return
+    if runs_dir is not None:
+        check_runs_dir(runs_dir)
+    store = open_store(arguments["store_uri"] or None)
+    try:
+        # Built-in names, or names built in the study's store (read only, nothing written).
+        check_datasets(datasets, store, settings)
+    except DatasetError as e:
+        raise PreflightError(str(e)) from None
+    store.check()
     check_tracking(resolve_tracking_uri(arguments["tracking_uri"] or None))

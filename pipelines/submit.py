@@ -5,7 +5,10 @@ aprflow submit apr-study --host URL [--namespace NS] [--experiment E] [--config 
 
 Each uploaded pipeline version is named by the content hash of its compiled YAML
 (``<pipeline name>-<hash>``), so uploading the same file twice creates nothing new and a changed
-pipeline gets a new version. The bearer token comes from ``APRFLOW_KFP_TOKEN``, else from the
+pipeline gets a new version. ``submit`` checks the arguments with the study's preflight (the
+checks of ``aprflow run`` that need nothing of this machine), uploads the compiled pipeline the
+same way, and starts the run from that pipeline version, so the Kubeflow UI links each run to
+the exact pipeline it ran. The bearer token comes from ``APRFLOW_KFP_TOKEN``, else from the
 ServiceAccount token file that multi-user Kubeflow projects into pods
 (``KF_PIPELINES_SA_TOKEN_PATH``, default ``/var/run/secrets/kubeflow/pipelines/token``), else
 none (single-user KFP, a port-forward). At the top this module imports only kfp, PyYAML, the
@@ -16,6 +19,7 @@ it with nothing else installed.
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import os
@@ -189,9 +193,14 @@ def upload(client, path: Path, name: str, namespace: str | None = None) -> Uploa
             ),
         )
         created = client._pipelines_api.pipeline_service_create_pipeline_and_version(body)
-        version_id = _find_version(client, created.pipeline_id, version) or ""
+        # The call answers with the pipeline only; its first version is found by name.
+        version_id = _find_version(client, created.pipeline_id, version)
     except kfp_server_api.ApiException as e:
         raise _api_error(f"upload {path.name} as {name}", e) from None
+    if version_id is None:
+        raise SubmitError(
+            f"Kubeflow Pipelines created pipeline {name} but lists no version {version}"
+        )
     return Uploaded(name, created.pipeline_id, version, version_id, created=True)
 
 
@@ -238,33 +247,53 @@ def run_arguments(pipeline_key: str, config: str | None, overrides: list[str]) -
     return arguments
 
 
+def preflight(pipeline_key: str, arguments: dict[str, Any]) -> None:
+    """The checks of ``aprflow run`` that hold for a cluster run (pipelines.preflight).
+
+    The transfer study has no preflight; its plan task checks its settings (StudySettings).
+
+    Raises:
+        AprflowError: for an argument the run could not work with, as ``aprflow run`` says it.
+    """
+    if pipeline_key == "apr-study":
+        from pipelines.preflight import check_study
+
+        check_study(arguments, local=False)
+
+
 def submit(
     client,
-    pipeline_key: str,
+    uploaded: Uploaded,
     arguments: dict[str, Any],
     experiment: str,
     namespace: str | None = None,
     service_account: str | None = None,
     run_name: str | None = None,
 ) -> str:
-    """Starts a run of the compiled ``pipeline_key`` and returns its run id."""
+    """Starts a run of the ``uploaded`` pipeline version and returns its run id.
+
+    ``kfp.Client.run_pipeline`` with ``pipeline_id`` and ``version_id`` (kubeflow/pipelines
+    sdk/python/kfp/client/client.py at kfp 2.17.0: ``run_pipeline``, line 679, whose
+    ``_create_job_config`` sets the run's ``pipeline_version_reference``, line 973) creates a
+    run that the Kubeflow UI links to that version; ``create_run_from_pipeline_package`` would
+    send the spec inline with every run, linked to no pipeline.
+    """
     import kfp_server_api
 
-    from pipelines.cli import compiled_path
-
-    path = compiled_path(pipeline_key)
+    run_name = run_name or f"{uploaded.version_name} {datetime.datetime.now():%Y-%m-%d %H-%M-%S}"
     try:
-        result = client.create_run_from_pipeline_package(
-            str(path),
-            arguments=arguments,
-            run_name=run_name,
-            experiment_name=experiment,
-            namespace=namespace,
+        experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
+        run = client.run_pipeline(
+            experiment_id=experiment_id,
+            job_name=run_name,
+            params=arguments,
+            pipeline_id=uploaded.pipeline_id,
+            version_id=uploaded.version_id,
             service_account=service_account,
         )
     except kfp_server_api.ApiException as e:
-        raise _api_error(f"start a run of {path.name}", e) from None
-    return result.run_id
+        raise _api_error(f"start a run of {uploaded.version_name}", e) from None
+    return run.run_id
 
 
 def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
@@ -290,6 +319,11 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 def add_submit_arguments(parser: argparse.ArgumentParser, pipelines: list[str]) -> None:
     parser.add_argument("pipeline", choices=pipelines, help="pipeline (study) to run")
     parser.add_argument("--experiment", default="aprflow", help="KFP experiment (default aprflow)")
+    parser.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help=f"pipeline name prefix, as for aprflow upload (default {DEFAULT_PREFIX})",
+    )
     parser.add_argument("--run-name", help="run name shown in the Kubeflow UI")
     parser.add_argument(
         "--service-account",
@@ -323,21 +357,29 @@ def run_upload(args: argparse.Namespace) -> int:
 
 
 def run_submit(args: argparse.Namespace) -> int:
+    from pipelines.cli import compiled_path
+
     arguments = run_arguments(args.pipeline, args.config, args.overrides)
+    preflight(args.pipeline, arguments)
     if args.dry_run:
         print(json.dumps(arguments, indent=2, sort_keys=True))
         return 0
+    path = compiled_path(args.pipeline)
     client = connect(args.host, args.namespace, discover_token())
+    uploaded = upload(client, path, pipeline_name_of(path, args.prefix), args.namespace)
     run_id = submit(
         client,
-        args.pipeline,
+        uploaded,
         arguments,
         args.experiment,
         args.namespace,
         args.service_account,
         args.run_name,
     )
-    print(f"run {run_id} started in experiment {args.experiment}")
+    print(
+        f"run {run_id} of pipeline {uploaded.pipeline_name} version {uploaded.version_name} "
+        f"started in experiment {args.experiment}"
+    )
     return 0
 
 

@@ -85,8 +85,21 @@ def _train_images(name: str, seed: int, store) -> int:
 
 
 def dry_run_summary(arguments: dict[str, Any], profile: ClusterProfile | None = None) -> str:
-    """``N trials in C chunks: C training tasks`` for a checked study's arguments (the chunk
-    count from estimated sizes when ``chunk_size`` is 0, as the plan task computes it)."""
+    """``N trials in C chunks: C training tasks`` and what the backend will run: pods (drivers
+    included) and the largest executor input, for a checked study's arguments."""
+    from pipelines.backend import study_backend_line
+
+    n_trials, n_chunks = planned_chunks(arguments, profile)
+    return (
+        f"{summary_line(n_trials, n_chunks)}\n{study_backend_line(arguments, n_trials, n_chunks)}"
+    )
+
+
+def planned_chunks(
+    arguments: dict[str, Any], profile: ClusterProfile | None = None
+) -> tuple[int, int]:
+    """(trials, chunks) of a checked study's arguments (the chunk count from estimated sizes
+    when ``chunk_size`` is 0, as the plan task computes it)."""
     from components.common.storage import open_store
     from components.data.descriptor import DatasetRef
     from components.sample.samplers import sample_specs
@@ -97,7 +110,7 @@ def dry_run_summary(arguments: dict[str, Any], profile: ClusterProfile | None = 
     n_models, datasets = arguments["n_models"], arguments["datasets"]
     n_trials = n_models * len(datasets) * len(arguments["train_seeds"])
     if arguments["chunk_size"]:
-        return summary_line(n_trials, math.ceil(n_trials / arguments["chunk_size"]))
+        return n_trials, math.ceil(n_trials / arguments["chunk_size"])
     store = open_store(arguments["store_uri"] or None)
     settings = arguments.get("dataset_settings") or {}
     overrides = study_overrides(arguments.get("recipe_overrides"), arguments["epochs"])
@@ -123,4 +136,4 @@ def dry_run_summary(arguments: dict[str, Any], profile: ClusterProfile | None = 
         recipes,
     )
     chunks = chunk_trials(trials, 0, profile.max_parallel_tasks)
-    return summary_line(len(trials), len(chunks))
+    return len(trials), len(chunks)

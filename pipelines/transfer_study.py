@@ -123,9 +123,9 @@ def transfer_study(
                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             ),
             str(PROFILE.train_cpu),
-            PROFILE.train_memory,
+            PROFILE.train_pod_memory,
         )
-        on_gpu_nodes(evaluate, 1, PROFILE)
+        on_gpu_nodes(evaluate, "1", PROFILE)
     on_cluster(
         analyze_transfer_study(
             chunk_keys=dsl.Collected(evaluate.output),

@@ -8,7 +8,7 @@ from components.common.images import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def analyze_study(
-    trial_ids: list,
+    chunk_trials: list,
     study_id: str,
     parent_run_id: str,
     reference: str,
@@ -26,18 +26,21 @@ def analyze_study(
     study's MLflow parent run.
 
     Args:
-        trial_ids: the train tasks' outputs, gathered with dsl.Collected: trial ids, or lists
-            of them (one list per chunk task), flattened here.
+        chunk_trials: the training tasks' trial counts, gathered with dsl.Collected: the
+            task waits for them, and their sum must be the plan's trial count. The trial ids
+            come from the plan in the store (``studies/<study_id>/trials.json``), not from the
+            tasks: the backend passes a task's inputs as one command-line argument, which
+            Linux caps at 128 KiB (about 6,800 trial ids).
         study_id, parent_run_id: from the plan step.
         reference: reference dataset of the APR comparison ('' = the analysis' default).
         store_uri, tracking_uri: '' means the environment's or the local defaults.
     """
     import shutil
 
-    from components.analyze.run import analyze_to_temp, embed_figures
+    from components.analyze.run import analyze_to_temp, embed_figures, planned_trial_ids
 
     numbers, out_dir = analyze_to_temp(
-        trial_ids=[i for item in trial_ids for i in (item if isinstance(item, list) else [item])],
+        trial_ids=planned_trial_ids(store_uri or None, study_id, chunk_trials),
         study=study_id,
         parent_run_id=parent_run_id,
         reference=reference or None,

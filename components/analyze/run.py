@@ -17,7 +17,7 @@ from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
 from components.data.descriptor import DatasetRef
 from components.sample.space import AnyNetSpec
-from components.train.plan import trial_key
+from components.train.plan import load_trial_ids, trial_key
 from components.train.trial import result_key
 
 STAGE_FIELDS = (("depths", "d"), ("widths", "w"), ("bottleneck_ratios", "b"), ("group_widths", "g"))
@@ -235,6 +235,23 @@ def embed_figures(markdown: str, folder: Path) -> str:
         return f"](data:image/png;base64,{base64.b64encode(png).decode()})"
 
     return re.sub(r"\]\((figures/[^)]+\.png)\)", data_uri, markdown)
+
+
+def planned_trial_ids(store_uri: str | None, study: str, chunk_trials: list[Any]) -> list[str]:
+    """The study's planned trial ids, checked against the training tasks' trial counts.
+
+    Raises:
+        ValueError: the counts do not add up to the plan (a chunk task of another plan, or a
+            loop that skipped chunks), so the report would silently miss trials.
+    """
+    ids = load_trial_ids(open_store(store_uri), study)
+    trained = sum(int(n) for n in chunk_trials)  # kfp.local gathers ints as floats
+    if trained != len(ids):
+        raise ValueError(
+            f"study {study}: the training tasks report {trained} trials, the plan has "
+            f"{len(ids)}; re-run the study (finished trials are reused)"
+        )
+    return ids
 
 
 def analyze_to_temp(**kwargs: Any) -> tuple[dict[str, Any], Path]:

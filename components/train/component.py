@@ -22,16 +22,24 @@ def plan_study(
     kfp_run_id: str,
     plan: Output[Markdown],
     device: str = "auto",
-    gpus_per_trial: int = 1,
+    gpus_per_trial: str = "1",
     chunk_size: int = 0,
     max_parallel_tasks: int = 16,
-    config: dict = {},  # noqa: B006 - KFP reads the default
     compile_model: bool = False,
     recipe_overrides: dict = {},  # noqa: B006 - KFP reads the default
     dataset_settings: dict = {},  # noqa: B006 - KFP reads the default
     seed: int = 0,
     zero_stage: int = 0,
     precision: str = "auto",
+    trial_timeout_s: int = 0,
+    space: str = "",
+    n_models: int = 0,
+    flops_min: float = 0.0,
+    flops_max: float = 0.0,
+    resolution: int = 0,
+    trials_per_gpu: int = 1,
+    max_attempts: int = 1,
+    reference: str = "",
 ) -> NamedTuple("PlanOutputs", study_id=str, parent_run_id=str):
     """Plans every (architecture x dataset x seed) trial, groups them into chunks and opens
     the MLflow parent run.
@@ -55,8 +63,6 @@ def plan_study(
         device: auto, cuda or cpu; gpus_per_trial: processes (GPUs) per trial.
         chunk_size: trials per training task (0 = about one GPU-hour each);
             max_parallel_tasks: the loop's parallelism (compiled in), for even chunks.
-        config: the study's resolved config (the pipeline's arguments), logged to the MLflow
-            parent run as ``config.<key>`` params and ``config.json``.
         compile_model: train ``torch.compile``-d models (engine torch only; part of the
             trial id).
         recipe_overrides: recipe fields over the recipe's values (``{"lr": 0.05}``).
@@ -64,6 +70,12 @@ def plan_study(
             ``test_sets`` (the rest reached it through ``datasets``).
         seed: the data seed (extra test sets are materialised with it).
         zero_stage, precision: engine options of every trial (part of the trial id).
+        trial_timeout_s: wall-clock limit of one trial (0 = from the plan's estimate).
+        space, n_models, flops_min, flops_max, resolution, trials_per_gpu, max_attempts,
+            reference: the rest of the pipeline's arguments, logged with the ones above to
+            the MLflow parent run as ``config.<key>`` params and ``config.json``. Each is an
+            input of its own: the backend pastes a placeholder inside a dict constant into
+            the executor input's JSON unescaped (pipelines/backend.py).
     """
     import json
     from collections import namedtuple
@@ -92,11 +104,33 @@ def plan_study(
         gpus=int(gpus_per_trial),
         chunk_size=int(chunk_size),
         max_parallel_tasks=int(max_parallel_tasks),
-        config=dict(config),
+        config={
+            "study_name": study_name,
+            "space": space,
+            "n_models": int(n_models),
+            "flops_min": float(flops_min),
+            "flops_max": float(flops_max),
+            "resolution": int(resolution),
+            "recipe": recipe,
+            "epochs": int(epochs),
+            "seed": int(seed),
+            "engine": engine,
+            "zero_stage": int(zero_stage),
+            "precision": precision,
+            "device": device,
+            "gpus_per_trial": int(gpus_per_trial),
+            "trials_per_gpu": int(trials_per_gpu),
+            "chunk_size": int(chunk_size),
+            "max_attempts": int(max_attempts),
+            "compile_model": bool(compile_model),
+            "reference": reference,
+            "trial_timeout_s": int(trial_timeout_s),
+        },
         compile_model=bool(compile_model),
         dataset_settings=dict(dataset_settings),
         seed=int(seed),
         engine_options=engine_options(engine, int(zero_stage), precision),
+        trial_timeout_s=int(trial_timeout_s),
     )
     with open(plan.path, "w") as f:
         f.write(plan_markdown(load_chunks(open_store(store_uri or None), study)))
@@ -104,11 +138,14 @@ def plan_study(
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def list_chunks(study_id: str, store_uri: str) -> list:
+def list_chunks(study_id: str, store_uri: str) -> list[dict]:
     """Returns the study's chunks as loop items ``{"study_id": ..., "chunk": i}``.
 
     The items carry no trial ids (the chunk task reads them from the store), so the workflow
-    object stays small; like ``list_trials`` they carry the study id for kfp.local.
+    object stays small; like ``list_trials`` they carry the study id for kfp.local. The return
+    type is ``List[dict]``, not ``list``: the loop item is then a ``STRUCT``, which the backend
+    hands to ``train_chunk(chunk: dict)`` as it is (a bare ``list`` gives a ``STRING`` item,
+    which the driver turns into JSON text and refuses for a dict input; pipelines/backend.py).
     """
     from components.common.storage import open_store
     from components.train.chunk import load_chunks
@@ -125,10 +162,10 @@ def train_chunk(
     kfp_run_id: str,
     trials_per_gpu: int,
     max_attempts: int,
-    gpus_per_trial: int,
+    gpus_per_trial: str,
     metrics: Output[Metrics],
-) -> list:
-    """Trains one chunk's trials, each in a child process, and returns their trial ids.
+) -> int:
+    """Trains one chunk's trials, each in a child process, and returns how many it trained.
 
     Runs in the GPU image. A trial killed in every attempt (OOM, eviction) is recorded
     ``failed`` and the chunk goes on; the task fails only on infrastructure errors. Threads per
@@ -140,7 +177,11 @@ def train_chunk(
         kfp_run_id: tagged on the MLflow runs.
         trials_per_gpu: trials trained at once (packing small models on one GPU).
         max_attempts: starts of a killed trial before it is recorded failed.
-        gpus_per_trial: processes (GPUs) per trial; more than one runs torchrun.
+        gpus_per_trial: processes (GPUs) per trial; more than one runs torchrun. A string,
+            as the pipeline parameter that also sets the task's GPU limit.
+
+    Returns the chunk's trial count, not the ids: ``analyze_study`` reads the trial list from
+    the store, so its executor input stays small for any study size.
     """
     import os
 
@@ -171,11 +212,11 @@ def train_chunk(
     metrics.log_metric("trials", float(len(ids)))
     metrics.log_metric("trials_ok", float(statuses.count("ok")))
     metrics.log_metric("trials_failed", float(len(ids) - statuses.count("ok")))
-    return ids
+    return len(ids)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def list_trials(study_id: str, store_uri: str) -> list:
+def list_trials(study_id: str, store_uri: str) -> list[dict]:
     """Returns the study's planned trials as loop items ``{"study_id": ..., "trial_id": ...}``.
 
     A separate task, and items that carry the study id, because kfp.local (2.17) iterates only

@@ -117,10 +117,11 @@ def plan_transfer_study(
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def list_transfer_chunks(study_id: str, parent_run_id: str, store_uri: str) -> list:
+def list_transfer_chunks(study_id: str, parent_run_id: str, store_uri: str) -> list[dict]:
     """The chunks of a planned transfer study as loop items ``{study_id, chunk,
     parent_run_id}`` (kfp.local loops over a single-output task's list, and its loop tasks
-    see the item, as the APR study's chunks do)."""
+    see the item, as the APR study's chunks do). ``list[dict]`` makes the loop item a
+    ``STRUCT`` for ``transfer_chunk(chunk: dict)`` on the backend (see ``list_chunks``)."""
     from components.common.storage import open_store
     from components.transfer.steps import plan_key
 

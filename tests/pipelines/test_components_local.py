@@ -107,7 +107,7 @@ def test_plan_train_analyze(env, plan):
         )
         trained.append(task.outputs["Output"])
     report = analyze_study(
-        trial_ids=trained,
+        chunk_trials=[1] * len(trained),
         study_id=study,
         parent_run_id=plan.outputs["parent_run_id"],
         reference="faces",

@@ -15,6 +15,7 @@ import yaml
 
 from pipelines import submit
 from pipelines.cli import COMPILED_DIR, main
+from pipelines.cluster import load_profile
 from tests.submit.kfp_api import API, FakeKfpApi
 
 STUDY = COMPILED_DIR / "apr_study.yaml"
@@ -177,6 +178,10 @@ def test_submit_sends_parameters_service_account_and_namespace(capsys):
                 "datasets=[digits,faces]",
                 "--set",
                 "s3_secret=my-s3",
+                "--set",
+                "gpus_per_trial=2",
+                "--set",
+                "engine=deepspeed",
             ]
         )
         assert code == 0, capsys.readouterr().err
@@ -191,9 +196,98 @@ def test_submit_sends_parameters_service_account_and_namespace(capsys):
     assert parameters["n_models"] == 4
     assert parameters["datasets"] == ["digits", "faces"]
     assert parameters["s3_secret"] == "my-s3"
-    assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "apr-study"
+    # A string parameter, so that the backend can take the GPU limit from it; the preflight
+    # checked it as the number 2.
+    assert parameters["gpus_per_trial"] == "2"
+    ((pipeline_id, (version,)),) = api.versions.items()
+    assert api.pipelines[pipeline_id]["namespace"] == "team-a"
+    assert body["pipeline_version_reference"] == {
+        "pipeline_id": pipeline_id,
+        "pipeline_version_id": version["pipeline_version_id"],
+    }
     (run_id,) = api.runs
-    assert f"run {run_id} started in experiment apr" in capsys.readouterr().out
+    name = submit.version_name("aprflow-apr-study", STUDY)
+    assert (
+        f"run {run_id} of pipeline aprflow-apr-study version {name} started in experiment apr"
+        in capsys.readouterr().out
+    )
+
+
+def test_runs_start_from_the_uploaded_version_not_an_inline_package(capsys):
+    """Two submits: one upload, one version, two runs that both reference it (the UI links
+    each run to the version); no run carries the pipeline spec itself. kfp.Client.run_pipeline
+    sends ``pipeline_version_reference`` (kubeflow/pipelines sdk/python/kfp/client/client.py at
+    kfp 2.17.0, ``_create_job_config``, line 973)."""
+    with FakeKfpApi() as api:
+        argv = ["submit", "apr-study", "--host", api.url, "--run-name", "smoke"]
+        assert main(argv) == 0, capsys.readouterr().err
+        assert main(argv) == 0, capsys.readouterr().err
+        (create,) = api.calls("POST", f"{API}/pipelines/create")
+        runs = api.calls("POST", f"{API}/runs")
+    assert api.calls("POST", f"{API}/pipelines/upload_version") == []
+    assert create["json"]["pipeline_version"]["display_name"] == submit.version_name(
+        "aprflow-apr-study", STUDY
+    )
+    ((pipeline_id, (version,)),) = api.versions.items()
+    assert len(runs) == 2
+    for run in runs:
+        body = run["json"]
+        assert body["display_name"] == "smoke"
+        assert body["pipeline_version_reference"] == {
+            "pipeline_id": pipeline_id,
+            "pipeline_version_id": version["pipeline_version_id"],
+        }
+        assert "pipeline_spec" not in body
+
+
+def test_submit_uploads_under_the_prefix_the_upload_job_uses(capsys):
+    """A pipeline uploaded by `aprflow upload --prefix team-` is the one `submit --prefix
+    team-` runs: found by name, not uploaded again."""
+    with FakeKfpApi() as api:
+        assert main(["upload", "--host", api.url, "--prefix", "team-", str(STUDY)]) == 0
+        argv = ["submit", "apr-study", "--host", api.url, "--prefix", "team-"]
+        assert main(argv) == 0, capsys.readouterr().err
+        (run,) = api.calls("POST", f"{API}/runs")
+    ((pipeline_id, (version,)),) = api.versions.items()
+    assert api.pipelines[pipeline_id]["display_name"] == "team-apr-study"
+    assert (
+        run["json"]["pipeline_version_reference"]["pipeline_version_id"]
+        == (version["pipeline_version_id"])
+    )
+
+
+# The sweep settings a cluster run cannot work with; each is refused by the study's preflight.
+TOO_MANY_GPUS = load_profile().gpus_per_node + 1
+BAD_SWEEPS = [
+    (["gpus_per_trial=0"], "gpus_per_trial must be an integer >= 1, got 0"),
+    (
+        [f"gpus_per_trial={TOO_MANY_GPUS}", "engine=deepspeed"],
+        f"gpus_per_trial={TOO_MANY_GPUS} is more than a node of the cluster profile has",
+    ),
+    (["gpus_per_trial=2", "engine=torch"], "gpus_per_trial=2 needs engine=deepspeed"),
+    (["trials_per_gpu=0"], "trials_per_gpu must be an integer >= 1, got 0"),
+    (["chunk_size=-1"], "chunk_size must be a whole number of trials >= 1, or 0"),
+    (["device=tpu"], "device 'tpu': choose from auto, cuda, cpu"),
+]
+
+
+@pytest.mark.parametrize(("sets", "needle"), BAD_SWEEPS)
+def test_submit_refuses_what_run_refuses_before_sending_anything(
+    sets, needle, tmp_path, local_env, capsys
+):
+    overrides = [arg for pair in sets for arg in ("--set", pair)]
+    with FakeKfpApi() as api:
+        assert main(["submit", "apr-study", "--host", api.url, *overrides]) == 2
+        submitted = capsys.readouterr().err.strip().splitlines()
+        assert main(["submit", "apr-study", "--dry-run", *overrides]) == 2
+        dry_run = capsys.readouterr()
+    assert api.requests == []  # not even the health probe of kfp.Client
+    assert len(submitted) == 1 and submitted[0].startswith("error: ") and needle in submitted[0]
+    assert dry_run.err.strip().splitlines() == submitted and dry_run.out == ""
+    runs = tmp_path / "runs"
+    assert main(["run", "apr-study", "--runs-dir", str(runs), "--dry-run", *overrides]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == submitted
+    assert not runs.exists()
 
 
 def create_experiment_id(api: FakeKfpApi) -> str:

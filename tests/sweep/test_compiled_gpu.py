@@ -81,3 +81,27 @@ def test_a_bad_profile_is_one_error(tmp_path):
     path.write_text("gpu: 1\n")
     with pytest.raises(ProfileError, match="unknown key.*gpu; valid keys are accelerator"):
         load_profile(path)
+
+
+def test_training_tasks_are_retried_and_their_memory_holds_the_shm(compiled):
+    spec, _ = compiled
+    loop = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train-chunk"]
+    assert loop["retryPolicy"] == {
+        "maxRetryCount": PROFILE.task_retries,
+        "backoffDuration": "60s",
+        "backoffFactor": 2.0,
+        "backoffMaxDuration": "1800s",
+    }
+    resources = spec["deploymentSpec"]["executors"]["exec-train-chunk"]["container"]["resources"]
+    # 64Gi for the trainer + 16Gi of /dev/shm, which counts against the pod's memory limit.
+    assert resources["resourceMemoryLimit"] == resources["resourceMemoryRequest"] == "81920Mi"
+    assert PROFILE.train_pod_memory == "81920Mi"
+
+
+def test_a_profile_without_retries_and_a_bad_quantity(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("task_retries: 0\n")
+    assert load_profile(path).task_retries == 0
+    path.write_text("train_memory: lots\n")
+    with pytest.raises(ProfileError, match="train_memory 'lots' is no Kubernetes quantity"):
+        load_profile(path)

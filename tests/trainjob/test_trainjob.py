@@ -1,38 +1,60 @@
-"""The TrainJob launcher: manifests checked offline, the launch loop against a loopback
-stand-in of the Kubernetes API.
+"""The TrainJob launcher: manifests checked offline (strictly, against the Trainer CRDs of
+every supported release in crds/), the launch loop against a loopback stand-in of the
+Kubernetes API.
 
 The stand-in serves the custom-objects endpoints the real ``kubernetes`` client calls (create,
 get, delete of trainer.kubeflow.org/v1alpha1 trainjobs), flips a TrainJob to the condition a
 test asks for after a few reads and, for Complete, writes the trial's result.json into the
-store as the TrainJob's rank 0 would. It does not run a Trainer controller, pods or torchrun:
-that needs a cluster with Kubeflow Trainer.
+store as the TrainJob's rank 0 would. A deleted TrainJob stays readable for a few GETs (the
+garbage collector removing its JobSet first) and a create of its name answers 409 meanwhile,
+as the API server does. It does not run a Trainer controller, pods or torchrun: that needs a
+cluster with Kubeflow Trainer.
 """
 
+import dataclasses
 import json
-import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from components.common.images import GPU_IMAGE
 from components.common.storage import LocalStore
-from components.train.trial import result_key
+from components.data.descriptor import DatasetRef
+from components.train.plan import trial_key
+from components.train.recipes import resolve_recipe
+from components.train.trial import Trial, result_key
 from components.trainjob import launch, manifest
-from pipelines.cluster import LAUNCHER_KEYS, SECRET_KEYS
+from pipelines.cluster import LAUNCHER_KEYS, SECRET_KEYS, ClusterProfile
+from tests.trainjob.crd_schema import TRAINER_VERSIONS, strict_errors
 
 TRIAL = "0397236fa8e13a60"
 STUDY = "apr-demo-7bc56b9bad"
 RESULT = {"trial_id": TRIAL, "status": "ok", "top1_error": 12.5}
+GPU_PROFILE = ClusterProfile(
+    node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    tolerations=[
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute",
+         "toleration_seconds": 60},
+    ],
+)  # fmt: skip
 
 
 def build(**options):
     return manifest.trainjob_manifest(TRIAL, STUDY, "team-a", GPU_IMAGE, 4, 8, **options)
+
+
+def plan(store, engine="deepspeed", gpus=1):
+    """Stores a planned trial under TRIAL (what plan_study writes; its content is not trained)."""
+    faces = DatasetRef("faces", "datasets/faces/manifest.json", "0" * 16, 10, 8, 100, 10)
+    trial = Trial(spec={}, dataset=faces, recipe=resolve_recipe("apr_tiny", {}), seed=0,
+                  engine=engine, gpus=gpus)  # fmt: skip
+    store.put_json(trial_key(TRIAL), trial.to_dict())
 
 
 # --- the manifest ------------------------------------------------------------------------------
@@ -55,6 +77,7 @@ def test_manifest_runs_the_gpu_image_on_every_node_with_the_runs_config():
         "--trial-id", TRIAL, "--study-id", STUDY, "--kfp-run-id", "run-1",
     ]  # fmt: skip
     assert trainer["numNodes"] == 4
+    assert trainer["numProcPerNode"] == 8  # one process per GPU
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
     assert trainer["resourcesPerNode"]["requests"]["nvidia.com/gpu"] == "8"
     refs = {e["name"]: e["valueFrom"] for e in trainer["env"]}
@@ -78,9 +101,45 @@ def test_manifest_parts_are_valid_kubernetes_objects():
     assert api.sanitize_for_serialization(resources) == trainer["resourcesPerNode"]
 
 
-def test_cpu_only_trainjob_has_no_gpu_resources():
-    resources = manifest.trainjob_manifest(TRIAL, STUDY, "ns", GPU_IMAGE, 2, 0)["spec"]["trainer"]
-    assert "nvidia.com/gpu" not in json.dumps(resources["resourcesPerNode"])
+def test_cpu_only_trainjob_has_no_gpu_resources_or_gpu_placement():
+    job = manifest.trainjob_manifest(TRIAL, STUDY, "ns", GPU_IMAGE, 2, 0, profile=GPU_PROFILE)
+    assert "nvidia.com/gpu" not in json.dumps(job["spec"]["trainer"]["resourcesPerNode"])
+    # One process per node: the torch plugin's `auto` would start one per requested CPU.
+    assert job["spec"]["trainer"]["numProcPerNode"] == 1
+    (patch,) = job["spec"]["runtimePatches"]
+    assert node_pod_patch(patch) == {}  # no GPU node selector or taints for a CPU job
+
+
+def node_pod_patch(patch):
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == "node"  # the runtime's replicated job (trainer-runtime.yaml)
+    return job["template"]["spec"]["template"]["spec"]
+
+
+def test_node_pods_get_the_profiles_gpu_placement_and_the_service_account():
+    job = build(profile=GPU_PROFILE, service_account="default-editor")
+    (patch,) = job["spec"]["runtimePatches"]
+    assert patch["manager"] == "aprflow.org/trainjob-launcher"
+    pod = node_pod_patch(patch)
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute",
+         "tolerationSeconds": 60},
+    ]  # fmt: skip
+    assert pod["serviceAccountName"] == "default-editor"
+    # The tolerations are core/v1 Tolerations (camelCase, typed), as the pod spec needs them.
+    api = k8s.ApiClient()
+    tolerations = api._ApiClient__deserialize(pod["tolerations"], "list[V1Toleration]")
+    assert tolerations[1].toleration_seconds == 60
+    assert api.sanitize_for_serialization(tolerations) == pod["tolerations"]
+
+
+def test_gpu_resource_is_the_profiles_accelerator():
+    job = build(profile=ClusterProfile(accelerator="amd.com/gpu"))
+    resources = job["spec"]["trainer"]["resourcesPerNode"]
+    assert resources["limits"]["amd.com/gpu"] == resources["requests"]["amd.com/gpu"] == "8"
+    assert "nvidia.com/gpu" not in json.dumps(resources)
 
 
 @pytest.mark.parametrize(
@@ -104,18 +163,47 @@ def test_name_is_a_dns_label_and_stable():
     assert manifest.trainjob_name(TRIAL) == manifest.trainjob_name(TRIAL)
 
 
-def test_manifest_against_the_trainer_crd_schema():
-    folder = os.environ.get("APRFLOW_TRAINER_CRDS")
-    if not folder:
-        pytest.skip("APRFLOW_TRAINER_CRDS is not set (kubeflow/trainer's manifests/base/crds)")
-    crd = yaml.safe_load((Path(folder) / "trainer.kubeflow.org_trainjobs.yaml").read_text())
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
-    schema = version["schema"]["openAPIV3Schema"]
-    jsonschema.validate(build(), schema)
-    broken = build()
-    broken["spec"]["trainer"]["numNodes"] = "four"
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, schema)
+# --- strictly against the Trainer CRDs ---------------------------------------------------------
+
+MANIFESTS = {
+    "gpu": lambda: build(launcher_config_map="l", s3_secret="s", kfp_run_id="run-1"),
+    "gpu-profile-account": lambda: build(profile=GPU_PROFILE, service_account="default-editor"),
+    "cpu": lambda: manifest.trainjob_manifest(TRIAL, STUDY, "ns", GPU_IMAGE, 2, 0),
+}
+
+
+def test_both_supported_trainer_releases_are_fixtures():
+    assert TRAINER_VERSIONS == ["v2.2.0", "v2.3.0"]
+
+
+@pytest.mark.parametrize("version", TRAINER_VERSIONS)
+@pytest.mark.parametrize("variant", MANIFESTS)
+def test_manifest_validates_strictly_against_the_trainjob_crd(version, variant):
+    assert strict_errors(MANIFESTS[variant](), version) == []
+
+
+@pytest.mark.parametrize("version", TRAINER_VERSIONS)
+def test_the_strict_check_rejects_what_the_api_server_would(version):
+    """Unknown fields at any depth (what plain JSON Schema misses), wrong types and missing
+    required fields are each reported."""
+    job = build(profile=GPU_PROFILE)
+    job["spec"]["trainer"]["numProcPerNode"] = "auto"  # an integer since Trainer 2.2
+    job["spec"]["podTemplateOverrides"] = []  # Trainer 2.1's field, gone in 2.2
+    pod = node_pod_patch(job["spec"]["runtimePatches"][0])
+    pod["tolerations"][0]["tolerationseconds"] = 5  # a misspelt field deep in a list
+    pod["hostNetwork"] = True  # a PodSpec field, but not one a runtime patch may set
+    job["metadata"]["label"] = {}
+    del job["spec"]["runtimeRef"]["name"]
+    assert sorted(strict_errors(job, version)) == sorted([
+        ".metadata.label: unknown field",
+        ".spec.podTemplateOverrides: unknown field",
+        ".spec.runtimePatches[0].trainingRuntimeSpec.template.spec.replicatedJobs[0].template"
+        ".spec.template.spec.hostNetwork: unknown field",
+        ".spec.runtimePatches[0].trainingRuntimeSpec.template.spec.replicatedJobs[0].template"
+        ".spec.template.spec.tolerations[0].tolerationseconds: unknown field",
+        ".spec.runtimeRef: 'name' is a required property",
+        ".spec.trainer.numProcPerNode: 'auto' is not of type 'integer'",
+    ])  # fmt: skip
 
 
 # --- the launch loop against a stand-in API -----------------------------------------------------
@@ -126,13 +214,17 @@ PATH = re.compile(
 
 
 class FakeTrainer:
-    """Custom-objects endpoints for trainjobs; a job finishes after ``reads`` GETs."""
+    """Custom-objects endpoints for trainjobs; a job finishes after ``reads`` GETs; a deleted
+    job still answers ``linger`` GETs (and blocks its name: 409 on create), then 404."""
 
-    def __init__(self, store, outcome="Complete", reads=2, status_code=None):
+    def __init__(self, store, outcome="Complete", reads=2, status_code=None, linger=0):
         self.store, self.outcome, self.reads, self.status_code = store, outcome, reads, status_code
+        self.linger = linger
         self.objects: dict[str, dict] = {}
         self.calls: list[tuple[str, str]] = []
         self.gets: dict[str, int] = {}
+        self.deleting: dict[str, int] = {}  # name: GETs it still answers
+        self.delete_bodies: list[dict] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
 
     def __enter__(self):
@@ -190,8 +282,17 @@ class FakeTrainer:
                 if name not in fake.objects:
                     return self._reply(404, {"kind": "Status", "code": 404})
                 if method == "DELETE":
-                    del fake.objects[name]
+                    length = int(self.headers.get("Content-Length") or 0)
+                    fake.delete_bodies.append(json.loads(self.rfile.read(length) or b"{}"))
+                    fake.objects[name]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+                    fake.deleting[name] = fake.linger
                     return self._reply(200, {"kind": "Status", "status": "Success"})
+                if name in fake.deleting:  # the garbage collector is still at work
+                    if fake.deleting[name] == 0:
+                        del fake.deleting[name], fake.objects[name]
+                        return self._reply(404, {"kind": "Status", "code": 404})
+                    fake.deleting[name] -= 1
+                    return self._reply(200, fake.objects[name])
                 fake.gets[name] = fake.gets.get(name, 0) + 1
                 if fake.gets[name] >= fake.reads and "status" not in fake.objects[name]:
                     fake.finish(name)
@@ -210,6 +311,9 @@ class FakeTrainer:
 
 
 def run(api, store, **kwargs):
+    """Launches the planned deepspeed trial TRIAL on 2 nodes x 1 GPU."""
+    if not store.exists(trial_key(TRIAL)):
+        plan(store)
     return launch.launch_trial(
         TRIAL, STUDY, GPU_IMAGE, 2, 1, namespace="team-a", store=store, api=api, poll_s=0.01,
         **kwargs,
@@ -229,6 +333,7 @@ def test_launch_creates_waits_and_reads_the_result(tmp_path, capsys):
     posted = [c for c in fake.calls if c[0] == "POST"]
     assert posted == [("POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team-a/trainjobs")]
     assert fake.gets[f"aprflow-{TRIAL}"] == 3  # polled until Complete
+    assert strict_errors(expected, TRAINER_VERSIONS[-1]) == []  # what the API server got
     assert f"aprflow-{TRIAL}: 2 nodes x 1 GPUs" in capsys.readouterr().out
     env = {e["name"]: e for e in created["spec"]["trainer"]["env"]}
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "my-s3"
@@ -253,16 +358,81 @@ def test_a_running_trainjob_is_waited_for_not_created_twice(tmp_path):
     assert len(fake.objects) == 1
 
 
-def test_a_failed_trainjob_is_replaced_once_on_retry(tmp_path):
-    store = LocalStore(tmp_path)
-    fake = FakeTrainer(store, reads=1)
+def failed_trainjob():
     old = build()
     old["status"] = {"conditions": [{"type": "Failed", "status": "True", "message": "OOM"}]}
-    fake.objects[f"aprflow-{TRIAL}"] = old
+    return old
+
+
+def test_creating_while_the_old_trainjob_is_deleted_conflicts(tmp_path):
+    """Why the launcher waits: in the stand-in, as in the API server, a TrainJob being deleted
+    keeps its name, and a create right after the DELETE answers 409."""
+    fake = FakeTrainer(LocalStore(tmp_path), linger=3)
+    fake.objects[f"aprflow-{TRIAL}"] = failed_trainjob()
+    args = (manifest.GROUP, manifest.VERSION, "team-a", manifest.PLURAL)
+    with fake as api:
+        api.delete_namespaced_custom_object(*args, f"aprflow-{TRIAL}")
+        with pytest.raises(ApiException) as e:
+            api.create_namespaced_custom_object(*args, build())
+    assert e.value.status == 409
+
+
+def test_a_failed_trainjob_is_replaced_once_it_is_gone(tmp_path):
+    store = LocalStore(tmp_path)
+    fake = FakeTrainer(store, reads=1, linger=3)
+    fake.objects[f"aprflow-{TRIAL}"] = failed_trainjob()
     with fake as api:
         assert run(api, store) == RESULT
     methods = [c[0] for c in fake.calls]
-    assert methods[:4] == ["POST", "GET", "DELETE", "POST"]
+    # create (409), read (Failed), delete, read while it lingers x 3, read (404), create.
+    assert methods[:8] == ["POST", "GET", "DELETE", "GET", "GET", "GET", "GET", "POST"]
+    assert fake.delete_bodies == [{"propagationPolicy": "Foreground"}]
+    (replacement,) = fake.objects.values()
+    assert "deletionTimestamp" not in replacement["metadata"]  # the new TrainJob, not the old
+
+
+def test_a_trainjob_that_is_never_deleted_is_a_clear_error(tmp_path):
+    fake = FakeTrainer(LocalStore(tmp_path), linger=10**6)
+    fake.objects[f"aprflow-{TRIAL}"] = failed_trainjob()
+    ticks = iter(range(100))
+    with fake as api, pytest.raises(launch.TrainJobError) as e:
+        api.delete_namespaced_custom_object(
+            manifest.GROUP, manifest.VERSION, "team-a", manifest.PLURAL, f"aprflow-{TRIAL}"
+        )
+        launch.wait_deleted(api, "team-a", f"aprflow-{TRIAL}", timeout_s=3, poll_s=0,
+                            clock=lambda: next(ticks), sleep=lambda _: None)  # fmt: skip
+    assert "was not deleted within 3 s" in str(e.value)
+    assert f"get trainjob aprflow-{TRIAL} -o yaml" in str(e.value)
+    assert [c[0] for c in fake.calls].count("GET") == 3  # polled until the deadline
+
+
+@pytest.mark.parametrize(
+    ("engine", "gpus", "needle"),
+    [
+        ("torch", 1, "engine 'torch' trains in one process, but 2 nodes x 1 processes make 2"),
+        ("deepspeed", 4, "planned for 4 processes, but 2 nodes x 1 make 2"),
+    ],
+)
+def test_a_trial_that_cannot_train_in_the_world_creates_nothing(tmp_path, engine, gpus, needle):
+    store = LocalStore(tmp_path)
+    plan(store, engine=engine, gpus=gpus)
+    fake = FakeTrainer(store)
+    with fake as api, pytest.raises(launch.TrainJobError, match=needle):
+        run(api, store)
+    assert fake.calls == [] and fake.objects == {}
+
+
+def test_world_sizes_a_trial_can_train_in():
+    faces = DatasetRef("faces", "datasets/faces/manifest.json", "0" * 16, 10, 8, 100, 10)
+    recipe = resolve_recipe("apr_tiny", {})
+    torch_trial = Trial(spec={}, dataset=faces, recipe=recipe, seed=0)
+    launch.check_world(torch_trial, 1, 1)  # one process: the torch engine's case
+    launch.check_world(torch_trial, 1, 0)
+    deepspeed = dataclasses.replace(torch_trial, engine="deepspeed")
+    launch.check_world(deepspeed, 4, 8)  # planned for one GPU, runs in any world
+    launch.check_world(dataclasses.replace(deepspeed, gpus=16), 2, 8)
+    with pytest.raises(launch.TrainJobError):
+        launch.check_world(torch_trial, 2, 0)  # two CPU nodes are two processes too
 
 
 def test_failed_trainjob_is_one_clear_error(tmp_path):
@@ -333,6 +503,7 @@ def test_component_compiles_into_a_pipeline_with_the_cpu_image(tmp_path):
             trial=trial, num_nodes=2, gpus_per_node=8, runtime="aprflow-torch-distributed",
             launcher_config_map="aprflow-launcher", s3_secret="aprflow-s3", store_uri="",
             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            cluster_profile=dataclasses.asdict(GPU_PROFILE), service_account="default-editor",
         )  # fmt: skip
 
     path = tmp_path / "multinode.yaml"
@@ -341,6 +512,12 @@ def test_component_compiles_into_a_pipeline_with_the_cpu_image(tmp_path):
     (executor,) = spec["deploymentSpec"]["executors"].values()
     assert executor["container"]["image"] == CPU_IMAGE
     assert "launch_trial" in " ".join(executor["container"]["command"])
+    (task,) = spec["root"]["dag"]["tasks"].values()
+    parameters = task["inputs"]["parameters"]
+    assert parameters["cluster_profile"]["runtimeValue"]["constant"] == dataclasses.asdict(
+        GPU_PROFILE
+    )
+    assert parameters["service_account"]["runtimeValue"]["constant"] == "default-editor"
 
 
 def test_node_of_a_missing_trial_is_one_error_line(tmp_path, monkeypatch, capsys):
