@@ -107,7 +107,7 @@ def apr_study(
             in the run's namespace (cluster only; kfp.local ignores them).
     """
 
-    def on_cluster(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
+    def on_cluster(task: dsl.PipelineTask, cpu, memory: str) -> dsl.PipelineTask:
         return cluster.on_cluster(task, cpu, memory, launcher_config_map, s3_secret)
 
     data = on_cluster(
@@ -144,6 +144,7 @@ def apr_study(
             gpus_per_trial=gpus_per_trial,
             chunk_size=chunk_size,
             max_parallel_tasks=PROFILE.max_parallel_tasks,
+            cpu_per_gpu=PROFILE.train_cpu,
             compile_model=compile_model,
             recipe_overrides=recipe_overrides,
             dataset_settings=dataset_settings,
@@ -176,8 +177,9 @@ def apr_study(
                 trials_per_gpu=trials_per_gpu,
                 max_attempts=max_attempts,
                 gpus_per_trial=gpus_per_trial,
+                task_cpu=plan.outputs["task_cpu"],
             ),
-            str(PROFILE.train_cpu),
+            plan.outputs["task_cpu"],
             PROFILE.train_pod_memory,
         )
         on_gpu_nodes(train, gpus_per_trial, PROFILE)

@@ -111,7 +111,7 @@ PROFILE: ClusterProfile = load_profile()
 
 def on_cluster(
     task: dsl.PipelineTask,
-    cpu: str,
+    cpu: str | PipelineParameterChannel,
     memory: str,
     launcher_config_map: str | PipelineParameterChannel = LAUNCHER_CONFIG_MAP,
     s3_secret: str | PipelineParameterChannel = S3_SECRET,
@@ -142,11 +142,12 @@ def on_gpu_nodes(
     all (pipelines/backend.py, rule runtime-resource-string). The rest is the cluster profile.
     /dev/shm is a Memory emptyDir because a container's default 64 MiB breaks DataLoader
     workers and NCCL; the task's memory must include it (``ClusterProfile.train_pod_memory``).
-    OMP_NUM_THREADS and APRFLOW_TASK_CPUS are the CPU request, so torch does not start as many
-    threads as the node has cores. A preempted or drained GPU node fails the pod: the task is
-    retried with back-off (the 2.17 Argo compiler turns ``set_retry`` into the executor's
-    retryStrategy, backend/src/v2/compiler/argocompiler/container.go:577-587, 614-650), and
-    a retried chunk reuses its finished trials.
+    OMP_NUM_THREADS (one rank's threads) is the profile's cores per GPU, so torch does not start
+    as many threads as the node has cores; the caller requests ``train_cpu x gpus`` cores (the
+    apr-study plan task computes it as a string output). A preempted or drained GPU node fails
+    the pod: the task is retried with back-off (the 2.17 Argo compiler turns ``set_retry`` into
+    the executor's retryStrategy, backend/src/v2/compiler/argocompiler/container.go:577-587,
+    614-650), and a retried chunk reuses its finished trials.
     """
     task.set_accelerator_type(profile.accelerator).set_accelerator_limit(gpus)
     if profile.task_retries:
@@ -168,5 +169,4 @@ def on_gpu_nodes(
         size_limit=profile.shm_size,
     )
     task.set_env_variable("OMP_NUM_THREADS", str(profile.train_cpu))
-    task.set_env_variable("APRFLOW_TASK_CPUS", str(profile.train_cpu))
     return task

@@ -27,9 +27,13 @@ def test_training_executor_requests_gpus_in_the_gpu_image(compiled):
     assert (
         accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus_per_trial']}}"
     )
-    assert train["resources"]["cpuRequest"] == PROFILE.train_cpu
+    # CPUs scale with the GPUs: the plan task's string output train_cpu x gpus_per_trial.
+    assert (
+        train["resources"]["resourceCpuRequest"]
+        == "{{$.inputs.parameters['pipelinechannel--plan-study-task_cpu']}}"
+    )
     env = {e["name"]: e["value"] for e in train["env"]}
-    assert env["OMP_NUM_THREADS"] == env["APRFLOW_TASK_CPUS"] == str(PROFILE.train_cpu)
+    assert env["OMP_NUM_THREADS"] == str(PROFILE.train_cpu)
     others = {name: e["container"]["image"] for name, e in executors.items()}
     del others["exec-train-chunk"]
     assert set(others.values()) == {CPU_IMAGE}, "only training needs the GPU image"
