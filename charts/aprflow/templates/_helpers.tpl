@@ -71,6 +71,10 @@ Resource names.
 {{- printf "%s-mlflow" (include "aprflow.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "aprflow.mlflow.dbUpgrade.fullname" -}}
+{{- printf "%s-mlflow-db-upgrade" (include "aprflow.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "aprflow.postgres.fullname" -}}
 {{- printf "%s-postgres" (include "aprflow.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -211,4 +215,67 @@ the pipeline parameters' defaults (aprflow-s3, aprflow-launcher).
 {{- $secret := include "aprflow.s3.secretName" . }}
 {{- if ne $secret "aprflow-s3" }}s3_secret={{ $secret }} {{ end }}
 {{- if ne .Values.launcher.configMapName "aprflow-launcher" }}launcher_config_map={{ .Values.launcher.configMapName }} {{ end }}
+{{- end }}
+
+{{/*
+Environment that gives a container MLFLOW_BACKEND_STORE_URI: the bundled Postgres (password from
+its Secret, expanded by Kubernetes as $(POSTGRES_PASSWORD), so it comes first) or the external
+database's Secret. Shared by the MLflow server and its schema migration Job.
+*/}}
+{{- define "aprflow.mlflow.backendStoreEnv" -}}
+{{- if .Values.postgres.enabled -}}
+- name: POSTGRES_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "aprflow.postgres.secretName" . }}
+      key: password
+- name: MLFLOW_BACKEND_STORE_URI
+  value: {{ printf "postgresql://%s:$(POSTGRES_PASSWORD)@%s.%s.svc.cluster.local:%d/%s" .Values.postgres.auth.username (include "aprflow.postgres.fullname" .) .Release.Namespace (int .Values.postgres.service.port) .Values.postgres.auth.database | quote }}
+{{- else if .Values.externalDatabase.existingSecret -}}
+- name: MLFLOW_BACKEND_STORE_URI
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.externalDatabase.existingSecret }}
+      key: {{ .Values.externalDatabase.uriKey }}
+{{- else }}
+{{- fail "externalDatabase.existingSecret is required when postgres.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{/*
+nodeSelector, tolerations and affinity of a pod spec. Usage: include "aprflow.podPlacement" .Values.mlflow
+*/}}
+{{- define "aprflow.podPlacement" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Istio sidecar injection label of every pod template of the chart (the label, not the deprecated
+annotation: istio/api label/labels.yaml and annotation/annotations.yaml, `sidecar.istio.io/inject`).
+*/}}
+{{- define "aprflow.istio.podLabels" -}}
+sidecar.istio.io/inject: {{ .Values.istio.sidecarInject | toString | quote }}
+{{- end }}
+
+{{/*
+Pod annotations of the chart's Jobs. An injected sidecar container never exits, so the Job would
+never complete; as a Kubernetes native sidecar (an init container with restartPolicy Always,
+istio/api annotation/annotations.yaml `sidecar.istio.io/nativeSidecar`, Istio >= 1.24) it is
+stopped when the Job's container exits.
+*/}}
+{{- define "aprflow.istio.jobPodAnnotations" -}}
+{{- if .Values.istio.sidecarInject -}}
+sidecar.istio.io/nativeSidecar: "true"
+{{- end }}
 {{- end }}
