@@ -20,6 +20,7 @@ from kfp.dsl.pipeline_channel import PipelineParameterChannel
 from kubernetes.utils import parse_quantity
 
 from components.common.errors import AprflowError
+from components.data.descriptor import CACHE_DIR_ENV, CACHE_LIMIT_ENV
 
 PROFILE_ENV = "APRFLOW_CLUSTER_PROFILE"
 DEFAULT_PROFILE = Path(__file__).parent / "configs" / "cluster.yaml"
@@ -33,6 +34,7 @@ LAUNCHER_KEYS = (
     "AWS_DEFAULT_REGION",
 )
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+SHARD_CACHE_MOUNT = "/cache"
 
 
 class ProfileError(AprflowError):
@@ -52,6 +54,7 @@ class ClusterProfile:
     shm_size: str = "16Gi"
     max_parallel_tasks: int = 16
     task_retries: int = 3
+    shard_cache_size: str = "32Gi"
 
     def __post_init__(self) -> None:
         for name, low in (
@@ -65,7 +68,7 @@ class ClusterProfile:
                 raise ProfileError(
                     f"cluster profile: {name} must be an integer >= {low}, got {value!r}"
                 )
-        for name in ("train_memory", "shm_size"):
+        for name in ("train_memory", "shm_size", "shard_cache_size"):
             try:
                 parse_quantity(getattr(self, name))
             except ValueError:
@@ -77,6 +80,11 @@ class ClusterProfile:
             unknown = set(toleration) - {"key", "operator", "value", "effect", "toleration_seconds"}
             if unknown:
                 raise ProfileError(f"cluster profile: toleration keys {sorted(unknown)} unknown")
+
+    @property
+    def shard_cache_gb(self) -> int:
+        """The shard cache's limit in GB: 90 % of ``shard_cache_size``."""
+        return max(1, int(parse_quantity(self.shard_cache_size) * 9 // 10 // 10**9))
 
     @property
     def train_pod_memory(self) -> str:
@@ -169,4 +177,17 @@ def on_gpu_nodes(
         size_limit=profile.shm_size,
     )
     task.set_env_variable("OMP_NUM_THREADS", str(profile.train_cpu))
+    # The shard cache on a volume whose size the scheduler accounts for: KFP 2.17 cannot set a
+    # container's ephemeral-storage request, but a generic ephemeral volume's claim requests
+    # storage from the default StorageClass and lives as long as the pod. The cache's own
+    # limit leaves a tenth free for partial downloads.
+    kubernetes.add_ephemeral_volume(
+        task,
+        volume_name="shard-cache",
+        mount_path=SHARD_CACHE_MOUNT,
+        access_modes=["ReadWriteOnce"],
+        size=profile.shard_cache_size,
+    )
+    task.set_env_variable(CACHE_DIR_ENV, SHARD_CACHE_MOUNT)
+    task.set_env_variable(CACHE_LIMIT_ENV, str(profile.shard_cache_gb))
     return task

@@ -27,6 +27,11 @@ from typing import Any
 from components.common.errors import AprflowError
 from components.common.limits import MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION
 
+# Where a trainer caches the shards it streams, and how large that cache may grow; here, not in
+# the loader, so that the pipeline compiler can name them without importing torch.
+CACHE_DIR_ENV = "APRFLOW_SHARD_CACHE"
+CACHE_LIMIT_ENV = "APRFLOW_SHARD_CACHE_GB"
+
 # Bump when a change to the materialisation changes the bytes written for the same inputs.
 DATA_FORMAT_VERSION = 2
 SPLITS = ("train", "val", "test")

@@ -45,11 +45,15 @@ from torch.utils.data import DataLoader, Dataset
 from components.common.files import atomic_write_bytes
 from components.common.storage import ArtifactStore, LocalStore, open_store
 from components.data.build import load_manifest, load_split
-from components.data.descriptor import DatasetError, DatasetRef, mix_seed
+from components.data.descriptor import (
+    CACHE_DIR_ENV,
+    CACHE_LIMIT_ENV,
+    DatasetError,
+    DatasetRef,
+    mix_seed,
+)
 from components.data.shards import decode_rgb, image_part, iter_own_shard
 
-CACHE_DIR_ENV = "APRFLOW_SHARD_CACHE"
-CACHE_LIMIT_ENV = "APRFLOW_SHARD_CACHE_GB"
 WORKERS_ENV = "APRFLOW_DATA_WORKERS"
 DEFAULT_CACHE_LIMIT_GB = 20.0
 SHUFFLE_WINDOW = 4096

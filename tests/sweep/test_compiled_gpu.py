@@ -109,3 +109,16 @@ def test_a_profile_without_retries_and_a_bad_quantity(tmp_path):
     path.write_text("train_memory: lots\n")
     with pytest.raises(ProfileError, match="train_memory 'lots' is no Kubernetes quantity"):
         load_profile(path)
+
+
+def test_the_shard_cache_is_a_volume_the_scheduler_accounts_for(compiled):
+    spec, kubernetes = compiled
+    (volume,) = kubernetes["exec-train-chunk"]["genericEphemeralVolume"]
+    assert volume["mountPath"] == "/cache" and volume["size"] == PROFILE.shard_cache_size
+    env = {
+        e["name"]: e["value"]
+        for e in spec["deploymentSpec"]["executors"]["exec-train-chunk"]["container"]["env"]
+    }
+    # The loader's cache folder and limit: 90 % of the 32Gi volume (34.4 GB) is 30 GB.
+    assert env["APRFLOW_SHARD_CACHE"] == "/cache"
+    assert env["APRFLOW_SHARD_CACHE_GB"] == "30" == str(PROFILE.shard_cache_gb)
