@@ -10,10 +10,14 @@ images (Linux x86_64, CPython 3.11) and no extras except those a root names. So 
 moto[server], kubernetes-validate, hadolint and shellcheck, and everything only they pull in,
 stay out. Three locks:
 
-* ``gpu.lock``: the project's dependencies (pyproject.toml), torch with its CUDA wheels.
+* ``gpu.lock``: the project's dependencies (pyproject.toml), torch with its CUDA wheels, and
+  the MLflow client ``mlflow-skinny`` instead of ``mlflow`` (no server stack, see below).
 * ``cpu.lock``: the same without torch's CUDA-only dependencies (nvidia-*, cuda-*, triton), and
   ``torch``/``torchvision`` pinned to the ``+cpu`` builds of the PyTorch CPU index.
 * ``upload.lock``: kfp and kfp-kubernetes only, for the chart's pipeline upload Job.
+
+``python images/runtime_lock.py --size gpu`` estimates an image's Python packages: the installed
+size of each locked distribution in this environment (see :func:`installed_size`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCK = REPO_ROOT / "requirements.lock"
@@ -42,6 +47,13 @@ IMAGE_ENVIRONMENT = default_environment() | {
     "python_version": "3.11",
 }
 CUDA_ONLY_PREFIXES = ("nvidia-", "cuda-", "triton")
+# The GPU image's pods (training and transfer chunks, TrainJob nodes) only talk to the chart's
+# MLflow server over REST (MLFLOW_TRACKING_URI), with MlflowClient, entities and the
+# system-metrics monitor, which mlflow-skinny holds (the same `mlflow` package, same version).
+# `mlflow` itself adds the server stack (Flask, gunicorn, alembic, SQLAlchemy, graphene, huey,
+# docker, skops, pyarrow, the UI's JavaScript); the chart's server runs images/mlflow. Without
+# SQLAlchemy the GPU image has no sqlite:/// tracking store.
+GPU_ROOT_SUBSTITUTES = {"mlflow": "mlflow-skinny"}
 CPU_LOCAL_VERSION = {"torch": "+cpu", "torchvision": "+cpu"}
 UPLOAD_ROOTS = ("kfp", "kfp-kubernetes")
 HEADER = (
@@ -50,19 +62,42 @@ HEADER = (
 )
 
 
-def lock_lines() -> dict[str, str]:
-    """Canonical package name -> its ``name==version`` line in requirements.lock."""
+def parse_pins(text: str) -> dict[str, str]:
+    """Canonical package name -> its ``name==version`` line in a lock file's text."""
     pins = {}
-    for line in LOCK.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             pins[canonicalize_name(line.split("==", 1)[0])] = line
     return pins
 
 
+def lock_lines() -> dict[str, str]:
+    """Canonical package name -> its ``name==version`` line in requirements.lock."""
+    return parse_pins(LOCK.read_text())
+
+
 def project_roots() -> list[str]:
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     return pyproject["project"]["dependencies"]
+
+
+def substitute(roots: list[str], substitutes: dict[str, str]) -> list[str]:
+    """``roots`` with each requirement named in ``substitutes`` renamed, its specifier kept.
+
+    Args:
+        roots: requirement strings, e.g. ``["mlflow==3.17.2"]``.
+        substitutes: canonical name -> the distribution that replaces it.
+
+    Returns:
+        The requirement strings, e.g. ``["mlflow-skinny==3.17.2"]``.
+    """
+    result = []
+    for raw in roots:
+        requirement = Requirement(raw)
+        requirement.name = substitutes.get(canonicalize_name(requirement.name), requirement.name)
+        result.append(str(requirement))
+    return result
 
 
 def closure(roots: list[str], skip=lambda name: False) -> set[str]:
@@ -100,7 +135,7 @@ def render(image: str) -> str:
     if image == "upload":
         names = closure(list(UPLOAD_ROOTS))
     elif image == "gpu":
-        names = closure(project_roots())
+        names = closure(substitute(project_roots(), GPU_ROOT_SUBSTITUTES))
     else:
         names = closure(project_roots(), skip=lambda n: n.startswith(CUDA_ONLY_PREFIXES))
     missing = sorted(n for n in names if n not in pins)
@@ -115,10 +150,60 @@ def render(image: str) -> str:
     return HEADER.format(image=image) + "\n".join(lines) + "\n"
 
 
+def installed_size(lock_text: str) -> int:
+    """Bytes that a lock's distributions take installed, read from this environment.
+
+    Sums the files each locked distribution's RECORD lists here (code, native libraries, data,
+    the .pyc files pip compiles, its scripts), a file shared by two distributions once (e.g.
+    mlflow and mlflow-skinny both install ``mlflow/``). pip installs the same wheels into the
+    image, so this estimates the image's Python packages without downloading any wheel.
+
+    Args:
+        lock_text: a lock file's text (``name==version`` lines, ``#`` comments).
+
+    Returns:
+        The size in bytes.
+
+    Raises:
+        SystemExit: a locked distribution is not installed here at its locked version (e.g. the
+            ``+cpu`` torch of cpu.lock next to the CUDA build that requirements.lock installs).
+    """
+    files: set[Path] = set()
+    for line in parse_pins(lock_text).values():
+        name, version = line.split("==", 1)
+        try:
+            distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise SystemExit(f"error: {name} is not installed: run `make install` first") from None
+        if Version(distribution.version) != Version(version):
+            raise SystemExit(
+                f"error: the lock pins {name}=={version} but {distribution.version} is installed; "
+                "the size estimate reads the installed files"
+            )
+        files.update(Path(distribution.locate_file(f)).resolve() for f in distribution.files or [])
+    return sum(path.stat().st_size for path in files if path.is_file())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail when a lock is stale")
+    parser.add_argument(
+        "--size",
+        metavar="IMAGE",
+        choices=("gpu", "upload"),
+        help="print the installed size of IMAGE's locked Python packages (this environment's "
+        "files) and exit; cpu.lock's +cpu torch is not installed here",
+    )
     args = parser.parse_args(argv)
+    if args.size:
+        path = OUT_DIR / f"{args.size}.lock"
+        text = path.read_text()
+        size = installed_size(text)
+        print(
+            f"{path.relative_to(REPO_ROOT)}: {len(parse_pins(text))} distributions, "
+            f"{size / 2**30:.2f} GiB installed ({size} bytes)"
+        )
+        return 0
     stale = []
     for image in ("cpu", "gpu", "upload"):
         path = OUT_DIR / f"{image}.lock"

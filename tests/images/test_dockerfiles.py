@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -152,12 +154,85 @@ def test_gpu_image_cuda13_and_deepspeed_ops():
     args = dict(a.split("=", 1) for k, a in instrs if k == "ARG" and "=" in a)
     assert args["CUDA_VERSION"].startswith("13.")
     froms = [a for k, a in instrs if k == "FROM"]
-    assert froms[-1].startswith("nvidia/cuda:${CUDA_VERSION}-cudnn-runtime")
-    assert any("devel" in f for f in froms)
+    # The ops are compiled on the CUDA devel image (nvcc) ...
+    assert any(f.startswith("nvidia/cuda:${CUDA_VERSION}-cudnn-devel-ubuntu${UBUNTU_VERSION}")
+               for f in froms)  # fmt: skip
+    # ... and run on plain Ubuntu of the same release (the ops need the builder's glibc); torch's
+    # nvidia-* wheels carry the CUDA libraries, so no CUDA runtime base image.
+    assert froms[-1] == "ubuntu:${UBUNTU_VERSION}"
     assert args["DS_BUILD_OPS"] == "0"
     assert args["DS_BUILD_CPU_ADAM"] == "1"
     runs = " ".join(a for k, a in final_stage(instrs) if k == "RUN")
     assert "deepspeed" in runs
+    assert "nvidia-cudnn-cu13" in (IMAGES / "locks" / "gpu.lock").read_text()
+
+
+def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    """The ENV variables a (stage's) instruction list sets, ``KEY=VALUE`` form."""
+    env = {}
+    for keyword, args in stage:
+        if keyword == "ENV":
+            env |= dict(item.split("=", 1) for item in shlex.split(args))
+    return env
+
+
+def test_gpu_image_leaves_gpu_selection_to_the_device_plugin_and_requires_r580():
+    instrs = instructions(DOCKERFILES["gpu"])
+    env = env_of(final_stage(instrs))
+    # No NVIDIA_VISIBLE_DEVICES in any stage: the device plugin sets it per allocated GPU.
+    assert not any("NVIDIA_VISIBLE_DEVICES" in a for k, a in instrs if k in ("ENV", "ARG"))
+    # CUDA_VERSION would make the toolkit treat the image as "legacy" (all GPUs by default).
+    assert "CUDA_VERSION" not in env
+    assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    # CUDA 13 wheels need an R580+ driver; the toolkit checks NVIDIA_REQUIRE_CUDA at start.
+    assert env["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
+    labels = " ".join(a for k, a in final_stage(instrs) if k == "LABEL")
+    assert 'io.github.aprflow.nvidia-driver-min="580"' in labels
+    prerequisites = (IMAGES / "README.md").read_text().split("## Prerequisites", 1)[1]
+    assert "R580" in prerequisites.split("\n## ", 1)[0]
+
+
+def test_gpu_runtime_checks_the_copied_pythons_extension_modules_at_build():
+    """Python is copied from a Debian image onto Ubuntu: the RUN that installs the shared
+    libraries imports the extension modules that need them, so a missing one fails the build."""
+    stage = final_stage(instructions(DOCKERFILES["gpu"]))
+    install = next(a for k, a in stage if k == "RUN" and "apt-get install" in a)
+    assert "COPY --from=python /usr/local /usr/local" in [f"{k} {a}" for k, a in stage]
+    statement = re.search(r'python3 -c "(import [^"]+)"', install)
+    assert statement, "no import check after the apt-get install"
+    assert install.index("apt-get install") < install.index(statement.group(0))
+    modules = {m.strip() for m in statement.group(1).removeprefix("import ").split(",")}
+    assert {"pyexpat", "ssl", "sqlite3", "ctypes", "lzma", "bz2", "uuid"} <= modules
+    # The statement is valid and names real modules (this interpreter has them all).
+    subprocess.run([sys.executable, "-c", statement.group(1)], check=True)
+
+
+def test_gpu_runtime_has_a_c_compiler_that_triton_finds():
+    """Triton compiles its launcher with $CC/gcc/clang at first use (torch.compile on GPU)."""
+    stage = final_stage(instructions(DOCKERFILES["gpu"]))
+    install = next(a for k, a in stage if k == "RUN" and "apt-get install" in a)
+    packages = install.split("apt-get install", 1)[1].split("&&", 1)[0].split()
+    assert {"gcc", "libc6-dev"} <= set(packages)
+    copies = [a for k, a in stage if k == "COPY"]
+    assert "images/gpu/triton_cc_check.py /tmp/triton_cc_check.py" in copies
+    pip_install = next(a for k, a in stage if k == "RUN" and "-r /tmp/requirements-no-ds" in a)
+    assert pip_install.index("pip install") < pip_install.index("python3 /tmp/triton_cc_check.py")
+
+
+def test_triton_cc_check_builds_with_a_compiler_and_fails_without_one(tmp_path):
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc here")
+    script = str(IMAGES / "gpu" / "triton_cc_check.py")
+    env = {k: v for k, v in os.environ.items() if k != "CC"} | {"HOME": str(tmp_path)}
+    ok = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "triton compiled and imported aprflow_cc_check" in ok.stdout
+    # No compiler on PATH and no CC: what a runtime image without gcc does at first compile.
+    bare = subprocess.run(
+        [sys.executable, script], capture_output=True, text=True, env=env | {"PATH": str(tmp_path)}
+    )
+    assert bare.returncode != 0
+    assert "Failed to find C compiler" in bare.stderr
 
 
 def test_build_script_syntax_and_help():
