@@ -12,6 +12,24 @@ MAX_MODELS = 10_000
 MAX_EPOCHS = 10_000
 MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
 MAX_SEED = 2**32 - 1
+# A trial's wall-clock limit (trial_timeout_s, seconds): 30 days is longer than any one trial
+# trains and short of a mistyped number.
+MAX_TRIAL_TIMEOUT_S = 30 * 24 * 3600
+# Shards one WebDataset brace pattern may name ({000000..000999}): the largest public sets
+# (LAION-5B at ~10k samples a shard) have under a million; the names are counted before any is
+# made, and 10^9 of them would hold ~24 GB before the first shard is checked.
+MAX_BRACE_EXPANSION = 1_000_000
+# Pixels one source image may have (8192 x 8192): far above any training image, far below a
+# decompression bomb (a 140 KB PNG of 12000 x 12000 needs 7 GB to decode); a larger image is
+# skipped, unread. PIL's own guard is set to it too (it warns above it, raises above twice it).
+MAX_IMAGE_PIXELS = 8192 * 8192
+# Size of a user YAML text (config file, --set value, recipe, coarse map, cluster profile):
+# configs are a few KB and a coarse map of ImageNet-21k's 21,841 classes under 1 MB, while
+# PyYAML's pure-Python loader takes seconds per MB and memory per node.
+MAX_YAML_BYTES = 4 * 2**20
+# Nesting depth of user YAML: aprflow's inputs nest a few levels, and PyYAML composes nested
+# collections recursively (yaml/composer.py), so ~1000 levels would end in a RecursionError.
+MAX_YAML_DEPTH = 64
 # A study name becomes an MLflow experiment name and a store prefix (studies/<name>-<hash>/):
 # letters, digits, '.', '_' and '-', starting with a letter or digit; so no path, no control
 # character, nothing that escapes the store.

@@ -32,6 +32,12 @@ raising, the store, a GPU that was requested and is missing), after the chunk's 
 have run; a trial that met one wrote no result (``trials/<id>/attempts.json`` counts it), so a
 re-run trains it again.
 
+Time limits: a trial whose child runs past its wall-clock limit (``trial_timeout_s`` of the
+plan, else :data:`TIMEOUT_FACTOR` x its estimate, at least :data:`TIMEOUT_FLOOR_S`; resolved per
+trial in ``chunks.json``) is SIGKILLed with every process it started (torchrun's ranks, data
+loader workers) and recorded ``failed: timed out after N s`` at once, without a retry in this
+task; a later run of the study tries it again, as a killed one.
+
 Packing: ``trials_per_gpu > 1`` runs that many trial processes at once, sharing the task's GPU
 (or CPU cores: threads are divided among them).
 """
@@ -39,6 +45,7 @@ Packing: ``trials_per_gpu > 1`` runs that many trial processes at once, sharing 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import multiprocessing
 import os
@@ -50,9 +57,17 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
+import psutil
+
 from components.common.errors import AprflowError
+from components.common.limits import MAX_TRIAL_TIMEOUT_S
 from components.common.progress import report
-from components.common.storage import ArtifactStore, MissingObjectError, open_store
+from components.common.storage import (
+    ArtifactStore,
+    CorruptObjectError,
+    MissingObjectError,
+    open_store,
+)
 from components.train.plan import load_trial
 from components.train.trial import Trial, attempts_key, result_key
 
@@ -62,6 +77,15 @@ ASSUMED_TRAIN_FLOP_PER_S = 0.05 * H100_BF16_PEAK_FLOP_PER_S
 CHUNK_SECONDS = 3600.0
 DEFAULT_MAX_PARALLEL_TASKS = 16
 DEFAULT_MAX_ATTEMPTS = 2
+# A trial's wall-clock limit when the plan sets none (trial_timeout_s = 0). It is there to free
+# the GPU from a hung trial (an NCCL collective or a data-loader worker that never returns), not
+# to cut slow ones short: the estimate assumes 5% of an H100's peak, and a trial on a smaller
+# GPU, packed with others or waiting on its data can take several times it, hence 10x. The
+# floor covers what the estimate leaves out (start-up, dataset caching, torch.compile) and the
+# trials it calls instant: small models at small resolutions, and any trial run on a CPU (the
+# demo's take seconds; a longer CPU study sets trial_timeout_s).
+TIMEOUT_FACTOR = 10
+TIMEOUT_FLOOR_S = 1800
 # How often the runner looks at its children.
 POLL_S = 0.2
 
@@ -129,6 +153,29 @@ def chunk_trials(trials: list[Trial], chunk_size: int, max_parallel_tasks: int) 
     return [list(range(i, min(i + size, len(trials)))) for i in range(0, len(trials), size)]
 
 
+def check_trial_timeout(trial_timeout_s: int) -> None:
+    """Raises :class:`ChunkError` unless ``trial_timeout_s`` is a whole number of seconds in
+    ``[0, MAX_TRIAL_TIMEOUT_S]`` (0 = derived from each trial's estimate)."""
+    value = trial_timeout_s
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 0 <= value <= MAX_TRIAL_TIMEOUT_S
+    ):
+        raise ChunkError(
+            f"trial_timeout_s must be a whole number of seconds in [0, {MAX_TRIAL_TIMEOUT_S}] "
+            f"(0 = {TIMEOUT_FACTOR} x the trial's estimated time, at least "
+            f"{TIMEOUT_FLOOR_S // 60} minutes), got {value!r}"
+        )
+
+
+def trial_time_limit(estimate_s: float, trial_timeout_s: int = 0) -> int:
+    """A trial's wall-clock limit in seconds: ``trial_timeout_s`` when set, else
+    :data:`TIMEOUT_FACTOR` x its estimated time (:func:`estimate_seconds`), at least
+    :data:`TIMEOUT_FLOOR_S`."""
+    return trial_timeout_s or max(TIMEOUT_FLOOR_S, math.ceil(TIMEOUT_FACTOR * estimate_s))
+
+
 def summary_line(n_trials: int, n_chunks: int) -> str:
     """``1500 trials in 30 chunks: 30 training tasks`` (one task per chunk)."""
     return f"{n_trials} trials in {n_chunks} chunks: {n_chunks} training tasks"
@@ -144,9 +191,15 @@ def save_chunks(
     trials: list[Trial],
     chunk_size: int,
     max_parallel_tasks: int,
+    trial_timeout_s: int = 0,
 ) -> dict[str, Any]:
-    """Chunks the planned trials, writes ``studies/<study>/chunks.json`` and returns it."""
+    """Chunks the planned trials, writes ``studies/<study>/chunks.json`` and returns it.
+
+    The record holds each trial's wall-clock limit (``time_limits_s``, by trial id:
+    :func:`trial_time_limit`), which the chunk task reads.
+    """
     chunks = chunk_trials(trials, chunk_size, max_parallel_tasks)
+    check_trial_timeout(trial_timeout_s)
     seconds = [estimate_seconds(t) for t in trials]
     record = {
         "chunk_size": len(chunks[0]),
@@ -155,6 +208,11 @@ def save_chunks(
         "chunks": [[trials[i].trial_id for i in chunk] for chunk in chunks],
         "estimated_gpu_hours": [round(sum(seconds[i] for i in c) / 3600, 4) for c in chunks],
         "summary": summary_line(len(trials), len(chunks)),
+        "trial_timeout_s": trial_timeout_s,
+        "time_limits_s": {
+            t.trial_id: trial_time_limit(s, trial_timeout_s)
+            for t, s in zip(trials, seconds, strict=True)
+        },
     }
     store.put_json(chunks_key(study), record)
     return record
@@ -244,15 +302,35 @@ def _record_attempt(store: ArtifactStore, trial_id: str, entry: dict[str, Any]) 
     return len(attempts)
 
 
-def _retry_if_killed(store: ArtifactStore, trial_id: str) -> None:
-    """A result of a trial that was killed in an earlier run is removed, so that the trial runs
-    again (``attempts.json`` keeps the history)."""
+def _has_result(store: ArtifactStore, trial_id: str) -> bool:
+    """Whether the trial wrote a readable result of its own (not a killed one)."""
     try:
         result = store.get_json(result_key(trial_id))
+    except (MissingObjectError, CorruptObjectError):
+        return False
+    return isinstance(result, dict) and not result.get("killed")
+
+
+def _retry_if_killed(store: ArtifactStore, trial_id: str) -> None:
+    """A result of a trial that was killed (or timed out) in an earlier run is removed, so that
+    the trial runs again (``attempts.json`` keeps the history); so is a truncated or corrupt one
+    (set aside as ``result.json.corrupt-<time>``), which would otherwise stop every re-run of the
+    chunk here."""
+    key = result_key(trial_id)
+    try:
+        result = store.get_json(key)
     except MissingObjectError:
         return
+    except CorruptObjectError as e:
+        aside = store.set_aside(key)
+        print(
+            f"[train] {e}; set aside as {aside}, training trial {trial_id} again",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
     if isinstance(result, dict) and result.get("killed"):
-        store.delete(result_key(trial_id))
+        store.delete(key)
         report("train", f"trial {trial_id} was killed in an earlier run: trying it again")
 
 
@@ -283,13 +361,39 @@ def _child_main(
     train_trial(trial_id, study, store_uri, tracking_uri, kfp_run_id, result=result)
 
 
+def kill_process_tree(pid: int) -> None:
+    """SIGKILLs process ``pid`` and its descendants, whatever their process group or session.
+
+    The process is stopped (SIGSTOP) before its descendants are listed, so that it starts no
+    new one meanwhile; a process a descendant starts during the listing is not reached.
+    """
+    try:
+        root = psutil.Process(pid)
+        root.suspend()
+        family = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
 class _Child:
     """One trial's process: a fork of this one, or torchrun for a multi-GPU trial; it runs
     from :meth:`start` on (the caller records the attempt before, so that the parent and the
-    trial never write ``attempts.json`` at the same time)."""
+    trial never write ``attempts.json`` at the same time).
 
-    def __init__(self, target_args: tuple, settings: ChunkSettings) -> None:
+    Attributes:
+        time_limit_s: seconds the trial may run from its start (None: no limit).
+        timed_out: whether :meth:`kill_if_overdue` killed it.
+    """
+
+    def __init__(
+        self, target_args: tuple, settings: ChunkSettings, time_limit_s: int | None = None
+    ) -> None:
         self.target_args, self.settings = target_args, settings
+        self.time_limit_s = time_limit_s
+        self.timed_out = False
         self.started_at = time.time()
 
     def start(self) -> _Child:
@@ -313,6 +417,13 @@ class _Child:
             command += ["--store-uri", store_uri] if store_uri else []
             command += ["--tracking-uri", tracking_uri] if tracking_uri else []
             env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+            # torchrun stays in this process group (Ctrl-C or a kill of the task's group reaches
+            # it, and it stops its ranks). Its ranks, started as ``python -m`` commands, are in
+            # sessions of their own (pytorch/pytorch v2.14.1: torch/distributed/elastic/
+            # multiprocessing/__init__.py, start_processes, line 225, a command runs through
+            # SubprocessHandler; subprocess_handler/subprocess_handler.py,
+            # SubprocessHandler._popen, line 66: start_new_session=True), so a process-group
+            # kill would miss them: kill_process_tree reaches them by parentage.
             self._popen: subprocess.Popen | None = subprocess.Popen(command, env=env)
             self._process = None
         else:
@@ -325,6 +436,9 @@ class _Child:
             self._process = context.Process(target=_child_main, args=args, daemon=False)
             self._process.start()
             self._popen = None
+        # From the start of the trial's own process: the fork server's one-time start-up
+        # (importing torch) is not the trial's.
+        self._started = time.monotonic()
         return self
 
     @property
@@ -337,6 +451,26 @@ class _Child:
             return self._popen.poll()
         return self._process.exitcode
 
+    def kill_if_overdue(self) -> bool:
+        """SIGKILLs the trial's processes once it has run past its limit; True when it did."""
+        if (
+            self.timed_out
+            or self.time_limit_s is None
+            or time.monotonic() - self._started <= self.time_limit_s
+        ):
+            return False
+        self.timed_out = True
+        kill_process_tree(self.pid)
+        return True
+
+    def outcome(self, exitcode: int) -> str:
+        """``ok``, ``timed out after N s`` or :func:`describe_exit`'s words."""
+        if exitcode == 0:
+            return "ok"
+        return (
+            f"timed out after {self.time_limit_s} s" if self.timed_out else describe_exit(exitcode)
+        )
+
     def wait(self) -> int:
         if self._popen is not None:
             return self._popen.wait()
@@ -344,7 +478,9 @@ class _Child:
         return self._process.exitcode
 
 
-def _killed_result(trial: Trial, reasons: list[str]) -> dict[str, Any]:
+def _killed_result(trial: Trial, reason: str, attempts: int) -> dict[str, Any]:
+    """The failed result of a trial the runner gave up on; ``killed`` makes a later run of the
+    study try it again (:func:`_retry_if_killed`)."""
     from components.train.trial import TRAINER_VERSION
 
     return {
@@ -352,9 +488,9 @@ def _killed_result(trial: Trial, reasons: list[str]) -> dict[str, Any]:
         **trial.to_dict(),
         "trainer_version": TRAINER_VERSION,
         "status": "failed",
-        "reason": f"{reasons[-1]} in {len(reasons)} of {len(reasons)} attempts",
+        "reason": reason,
         "killed": True,
-        "attempts": len(reasons),
+        "attempts": attempts,
     }
 
 
@@ -368,6 +504,9 @@ def run_chunk(
 ) -> list[str]:
     """Trains every trial of chunk ``chunk`` of ``study``; returns their trial ids.
 
+    A trial that runs past its time limit (``time_limits_s`` of ``chunks.json``) is killed and
+    recorded ``failed``; the chunk goes on.
+
     Raises:
         ChunkError: a trial's child kept failing without being killed (an infrastructure
             error), after the other running trials ended.
@@ -378,8 +517,13 @@ def run_chunk(
 
     settings = settings or ChunkSettings()
     store = open_store(store_uri)
-    ids = load_chunks(store, study)["chunks"][chunk]
+    record = load_chunks(store, study)
+    ids = record["chunks"][chunk]
     trials = {trial_id: load_trial(store, trial_id) for trial_id in ids}
+    # A plan written before time limits existed has none: derive them as the plan does now.
+    time_limits = record.get("time_limits_s") or {
+        trial_id: trial_time_limit(estimate_seconds(trial)) for trial_id, trial in trials.items()
+    }
     # NVML answers torch.cuda.is_available() without initialising CUDA (fork-safe), here and
     # in the children.
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
@@ -414,7 +558,9 @@ def run_chunk(
                 trial_id = pending.popleft()
                 _retry_if_killed(store, trial_id)
                 args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
-                child = _Child((*args, settings.threads_per_trial, None), settings)
+                child = _Child(
+                    (*args, settings.threads_per_trial, None), settings, time_limits[trial_id]
+                )
                 _record_attempt(
                     store, trial_id, {"started_at": child.started_at, "kfp_run_id": kfp_run_id}
                 )
@@ -425,9 +571,15 @@ def run_chunk(
             for trial_id, child in list(running.items()):
                 code = child.exitcode()
                 if code is None:
+                    if child.kill_if_overdue():
+                        report(
+                            "train",
+                            f"trial {trial_id} ran past its limit of {child.time_limit_s} s: "
+                            "killed it and everything it started",
+                        )
                     continue
                 del running[trial_id]
-                outcome = "ok" if code == 0 else describe_exit(code)
+                outcome = child.outcome(code)
                 _record_attempt(
                     store,
                     trial_id,
@@ -443,21 +595,36 @@ def run_chunk(
                     continue
                 reasons[trial_id].append(outcome)
                 attempt = f"attempt {len(reasons[trial_id])}/{settings.max_attempts}"
-                if len(reasons[trial_id]) < settings.max_attempts:
+                if child.timed_out and _has_result(store, trial_id):
+                    # It wrote its result, then hung (logging, a worker's exit): keep it.
+                    report("train", f"trial {trial_id} {outcome} after it finished: kept")
+                    continue
+                if child.timed_out:
+                    # Not retried in this task: a trial past its limit (by default 10x its
+                    # estimate) is most likely hung (an NCCL collective, a data-loader worker),
+                    # and each retry would hold the GPU, and the chunk's other trials, for
+                    # another full limit. A later run of the study tries it again (``killed``),
+                    # e.g. with a larger trial_timeout_s.
+                    failure = outcome
+                elif len(reasons[trial_id]) < settings.max_attempts:
                     report("train", f"trial {trial_id} {outcome} ({attempt}): starting it again")
                     pending.appendleft(trial_id)
+                    continue
                 elif code < 0 or settings.gpus_per_trial > 1:
-                    # Killed (OOM, eviction) every time: the trial's failure, not the task's. A
-                    # child records it, so MLflow and the progress line are written as for any
-                    # trial.
-                    report("train", f"trial {trial_id} {outcome} ({attempt}): recorded as failed")
-                    result = _killed_result(trials[trial_id], reasons[trial_id])
-                    args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
-                    recorder = _Child((*args, 0, result), ChunkSettings()).start()
-                    if recorder.wait() != 0:
-                        infrastructure.append(f"trial {trial_id}: recording its failure failed")
+                    # Killed (OOM, eviction) every time: the trial's failure, not the task's.
+                    n = len(reasons[trial_id])
+                    failure = f"{outcome} in {n} of {n} attempts"
                 else:
                     infrastructure.append(f"trial {trial_id} {outcome} ({attempt})")
+                    continue
+                # A child records the failure, so MLflow and the progress line are written as
+                # for any trial.
+                report("train", f"trial {trial_id} {outcome} ({attempt}): recorded as failed")
+                result = _killed_result(trials[trial_id], failure, len(reasons[trial_id]))
+                args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
+                recorder = _Child((*args, 0, result), ChunkSettings()).start()
+                if recorder.wait() != 0:
+                    infrastructure.append(f"trial {trial_id}: recording its failure failed")
         if infrastructure:
             raise ChunkError(
                 f"chunk {chunk} of {study} stopped on infrastructure errors (see the log above): "

@@ -20,6 +20,7 @@ from components.sample.space import AnyNetSpec
 from components.train.chunk import (
     DEFAULT_MAX_PARALLEL_TASKS,
     check_chunking,
+    check_trial_timeout,
     save_chunks,
 )
 from components.train.plan import (
@@ -101,6 +102,7 @@ def plan_study(
     dataset_settings: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     engine_options: dict[str, Any] | None = None,
+    trial_timeout_s: int = 0,
 ) -> tuple[list[str], str, str]:
     """Plans every trial, opens the study's MLflow parent run and records the study.
 
@@ -116,6 +118,9 @@ def plan_study(
         seed: the study's data seed (extra test sets are materialised with it).
         engine_options: options of the engine for every trial
             (:func:`~components.train.plan.engine_options`).
+        trial_timeout_s: each trial's wall-clock limit in seconds (0 = derived from its
+            estimated time; see :func:`~components.train.chunk.trial_time_limit`); a trial
+            past it is killed and recorded failed.
 
     Returns:
         ``(trial_ids, study_id, parent_run_id)``.
@@ -130,6 +135,7 @@ def plan_study(
         [DatasetRef(**d) for d in datasets], recipe, recipe_overrides, settings
     )
     check_chunking(chunk_size, max_parallel_tasks)
+    check_trial_timeout(trial_timeout_s)
     trials = plan_trials(
         specs,
         refs,
@@ -145,7 +151,7 @@ def plan_study(
     )
     study = study_id(study_name, trials)
     ids = save_plan(store, study, trials)
-    chunks = save_chunks(store, study, trials, chunk_size, max_parallel_tasks)
+    chunks = save_chunks(store, study, trials, chunk_size, max_parallel_tasks, trial_timeout_s)
     params = {
         "n_models": len(specs),
         "datasets": ",".join(r.name for r in refs),
