@@ -20,6 +20,7 @@ from kfp.dsl.pipeline_channel import PipelineParameterChannel
 from kubernetes.utils import parse_quantity
 
 from components.common.errors import AprflowError
+from components.common.yamlsafe import load_yaml_file
 from components.data.descriptor import CACHE_DIR_ENV, CACHE_LIMIT_ENV
 
 PROFILE_ENV = "APRFLOW_CLUSTER_PROFILE"
@@ -100,7 +101,7 @@ def load_profile(path: str | Path | None = None) -> ClusterProfile:
     """The profile at ``path``, else ``$APRFLOW_CLUSTER_PROFILE``, else the committed one."""
     path = Path(path or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = load_yaml_file(path, f"cluster profile {path}") or {}
     except (OSError, yaml.YAMLError) as e:
         raise ProfileError(f"cannot read cluster profile {path}: {e}") from None
     valid = {f.name for f in fields(ClusterProfile)}

@@ -21,7 +21,6 @@ value out of range names the range.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 from pathlib import Path
@@ -30,7 +29,9 @@ from typing import Any
 import yaml
 
 from components.common.errors import AprflowError
-from components.common.validation import check_type, parse_assignments
+from components.common.limits import PARAMETER_LIMITS, check_count, check_limit
+from components.common.validation import check_type, parse_assignments, short_repr
+from components.common.yamlsafe import load_yaml_file
 
 # ``--set recipe.lr=0.05``: the recipe's fields are the inside of ``recipe_overrides``.
 ALIASES = {"recipe.": "recipe_overrides."}
@@ -46,22 +47,26 @@ def pipeline_parameters(pipeline) -> dict[str, inspect.Parameter]:
 
 
 def _coerce(key: str, value: Any, parameter: inspect.Parameter) -> Any:
+    """``value`` typed as parameter ``key`` is (check_type reads YAML's `9e7` text as a
+    number) and within its bound of the limits table, else one ConfigError line."""
     expected = parameter.annotation
-    if expected in (int, float) and isinstance(value, str):
-        # YAML reads `9e7` (no dot, no sign) as a string; numbers written so are still numbers.
-        with contextlib.suppress(ValueError):
-            value = expected(value)
     if expected is str and isinstance(value, int) and not isinstance(value, bool):
         # `gpus_per_trial: 2` in YAML for a str parameter (the backend takes a GPU limit from a
         # string parameter only): the same count.
         value = str(value)
     if expected is list and isinstance(value, str):
         # `--set datasets=digits,faces` as a shorthand for a YAML list.
-        return [item.strip() for item in value.split(",") if item.strip()]
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    label = f"config key {key!r}"
     try:
-        return check_type(f"config key {key!r}", value, expected)
+        value = check_type(label, value, expected)
+        if key in PARAMETER_LIMITS and isinstance(value, list):
+            check_count(PARAMETER_LIMITS[key], value, key)
+        elif key in PARAMETER_LIMITS:
+            check_limit(PARAMETER_LIMITS[key], value, label)
     except ValueError as e:
         raise ConfigError(f"{e} (e.g. {key}={parameter.default!r})") from None
+    return value
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -83,7 +88,7 @@ def load_config(pipeline, path: str | Path | None, overrides: dict[str, Any]) ->
     values: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = load_yaml_file(path, f"config {path}")
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
         except UnicodeDecodeError:
@@ -107,7 +112,8 @@ def load_config(pipeline, path: str | Path | None, overrides: dict[str, Any]) ->
             continue
         if key not in parameters:
             raise ConfigError(
-                f"unknown config key {key!r}: valid keys are {', '.join(sorted(parameters))}"
+                f"unknown config key {short_repr(key)}: valid keys are "
+                f"{', '.join(sorted(parameters))}"
             )
         arguments[key] = _coerce(key, value, parameters[key])
     _check_nested(arguments)
@@ -119,29 +125,42 @@ def _set_nested(mapping: dict, key: str, path: list[str], value: Any) -> None:
     for part in path[:-1]:
         inner = mapping.setdefault(part, {})
         if not isinstance(inner, dict):
-            raise ConfigError(f"--set {key}: {part!r} holds {inner!r}, not a mapping")
+            raise ConfigError(
+                f"--set {short_repr(key)}: {short_repr(part)} holds {short_repr(inner)}, not a "
+                "mapping"
+            )
         mapping = inner
     mapping[path[-1]] = value
 
 
 def _check_nested(arguments: dict[str, Any]) -> None:
-    """Validates the inside of mapping parameters (their keys, value types and ranges)."""
+    """Validates the inside of mapping parameters (their keys, value types and ranges) and
+    keeps the recipe overrides as checked (``lr: 1e-3``, text to YAML, becomes 0.001)."""
     from components.data.datasets import DatasetError, check_settings
     from components.train.recipes import check_overrides
 
-    overrides = {"recipe_overrides": arguments.get("recipe_overrides", {})}
+    # Each place recipe overrides are given: where (for messages) -> the mapping holding them.
+    holders = {"recipe_overrides": arguments} if "recipe_overrides" in arguments else {}
     if "dataset_settings" in arguments:
         try:
             settings = check_settings(arguments["dataset_settings"])
-        except DatasetError as e:
+            for name, own in settings.items():
+                if "epochs" in own:
+                    check_limit("epochs", own["epochs"], f"dataset_settings.{name}.epochs")
+        except (DatasetError, ValueError) as e:
             raise ConfigError(str(e)) from None
-        for name, own in settings.items():
-            overrides[f"dataset_settings.{name}.recipe_overrides"] = own.get("recipe_overrides", {})
-    for where, values in overrides.items():
+        for name, own in arguments["dataset_settings"].items():
+            if "recipe_overrides" in own:
+                holders[f"dataset_settings.{name}.recipe_overrides"] = own
+    for where, holder in holders.items():
         try:
-            check_overrides(values, where)
+            values = check_overrides(holder["recipe_overrides"], where)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
+        # Lists stay lists: the arguments go to Kubeflow as JSON and to --dry-run as YAML.
+        holder["recipe_overrides"] = {
+            key: list(value) if isinstance(value, tuple) else value for key, value in values.items()
+        }
         unset = [key for key, value in values.items() if value is None]
         if unset:
             # Kubeflow Pipelines (and kfp.local) take no null inside an argument.

@@ -18,24 +18,17 @@ from typing import Any
 from urllib.parse import urlparse
 
 from components.common.errors import AprflowError
-from components.common.limits import (
-    MAX_EPOCHS,
-    MAX_MODELS,
-    MAX_RESOLUTION,
-    MAX_SEED,
-    MIN_RESOLUTION,
-    check_safe_name,
-)
+from components.common.limits import check_count, check_limit, check_safe_name
 from components.common.storage import open_store
 from components.common.tracking import check_tracking, resolve_tracking_uri
+from components.common.validation import short_repr
 from components.data.datasets import DatasetError, check_datasets, check_settings
 from components.data.loader import recipe_input
 from components.train.engines import ENGINES
 from components.train.plan import dataset_recipe, engine_options, study_overrides
-from components.train.recipes import resolve_recipe
+from components.train.recipes import check_crop_padding, resolve_recipe
 from pipelines.sweep import check_sweep
 
-MAX_SEEDS = 1_000
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 
@@ -43,11 +36,12 @@ class PreflightError(AprflowError):
     """A study argument that cannot work."""
 
 
-def _int_in(arguments: dict[str, Any], key: str, low: int, high: int, why: str = "") -> int:
-    value = arguments[key]
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise PreflightError(f"{key} must be an integer in [{low}, {high}]{why}, got {value!r}")
-    return value
+def _limited(arguments: dict[str, Any], key: str) -> Any:
+    """``arguments[key]`` within its bound of the limits table."""
+    try:
+        return check_limit(key, arguments[key])
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
 
 
 def gpus_per_trial(value: Any) -> int:
@@ -61,7 +55,7 @@ def gpus_per_trial(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise PreflightError(
-        f'gpus_per_trial must be a whole number of GPUs, e.g. 1 or "2", got {value!r}'
+        f'gpus_per_trial must be a whole number of GPUs, e.g. 1 or "2", got {short_repr(value)}'
     )
 
 
@@ -116,21 +110,32 @@ def check_study(
     check_study_name(arguments["study_name"])
     for key in ("store_uri", "tracking_uri"):  # before anything opens them
         check_uri_has_no_credentials(key, arguments[key])
-    n_models = _int_in(arguments, "n_models", 1, MAX_MODELS)
+    n_models = _limited(arguments, "n_models")
     flops_min, flops_max = arguments["flops_min"], arguments["flops_max"]
     if not 0 < flops_min < flops_max:
         raise PreflightError(
             f"FLOP band [{flops_min:g}, {flops_max:g}] is empty: set 0 < flops_min < flops_max"
         )
     datasets = arguments["datasets"]
-    if not datasets or not all(isinstance(d, str) and d for d in datasets):
+    if (
+        not isinstance(datasets, list)
+        or not datasets
+        or not all(isinstance(d, str) and d for d in datasets)
+    ):
         raise PreflightError(
-            f"datasets must be a list of dataset names, e.g. [digits, faces], got {datasets!r}"
+            "datasets must be a list of dataset names, e.g. [digits, faces], got "
+            f"{short_repr(datasets)}"
         )
+    try:
+        check_count("datasets", datasets)
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
     repeated = sorted({d for d in datasets if datasets.count(d) > 1})
     if repeated:
-        raise PreflightError(f"datasets {datasets} name {', '.join(repeated)} more than once")
-    _int_in(arguments, "epochs", 0, MAX_EPOCHS, " (0 = the recipe's own)")
+        raise PreflightError(f"datasets name {short_repr(', '.join(repeated))} more than once")
+    if arguments["epochs"] != 0:  # 0: the recipe's own
+        _limited(arguments, "epochs")
+    _limited(arguments, "resolution")  # the crop padding is checked against it
     overrides = study_overrides(arguments.get("recipe_overrides"), arguments["epochs"])
     try:
         settings = check_settings(arguments.get("dataset_settings") or {})
@@ -142,7 +147,9 @@ def check_study(
             recipe = dataset_recipe(arguments["recipe"], overrides, own)
             # Per-image augmentations (RandAugment ...) run on the stream input only, which the
             # plan picks for such a recipe unless the dataset's settings name another input.
-            recipe_input(recipe, own.get("input"), name)
+            data_input = recipe_input(recipe, own.get("input"), name)
+            resolution = own.get("resolution", arguments["resolution"])
+            check_crop_padding(recipe, data_input, resolution, name)
         engine_options(
             arguments["engine"], arguments.get("zero_stage", 0), arguments.get("precision", "auto")
         )
@@ -150,24 +157,29 @@ def check_study(
         raise PreflightError(str(e)) from None
     reference = arguments["reference"]
     if reference and reference not in datasets:
-        raise PreflightError(f"reference {reference!r} is not one of the datasets {datasets}")
-    _int_in(arguments, "resolution", MIN_RESOLUTION, MAX_RESOLUTION, " pixels")
-    _int_in(arguments, "seed", 0, MAX_SEED)
+        raise PreflightError(
+            f"reference {short_repr(reference)} is not one of the datasets {datasets}"
+        )
+    _limited(arguments, "seed")
     if arguments["engine"] not in ENGINES:
         raise PreflightError(
-            f"unknown engine {arguments['engine']!r}: choose from {', '.join(sorted(ENGINES))}"
+            f"unknown engine {short_repr(arguments['engine'])}: choose from "
+            f"{', '.join(sorted(ENGINES))}"
         )
     seeds = arguments["train_seeds"]
-    if (
-        not seeds
-        or len(seeds) > MAX_SEEDS
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-        or len(set(seeds)) != len(seeds)
-    ):
+    if not isinstance(seeds, list):
         raise PreflightError(
-            f"train_seeds must be a list of 1-{MAX_SEEDS} distinct non-negative integers, "
-            f"e.g. [0, 1], got {seeds!r}"
+            f"train_seeds must be a list of seeds, e.g. [0, 1], got {short_repr(seeds)}"
         )
+    try:
+        check_count("train_seeds", seeds)
+        seeds = check_limit("seed", seeds, "train_seeds")
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
+    if len(set(seeds)) != len(seeds):
+        raise PreflightError(f"train_seeds {short_repr(seeds)} name a seed more than once")
+    _limited(arguments, "trials_per_gpu")
+    _limited(arguments, "max_attempts")
     sweep = arguments | {"gpus_per_trial": gpus_per_trial(arguments["gpus_per_trial"])}
     check_sweep(sweep, local=local)
     try:

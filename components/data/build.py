@@ -8,18 +8,19 @@ Layout in the artifact store::
     datasets/<name>-<key>/summary.png, summary.html   class histogram + sample grid
     datasets/<name>-<key>/manifest.json          written last: its presence means complete
     datasets/_names/<name>.json                  the name -> manifest pointer of a named build
+    datasets/_names/<name>/lease-NNNNNN.json     the leases under which the name was bound
 
 ``<key>`` is the hash of the descriptor, the source's file listing and the format version:
 the same inputs give the same key and are not rebuilt, also across studies. Everything is read,
 validated and split before the first byte is written, so bad input fails with nothing in the
 store; a build interrupted while uploading leaves shards without a manifest, which every reader
-treats as absent (and the next build overwrites).
+treats as absent (and the next build overwrites). A name is bound once: to bind it to other
+content takes ``replace`` (see the names section below).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import tempfile
 import time
 from collections import Counter
@@ -29,11 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from components.common.hashing import content_hash
+from components.common.limits import MAX_IMAGE_PIXELS
 from components.common.progress import report
-from components.common.storage import ArtifactStore, StoreError
+from components.common.storage import ArtifactStore, Lease, StoreError
+from components.common.uris import redact_uri
+from components.common.validation import short_repr
+from components.data.builtin import BUILTIN_DATASETS
 from components.data.descriptor import (
     DATA_FORMAT_VERSION,
     SPLITS,
@@ -43,16 +47,25 @@ from components.data.descriptor import (
     check_name,
 )
 from components.data.shards import (
+    TOO_MANY_PIXELS,
     Record,
+    check_pixels,
     decode_shard_arrays,
     encode,
     group_into_shards,
+    open_image,
     resize_center,
     shard_bytes,
 )
 from components.data.sources import Scan, SourceItem
 
 NAMES_PREFIX = "datasets/_names/"
+# Characters that no file or class name may hold: control characters (a newline or NUL breaks
+# one-line listings and messages, and store keys refuse them), the backslash (store keys refuse
+# it: it is no key separator on every back end) and the Unicode bidirectional controls
+# U+202A-U+202E and U+2066-U+2069, which make a name display as another one ("Trojan Source",
+# CVE-2021-42574).
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 Progress = Callable[[str], None]
 
 
@@ -116,19 +129,25 @@ def _prepare(item: SourceItem, descriptor: DatasetDescriptor) -> tuple[SourceIte
     """Loads, decodes and encodes one item: ``(item, (extension, bytes, sha, rgb, size))`` or
     ``(item, reason)`` when it must be skipped."""
     policy = descriptor.image
+    bomb = f"too many pixels: more than {MAX_IMAGE_PIXELS:,}, not decoded"
     try:
         loaded = item.load()
     except (OSError, StoreError) as e:
         return item, f"cannot be read: {e}"
+    except TOO_MANY_PIXELS:  # a reader that decodes (torchvision's) met one
+        return item, bomb
     original = loaded if isinstance(loaded, bytes) else None
     try:
         if original is not None:
-            with Image.open(io.BytesIO(original)) as opened:
+            with open_image(original) as opened:
                 opened.load()
                 image_format = opened.format
                 rgb = opened.convert("RGB")
         else:
+            check_pixels(loaded.size)
             image_format, rgb = None, loaded.convert("RGB")
+    except TOO_MANY_PIXELS:
+        return item, bomb
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a corrupt file
         detail = str(e).split(" <", 1)[0]  # PIL's messages end in an object's address
         return item, f"corrupt or unreadable image: {type(e).__name__}: {detail}"
@@ -150,6 +169,49 @@ def _class_sort_key(name: str) -> tuple:
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
+def _unusable_characters(text: str, also: str = "") -> str:
+    """The control characters and backslashes of ``text`` (a store key refuses them), and any
+    character of ``also``, quoted for a message; '' when it holds none."""
+    found = dict.fromkeys(c for c in text if ord(c) < 32 or c in "\\\x7f" + also)
+    return ", ".join(repr(c) for c in found)
+
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a class name (empty, or holding a control character, a
+    backslash or a bidirectional control), or None when it can."""
+    if not label.strip():
+        return "unusable class name: empty"
+    bad = _unusable_characters(label, BIDI_CONTROLS)
+    return f"unusable class name: {short_repr(label)} holds {bad}" if bad else None
+
+
+def _usable_items(items: Iterable[SourceItem], skipped: list) -> Iterator[SourceItem]:
+    """``items`` less those whose file name (a store key of a local or S3 source, which refuses
+    control characters and backslashes) or class name is unusable: skipped and counted, the
+    name escaped so that the listing keeps one line per file."""
+    for item in items:
+        bad = _unusable_characters(item.name)
+        problem = f"unusable file name: it holds {bad}" if bad else label_problem(item.label)
+        if problem is None:
+            yield item
+            continue
+        name = item.name if item.name.isprintable() else repr(item.name)[1:-1]
+        skipped.append({"file": name, "reason": problem})
+
+
+def _check_class_list(descriptor: DatasetDescriptor) -> None:
+    """Refuses an explicit class list of fewer than 2 classes or with an unusable name."""
+    classes = descriptor.classes
+    if classes and len(classes) < 2:
+        raise DatasetError(
+            f"the class list {short_repr(list(classes))} has {len(classes)} class: a "
+            "classification dataset needs at least 2"
+        )
+    for name in classes:
+        if (problem := label_problem(name)) is not None:
+            raise DatasetError(f"the class list of {descriptor.name!r}: {problem}")
+
+
 def _resolve_classes(
     descriptor: DatasetDescriptor, scan: Scan, counts: Counter, skipped: list
 ) -> tuple[str, ...]:
@@ -162,6 +224,7 @@ def _resolve_classes(
             )
         return descriptor.classes
     found = set(counts) | set(scan.class_folders or ()) | set(scan.class_order or ())
+    found = {c for c in found if label_problem(c) is None}  # their files are counted already
     for name in sorted(found - {c for c in found if counts[c]}):
         skipped.append({"file": f"{name}/", "reason": "empty class: no images, class dropped"})
     order = scan.class_order or tuple(sorted(found, key=_class_sort_key))
@@ -286,6 +349,7 @@ def materialize_scan(
     Raises:
         DatasetError: for a rule the data cannot satisfy (nothing is written then).
     """
+    _check_class_list(descriptor)
     key = dataset_key(descriptor, scan.fingerprint)
     prefix = dataset_prefix(descriptor.name, key)
     manifest_key = f"{prefix}/manifest.json"
@@ -345,6 +409,7 @@ def _read_all(descriptor, scan, spool, skipped, progress, started) -> list[_Imag
     items = scan.items
     if isinstance(items, list):  # a duplicate is kept in the first of train, val, test
         items = sorted(items, key=lambda it: split_rank[it.split])  # stable: listing order
+    items = _usable_items(items, skipped)
     seen: dict[str, SourceItem] = {}
     images: list[_Image] = []
     last_report = time.time()
@@ -475,18 +540,107 @@ def _samples(spool, images, labels, train: list[int], per_class: int = 6) -> lis
 
 
 # --- names -----------------------------------------------------------------------------------
+#
+# A name is bound once. ``datasets/_names/<name>.json`` points it at one build; a build of other
+# content under a bound name is refused unless it is told to replace the binding. The binding
+# is written under the name's lease (objects ``datasets/_names/<name>/lease-<generation>.json``,
+# :class:`~components.common.storage.Lease`), after checking that it is still the one read
+# when the build started: of two overlapping builds of one name, the second to finish is refused,
+# with ``replace`` too (it would silently undo the first).
+
+# How long a name's lease outlives a holder that stopped renewing it (its holders keep it for
+# one read and one write).
+NAME_LEASE_TTL_S = 30.0
 
 
 def name_key(name: str) -> str:
     return f"{NAMES_PREFIX}{check_name(name)}.json"
 
 
-def register_name(store: ArtifactStore, ref: DatasetRef, descriptor: DatasetDescriptor) -> None:
-    """Points ``descriptor.name`` at the build ``ref`` (a later build of the name replaces it)."""
-    store.put_json(
-        name_key(descriptor.name),
-        {"ref": ref.to_dict(), "descriptor": descriptor.to_dict(), "registered_at": time.time()},
-    )
+def check_target(descriptor: DatasetDescriptor) -> None:
+    """Refuses a name that a build must not take: a built-in dataset's (studies keep using the
+    built-in set under it) or, for a subset, its own parent's (the parent would be lost)."""
+    name = descriptor.name
+    if name in BUILTIN_DATASETS:
+        raise DatasetError(
+            f"{name!r} is the name of a built-in dataset, which studies always use under that "
+            "name: choose another name"
+        )
+    if descriptor.source == f"derived:{name}":
+        raise DatasetError(
+            f"a subset of {name!r} cannot be named {name!r}: the dataset it is derived from "
+            "would become unreachable; choose another --name"
+        )
+
+
+def _same_content(store: ArtifactStore, a: DatasetRef, b: DatasetRef) -> bool:
+    """Whether two builds hold the same shard bytes under the same class names."""
+    if a.manifest_key == b.manifest_key:
+        return True
+    if a.content_hash != b.content_hash:
+        return False
+    first, second = load_manifest(store, a), load_manifest(store, b)
+    return (first["checksum"], first["class_names"]) == (second["checksum"], second["class_names"])
+
+
+def _binding(record: dict[str, Any]) -> str:
+    """A bound name's build, for messages: its source (redacted, cut short) and content hash."""
+    source = short_repr(redact_uri(record["descriptor"]["source"]))
+    return f"the build of {source} (content {record['ref']['content_hash']})"
+
+
+def _name_lease(store: ArtifactStore, name: str) -> Lease:
+    """Takes the lease of ``name``'s binding, waiting while another build holds it."""
+    while True:
+        lease, _ = Lease.try_acquire(store, f"{NAMES_PREFIX}{name}", NAME_LEASE_TTL_S)
+        if lease is not None:
+            return lease
+        time.sleep(0.1)
+
+
+def bind_name(
+    store: ArtifactStore,
+    ref: DatasetRef,
+    descriptor: DatasetDescriptor,
+    seen: dict[str, Any] | None,
+    replace: bool = False,
+) -> DatasetRef:
+    """Binds ``descriptor.name`` to the build ``ref``; returns the build the name stands for.
+
+    Args:
+        store: the artifact store.
+        ref: the finished build.
+        descriptor: its descriptor.
+        seen: the name's record read before the build started (None: the name was free).
+        replace: rebind a name that is bound to other content.
+
+    Raises:
+        DatasetError: when the name is bound to other content and ``replace`` is not set, or
+            when another build bound it after ``seen`` was read.
+    """
+    name = descriptor.name
+    if seen is not None:
+        if _same_content(store, DatasetRef(**seen["ref"]), ref):
+            return DatasetRef(**seen["ref"])  # bound to this content already: nothing to write
+        if not replace:
+            raise DatasetError(
+                f"dataset name {name!r} in {store.uri} is bound to {_binding(seen)}: choose "
+                "another name, or pass --replace to rebind it (this build is kept, so "
+                "rebinding costs no second build)"
+            )
+    with _name_lease(store, name).hold():
+        current = named_dataset(store, name)
+        if current is not None and current != seen:
+            if _same_content(store, DatasetRef(**current["ref"]), ref):
+                return DatasetRef(**current["ref"])
+            raise DatasetError(
+                f"dataset name {name!r} in {store.uri} was bound to {_binding(current)} by "
+                "another build while this one ran: check which one you want, then run again "
+                "(with --replace to rebind it)"
+            )
+        record = {"ref": ref.to_dict(), "descriptor": descriptor.to_dict()}
+        store.put_json(name_key(name), record | {"registered_at": time.time()})
+    return ref
 
 
 def named_dataset(store: ArtifactStore, name: str) -> dict[str, Any] | None:
@@ -496,16 +650,36 @@ def named_dataset(store: ArtifactStore, name: str) -> dict[str, Any] | None:
 
 
 def list_named(store: ArtifactStore) -> list[dict[str, Any]]:
-    """Every named build in the store, by name."""
-    return [store.get_json(key) for key in store.list(NAMES_PREFIX) if key.endswith(".json")]
+    """Every named build in the store, by name (the names' leases sit in sub-folders)."""
+    keys = store.list(NAMES_PREFIX)
+    return [store.get_json(k) for k in keys if "/" not in k.removeprefix(NAMES_PREFIX)]
 
 
 def build_dataset(
-    store: ArtifactStore, descriptor: DatasetDescriptor, progress: Progress = _progress
+    store: ArtifactStore,
+    descriptor: DatasetDescriptor,
+    progress: Progress = _progress,
+    replace: bool = False,
 ) -> DatasetRef:
-    """Scans the descriptor's source, materialises it (or reuses the build) and names it."""
+    """Scans the descriptor's source, materialises it (or reuses the build) and binds its name.
+
+    Args:
+        store: the artifact store.
+        descriptor: the dataset's descriptor; its name is bound to the build.
+        progress: where progress lines go.
+        replace: rebind the name when it is bound to other content (else that is refused).
+
+    Returns:
+        The build the name stands for (an equal earlier build when the content is the same).
+
+    Raises:
+        DatasetError: for a reserved name (:func:`check_target`), a name bound to other content
+            (see :func:`bind_name`) or data that the rules refuse.
+    """
     from components.data.sources import scan
 
+    check_target(descriptor)
+    seen = named_dataset(store, descriptor.name)
     if descriptor.subset is not None:
         from components.data.subsets import scan_subset
 
@@ -513,8 +687,7 @@ def build_dataset(
     else:
         listing = scan(descriptor)
     ref = materialize_scan(store, descriptor, listing, progress=progress)
-    register_name(store, ref, descriptor)
-    return ref
+    return bind_name(store, ref, descriptor, seen, replace)
 
 
 # --- reading ---------------------------------------------------------------------------------

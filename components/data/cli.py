@@ -2,12 +2,14 @@
 
     aprflow data build NAME --from URI [--split auto|given|val=0.1,test=0.2] [--resolution N]
     aprflow data subset PARENT --classes K | --per-class N | --coarse MAP --seed S --name NEW
+    (build and subset: --replace rebinds a NAME already bound to other content)
     aprflow data describe NAME [--json]
     aprflow data list [--json]
     aprflow data prepare digits shapes --resolution 16    (also: aprflow data digits shapes)
 
 A name built or derived here is usable in a study (``datasets: [NAME, digits]``) that uses the
-same artifact store.
+same artifact store. A name is bound once: building other content under it is refused without
+``--replace``; the built-in names are reserved.
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ import json
 import sys
 
 from components.common.errors import AprflowError
-from components.common.limits import MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, int_in
+from components.common.limits import limit_type
 from components.common.storage import add_store_option, open_store
-from components.data.build import build_dataset, list_named, load_manifest, named_dataset
+from components.data.build import (
+    build_dataset,
+    check_target,
+    list_named,
+    load_manifest,
+    named_dataset,
+)
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
 from components.data.descriptor import (
     DatasetDescriptor,
@@ -31,7 +39,16 @@ from components.data.descriptor import (
 )
 
 COMMANDS = ("build", "subset", "describe", "list", "prepare")
-SEED = int_in(0, MAX_SEED)
+SEED = limit_type("seed")
+RESOLUTION = limit_type("resolution")
+
+
+def add_replace_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="rebind the name if it is bound to other content (else that is refused)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,13 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--resolution",
-        type=int_in(MIN_RESOLUTION, MAX_RESOLUTION, " pixels"),
+        type=RESOLUTION,
         default=None,
         help="resize images to N x N when storing",
     )
     build.add_argument("--encoding", default="png", choices=["png", "jpeg"])
     build.add_argument("--classes", default="", help="comma-separated class list to keep")
     build.add_argument("--seed", type=SEED, default=0, help="split and shuffle seed")
+    add_replace_option(build)
     add_store_option(build)
 
     subset = commands.add_parser("subset", help="derive a subset of a named dataset")
@@ -81,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subset.add_argument("--draw", type=int, default=0, help="index of the class draw")
     subset.add_argument(
-        "--draws", type=int, default=1, help="build this many draws, named NAME-d0, NAME-d1, ..."
+        "--draws",
+        type=limit_type("draws"),
+        default=1,
+        help="build this many draws, named NAME-d0, NAME-d1, ...",
     )
     subset.add_argument("--per-class", type=int, default=0, help="training images per class")
     subset.add_argument(
@@ -94,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--coarse", default="", help="child->parent class map (.json, .yaml or .csv child,parent)"
     )
     subset.add_argument("--seed", type=SEED, default=0, help="seed of the draws")
+    add_replace_option(subset)
     add_store_option(subset)
 
     describe = commands.add_parser("describe", help="show a named dataset's manifest")
@@ -109,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("datasets", nargs="+", help="built-in or built names")
     prepare.add_argument(
         "--resolution",
-        type=int_in(MIN_RESOLUTION, MAX_RESOLUTION, " pixels"),
+        type=RESOLUTION,
         default=16,
         help="image side in pixels",
     )
@@ -128,7 +150,7 @@ def _build(args: argparse.Namespace) -> int:
     )
     store = open_store(args.store)
     store.check()
-    ref = build_dataset(store, descriptor)
+    ref = build_dataset(store, descriptor, replace=args.replace)
     print(json.dumps(ref.to_dict()))
     return 0
 
@@ -148,9 +170,8 @@ def _subset(args: argparse.Namespace) -> int:
         if not n_classes:
             raise DatasetError(f"no dataset {args.parent!r} in {store.uri}")
         per_class = args.total // n_classes
-    if args.draws < 1:
-        raise DatasetError("--draws must be at least 1")
     draws = range(args.draw, args.draw + args.draws)
+    descriptors = []
     for draw in draws:
         rule = SubsetRule(
             classes=args.classes,
@@ -161,7 +182,11 @@ def _subset(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         name = f"{args.name}-d{draw}" if args.draws > 1 else args.name
-        ref = build_dataset(store, subset_descriptor(name, args.parent, rule))
+        descriptors.append(subset_descriptor(name, args.parent, rule))
+    for descriptor in descriptors:
+        check_target(descriptor)  # every name before the first build
+    for descriptor in descriptors:
+        ref = build_dataset(store, descriptor, replace=args.replace)
         print(json.dumps(ref.to_dict()))
     return 0
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from components.common.limits import MAX_RESOLUTION, MIN_RESOLUTION
+from components.common.limits import MAX_RESOLUTION, MIN_RESOLUTION, check_limit
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
 from components.data.build import (
@@ -122,13 +122,12 @@ def _check_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
             settings[key] = value = int(value)  # KFP hands JSON numbers over as floats
         if key in settings and (isinstance(value, bool) or not isinstance(value, int)):
             raise DatasetError(f"dataset_settings.{name}.{key} must be an int, got {value!r}")
-    if not MIN_RESOLUTION <= settings.get("resolution", MIN_RESOLUTION) <= MAX_RESOLUTION:
-        raise DatasetError(
-            f"dataset_settings.{name}.resolution must be in [{MIN_RESOLUTION}, "
-            f"{MAX_RESOLUTION}] pixels"
-        )
-    if settings.get("epochs", 1) < 1:
-        raise DatasetError(f"dataset_settings.{name}.epochs must be at least 1")
+    for key in ("resolution", "epochs"):
+        if key in settings:
+            try:
+                check_limit(key, settings[key], f"dataset_settings.{name}.{key}")
+            except ValueError as e:
+                raise DatasetError(str(e)) from None
     if settings.get("input", "memory") not in INPUT_MODES:
         raise DatasetError(
             f"dataset_settings.{name}.input {settings['input']!r}: choose from "

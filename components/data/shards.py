@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import io
 import tarfile
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from components.common.limits import MAX_IMAGE_PIXELS
+
+# PIL's own guard, for every image opened in this process (torchvision's loaders too): Image.open
+# reads the size from the header and raises DecompressionBombError above twice this, only
+# warning above it (Pillow 13.0.0, src/PIL/Image.py, _decompression_bomb_check). The warning
+# is made an error, so that no reader decodes such an image either; open_image and
+# check_pixels refuse everything above the bound whatever the warning filters are.
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+# What PIL and check_pixels raise for an image of more than MAX_IMAGE_PIXELS.
+TOO_MANY_PIXELS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # Shards of about this size stream well from S3 and let several workers share a split.
@@ -135,9 +148,36 @@ def image_part(parts: dict[str, bytes]) -> tuple[str, bytes] | None:
     return None
 
 
+def check_pixels(size: tuple[int, int]) -> None:
+    """Raises PIL's DecompressionBombError for an image of more than ``MAX_IMAGE_PIXELS``."""
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(
+            f"{width} x {height} pixels, more than the {MAX_IMAGE_PIXELS:,} accepted"
+        )
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Opens image bytes, refusing a decompression bomb before a pixel is decoded (PIL reads
+    only the header until ``load()``).
+
+    Raises:
+        TOO_MANY_PIXELS: for more than ``MAX_IMAGE_PIXELS`` pixels.
+        Exception: whatever PIL raises for data that is not an image it reads.
+    """
+    image = Image.open(io.BytesIO(data))
+    try:
+        check_pixels(image.size)
+    except TOO_MANY_PIXELS:
+        image.close()
+        raise
+    return image
+
+
 def decode_rgb(data: bytes) -> Image.Image:
-    """Decodes image bytes fully and returns an RGB image (raises on corrupt data)."""
-    with Image.open(io.BytesIO(data)) as image:
+    """Decodes image bytes fully and returns an RGB image (raises on corrupt data and on more
+    than ``MAX_IMAGE_PIXELS`` pixels)."""
+    with open_image(data) as image:
         image.load()
         return image.convert("RGB")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import io
+import itertools
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +24,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from components.common.limits import MAX_BRACE_EXPANSION
 from components.common.storage import ArtifactStore, LocalStore, open_store
 from components.data.descriptor import SPLITS, DatasetDescriptor, DatasetError
 from components.data.shards import IMAGE_EXTENSIONS, image_part, iter_samples
@@ -127,25 +129,59 @@ def _reader(store: ArtifactStore, key: str) -> Callable[[], bytes]:
     return lambda: store.get_bytes(key)
 
 
+_BRACES = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"(\d+)\.\.(\d+)")
+
+
+def _brace_size(body: str) -> int:
+    """How many choices one brace group's body stands for, counted without making them."""
+    numeric = _RANGE.fullmatch(body)
+    if numeric:
+        return max(0, int(numeric.group(2)) - int(numeric.group(1)) + 1)
+    return body.count(",") + 1
+
+
+def _brace_choices(body: str) -> list[str]:
+    """One brace group's choices: a (zero-padded) numeric range or comma-separated names."""
+    numeric = _RANGE.fullmatch(body)
+    if not numeric:
+        return body.split(",")
+    low, high = numeric.groups()
+    width = len(low) if low.startswith("0") else 0
+    return [str(i).zfill(width) for i in range(int(low), int(high) + 1)]
+
+
 def expand_braces(pattern: str) -> list[str]:
     """Expands ``{000..012}`` (zero-padded ranges) and ``{a,b}`` alternatives, like webdataset.
 
+    The names are counted before any is made, so that a pattern naming billions of shards
+    fails at once instead of filling memory.
+
     >>> expand_braces("s-{00..02}.tar")
     ['s-00.tar', 's-01.tar', 's-02.tar']
+
+    Raises:
+        DatasetError: for nested braces or more than ``MAX_BRACE_EXPANSION`` names.
     """
-    match = re.search(r"\{([^{}]*)\}", pattern)
-    if not match:
-        return [pattern]
-    body = match.group(1)
-    head, tail = pattern[: match.start()], pattern[match.end() :]
-    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if numeric:
-        low, high = numeric.groups()
-        width = len(low) if low.startswith("0") else 0
-        choices = [str(i).zfill(width) for i in range(int(low), int(high) + 1)]
-    else:
-        choices = body.split(",")
-    return [out for choice in choices for out in expand_braces(head + choice + tail)]
+    parts = _BRACES.split(pattern)  # text, body, text, body, ..., text
+    texts, bodies = parts[0::2], parts[1::2]
+    if _BRACES.search("".join(texts)):
+        raise DatasetError(f"{pattern[:200]}: nested braces are not supported")
+    count = 1
+    for body in bodies:
+        size = _brace_size(body)
+        count *= size
+        # Each group on its own too: an empty range elsewhere would make the product 0.
+        if size > MAX_BRACE_EXPANSION or count > MAX_BRACE_EXPANSION:
+            raise DatasetError(
+                f"{pattern[:200]} names more than {MAX_BRACE_EXPANSION:,} shards: pack the "
+                "data into fewer, larger shards or give a narrower range"
+            )
+    groups = [_brace_choices(body) for body in bodies]
+    return [
+        "".join(text + choice for text, choice in zip(texts, chosen, strict=False)) + texts[-1]
+        for chosen in itertools.product(*groups)
+    ]
 
 
 def _split_uri(uri: str) -> tuple[str, str]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from components.common.storage import ArtifactStore
-from components.data.build import load_manifest, named_dataset, shard_keys
+from components.data.build import label_problem, load_manifest, named_dataset, shard_keys
 from components.data.descriptor import (
     SPLITS,
     DatasetDescriptor,
@@ -76,9 +76,13 @@ def read_coarse_map(path: str) -> tuple[tuple[str, str], ...]:
             raise DatasetError(f"coarse map {path} needs columns child,parent")
         pairs = {row["child"]: row["parent"] for row in rows}
     else:
-        import yaml
+        from components.common.yamlsafe import load_yaml
 
-        pairs = yaml.safe_load(text) if not path.endswith(".json") else json.loads(text)
+        pairs = (
+            load_yaml(text, f"coarse map {path}")
+            if not path.endswith(".json")
+            else json.loads(text)
+        )
         if not isinstance(pairs, dict):
             raise DatasetError(f"coarse map {path} must map child class -> parent class")
     return tuple(sorted((str(k), str(v)) for k, v in pairs.items()))
@@ -138,6 +142,14 @@ def scan_subset(store: ArtifactStore, descriptor: DatasetDescriptor) -> Scan:
             )
     label_name = {i: mapping.get(classes[i], classes[i]) for i in keep}
     order = tuple(dict.fromkeys(label_name[i] for i in sorted(keep)))
+    for label in order:
+        if (problem := label_problem(label)) is not None:
+            raise DatasetError(f"coarse map of {parent_name!r}: {problem}")
+    if len(order) < 2:
+        raise DatasetError(
+            f"the subset of {parent_name!r} keeps {len(order)} class: a classification dataset "
+            "needs at least 2"
+        )
     budget = _budget(store, shard_keys(manifest, "train"), keep, rule, classes)
 
     def items() -> Iterator[SourceItem]:

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from components.common.hashing import canonical_json, content_hash
+from components.common.limits import check_limit
+from components.common.validation import short_repr
 
 BLOCK_TYPES = ("res_bottleneck", "res_basic", "vanilla")
 
@@ -71,25 +73,26 @@ STEM_LAYOUTS: dict[str, StemLayout] = {
 def _as_int(value: Any, name: str) -> int:
     # bool is an int subclass, but True as a depth is always a mistake.
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{name} must be an int, got {short_repr(value)} ({type(value).__name__})")
     return int(value)
 
 
 def _as_float(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+        got = f"{short_repr(value)} ({type(value).__name__})"
+        raise ValueError(f"{name} must be a number, got {got}")
     return float(value)
 
 
 def _as_str(value: Any, name: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{name} must be a str, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{name} must be a str, got {short_repr(value)} ({type(value).__name__})")
     return value
 
 
 def _as_tuple(value: Any, name: str, convert: Callable[[Any, str], Any]) -> tuple:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise ValueError(f"{name} must be a list with one value per stage, got {value!r}")
+        raise ValueError(f"{name} must be a list with one value per stage, got {short_repr(value)}")
     return tuple(convert(item, f"{name}[{i}]") for i, item in enumerate(value))
 
 
@@ -231,7 +234,9 @@ class AnyNetSpec:
         group widths >= 1; strides in {1, 2}; bottleneck ratios >= 1; known block and stem
         types; SE only with ``res_bottleneck``; b = g = 1 for the other block types; and for
         ``res_bottleneck`` the bottleneck width ``round(w / b)`` is divisible by ``g`` (fix with
-        :func:`adjust_compatibility`).
+        :func:`adjust_compatibility`). Sizes within the limits table
+        (components.common.limits): stages, depth per stage and in total, widths, classes and
+        the parameter count, so an absurd spec is refused before a model is built.
 
         Design-space rules (``design_space=True``; the AnyNetX bounds of the paper): 4 stages,
         ``1 <= d_i <= 16``, ``w_i <= 1024`` and a multiple of 8, ``b_i in {1, 2, 4}``,
@@ -245,8 +250,13 @@ class AnyNetSpec:
             ValueError: If a rule is broken.
         """
         self._validate_structure()
+        self._validate_size()
         if design_space:
-            self._validate_design_space()
+            self._validate_design_space()  # bounds the parameters far below the limit
+        else:
+            # Counted only now that the sizes keep it within int64.
+            params = _counts(self, resolution=224, small_input=False)["params"][0]
+            check_limit("params", int(params), "the parameter count")
 
     def _validate_structure(self) -> None:
         n = self.num_stages
@@ -263,10 +273,13 @@ class AnyNetSpec:
         _check_each(self, "strides", lambda v: v in (1, 2), "must be 1 or 2")
         _check_each(self, "bottleneck_ratios", lambda v: v >= 1, "must be >= 1")
         if self.block_type not in BLOCK_TYPES:
-            raise ValueError(f"block_type {self.block_type!r} is unknown; use one of {BLOCK_TYPES}")
+            raise ValueError(
+                f"block_type {short_repr(self.block_type)} is unknown; use one of {BLOCK_TYPES}"
+            )
         if self.stem_type not in STEM_LAYOUTS:
             raise ValueError(
-                f"stem_type {self.stem_type!r} is unknown; use one of {tuple(STEM_LAYOUTS)}"
+                f"stem_type {short_repr(self.stem_type)} is unknown; use one of "
+                f"{tuple(STEM_LAYOUTS)}"
             )
         if self.stem_width < 1:
             raise ValueError(f"stem_width must be >= 1, got {self.stem_width}")
@@ -306,6 +319,14 @@ class AnyNetSpec:
                     f"{b:g})) is not a multiple of group width {g}; call "
                     "adjust_compatibility(spec) to round the widths to compatible values"
                 )
+
+    def _validate_size(self) -> None:
+        check_limit("stages", self.num_stages, "the number of stages (entries of depths)")
+        check_limit("stage_depth", self.depths, "depths")
+        check_limit("total_depth", self.cumulative_depth, "the total depth (sum of depths)")
+        for name in ("widths", "group_widths", "stem_width"):
+            check_limit("width", getattr(self, name), name)
+        check_limit("num_classes", self.num_classes, "num_classes")
 
     def _validate_design_space(self) -> None:
         if self.num_stages != NUM_STAGES:
@@ -688,8 +709,14 @@ def complexity(
         ValueError: If the spec is structurally invalid.
     """
     spec.validate(design_space=False)
+    counts = _counts(spec, resolution, small_input)
+    return Complexity(**{name: int(value[0]) for name, value in counts.items()})
+
+
+def _counts(spec: AnyNetSpec, resolution: int, small_input: bool | None) -> dict[str, np.ndarray]:
+    """:func:`batch_complexity` of one structurally valid spec."""
     stem_type = "small_stem" if uses_small_stem(resolution, small_input) else spec.stem_type
-    counts = batch_complexity(
+    return batch_complexity(
         [spec.depths],
         [spec.widths],
         [spec.bottleneck_ratios],
@@ -702,7 +729,6 @@ def complexity(
         num_classes=spec.num_classes,
         resolution=resolution,
     )
-    return Complexity(**{name: int(value[0]) for name, value in counts.items()})
 
 
 # ------------------------------------------------------------------------------ references

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from components.common.files import atomic_write_text
+from components.common.validation import short_repr
 from components.sample.space import AnyNetSpec, complexity
 
 
@@ -63,7 +64,7 @@ def read_specs_jsonl(path: str | os.PathLike) -> list[AnyNetSpec]:
                 raise ValueError(f"{where}: {err}") from err
             if "spec_hash" in record and record["spec_hash"] != spec.spec_hash():
                 raise ValueError(
-                    f"{where}: spec_hash {record['spec_hash']!r} does not match the spec "
+                    f"{where}: spec_hash {short_repr(record['spec_hash'])} does not match the spec "
                     f"({spec.spec_hash()!r}); the line was edited, rewrite the file"
                 )
             specs.append(spec)

@@ -7,7 +7,7 @@ import json
 import sys
 
 from components.common.errors import AprflowError
-from components.common.limits import MAX_EPOCHS, MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, int_in
+from components.common.limits import MAX_EPOCHS, int_in, limit_type
 from components.common.progress import report
 from components.common.storage import add_store_option, open_store
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
@@ -15,7 +15,13 @@ from components.data.descriptor import INPUT_MODES
 from components.data.loader import recipe_input
 from components.train.engines import ENGINES, PRECISIONS, check_compile
 from components.train.plan import engine_options
-from components.train.recipes import RECIPES, add_recipe_set_option, recipe_sets, resolve_recipe
+from components.train.recipes import (
+    RECIPES,
+    add_recipe_set_option,
+    check_crop_padding,
+    recipe_sets,
+    resolve_recipe,
+)
 from components.train.trial import Trial, run_trial
 
 
@@ -40,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--resolution",
-        type=int_in(MIN_RESOLUTION, MAX_RESOLUTION),
+        type=limit_type("resolution"),
         default=16,
         help="training image side in pixels",
     )
@@ -67,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="0 = the recipe's own (same as --set recipe.epochs=N)",
     )
-    parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="training seed")
+    parser.add_argument("--seed", type=limit_type("seed"), default=0, help="training seed")
     parser.add_argument("--engine", default="torch", choices=sorted(ENGINES))
     parser.add_argument(
         "--zero-stage",
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         options = engine_options(args.engine, args.zero_stage, args.precision)
         # Checked before anything is written.
         data_input = recipe_input(recipe, args.input, args.dataset)
+        check_crop_padding(recipe, data_input, args.resolution, args.dataset)
         if data_input and not args.input:
             report(
                 "train",

@@ -23,7 +23,9 @@ from typing import Any
 
 import yaml
 
-from components.common.validation import Bound, check_type, parse_assignments
+from components.common.limits import LIMITS, check_count
+from components.common.validation import Bound, check_type, parse_assignments, short_repr
+from components.common.yamlsafe import load_yaml
 
 # Per-image augmentations of timm's create_transform, which only the stream input applies,
 # with their neutral values.
@@ -163,14 +165,14 @@ class Recipe:
 
 _POSITIVE = Bound(low=0, low_open=True)
 _NON_NEGATIVE = Bound(low=0)
-_AT_LEAST_ONE = Bound(low=1)
 _PROBABILITY = Bound(low=0, high=1)
 _FRACTION = Bound(low=0, high=1, high_open=True)
-# The valid range of every numeric or named field; the ranges of the RandomResizedCrop fields
-# scale/ratio and the auto_augment string are checked by check_augmentations.
+# The valid range of every numeric or named field; counts and sizes are the limits table's
+# (components.common.limits), the ranges of the RandomResizedCrop fields scale/ratio and the
+# auto_augment string are checked by check_augmentations.
 BOUNDS: dict[str, Bound] = {
-    "epochs": _AT_LEAST_ONE,
-    "batch_size": _AT_LEAST_ONE,
+    "epochs": LIMITS["epochs"],
+    "batch_size": LIMITS["batch_size"],
     "lr": _POSITIVE,
     "opt": Bound(choices=OPTIMIZERS),
     "momentum": _FRACTION,
@@ -189,17 +191,19 @@ BOUNDS: dict[str, Bound] = {
     "mixup_switch_prob": _PROBABILITY,
     "drop_path": _FRACTION,
     "model_ema_decay": _FRACTION,
-    "aug_repeats": _NON_NEGATIVE,
+    "aug_repeats": LIMITS["aug_repeats"],
     "train_resolution_ratio": Bound(low=0, high=1, low_open=True),
-    "crop_padding": _NON_NEGATIVE,
-    "eval_batch_size": _AT_LEAST_ONE,
+    "crop_padding": LIMITS["crop_padding"],
+    "eval_batch_size": LIMITS["batch_size"],
     "color_jitter": _NON_NEGATIVE,
     "re_prob": _PROBABILITY,
-    "reference_steps": _NON_NEGATIVE,
-    "reference_images": _NON_NEGATIVE,
+    "reference_steps": LIMITS["steps"],
+    "reference_images": LIMITS["images"],
     "lr_grid": _POSITIVE,
     "weight_decay_grid": _NON_NEGATIVE,
 }
+# List fields and the limits table's bound on their number of values.
+_LENGTHS = {"lr_grid": "grid_points", "weight_decay_grid": "grid_points"}
 _TYPES: dict[str, Any] = typing.get_type_hints(Recipe)
 #: Fields a recipe file or an override may set (``name`` is the file's).
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Recipe) if f.name != "name")
@@ -210,8 +214,12 @@ def check_field(key: str, value: Any) -> Any:
     ValueError line: an unknown field lists the valid ones, a wrong type names the expected
     one, a value out of range names the range."""
     if key not in FIELDS:
-        raise ValueError(f"unknown recipe field {key!r}: valid fields are {', '.join(FIELDS)}")
+        raise ValueError(
+            f"unknown recipe field {short_repr(key)}: valid fields are {', '.join(FIELDS)}"
+        )
     label = f"recipe field {key!r}"
+    if key in _LENGTHS and isinstance(value, list | tuple):
+        check_count(_LENGTHS[key], value, label)  # before a 10k-element list is converted
     value = check_type(label, value, _TYPES[key])
     if key in BOUNDS:
         BOUNDS[key].check(label, value)
@@ -278,8 +286,8 @@ def check_augmentations(recipe: Recipe) -> None:
     example = "e.g. 'rand-m7-mstd0.5' (RandAugment), 'augmix-m5', 'v0' (AutoAugment)"
     if not _AUTO_AUGMENT.fullmatch(recipe.auto_augment):
         raise ValueError(
-            f"recipe field 'auto_augment' {recipe.auto_augment!r} is not a timm augmentation "
-            f"string: {example}"
+            f"recipe field 'auto_augment' {short_repr(recipe.auto_augment)} is not a timm "
+            f"augmentation string: {example}"
         )
     from timm.data import create_transform
 
@@ -287,9 +295,22 @@ def check_augmentations(recipe: Recipe) -> None:
         create_transform(32, is_training=True, auto_augment=recipe.auto_augment)
     except (AssertionError, ValueError, KeyError) as e:
         raise ValueError(
-            f"recipe field 'auto_augment' {recipe.auto_augment!r} is not a timm augmentation "
-            f"string ({e or 'unknown section'}): {example}"
+            f"recipe field 'auto_augment' {short_repr(recipe.auto_augment)} is not a timm "
+            f"augmentation string ({e or 'unknown section'}): {example}"
         ) from None
+
+
+def check_crop_padding(
+    recipe: Recipe, data_input: str | None, resolution: int, dataset: str
+) -> None:
+    """Raises ValueError unless the memory input's crop padding is below the dataset's image
+    side: the memory loader pads and crops at the stored resolution (components.data.loader
+    augmentation_draws refuses it there, in every trial); the stream input does not pad."""
+    if data_input != "stream" and recipe.crop_padding >= resolution:
+        raise ValueError(
+            f"dataset {dataset}: recipe field 'crop_padding' {recipe.crop_padding} must be "
+            f"below its image side ({resolution} px)"
+        )
 
 
 def parse_recipe_file(name: str, text: str, where: str) -> tuple[Recipe, str]:
@@ -300,7 +321,7 @@ def parse_recipe_file(name: str, text: str, where: str) -> tuple[Recipe, str]:
             required field or any bad field.
     """
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, where)
     except yaml.YAMLError as e:
         raise ValueError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
@@ -344,7 +365,9 @@ def resolve_recipe(name: str, overrides: dict[str, Any] | None = None) -> Recipe
             or out of range.
     """
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}: choose from {', '.join(sorted(RECIPES))}")
+        raise ValueError(
+            f"unknown recipe {short_repr(name)}: choose from {', '.join(sorted(RECIPES))}"
+        )
     resolved = with_overrides(RECIPES[name], overrides)
     check_augmentations(resolved)
     return resolved

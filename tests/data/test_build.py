@@ -16,8 +16,9 @@ from components.data.descriptor import DatasetDescriptor, DatasetError, SplitRul
 from components.data.shards import iter_samples
 
 
-def _build(store, source: str, name: str = "mine", **kwargs):
-    return build_dataset(store, DatasetDescriptor(name=name, source=source, **kwargs), print)
+def _build(store, source: str, name: str = "mine", replace: bool = False, **kwargs):
+    descriptor = DatasetDescriptor(name=name, source=source, **kwargs)
+    return build_dataset(store, descriptor, print, replace=replace)
 
 
 def _reasons(manifest: dict) -> dict[str, str]:
@@ -64,10 +65,10 @@ def test_same_inputs_are_not_rebuilt_and_changes_are(tmp_path, image_folder):
     assert "already built" in lines[0]
     elsewhere = _build(open_store(str(tmp_path / "other")), str(image_folder))
     assert elsewhere.content_hash == ref.content_hash, "deterministic bytes"
-    seeded = _build(store, str(image_folder), split=SplitRule(seed=1))
+    seeded = _build(store, str(image_folder), split=SplitRule(seed=1), replace=True)
     assert seeded.content_hash != ref.content_hash
     (image_folder / "circle" / "new.png").write_bytes(encoded(picture("circle", 50)))
-    grown = _build(store, str(image_folder))
+    grown = _build(store, str(image_folder), replace=True)
     assert (
         grown.manifest_key != ref.manifest_key and grown.n_train + grown.n_val + grown.n_test == 31
     )
