@@ -22,7 +22,9 @@ value out of range names the range.
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +113,21 @@ def load_config(pipeline, path: str | Path | None, overrides: dict[str, Any]) ->
             _set_nested(arguments[head], key, path.split("."), value)
             continue
         if key not in parameters:
-            raise ConfigError(
-                f"unknown config key {short_repr(key)}: valid keys are "
-                f"{', '.join(sorted(parameters))}"
-            )
+            raise ConfigError(unknown_key_message(key, parameters))
         arguments[key] = _coerce(key, value, parameters[key])
     _check_nested(arguments)
     return arguments
+
+
+def unknown_key_message(key: str, valid: Iterable[str]) -> str:
+    """``unknown config key 'n_model': did you mean n_models? ...`` in at most ~300 characters
+    (``aprflow run NAME --dry-run`` prints every key with its value)."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"valid keys are {', '.join(valid)}"
+    if len(hint) > 200:
+        hint = f"{hint[:150].rsplit(', ', 1)[0]}, ... (--dry-run prints all {len(valid)})"
+    return f"unknown config key {short_repr(key, limit=60)}: {hint}"
 
 
 def _set_nested(mapping: dict, key: str, path: list[str], value: Any) -> None:
