@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from components.common.errors import AprflowError
+from components.common.uris import redact_uri
 
 COMPILED_DIR = Path(__file__).parent / "compiled"
 # Pipelines whose preflight and report copy `aprflow run` knows.
@@ -121,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     arguments = load_config(pipeline, args.config, parse_overrides(args.overrides))
     check_study(arguments, runs_dir=args.runs_dir)
     if args.dry_run:
-        print(f"config OK: {arguments}")
+        print(redact_uri(f"config OK: {arguments}"))
         print(dry_run_summary(arguments))
         return 0
     run_local(pipeline, arguments, args.runs_dir)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             message = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
         else:  # a bug, not bad input: say so, and how to get the traceback for a report
             message = f"internal error {type(e).__name__}: {e} (rerun with --debug for details)"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {redact_uri(message)}", file=sys.stderr)
         return 2
 
 

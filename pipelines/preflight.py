@@ -15,12 +15,12 @@ import os
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from components.common.errors import AprflowError
 from components.common.limits import check_count, check_limit, check_safe_name
 from components.common.storage import open_store
 from components.common.tracking import check_tracking, resolve_tracking_uri
+from components.common.uris import carries_credentials, redact_uri
 from components.common.validation import short_repr
 from components.data.datasets import DatasetError, check_datasets, check_settings
 from components.data.loader import recipe_input
@@ -70,9 +70,10 @@ def check_study_name(name: Any) -> str:
 def check_uri_has_no_credentials(key: str, uri: str) -> None:
     """Credentials come from the environment or a Kubernetes secret, never from a URI (it is
     logged, tagged in MLflow and compiled into pipelines)."""
-    if uri and "://" in uri and urlparse(uri).password is not None:
+    if uri and carries_credentials(uri):
         raise PreflightError(
-            f"{key} carries a password: remove 'user:password@' and give credentials in the "
+            f"{key} carries credentials ({redact_uri(uri)}): remove 'user:password@' or the "
+            "token and give credentials in the "
             "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_USERNAME/"
             "MLFLOW_TRACKING_PASSWORD) or the chart's secret"
         )

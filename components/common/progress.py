@@ -13,6 +13,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from components.common.uris import redact_uri
+
 
 def format_seconds(seconds: float) -> str:
     """Formats a duration as ``H:MM:SS``."""
@@ -26,9 +28,10 @@ def elapsed(since: float) -> str:
 
 
 def report(stage: str, message: str, started_at: float | None = None) -> None:
-    """Prints ``[stage | elapsed] message`` to stdout, flushed (pod logs are line-buffered)."""
+    """Prints ``[stage | elapsed] message`` to stdout, flushed (pod logs are line-buffered),
+    with the secrets of any URI in it redacted (:func:`~components.common.uris.redact_uri`)."""
     clock = f" | {elapsed(started_at)} elapsed" if started_at is not None else ""
-    print(f"[{stage}{clock}] {message}", file=sys.stdout, flush=True)
+    print(f"[{stage}{clock}] {redact_uri(message)}", file=sys.stdout, flush=True)
 
 
 # A report line: "[stage]" or "[stage | 0:00:12 elapsed]", then the message.

@@ -37,6 +37,7 @@ from torch import nn
 
 from components.common.hashing import content_hash
 from components.common.storage import ArtifactStore, open_store
+from components.common.uris import carries_credentials, redact_uri
 from components.transfer.errors import TransferError
 from components.transfer.features import TIMM_PREFIX, TRIAL_PREFIX
 
@@ -132,8 +133,11 @@ def parse_model_list(text: str, name: str = "model list") -> list[ModelEntry]:
 
     Raises:
         TransferError: for a missing ``model`` column, unknown columns, an empty list, a
-            duplicate model, or a source accuracy without a unit or out of range.
+            duplicate model, a source accuracy without a unit or out of range, or a weights
+            URI that carries credentials (refused here, before the list reaches a plan,
+            results table, report or store).
     """
+    name = redact_uri(name)  # the list's own location, quoted by every message below
     unit = ""
     lines = []
     for line in text.splitlines():
@@ -161,11 +165,18 @@ def parse_model_list(text: str, name: str = "model list") -> list[ModelEntry]:
         if model in seen:
             raise TransferError(f"{name} line {i}: model {model!r} is listed twice")
         seen.add(model)
+        weights = (row.get("weights") or "").strip()
+        if carries_credentials(weights):
+            raise TransferError(
+                f"{name} line {i}: the weights URI of {model!r} carries credentials "
+                f"({redact_uri(weights)}): give s3://BUCKET/KEY and put credentials in "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            )
         top1 = (row.get("source_top1") or "").strip()
         entries.append(
             ModelEntry(
                 model=model,
-                weights=(row.get("weights") or "").strip(),
+                weights=weights,
                 source_dataset=(row.get("source_dataset") or "").strip(),
                 source_top1=_percent(top1, (row.get("unit") or unit).strip().lower(), name)
                 if top1
