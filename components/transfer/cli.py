@@ -12,6 +12,7 @@ import json
 import sys
 
 from components.common.errors import AprflowError
+from components.common.limits import limit_type
 from components.common.storage import add_store_option
 from components.data.datasets import BUILTIN_DATASETS
 from components.train.recipes import add_recipe_set_option, recipe_sets
@@ -162,13 +163,15 @@ def build_study_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--finetune-max-steps",
-        type=int,
+        type=limit_type("steps"),
         default=None,
         help="cap on fine-tune/scratch steps (default: 20k scaled by dataset size)",
     )
     add_recipe_set_option(parser)  # over the finetune and scratch recipes
     parser.add_argument("--chunk-size", type=int, default=0, help="models per chunk (0: 8)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument(
+        "--bootstrap", type=limit_type("bootstrap"), default=1000, help="bootstrap resamples"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights and heads")
     parser.add_argument("--name", default="transfer", help="study name (MLflow experiment)")
     add_store_option(parser)

@@ -22,6 +22,7 @@ from typing import Any
 from components.common import tracking
 from components.common.files import atomic_write_text
 from components.common.hashing import content_hash
+from components.common.limits import check_limit
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
 from components.transfer.errors import TransferError
@@ -237,6 +238,9 @@ def analyze(
     from components.transfer.compare import compare, scatter_figures
     from components.transfer.report import write_report
 
+    # Before the gathering: a resample count from the Kubeflow UI meets the same bound as one
+    # from a config.
+    n_bootstrap = check_limit("bootstrap", n_bootstrap, "n_bootstrap")
     store = open_store(store_uri)
     rows = gather(study_id, store)
     out = Path(out_dir)

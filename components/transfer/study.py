@@ -43,6 +43,7 @@ import torch
 
 from components.common.files import atomic_write_text
 from components.common.hashing import content_hash
+from components.common.limits import check_limit
 from components.common.progress import report
 from components.common.storage import ArtifactStore
 from components.train.recipes import resolve_recipe
@@ -122,6 +123,11 @@ class StudySettings:
             raise TransferError(f"k and batch_size must be >= 1, got {self.k}, {self.batch_size}")
         if self.input_size is not None and self.input_size < 8:
             raise TransferError(f"input_size must be >= 8 pixels, got {self.input_size}")
+        if self.finetune_max_steps is not None:
+            try:
+                check_limit("steps", self.finetune_max_steps, "finetune_max_steps")
+            except ValueError as e:
+                raise TransferError(str(e)) from None
         for regime in ("finetune", "scratch"):
             if regime in self.regimes:
                 try:

@@ -235,3 +235,18 @@ def test_yaml_exponent_numbers_are_numbers():
         load_config(PIPELINES["apr-study"], None, parse_overrides(["n_models=1.5e0"]))
     with pytest.raises(ValueError, match="'lr' must be a number, got 'fast'"):
         recipe_sets(["recipe.lr=fast"])
+
+
+def test_transfer_study_bounds_its_steps_and_resamples_on_every_path(capsys):
+    from components.transfer.cli import build_study_parser
+    from components.transfer.steps import analyze
+    from components.transfer.study import StudySettings, TransferError
+
+    with pytest.raises(TransferError, match=r"finetune_max_steps must be in \[0, 10000000\]"):
+        StudySettings(regimes=["knn"], finetune_max_steps=10**12)
+    with pytest.raises(ValueError, match=r"n_bootstrap must be in \[0, 100000\]"):
+        analyze("no-study", None, "unused", n_bootstrap=10**9)
+    for option in ("--bootstrap", "--finetune-max-steps"):
+        with pytest.raises(SystemExit):
+            build_study_parser().parse_args(["--models", "m.csv", option, "1000000000000"])
+        assert "expected an integer in [0, " in capsys.readouterr().err
