@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
-TEST_PATH = re.compile(r"tests/[\w/]+\.py")
+TEST_PATH = re.compile(r"tests/[\w/]+(?:\.py)?")  # a test file or a folder of them
 KEYWORD = re.compile(r"-k\s+(?:\"([^\"]+)\"|'([^']+)'|(\S+))")
 
 
@@ -47,7 +47,8 @@ def test_every_reliability_row_names_existing_tests():
         assert paths, f"reliability row {cells[0]!r} names no test file"
         for path in paths:
             assert path.exists(), f"reliability row {cells[0]!r}: {path} does not exist"
-        names = _test_names([p for p in paths if p.is_file()])
+        files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("test_*.py")))]
+        names = _test_names(files)
         assert names, f"reliability row {cells[0]!r}: its files hold no test"
         for match in KEYWORD.finditer(proof):
             expression = next(g for g in match.groups() if g)
