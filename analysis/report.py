@@ -16,11 +16,13 @@ import pandas as pd
 
 from analysis import figures, readings
 from analysis.compute import Analysis, compute_analysis
-from analysis.files import write_atomic
+from analysis.files import replaced_folder, write_atomic
 from analysis.stats import STAGE_FEATURES
 from analysis.table import ResultsTable, load_results
 
 TEMPLATE_DIR = Path(__file__).parent
+# What analyze() writes into its output folder (replaced as a whole; other entries stay).
+OUTPUTS = ("figures", "report.html", "report.md", "summary.json")
 # Long model lists are cut in the reports (summary.json keeps them all).
 MAX_LISTED = 20
 # Datasets with per-model panels in the stage profile and architecture scatter figures
@@ -46,8 +48,11 @@ def analyze(
     """Run the whole analysis and write its outputs.
 
     Writes ``out_dir/figures/*.png``, ``out_dir/report.html`` (self-contained),
-    ``out_dir/report.md`` and, last, ``out_dir/summary.json``, each through a temporary
-    file and a rename, so a failed run never leaves a half-written summary.
+    ``out_dir/report.md`` and ``out_dir/summary.json`` into a new folder beside ``out_dir``
+    that then replaces it (:func:`analysis.files.replaced_folder`): a failed or killed run
+    leaves the previous outputs whole, never some of each. Other files in ``out_dir`` (the
+    results table) stay; the outputs of a previous analysis that this one does not write
+    (figures of a dataset no longer in the table) go.
 
     Args:
         results: A loaded table, or anything :func:`analysis.table.load_results` accepts.
@@ -82,13 +87,13 @@ def analyze(
     summary["figures"] = {name: f"figures/{name}.png" for name in pngs}
     context = report_context(summary, pngs, model_table(analysis), datasets)
 
-    out = Path(out_dir)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    for name, png in pngs.items():
-        write_atomic(out / "figures" / f"{name}.png", png)
-    write_atomic(out / "report.md", render_template("report.md.j2", context))
-    write_atomic(out / "report.html", render_template("report.html.j2", context))
-    write_atomic(out / "summary.json", to_json(summary))
+    with replaced_folder(out_dir, OUTPUTS) as out:
+        (out / "figures").mkdir()
+        for name, png in pngs.items():
+            write_atomic(out / "figures" / f"{name}.png", png)
+        write_atomic(out / "report.md", render_template("report.md.j2", context))
+        write_atomic(out / "report.html", render_template("report.html.j2", context))
+        write_atomic(out / "summary.json", to_json(summary))
     return summary
 
 

@@ -380,6 +380,9 @@ def load_results(
         rows = df["metric"] == m
         stated = _stated_scales(m, given, header_units, unit_cells, rows)
         units[m] = _resolve_unit(m, value[rows & ok], stated, name)
+        _check_no_fraction_dataset(
+            m, units[m], df.loc[rows & ok, "dataset"], value[rows & ok], name
+        )
         percent = value[rows] * (100.0 if units[m].scale == "fraction" else 1.0)
         error[rows] = percent if units[m].kind == "error" else 100.0 - percent
     # Rounding removes float noise such as 100 - 90.056 = 9.944000000000003 from the outputs.
@@ -572,6 +575,28 @@ def _resolve_unit(metric: str, values: pd.Series, stated: dict[str, str], name: 
             f"[0, {limit:g}] for scale {scale!r}"
         )
     return Unit(kind=kind, scale=scale, source=source)
+
+
+def _check_no_fraction_dataset(
+    metric: str, unit: Unit, datasets: pd.Series, values: pd.Series, name: str
+) -> None:
+    """Refuses a dataset whose values all lie in [0, 1] in a table that a ``# unit: percent``
+    header line declares percent while other datasets' values exceed 1: most likely fractions
+    pasted among percents (0.3 read as 0.3 % instead of 30 %). A scale stated on the command
+    line (``--scale percent``) or per row (a ``unit`` column) is believed: a dataset may truly
+    have errors below 1 %."""
+    if unit.scale != "percent" or unit.source != "header line":
+        return
+    highest = values.groupby(datasets.to_numpy()).max()
+    below_one = highest[highest <= 1.0]
+    if below_one.empty or len(below_one) == len(highest):
+        return
+    raise ValueError(
+        f"dataset {below_one.index[0]!r} in {name}: every {metric!r} value lies in [0, 1] "
+        f"while other datasets reach {highest.max():g} and a header line declares percent: it "
+        "looks like fractions; convert them to percent, or pass --scale percent if they are "
+        "percent below 1"
+    )
 
 
 def _check_constant_architecture(ok: pd.DataFrame, arch_columns: tuple[str, ...], name: str):

@@ -14,11 +14,14 @@ import contextlib
 import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from components.common.errors import AprflowError
 from components.common.progress import elapsed, report
@@ -27,6 +30,7 @@ from components.common.tracking import TRACKING_ENV, resolve_tracking_uri
 from pipelines.console import StudyConsole
 
 TAIL_LINES = 25
+WORKSPACE_PREFIX = "kfp-workspace-"
 
 
 class LocalRunError(AprflowError):
@@ -52,9 +56,11 @@ def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs"
     log_path = runs_dir / "logs" / f"{pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     report("local", f"running {pipeline.name} with {arguments}")
     report("local", f"task logs: {log_path}")
+    workspace = _workspace(runs_dir / "kfp-local")
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(runs_dir / "kfp-local"),
+        workspace_root=str(workspace),
         raise_on_error=True,
     )
     with warnings.catch_warnings():
@@ -70,6 +76,8 @@ def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs"
                 f"{log_path} (its last lines are above). Finished trials are kept and reused "
                 "when you run it again"
             ) from None
+        finally:
+            shutil.rmtree(workspace, ignore_errors=True)
     study = task.outputs["study_id"]
     store = open_store()
     out_dir = runs_dir / study
@@ -83,6 +91,26 @@ def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs"
     tracking = os.environ[TRACKING_ENV]
     report("local", f"browse the runs with: mlflow ui --backend-store-uri {tracking}")
     return out_dir
+
+
+def _workspace(folder: Path) -> Path:
+    """A new, empty kfp.local workspace in ``folder``, named after this process.
+
+    ``kfp.local.init`` makes one in the system's temporary folder unless given one, and its
+    pipeline run removes it in a ``finally`` (kubeflow/pipelines sdk 2.17.0: sdk/python/kfp/
+    local/config.py, ``init``, line 283, ``tempfile.mkdtemp(prefix='kfp-workspace-')``;
+    local/pipeline_orchestrator.py, ``_run_local_pipeline_implementation``, line 157), which a
+    killed run never reaches. Here the workspace lies beside the run's outputs, and a run removes
+    those that killed runs left (their process is gone; the pipelines use no workspace, so they
+    are empty, and a folder that is not is kept).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(f"{WORKSPACE_PREFIX}*"):
+        pid = leftover.name.removeprefix(WORKSPACE_PREFIX).partition("-")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
+    return Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-", dir=folder))
 
 
 def _print_tail(log_path: Path, lines: int = TAIL_LINES) -> None:

@@ -15,6 +15,7 @@ from analysis.table import EVALUATION_SEPARATOR, OWN_TEST_SET
 from components.common import tracking
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
+from components.common.uris import redact_uri
 from components.data.descriptor import DatasetRef
 from components.sample.space import AnyNetSpec
 from components.train.plan import load_trial_ids, trial_key
@@ -104,7 +105,9 @@ def gather_results(
     if runs is not None:
         for row in rows:
             run = runs.get(row["trial_id"], {})
-            row["run_id"], row["run_url"] = run.get("run_id", ""), run.get("run_url", "")
+            # The link goes into results.csv and report.html: no userinfo of the MLflow UI URL.
+            row["run_id"] = run.get("run_id", "")
+            row["run_url"] = redact_uri(run.get("run_url", ""))
     return pd.DataFrame(rows)
 
 

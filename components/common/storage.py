@@ -63,8 +63,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
+import psutil
+
 from components.common.errors import AprflowError
 from components.common.files import atomic_write_bytes, stage_bytes
+from components.common.uris import redact_uri
 
 STORE_ENV = "APRFLOW_STORE_URI"
 S3_ENDPOINT_ENV = "APRFLOW_S3_ENDPOINT_URL"
@@ -272,10 +275,14 @@ class LocalStore(ArtifactStore):
             raise self._error(key, action, e) from None
 
     def _stage(self, key: str, data: bytes) -> Path:
-        """Writes ``data`` to a temporary file beside ``key``'s path (the caller publishes it)."""
+        """Writes ``data`` to a temporary file beside ``key``'s path (the caller publishes it),
+        named ``.<name>.<host>-<pid>.*.tmp`` after its writer (:meth:`_remove_stale_temporaries`
+        tells a dead writer's by it)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return stage_bytes(path, data)
+        return stage_bytes(
+            path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}"), data
+        )
 
     def put_bytes(self, key: str, data: bytes) -> str:
         with self._errors(key, "write"):
@@ -297,12 +304,17 @@ class LocalStore(ArtifactStore):
 
     @staticmethod
     def _remove_stale_temporaries(path: Path) -> None:
-        """Deletes this key's temporary files that a killed writer left (older than an hour:
-        a live writer stages its bytes in seconds)."""
+        """Deletes this key's temporary files that a killed writer left: at once when their
+        name says that the writer was a process of this host that is gone, else once they are
+        an hour old (a writer elsewhere cannot be asked; a live one stages in seconds)."""
         cutoff = time.time() - STALE_TEMPORARY_S
+        this_host = f".{path.name}.{socket.gethostname()}-"
         for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            pid = stale.name.removeprefix(this_host).partition(".")[0]
+            gone = stale.name.startswith(this_host) and pid.isdigit()
+            gone = gone and not psutil.pid_exists(int(pid))
             with contextlib.suppress(FileNotFoundError):
-                if stale.stat().st_mtime < cutoff:
+                if gone or stale.stat().st_mtime < cutoff:
                     stale.unlink()
 
     def create_if_absent(self, key: str, data: bytes) -> bool:
@@ -317,6 +329,7 @@ class LocalStore(ArtifactStore):
                 return False
             finally:
                 tmp.unlink(missing_ok=True)
+                self._remove_stale_temporaries(path)
             self._write_sidecar(path, f"{_digest(data)} {len(data)}")
             return True
 
@@ -433,8 +446,10 @@ class S3Store(ArtifactStore):
             self._client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
         except ValueError as e:  # botocore's "Invalid endpoint: ..."
             raise StoreError(
-                f"S3 endpoint {endpoint_url!r} is not usable ({e}): set {S3_ENDPOINT_ENV} to a "
-                "URL like http://host:9000"
+                redact_uri(
+                    f"S3 endpoint {endpoint_url!r} is not usable ({e}): set {S3_ENDPOINT_ENV} "
+                    "to a URL like http://host:9000"
+                )
             ) from None
 
     def _key(self, key: str) -> str:
@@ -443,10 +458,13 @@ class S3Store(ArtifactStore):
 
     def _explain(self, error: Exception) -> StoreError:
         where = self.endpoint_url or "the default AWS endpoint"
+        # botocore's message quotes the endpoint URL too, userinfo and query string included.
         return StoreError(
-            f"S3 store {self.uri} at {where} failed after up to {self.attempts} attempts "
-            f"({S3_ATTEMPTS_ENV}): {error}; check {S3_ENDPOINT_ENV}, "
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and that the bucket exists"
+            redact_uri(
+                f"S3 store {self.uri} at {where} failed after up to {self.attempts} attempts "
+                f"({S3_ATTEMPTS_ENV}): {error}; check {S3_ENDPOINT_ENV}, "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and that the bucket exists"
+            )
         )
 
     @contextlib.contextmanager
@@ -699,7 +717,9 @@ def open_store(uri: str | None = None) -> ArtifactStore:
         return LocalStore(parsed.path if parsed.scheme else uri)
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise StoreError(f"store URI {uri!r} names no bucket: use s3://BUCKET/PREFIX")
+            raise StoreError(
+                f"store URI {redact_uri(uri)!r} names no bucket: use s3://BUCKET/PREFIX"
+            )
         if "@" in parsed.netloc or ":" in parsed.netloc:
             # Never echo the URI: it may hold a secret.
             raise StoreError(
@@ -710,5 +730,6 @@ def open_store(uri: str | None = None) -> ArtifactStore:
         endpoint = os.environ.get(S3_ENDPOINT_ENV) or os.environ.get("AWS_ENDPOINT_URL")
         return S3Store(parsed.netloc, parsed.path, endpoint_url=endpoint)
     raise StoreError(
-        f"unsupported store URI {uri!r}: use a local directory, file:///DIR or s3://BUCKET/PREFIX"
+        f"unsupported store URI {redact_uri(uri)!r}: use a local directory, file:///DIR or "
+        "s3://BUCKET/PREFIX"
     )

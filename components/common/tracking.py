@@ -44,16 +44,19 @@ import numbers
 import os
 import random
 import re
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from components.common.errors import AprflowError
 from components.common.progress import report
+from components.common.uris import carries_credentials, redact_uri
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 # Where the MLflow UI of a SQLite store is browsed (`mlflow ui`'s default address); set it to
@@ -144,8 +147,16 @@ def check_tracking(uri: str, wait_s: float = 0.0) -> None:
     """Raises TrackingError with a fix if the tracking URI cannot be used.
 
     HTTP servers are probed on ``/health``, retried with backoff and jitter for up to ``wait_s``
-    seconds (0: one probe, as preflight does); SQLite needs a writable folder.
+    seconds (0: one probe, as preflight does); SQLite needs a writable folder. A URI holding
+    credentials is refused: it is printed, logged and tagged, and MLflow reads them from
+    MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (mlflow/mlflow v3.17.2:
+    mlflow/utils/credentials.py, read_mlflow_creds).
     """
+    if carries_credentials(uri):
+        raise TrackingError(
+            f"the MLflow tracking URI {redact_uri(uri)} carries credentials: remove them and set "
+            "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (on Kubernetes: the chart's secret)"
+        )
     if uri.startswith(("http://", "https://")):
         deadline = time.monotonic() + wait_s
         attempt = 0
@@ -159,9 +170,11 @@ def check_tracking(uri: str, wait_s: float = 0.0) -> None:
                 if time.monotonic() + pause >= deadline:
                     waited = f" for {wait_s:.0f} s" if wait_s else ""
                     raise TrackingError(
-                        f"MLflow tracking server {uri} is unreachable{waited} ({reason}); start "
-                        f"it, set {TRACKING_ENV} to a reachable server or sqlite:///PATH, or wait "
-                        f"longer with {WAIT_ENV}"
+                        redact_uri(
+                            f"MLflow tracking server {uri} is unreachable{waited} ({reason}); "
+                            f"start it, set {TRACKING_ENV} to a reachable server or "
+                            f"sqlite:///PATH, or wait longer with {WAIT_ENV}"
+                        )
                     ) from None
                 time.sleep(pause)
                 attempt += 1
@@ -176,7 +189,8 @@ def check_tracking(uri: str, wait_s: float = 0.0) -> None:
             ) from None
     elif "://" in uri and not uri.startswith("file://"):
         raise TrackingError(
-            f"unsupported tracking URI {uri!r}: use http(s)://HOST:PORT or sqlite:///PATH"
+            f"unsupported tracking URI {redact_uri(uri)!r}: use http(s)://HOST:PORT or "
+            "sqlite:///PATH"
         )
 
 
@@ -318,7 +332,10 @@ def _with_retries(call, what: str, wait_s: float | None = None):
             raise error
         pause = _backoff(attempt)
         if time.monotonic() + pause >= deadline:
-            raise TrackingError(f"{what}: still failing after {wait_s:.0f} s: {error}") from None
+            # MLflow's message quotes the request URL, the tracking URI's userinfo included.
+            raise TrackingError(
+                f"{what}: still failing after {wait_s:.0f} s: {redact_uri(str(error))}"
+            ) from None
         time.sleep(pause)
         attempt += 1
 
@@ -360,14 +377,39 @@ def _client(uri: str, wait_s: float | None = None):
     return MlflowClient(tracking_uri=uri)
 
 
+def _first_cause(error: BaseException) -> str:
+    """The innermost cause of ``error``, first line: ``database or disk is full`` for the
+    SQLite error that MLflow wraps twice (in SQLAlchemy's error, then in MlflowException)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
 def _experiment_id(client, name: str) -> str:
-    """The experiment's id (created if needed), tagged as model development."""
+    """The experiment's id (created if needed), tagged as model development.
+
+    Raises:
+        TrackingError: MLflow refused to create the experiment for another reason than a
+            concurrent task creating it first (a full disk, a read-only database), naming it.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
             return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-        except Exception:  # noqa: BLE001 - a concurrent task created it first
-            experiment = client.get_experiment_by_name(name)
+        except Exception as e:
+            if _is_transient(e):
+                raise  # retried by _with_retries
+            # A concurrent task created it first: MLflow answers RESOURCE_ALREADY_EXISTS
+            # (mlflow/mlflow v3.17.2: mlflow/store/tracking/sqlalchemy_store.py, line 645 in
+            # SqlAlchemyStore.create_experiment; the REST server sends the same error code).
+            if getattr(e, "error_code", None) == "RESOURCE_ALREADY_EXISTS":
+                experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise TrackingError(
+                    f"MLflow could not create experiment {name!r} at "
+                    f"{redact_uri(client.tracking_uri)}: {_first_cause(e)}"
+                ) from None
     if experiment.lifecycle_stage == "deleted":
         raise TrackingError(
             f"MLflow experiment {name!r} is deleted: restore it "
@@ -864,6 +906,8 @@ def replay_queue(store, study: str, uri: str, strict: bool = False) -> int:
 
 
 LIVE_TAG = "aprflow.live_run"
+# The chunk execution that opened a live run last: the one that ends it.
+LIVE_OWNER_TAG = "aprflow.live_owner"
 # How long the end of a live run may wait for the system-metrics thread's last logging.
 LIVE_FINISH_S = 30.0
 
@@ -883,9 +927,15 @@ def live_run(
     samples the whole machine, so it covers the trial processes a chunk starts. The run is
     ended FINISHED, or FAILED when the block raises (the plugin's run is left to the plugin).
 
+    Two runs of a study at once share the run: the chunk execution that opened it last
+    (tag ``aprflow.live_owner``) ends it, so the other neither ends it under it nor leaves a
+    FAILED mark that the study's analysis set meanwhile (it ends live runs still RUNNING).
+
     Best-effort like every trial logging: when MLflow does not answer within the outage budget
-    (at most 10 s), a line says so and the block runs without a live run (yields None); a
-    monitor that stalls at the end is left behind after 30 s.
+    (at most 10 s), a line says so and the block runs without a live run (yields None); the
+    end still looks for the run, since an opening cut off by that budget may complete later
+    (e.g. behind the other run's lock on a SQLite database). A monitor that stalls at the end
+    is left behind after 30 s.
 
     Args:
         uri: tracking URI.
@@ -896,39 +946,44 @@ def live_run(
     Yields:
         The live run's id, or None.
     """
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    run_id, owned, monitor = None, True, None
     try:
         run_id, owned = _with_retries(
-            lambda: _open_live_run(uri, parent_run_id, name, dict(tags or {})),
+            lambda: _open_live_run(uri, parent_run_id, name, dict(tags or {}), owner),
             f"opening the live MLflow run {name}",
             min(wait_budget(), OUTAGE_WAIT_S),
         )
         monitor = _start_system_metrics(uri, run_id)
     except Exception as e:  # noqa: BLE001 - tracking must never fail training
         report("tracking", f"no live MLflow run {name} (system metrics off): {e}")
-        yield None
-        return
     failed = False
     try:
-        yield run_id
+        yield run_id if monitor is not None else None
     except BaseException:
         failed = True
         raise
     finally:
-        finisher = threading.Thread(target=monitor.finish, name="aprflow-sysmetrics", daemon=True)
-        finisher.start()
-        finisher.join(LIVE_FINISH_S)
+        if monitor is not None:
+            finisher = threading.Thread(
+                target=monitor.finish, name="aprflow-sysmetrics", daemon=True
+            )
+            finisher.start()
+            finisher.join(LIVE_FINISH_S)
         if owned:
             with contextlib.suppress(Exception):  # best-effort; analyze ends runs left RUNNING
                 _with_retries(
-                    lambda: _client(uri).set_terminated(run_id, "FAILED" if failed else "FINISHED"),
+                    lambda: _end_live_run(uri, parent_run_id, name, owner, failed),
                     f"ending the live MLflow run {name}",
                     min(wait_budget(), OUTAGE_WAIT_S),
                 )
 
 
-def _open_live_run(uri: str, parent_run_id: str, name: str, tags: dict) -> tuple[str, bool]:
+def _open_live_run(
+    uri: str, parent_run_id: str, name: str, tags: dict, owner: str
+) -> tuple[str, bool]:
     """``(run id, owned)``: the plugin's task run (not owned), else the study's nested run
-    ``name``, created or set RUNNING again."""
+    ``name``, created or set RUNNING again, with ``owner`` as its owner."""
     client = _client(uri)
     task_run = plugin_run(client)
     if task_run is not None:
@@ -939,10 +994,23 @@ def _open_live_run(uri: str, parent_run_id: str, name: str, tags: dict) -> tuple
     all_tags = keys | {STUDY_TAG: parent.data.tags.get(STUDY_TAG, ""), "aprflow.kind": "live"}
     run = _find_run(client, experiment_id, **keys)
     if run is None:
-        run = _create_run_once(client, experiment_id, all_tags | dict(tags), name, **keys)
-    elif run.info.status != "RUNNING":
+        run = _create_run_once(
+            client, experiment_id, all_tags | dict(tags) | {LIVE_OWNER_TAG: owner}, name, **keys
+        )
+    if run.data.tags.get(LIVE_OWNER_TAG) != owner:  # found, or created by another at once
+        client.set_tag(run.info.run_id, LIVE_OWNER_TAG, owner)
+    if run.info.status != "RUNNING":
         client.update_run(run.info.run_id, status="RUNNING")
     return run.info.run_id, True
+
+
+def _end_live_run(uri: str, parent_run_id: str, name: str, owner: str, failed: bool) -> None:
+    """Ends the live run ``name`` FINISHED (FAILED if ``failed``) if ``owner`` opened it last."""
+    client = _client(uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    run = _find_run(client, experiment_id, **{LIVE_TAG: name, PARENT_TAG: parent_run_id})
+    if run is not None and run.data.tags.get(LIVE_OWNER_TAG) == owner:
+        client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
 
 
 def _start_system_metrics(uri: str, run_id: str):

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import math
 import multiprocessing
 import os
@@ -88,6 +89,9 @@ TIMEOUT_FACTOR = 10
 TIMEOUT_FLOOR_S = 1800
 # How often the runner looks at its children.
 POLL_S = 0.2
+# A trial's exit status when a write found its disk full (ENOSPC's number): the runner does
+# not start it again in this task, which would write into the same full disk.
+EXIT_NO_SPACE = errno.ENOSPC
 
 
 class ChunkError(AprflowError):
@@ -358,7 +362,34 @@ def _child_main(
         os.environ["OMP_NUM_THREADS"] = str(threads)
     from components.train.run import train_trial
 
-    train_trial(trial_id, study, store_uri, tracking_uri, kfp_run_id, result=result)
+    try:
+        train_trial(trial_id, study, store_uri, tracking_uri, kfp_run_id, result=result)
+    except Exception as e:
+        where = no_space_path(e, store_uri)
+        if where is None:
+            raise
+        print(
+            f"[train] trial {trial_id}: no space left on device: {where}",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(EXIT_NO_SPACE)
+
+
+def no_space_path(error: BaseException, store_uri: str | None) -> str | None:
+    """Where the disk is full when ``error`` is (or was raised from) an ENOSPC, else None: the
+    file that could not be written, or the local store's folder when the error does not say
+    (a failed ``write`` names no file), or the store's URI."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return str(error.filename) if error.filename else _location(open_store(store_uri))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _location(store: ArtifactStore) -> str:
+    """A local store's folder, else the store's URI."""
+    return str(getattr(store, "root", store.uri))
 
 
 def kill_process_tree(pid: int) -> None:
@@ -579,6 +610,11 @@ def run_chunk(
                         )
                     continue
                 del running[trial_id]
+                if code == EXIT_NO_SPACE:
+                    # Its disk is full (the trial printed where): not retried in this task.
+                    where = _location(store)
+                    infrastructure.append(f"trial {trial_id}: no space left on device: {where}")
+                    continue
                 outcome = child.outcome(code)
                 _record_attempt(
                     store,

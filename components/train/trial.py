@@ -327,6 +327,19 @@ def load_checkpoint_bytes(data: bytes, engine: str = "torch") -> dict[str, Any]:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+def checkpoint_fault(error: BaseException) -> str:
+    """What is wrong with a checkpoint that ``torch.load(weights_only=True)`` refused, in a few
+    words: the first sentence of the unpickler's own error (torch wraps it in one that
+    recommends ``weights_only=False``, which would run whatever code a damaged or crafted file
+    holds, so that advice is never passed on)."""
+    inner = error.__context__ if isinstance(error, pickle.UnpicklingError) else None
+    inner = inner or error
+    first = re.split(r"\.\s|\n", str(inner).strip(), maxsplit=1)[0][:200]
+    # The damaged bytes are quoted in it (a class name): keep the reason one printable line.
+    first = "".join(c if c.isprintable() else "?" for c in first)
+    return f"{type(inner).__name__}: {first}" if first else f"{type(inner).__name__}: no data"
+
+
 def _load_checkpoint(store, trial_id, engine: str, progress: Progress) -> dict[str, Any] | None:
     """The trial's last checkpoint; None when there is none or it is truncated or corrupt (then
     it is set aside as ``checkpoint.pt.corrupt-<time>`` and the trial starts from scratch)."""
@@ -338,7 +351,8 @@ def _load_checkpoint(store, trial_id, engine: str, progress: Progress) -> dict[s
     except (CorruptObjectError, pickle.UnpicklingError, RuntimeError, EOFError) as e:
         aside = store.set_aside(key)
         progress(
-            f"checkpoint of trial {trial_id} is unusable ({e}); set aside as {aside}, "
+            f"checkpoint of trial {trial_id} is unusable ({checkpoint_fault(e)}); set aside as "
+            f"{aside}, "
             "training from scratch"
         )
         return None

@@ -17,7 +17,7 @@ penultimate layer, the fixed features of Kornblith et al. (SEEDS 003).
 from __future__ import annotations
 
 import difflib
-import io
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.common.storage import ArtifactStore, StoreError, open_store
+from components.common.storage import ArtifactStore, CorruptObjectError, StoreError, open_store
 from components.transfer.errors import TransferError
 
 TRIAL_PREFIX = "trial:"
@@ -142,7 +142,13 @@ def _load_trial_backbone(
     from components.data.datasets import load_manifest
     from components.sample.anynet import build_model
     from components.sample.space import AnyNetSpec, uses_small_stem
-    from components.train.trial import Trial, checkpoint_key, result_key
+    from components.train.trial import (
+        Trial,
+        checkpoint_fault,
+        checkpoint_key,
+        load_checkpoint_bytes,
+        result_key,
+    )
 
     if not trial_id:
         raise TransferError("backbone 'trial:' names no trial: use trial:<trial_id>")
@@ -167,12 +173,17 @@ def _load_trial_backbone(
         num_classes=trial.dataset.num_classes,
         small_input=small_input,
     )
-    state = torch.load(
-        io.BytesIO(store.get_bytes(checkpoint_key(trial_id))),
-        map_location="cpu",
-        weights_only=True,
-    )
-    model.load_state_dict(state["engine"]["model"])
+    key = checkpoint_key(trial_id)
+    try:
+        weights = load_checkpoint_bytes(store.get_bytes(key))["engine"]["model"]
+    except CorruptObjectError:
+        raise TransferError(
+            f"checkpoint {key} is corrupt (its bytes do not match the checksum recorded when it "
+            "was written)"
+        ) from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as e:
+        raise TransferError(f"checkpoint {key} is corrupt ({checkpoint_fault(e)})") from None
+    model.load_state_dict(weights)
     if not keep_head:  # the transfer study keeps it: LEEP needs the source-class probabilities
         model.reset_classifier(0)
     try:
