@@ -261,6 +261,16 @@ def prepare_sqlite(db: Path) -> None:
     db = db.resolve()
     if db in _PREPARED:
         return
+    try:
+        import alembic  # noqa: F401 - MLflow's SQL store migrates with these
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        # The GPU image carries the MLflow client only (mlflow-skinny): its pods log to a server.
+        raise TrackingError(
+            f"the tracking store sqlite:///{db} needs the full mlflow package (SQLAlchemy, "
+            f"alembic), which this environment lacks (mlflow-skinny): set {TRACKING_ENV} to an "
+            "MLflow server (the chart's aprflow-mlflow)"
+        ) from None
     with open(db.with_name(f"{db.name}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

@@ -99,4 +99,5 @@ def test_sqlite_store_is_what_needs_the_server_stack(tmp_path):
         [sys.executable, "-c", code, uri, blocked], capture_output=True, text=True, cwd=REPO_ROOT
     )
     assert result.returncode != 0
-    assert "sqlalchemy" in result.stderr.lower()
+    assert "needs the full mlflow package (SQLAlchemy, alembic)" in result.stderr
+    assert "set MLFLOW_TRACKING_URI to an MLflow server" in result.stderr
