@@ -56,6 +56,7 @@ def apr_study(
     device: str = "auto",
     gpus_per_trial: str = "1",
     trials_per_gpu: int = 1,
+    task_cpu: str = str(PROFILE.train_cpu),
     chunk_size: int = 0,
     max_attempts: int = 2,
     compile_model: bool = False,
@@ -94,6 +95,10 @@ def apr_study(
             one needs engine deepspeed and at most the profile's gpus_per_node. A string
             ("1", "2"): the backend reads a run-time GPU limit only from a string parameter.
         trials_per_gpu: trials trained at once in a training task (packing small models).
+        task_cpu: CPU cores a training task requests (a string: the backend reads a run-time
+            CPU request from a string parameter). Left at the default, ``aprflow run`` and
+            ``aprflow submit`` set it to the profile's train_cpu x gpus_per_trial; with
+            ``kfp run create`` scale it yourself (e.g. "16" for 2 GPUs).
         chunk_size: trials per training task (0 = about one GPU-hour each, estimated).
         max_attempts: starts of a trial whose process is killed (OOM) before it is failed.
         compile_model: torch.compile each model (engine torch; kernels cached per architecture
@@ -144,7 +149,6 @@ def apr_study(
             gpus_per_trial=gpus_per_trial,
             chunk_size=chunk_size,
             max_parallel_tasks=PROFILE.max_parallel_tasks,
-            cpu_per_gpu=PROFILE.train_cpu,
             compile_model=compile_model,
             recipe_overrides=recipe_overrides,
             dataset_settings=dataset_settings,
@@ -177,9 +181,9 @@ def apr_study(
                 trials_per_gpu=trials_per_gpu,
                 max_attempts=max_attempts,
                 gpus_per_trial=gpus_per_trial,
-                task_cpu=plan.outputs["task_cpu"],
+                task_cpu=task_cpu,
             ),
-            plan.outputs["task_cpu"],
+            task_cpu,
             PROFILE.train_pod_memory,
         )
         on_gpu_nodes(train, gpus_per_trial, PROFILE)

@@ -440,7 +440,7 @@ def study_backend_line(arguments: Mapping[str, Any], n_trials: int, n_chunks: in
     ir = PipelineIR.load(COMPILED_DIR / "apr_study.yaml")
     study_id = f"{arguments['study_name']}-{'0' * 10}"  # as long as plan.study_id makes it
     outputs = {
-        "plan-study": {"study_id": study_id, "parent_run_id": "0" * 32, "task_cpu": "64"},
+        "plan-study": {"study_id": study_id, "parent_run_id": "0" * 32},
         "list-chunks": {"Output": [{"study_id": study_id, "chunk": i} for i in range(n_chunks)]},
         "train-chunk": {"Output": -(-n_trials // n_chunks)},  # a chunk's trial count
     }

@@ -116,11 +116,13 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.local import run_local
     from pipelines.preflight import check_study
     from pipelines.registry import PIPELINES
-    from pipelines.sweep import dry_run_summary
+    from pipelines.sweep import dry_run_summary, scaled_task_cpu
 
     pipeline = PIPELINES[args.pipeline]
     arguments = load_config(pipeline, args.config, parse_overrides(args.overrides))
     check_study(arguments, runs_dir=args.runs_dir)
+    if "task_cpu" in arguments:
+        arguments["task_cpu"] = scaled_task_cpu(arguments)
     if args.dry_run:
         print(redact_uri(f"config OK: {arguments}"))
         print(dry_run_summary(arguments))

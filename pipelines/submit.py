@@ -361,6 +361,10 @@ def run_submit(args: argparse.Namespace) -> int:
 
     arguments = run_arguments(args.pipeline, args.config, args.overrides)
     preflight(args.pipeline, arguments)
+    if "task_cpu" in arguments:
+        from pipelines.sweep import scaled_task_cpu
+
+        arguments["task_cpu"] = scaled_task_cpu(arguments)
     if args.dry_run:
         print(json.dumps(arguments, indent=2, sort_keys=True))
         return 0

@@ -12,6 +12,8 @@ import math
 from typing import Any
 
 from components.common.errors import AprflowError
+from components.common.limits import LIMITS, MAX_TASK_CPU
+from components.common.validation import short_repr
 from components.train.chunk import ChunkError, check_chunking, chunk_trials, summary_line
 from components.train.engines import (
     DEVICES,
@@ -45,6 +47,7 @@ def check_sweep(
     except ChunkError as e:
         raise SweepError(str(e)) from None
     gpus = _positive(arguments, "gpus_per_trial")
+    scaled_task_cpu(arguments, profile)
     _positive(arguments, "trials_per_gpu")
     _positive(arguments, "max_attempts")
     if gpus > profile.gpus_per_node:
@@ -71,6 +74,26 @@ def check_sweep(
             check_precision(arguments.get("precision", "auto"), on_gpu)
         except (DeviceError, ValueError) as e:
             raise SweepError(str(e)) from None
+
+
+def scaled_task_cpu(arguments: dict[str, Any], profile: ClusterProfile | None = None) -> str:
+    """The training task's CPU request as a run will ask for it: ``task_cpu`` as given, or,
+    left at the compiled default (the profile's ``train_cpu``), ``train_cpu x gpus_per_trial``
+    (the compiled pipeline cannot multiply two parameters: ``aprflow run`` and ``submit`` do).
+
+    Raises:
+        SweepError: a ``task_cpu`` that is not a whole number of cores in [1, 1024].
+    """
+    profile = profile or load_profile()
+    text = str(arguments["task_cpu"]).strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_TASK_CPU:
+        raise SweepError(
+            f'task_cpu must be a whole number of cores in [1, {MAX_TASK_CPU}], e.g. "16", '
+            f"got {short_repr(arguments['task_cpu'])}: {LIMITS['task_cpu'].reason}"
+        )
+    if int(text) != profile.train_cpu:
+        return text
+    return str(profile.train_cpu * int(arguments["gpus_per_trial"]))
 
 
 def _train_images(name: str, seed: int, store) -> int:

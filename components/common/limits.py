@@ -48,6 +48,7 @@ LIMITS: dict[str, Bound] = {
         0, 30 * 24 * 3600, reason="30 days is longer than any one trial trains"
     ),
     "trials_per_gpu": Bound(1, 64, reason="each packed trial holds its own model and batch"),
+    "task_cpu": Bound(1, 1024, reason="cores of one training task; GPU nodes have a few hundred"),
     "max_attempts": Bound(1, 100, reason="a trial killed 100 times will not finish"),
     "draws": Bound(1, 100, reason="each draw builds and stores one more dataset"),
     # An architecture spec (components.sample.space).
@@ -146,6 +147,7 @@ MAX_EPOCHS = _high("epochs")
 MIN_RESOLUTION, MAX_RESOLUTION = int(LIMITS["resolution"].low), _high("resolution")
 MAX_SEED = _high("seed")
 MAX_TRIAL_TIMEOUT_S = _high("trial_timeout_s")
+MAX_TASK_CPU = _high("task_cpu")
 MAX_BRACE_EXPANSION = _high("shards")
 MAX_IMAGE_PIXELS = _high("image_pixels")
 MAX_YAML_BYTES = _high("yaml_bytes")

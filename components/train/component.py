@@ -25,7 +25,6 @@ def plan_study(
     gpus_per_trial: str = "1",
     chunk_size: int = 0,
     max_parallel_tasks: int = 16,
-    cpu_per_gpu: int = 1,
     compile_model: bool = False,
     recipe_overrides: dict = {},  # noqa: B006 - KFP reads the default
     dataset_settings: dict = {},  # noqa: B006 - KFP reads the default
@@ -41,7 +40,7 @@ def plan_study(
     trials_per_gpu: int = 1,
     max_attempts: int = 1,
     reference: str = "",
-) -> NamedTuple("PlanOutputs", study_id=str, parent_run_id=str, task_cpu=str):
+) -> NamedTuple("PlanOutputs", study_id=str, parent_run_id=str):
     """Plans every (architecture x dataset x seed) trial, groups them into chunks and opens
     the MLflow parent run.
 
@@ -64,9 +63,6 @@ def plan_study(
         device: auto, cuda or cpu; gpus_per_trial: processes (GPUs) per trial.
         chunk_size: trials per training task (0 = about one GPU-hour each);
             max_parallel_tasks: the loop's parallelism (compiled in), for even chunks.
-        cpu_per_gpu: the cluster profile's cores per GPU (compiled in); the output
-            ``task_cpu`` (a string, as the backend reads a run-time CPU request) is the
-            training task's CPU request, ``cpu_per_gpu x gpus_per_trial``.
         compile_model: train ``torch.compile``-d models (engine torch only; part of the
             trial id).
         recipe_overrides: recipe fields over the recipe's values (``{"lr": 0.05}``).
@@ -138,10 +134,7 @@ def plan_study(
     )
     with open(plan.path, "w") as f:
         f.write(plan_markdown(load_chunks(open_store(store_uri or None), study)))
-    task_cpu = str(int(cpu_per_gpu) * int(gpus_per_trial))
-    return namedtuple("PlanOutputs", ["study_id", "parent_run_id", "task_cpu"])(
-        study, parent, task_cpu
-    )
+    return namedtuple("PlanOutputs", ["study_id", "parent_run_id"])(study, parent)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -171,7 +164,7 @@ def train_chunk(
     max_attempts: int,
     gpus_per_trial: str,
     metrics: Output[Metrics],
-    task_cpu: str = "0",
+    task_cpu: str = "1",
 ) -> int:
     """Trains one chunk's trials, each in a child process, and returns how many it trained.
 
@@ -187,8 +180,8 @@ def train_chunk(
         max_attempts: starts of a killed trial before it is recorded failed.
         gpus_per_trial: processes (GPUs) per trial; more than one runs torchrun. A string,
             as the pipeline parameter that also sets the task's GPU limit.
-        task_cpu: the task's CPU request (``plan_study``'s output), which the pipeline also
-            sets as the pod's request; threads per trial = task_cpu // trials at once.
+        task_cpu: the task's CPU request (the pipeline parameter that also sets the pod's
+            request); threads per trial = task_cpu // trials at once.
 
     Returns the chunk's trial count, not the ids: ``analyze_study`` reads the trial list from
     the store, so its executor input stays small for any study size.
@@ -205,7 +198,7 @@ def train_chunk(
         max_attempts=int(max_attempts),
         # The request can exceed the cores this process may use (kfp.local applies the cluster
         # profile's request on a laptop): more torch threads than cores spin against each other.
-        cpus=min(int(task_cpu), len(os.sched_getaffinity(0))),
+        cpus=min(int(float(task_cpu)), len(os.sched_getaffinity(0))),
     )
     ids = run_chunk(
         chunk["study_id"],

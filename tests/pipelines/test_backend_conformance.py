@@ -157,7 +157,7 @@ def test_a_paper_scale_study_stays_far_under_the_argument_limit():
     ir = PipelineIR.load(COMPILED_DIR / "apr_study.yaml")
     study_id = "tuggener-2021-anynetx-a-0123456789"
     outputs = {
-        "plan-study": {"study_id": study_id, "parent_run_id": "0" * 32, "task_cpu": "64"},
+        "plan-study": {"study_id": study_id, "parent_run_id": "0" * 32},
         "list-chunks": {"Output": [{"study_id": study_id, "chunk": i} for i in range(n_chunks)]},
         "train-chunk": {"Output": 10},
     }

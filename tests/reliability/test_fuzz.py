@@ -87,6 +87,7 @@ KEYS = [
     "chunk_size",
     "max_attempts",
     "trial_timeout_s",
+    "task_cpu",
     "study_name",
     "reference",
     "recipe",

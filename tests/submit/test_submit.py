@@ -15,7 +15,7 @@ import yaml
 
 from pipelines import submit
 from pipelines.cli import COMPILED_DIR, main
-from pipelines.cluster import load_profile
+from pipelines.cluster import PROFILE, load_profile
 from tests.submit.kfp_api import API, FakeKfpApi
 
 STUDY = COMPILED_DIR / "apr_study.yaml"
@@ -199,6 +199,8 @@ def test_submit_sends_parameters_service_account_and_namespace(capsys):
     # A string parameter, so that the backend can take the GPU limit from it; the preflight
     # checked it as the number 2.
     assert parameters["gpus_per_trial"] == "2"
+    # The CPU request left at its default is scaled with the GPUs before the run is sent.
+    assert parameters["task_cpu"] == str(2 * PROFILE.train_cpu)
     ((pipeline_id, (version,)),) = api.versions.items()
     assert api.pipelines[pipeline_id]["namespace"] == "team-a"
     assert body["pipeline_version_reference"] == {
@@ -265,7 +267,7 @@ BAD_SWEEPS = [
         f"gpus_per_trial={TOO_MANY_GPUS} is more than a node of the cluster profile has",
     ),
     (["gpus_per_trial=2", "engine=torch"], "gpus_per_trial=2 needs engine=deepspeed"),
-    (["trials_per_gpu=0"], "trials_per_gpu must be an integer >= 1, got 0"),
+    (["trials_per_gpu=0"], "config key 'trials_per_gpu' must be in [1, 64], got 0"),
     (["chunk_size=-1"], "chunk_size must be a whole number of trials >= 1, or 0"),
     (["device=tpu"], "device 'tpu': choose from auto, cuda, cpu"),
 ]

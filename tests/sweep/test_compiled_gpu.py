@@ -27,10 +27,15 @@ def test_training_executor_requests_gpus_in_the_gpu_image(compiled):
     assert (
         accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus_per_trial']}}"
     )
-    # CPUs scale with the GPUs: the plan task's string output train_cpu x gpus_per_trial.
+    # The CPU request is the run-time str parameter task_cpu (aprflow scales it with the GPUs).
     assert (
         train["resources"]["resourceCpuRequest"]
-        == "{{$.inputs.parameters['pipelinechannel--plan-study-task_cpu']}}"
+        == "{{$.inputs.parameters['pipelinechannel--task_cpu']}}"
+    )
+    task_cpu = spec["root"]["inputDefinitions"]["parameters"]["task_cpu"]
+    assert (task_cpu["parameterType"], task_cpu["defaultValue"]) == (
+        "STRING",
+        str(PROFILE.train_cpu),
     )
     env = {e["name"]: e["value"] for e in train["env"]}
     assert env["OMP_NUM_THREADS"] == str(PROFILE.train_cpu)
@@ -122,3 +127,15 @@ def test_the_shard_cache_is_a_volume_the_scheduler_accounts_for(compiled):
     # The loader's cache folder and limit: 90 % of the 32Gi volume (34.4 GB) is 30 GB.
     assert env["APRFLOW_SHARD_CACHE"] == "/cache"
     assert env["APRFLOW_SHARD_CACHE_GB"] == "30" == str(PROFILE.shard_cache_gb)
+
+
+def test_task_cpu_scales_with_the_gpus_unless_given():
+    from pipelines.sweep import SweepError, scaled_task_cpu
+
+    default = str(PROFILE.train_cpu)
+    assert scaled_task_cpu({"task_cpu": default, "gpus_per_trial": "1"}) == default
+    assert scaled_task_cpu({"task_cpu": default, "gpus_per_trial": 4}) == str(4 * PROFILE.train_cpu)
+    assert scaled_task_cpu({"task_cpu": "12", "gpus_per_trial": "4"}) == "12"
+    for bad in ("0", "abc", "1.5", "500m", "100000"):
+        with pytest.raises(SweepError, match="task_cpu must be a whole number of cores"):
+            scaled_task_cpu({"task_cpu": bad, "gpus_per_trial": "1"})

@@ -238,7 +238,7 @@ def test_plan_component_and_pipeline_carry_every_recipe_setting(tmp_path, local_
     specs.write_text(json.dumps({"spec": SPEC}) + "\n")
     # Kubeflow hands numbers inside a dict over as floats.
     settings = {"pics": {"recipe_overrides": {"epochs": 2.0}, "test_sets": ["pics_v2"]}}
-    study, _, _ = plan_study.python_func(
+    study, _ = plan_study.python_func(
         specs=SimpleNamespace(path=str(specs)),
         datasets=SimpleNamespace(path=str(refs)),
         study_name="plumbing",
