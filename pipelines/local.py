@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import copy
 import os
 import shutil
 import sys
@@ -67,7 +68,7 @@ def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs"
         # kfp.local warns when an image name lacks "python"; ours is a Python image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
-            with StudyConsole(log_path), _original_print():
+            with StudyConsole(log_path), _original_print(), without_retries(pipeline):
                 task = pipeline(**arguments)
         except Exception as e:  # noqa: BLE001 - kfp.local raises bare errors for failed tasks
             _print_tail(log_path)
@@ -91,6 +92,31 @@ def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs"
     tracking = os.environ[TRACKING_ENV]
     report("local", f"browse the runs with: mlflow ui --backend-store-uri {tracking}")
     return out_dir
+
+
+@contextlib.contextmanager
+def without_retries(pipeline) -> Iterator[None]:
+    """The pipeline's task retry policies cleared while it runs here, then put back.
+
+    ``set_retry`` is for a cluster (a preempted GPU node); kfp.local 2.17 honours it too
+    (``kfp/local/orchestrator/task_executor.py``: back-off 60 s, 120 s, 240 s), so a chunk that
+    fails on this machine would be reported minutes later. Here it fails at once, and a re-run
+    reuses the finished trials. Put back because compiling in this process must still see them.
+    """
+    tasks = [
+        task
+        for component in [pipeline.pipeline_spec.root, *pipeline.pipeline_spec.components.values()]
+        for task in component.dag.tasks.values()
+        if task.HasField("retry_policy")
+    ]
+    saved = [copy.deepcopy(task.retry_policy) for task in tasks]
+    for task in tasks:
+        task.ClearField("retry_policy")
+    try:
+        yield
+    finally:
+        for task, policy in zip(tasks, saved, strict=True):
+            task.retry_policy.CopyFrom(policy)
 
 
 def _workspace(folder: Path) -> Path:

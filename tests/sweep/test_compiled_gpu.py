@@ -139,3 +139,18 @@ def test_task_cpu_scales_with_the_gpus_unless_given():
     for bad in ("0", "abc", "1.5", "500m", "100000"):
         with pytest.raises(SweepError, match="task_cpu must be a whole number of cores"):
             scaled_task_cpu({"task_cpu": bad, "gpus_per_trial": "1"})
+
+
+def test_local_runs_clear_the_retries_and_put_them_back():
+    """kfp.local honours set_retry with minutes of back-off: a local run fails at once."""
+    from pipelines.apr_study import apr_study
+    from pipelines.local import without_retries
+
+    def policy():
+        loop = apr_study.pipeline_spec.components["comp-for-loop-1"]
+        return loop.dag.tasks["train-chunk"].retry_policy.max_retry_count
+
+    assert policy() == PROFILE.task_retries
+    with without_retries(apr_study):
+        assert policy() == 0
+    assert policy() == PROFILE.task_retries
