@@ -31,8 +31,8 @@ def test_dry_run_prints_trials_chunks_and_tasks(local_env, capsys):
     "override, message",
     [
         ("chunk_size=-1", "error: chunk_size must be a whole number of trials >= 1, or 0"),
-        ("trials_per_gpu=0", "error: trials_per_gpu must be an integer >= 1, got 0"),
-        ("max_attempts=0", "error: max_attempts must be an integer >= 1, got 0"),
+        ("trials_per_gpu=0", "error: config key 'trials_per_gpu' must be in [1, 64], got 0"),
+        ("max_attempts=0", "error: config key 'max_attempts' must be in [1, 100], got 0"),
         ("gpus_per_trial=2", "error: gpus_per_trial=2 needs engine=deepspeed"),
         ("device=tpu", "error: device 'tpu': choose from auto, cuda, cpu"),
     ],

@@ -58,6 +58,7 @@ def test_an_engine_that_cannot_compile_is_refused_before_anything_starts(tmp_pat
     arguments = {
         "chunk_size": 0,
         "gpus_per_trial": 1,
+        "task_cpu": "8",
         "trials_per_gpu": 1,
         "max_attempts": 2,
         "engine": "deepspeed",
