@@ -1,5 +1,6 @@
 """The transfer study pipeline: rank many pretrained models cheaply, fine-tune them, and
-measure whether the cheap ranking predicts fine-tuning (SEEDS 002, 003, 004).
+measure whether the cheap ranking predicts fine-tuning (Kornblith, Shlens, Le 2019, arXiv
+1805.08974; Huh, Agrawal, Efros 2016, arXiv 1608.08614).
 
     plan ─ list_chunks ─ ParallelFor(chunk of models) ─ transfer_chunk ─ Collected ─ analyze
 

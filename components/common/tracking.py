@@ -17,7 +17,7 @@ Every call is idempotent: runs are found again by their ``aprflow.study_id`` /
 and a trial run that a killed task left RUNNING is completed, not duplicated. Two tasks that
 create the same run at once converge on the oldest one (the other is deleted).
 
-Reliability (issue 14):
+Reliability:
 
 * an HTTP server is probed on ``/health`` with retries, backoff and jitter for at most
   ``APRFLOW_MLFLOW_WAIT_S`` seconds (default 60); every tracking call is retried the same way on

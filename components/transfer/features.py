@@ -11,7 +11,7 @@ A backbone comes from one of two sources:
   pretrained config (ImageNet mean/std) at its default input size.
 
 Features are ``model.forward_head(model.forward_features(x), pre_logits=True)``: the pooled
-penultimate layer, the fixed features of Kornblith et al. (SEEDS 003).
+penultimate layer, the fixed features of Kornblith, Shlens, Le 2019, arXiv 1805.08974.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Cosine k-nearest-neighbour evaluation of fixed features (SEEDS 002).
+"""Cosine k-nearest-neighbour evaluation of fixed features, as in the kNN ranking of
+pretrained timm backbones by the cosine similarity of their embeddings.
 
 Every test image is a query against the training images: features are L2-normalised, the
 neighbours are the training images of highest cosine similarity. Two scores, both in [0, 1]:
@@ -139,7 +140,7 @@ def knn_evaluate(
         train_labels: (n_train,) their classes.
         test_features: (n_test, dim) features of the test images.
         test_labels: (n_test,) their classes.
-        k: neighbours for the fraction score (5 gives SEEDS 002's "top-5").
+        k: neighbours for the fraction score (5 gives that ranking's "top-5").
         chunk_size: queries per matrix product (None: bounded by :data:`CHUNK_ELEMENTS`).
 
     Returns:

@@ -1,4 +1,4 @@
-"""Fixed-feature linear probe, the first regime of Kornblith et al. 2019 (SEEDS 003).
+"""Fixed-feature linear probe, the first regime of Kornblith, Shlens, Le 2019, arXiv 1805.08974.
 
 Multinomial logistic regression (L-BFGS, L2 penalty, no augmentation) on standardised
 penultimate-layer features. The inverse regularisation strength C is chosen on a validation

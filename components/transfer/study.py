@@ -8,7 +8,7 @@ The regimes:
 =========  ===================================  =========================================
 regime     metrics (unit)                        from
 =========  ===================================  =========================================
-knn        knn_top1, knn_top5_fraction (fraction) cosine kNN train -> test (SEEDS 002)
+knn        knn_top1, knn_top5_fraction (fraction) cosine kNN train -> test
 linear     linear_top1 (fraction), linear_C       L-BFGS logistic regression, C on val (003)
 logme      logme (score)                          You et al., train features
 leep       leep (score)                           Nguyen et al., source-class probabilities
@@ -26,7 +26,7 @@ with one class, a run out of memory or an input size the model rejects: the affe
 
 The validation split is the dataset version's ``val`` split; a dataset without one (the
 built-in sets) holds out a stratified 20 % of its training split, seeded by the dataset's
-content hash, so every experiment on that version sees the same split (data issue 8).
+content hash, so every experiment on that version sees the same split.
 """
 
 from __future__ import annotations

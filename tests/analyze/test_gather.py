@@ -60,7 +60,7 @@ def test_top_k_is_a_quarter_within_bounds():
 
 
 def _evaluated(trial_id: str, seed: int, test: float, v2: float, model_depth: int = 1) -> dict:
-    """A result as issue 9's trainer writes it: top-5, evaluations on test, val and a second
+    """A result as the trainer writes it: top-5, evaluations on test, val and a second
     test set of the same classes, per-epoch history."""
     result = _result(trial_id, "ok", test)
     result["spec"] = SPEC | {"depths": [model_depth, 2, 3, 4]}

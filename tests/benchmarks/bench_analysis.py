@@ -11,7 +11,7 @@ figures, HTML/Markdown reports, summary.json), with 1000 bootstrap resamples at 
         [--shape 15625x3 --shape 500x10] [--bootstrap 1000] [--evaluations]
 
 ``--evaluations`` adds two further evaluations of each checkpoint (``top5_error`` and a
-second test set ``top1_error@v2``), as issue 9's trials write them: three metrics per row,
+second test set ``top1_error@v2``), as the trials write them: three metrics per row,
 compared with each other on every dataset.
 
 Target on the 2-core development machine: 15,625 x 3 under 10 s and 500 x 10 under 3 s end

@@ -1,4 +1,5 @@
-"""The chart for the cluster set-ups of issue 13, rendered and validated offline.
+"""The chart for cluster set-ups (existing Secret, IRSA, Trainer, MLflow plugin), rendered
+and validated offline.
 
 Variants: the defaults, an existing S3 Secret, keyless S3 (IRSA) with runs on the chart's
 ServiceAccount, the Kubeflow Trainer runtime (GPU nodes), and the KFP MLflow plugin on. Every

@@ -131,7 +131,7 @@ def test_bad_augmentations_are_one_clear_error(overrides, message):
 
 def test_augmentations_are_part_of_the_trial_id():
     plain = resolve_recipe("apr_tiny")
-    # Every field is in the recipe's identity, neutral values too (issue 9: TRAINER_VERSION 2).
+    # Every field is in the recipe's identity, neutral values too (TRAINER_VERSION 2).
     assert plain.to_dict()["auto_augment"] == "" and plain.to_dict()["scale"] == (0.08, 1.0)
     ref_fields = dict(name="d", manifest_key="k", content_hash="h", num_classes=2)
     dataset = dict(ref_fields, resolution=8, n_train=10, n_test=4, input="stream")

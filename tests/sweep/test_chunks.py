@@ -1,4 +1,4 @@
-"""Chunks (issue 10): sizing, the runner's child processes, and surviving a SIGKILL."""
+"""Chunks: sizing, the runner's child processes, and surviving a SIGKILL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MLflow views of a tiny study against a real `mlflow server` on loopback (issue 15).
+"""MLflow views of a tiny study against a real `mlflow server` on loopback.
 
 One module-scoped study (4 sampled AnyNetX models + 1 broken spec x faces, shapes, 1 epoch at
 12 px) runs through the same functions as the pipeline's tasks (plan, train each trial,
@@ -346,7 +346,8 @@ def test_transfer_study_has_one_run_per_model_dataset_and_regime(study):
 
 
 def test_derived_architecture_quantities_are_exact():
-    # RegNetX-400MF as AnyNet: the pycls reference counts (DESIGN.md).
+    # RegNetX-400MF as AnyNet: the pycls reference counts (Radosavovic et al. 2020,
+    # arXiv 2003.13678).
     assert REFERENCE_SPECS["regnetx_400mf"].derived_quantities() == {
         "total_depth": 22,
         "total_width": 640,
