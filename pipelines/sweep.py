@@ -14,7 +14,13 @@ from typing import Any
 from components.common.errors import AprflowError
 from components.common.limits import LIMITS, MAX_TASK_CPU
 from components.common.validation import short_repr
-from components.train.chunk import ChunkError, check_chunking, chunk_trials, summary_line
+from components.train.chunk import (
+    ChunkError,
+    check_chunk_count,
+    check_chunking,
+    chunk_trials,
+    summary_line,
+)
 from components.train.engines import (
     DEVICES,
     DeviceError,
@@ -48,6 +54,11 @@ def check_sweep(
         raise SweepError(str(e)) from None
     gpus = _positive(arguments, "gpus_per_trial")
     scaled_task_cpu(arguments, profile)
+    if arguments["chunk_size"] > 0:
+        try:
+            check_chunk_count(math.ceil(planned_trials(arguments) / arguments["chunk_size"]))
+        except ChunkError as e:
+            raise SweepError(str(e)) from None
     _positive(arguments, "trials_per_gpu")
     _positive(arguments, "max_attempts")
     if gpus > profile.gpus_per_node:
@@ -118,6 +129,11 @@ def dry_run_summary(arguments: dict[str, Any], profile: ClusterProfile | None = 
     )
 
 
+def planned_trials(arguments: dict[str, Any]) -> int:
+    """Trials of a study: architectures x datasets x training seeds."""
+    return arguments["n_models"] * len(arguments["datasets"]) * len(arguments["train_seeds"])
+
+
 def planned_chunks(
     arguments: dict[str, Any], profile: ClusterProfile | None = None
 ) -> tuple[int, int]:
@@ -131,9 +147,11 @@ def planned_chunks(
 
     profile = profile or load_profile()
     n_models, datasets = arguments["n_models"], arguments["datasets"]
-    n_trials = n_models * len(datasets) * len(arguments["train_seeds"])
+    n_trials = planned_trials(arguments)
     if arguments["chunk_size"]:
-        return n_trials, math.ceil(n_trials / arguments["chunk_size"])
+        n_chunks = math.ceil(n_trials / arguments["chunk_size"])
+        check_chunk_count(n_chunks)
+        return n_trials, n_chunks
     store = open_store(arguments["store_uri"] or None)
     settings = arguments.get("dataset_settings") or {}
     overrides = study_overrides(arguments.get("recipe_overrides"), arguments["epochs"])

@@ -50,6 +50,12 @@ LIMITS: dict[str, Bound] = {
     "trials_per_gpu": Bound(1, 64, reason="each packed trial holds its own model and batch"),
     "task_cpu": Bound(1, 1024, reason="cores of one training task; GPU nodes have a few hundred"),
     "max_attempts": Bound(1, 100, reason="a trial killed 100 times will not finish"),
+    "chunks": Bound(
+        1,
+        10_000,
+        reason="training tasks of one study: each is 3 pods, and the analysis task's input "
+        "holds one count per chunk within Linux's 128 KiB per argument; raise chunk_size",
+    ),
     "draws": Bound(1, 100, reason="each draw builds and stores one more dataset"),
     # An architecture spec (components.sample.space).
     "stages": Bound(1, 8, reason="AnyNet, ResNet and RegNet have 4 stages"),
@@ -148,6 +154,7 @@ MIN_RESOLUTION, MAX_RESOLUTION = int(LIMITS["resolution"].low), _high("resolutio
 MAX_SEED = _high("seed")
 MAX_TRIAL_TIMEOUT_S = _high("trial_timeout_s")
 MAX_TASK_CPU = _high("task_cpu")
+MAX_CHUNKS = _high("chunks")
 MAX_BRACE_EXPANSION = _high("shards")
 MAX_IMAGE_PIXELS = _high("image_pixels")
 MAX_YAML_BYTES = _high("yaml_bytes")

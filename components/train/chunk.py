@@ -61,7 +61,7 @@ from typing import Any
 import psutil
 
 from components.common.errors import AprflowError
-from components.common.limits import MAX_TRIAL_TIMEOUT_S
+from components.common.limits import MAX_TRIAL_TIMEOUT_S, check_limit
 from components.common.progress import report
 from components.common.storage import (
     ArtifactStore,
@@ -154,7 +154,16 @@ def chunk_trials(trials: list[Trial], chunk_size: int, max_parallel_tasks: int) 
     """
     check_chunking(chunk_size, max_parallel_tasks)
     size = chunk_size or default_chunk_size(trials, max_parallel_tasks)
+    check_chunk_count(math.ceil(len(trials) / size))
     return [list(range(i, min(i + size, len(trials)))) for i in range(0, len(trials), size)]
+
+
+def check_chunk_count(n_chunks: int) -> None:
+    """Raises :class:`ChunkError` for more chunks than ``LIMITS["chunks"]`` allows."""
+    try:
+        check_limit("chunks", n_chunks, "the number of chunks (training tasks)")
+    except ValueError as e:
+        raise ChunkError(str(e)) from None
 
 
 def check_trial_timeout(trial_timeout_s: int) -> None:

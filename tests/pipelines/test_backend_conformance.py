@@ -203,3 +203,19 @@ def test_dry_run_prints_pods_and_the_largest_executor_input(capsys):
         f"backend (kubeflow/pipelines@2.17.0): {1 + 10 + 1 + 12 * 3} pods, drivers included" in out
     )
     assert "limit 131,072" in out
+
+
+def test_the_most_chunks_the_limits_allow_stay_under_the_argument_limit():
+    """LIMITS["chunks"] training tasks of the largest trial count the limits table allows."""
+    from components.common.limits import LIMITS, MAX_CHUNKS
+
+    n_trials = LIMITS["n_models"].high * LIMITS["datasets"].high * LIMITS["train_seeds"].high
+    ir = PipelineIR.load(COMPILED_DIR / "apr_study.yaml")
+    study_id = f"{'s' * 100}-0123456789"  # the longest study name
+    outputs = {
+        "plan-study": {"study_id": study_id, "parent_run_id": "0" * 32},
+        "list-chunks": {"Output": [{"study_id": study_id, "chunk": i} for i in range(MAX_CHUNKS)]},
+        "train-chunk": {"Output": int(n_trials // MAX_CHUNKS)},
+    }
+    task, size = largest_executor_input(ir, {"study_name": "s" * 100}, outputs)
+    assert task == "analyze-study" and size < MAX_ARGUMENT_BYTES, (task, size)
