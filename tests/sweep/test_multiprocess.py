@@ -21,6 +21,7 @@ ERROR_TOLERANCE = 8.0
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_two_process_deepspeed_matches_one_process(local_env):
     from components.data.datasets import prepare_all
     from components.train.run import plan_study

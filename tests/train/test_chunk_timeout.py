@@ -179,6 +179,7 @@ def test_a_hung_trial_is_killed_at_its_limit_and_the_chunk_goes_on(
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_hung_torchrun_trial_is_killed_with_its_ranks(local_env, monkeypatch):
     """A 2-process DeepSpeed trial (torchrun, gloo on the CPU) with a 15 s limit, which cannot
     finish (rank 0's first checkpoint write pauses for an hour): torchrun and both ranks, each
