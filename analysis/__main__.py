@@ -1,4 +1,4 @@
-"""``python -m analysis RESULTS --reference DATASET --out DIR``."""
+"""``python -m analysis``: the same as ``aprflow analyze`` (:mod:`analysis.cli`)."""
 
 import sys
 

@@ -1,21 +1,21 @@
-"""Command line: ``python -m analysis RESULTS.csv --reference DATASET --out DIR``."""
+"""``aprflow analyze RESULTS.csv --reference DATASET --out-dir DIR`` (``python -m analysis``).
+
+The report goes to ``--out-dir``; stdout gets a summary line (the report's ``summary.json``
+with ``--json``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from analysis.report import analyze
 from analysis.table import SCALES, load_results
-
-# Exit status for bad input, as argparse uses for bad arguments.
-EXIT_BAD_INPUT = 2
+from components.common.cli import add_common_options, print_result, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the analysis CLI."""
     parser = argparse.ArgumentParser(
-        prog="python -m analysis",
+        prog="aprflow analyze",
         description="Analyse the architecture-performance relationship across datasets.",
     )
     parser.add_argument(
@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="results table (.csv, or .parquet/.pq): wide (metric columns) or long "
         "(columns metric, value)",
     )
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--out-dir", required=True, help="output folder (report.html, summary.json, figures)"
+    )
     parser.add_argument(
         "--reference",
         default=None,
@@ -58,36 +60,37 @@ def build_parser() -> argparse.ArgumentParser:
         "without one, values above 1 mean percent and all values in [0, 1] are refused)",
     )
     parser.add_argument("--title", default=None, help="report title")
+    add_common_options(parser, json_output=True)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the analysis from the command line.
+def _analyze(args: argparse.Namespace) -> int:
+    from analysis.report import analyze  # matplotlib: not for --help
 
-    Returns:
-        0 on success, 2 on bad input (one ``error: ...`` line on stderr).
-    """
-    args = build_parser().parse_args(argv)
-    try:
-        table = load_results(args.results, metric=args.metric, scale=args.scale)
-        summary = analyze(
-            table,
-            args.out,
-            reference=args.reference,
-            top_k=args.top_k,
-            n_bootstrap=args.bootstrap,
-            seed=args.seed,
-            title=args.title,
-            regime=args.regime,
-            metric=args.metric,
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    table = load_results(args.results, metric=args.metric, scale=args.scale)
+    summary = analyze(
+        table,
+        args.out_dir,
+        reference=args.reference,
+        top_k=args.top_k,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        title=args.title,
+        regime=args.regime,
+        metric=args.metric,
+    )
     n_excluded = summary["input"]["n_rows_excluded"]
-    print(
-        f"analysed {summary['input']['n_models']} models on {summary['input']['n_datasets']} "
-        f"datasets (reference {summary['apr']['reference']}, {n_excluded} rows excluded); "
-        f"report: {args.out}/report.html"
+    print_result(
+        args,
+        summary,
+        text=f"analysed {summary['input']['n_models']} models on "
+        f"{summary['input']['n_datasets']} datasets (reference {summary['apr']['reference']}, "
+        f"{n_excluded} rows excluded); report: {args.out_dir}/report.html",
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``aprflow analyze``: 0 on success, 1 on a failure (bad input: one ``error: ...``
+    line on stderr), 2 on a usage error."""
+    return run_cli(build_parser(), _analyze, argv)

@@ -17,6 +17,7 @@ from analysis.table import (
     slice_label,
     split_evaluation,
 )
+from analysis.words import plural
 
 DEFAULT_REFERENCE = "imagenet"
 SCHEMA_VERSION = 2
@@ -192,7 +193,7 @@ def compute_analysis(
 
     summary = {
         "schema_version": SCHEMA_VERSION,
-        "title": title or f"APR analysis: {len(table.datasets)} dataset(s) vs {ref}",
+        "title": title or f"APR analysis: {plural(len(table.datasets), 'dataset')} vs {ref}",
         "input": _input_summary(table, part, models, errors),
         "settings": {
             "reference": ref,

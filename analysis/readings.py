@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
+from analysis.table import OWN_TEST_SET, split_evaluation
+from analysis.words import plural
+
 # Upper bounds of |correlation| for each strength word (conventional, coarse bands).
 STRENGTH_BANDS = ((0.1, "no"), (0.3, "weak"), (0.5, "moderate"), (0.7, "strong"))
+# Words of metric names written as they are spelled in prose.
+METRIC_WORDS = {"knn": "kNN", "logme": "LogME", "leep": "LEEP", "acc": "accuracy", "err": "error"}
 
 
 def strength(value: float) -> str:
@@ -26,42 +33,150 @@ def interval(stat: dict) -> str:
     return f" [{fmt(stat['ci_low'])}, {fmt(stat['ci_high'])}]"
 
 
-def correlation_sentence(symbol: str, stat: dict, reference: str) -> str:
-    """E.g. ``Spearman ρ = 0.62 [0.41, 0.77]: strong agreement with the reference``."""
+def relation(stat: dict) -> tuple[int, str | None]:
+    """What a correlation's 95% interval supports: its sign and its strength.
+
+    The sign is +1 when the whole interval lies above 0, -1 when it lies below 0, and 0 when
+    it includes 0 ("no clear relation", whatever the point estimate). The strength word is
+    the one of the interval's end nearest 0, "at least weak" to "very strong", so that it
+    holds over the whole interval; None when that end is below the "weak" band (the sign is
+    certain, the size may be negligible). Without an interval (no bootstrap) the point
+    estimate stands for it, its own strength word without "at least", and a value below
+    the "weak" band counts as no relation.
+
+    Returns:
+        ``(sign, word)``.
+    """
     value = stat["value"]
-    if value is None:
-        return f"{symbol} is undefined: {stat['reason']}."
-    if abs(value) < STRENGTH_BANDS[0][0]:
-        verdict = f"no agreement with {reference}"
-    elif value > 0:
-        verdict = f"{strength(value)} agreement with {reference}"
-    else:
-        verdict = f"{strength(value)} disagreement with {reference} (rankings reversed)"
-    text = f"{symbol} = {fmt(value)}{interval(stat)}: {verdict}"
     low, high = stat.get("ci_low"), stat.get("ci_high")
-    if low is not None and low < 0 < high:
-        text += "; the 95% interval includes 0, so even the sign is uncertain"
-    return text + "."
+    if low is None or high is None:
+        if abs(value) < STRENGTH_BANDS[0][0]:
+            return 0, None
+        return (1 if value > 0 else -1), strength(value)
+    if low > 0:
+        sign, nearest = 1, low
+    elif high < 0:
+        sign, nearest = -1, -high
+    else:
+        return 0, None
+    word = strength(nearest)
+    if word == STRENGTH_BANDS[0][1]:
+        return sign, None
+    return sign, word if word == "very strong" else f"at least {word}"
 
 
-def apr_readings(summary: dict) -> dict[str, list[str]]:
-    """Sentences per target dataset about its agreement with the reference."""
+def correlation_sentence(symbol: str, stat: dict, reference: str) -> str:
+    """E.g. ``Spearman ρ = 0.62 [0.41, 0.77]: at least moderate agreement with imagenet``
+    (the verdict follows the interval: :func:`relation`)."""
+    if stat["value"] is None:
+        return f"{symbol} is undefined: {stat['reason']}."
+    sign, word = relation(stat)
+    if sign == 0:
+        verdict = f"no clear relation with {reference}"
+        if stat.get("ci_low") is not None:
+            verdict += " (the 95% interval includes 0)"
+    elif sign > 0:
+        verdict = f"{word or 'possibly negligible'} agreement with {reference}"
+    else:
+        verdict = f"{word or 'possibly negligible'} disagreement with {reference}"
+        verdict += " (rankings reversed)"
+    return f"{symbol} = {fmt(stat['value'])}{interval(stat)}: {verdict}."
+
+
+def metric_words(metric: str) -> str:
+    """A metric name in words: ``top5_error`` -> ``top-5 error``, ``top1`` -> ``top-1
+    accuracy``, ``knn_top1`` -> ``kNN top-1 accuracy``, ``top1_error@imagenet_v2`` ->
+    ``top-1 error on imagenet_v2``."""
+    base, test_set = split_evaluation(metric)
+    words = [METRIC_WORDS.get(w, re.sub(r"^top(\d+)$", r"top-\1", w)) for w in base.split("_")]
+    if re.fullmatch(r"top\d+", base.split("_")[-1]):
+        words.append("accuracy")  # "top1" alone is read as an accuracy (analysis.table)
+    text = " ".join(words)
+    return text if test_set == OWN_TEST_SET else f"{text} on {test_set}"
+
+
+def slice_name(regime: str, metric: str, regime_word: str = "regime") -> str:
+    """A ``(regime, metric)`` slice in words, e.g. ``top-5 error, recipe apr_tiny``
+    (``regime_word``: the name of the table's regime column)."""
+    words = metric_words(metric)
+    return f"{words}, {regime_word} {regime}" if regime else words
+
+
+class Names:
+    """Human names of the datasets and slices of one summary, for the reports' sentences.
+
+    Args:
+        summary: The analysis summary.
+        regime_word: The table's regime column (``recipe``, ``regime``, ``method``).
+    """
+
+    def __init__(self, summary: dict, regime_word: str = "regime") -> None:
+        self.primary = summary["settings"]["slice"]
+        self.regime_word = regime_word
+        self.parts = summary["slices"]  # label -> {"regime", "metric", ...}
+        self.slices = {
+            label: slice_name(entry["regime"], entry["metric"], regime_word)
+            for label, entry in summary["slices"].items()
+        }
+
+    def side(self, dataset: str, label: str) -> str:
+        """A dataset in a slice: its name in the primary slice, else ``dataset (slice)``."""
+        return dataset if label == self.primary else f"{dataset} ({self.slices[label]})"
+
+    def target(self, pair: dict) -> str:
+        """A target of the reference comparison (``summary["apr"]["targets"]`` entry)."""
+        return self.side(pair["dataset"], pair["slice"])
+
+    def comparison(self, c: dict) -> str:
+        """A slice comparison (``summary["comparisons"]`` entry), naming only what differs:
+        the metrics of one regime, the regimes of one metric, or both."""
+        a, b = self.parts[c["a"]], self.parts[c["b"]]
+        if a["regime"] == b["regime"]:
+            within = f", {self.regime_word} {a['regime']}" if a["regime"] else ""
+            metrics = f"{metric_words(a['metric'])} vs {metric_words(b['metric'])}"
+            return f"{c['dataset']}{within}: {metrics}"
+        if a["metric"] == b["metric"]:
+            return (
+                f"{c['dataset']}, {metric_words(a['metric'])}: {self.regime_word} "
+                f"{a['regime']} vs {b['regime']}"
+            )
+        return f"{c['dataset']}: {self.slices[c['a']]} vs {self.slices[c['b']]}"
+
+    def reason(self, pair: dict, first: str, second: str, min_models: int) -> str:
+        """Why a comparison has no statistics, with human names (``first``, ``second``)."""
+        if pair["n_models"] < min_models:
+            return (
+                f"only {plural(pair['n_models'], 'model')} shared by {first} and {second}; "
+                f"need {min_models}"
+            )
+        text = pair["reason"]
+        for label, name in self.slices.items():
+            text = text.replace(f"({label})", f"({name})")
+        return text
+
+
+def apr_readings(summary: dict, names: Names) -> dict[str, list[str]]:
+    """Sentences per target (by its human name) about its agreement with the reference."""
     ref = summary["apr"]["reference"]
+    min_models = summary["settings"]["min_models"]
     readings = {}
-    for name, pair in summary["apr"]["targets"].items():
+    for pair in summary["apr"]["targets"].values():
+        name = names.target(pair)
+        source = names.side(ref, pair["reference_slice"])
         if pair.get("reason"):
-            readings[name] = [f"No comparison with {ref}: {pair['reason']}."]
+            reason = names.reason(pair, source, name, min_models)
+            readings[name] = [f"No comparison with {source}: {reason}."]
             continue
         lines = [
-            correlation_sentence("Spearman ρ", pair["spearman"], ref),
-            correlation_sentence("Log-odds Pearson r", pair["pearson_logit"], ref),
+            correlation_sentence("Spearman ρ", pair["spearman"], source),
+            correlation_sentence("Log-odds Pearson r", pair["pearson_logit"], source),
         ]
         top, tau, wtau = pair["top_k"], pair["kendall"]["value"], pair["weighted_tau"]["value"]
         shared = round(top["value"] * top["k"])
         lines.append(
-            f"{shared} of the {top['k']} best models on {ref} are also among the {top['k']} "
-            f"best on {name} (overlap {fmt(top['value'])}; {fmt(top['chance'])} expected by "
-            "chance)."
+            f"{shared} of the {top['k']} best models on {source} are also among the "
+            f"{top['k']} best on {name} (overlap {fmt(top['value'])}; {fmt(top['chance'])} "
+            "expected by chance)."
         )
         if wtau - tau > 0.1:
             focus = "the best models agree more than the ranking as a whole"
@@ -73,8 +188,8 @@ def apr_readings(summary: dict) -> dict[str, list[str]]:
         missing = len(pair["missing_on_target"]) + len(pair["missing_on_reference"])
         if missing:
             lines.append(
-                f"{missing} model(s) with a result on only one of the two datasets are left "
-                "out of this comparison."
+                f"{plural(missing, 'model')} with a result on only one of the two datasets "
+                f"{'is' if missing == 1 else 'are'} left out of this comparison."
             )
         readings[name] = lines
     return readings
@@ -152,14 +267,14 @@ def seed_readings(summary: dict) -> list[str]:
         )
         lines.append(
             f"{name}: a model's error varies across seeds by {spreads} "
-            f"(mean std over {d['n_models']} model(s) with 2+ seeds)."
+            f"(mean std over {plural(d['n_models'], 'model')} with 2+ seeds)."
         )
     for pair in seeds["test_set_pairs"]:
         a, b = pair["test_sets"]
         r = pair["pooled_within_model_r"]
         where = (
-            f"checkpoints trained on {pair['dataset']} ({pair['n_models']} model(s), "
-            f"{pair['n_seeds']} seeds in all)"
+            f"checkpoints trained on {pair['dataset']} ({plural(pair['n_models'], 'model')}, "
+            f"{plural(pair['n_seeds'], 'seed')} in all)"
         )
         if r is None:
             lines.append(f"{a} vs {b} for the {where}: correlation undefined: {pair['reason']}.")
@@ -179,66 +294,70 @@ def seed_readings(summary: dict) -> list[str]:
 
 
 def answer_word(stat: dict) -> str:
-    """A one-word-ish answer from a rank correlation: yes / partly / no (reversed)."""
-    value = stat["value"]
-    if value >= 0.5:
-        word = "Yes"
-    elif value >= STRENGTH_BANDS[0][0]:
-        word = "Partly"
-    elif value > -STRENGTH_BANDS[0][0]:
-        word = "No"
-    else:
-        word = "No, the ranking is reversed"
-    low, high = stat.get("ci_low"), stat.get("ci_high")
-    if low is not None and low < 0 < high:
-        word += " (the interval includes 0: not even the sign is certain)"
-    return word
+    """The answer from a rank correlation, as far as its interval supports it
+    (:func:`relation`): ``Yes: at least strong agreement``, ``Partly: ...``, ``No clear
+    relation`` or ``No, the ranking is reversed: ...``."""
+    sign, word = relation(stat)
+    if sign == 0:
+        return "No clear relation"
+    if sign < 0:
+        return "No, the ranking is reversed" + (f": {word} disagreement" if word else "")
+    if word is None:
+        return "Partly: agreement of uncertain size"
+    # "strong" and "very strong" (|ρ| >= 0.5) answer yes; weak and moderate, partly.
+    return f"{'Yes' if 'strong' in word else 'Partly'}: {word} agreement"
 
 
-def answer_sentence(pair: dict, reference: str, target: str) -> str:
+def answer_sentence(pair: dict, reference: str, target: str, names: Names, min_models: int) -> str:
     """The answer for one comparison (shown after the target's name): verdict, rho with
     interval and n, and what choosing by the reference costs on the target."""
     rho = pair["spearman"]
     if rho["value"] is None:
-        return f"no answer, {pair['reason']}."
+        return f"no answer, {names.reason(pair, reference, target, min_models)}."
     pick = pair["selection"]
     k = pair["top_k"]["k"]
     return (
-        f"{answer_word(rho)}, Spearman ρ = {fmt(rho['value'])}{interval(rho)} over "
-        f"n = {pair['n_models']} models. Picking {pick['pick']}, the best on {reference}, "
-        f"costs {fmt(pick['loss'])} points of error on {target} against the best there "
-        f"(rank {pick['pick_rank']} of {pair['n_models']}); the top {k} on {reference} are "
-        f"{fmt(pick['top_k_mean_loss'])} points behind on average."
+        f"{answer_word(rho)} (Spearman ρ = {fmt(rho['value'])}{interval(rho)}, "
+        f"n = {plural(pair['n_models'], 'model')}). Picking {pick['pick']}, the best on "
+        f"{reference}, costs {fmt(pick['loss'])} points of error on {target} against the best "
+        f"there (rank {pick['pick_rank']} of {pair['n_models']}); the top {k} on {reference} "
+        f"are {fmt(pick['top_k_mean_loss'])} points behind on average."
     )
 
 
-def answer_readings(summary: dict) -> dict:
-    """The report's opening: the question, one answer per target, and the method."""
+def answer_readings(summary: dict, names: Names) -> dict:
+    """The report's opening: the question, one answer per target (by its human name), and
+    the method."""
     ref = summary["apr"]["reference"]
     settings = summary["settings"]
+    min_models = settings["min_models"]
     answers = {}
-    for name, pair in summary["apr"]["targets"].items():
+    for pair in summary["apr"]["targets"].values():
         # A target of another slice names the slice its reference was taken from.
-        source = ref if pair["slice"] == settings["slice"] else f"{ref} ({pair['reference_slice']})"
-        answers[name] = answer_sentence(pair, source, name)
+        source = names.side(ref, pair["reference_slice"])
+        target = names.target(pair)
+        answers[target] = answer_sentence(pair, source, target, names, min_models)
     comparisons = {}
     for c in summary["comparisons"]:
-        line = answer_sentence(c, c["a"], c["b"])
+        a, b = names.side(c["dataset"], c["a"]), names.side(c["dataset"], c["b"])
+        line = answer_sentence(c, a, b, names, min_models)
         back = c.get("reverse_selection")
         if back is not None:
             line += (
-                f" Picking the best on {c['b']} instead costs {fmt(back['loss'])} points on "
-                f"{c['a']} "
+                f" Picking the best on {b} instead costs {fmt(back['loss'])} points on {a} "
                 f"(rank {back['pick_rank']})."
             )
-        comparisons[f"{c['dataset']}: {c['a']} vs {c['b']}"] = line
+        comparisons[names.comparison(c)] = line
     return {
         "question": f"Do architectures that rank well on {ref} rank well on the other datasets?",
         "answers": answers,
         "comparisons": comparisons,
         "method": (
             f"Rank correlations over the models both sides share; errors in percent "
-            f"({settings['slice']}). Intervals: {settings['interval_method']}. "
-            "“Points” are percentage points of error."
+            f"({names.slices[settings['slice']]}). Verdicts follow the 95% interval: "
+            "“no clear relation” when it includes 0, and a strength that its end nearest 0 "
+            "reaches (|ρ| from 0.1 weak, 0.3 moderate, 0.5 strong, 0.7 very strong); “yes” "
+            f"from strong. Intervals: {settings['interval_method']}. “Points” are percentage "
+            "points of error."
         ),
     }

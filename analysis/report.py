@@ -6,7 +6,7 @@ import base64
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,6 +19,7 @@ from analysis.compute import Analysis, compute_analysis
 from analysis.files import replaced_folder, write_atomic
 from analysis.stats import STAGE_FEATURES
 from analysis.table import ResultsTable, load_results
+from analysis.words import plural
 
 TEMPLATE_DIR = Path(__file__).parent
 # What analyze() writes into its output folder (replaced as a whole; other entries stay).
@@ -30,6 +31,19 @@ MAX_LISTED = 20
 DETAILED_DATASETS = 3
 # Links of the model table: only web links or relative paths, never javascript: and the like.
 LINK_SCHEMES = ("http", "https", "")
+# How the reference dataset is marked in tables and figure legends (it is always listed first).
+REFERENCE_MARK = " (reference)"
+
+
+def reference_first(names: Iterable[str], reference: str) -> list[str]:
+    """``names`` with the reference dataset first; the others keep their order."""
+    names = list(names)
+    return [reference, *(n for n in names if n != reference)] if reference in names else names
+
+
+def marked(name: str, reference: str) -> str:
+    """A dataset's name as tables show it: the reference's with :data:`REFERENCE_MARK`."""
+    return name + REFERENCE_MARK if name == reference else name
 
 
 def analyze(
@@ -80,12 +94,14 @@ def analyze(
     analysis = compute_analysis(
         table, reference, top_k, n_bootstrap, seed, title, regime=regime, metric=metric
     )
-    pngs = render_figures(analysis)
+    pngs = render_figures(analysis, table.regime_column or "regime")
     datasets = dataset_sections(dataset_figures or {}, dataset_notes or {})
     pngs |= {d["figure"]: d.pop("png") for d in datasets}
     summary = analysis.summary
     summary["figures"] = {name: f"figures/{name}.png" for name in pngs}
-    context = report_context(summary, pngs, model_table(analysis), datasets)
+    context = report_context(
+        summary, pngs, model_table(analysis), datasets, table.regime_column or "regime"
+    )
 
     with replaced_folder(out_dir, OUTPUTS) as out:
         (out / "figures").mkdir()
@@ -97,16 +113,19 @@ def analyze(
     return summary
 
 
-def render_figures(analysis: Analysis) -> dict[str, bytes]:
-    """All figures that the data supports, as name -> PNG bytes."""
+def render_figures(analysis: Analysis, regime_word: str = "regime") -> dict[str, bytes]:
+    """All figures that the data supports, as name -> PNG bytes (the reference dataset
+    first and marked; ``regime_word``: see :class:`analysis.readings.Names`)."""
     summary = analysis.summary
-    column = {name: analysis.errors[:, i] for i, name in enumerate(analysis.datasets)}
-    finite = {name: v[np.isfinite(v)] for name, v in column.items() if np.isfinite(v).any()}
-    pngs = {"ecdf": figures.ecdf_figure(finite)}
-
     ref = summary["apr"]["reference"]
+    names = readings.Names(summary, regime_word)
+    order = reference_first(analysis.datasets, ref)
+    column = {name: analysis.errors[:, analysis.datasets.index(name)] for name in order}
+    finite = {name: v[np.isfinite(v)] for name, v in column.items() if np.isfinite(v).any()}
+    pngs = {"ecdf": figures.ecdf_figure({marked(n, ref): v for n, v in finite.items()})}
+
     panels = []
-    for name, pair in summary["apr"]["targets"].items():
+    for pair in summary["apr"]["targets"].values():
         source = summary["slices"][pair["reference_slice"]]
         key = (pair["regime"], pair["metric"], pair["dataset"])
         if key not in analysis.columns:
@@ -120,10 +139,8 @@ def render_figures(analysis: Analysis) -> dict[str, bytes]:
         rho = pair["spearman"]
         panels.append(
             {
-                "name": name,
-                "reference": ref
-                if pair["reference_slice"] == summary["settings"]["slice"]
-                else f"{ref} ({pair['reference_slice']})",
+                "name": names.target(pair),
+                "reference": names.side(ref, pair["reference_slice"]),
                 "x": reference[shared].to_numpy(),
                 "y": target[shared].to_numpy(),
                 "top": shared[shared].index.isin(list(top_models)),
@@ -134,48 +151,76 @@ def render_figures(analysis: Analysis) -> dict[str, bytes]:
     if panels:
         pngs["apr_scatter"] = figures.apr_scatter_figure(panels)
     if len(analysis.datasets) > 1:
-        matrix = summary["correlation_matrix"]
+        matrix = _matrix_reference_first(summary["correlation_matrix"], ref)
         pngs["correlation_matrix"] = figures.correlation_heatmap(
-            matrix["datasets"], matrix["spearman"]
+            [marked(n, ref) for n in matrix["datasets"]], matrix["spearman"]
         )
     # Per-model detail (one panel per dataset) for the reference and the next datasets by
     # name: a 10-dataset study would need 20 profile and 40 scatter panels, slow to draw
     # and to read. The overview figures (mean profiles, heat map) have every dataset.
-    detailed = [name for name in [ref, *column] if name in finite]
-    detailed = list(dict.fromkeys(detailed))[:DETAILED_DATASETS]
+    detailed = [name for name in column if name in finite][:DETAILED_DATASETS]
     labels = {
         "d": ("topk_depth_profiles", "depth d_i (blocks)"),
         "w": ("topk_width_profiles", "width w_i (channels)"),
     }
     for prefix, profiles in analysis.profiles.items():
         name, quantity = labels[prefix]
-        shown = {d: profiles[d] for d in detailed if d in profiles}
+        shown = {marked(d, ref): profiles[d] for d in detailed if d in profiles}
         pngs[name] = figures.stage_profile_figure(shown, quantity)
     if analysis.profiles:
         pngs["topk_mean_profiles"] = figures.mean_profile_figure(
-            {labels[prefix][1]: profiles for prefix, profiles in analysis.profiles.items()}
+            {
+                labels[prefix][1]: {
+                    marked(d, ref): profiles[d] for d in reference_first(profiles, ref)
+                }
+                for prefix, profiles in analysis.profiles.items()
+            }
         )
     # The figure shows the stage features (Tuggener et al.); flops/params, nearly constant in
     # a FLOP band, stay in the table unless they are all there is.
     shown = {k: v for k, v in analysis.features.items() if k in STAGE_FEATURES}
     if analysis.features:
-        correlations = summary["architecture"]["spearman"]
+        correlations = {
+            marked(d, ref): per
+            for d, per in _reference_first_items(summary["architecture"]["spearman"], ref)
+        }
         pngs["arch_correlation"] = figures.feature_correlation_heatmap(correlations)
         pngs["arch_vs_error"] = figures.architecture_scatter_figure(
-            shown or analysis.features, {name: column[name] for name in detailed}, correlations
+            shown or analysis.features,
+            {marked(name, ref): column[name] for name in detailed},
+            correlations,
         )
     seeds = summary["seed_variance"]
     if seeds["available"]:
         per_model = pd.DataFrame(seeds["per_model"])
         several = per_model["test_set"].nunique() > 1
-        stds = per_model.groupby(["dataset", "test_set"])["std"]
+        # Groups sorted with the reference's first (False sorts before True).
+        later = per_model["dataset"] != ref
+        stds = per_model.groupby([later, "dataset", "test_set"])["std"]
         pngs["seed_std"] = figures.seed_std_figure(
             {
-                (f"{name} on {test_set}" if several else name): group.to_numpy()
-                for (name, test_set), group in stds
+                (f"{marked(name, ref)} on {test_set}" if several else marked(name, ref)): (
+                    group.to_numpy()
+                )
+                for (_, name, test_set), group in stds
             }
         )
     return pngs
+
+
+def _reference_first_items(mapping: Mapping[str, object], reference: str) -> list[tuple]:
+    """The ``(dataset, value)`` items of ``mapping`` with the reference dataset's first."""
+    return [(name, mapping[name]) for name in reference_first(mapping, reference)]
+
+
+def _matrix_reference_first(matrix: dict, reference: str) -> dict:
+    """The dataset x dataset matrix with the reference's row and column first."""
+    names = matrix["datasets"]
+    order = [names.index(n) for n in reference_first(names, reference)]
+    return {
+        "datasets": [names[i] for i in order],
+        "spearman": [[matrix["spearman"][i][j] for j in order] for i in order],
+    }
 
 
 def _table(table_id: str, records: list[dict]) -> dict:
@@ -223,50 +268,65 @@ def _describe_record(d: dict) -> dict:
     }
 
 
-def report_tables(summary: dict) -> dict:
-    """Tables shown in both reports: name -> ``{"id", "columns", "rows"}``."""
+def report_tables(summary: dict, names: readings.Names | None = None) -> dict:
+    """Tables shown in both reports: name -> ``{"id", "columns", "rows"}``. Rows of datasets
+    put the reference first, marked; targets and slices have their human names
+    (``names``; default: regimes called "regime")."""
+    names = names or readings.Names(summary)
+    ref = summary["apr"]["reference"]
+
+    def first(mapping: Mapping[str, object]) -> list[tuple]:
+        return _reference_first_items(mapping, ref)
+
     tables = {}
     tables["datasets"] = _table(
         "datasets",
         [
-            {"dataset": name, "models": d["n_models"], "excluded": d["n_excluded"]}
+            {"dataset": marked(name, ref), "models": d["n_models"], "excluded": d["n_excluded"]}
             | _describe_record(d)
             | {"best": d.get("best_model", "")}
-            for name, d in summary["datasets"].items()
+            for name, d in first(summary["datasets"])
         ],
     )
     tables["apr"] = _table(
         "apr",
-        [{"target": name} | _pair_record(p) for name, p in summary["apr"]["targets"].items()],
+        [{"target": names.target(p)} | _pair_record(p) for p in summary["apr"]["targets"].values()],
     )
     primary = summary["settings"]["slice"]
     tables["slices"] = _table(
         "slices",
         [
-            {"regime / metric": label, "dataset": name, "models": d["n_models"]}
+            {"regime / metric": label, "dataset": marked(name, ref), "models": d["n_models"]}
             | _describe_record(d)
             for label, entry in summary["slices"].items()
             if label != primary
-            for name, d in entry["datasets"].items()
+            for name, d in first(entry["datasets"])
         ],
     )
     tables["comparisons"] = _table(
         "comparisons",
         [
-            {"dataset": c["dataset"], "A": c["a"], "B": c["b"], "kind": c["kind"]} | _pair_record(c)
-            for c in summary["comparisons"]
+            {
+                "dataset": marked(c["dataset"], ref),
+                "A": names.slices[c["a"]],
+                "B": names.slices[c["b"]],
+                "kind": c["kind"],
+            }
+            | _pair_record(c)
+            for c in sorted(summary["comparisons"], key=lambda c: c["dataset"] != ref)
         ],
     )
-    matrix = summary["correlation_matrix"]
+    matrix = _matrix_reference_first(summary["correlation_matrix"], ref)
+    shown = [marked(n, ref) for n in matrix["datasets"]]
     tables["matrix"] = _table(
         "matrix",
         [
-            {"dataset": name} | dict(zip(matrix["datasets"], row, strict=True))
-            for name, row in zip(matrix["datasets"], matrix["spearman"], strict=True)
+            {"dataset": name} | dict(zip(shown, row, strict=True))
+            for name, row in zip(shown, matrix["spearman"], strict=True)
         ],
     )
     tables["reference_top_ranks"] = {
-        name: _table(
+        names.target(p): _table(
             f"refranks-{i}",
             [
                 {
@@ -279,12 +339,12 @@ def report_tables(summary: dict) -> dict:
                 for r in p["reference_top_ranks"]
             ],
         )
-        for i, (name, p) in enumerate(summary["apr"]["targets"].items())
+        for i, p in enumerate(summary["apr"]["targets"].values())
         if p["reference_top_ranks"]
     }
     tables["top_k"] = {
-        name: _table(f"topk-{i}", rows)
-        for i, (name, rows) in enumerate(summary["top_k"].items())
+        marked(name, ref): _table(f"topk-{i}", rows)
+        for i, (name, rows) in enumerate(first(summary["top_k"]))
         if rows
     }
     arch = summary["architecture"]
@@ -293,10 +353,10 @@ def report_tables(summary: dict) -> dict:
         tables["architecture"] = _table(
             "architecture",
             [
-                {"dataset": name}
+                {"dataset": marked(name, ref)}
                 | {f"ρ {f}": per[f]["value"] for f in features}
                 | {f"p {f}": per[f]["p_value"] for f in features}
-                for name, per in arch["spearman"].items()
+                for name, per in first(arch["spearman"])
             ],
         )
     seeds = summary["seed_variance"]
@@ -305,14 +365,14 @@ def report_tables(summary: dict) -> dict:
             "seeds",
             [
                 {
-                    "trained on": name,
+                    "trained on": marked(name, ref),
                     "test set": test_set,
                     "models with 2+ seeds": spread["n_models"],
                     "mean std": spread["mean_std"],
                     "median std": spread["median_std"],
                     "max std": spread["max_std"],
                 }
-                for name, d in seeds["per_dataset"].items()
+                for name, d in first(seeds["per_dataset"])
                 for test_set, spread in d["test_sets"].items()
             ],
         )
@@ -320,7 +380,7 @@ def report_tables(summary: dict) -> dict:
             "seed-pairs",
             [
                 {
-                    "trained on": c["dataset"],
+                    "trained on": marked(c["dataset"], ref),
                     "test set A": c["test_sets"][0],
                     "test set B": c["test_sets"][1],
                     "models": c["n_models"],
@@ -330,7 +390,7 @@ def report_tables(summary: dict) -> dict:
                     "mean std A": c["mean_std_a"],
                     "mean std B": c["mean_std_b"],
                 }
-                for c in seeds["test_set_pairs"]
+                for c in sorted(seeds["test_set_pairs"], key=lambda c: c["dataset"] != ref)
             ],
         )
     exclusions = summary["exclusions"]
@@ -339,20 +399,24 @@ def report_tables(summary: dict) -> dict:
         [
             {
                 "model": r["model"],
-                "dataset": r["dataset"],
+                "dataset": marked(r["dataset"], ref),
                 "regime / metric": r["slice"],
                 "seed": r["seed"],
                 "status": r["status"],
                 "reason": r["reason"],
             }
-            for r in exclusions["rows"]
+            for r in sorted(exclusions["rows"], key=lambda r: r["dataset"] != ref)
         ],
     )
     tables["absent"] = _table(
         "absent",
         [
-            {"dataset": name, "models without a result": len(models), "models": _listed(models)}
-            for name, models in exclusions["models_without_result"].items()
+            {
+                "dataset": marked(name, ref),
+                "models without a result": len(models),
+                "models": _listed(models),
+            }
+            for name, models in first(exclusions["models_without_result"])
         ],
     )
     return tables
@@ -368,15 +432,17 @@ def model_table(analysis: Analysis) -> dict:
 
     Returns:
         ``{"columns", "numeric", "rows", "links", "n"}``: one row per model with its error
-        and rank (1 = best) on each dataset and its architecture columns; ``links`` maps a
+        and rank (1 = best) on each dataset (the reference first) and its architecture
+        columns; ``links`` maps a
         row's dataset columns to the model's tracked run on that dataset (``run_url``).
     """
     table = analysis.table
     arch = table.architectures().reindex(analysis.models)
     urls = table.run_urls()
+    datasets = reference_first(analysis.datasets, analysis.summary["apr"]["reference"])
     columns, numeric, values = ["model"], [False], [analysis.models.tolist()]
-    for i, name in enumerate(analysis.datasets):
-        errors = analysis.errors[:, i]
+    for name in datasets:
+        errors = analysis.errors[:, analysis.datasets.index(name)]
         ranks = pd.Series(errors).rank(method="min").to_numpy()
         columns += [f"{name} error", f"{name} rank"]
         numeric += [True, True]
@@ -389,7 +455,7 @@ def model_table(analysis: Analysis) -> dict:
     links = []
     for model in analysis.models:
         row_links = {}
-        for i, name in enumerate(analysis.datasets):
+        for i, name in enumerate(datasets):
             url = _safe_link(urls.get((model, name), ""))
             if url:
                 row_links[str(1 + 2 * i)] = url
@@ -437,19 +503,25 @@ def dataset_sections(figures: Mapping[str, str | Path], notes: Mapping[str, str]
 
 
 def report_context(
-    summary: dict, pngs: dict[str, bytes], models: dict, datasets: list[dict] | None = None
+    summary: dict,
+    pngs: dict[str, bytes],
+    models: dict,
+    datasets: list[dict] | None = None,
+    regime_word: str = "regime",
 ) -> dict:
-    """Everything the report templates need (``datasets``: see :func:`dataset_sections`)."""
+    """Everything the report templates need (``datasets``: see :func:`dataset_sections`;
+    ``regime_word``: the table's regime column, how the sentences name a regime)."""
+    names = readings.Names(summary, regime_word)
     return {
         "summary": summary,
         "dataset_summaries": datasets or [],
-        "tables": report_tables(summary),
+        "tables": report_tables(summary, names),
         "models": models,
         "models_json": script_json(models),
         "readings": {
-            "answers": readings.answer_readings(summary),
+            "answers": readings.answer_readings(summary, names),
             "ecdf": readings.ecdf_reading(summary),
-            "apr": readings.apr_readings(summary),
+            "apr": readings.apr_readings(summary, names),
             "matrix": readings.matrix_reading(summary),
             "architecture": readings.architecture_readings(summary),
             "seeds": readings.seed_readings(summary),
@@ -481,6 +553,7 @@ def render_template(name: str, context: dict) -> str:
         lstrip_blocks=True,
     )
     env.filters["cell"] = _cell
+    env.filters["plural"] = plural
     env.filters["md"] = lambda value: _cell(value).replace("|", "\\|").replace("\n", " ")
     env.tests["numeric"] = lambda value: (
         isinstance(value, int | float) and not isinstance(value, bool)

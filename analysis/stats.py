@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.words import plural
+
 MIN_MODELS = 3
 CI_LEVEL = 0.95
 # Accuracies are clipped to [LOGIT_EPS, 1 - LOGIT_EPS] before the logit, so 0 % or 100 %
@@ -304,7 +306,8 @@ def top_k(errors: np.ndarray, k: int) -> np.ndarray:
 def undefined_reason(x: np.ndarray, y: np.ndarray, names: tuple[str, str]) -> str | None:
     """Why a correlation between ``x`` and ``y`` is undefined, or None if it is defined."""
     if x.size < MIN_MODELS:
-        return f"only {x.size} model(s) shared by {names[0]} and {names[1]}; need {MIN_MODELS}"
+        shared = plural(x.size, "model")
+        return f"only {shared} shared by {names[0]} and {names[1]}; need {MIN_MODELS}"
     for values, name in zip((x, y), names, strict=True):
         if np.ptp(values) == 0:
             return f"all shared models have the same value on {name}"

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.words import noun, plural
+
 METRIC_COLUMNS = ("error", "top1_error", "accuracy", "top1")
 # Read beside the primary metric column of a wide table by default: further evaluations of the
 # same checkpoints (top-5 error, other splits or test sets as ``<metric>@<test set>``).
@@ -90,6 +92,8 @@ class ResultsTable:
             an accuracy, e.g. a chosen hyper-parameter).
         primary_metric: Wide tables: the metric column named or picked first (the default
             primary slice); None for long tables.
+        regime_column: The input column the regimes came from (``regime``, ``recipe`` or
+            ``method``: how the reports name a regime), None when there is none.
     """
 
     frame: pd.DataFrame
@@ -102,6 +106,7 @@ class ResultsTable:
     n_input_rows: int
     skipped_metrics: dict[str, str] = field(default_factory=dict)
     primary_metric: str | None = None
+    regime_column: str | None = None
 
     def _single_unit(self) -> tuple[str, Unit]:
         if len(self.units) != 1:
@@ -283,7 +288,7 @@ def load_results(
     missing = [c for c in ("model", "dataset") if c not in raw.columns]
     if missing:
         raise ValueError(
-            f"results table {name} lacks required column(s) {missing}; "
+            f"results table {name} lacks required {noun(len(missing), 'column')} {missing}; "
             f"columns present: {list(raw.columns)}"
         )
     layout = "long" if all(c in raw.columns for c in LONG_COLUMNS) else "wide"
@@ -405,6 +410,7 @@ def load_results(
         n_input_rows=len(raw),
         skipped_metrics=skipped,
         primary_metric=primary,
+        regime_column=regime_column,
     )
 
 
@@ -462,7 +468,8 @@ def _pick_metrics(raw: pd.DataFrame, metric: str | list[str] | None, name: str) 
         missing = [m for m in chosen if m not in raw.columns]
         if missing or not chosen:
             raise ValueError(
-                f"metric column(s) {missing or chosen} not in {name}; columns present: "
+                f"metric {noun(len(missing or chosen), 'column')} {missing or chosen} not in "
+                f"{name}; columns present: "
                 f"{list(raw.columns)}"
             )
         if len(set(chosen)) < len(chosen):
@@ -501,7 +508,8 @@ def _numeric_column(raw: pd.DataFrame, col: str, name: str) -> pd.Series:
     if bad.any():
         examples = raw.loc[bad, col].astype(str).head(3).tolist()
         raise ValueError(
-            f"column {col!r} of {name} has {int(bad.sum())} non-numeric value(s), e.g. {examples}"
+            f"column {col!r} of {name} has {plural(int(bad.sum()), 'non-numeric value')}, "
+            f"e.g. {examples}"
         )
     if np.isinf(values).any():
         raise ValueError(f"column {col!r} of {name} contains infinite values")
@@ -516,7 +524,8 @@ def _status_column(raw: pd.DataFrame, name: str) -> pd.Series:
     unknown = sorted(set(status) - set(STATUSES))
     if unknown:
         raise ValueError(
-            f"column 'status' of {name} has unknown value(s) {unknown}; valid: {list(STATUSES)}"
+            f"column 'status' of {name} has unknown {noun(len(unknown), 'value')} {unknown}; "
+            f"valid: {list(STATUSES)}"
         )
     return status
 
@@ -544,7 +553,10 @@ def _stated_scales(
         values = sorted(set(cells) - {""})
         unknown = sorted(set(values) - set(SCALES))
         if unknown:
-            raise ValueError(f"column 'unit' has unknown value(s) {unknown}; valid: {list(SCALES)}")
+            raise ValueError(
+                f"column 'unit' has unknown {noun(len(unknown), 'value')} {unknown}; "
+                f"valid: {list(SCALES)}"
+            )
         if len(values) > 1:
             raise ValueError(f"column 'unit' gives metric {metric!r} several units {values}")
         if values:

@@ -21,15 +21,19 @@ value out of range names the range.
 
 from __future__ import annotations
 
+import argparse
 import copy
-import difflib
 import inspect
+import json
+import re
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from components.common.cli import UsageError, did_you_mean, print_result
 from components.common.errors import AprflowError
 from components.common.limits import PARAMETER_LIMITS, check_count, check_limit
 from components.common.validation import check_type, parse_assignments, short_repr
@@ -41,6 +45,10 @@ ALIASES = {"recipe.": "recipe_overrides."}
 
 class ConfigError(AprflowError):
     """A config key or value that the pipeline does not accept."""
+
+
+class ConfigUsageError(ConfigError, UsageError):
+    """A ``--set`` that is not ``key=value`` or names no parameter: a usage error (exit 2)."""
 
 
 def pipeline_parameters(pipeline) -> dict[str, inspect.Parameter]:
@@ -76,7 +84,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     try:
         return parse_assignments(pairs, "n_models=4")
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigUsageError(str(e)) from None
 
 
 def load_config(pipeline, path: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +121,8 @@ def load_config(pipeline, path: str | Path | None, overrides: dict[str, Any]) ->
             _set_nested(arguments[head], key, path.split("."), value)
             continue
         if key not in parameters:
-            raise ConfigError(unknown_key_message(key, parameters))
+            error = ConfigUsageError if key in overrides else ConfigError
+            raise error(unknown_key_message(key, parameters))
         arguments[key] = _coerce(key, value, parameters[key])
     _check_nested(arguments)
     return arguments
@@ -121,12 +130,11 @@ def load_config(pipeline, path: str | Path | None, overrides: dict[str, Any]) ->
 
 def unknown_key_message(key: str, valid: Iterable[str]) -> str:
     """``unknown config key 'n_model': did you mean n_models? ...`` in at most ~300 characters
-    (``aprflow run NAME --dry-run`` prints every key with its value)."""
+    (``aprflow run NAME --print-config`` prints every key with its type and default)."""
     valid = sorted(valid)
-    close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(close)}?" if close else f"valid keys are {', '.join(valid)}"
+    hint = did_you_mean(str(key), valid) or f"valid keys are {', '.join(valid)}"
     if len(hint) > 200:
-        hint = f"{hint[:150].rsplit(', ', 1)[0]}, ... (--dry-run prints all {len(valid)})"
+        hint = f"{hint[:150].rsplit(', ', 1)[0]}, ... (--print-config lists all {len(valid)})"
     return f"unknown config key {short_repr(key, limit=60)}: {hint}"
 
 
@@ -178,3 +186,120 @@ def _check_nested(arguments: dict[str, Any]) -> None:
                 f"{where}.{unset[0]}: null cannot pass through a pipeline argument; leave the "
                 "field out to keep the recipe's value"
             )
+
+
+# --- the parameters on the command line ----------------------------------------------------
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--set`` and ``--print-config``: the options of ``aprflow run`` and
+    ``aprflow submit`` that give a pipeline's parameters."""
+    parser.add_argument("--config", help="YAML file of pipeline parameters (pipelines/configs/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter (listed below), e.g. --set n_models=4 "
+        "--set datasets=[digits,shapes] --set recipe.lr=0.05",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print every parameter with its type, default, description and the value this "
+        "run would use (after --config and --set), as a YAML config; run nothing",
+    )
+
+
+# "name: text" or "name, other: text" in a Google-style "Args:" section; an entry may describe
+# more than one parameter ("recipe: ...; epochs: ...").
+_ARG_ENTRY = re.compile(r"(?:^|; )(?P<names>\w+(?:, \w+)*): ")
+
+
+def parameter_descriptions(pipeline) -> dict[str, str]:
+    """Each parameter's description from the ``Args:`` section of the pipeline's docstring."""
+    doc = inspect.getdoc(pipeline.pipeline_func) or ""
+    _, _, args = doc.partition("Args:")
+    # One entry per line: an entry starts at the section's indent, continues deeper.
+    entries = re.sub(r"\n {8,}", " ", args).splitlines()
+    parameters = pipeline_parameters(pipeline)
+    descriptions: dict[str, str] = {}
+    for entry in entries:
+        parts = _ARG_ENTRY.split(entry.strip())
+        # re.split with one group: [before, names, text, names, text, ...]
+        for names, text in zip(parts[1::2], parts[2::2], strict=True):
+            for name in names.split(", "):
+                if name in parameters:
+                    descriptions[name] = text.strip().rstrip(";")
+    return descriptions
+
+
+def _type_name(parameter: inspect.Parameter) -> str:
+    annotation = parameter.annotation
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def parameter_rows(pipeline) -> list[dict[str, Any]]:
+    """Every parameter of ``pipeline`` in signature order: name, type, whether it is required
+    (has no default), default and description."""
+    descriptions = parameter_descriptions(pipeline)
+    return [
+        {
+            "name": name,
+            "type": _type_name(parameter),
+            "required": parameter.default is inspect.Parameter.empty,
+            "default": None if parameter.default is inspect.Parameter.empty else parameter.default,
+            "description": descriptions.get(name, ""),
+        }
+        for name, parameter in pipeline_parameters(pipeline).items()
+    ]
+
+
+def _signature_text(row: dict[str, Any]) -> str:
+    """``name (type, default VALUE)`` or ``name (type, required)``."""
+    default = "required" if row["required"] else f"default {json.dumps(row['default'])}"
+    return f"{row['name']} ({row['type']}, {default})"
+
+
+def parameters_help(name: str) -> str:
+    """The parameters of pipeline ``name`` for ``--help``: ``name (type, default VALUE)`` and
+    the description, wrapped."""
+    from pipelines.registry import PIPELINES
+
+    lines = [f"parameters of {name} (--set KEY=VALUE or a --config file; --print-config):"]
+    for row in parameter_rows(PIPELINES[name]):
+        lines.append(f"  {_signature_text(row)}")
+        lines += textwrap.wrap(
+            row["description"], width=96, initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
+    return "\n".join(lines)
+
+
+def _yaml_value(value: Any) -> str:
+    """``value`` as one line of YAML (flow style: ``[digits, faces]``, ``{lr: 0.05}``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+    return text.removesuffix("\n...\n").strip()  # a scalar's document ends in "..."
+
+
+def config_yaml(arguments: dict[str, Any]) -> str:
+    """The arguments as a YAML config, one ``key: value`` line each, in their order."""
+    return "\n".join(f"{key}: {_yaml_value(value)}" for key, value in arguments.items())
+
+
+def print_config(args: argparse.Namespace, pipeline, arguments: dict[str, Any]) -> None:
+    """Prints ``--print-config``: every parameter with its type, default and description, and
+    the value of ``arguments``: a commented YAML config, or JSON with ``--json``. A required
+    parameter not given stays a comment (its value null in JSON)."""
+    rows = parameter_rows(pipeline)
+    lines, result = [], {}
+    for row in rows:
+        name, value = row["name"], arguments[row["name"]]
+        unset = value is inspect.Parameter.empty
+        lines.append(f"# {_signature_text(row)}")
+        lines += textwrap.wrap(
+            row["description"], width=96, initial_indent="#   ", subsequent_indent="#   "
+        )
+        lines.append(f"# {name}: (required: set it)" if unset else config_yaml({name: value}))
+        result[name] = row | {"value": None if unset else value}
+    print_result(args, result, text="\n".join(lines))

@@ -5,7 +5,8 @@ several threads at once. While a pipeline runs, ``sys.stdout`` and ``sys.stderr`
 by a :class:`StudyConsole`: every line goes to the run's log file, and the terminal shows only
 the stage lines of our components (``[data]``, ``[plan]``, ``[analyze]`` ...), one line per
 finished trial and a progress bar: trials done/total, failed, elapsed, ETA. On a terminal the
-bar is redrawn in place; in a log (CI, ``| tee``) each trial line carries the same counts.
+bar is redrawn in place; in a log (CI, ``| tee``) each trial line carries the same counts. The
+console is progress: it goes to stderr, leaving stdout to the command's result.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class StudyConsole(io.TextIOBase):
     Args:
         log_path: file that receives every line printed during the run (created with its
             folder).
-        terminal: where the readable console goes; default the ``sys.stdout`` at entry.
+        terminal: where the readable console goes; default the ``sys.stderr`` at entry.
         refresh_s: how often the bar's clock is redrawn on a terminal.
     """
 
@@ -89,7 +90,7 @@ class StudyConsole(io.TextIOBase):
         self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         self._saved = (sys.stdout, sys.stderr)
         if self._terminal is None:
-            self._terminal = sys.stdout
+            self._terminal = sys.stderr
         self._started = time.monotonic()
         sys.stdout = sys.stderr = self
         if self._is_tty():
@@ -113,6 +114,9 @@ class StudyConsole(io.TextIOBase):
             self._log = None
 
     # -- what the terminal shows --------------------------------------------------------------
+    # Drawn here rather than by tqdm: the ETA must count only trained trials (a resumed study
+    # reports hundreds of reused trials in its first second, which would make tqdm's rate
+    # promise an end minutes too early), and in a log each trial line carries the counts.
     def bar(self) -> str:
         """``[=====>      ] 12/24 trials, 1 failed, 0:01:23 elapsed, ETA 0:01:20``."""
         total = self.total or 0
@@ -132,7 +136,7 @@ class StudyConsole(io.TextIOBase):
         return text
 
     def _is_tty(self) -> bool:
-        terminal = self._terminal or sys.stdout
+        terminal = self._terminal or sys.stderr
         return bool(getattr(terminal, "isatty", lambda: False)())
 
     def _show(self, line: str) -> None:

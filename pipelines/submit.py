@@ -12,8 +12,8 @@ the exact pipeline it ran. The bearer token comes from ``APRFLOW_KFP_TOKEN``, el
 ServiceAccount token file that multi-user Kubeflow projects into pods
 (``KF_PIPELINES_SA_TOKEN_PATH``, default ``/var/run/secrets/kubeflow/pipelines/token``), else
 none (single-user KFP, a port-forward). At the top this module imports only kfp, PyYAML, the
-standard library and components.common.errors, so the small upload image (images/upload) runs
-it with nothing else installed.
+standard library and components.common (errors and the CLI frame, standard library only), so
+the small upload image (images/upload) runs it with nothing else installed.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from components.common.cli import add_common_options, print_result, run_cli
 from components.common.errors import AprflowError
 
 TOKEN_ENV = "APRFLOW_KFP_TOKEN"
@@ -296,7 +297,13 @@ def submit(
     return run.run_id
 
 
-def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
+def build_upload_parser() -> argparse.ArgumentParser:
+    """The parser of ``aprflow upload``."""
+    parser = argparse.ArgumentParser(
+        prog="aprflow upload",
+        description="Upload compiled pipelines to Kubeflow Pipelines. Each version is named by "
+        "the content hash of its YAML: uploading the same file again creates nothing.",
+    )
     parser.add_argument(
         "paths",
         nargs="*",
@@ -304,20 +311,38 @@ def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"compiled pipeline files or folders (default {COMPILED_DIR})",
     )
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="pipeline name prefix")
+    _add_connection_arguments(parser)
+    add_common_options(parser, json_output=True)
+    return parser
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         help=f"Kubeflow Pipelines API, e.g. http://localhost:8888 (default ${HOST_ENV})",
     )
     parser.add_argument(
-        "--namespace", help="profile namespace of multi-user Kubeflow (default: shared/kubeflow)"
+        "--namespace",
+        help="profile namespace of multi-user Kubeflow; without it, pipelines are uploaded "
+        "as shared ones and runs go to kfp.Client's default namespace 'kubeflow'",
     )
 
 
-def add_submit_arguments(parser: argparse.ArgumentParser, pipelines: list[str]) -> None:
-    parser.add_argument("pipeline", choices=pipelines, help="pipeline (study) to run")
+def build_submit_parser() -> argparse.ArgumentParser:
+    """The parser of ``aprflow submit``; its help lists every pipeline's parameters (this
+    imports the pipelines, so it is built only for ``aprflow submit``)."""
+    from pipelines.config import add_config_options, parameters_help
+    from pipelines.names import PIPELINE_NAMES
+
+    parser = argparse.ArgumentParser(
+        prog="aprflow submit",
+        description="Check a study's arguments, upload its compiled pipeline (as aprflow "
+        "upload does) and start a run of that pipeline version on Kubeflow Pipelines. Prints "
+        "the run id.",
+        epilog="\n\n".join(parameters_help(name) for name in PIPELINE_NAMES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("pipeline", choices=PIPELINE_NAMES, help="pipeline (study) to run")
     parser.add_argument("--experiment", default="aprflow", help="KFP experiment (default aprflow)")
     parser.add_argument(
         "--prefix",
@@ -330,43 +355,48 @@ def add_submit_arguments(parser: argparse.ArgumentParser, pipelines: list[str]) 
         help="Kubernetes ServiceAccount the run's pods use (default: the KFP runner account); "
         "e.g. one annotated for IRSA / workload identity",
     )
-    parser.add_argument("--config", help="YAML file of pipeline parameters")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="one parameter, e.g. --set n_models=4 --set s3_secret=my-s3",
-    )
+    add_config_options(parser)
     parser.add_argument(
         "--dry-run", action="store_true", help="print the run's arguments, contact nothing"
     )
+    _add_connection_arguments(parser)
+    add_common_options(parser, json_output=True)
+    return parser
 
 
-def run_upload(args: argparse.Namespace) -> int:
+def _upload(args: argparse.Namespace) -> int:
     files = compiled_files(args.paths)
     client = connect(args.host, args.namespace, discover_token())
+    results, lines = [], []
     for path in files:
         result = upload(client, path, pipeline_name_of(path, args.prefix), args.namespace)
         state = "uploaded" if result.created else "unchanged, already uploaded"
-        print(
+        lines.append(
             f"{path.name}: pipeline {result.pipeline_name} version {result.version_name} ({state})"
         )
+        results.append({"file": str(path), **asdict(result)})
+    print_result(args, results, text="\n".join(lines))
     return 0
 
 
-def run_submit(args: argparse.Namespace) -> int:
+def _submit(args: argparse.Namespace) -> int:
     from pipelines.cli import compiled_path
 
     arguments = run_arguments(args.pipeline, args.config, args.overrides)
+    if args.print_config:
+        from pipelines.config import print_config
+        from pipelines.registry import PIPELINES
+
+        print_config(args, PIPELINES[args.pipeline], arguments)
+        return 0
     preflight(args.pipeline, arguments)
     if "task_cpu" in arguments:
         from pipelines.sweep import scaled_task_cpu
 
         arguments["task_cpu"] = scaled_task_cpu(arguments)
     if args.dry_run:
-        print(json.dumps(arguments, indent=2, sort_keys=True))
+        # The run's parameters as Kubeflow receives them: JSON by nature.
+        print_result(args, dict(sorted(arguments.items())))
         return 0
     path = compiled_path(args.pipeline)
     client = connect(args.host, args.namespace, discover_token())
@@ -380,31 +410,36 @@ def run_submit(args: argparse.Namespace) -> int:
         args.service_account,
         args.run_name,
     )
-    print(
-        f"run {run_id} of pipeline {uploaded.pipeline_name} version {uploaded.version_name} "
-        f"started in experiment {args.experiment}"
+    print_result(
+        args,
+        {
+            "run_id": run_id,
+            "pipeline": uploaded.pipeline_name,
+            "version": uploaded.version_name,
+            "experiment": args.experiment,
+        },
+        text=f"run {run_id} of pipeline {uploaded.pipeline_name} version "
+        f"{uploaded.version_name} started in experiment {args.experiment}",
     )
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.submit upload ...`` (the chart's upload Job) or ``... submit ...``."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.submit")
-    commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("upload", help="upload compiled pipelines (idempotent)")
-    add_upload_arguments(up)
-    add_connection_arguments(up)
-    from pipelines.registry import PIPELINES
+def upload_main(argv: list[str] | None = None) -> int:
+    """``aprflow upload``."""
+    return run_cli(build_upload_parser(), _upload, argv)
 
-    sub = commands.add_parser("submit", help="start a run")
-    add_submit_arguments(sub, sorted(PIPELINES))
-    add_connection_arguments(sub)
-    args = parser.parse_args(argv)
-    try:
-        return run_upload(args) if args.command == "upload" else run_submit(args)
-    except AprflowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def submit_main(argv: list[str] | None = None) -> int:
+    """``aprflow submit``."""
+    return run_cli(build_submit_parser(), _submit, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.submit upload ...`` (the chart's upload Job, in the upload image):
+    the same as ``aprflow upload ...`` (and ``... submit ...``)."""
+    from pipelines.cli import main as aprflow
+
+    return aprflow(argv)
 
 
 if __name__ == "__main__":

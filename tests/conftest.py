@@ -1,4 +1,9 @@
-"""Shared fixtures: real servers on loopback (an S3 protocol server, an MLflow server)."""
+"""Shared fixtures: real servers on loopback (an S3 protocol server, an MLflow server).
+
+Test modules import torch, timm, MLflow, scipy, matplotlib and the pipeline definitions inside
+the tests and fixtures that use them, so collecting the suite stays fast
+(tests/test_light_imports.py checks it).
+"""
 
 from __future__ import annotations
 

@@ -3,22 +3,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from components.common.storage import ArtifactStore
 from components.data.build import load_manifest, load_split
 from components.data.datasets import materialize
-from components.sample.anynet import build_model
 from components.sample.samplers import sample_specs
 from components.sample.space import AnyNetSpec, uses_small_stem
 from components.train.recipes import resolve_recipe
-from components.train.trial import Trial, checkpoint_key, load_checkpoint_bytes, result_key
+
+if TYPE_CHECKING:
+    from components.train.trial import Trial
 
 
 def faces_trial(store: ArtifactStore, recipe_overrides: dict) -> Trial:
     """A small AnyNetX (150-250 MFLOPs at 224 px) on the built-in faces set at 12 px, with
     ``apr_tiny`` and ``recipe_overrides``, seed 0."""
+    from components.train.trial import Trial
+
     spec = sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict()
     dataset = materialize(store, "faces", resolution=12)
     recipe = resolve_recipe("apr_tiny", recipe_overrides)
@@ -29,6 +33,11 @@ def checkpoint_test_error(store: ArtifactStore, trial_id: str) -> float:
     """Top-1 error in percent of the trial's last checkpoint on its test split, recomputed
     here: weights from ``checkpoint.pt``, the test images decoded by ``load_split`` and
     normalised with the manifest's mean and std, one forward pass in eval mode."""
+    import torch
+
+    from components.sample.anynet import build_model
+    from components.train.trial import Trial, checkpoint_key, load_checkpoint_bytes, result_key
+
     trial = Trial.from_dict(store.get_json(result_key(trial_id)))
     model = build_model(
         AnyNetSpec.from_dict(trial.spec),

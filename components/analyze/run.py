@@ -21,6 +21,8 @@ from components.sample.space import AnyNetSpec
 from components.train.plan import load_trial_ids, trial_key
 from components.train.trial import result_key
 
+# How many of the best models per dataset are logged to MLflow and registered.
+DEFAULT_BEST_MODELS = 3
 STAGE_FIELDS = (("depths", "d"), ("widths", "w"), ("bottleneck_ratios", "b"), ("group_widths", "g"))
 # Errors of each evaluation of a trial's checkpoint that become results-table columns.
 EVALUATION_ERRORS = ("top1_error", "top5_error")
@@ -117,17 +119,15 @@ def log_unlogged_trials(uri: str, parent_run_id: str, table: pd.DataFrame) -> No
     ``tags.aprflow.status`` find it too."""
     for row in table[table["run_id"] == ""].to_dict("records"):
         metrics = {k: row[k] for k in ("top1_error", "flops", "params", "wall_time_s")}
-        tracking.log_trial_run(
-            uri,
-            parent_run_id,
-            row["trial_id"],
+        log = tracking.TrialLog(
+            parent_run_id=parent_run_id,
+            trial_id=row["trial_id"],
             run_name=tracking.trial_run_name(
                 row["model"], row["dataset"], row["recipe"], row["seed"], row["status"]
             ),
+            status=row["status"],
             params={k: row[k] for k in ("model", "dataset", "recipe", "seed")},
             metrics=metrics,
-            history={},
-            status=row["status"],
             tags={
                 tracking.REASON_TAG: str(row["status_reason"])[:500],
                 "aprflow.model": row["model"],
@@ -135,8 +135,9 @@ def log_unlogged_trials(uri: str, parent_run_id: str, table: pd.DataFrame) -> No
                 "aprflow.recipe": row["recipe"],
                 "aprflow.seed": str(row["seed"]),
             },
-            adopt_task_run=False,  # KFP's MLflow plugin: the analyze task's run stays its own
         )
+        # KFP's MLflow plugin: the analyze task's run stays its own.
+        tracking.log_trial_run(uri, log, adopt_task_run=False)
 
 
 def top_k_for(n_models: int) -> int:
@@ -153,9 +154,12 @@ def analyze_study(
     store_uri: str | None,
     tracking_uri: str | None,
     out_dir: str | Path,
+    best_models: int = DEFAULT_BEST_MODELS,
 ) -> dict[str, Any]:
-    """Gathers the results, writes the analysis to ``out_dir`` and to ``studies/<study>/``, logs
-    it to the study's MLflow parent run and returns the summary."""
+    """Gathers the results, logs the ``best_models`` best models per dataset as registered
+    MLflow models (:func:`~components.analyze.models.log_best_models`; the results table's
+    ``model_url`` links them), writes the analysis to ``out_dir`` and to ``studies/<study>/``,
+    logs it to the study's MLflow parent run and returns the summary."""
     from analysis.report import analyze
     from analysis.table import load_results
 
@@ -169,6 +173,10 @@ def analyze_study(
     if (table["run_id"] == "").any():
         log_unlogged_trials(uri, parent_run_id, table)
         table = gather_results(store, trial_ids, tracking.trial_run_links(uri, parent_run_id))
+    from components.analyze.models import log_best_models  # imports torch
+
+    models = log_best_models(uri, store, study, table, best_models)
+    table["model_url"] = [redact_uri(models.get(t, "")) for t in table["trial_id"]]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "results.csv", index=False)

@@ -14,7 +14,10 @@ def stage_bytes(path: str | os.PathLike, data: bytes) -> Path:
     The folder must exist. On any error no temporary file stays.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # named by the caller's path, not the temporary name nobody asked for
+        raise OSError(e.errno, e.strerror, str(path)) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -22,6 +25,9 @@ def stage_bytes(path: str | os.PathLike, data: bytes) -> Path:
             # Durable before it is published: after a power loss the new name never points
             # at a file whose blocks were not written yet.
             os.fsync(f.fileno())
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

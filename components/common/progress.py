@@ -1,19 +1,59 @@
 """Progress lines for long work: which stage, item i/N, time since the study started.
 
-Tasks print plain lines (``[stage | elapsed] message``) because on a cluster they end up in pod
-logs. The local runner's console (``pipelines/console.py``) reads the same lines back to draw
-one progress bar per study: :func:`trial_done_line` and :func:`parse_trial_done` are the one
-place that defines the per-trial line both sides agree on.
+Progress is logged (stdlib :mod:`logging`, logger ``aprflow.<stage>``) to **stderr** as plain
+lines, ``[stage | elapsed] message``: stdout is kept for a command's result, and on a cluster
+both streams end up in the pod's log. The local runner's console (``pipelines/console.py``)
+reads the same lines back to draw one progress bar per study: :func:`trial_done_line` and
+:func:`parse_trial_done` are the one place that defines the per-trial line both sides agree on.
+
+A command sets the level with ``-q``/``-v`` (:func:`configure_logging`); code run without a
+command line (a Kubeflow task) logs at INFO on its first :func:`report`.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import time
 from dataclasses import dataclass
 
 from components.common.uris import redact_uri
+
+LOGGER = "aprflow"
+
+
+class _CurrentStderrHandler(logging.Handler):
+    """Writes each record to the ``sys.stderr`` of the moment it is emitted, flushed.
+
+    A ``StreamHandler`` keeps the stream it was made with; the local runner's console replaces
+    ``sys.stderr`` while a pipeline runs, and pytest's capture does too.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()  # pod logs are line-buffered
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - logging's contract: a failed emit is reported, not raised
+            self.handleError(record)
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    """Sends aprflow's log records to stderr, at INFO (``verbosity`` 0), WARNING (below 0:
+    ``-q``) or DEBUG (above 0: ``-v``). Calling it again only changes the level."""
+    logger = logging.getLogger(LOGGER)
+    if not any(isinstance(handler, _CurrentStderrHandler) for handler in logger.handlers):
+        handler = _CurrentStderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        # Our lines only, once: a root handler set up by a library would print them again.
+        logger.propagate = False
+    logger.setLevel(
+        logging.INFO if verbosity == 0 else logging.WARNING if verbosity < 0 else logging.DEBUG
+    )
 
 
 def format_seconds(seconds: float) -> str:
@@ -28,10 +68,13 @@ def elapsed(since: float) -> str:
 
 
 def report(stage: str, message: str, started_at: float | None = None) -> None:
-    """Prints ``[stage | elapsed] message`` to stdout, flushed (pod logs are line-buffered),
-    with the secrets of any URI in it redacted (:func:`~components.common.uris.redact_uri`)."""
+    """Logs ``[stage | elapsed] message`` at INFO to stderr (logger ``aprflow.<stage>``), with
+    the secrets of any URI in it redacted (:func:`~components.common.uris.redact_uri`)."""
+    logger = logging.getLogger(LOGGER)
+    if not logger.handlers:  # a task run without a command line: progress still shows
+        configure_logging()
     clock = f" | {elapsed(started_at)} elapsed" if started_at is not None else ""
-    print(f"[{stage}{clock}] {redact_uri(message)}", file=sys.stdout, flush=True)
+    logger.getChild(stage).info(f"[{stage}{clock}] {redact_uri(message)}")
 
 
 # A report line: "[stage]" or "[stage | 0:00:12 elapsed]", then the message.

@@ -2,10 +2,14 @@
 
 A study names datasets (``datasets: [mine, digits]``). A built-in name (``digits``, ``faces``,
 ``shapes``; :mod:`components.data.builtin`) is materialised at the study's resolution with a
-stratified 75/25 train/test split; any other name must have been built before with
+stratified 75/25 train/test split on first use; any other name must have been built before with
 ``aprflow data build NAME --from URI`` or derived with ``aprflow data subset`` (see
 :mod:`components.data.build`). Both are WebDataset-style tar shards plus a manifest, and a
 :class:`DatasetRef` is what trials carry.
+
+:func:`catalog` and :func:`describe_builtin` show both kinds side by side (``aprflow data list``
+and ``describe``): a built-in set with its classes, split counts and every resolution it was
+materialised at in the store.
 """
 
 from __future__ import annotations
@@ -13,17 +17,29 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
+from components.common.cli import did_you_mean
 from components.common.limits import MAX_RESOLUTION, MIN_RESOLUTION, check_limit
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
 from components.data.build import (
+    dataset_prefix,
     in_memory_fits,
+    list_named,
     load_manifest,
     load_split,
     materialize_scan,
     named_dataset,
 )
-from components.data.builtin import BUILTIN_DATASETS, SHAPES, RawImages, load_raw, to_rgb_uint8
+from components.data.builtin import (
+    BUILTIN_DATASETS,
+    SHAPES,
+    RawImages,
+    load_raw,
+    to_rgb_uint8,
+    unknown_builtin,
+)
 from components.data.descriptor import (
     INPUT_MODES,
     DatasetDescriptor,
@@ -36,10 +52,13 @@ from components.data.sources import scan_builtin
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "BUILTIN_TEST_FRACTION",
     "SHAPES",
     "DatasetError",
     "DatasetRef",
     "RawImages",
+    "catalog",
+    "describe_builtin",
     "load_manifest",
     "load_raw",
     "load_split",
@@ -54,6 +73,8 @@ __all__ = [
 # plan) and ``test_sets`` (datasets with the same classes whose test split the trials of this
 # one are also evaluated on) are read by the plan step.
 DATASET_SETTINGS = ("resolution", "input", "recipe", "epochs", "recipe_overrides", "test_sets")
+# Share of each class of a built-in set held out for testing (no validation split).
+BUILTIN_TEST_FRACTION = 0.25
 
 
 def stratified_split(labels, test_fraction: float, seed: int):
@@ -67,13 +88,11 @@ def stratified_split(labels, test_fraction: float, seed: int):
 
 
 def builtin_descriptor(
-    name: str, resolution: int, seed: int = 0, test_fraction: float = 0.25
+    name: str, resolution: int, seed: int = 0, test_fraction: float = BUILTIN_TEST_FRACTION
 ) -> DatasetDescriptor:
     """The descriptor of a built-in set at ``resolution``: stratified train/test, no val."""
     if name not in BUILTIN_DATASETS:
-        raise DatasetError(
-            f"unknown dataset {name!r}: choose from {', '.join(sorted(BUILTIN_DATASETS))}"
-        )
+        raise unknown_builtin(name)
     return DatasetDescriptor(
         name=name,
         source=f"builtin:{name}",
@@ -87,7 +106,7 @@ def materialize(
     name: str,
     resolution: int,
     seed: int = 0,
-    test_fraction: float = 0.25,
+    test_fraction: float = BUILTIN_TEST_FRACTION,
 ) -> DatasetRef:
     """Writes a built-in dataset's shards to ``store`` unless they are there already.
 
@@ -183,8 +202,8 @@ def check_datasets(
     unknown = [n for n in names if n not in BUILTIN_DATASETS and named_dataset(store, n) is None]
     if unknown:
         raise DatasetError(
-            f"unknown or missing dataset(s) {', '.join(unknown)}: choose from "
-            f"{', '.join(sorted(BUILTIN_DATASETS))} (built in) or a dataset built in "
+            f"unknown or missing dataset(s) {', '.join(unknown)}: {_suggestions(store, unknown)}"
+            f"choose from {', '.join(sorted(BUILTIN_DATASETS))} (built in) or a dataset built in "
             f"{store.uri} (aprflow data build NAME --from URI; aprflow data list)"
         )
     stray = sorted(set(settings) - set(names))
@@ -209,10 +228,17 @@ def check_datasets(
                 )
 
 
+def _suggestions(store: ArtifactStore, unknown: list[str]) -> str:
+    """``did you mean ...?`` for each unknown name close to a built-in or a built name."""
+    names = [*BUILTIN_DATASETS, *(record["ref"]["name"] for record in list_named(store))]
+    hints = [hint for name in unknown if (hint := did_you_mean(name, names))]
+    return " ".join(hints) + " " if hints else ""
+
+
 def _class_count(store: ArtifactStore, name: str) -> int:
     """Classes of a built-in dataset or of a named build in ``store`` (read only)."""
     if name in BUILTIN_DATASETS:
-        return len(load_raw(name).class_names)
+        return len(BUILTIN_DATASETS[name].class_names)
     return int(named_dataset(store, name)["ref"]["num_classes"])
 
 
@@ -269,3 +295,103 @@ def prepare_all(
         )
         refs.append(ref)
     return refs
+
+
+# --- the catalog: built-in sets beside the store's named builds -----------------------------
+
+
+def builtin_split_counts(
+    name: str, test_fraction: float = BUILTIN_TEST_FRACTION
+) -> dict[str, dict[str, Any]]:
+    """Images per split and class of a built-in set as :func:`materialize` splits it (the
+    counts do not depend on the seed or the resolution), without loading its images."""
+    info = BUILTIN_DATASETS[name]
+    labels = np.repeat(np.arange(len(info.class_counts)), [n for _, n in info.class_counts])
+    train, test = stratified_split(labels, test_fraction, seed=0)
+    splits = {}
+    for split, indices in (("train", train), ("val", []), ("test", test)):
+        per_class = np.bincount(labels[indices], minlength=len(info.class_counts))
+        splits[split] = {
+            "n": int(per_class.sum()),
+            "per_class": {c: int(n) for c, n in zip(info.class_names, per_class, strict=True)},
+        }
+    return splits
+
+
+def prepared_builtin(store: ArtifactStore, name: str) -> list[dict[str, Any]]:
+    """Where built-in ``name`` was materialised in ``store``: one entry per resolution, seed
+    and split (``resolution``, ``seed``, ``test_fraction``, ``content_hash``,
+    ``manifest_key``), by resolution; named builds from ``builtin:NAME`` are not included."""
+    folder = dataset_prefix(name, "")  # datasets/<name>-<key>/: the key holds no '-'
+    prepared = []
+    for key in store.list(folder):
+        build_key, _, file = key.removeprefix(folder).partition("/")
+        if file != "manifest.json" or "-" in build_key:
+            continue
+        manifest = store.get_json(key)
+        descriptor = manifest["descriptor"]
+        if manifest["name"] != name or descriptor["source"] != f"builtin:{name}":
+            continue
+        prepared.append(
+            {
+                "resolution": manifest["ref"]["resolution"],
+                "seed": manifest["seed"],
+                "test_fraction": descriptor["split"]["test_fraction"],
+                "content_hash": manifest["ref"]["content_hash"],
+                "manifest_key": key,
+            }
+        )
+    return sorted(prepared, key=lambda p: (p["resolution"], p["seed"], p["test_fraction"]))
+
+
+def describe_builtin(store: ArtifactStore, name: str) -> dict[str, Any]:
+    """What ``aprflow data describe`` shows of a built-in set, whether or not it was
+    materialised: origin, licence, classes, split counts, and where it is in ``store``."""
+    if name not in BUILTIN_DATASETS:
+        raise unknown_builtin(name)
+    info = BUILTIN_DATASETS[name]
+    return {
+        "name": name,
+        "builtin": True,
+        "source": f"builtin:{name}",
+        "description": info.description,
+        "origin": info.origin,
+        "licence": info.licence,
+        "image_side": info.image_side,
+        "colour": info.colour,
+        "n_images": info.n_images,
+        "class_names": list(info.class_names),
+        "split": {
+            "mode": "stratified",
+            "val_fraction": 0.0,
+            "test_fraction": BUILTIN_TEST_FRACTION,
+        },
+        "splits": builtin_split_counts(name),
+        "prepared": prepared_builtin(store, name),
+    }
+
+
+def catalog(store: ArtifactStore) -> list[dict[str, Any]]:
+    """Every dataset a study in ``store`` can name: the named builds (by name), then the
+    built-in sets, each ``{name, builtin, source, num_classes, n_train, n_val, n_test}``; a
+    built-in set also has ``prepared`` (see :func:`prepared_builtin`), a named build the rest
+    of its :class:`DatasetRef`."""
+    entries = [
+        record["ref"] | {"builtin": False, "source": record["descriptor"]["source"]}
+        for record in sorted(list_named(store), key=lambda r: r["ref"]["name"])
+    ]
+    for name in sorted(BUILTIN_DATASETS):
+        splits = builtin_split_counts(name)
+        entries.append(
+            {
+                "name": name,
+                "builtin": True,
+                "source": f"builtin:{name}",
+                "num_classes": len(BUILTIN_DATASETS[name].class_counts),
+                "n_train": splits["train"]["n"],
+                "n_val": splits["val"]["n"],
+                "n_test": splits["test"]["n"],
+                "prepared": prepared_builtin(store, name),
+            }
+        )
+    return entries

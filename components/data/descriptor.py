@@ -178,7 +178,9 @@ class SubsetRule:
         if self.classes == 1:
             raise DatasetError("a class subset needs at least 2 classes")
         if not (self.classes or self.per_class or self.coarse):
-            raise DatasetError("a subset needs a rule: --classes K, --per-class N or --coarse MAP")
+            raise DatasetError(
+                "a subset needs a rule: --n-classes K, --per-class N or --coarse MAP"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"coarse": [list(pair) for pair in self.coarse]}

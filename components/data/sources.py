@@ -376,18 +376,23 @@ def scan_torchvision(source: str) -> Scan:
 
 
 def scan_builtin(name: str, resolution: int | None, seed: int) -> Scan:
-    """A built-in set, resized (bilinear) to ``resolution`` as the trainer always used it."""
-    from components.data.builtin import load_raw, to_rgb_uint8
+    """A built-in set, resized (bilinear) to ``resolution`` as the trainer always used it, or
+    kept at its own size when ``resolution`` is None.
 
-    if resolution is None:
-        raise DatasetError(f"built-in dataset {name!r} needs a resolution")
-    listing = Scan("builtin", (), [name, seed])
+    Raises:
+        DatasetError: for a name that is no built-in set (with the nearest names).
+    """
+    from components.data.builtin import BUILTIN_DATASETS, load_raw, to_rgb_uint8, unknown_builtin
+
+    if name not in BUILTIN_DATASETS:
+        raise unknown_builtin(name)
+    side = resolution or BUILTIN_DATASETS[name].image_side
+    listing = Scan("builtin", (), [name, seed], class_order=BUILTIN_DATASETS[name].class_names)
 
     def items() -> Iterator[SourceItem]:
         # Loaded only when read: a build that exists already costs no sklearn import.
         raw = load_raw(name, seed)
-        listing.class_order = raw.class_names
-        images = to_rgb_uint8(raw.images, resolution)
+        images = to_rgb_uint8(raw.images, side)
         for i, (image, label) in enumerate(zip(images, raw.labels, strict=True)):
             label_name = raw.class_names[int(label)]
             yield SourceItem(f"{name}[{i}]", label_name, None, lambda im=image: Image.fromarray(im))

@@ -57,7 +57,7 @@ def choose_classes(n_classes: int, rule: SubsetRule) -> list[int]:
     if not rule.classes:
         return list(range(n_classes))
     if rule.classes > n_classes:
-        raise DatasetError(f"--classes {rule.classes} exceeds the parent's {n_classes} classes")
+        raise DatasetError(f"--n-classes {rule.classes} exceeds the parent's {n_classes} classes")
     seed = (
         mix_seed(rule.seed, rule.draw)
         if rule.nested

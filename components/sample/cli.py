@@ -2,24 +2,29 @@
 
 Example::
 
-    python -m components.sample --space anynetx_a --n 500 --flops 360e6:400e6 --seed 0 \\
+    aprflow sample --space anynetx_a --n 500 --flops 360e6:400e6 --seed 0 \\
         --out specs.jsonl --summary-dir summary/
+
+(also ``python -m components.sample``). The specs go to ``--out``; stdout gets a summary of
+the sampling (JSON with ``--json``), stderr the progress.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
+import time
 
-from components.sample.samplers import SPACES, sample_specs
+from analysis.words import plural
+from components.common.cli import (
+    DefaultsHelpFormatter,
+    add_common_options,
+    print_result,
+    run_cli,
+)
+from components.common.progress import report
+from components.sample.samplers import SPACES, resolve_space, sample_specs
 from components.sample.spec_io import write_specs_jsonl
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse exits on a usage error; raising lets main() report it like every other error.
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(message)
 
 
 def _flops_range(text: str) -> tuple[float, float]:
@@ -34,14 +39,14 @@ def _flops_range(text: str) -> tuple[float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of :func:`main`."""
-    parser = _Parser(
+    parser = argparse.ArgumentParser(
         prog="aprflow sample",
         description=(
             "Sample unique AnyNet specs of a design space whose FLOPs (pycls multiply-adds at "
             "224x224 with the spec's own stem) lie in a band, and write one JSON record per "
             'line: {"spec": ..., "spec_hash": ..., "flops": ..., "params": ..., "acts": ...}.'
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--space",
@@ -63,60 +68,70 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also write summary.json, summary.md and histograms.png here",
     )
+    add_common_options(parser, json_output=True)
     return parser
 
 
+def _sample(args: argparse.Namespace) -> int:
+    resolve_space(args.space)  # a mistyped space fails before any work starts
+    if os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a directory: name a file, e.g. specs.jsonl")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out {args.out}: folder {folder} does not exist")
+    low, high = args.flops
+    started = time.time()
+    report(
+        "sample",
+        f"sampling {args.n} {args.space} specs, FLOPs in [{low:.4g}, {high:.4g}], seed {args.seed}",
+    )
+    result = sample_specs(
+        args.space,
+        args.n,
+        flops_range=args.flops,
+        seed=args.seed,
+        max_tries=args.max_tries,
+        num_classes=args.num_classes,
+    )
+    stats = result.stats
+    report(
+        "sample",
+        f"accepted {stats.accepted} of {stats.tried} tried (rate {stats.acceptance_rate:.4f}) "
+        f"in {stats.seconds:.2f} s; rejected: {stats.rejected_by_flops} by FLOPs, "
+        f"{stats.rejected_by_constraints} by constraints, {stats.rejected_duplicate} duplicates",
+        started,
+    )
+    summary_files = []
+    if args.summary_dir:
+        # Imported here: it is the only part that needs matplotlib.
+        from components.sample.summary import write_summary
+
+        summary_files = [str(path) for path in write_summary(args.summary_dir, result)]
+    write_specs_jsonl(args.out, result.specs)
+    print_result(
+        args,
+        {
+            "out": args.out,
+            "specs": len(result.specs),
+            "space": args.space,
+            "seed": args.seed,
+            "tried": stats.tried,
+            "acceptance_rate": stats.acceptance_rate,
+            "summary_files": summary_files,
+        },
+        text=f"wrote {plural(len(result.specs), 'spec')} to {args.out}"
+        + "".join(f"\nwrote {path}" for path in summary_files),
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command line.
+    """Runs ``aprflow sample`` (:func:`components.common.cli.run_cli`).
 
     Args:
         argv: Arguments without the program name; None reads sys.argv.
 
     Returns:
-        0 on success, 2 on any error (reported as one ``error: ...`` line on stderr).
+        0 on success, 1 on a failure, 2 on a usage error.
     """
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if os.path.isdir(args.out):
-        print(
-            f"error: --out {args.out} is a directory: name a file, e.g. specs.jsonl",
-            file=sys.stderr,
-        )
-        return 2
-    low, high = args.flops
-    print(
-        f"sampling {args.n} {args.space} specs, FLOPs in [{low:.4g}, {high:.4g}], seed {args.seed}"
-    )
-    try:
-        result = sample_specs(
-            args.space,
-            args.n,
-            flops_range=args.flops,
-            seed=args.seed,
-            max_tries=args.max_tries,
-            num_classes=args.num_classes,
-        )
-        stats = result.stats
-        print(
-            f"accepted {stats.accepted} of {stats.tried} tried "
-            f"(rate {stats.acceptance_rate:.4f}) in {stats.seconds:.2f} s; rejected: "
-            f"{stats.rejected_by_flops} by FLOPs, {stats.rejected_by_constraints} by "
-            f"constraints, {stats.rejected_duplicate} duplicates"
-        )
-        if args.summary_dir:
-            # Imported here: it is the only part that needs matplotlib.
-            from components.sample.summary import write_summary
-
-            for path in write_summary(args.summary_dir, result):
-                print(f"wrote {path}")
-        write_specs_jsonl(args.out, result.specs)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(result.specs)} specs to {args.out}")
-    return 0
+    return run_cli(build_parser(), _sample, argv)

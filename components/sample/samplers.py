@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from components.common.cli import did_you_mean
 from components.sample.space import (
     BOTTLENECK_RATIOS,
     GROUP_WIDTHS,
@@ -164,7 +165,11 @@ def resolve_space(name: str) -> AnyNetXSpace | RegNetSpace:
     """
     key = name.strip().lower().replace("-", "_")
     if key not in SPACES:
-        raise ValueError(f"unknown design space {name!r}; valid spaces are {list(SPACES)}")
+        hint = did_you_mean(key, SPACES)
+        raise ValueError(
+            f"unknown design space {name!r}: {hint + ' ' if hint else ''}"
+            f"valid spaces are {', '.join(SPACES)}"
+        )
     return SPACES[key]
 
 

@@ -87,6 +87,10 @@ DEFAULT_MAX_ATTEMPTS = 2
 # demo's take seconds; a longer CPU study sets trial_timeout_s).
 TIMEOUT_FACTOR = 10
 TIMEOUT_FLOOR_S = 1800
+# MLflow's client and SQL store, imported once in the fork server: a trial opens its run when
+# it starts, and these imports take 3-11 s on a busy 2-core machine. The fork server skips a
+# module that is not installed (the GPU image's mlflow-skinny has no SQL store).
+MLFLOW_MODULES = ("mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store")
 # How often the runner looks at its children.
 POLL_S = 0.2
 # A trial's exit status when a write found its disk full (ENOSPC's number): the runner does
@@ -471,7 +475,7 @@ class _Child:
             # per trial), and it never runs torch ops, so no child inherits a used OpenMP thread
             # pool (GNU OpenMP hangs in a fork after use) or a CUDA context.
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["components.train.run"])
+            context.set_forkserver_preload(["components.train.run", *MLFLOW_MODULES])
             args = (*self.target_args, dict(os.environ))
             self._process = context.Process(target=_child_main, args=args, daemon=False)
             self._process.start()
@@ -518,9 +522,10 @@ class _Child:
         return self._process.exitcode
 
 
-def _killed_result(trial: Trial, reason: str, attempts: int) -> dict[str, Any]:
-    """The failed result of a trial the runner gave up on; ``killed`` makes a later run of the
-    study try it again (:func:`_retry_if_killed`)."""
+def _killed_result(trial: Trial, reason: str, attempts: int, started_at: float) -> dict[str, Any]:
+    """The failed result of a trial the runner gave up on, started at ``started_at`` (its
+    first attempt, Unix seconds); ``killed`` makes a later run of the study try it again
+    (:func:`_retry_if_killed`)."""
     from components.train.trial import TRAINER_VERSION
 
     return {
@@ -531,6 +536,8 @@ def _killed_result(trial: Trial, reason: str, attempts: int) -> dict[str, Any]:
         "reason": reason,
         "killed": True,
         "attempts": attempts,
+        "started_at": started_at,
+        "ended_at": time.time(),
     }
 
 
@@ -577,12 +584,14 @@ def run_chunk(
     pending = deque(ids)
     running: dict[str, _Child] = {}
     reasons: dict[str, list[str]] = {trial_id: [] for trial_id in ids}
+    first_start: dict[str, float] = {}  # each trial's first attempt in this task
     infrastructure: list[str] = []
     from components.common import tracking
     from components.train.run import study_key
 
-    # The run open while this chunk trains, with MLflow's system metrics on (a trial's own run
-    # is written after it trained); best-effort: without MLflow the chunk trains all the same.
+    # The run open while this chunk trains, with MLflow's system metrics on (they sample the
+    # whole machine: every trial process of the chunk); best-effort: without MLflow the chunk
+    # trains all the same.
     live = tracking.live_run(
         tracking.resolve_tracking_uri(tracking_uri),
         store.get_json(study_key(study))["parent_run_id"],
@@ -604,6 +613,7 @@ def run_chunk(
                 _record_attempt(
                     store, trial_id, {"started_at": child.started_at, "kfp_run_id": kfp_run_id}
                 )
+                first_start.setdefault(trial_id, child.started_at)
                 running[trial_id] = child.start()
             if not running:
                 break
@@ -665,7 +675,9 @@ def run_chunk(
                 # A child records the failure, so MLflow and the progress line are written as
                 # for any trial.
                 report("train", f"trial {trial_id} {outcome} ({attempt}): recorded as failed")
-                result = _killed_result(trials[trial_id], failure, len(reasons[trial_id]))
+                result = _killed_result(
+                    trials[trial_id], failure, len(reasons[trial_id]), first_start[trial_id]
+                )
                 args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
                 recorder = _Child((*args, 0, result), ChunkSettings()).start()
                 if recorder.wait() != 0:

@@ -1,12 +1,16 @@
-"""``python -m components.train`` / ``aprflow train``: train one architecture on one dataset."""
+"""``aprflow train`` (``python -m components.train``): train one architecture on one dataset.
+
+The trial's result is printed on stdout as JSON (``aprflow train ... | jq``); progress goes to
+stderr. Exit status 0 when the trial is ``ok``, 1 when it failed or diverged (its result is
+still printed) or the input was refused, 2 on a usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from components.common.errors import AprflowError
+from components.common.cli import add_common_options, print_result, run_cli
 from components.common.limits import MAX_EPOCHS, int_in, limit_type
 from components.common.progress import report
 from components.common.storage import add_store_option, open_store
@@ -28,7 +32,8 @@ from components.train.trial import Trial, run_trial
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aprflow train",
-        description="Train one architecture on one dataset and print the result JSON. The trial "
+        description="Train one architecture on one dataset and print its result as JSON (the "
+        "result is JSON by nature: --json changes nothing). The trial "
         "is idempotent: its result is stored under trials/<trial_id>/ and reused when the same "
         "trial runs again; an interrupted trial resumes from its last epoch.",
     )
@@ -96,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default ~/.cache/aprflow/inductor; a compiled trial has its own trial id)",
     )
     add_store_option(parser)
+    add_common_options(parser, json_output=True)
     return parser
 
 
@@ -116,37 +122,39 @@ def _load_spec(path: str, index: int) -> dict:
     return spec.to_dict()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        check_compile(args.engine, args.compile)
-        spec = _load_spec(args.spec, args.index)
-        overrides = ({"epochs": args.epochs} if args.epochs else {}) | recipe_sets(args.sets)
-        recipe = resolve_recipe(args.recipe, overrides)
-        options = engine_options(args.engine, args.zero_stage, args.precision)
-        # Checked before anything is written.
-        data_input = recipe_input(recipe, args.input, args.dataset)
-        check_crop_padding(recipe, data_input, args.resolution, args.dataset)
-        if data_input and not args.input:
-            report(
-                "train",
-                f"recipe {recipe.name} sets {', '.join(recipe.stream_augmentations())}: "
-                "stream input (per-image augmentation)",
-            )
-        settings = {args.dataset: {"input": data_input}} if data_input else {}
-        (dataset,) = prepare_all([args.dataset], args.resolution, 0, args.store, settings)
-        trial = Trial(
-            spec=spec,
-            dataset=dataset,
-            recipe=recipe,
-            seed=args.seed,
-            engine=args.engine,
-            compile_model=args.compile,
-            engine_options=options,
+def _train(args: argparse.Namespace) -> int:
+    check_compile(args.engine, args.compile)
+    spec = _load_spec(args.spec, args.index)
+    overrides = ({"epochs": args.epochs} if args.epochs else {}) | recipe_sets(args.sets)
+    recipe = resolve_recipe(args.recipe, overrides)
+    options = engine_options(args.engine, args.zero_stage, args.precision)
+    # Checked before anything is written.
+    data_input = recipe_input(recipe, args.input, args.dataset)
+    check_crop_padding(recipe, data_input, args.resolution, args.dataset)
+    if data_input and not args.input:
+        report(
+            "train",
+            f"recipe {recipe.name} sets {', '.join(recipe.stream_augmentations())}: "
+            "stream input (per-image augmentation)",
         )
-        result = run_trial(open_store(args.store), trial)
-    except (AprflowError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
+    settings = {args.dataset: {"input": data_input}} if data_input else {}
+    (dataset,) = prepare_all([args.dataset], args.resolution, 0, args.store, settings)
+    trial = Trial(
+        spec=spec,
+        dataset=dataset,
+        recipe=recipe,
+        seed=args.seed,
+        engine=args.engine,
+        compile_model=args.compile,
+        engine_options=options,
+    )
+    # Epoch lines are progress: stderr, leaving stdout to the result.
+    result = run_trial(open_store(args.store), trial)
+    print_result(args, result)
     return 0 if result["status"] == "ok" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``aprflow train``: 0 for an ``ok`` trial, 1 for a failed one or a failure, 2 for a
+    usage error."""
+    return run_cli(build_parser(), _train, argv)

@@ -268,7 +268,8 @@ def _import_deepspeed():
     except ImportError as e:
         raise RuntimeError(
             f"the 'deepspeed' engine needs the deepspeed package ({e}): "
-            "install it with `pip install deepspeed` (or use engine 'torch')"
+            "install torch first, then `pip install --no-build-isolation 'aprflow[deepspeed]'` "
+            "(its build imports torch), or use engine 'torch'"
         ) from e
     return deepspeed
 

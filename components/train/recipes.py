@@ -7,6 +7,8 @@ what it reproduces, for which data scale, and the command that runs it. Every fi
 against the same schema wherever it comes from (a file, ``--set recipe.lr=0.05``,
 ``recipe_overrides`` in a study config or the Kubeflow UI): an unknown field lists the valid
 ones, a wrong type names the expected one, and a value out of :data:`BOUNDS` names the range.
+timm's ``train.py`` spellings of a field (``smoothing`` for ``label_smoothing``, ``aa``,
+``reprob``, ``--mixup-prob``) are read as the field (:data:`TIMM_NAMES`).
 
 A trial's identity includes its fully resolved recipe, so changing any value (in a file or with
 an override) makes new trials instead of reusing old results.
@@ -23,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from components.common.cli import did_you_mean
 from components.common.limits import LIMITS, check_count
 from components.common.validation import Bound, check_type, parse_assignments, short_repr
 from components.common.yamlsafe import load_yaml
@@ -51,7 +54,8 @@ RECIPE_PACKAGE = "recipes"
 
 @dataclass(frozen=True)
 class Recipe:
-    """Hyper-parameters of one training run (names follow timm's ``train.py`` arguments).
+    """Hyper-parameters of one training run (names follow timm's ``train.py`` arguments; the
+    few that differ are read under timm's name too, see :data:`TIMM_NAMES`).
 
     A Recipe is valid once built: every field is checked against its type and :data:`BOUNDS`.
 
@@ -207,15 +211,54 @@ _LENGTHS = {"lr_grid": "grid_points", "weight_decay_grid": "grid_points"}
 _TYPES: dict[str, Any] = typing.get_type_hints(Recipe)
 #: Fields a recipe file or an override may set (``name`` is the file's).
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Recipe) if f.name != "name")
+#: timm ``train.py`` argument names (argparse destinations, as in its ``--config`` YAML) that
+#: are not field names, and the field each sets; None: an argument this trainer does not
+#: implement (random erasing always fills with constant values in one region, images are
+#: resized bilinearly, Mixup/CutMix mix whole batches, gradients are not clipped).
+#: The other fields carry timm's name where timm has the setting.
+TIMM_NAMES: dict[str, str | None] = {
+    "smoothing": "label_smoothing",
+    "aa": "auto_augment",
+    "reprob": "re_prob",
+    "validation_batch_size": "eval_batch_size",
+    "remode": None,
+    "recount": None,
+    "train_interpolation": None,
+    "mixup_mode": None,
+    "clip_grad": None,
+}
+
+
+def field_name(key: str) -> str:
+    """The recipe field ``key`` sets: ``key`` itself, or the field of a timm ``train.py``
+    name (``smoothing`` -> ``label_smoothing``); hyphens read as underscores, as timm's
+    command line spells them (``mixup-prob``).
+
+    Raises:
+        ValueError: for a timm argument this trainer does not implement.
+    """
+    name = key.replace("-", "_") if isinstance(key, str) else key
+    if name not in TIMM_NAMES:
+        return name
+    field = TIMM_NAMES[name]
+    if field is None:
+        raise ValueError(
+            f"recipe field {key!r} is timm train.py's --{name.replace('_', '-')}, which this "
+            "trainer does not implement"
+        )
+    return field
 
 
 def check_field(key: str, value: Any) -> Any:
     """Returns ``value`` for recipe field ``key`` (typed as the field is), or raises one
-    ValueError line: an unknown field lists the valid ones, a wrong type names the expected
-    one, a value out of range names the range."""
+    ValueError line: an unknown field suggests a close name and lists the valid ones, a wrong
+    type names the expected one, a value out of range names the range."""
     if key not in FIELDS:
+        names = [*FIELDS, *(k for k, v in TIMM_NAMES.items() if v)]
+        hint = did_you_mean(key, names)
         raise ValueError(
-            f"unknown recipe field {short_repr(key)}: valid fields are {', '.join(FIELDS)}"
+            f"unknown recipe field {short_repr(key)}: {hint + ' ' if hint else ''}"
+            f"valid fields are {', '.join(FIELDS)}"
         )
     label = f"recipe field {key!r}"
     if key in _LENGTHS and isinstance(value, list | tuple):
@@ -227,15 +270,26 @@ def check_field(key: str, value: Any) -> Any:
 
 
 def check_overrides(overrides: Any, where: str = "recipe_overrides") -> dict[str, Any]:
-    """Returns ``overrides`` (field -> value) with every field checked by :func:`check_field`.
+    """Returns ``overrides`` (field -> value) with timm's names read as fields
+    (:func:`field_name`) and every field checked by :func:`check_field`.
 
     Raises:
-        ValueError: for something that is no mapping, or any bad field (``where`` says which
-            setting held it).
+        ValueError: for something that is no mapping, a field given twice (under its name and
+            timm's), or any bad field (``where`` says which setting held it).
     """
     if not isinstance(overrides, dict):
         raise ValueError(f"{where} must map recipe fields to values, e.g. {{lr: 0.05}}")
-    return {key: check_field(key, value) for key, value in overrides.items()}
+    checked: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for key, value in overrides.items():
+        field = field_name(key)
+        if field in checked:
+            raise ValueError(
+                f"{where} sets recipe field {field!r} twice, as {given[field]!r} and as "
+                f"{key!r}: keep one"
+            )
+        checked[field], given[field] = check_field(field, value), key
+    return checked
 
 
 def add_recipe_set_option(parser: argparse.ArgumentParser) -> None:
@@ -248,7 +302,7 @@ def add_recipe_set_option(parser: argparse.ArgumentParser) -> None:
         metavar="recipe.FIELD=VALUE",
         help="override one recipe field, e.g. --set recipe.lr=0.05 --set recipe.epochs=1 "
         "(repeatable, as in aprflow train and aprflow run; 'aprflow recipes NAME' shows every "
-        "field)",
+        "field; timm train.py's names work too: recipe.smoothing, recipe.aa, recipe.reprob)",
     )
 
 
@@ -331,7 +385,8 @@ def parse_recipe_file(name: str, text: str, where: str) -> tuple[Recipe, str]:
     except TypeError:  # a required field missing: check_overrides has refused unknown ones
         required = ("epochs", "batch_size", "lr")
         missing = [k for k in required if k not in data]
-        raise ValueError(f"{where}: missing recipe field(s) {', '.join(missing)}") from None
+        fields_word = "fields" if len(missing) > 1 else "field"
+        raise ValueError(f"{where}: missing recipe {fields_word} {', '.join(missing)}") from None
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     header = []
@@ -365,8 +420,10 @@ def resolve_recipe(name: str, overrides: dict[str, Any] | None = None) -> Recipe
             or out of range.
     """
     if name not in RECIPES:
+        hint = did_you_mean(str(name), sorted(RECIPES))
         raise ValueError(
-            f"unknown recipe {short_repr(name)}: choose from {', '.join(sorted(RECIPES))}"
+            f"unknown recipe {short_repr(name)}: {hint + ' ' if hint else ''}"
+            f"choose from {', '.join(sorted(RECIPES))}"
         )
     resolved = with_overrides(RECIPES[name], overrides)
     check_augmentations(resolved)

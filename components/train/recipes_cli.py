@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from components.common.errors import AprflowError
+from components.common.cli import UsageError, add_common_options, print_result, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,51 +19,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("name", nargs="?", help="a recipe name (see the list)")
     add_recipe_set_option(parser)
+    add_common_options(parser, json_output=True)
     return parser
 
 
-def recipe_table() -> str:
-    """One line per recipe: name, epochs, batch, optimizer, lr and the description."""
+def recipe_rows() -> list[dict]:
+    """One row per recipe: name, epochs, batch size, optimizer, lr and the description."""
     from components.train.recipes import DESCRIPTIONS, RECIPES
 
-    rows = [("NAME", "EPOCHS", "BATCH", "OPT", "LR", "DESCRIPTION")]
-    for name, recipe in sorted(RECIPES.items()):
-        rows.append(
-            (
-                name,
-                str(recipe.epochs),
-                str(recipe.batch_size),
-                recipe.opt,
-                f"{recipe.lr:g}",
-                DESCRIPTIONS[name],
-            )
+    return [
+        {
+            "name": name,
+            "epochs": recipe.epochs,
+            "batch_size": recipe.batch_size,
+            "opt": recipe.opt,
+            "lr": recipe.lr,
+            "description": DESCRIPTIONS[name],
+        }
+        for name, recipe in sorted(RECIPES.items())
+    ]
+
+
+def recipe_table(rows: list[dict]) -> str:
+    """The rows of :func:`recipe_rows` as aligned columns, the description last."""
+    cells = [("NAME", "EPOCHS", "BATCH", "OPT", "LR", "DESCRIPTION")] + [
+        (
+            row["name"],
+            str(row["epochs"]),
+            str(row["batch_size"]),
+            row["opt"],
+            f"{row['lr']:g}",
+            row["description"],
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True))
-        + "  "
-        + row[5]
         for row in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(5)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line[:5], widths, strict=True))
+        + "  "
+        + line[5]
+        for line in cells
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        from components.train.recipes import DESCRIPTIONS, recipe_sets, resolve_recipe
+def _recipes(args: argparse.Namespace) -> int:
+    from components.train.recipes import DESCRIPTIONS, recipe_sets, resolve_recipe
 
-        if args.name is None:
-            if args.sets:
-                raise ValueError("--set needs a recipe NAME: aprflow recipes NAME --set ...")
-            print(recipe_table())
-            return 0
-        recipe = resolve_recipe(args.name, recipe_sets(args.sets))
-    except (AprflowError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"# {DESCRIPTIONS[args.name]}")
-    print(recipe.to_yaml(), end="")
+    if args.name is None:
+        if args.sets:
+            raise UsageError("--set needs a recipe NAME: aprflow recipes NAME --set ...")
+        rows = recipe_rows()
+        print_result(args, rows, text=recipe_table(rows))
+        return 0
+    recipe = resolve_recipe(args.name, recipe_sets(args.sets))
+    text = f"# {DESCRIPTIONS[args.name]}\n{recipe.to_yaml().rstrip()}"
+    print_result(args, recipe.to_dict(), text=text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``aprflow recipes``: 0 on success, 1 on a failure, 2 on a usage error."""
+    return run_cli(build_parser(), _recipes, argv)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from components.common import tracking
 from components.common.progress import TrialDone, report, trial_done_line
-from components.common.storage import open_store
+from components.common.storage import ArtifactStore, open_store
 from components.data.datasets import DatasetRef
 from components.data.loader import recipe_input
 from components.sample.space import AnyNetSpec
@@ -31,8 +31,17 @@ from components.train.plan import (
     save_plan,
     study_id,
 )
-from components.train.recipes import Recipe, resolve_recipe
-from components.train.trial import result_key, run_trial
+from components.train.recipes import STREAM_AUGMENTATIONS, Recipe, resolve_recipe
+from components.train.trial import TrainHooks, Trial, checkpoint_key, result_key, run_trial
+
+# The study params and the config keys that hold the same quantity.
+CONFIG_KEYS = {
+    "n_models": "n_models",
+    "datasets": "datasets",
+    "recipe": "recipe",
+    "seeds": "train_seeds",
+    "engine": "engine",
+}
 
 
 def study_key(study: str) -> str:
@@ -158,8 +167,11 @@ def plan_study(
         "recipe": resolved.name,
         "seeds": ",".join(map(str, seeds)),
         "engine": engine,
-        "store_uri": store.uri,
-    } | {f"recipe.{k}": v for k, v in resolved.to_dict().items()}
+    }
+    # One param per quantity: what the config holds is its ``config.<key>`` param.
+    params = {k: v for k, v in params.items() if CONFIG_KEYS[k] not in (config or {})}
+    params |= {"store_uri": store.uri}
+    params |= {f"recipe.{k}": v for k, v in resolved.to_dict().items() if k != "name"}
     params |= {f"engine.{k}": v for k, v in (engine_options or {}).items()}
     params |= _population_params(specs)
     for ref in refs:
@@ -216,6 +228,93 @@ def _population_params(specs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"population.size": len(specs)} | band
 
 
+# Recipe fields of the fine-tune search (components/transfer/finetune.py), which a trainer's
+# trial does not use, and those only the stream input applies.
+FINETUNE_FIELDS = ("reference_steps", "reference_images", "lr_grid", "weight_decay_grid")
+# Architecture quantities logged as metrics (numbers sort in MLflow), not params.
+ARCHITECTURE_METRICS = ("flops", "params")
+
+
+def trial_recipe_fields(trial: Trial) -> tuple[str, ...]:
+    """The recipe fields that apply to a trainer's trial: not the fine-tune search's, not the
+    per-image augmentations unless its dataset is streamed, not the name (param ``recipe``)."""
+    skip = {"name", *FINETUNE_FIELDS}
+    if trial.dataset.input != "stream":
+        skip |= set(STREAM_AUGMENTATIONS)
+    return tuple(f.name for f in fields(Recipe) if f.name not in skip)
+
+
+def trial_log(
+    store: ArtifactStore, trial: Trial, parent_run_id: str, kfp_run_id: str = ""
+) -> tracking.TrialLog:
+    """What a trial logs before it has a result: its run's name, params, tags and dataset."""
+    model = AnyNetSpec.from_dict(trial.spec).spec_hash()
+    architecture = {
+        k: v for k, v in _architecture_params(trial.spec).items() if k not in ARCHITECTURE_METRICS
+    }
+    params = architecture | {
+        "model": model,
+        "dataset": trial.dataset.name,
+        "dataset_version": tracking.dataset_version(trial.dataset.to_dict()),
+        "recipe": trial.recipe.name,
+        "seed": trial.seed,
+        "engine": trial.engine,
+        "device": trial.device,
+        "gpus": trial.gpus,
+    }
+    params |= tracking.recipe_params(trial.recipe.to_dict(), trial_recipe_fields(trial))
+    params |= {f"engine.{k}": v for k, v in trial.engine_options.items()}
+    dataset = trial.dataset.to_dict()
+    source = store.key_uri(dataset["manifest_key"]) if "manifest_key" in dataset else store.uri
+    return tracking.TrialLog(
+        parent_run_id=parent_run_id,
+        trial_id=trial.trial_id,
+        run_name=tracking.trial_run_name(
+            model, trial.dataset.name, trial.recipe.name, trial.seed, "ok"
+        ),
+        params=params,
+        tags={
+            tracking.KFP_RUN_TAG: kfp_run_id,
+            tracking.CHECKPOINT_TAG: store.key_uri(checkpoint_key(trial.trial_id)),
+            "aprflow.model": model,
+            "aprflow.dataset": trial.dataset.name,
+            "aprflow.recipe": trial.recipe.name,
+            "aprflow.seed": str(trial.seed),
+        },
+        dataset=dataset,
+        dataset_source=source,
+        recipe=trial.recipe.to_dict(),
+    )
+
+
+def with_result(log: tracking.TrialLog, trial: Trial, result: dict[str, Any]) -> tracking.TrialLog:
+    """``log`` completed from the trial's result: status, metrics under one name each
+    (:func:`~components.common.tracking.trial.result_metrics`, ``result_series``), the epochs'
+    times and the trial's start and end."""
+    model = AnyNetSpec.from_dict(trial.spec).spec_hash()
+    return replace(
+        log,
+        run_name=tracking.trial_run_name(
+            model, trial.dataset.name, trial.recipe.name, trial.seed, result["status"]
+        ),
+        status=result["status"],
+        killed=bool(result.get("killed")),
+        metrics=tracking.result_metrics(result),
+        history=tracking.result_series(result.get("history") or {}),
+        epoch_times=list(result.get("epoch_times") or []),
+        tags=log.tags
+        | {
+            tracking.REASON_TAG: result["reason"][:500],
+            "aprflow.device_used": str(result.get("device_used", "")),
+            "aprflow.precision": str(result.get("precision", "")),
+            "aprflow.torch_version": str(result.get("torch_version", "")),
+            "aprflow.compiled": str(result.get("compiled", False)).lower(),
+        },
+        started_at=result.get("started_at", log.started_at),
+        ended_at=result.get("ended_at"),
+    )
+
+
 def _architecture_params(spec: dict[str, Any]) -> dict[str, Any]:
     params = {"block_type": spec.get("block_type"), "stem_width": spec.get("stem_width")}
     for name, short in (
@@ -241,8 +340,9 @@ def train_trial(
     kfp_run_id: str = "",
     result: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Trains one planned trial (or reuses its result) and logs it as a nested MLflow run of the
-    study's parent run.
+    """Trains one planned trial (or reuses its result) under a nested MLflow run of the study's
+    parent run: RUNNING from the trial's start with its per-epoch metrics streamed
+    (:class:`~components.common.tracking.live.TrialStream`), completed from the result.
 
     Args:
         result: a result decided outside the trial's own process (the chunk runner's record of
@@ -258,53 +358,19 @@ def train_trial(
     position = f"trial {ids.index(trial_id) + 1}/{len(ids)}"
     model = AnyNetSpec.from_dict(trial.spec).spec_hash()
     report("train", f"{position} {trial_id}: model {model} on {trial.dataset.name}", started)
+    log = trial_log(store, trial, record["parent_run_id"], kfp_run_id)
     if result is None:
-        result = run_trial(store, trial, progress=lambda line: report("train", line, started))
+        stream = tracking.TrialStream(uri, log)
+        hooks = TrainHooks(start=stream.start, epoch=stream.epoch, step=stream.step)
+        try:
+            result = run_trial(
+                store, trial, progress=lambda line: report("train", line, started), hooks=hooks
+            )
+        finally:
+            stream.close()
     else:
         store.put_json(result_key(trial_id), result)
-    params = _architecture_params(trial.spec) | {
-        "model": model,
-        "dataset": trial.dataset.name,
-        "dataset_hash": trial.dataset.content_hash,
-        "dataset_version": tracking.dataset_version(trial.dataset.to_dict()),
-        "recipe": trial.recipe.name,
-        "seed": trial.seed,
-        "engine": trial.engine,
-        "device": trial.device,
-        "gpus": trial.gpus,
-    }
-    # Final scalars, top-5 and each evaluation (val, extra test sets) of the checkpoint.
-    metrics = tracking.result_metrics(result)
-    dataset = trial.dataset.to_dict()
-    source = store.key_uri(dataset["manifest_key"]) if "manifest_key" in dataset else store.uri
-    entry = tracking.trial_entry(
-        record["parent_run_id"],
-        trial_id,
-        run_name=tracking.trial_run_name(
-            model, trial.dataset.name, trial.recipe.name, trial.seed, result["status"]
-        ),
-        params=params,
-        metrics=metrics,
-        history=result.get("history", {}),
-        status=result["status"],
-        tags={
-            tracking.REASON_TAG: result["reason"][:500],
-            tracking.KFP_RUN_TAG: kfp_run_id,
-            "aprflow.model": model,
-            "aprflow.dataset": trial.dataset.name,
-            "aprflow.recipe": trial.recipe.name,
-            "aprflow.seed": str(trial.seed),
-            "aprflow.device_used": str(result.get("device_used", "")),
-            "aprflow.precision": str(result.get("precision", "")),
-            "aprflow.torch_version": str(result.get("torch_version", "")),
-            "aprflow.compiled": str(result.get("compiled", False)).lower(),
-        },
-        dataset=dataset,
-        dataset_source=source,
-        recipe=trial.recipe.to_dict(),
-        engine_options=trial.engine_options,
-    )
-    tracking.log_trial_or_queue(store, study, uri, entry)
+    tracking.log_trial_or_queue(store, study, uri, with_result(log, trial, result))
     if result["status"] == "ok":
         outcome = f"top-1 error {result['top1_error']:.1f}%"
     else:

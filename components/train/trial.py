@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from components.common.hashing import content_hash
+from components.common.progress import report
 from components.common.storage import (
     ArtifactStore,
     CorruptObjectError,
@@ -106,6 +107,31 @@ _INFRASTRUCTURE_MESSAGE = re.compile(
 )
 
 Progress = Callable[[str], None]
+# How often, at most, a long epoch hands its running training loss to TrainHooks.step.
+STEP_LOSS_EVERY_S = 60.0
+
+
+def _no_op(*_: Any) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a trial reports while it trains (its live MLflow run), on rank 0 only.
+
+    Attributes:
+        start: called once the trial really trains (not for a stored result, not while it
+            waits for another process's result).
+        epoch: ``(epoch, history, ended_at)`` after each epoch's evaluation: epoch 1 = the
+            first, ``history`` the per-epoch series so far, ``ended_at`` the epoch's end in
+            Unix seconds (the result's ``epoch_times`` holds the same).
+        step: ``(update, loss, at)``: the mean training loss since the last call, at most
+            every :data:`STEP_LOSS_EVERY_S` seconds within an epoch.
+    """
+
+    start: Callable[[], None] = _no_op
+    epoch: Callable[[int, dict[str, list[float]], float], None] = _no_op
+    step: Callable[[int, float, float], None] = _no_op
 
 
 @dataclass(frozen=True)
@@ -446,7 +472,11 @@ def train_batch(
 
 
 def _train(
-    store: ArtifactStore, trial: Trial, progress: Progress, memory: dict[str, int]
+    store: ArtifactStore,
+    trial: Trial,
+    progress: Progress,
+    memory: dict[str, int],
+    hooks: TrainHooks = TrainHooks(),
 ) -> dict[str, Any]:
     """The training loop proper; raises on failure, :class:`Diverged` on a NaN loss,
     ``torch.OutOfMemoryError`` when a micro-batch does not fit.
@@ -550,6 +580,8 @@ def _train(
     }
     if ema is not None:
         history["ema_test_error"] = []
+    # Each epoch's end (Unix seconds): the timestamps of its metrics in MLflow.
+    epoch_times: list[float] = []
     start_epoch, start_step, num_updates = 0, 0, 0
     partial = {"loss_sum": torch.zeros(()), "images": 0, "seconds": 0.0}
     totals = {"images": 0, "seconds": 0.0}  # over the epochs, for train_images_per_s
@@ -561,6 +593,7 @@ def _train(
         if ema is not None:
             ema.module.load_state_dict(checkpoint["ema"])
         history = checkpoint["history"]
+        epoch_times = checkpoint.get("epoch_times", [])  # none in an older trainer's
         start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
         num_updates = checkpoint["num_updates"]
         partial, totals = checkpoint["partial"], checkpoint["totals"]
@@ -584,6 +617,7 @@ def _train(
             "step": step,
             "num_updates": num_updates,
             "history": history,
+            "epoch_times": epoch_times,
             "generator": epoch_generator,
             "rng": _rng_state(),
             "scheduler": scheduler.state_dict(),
@@ -610,7 +644,8 @@ def _train(
         # at checkpoints and the epoch's end, not every step (no synchronisation per step).
         bad_step = torch.full((), -1, dtype=torch.long, device=engine.device)
         bad_value = torch.zeros((), device=engine.device)
-        last_save = tic = time.perf_counter()
+        last_save = last_loss = tic = time.perf_counter()
+        loss_mark = (loss_sum.clone(), first_step)  # the step-level loss: sum and step so far
         step = first_step - 1  # the last batch trained (none yet this epoch)
 
         # The batches trained before an interruption are skipped by the loader (their random
@@ -638,6 +673,10 @@ def _train(
             loss_sum += loss
             partial["images"] += len(labels) * world
             now = time.perf_counter()
+            if rank == 0 and now - last_loss >= STEP_LOSS_EVERY_S:
+                steps = step + 1 - loss_mark[1]
+                hooks.step(num_updates, float(loss_sum - loss_mark[0]) / steps, time.time())
+                loss_mark, last_loss = (loss_sum.clone(), step + 1), now
             if now - last_save >= every_s:
                 _check_finite(bad_step, bad_value, epoch)
                 partial["loss_sum"] = loss_sum.cpu()
@@ -668,6 +707,9 @@ def _train(
             history["ema_test_error"].append(ema_error["top1_error"])
             line += f" (EMA {ema_error['top1_error']:.1f}%)"
         progress(line)
+        epoch_times.append(time.time())
+        if rank == 0:
+            hooks.epoch(epoch + 1, history, epoch_times[-1])
         totals["images"] += partial["images"]
         totals["seconds"] += partial["seconds"]
         partial = {"loss_sum": torch.zeros(()), "images": 0, "seconds": 0.0}
@@ -694,6 +736,7 @@ def _train(
             "test_loss": history["test_loss"][-1],
             "evaluations": evaluations,
             "history": history,
+            "epoch_times": epoch_times,
             "flops": at_224.flops,
             "params": at_224.params,
             "flops_trained": trained.flops,
@@ -777,8 +820,20 @@ def _lease_or_result(
             return None, stored
 
 
-def run_trial(store: ArtifactStore, trial: Trial, progress: Progress = print) -> dict[str, Any]:
+def train_progress(line: str) -> None:
+    """The default progress of a trial: a ``[train]`` line on stderr (stdout is for results)."""
+    report("train", line)
+
+
+def run_trial(
+    store: ArtifactStore,
+    trial: Trial,
+    progress: Progress = train_progress,
+    hooks: TrainHooks = TrainHooks(),
+) -> dict[str, Any]:
     """Runs ``trial`` unless its result exists, writes ``result.json`` and returns the result.
+
+    ``hooks`` hear of the training as it goes (:class:`TrainHooks`); a stored result calls none.
 
     Returns:
         The result dict: ``trial_id``, ``status`` (``ok``/``diverged``/``failed``), ``reason``,
@@ -802,22 +857,28 @@ def run_trial(store: ArtifactStore, trial: Trial, progress: Progress = print) ->
     with lease.hold():
         if (stored := _stored_result(store, trial_id, progress)) is not None:
             return stored  # finished by the previous holder while this process waited
-        return _run_leased(store, trial, progress)
+        return _run_leased(store, trial, progress, hooks=hooks)
 
 
 def _run_leased(
-    store: ArtifactStore, trial: Trial, progress: Progress, write: bool = True
+    store: ArtifactStore,
+    trial: Trial,
+    progress: Progress,
+    write: bool = True,
+    hooks: TrainHooks = TrainHooks(),
 ) -> dict[str, Any]:
     trial_id = trial.trial_id
     _configure_host()
     attempt = _count_attempt(store, trial_id) if write else 0
+    started_at = time.time()
+    hooks.start()
     tic = time.perf_counter()
     outcome: dict[str, Any] = {"status": "ok", "reason": ""}
     memory = {"micro_batch": 0, "oom_retries": 0}  # 0: the checkpoint's, else the batch
     try:
         while True:
             try:
-                outcome |= _train(store, trial, progress, memory)
+                outcome |= _train(store, trial, progress, memory, hooks)
                 break
             except torch.OutOfMemoryError:
                 if memory["micro_batch"] == 1:
@@ -856,6 +917,8 @@ def _run_leased(
         "oom_retries": memory["oom_retries"],
         "attempt": attempt,
         "wall_time_s": round(time.perf_counter() - tic, 3),
+        "started_at": started_at,
+        "ended_at": time.time(),
     }
     if write:
         store.put_json(result_key(trial_id), result)

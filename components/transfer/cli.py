@@ -1,24 +1,43 @@
-"""``python -m components.transfer``: score a backbone's fixed features on datasets.
+"""``python -m components.transfer`` / ``aprflow transfer``: score pretrained models' features.
 
-Sub-commands: ``score`` (LogME / LEEP of your own arrays) and ``study`` (many models x
-targets x regimes into one long results table, then the analysis); without one, the
-single-backbone evaluation.
+    aprflow transfer --backbone trial:ID|timm:NAME --datasets digits faces [--regimes knn linear]
+    aprflow transfer study --models models.csv --datasets digits [--regimes knn linear logme ...]
+    aprflow transfer score logme|leep --features F.npy --labels Y.npy [--probs P.npy]
+
+Without a sub-command, the single-backbone evaluation. ``--regimes`` names the same evaluations
+in both (and the transfer-study pipeline's ``regimes`` parameter). Results go to stdout
+(``--json``: as JSON), progress to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import sys
 
-from components.common.errors import AprflowError
+from components.common.cli import add_common_options, print_result, run_cli
 from components.common.limits import limit_type
+from components.common.progress import report
 from components.common.storage import add_store_option
 from components.data.datasets import BUILTIN_DATASETS
 from components.train.recipes import add_recipe_set_option, recipe_sets
 from components.transfer.errors import TransferError
 from components.transfer.run import METHODS, evaluate_transfer, format_table, write_csv
 from components.transfer.scores import SCORE_METHODS
+
+# The common options a caller may put before a sub-command (``aprflow --debug transfer study``).
+_COMMON_FLAG = re.compile(r"--debug|--quiet|--verbose|--json|-[qv]+")
+
+
+def _datasets_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        required=True,
+        metavar="DATASET",
+        help=f"target dataset names: built in ({', '.join(sorted(BUILTIN_DATASETS))}) or built "
+        "in the store with 'aprflow data build' / 'aprflow data subset'",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,20 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="trial:<trial_id> (a trained trial in the store) or timm:<model name>",
     )
-    parser.add_argument(
-        "--datasets",
-        nargs="+",
-        required=True,
-        help=f"dataset names: built in ({', '.join(sorted(BUILTIN_DATASETS))}) or built in the "
-        "store with 'aprflow data build' / 'aprflow data subset'",
-    )
+    _datasets_option(parser)
     parser.add_argument(
         "--resolution", type=int, default=16, help="image side of the materialised datasets"
     )
     parser.add_argument(
-        "--methods",
-        default=",".join(METHODS),
-        help=f"comma-separated evaluations (default {','.join(METHODS)})",
+        "--regimes",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        metavar="REGIME",
+        help=f"evaluations, from {' '.join(METHODS)} (default all)",
     )
     parser.add_argument(
         "--input-size",
@@ -66,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k", type=int, default=5, help="neighbours of the kNN fraction score")
     parser.add_argument("--seed", type=int, default=0, help="split seed")
     add_store_option(parser)
-    parser.add_argument("--out", default=None, help="write a tidy CSV of the results here")
+    parser.add_argument(
+        "--out", default=None, metavar="FILE", help="also write a tidy CSV of the results here"
+    )
     parser.add_argument(
         "--experiment",
         default=None,
         help="log to this MLflow experiment as a transfer study: one parent run, one nested "
-        "run per dataset x method (default: no MLflow logging)",
+        "run per dataset x regime (default: no MLflow logging)",
     )
     parser.add_argument(
         "--tracking-uri",
@@ -79,43 +97,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI for --experiment (default: MLFLOW_TRACKING_URI or "
         "sqlite:///runs/mlflow.db)",
     )
+    add_common_options(parser, json_output=True)
     return parser
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    rows = evaluate_transfer(
+        args.backbone,
+        args.datasets,
+        args.resolution,
+        args.store,
+        args.regimes,
+        input_size=args.input_size,
+        pretrained=args.pretrained,
+        k=args.k,
+        seed=args.seed,
+        experiment=args.experiment,
+        tracking_uri=args.tracking_uri,
+    )
+    if args.out:
+        write_csv(rows, args.out)
+        report("transfer", f"wrote {args.out}")
+    print_result(args, rows, format_table(rows))
+    return 0
 
 
 def build_score_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aprflow transfer score",
-        description="A cheap transferability score of your own arrays, printed as JSON: "
-        "LogME of features and labels, or LEEP of source-class probabilities and labels.",
+        description="A cheap transferability score of your own arrays: LogME of features and "
+        "labels, or LEEP of source-class probabilities and labels.",
     )
-    parser.add_argument("--method", required=True, choices=SCORE_METHODS)
-    parser.add_argument("--features", required=True, help="(n, D) features, .npy")
+    parser.add_argument("score", choices=SCORE_METHODS, help="the score to compute")
+    parser.add_argument("--features", help="(n, D) features, .npy (LogME)")
     parser.add_argument("--labels", required=True, help="(n,) integer target classes, .npy")
     parser.add_argument(
         "--probs", default=None, help="(n, Z) source-class probabilities, .npy (LEEP)"
     )
+    add_common_options(parser, json_output=True)
     return parser
 
 
-def score_main(argv: list[str]) -> int:
-    """``aprflow transfer score``: prints ``{"logme": value}`` or ``{"leep": value}``."""
+def _score(args: argparse.Namespace) -> int:
+    """Prints the score; ``--json``: ``{"logme": value}`` or ``{"leep": value}``."""
     import numpy as np
 
     from components.transfer.scores import leep, logme
 
-    args = build_score_parser().parse_args(argv)
-    try:
-        labels = np.load(args.labels, allow_pickle=False)
-        if args.method == "logme":
-            value = logme(np.load(args.features, allow_pickle=False), labels)
-        else:
-            if args.probs is None:
-                raise TransferError("leep needs --probs (the source model's class probabilities)")
-            value = leep(np.load(args.probs, allow_pickle=False), labels)
-    except (AprflowError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({args.method: value}))
+    needed = {
+        "logme": ("--features", args.features, "the features"),
+        "leep": ("--probs", args.probs, "the source model's class probabilities"),
+    }
+    option, path, what = needed[args.score]
+    if path is None:
+        raise TransferError(f"{args.score} needs {option} ({what})")
+    labels = np.load(args.labels, allow_pickle=False)
+    score = logme if args.score == "logme" else leep
+    value = score(np.load(path, allow_pickle=False), labels)
+    print_result(args, {args.score: value}, f"{args.score} {value:.6g}")
     return 0
 
 
@@ -135,17 +174,15 @@ def build_study_parser() -> argparse.ArgumentParser:
         help="model list CSV (columns model[,weights,source_dataset,source_top1,unit]; "
         "'# unit: percent' states the unit of source_top1): local path or s3://bucket/key",
     )
-    parser.add_argument(
-        "--datasets",
-        nargs="+",
-        required=True,
-        help="target dataset names: built in or built in the store with 'aprflow data'",
-    )
+    _datasets_option(parser)
     parser.add_argument("--resolution", type=int, default=32, help="side of built-in targets")
     parser.add_argument(
         "--regimes",
-        default=",".join(CHEAP_REGIMES),
-        help=f"comma-separated, from {','.join(REGIMES)} (default {','.join(CHEAP_REGIMES)})",
+        nargs="+",
+        choices=REGIMES,
+        default=list(CHEAP_REGIMES),
+        metavar="REGIME",
+        help=f"from {' '.join(REGIMES)} (default {' '.join(CHEAP_REGIMES)})",
     )
     parser.add_argument(
         "--input-size",
@@ -176,8 +213,9 @@ def build_study_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="transfer", help="study name (MLflow experiment)")
     add_store_option(parser)
     parser.add_argument(
-        "--out",
+        "--out-dir",
         default="transfer-report",
+        metavar="DIR",
         help="report folder (report.html, comparison.json, results.csv, figures/, apr/)",
     )
     parser.add_argument(
@@ -185,76 +223,51 @@ def build_study_parser() -> argparse.ArgumentParser:
         default=None,
         help="log to MLflow here (parent run + one nested run per model x dataset x regime)",
     )
+    add_common_options(parser, json_output=True)
     return parser
 
 
-def study_main(argv: list[str]) -> int:
-    """``aprflow transfer study``: plan, every chunk in this process, analysis."""
+def _study(args: argparse.Namespace) -> int:
+    """Plan, every chunk in this process, analysis."""
     from components.transfer.steps import run_all
     from components.transfer.study import StudySettings
 
-    args = build_study_parser().parse_args(argv)
-    try:
-        settings = StudySettings(
-            regimes=tuple(r.strip() for r in args.regimes.split(",") if r.strip()),
-            input_size=args.input_size,
-            k=args.k,
-            batch_size=args.batch_size,
-            device=args.device,
-            allow_download=args.allow_download,
-            finetune_max_steps=args.finetune_max_steps,
-            recipe_overrides=recipe_sets(args.sets),
-            seed=args.seed,
-        )
-        result = run_all(
-            args.name,
-            args.models,
-            args.datasets,
-            args.resolution,
-            settings,
-            args.store,
-            args.out,
-            args.chunk_size,
-            args.bootstrap,
-            args.tracking_uri,
-        )
-    except (AprflowError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"report: {result['report']}")
-    print(f"results: {result['results']}")
+    settings = StudySettings(
+        regimes=tuple(args.regimes),
+        input_size=args.input_size,
+        k=args.k,
+        batch_size=args.batch_size,
+        device=args.device,
+        allow_download=args.allow_download,
+        finetune_max_steps=args.finetune_max_steps,
+        recipe_overrides=recipe_sets(args.sets),
+        seed=args.seed,
+    )
+    result = run_all(
+        args.name,
+        args.models,
+        args.datasets,
+        args.resolution,
+        settings,
+        args.store,
+        args.out_dir,
+        args.chunk_size,
+        args.bootstrap,
+        args.tracking_uri,
+    )
+    lines = [f"report: {result['report']}", f"results: {result['results']}"]
     if result["apr_report"]:
-        print(f"apr report: {result['apr_report']}")
+        lines.append(f"apr report: {result['apr_report']}")
+    print_result(args, result, "\n".join(lines))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["score"]:
-        return score_main(argv[1:])
-    if argv[:1] == ["study"]:
-        return study_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        rows = evaluate_transfer(
-            args.backbone,
-            args.datasets,
-            args.resolution,
-            args.store,
-            args.methods,
-            input_size=args.input_size,
-            pretrained=args.pretrained,
-            k=args.k,
-            seed=args.seed,
-            experiment=args.experiment,
-            tracking_uri=args.tracking_uri,
-        )
-        if args.out:
-            write_csv(rows, args.out)
-    except (AprflowError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_table(rows))
-    if args.out:
-        print(f"wrote {args.out}")
-    return 0
+    first = next((i for i, word in enumerate(argv) if not _COMMON_FLAG.fullmatch(word)), None)
+    command = argv[first] if first is not None else None
+    if command == "score":
+        return run_cli(build_score_parser(), _score, argv[:first] + argv[first + 1 :])
+    if command == "study":
+        return run_cli(build_study_parser(), _study, argv[:first] + argv[first + 1 :])
+    return run_cli(build_parser(), _evaluate, argv)

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from analysis.words import plural
+
 #: (regime, metric) of each cheap score, in report order.
 CHEAP_SCORES = (
     ("knn", "knn_top1"),
@@ -73,7 +75,8 @@ def rank_agreement(
 
     n = len(score)
     if n < MIN_MODELS or np.ptp(score) == 0 or np.ptp(target) == 0:
-        reason = f"{n} model(s) with both, or a constant ranking: need {MIN_MODELS} that differ"
+        both = plural(n, "model")
+        reason = f"{both} with both, or a constant ranking: need {MIN_MODELS} that differ"
         return {"n_models": n, "kendall": None, "weighted_tau": None, "reason": reason}
     tau = float(stats.kendalltau(score, target).statistic)
     wtau = float(stats.weightedtau(score, target).statistic)

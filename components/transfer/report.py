@@ -1,8 +1,9 @@
 """The transfer study's own report: one self-contained ``report.html`` that answers first.
 
 Order: the question (does a cheap score predict fine-tuned accuracy on each target?), one
-sentence per target and cheap score (Kendall tau-b and weighted tau with their bootstrap
-intervals and n, then the cost of the score against the fine-tune it predicts), the log-odds
+sentence per target and cheap score (a verdict that follows Kendall tau-b's bootstrap
+interval, Kendall tau-b and weighted tau with their intervals and n, then the cost of the
+score against the fine-tune it predicts), the log-odds
 Pearson r and Spearman rho of each regime against source accuracy, the fine-tune protocol,
 the scatter plots (embedded base64 PNGs), every result row (status and reason of failures),
 and a link to the APR report of the same table. Numbers come from ``comparison.json``
@@ -18,6 +19,8 @@ from typing import Any
 import jinja2
 
 from analysis.files import write_atomic
+from analysis.readings import relation
+from analysis.words import plural
 from components.transfer.compare import CHEAP_SCORES, TARGET
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -57,7 +60,8 @@ def _with_interval(name: str, stat: dict[str, Any]) -> str:
 
 
 def _first_upper(text: str) -> str:
-    return text[:1].upper() + text[1:]
+    """``text`` starting a sentence; a name spelled with an inner capital (kNN) stays."""
+    return text if text[1:2].isupper() else text[:1].upper() + text[1:]
 
 
 def _measured(result: dict[str, Any]) -> bool:
@@ -70,15 +74,23 @@ def _seconds(value: float | None) -> str:
 
 
 def score_sentence(dataset: str, key: str, result: dict[str, Any]) -> str:
-    """One answer: how well a cheap score ranks the models by fine-tuned accuracy."""
+    """One answer: how well a cheap score ranks the models by fine-tuned accuracy. The
+    verdict follows the sign that Kendall τ's 95% interval supports
+    (:func:`analysis.readings.relation`; τ runs smaller than ρ, so no strength words)."""
     label = LABELS.get(key, key)
-    n = result["n_models"]
     if result.get("kendall") is None:
         return f"On {dataset}, {label} cannot be compared with fine-tuning: {result['reason']}."
+    sign, _ = relation(result["kendall"])
+    verdict = {
+        1: "ranks the models like fine-tuned top-1",
+        0: "shows no clear relation to fine-tuned top-1",
+        -1: "ranks the models in reverse of fine-tuned top-1",
+    }[sign]
     return (
-        f"On {dataset}, {label} ranks the models by fine-tuned top-1 with Kendall "
+        f"On {dataset}, {label} {verdict}: Kendall "
         f"{_with_interval('τ', result['kendall'])} and weighted "
-        f"{_with_interval('τ', result['weighted_tau'])}, n = {n} models."
+        f"{_with_interval('τ', result['weighted_tau'])}, n = "
+        f"{plural(result['n_models'], 'model')}."
     )
 
 
@@ -96,13 +108,18 @@ def cost_sentence(key: str, result: dict[str, Any]) -> str:
 def source_sentence(dataset: str, key: str, result: dict[str, Any]) -> str:
     """A regime's accuracy against the models' source accuracy (Kornblith et al.)."""
     label = LABELS.get(key, key)
+    n = plural(result["n_models"], "model")
     if result.get("pearson_logit") is None:
-        reason, n = result["reason"], result["n_models"]
-        return f"On {dataset}, {label} vs source accuracy: {reason} (n = {n})."
+        return f"On {dataset}, {label} vs source accuracy: {result['reason']} (n = {n})."
+    sign, word = relation(result["pearson_logit"])
+    if sign == 0:
+        verdict = "no clear relation"
+    else:
+        verdict = f"{word + ' ' if word else ''}{'positive' if sign > 0 else 'negative'} relation"
     return (
-        f"On {dataset}, {label} vs source accuracy: log-odds Pearson "
+        f"On {dataset}, {label} vs source accuracy: {verdict}, log-odds Pearson "
         f"{_with_interval('r', result['pearson_logit'])}, Spearman ρ = "
-        f"{number(result['spearman']['value'])}, n = {result['n_models']} models."
+        f"{number(result['spearman']['value'])}, n = {n}."
     )
 
 

@@ -221,10 +221,9 @@ def track_transfer(
         record = by_name[dataset]
         version = tracking.dataset_version(record)
         source = store.key_uri(record["manifest_key"]) if "manifest_key" in record else store.uri
-        tracking.log_trial_run(
-            tracking_uri,
-            parent,
-            content_hash(
+        log = tracking.TrialLog(
+            parent_run_id=parent,
+            trial_id=content_hash(
                 {"study": study, "backbone": backbone, "dataset": dataset, "method": method}
             ),
             run_name=f"{backbone.split(':', 1)[-1][:24]}-{dataset}-{method}",
@@ -232,16 +231,16 @@ def track_transfer(
             | backbone_params
             | {"dataset": dataset, "dataset_version": version, "method": method},
             metrics=metrics,
-            history={},
-            status="ok",
             tags={
                 tracking.KFP_RUN_TAG: kfp_run_id,
                 "aprflow.backbone": backbone,
                 "aprflow.dataset": dataset,
                 "aprflow.regime": method,
             },
-            inputs=[tracking.dataset_input(record, source)],
+            dataset=record,
+            dataset_source=source,
         )
+        tracking.log_trial_run(tracking_uri, log)
     means: dict[str, list[float]] = {}
     for row in rows:
         means.setdefault(f"{row['metric']}/{row['dataset']}", []).append(row["value"])

@@ -149,15 +149,15 @@ def _log_rows(rows: list[dict], record: dict, tracking_uri: str, parent: str, kf
         status = "ok" if all(r["status"] == "ok" for r in group) else "failed"
         metrics = {r["metric"]: r["value"] for r in group if r["value"] is not None}
         metrics["seconds"] = max(r["seconds"] for r in group)
-        tracking.log_trial_run(
-            tracking_uri,
-            parent,
-            content_hash({"study": record["study_id"], "m": model, "d": dataset, "r": regime}),
+        log = tracking.TrialLog(
+            parent_run_id=parent,
+            trial_id=content_hash(
+                {"study": record["study_id"], "m": model, "d": dataset, "r": regime}
+            ),
             run_name=f"{model[:24]}-{dataset}-{regime}",
+            status=status,
             params={"model": model, "dataset": dataset, "regime": regime},
             metrics=metrics,
-            history={},
-            status=status,
             tags={
                 tracking.KFP_RUN_TAG: kfp_run_id,
                 "aprflow.model": model,
@@ -166,6 +166,7 @@ def _log_rows(rows: list[dict], record: dict, tracking_uri: str, parent: str, kf
                 "aprflow.status_reason": group[0]["status_reason"][:500],
             },
         )
+        tracking.log_trial_run(tracking_uri, log)
 
 
 def run_chunk(

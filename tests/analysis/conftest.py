@@ -7,9 +7,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import analyze
-from analysis.synthetic import synthetic_results
-
 FIXTURES = Path(__file__).parent / "fixtures"
 TIMM_CSV = FIXTURES / "timm_top1.csv"
 
@@ -23,6 +20,8 @@ def timm_csv() -> Path:
 @pytest.fixture(scope="session")
 def timm_run(tmp_path_factory) -> tuple[dict, Path]:
     """The whole analysis on the public timm results (40 models x 6 ImageNet test sets)."""
+    from analysis import analyze
+
     out = tmp_path_factory.mktemp("timm")
     return analyze(TIMM_CSV, out, n_bootstrap=300), out
 
@@ -31,6 +30,8 @@ def timm_run(tmp_path_factory) -> tuple[dict, Path]:
 def synthetic_table() -> pd.DataFrame:
     """80 AnyNetX-like models x 4 datasets x 3 seeds, with 5 diverged rows and one model
     missing from one dataset."""
+    from analysis.synthetic import synthetic_results
+
     table = synthetic_results(n_models=80, n_datasets=4, n_seeds=3, n_failed=5, seed=1)
     return table[~((table["model"] == "m0003") & (table["dataset"] == "ds02"))]
 
@@ -38,5 +39,7 @@ def synthetic_table() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def synthetic_run(tmp_path_factory, synthetic_table) -> tuple[dict, Path]:
     """The whole analysis on the synthetic table (architecture columns and seeds)."""
+    from analysis import analyze
+
     out = tmp_path_factory.mktemp("synthetic")
     return analyze(synthetic_table, out, top_k=10, n_bootstrap=200, title="Synthetic"), out

@@ -1,4 +1,4 @@
-"""Command line: exit codes, one-line errors, ``python -m analysis``."""
+"""Command line: exit codes, one-line errors, ``python -m analysis`` (= ``aprflow analyze``)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from scipy import stats as sps
-
-from analysis.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cli_writes_all_outputs(tmp_path, timm_csv, capsys):
+    from analysis.cli import main
+
     out = tmp_path / "out"
     code = main(
         [
             str(timm_csv),
             "--reference",
             "imagenet-real",
-            "--out",
+            "--out-dir",
             str(out),
             "--top-k",
             "5",
@@ -54,12 +53,14 @@ def test_cli_writes_all_outputs(tmp_path, timm_csv, capsys):
         ("model,dataset,metric,value\na,x,top1,80\n", ["--regime", "A1"], "regime 'A1'"),
     ],
 )
-def test_cli_bad_input_prints_one_error_line_and_exits_2(tmp_path, capsys, content, extra, message):
+def test_cli_bad_input_prints_one_error_line_and_exits_1(tmp_path, capsys, content, extra, message):
+    from analysis.cli import main
+
     path = tmp_path / "results.csv"
     path.write_text(content)
-    code = main([str(path), "--out", str(tmp_path / "out"), *extra])
+    code = main([str(path), "--out-dir", str(tmp_path / "out"), *extra])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 1
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out" / "summary.json").exists()
 
@@ -72,7 +73,7 @@ def test_python_dash_m_entry_point(tmp_path, timm_csv):
             "-m",
             "analysis",
             str(tmp_path / "missing.csv"),
-            "--out",
+            "--out-dir",
             str(tmp_path / "o"),
         ],
         capture_output=True,
@@ -82,7 +83,7 @@ def test_python_dash_m_entry_point(tmp_path, timm_csv):
         check=False,
     )
     assert (
-        bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+        bad.returncode == 1 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
     )
     good = subprocess.run(
         [
@@ -90,7 +91,7 @@ def test_python_dash_m_entry_point(tmp_path, timm_csv):
             "-m",
             "analysis",
             str(timm_csv),
-            "--out",
+            "--out-dir",
             str(tmp_path / "o"),
             "--bootstrap",
             "20",
@@ -107,15 +108,21 @@ def test_python_dash_m_entry_point(tmp_path, timm_csv):
 
 
 def test_cli_scale_keeps_sub_one_percent_errors(tmp_path, capsys):
+    from analysis.cli import main
+
     path = tmp_path / "results.csv"
     path.write_text("model,dataset,top1_error\na,x,0.4\nb,x,0.2\nc,x,0.9\n")
-    assert main([str(path), "--out", str(tmp_path / "out"), "--scale", "percent"]) == 0
+    assert main([str(path), "--out-dir", str(tmp_path / "out"), "--scale", "percent"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["datasets"]["x"]["mean_error"] == pytest.approx(0.5)
     assert summary["input"]["units"]["top1_error"]["source"] == "given"
 
 
 def test_cli_long_table_with_primary_regime_and_metric(tmp_path):
+    from scipy import stats as sps
+
+    from analysis.cli import main
+
     rows = ["# unit: percent", "model,dataset,recipe,metric,value"]
     for i in range(6):
         for recipe, shift in (("A1", 0), ("A2", 1)):
@@ -124,7 +131,7 @@ def test_cli_long_table_with_primary_regime_and_metric(tmp_path):
     path = tmp_path / "long.csv"
     path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    assert main([str(path), "--out", str(out), "--regime", "A2", "--metric", "top1_error"]) == 0
+    assert main([str(path), "--out-dir", str(out), "--regime", "A2", "--metric", "top1_error"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["input"]["layout"] == "long"
     assert summary["settings"]["slice"] == "A2/top1_error"

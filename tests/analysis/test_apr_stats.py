@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats as sps
-
-from analysis import stats
 
 
 @pytest.fixture
@@ -20,6 +17,8 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_ecdf_counts_strictly_smaller_errors():
+    from analysis import stats
+
     errors = np.array([3.0, 1.0, 2.0, 2.0])
     grid = np.array([0.5, 1.0, 2.0, 2.5, 3.0, 3.5])
     expected = [np.mean(errors < e) for e in grid]
@@ -27,6 +26,8 @@ def test_ecdf_counts_strictly_smaller_errors():
 
 
 def test_describe_matches_numpy():
+    from analysis import stats
+
     values = np.array([5.0, 1.0, np.nan, 3.0, 9.0])
     d = stats.describe(values)
     finite = values[np.isfinite(values)]
@@ -38,6 +39,10 @@ def test_describe_matches_numpy():
 
 
 def test_vectorised_bootstrap_equals_scipy_loop_on_same_indices(pair):
+    from scipy import stats as sps
+
+    from analysis import stats
+
     x, y = pair
     idx = stats.Bootstrap(n_resamples=60, seed=1).indices(x.size, "a", "b")
     counts = stats.resample_counts(idx, x.size)
@@ -54,6 +59,10 @@ def test_vectorised_bootstrap_equals_scipy_loop_on_same_indices(pair):
 @pytest.mark.parametrize("n", [7, 300])
 def test_fast_kendall_equals_scipy_with_heavy_ties(n):
     """Few distinct values (many ties in x, in y and in both) and resamples with copies."""
+    from scipy import stats as sps
+
+    from analysis import stats
+
     rng = np.random.default_rng(n)
     x = rng.integers(0, 6, size=n).astype(float)
     y = np.where(rng.random(n) < 0.5, x, rng.integers(0, 4, size=n)).astype(float)
@@ -64,6 +73,8 @@ def test_fast_kendall_equals_scipy_with_heavy_ties(n):
 
 
 def test_weighted_inversion_count_equals_brute_force():
+    from analysis import stats
+
     rng = np.random.default_rng(8)
     ranks = rng.integers(0, 37, size=50)
     weights = rng.integers(0, 4, size=(5, 50)).astype(float)
@@ -75,6 +86,8 @@ def test_weighted_inversion_count_equals_brute_force():
 
 
 def test_bootstrap_draws_what_the_precision_needs():
+    from analysis import stats
+
     statistic = {"mean": lambda counts: counts @ values / counts.sum(axis=1)}
     rng = np.random.default_rng(0)
     values = rng.normal(size=5000)
@@ -93,6 +106,8 @@ def test_bootstrap_draws_what_the_precision_needs():
 
 
 def test_degenerate_resample_gives_nan_and_is_dropped_from_the_interval():
+    from analysis import stats
+
     x, y = np.array([1.0, 2.0, 3.0]), np.array([3.0, 1.0, 2.0])
     idx = np.array([[0, 0, 0], [0, 1, 2], [2, 1, 0]])
     counts = stats.resample_counts(idx, 3)
@@ -106,6 +121,8 @@ def test_degenerate_resample_gives_nan_and_is_dropped_from_the_interval():
 
 def test_bootstrap_interval_covers_the_truth_in_most_repetitions():
     """Coverage sanity: a 95% interval of a known correlation misses only rarely."""
+    from analysis import stats
+
     rng = np.random.default_rng(0)
     cov = [[1.0, 0.7], [0.7, 1.0]]
     # Spearman rho of a bivariate normal with Pearson correlation r.
@@ -120,6 +137,10 @@ def test_bootstrap_interval_covers_the_truth_in_most_repetitions():
 
 
 def test_pair_statistics_match_scipy(pair):
+    from scipy import stats as sps
+
+    from analysis import stats
+
     x, y = pair
     x[3] = 100.0  # 0 % accuracy: the logit must stay finite via clipping
     models = np.array([f"m{i:02d}" for i in range(x.size)])
@@ -147,6 +168,8 @@ def test_pair_statistics_match_scipy(pair):
 
 
 def test_top_k_overlap_and_reference_ranks():
+    from analysis import stats
+
     models = np.array(["a", "b", "c", "d", "e", "f"])
     ref = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     target = np.array([6.0, 1.0, 2.0, 5.0, 3.0, 4.0])
@@ -174,6 +197,8 @@ def test_top_k_overlap_and_reference_ranks():
 
 
 def test_pair_statistics_report_missing_models_and_too_few_shared():
+    from analysis import stats
+
     models = np.array(["a", "b", "c", "d"])
     ref = np.array([1.0, 2.0, np.nan, 4.0])
     target = np.array([1.0, np.nan, 3.0, 2.0])
@@ -189,6 +214,8 @@ def test_pair_statistics_report_missing_models_and_too_few_shared():
 
 
 def test_correlation_matrix_matches_pairwise_spearman():
+    from analysis import stats
+
     rng = np.random.default_rng(2)
     errors = rng.normal(size=(30, 4))
     errors[:28, 3] = np.nan  # only 2 models on the last dataset
@@ -210,6 +237,10 @@ def test_correlation_matrix_matches_pairwise_spearman():
 
 
 def test_architecture_features_and_correlations():
+    from scipy import stats as sps
+
+    from analysis import stats
+
     rng = np.random.default_rng(4)
     arch = pd.DataFrame(
         rng.integers(1, 16, size=(20, 8)), columns=[f"{p}{s}" for p in "dw" for s in range(1, 5)]
@@ -247,6 +278,10 @@ def seed_study_frame() -> pd.DataFrame:
 
 
 def test_seed_study_correlates_test_sets_of_the_same_checkpoints_as_scipy():
+    from scipy import stats as sps
+
+    from analysis import stats
+
     frame = seed_study_frame()
     evaluations = {"test": "top1_error", "val": "top1_error@val", "v2": "top1_error@v2"}
     result = stats.seed_study(frame, evaluations)
@@ -296,6 +331,10 @@ def test_seed_study_correlates_test_sets_of_the_same_checkpoints_as_scipy():
 def test_seed_study_of_one_model_is_its_pearson_r():
     """RSB's case: one architecture, n seeds, two test sets: the pooled within-model r is the
     plain Pearson r of the two error vectors."""
+    from scipy import stats as sps
+
+    from analysis import stats
+
     frame = seed_study_frame()
     frame = frame[(frame["model"] == "m1") & (frame["dataset"] == "imagenet")]
     result = stats.seed_study(frame, {"test": "top1_error", "v2": "top1_error@v2"})
@@ -314,6 +353,8 @@ def test_metric_names_are_valid_mlflow_keys():
 
 
 def test_seed_study_without_repeated_seeds_on_the_primary_test_set_says_why():
+    from analysis import stats
+
     frame = seed_study_frame()
     # Only seed 0 has a test error; every seed has a v2 error.
     frame = frame[(frame["metric"] != "top1_error") | (frame["seed"] == 0)]

@@ -6,8 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.table import load_results
-
 
 def tidy(**columns) -> pd.DataFrame:
     base = {"model": ["a", "b", "c"], "dataset": ["x", "x", "x"]}
@@ -15,6 +13,8 @@ def tidy(**columns) -> pd.DataFrame:
 
 
 def test_timm_fixture_skips_comment_lines_and_reads_percent_accuracy(timm_csv):
+    from analysis.table import load_results
+
     table = load_results(timm_csv)
     assert table.metric_column == "top1"
     assert (table.metric_kind, table.scale, table.scale_source) == (
@@ -40,6 +40,8 @@ def test_timm_fixture_skips_comment_lines_and_reads_percent_accuracy(timm_csv):
     ],
 )
 def test_metric_normalised_to_error_percent(column, values, scale, expected, source):
+    from analysis.table import load_results
+
     table = load_results(tidy(**{column: values}), scale=scale)
     np.testing.assert_allclose(table.frame["error"], expected, atol=1e-9)
     assert table.scale_source.startswith(source)
@@ -47,6 +49,8 @@ def test_metric_normalised_to_error_percent(column, values, scale, expected, sou
 
 @pytest.mark.parametrize("column", ["top1_error", "accuracy"])
 def test_values_all_in_unit_interval_without_a_unit_are_refused(column):
+    from analysis.table import load_results
+
     with pytest.raises(ValueError, match=f"unit of '{column}' in .* is ambiguous") as caught:
         load_results(tidy(**{column: [0.4, 0.2, 0.9]}))
     message = str(caught.value)
@@ -54,6 +58,8 @@ def test_values_all_in_unit_interval_without_a_unit_are_refused(column):
 
 
 def test_unit_header_lines_and_unit_column(tmp_path):
+    from analysis.table import load_results
+
     path = tmp_path / "r.csv"
     path.write_text("# unit: percent\nmodel,dataset,top1_error\na,x,0.4\nb,x,0.2\nc,x,0.9\n")
     table = load_results(path)
@@ -88,11 +94,15 @@ def test_unit_header_lines_and_unit_column(tmp_path):
     ],
 )
 def test_inconsistent_units_are_refused(frame, kwargs, message):
+    from analysis.table import load_results
+
     with pytest.raises(ValueError, match=message):
         load_results(frame, **kwargs)
 
 
 def test_unknown_unit_in_header_line_is_refused(tmp_path):
+    from analysis.table import load_results
+
     path = tmp_path / "r.csv"
     path.write_text("# unit: permille\nmodel,dataset,top1_error\na,x,4\n")
     with pytest.raises(ValueError, match="unit 'permille'"):
@@ -131,6 +141,8 @@ def long_table() -> pd.DataFrame:
 
 
 def test_long_table_is_read_per_regime_and_metric():
+    from analysis.table import load_results
+
     table = load_results(long_table(), scale="fraction")
     assert table.layout == "long"
     assert table.slices == [("finetune", "top1"), ("knn", "knn_top1")]
@@ -149,6 +161,8 @@ def test_long_table_is_read_per_regime_and_metric():
 
 
 def test_long_table_units_per_metric_and_duplicates():
+    from analysis.table import load_results
+
     frame = long_table()
     table = load_results(frame, scale={"knn_top1": "fraction", "top1": "fraction"})
     assert {m: u.scale for m, u in table.units.items()} == {
@@ -163,6 +177,8 @@ def test_long_table_units_per_metric_and_duplicates():
 
 
 def test_regime_column_separates_recipes_of_one_architecture():
+    from analysis.table import load_results
+
     frame = pd.DataFrame(
         {
             "model": ["a", "b", "a", "b"],
@@ -177,18 +193,24 @@ def test_regime_column_separates_recipes_of_one_architecture():
 
 
 def test_source_name_of_an_in_memory_table():
+    from analysis.table import load_results
+
     frame = tidy(top1_error=[10.0, 20.0, 30.0])
     assert load_results(frame).source == "in-memory table"
     assert load_results(frame, name="s3://b/studies/x/results.csv").source.startswith("s3://")
 
 
 def test_metric_argument_picks_column_and_kind():
+    from analysis.table import load_results
+
     table = load_results(tidy(top5=[99.0, 98.0, 97.0], top1=[1, 2, 3]), metric="top5")
     assert table.metric_kind == "accuracy"
     np.testing.assert_allclose(table.frame["error"], [1.0, 2.0, 3.0])
 
 
 def test_status_rows_are_excluded_with_reason():
+    from analysis.table import load_results
+
     frame = tidy(
         top1_error=[10.0, None, 30.0],
         status=["ok", "diverged", None],
@@ -210,11 +232,15 @@ def test_status_rows_are_excluded_with_reason():
 
 
 def test_empty_metric_on_ok_row_is_an_explicit_exclusion():
+    from analysis.table import load_results
+
     table = load_results(tidy(top1_error=[10.0, np.nan, 30.0]))
     assert table.excluded["status"].tolist() == ["missing_metric"]
 
 
 def test_parquet_round_trip(tmp_path):
+    from analysis.table import load_results
+
     path = tmp_path / "r.parquet"
     tidy(top1_error=[1.0, 2.0, 3.0], seed=[0, 0, 0], d1=[1, 2, 3]).to_parquet(path)
     table = load_results(path)
@@ -240,11 +266,15 @@ def test_parquet_round_trip(tmp_path):
     ],
 )
 def test_bad_input_raises_clear_value_error(frame, message):
+    from analysis.table import load_results
+
     with pytest.raises(ValueError, match=message):
         load_results(frame)
 
 
 def test_duplicates_allowed_across_seeds_but_not_within():
+    from analysis.table import load_results
+
     frame = pd.DataFrame(
         {"model": ["a", "a"], "dataset": ["x", "x"], "seed": [0, 1], "error": [1.0, 2.0]}
     )
@@ -255,6 +285,8 @@ def test_duplicates_allowed_across_seeds_but_not_within():
 
 
 def test_given_scale_out_of_range_and_bad_names(tmp_path):
+    from analysis.table import load_results
+
     with pytest.raises(ValueError, match="outside"):
         load_results(tidy(top1=[90.0, 80.0, 70.0]), scale="fraction")
     with pytest.raises(ValueError, match="scale must be"):
@@ -270,6 +302,8 @@ def test_given_scale_out_of_range_and_bad_names(tmp_path):
 
 
 def test_architecture_must_agree_across_rows_of_a_model():
+    from analysis.table import load_results
+
     frame = pd.DataFrame(
         {"model": ["a", "a"], "dataset": ["x", "y"], "error": [1.0, 2.0], "d1": [1, 2]}
     )
@@ -278,6 +312,8 @@ def test_architecture_must_agree_across_rows_of_a_model():
 
 
 def test_wide_table_reads_evaluation_columns_as_metrics_of_the_same_rows():
+    from analysis.table import load_results
+
     frame = tidy(
         top1_error=[10.0, 20.0, 30.0],
         top5_error=[2.0, None, 6.0],
@@ -307,5 +343,5 @@ def test_wide_table_reads_evaluation_columns_as_metrics_of_the_same_rows():
     # Named columns: only those, the first is the primary one.
     named = load_results(frame, metric=["top1_error@v2", "top1_error"], scale="percent")
     assert named.primary_metric == "top1_error@v2" and len(named.units) == 2
-    with pytest.raises(ValueError, match=r"metric column\(s\) \['nope'\] not in"):
+    with pytest.raises(ValueError, match=r"metric column \['nope'\] not in"):
         load_results(frame, metric=["top1_error", "nope"], scale="percent")

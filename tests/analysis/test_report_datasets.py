@@ -10,8 +10,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import analyze
-
 FRAME = pd.DataFrame(
     {
         "model": list("abcde") * 2,
@@ -29,6 +27,8 @@ def _png(path, colour) -> bytes:
 
 
 def test_report_embeds_each_datasets_figure_and_counts(tmp_path):
+    from analysis import analyze
+
     pngs = {"pets": _png(tmp_path / "p.png", "red"), "digits": _png(tmp_path / "d.png", "blue")}
     out = tmp_path / "out"
     summary = analyze(
@@ -55,6 +55,8 @@ def test_report_embeds_each_datasets_figure_and_counts(tmp_path):
 
 
 def test_no_figures_no_section_and_an_unreadable_one_is_refused(tmp_path):
+    from analysis import analyze
+
     analyze(FRAME, tmp_path / "plain", n_bootstrap=0)
     assert "dataset-summaries" not in (tmp_path / "plain" / "report.html").read_text()
     with pytest.raises(ValueError, match="dataset figure of 'pets' cannot be read"):

@@ -2,7 +2,6 @@
 
 import pytest
 
-from components.analyze.run import embed_figures, gather_results, result_row, top_k_for
 from components.common.storage import open_store
 
 SPEC = {
@@ -30,6 +29,8 @@ def _result(trial_id: str, status: str, error: float | None) -> dict:
 
 
 def test_row_has_the_analysis_columns():
+    from components.analyze.run import result_row
+
     row = result_row(_result("t1", "ok", 12.5))
     assert row["dataset"] == "digits" and row["top1_error"] == 12.5 and row["status"] == "ok"
     assert [row[f"d{i}"] for i in range(1, 5)] == [1, 2, 3, 4]
@@ -38,6 +39,8 @@ def test_row_has_the_analysis_columns():
 
 
 def test_missing_result_is_a_failed_row(tmp_path):
+    from components.analyze.run import gather_results
+
     store = open_store(str(tmp_path))
     store.put_json("trials/t1/result.json", _result("t1", "diverged", None))
     planned = _result("t2", "ok", None)
@@ -49,6 +52,8 @@ def test_missing_result_is_a_failed_row(tmp_path):
 
 
 def test_markdown_figures_become_data_uris(tmp_path):
+    from components.analyze.run import embed_figures
+
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "ecdf.png").write_bytes(b"\x89PNG")
     text = embed_figures("see ![eCDF](figures/ecdf.png) and [x](other.md)", tmp_path)
@@ -56,6 +61,8 @@ def test_markdown_figures_become_data_uris(tmp_path):
 
 
 def test_top_k_is_a_quarter_within_bounds():
+    from components.analyze.run import top_k_for
+
     assert [top_k_for(n) for n in (3, 8, 40, 500)] == [2, 2, 10, 15]
 
 
@@ -76,6 +83,8 @@ def _evaluated(trial_id: str, seed: int, test: float, v2: float, model_depth: in
 
 
 def test_row_carries_each_evaluation_as_a_column():
+    from components.analyze.run import result_row
+
     row = result_row(_evaluated("t1", 0, 20.0, 31.0))
     assert row["top1_error"] == 20.0 and row["top5_error"] == 5.0
     assert row["top1_error@val"] == 20.5 and row["top5_error@val"] == 5.5
@@ -96,6 +105,7 @@ def test_study_analysis_compares_test_sets_of_the_same_checkpoints(tmp_path):
     from scipy import stats as sps
 
     from analysis import analyze, load_results
+    from components.analyze.run import result_row
 
     rng = np.random.default_rng(3)
     results = [
@@ -128,7 +138,7 @@ def test_study_analysis_compares_test_sets_of_the_same_checkpoints(tmp_path):
     assert v2["kind"] == "metrics" and v2["spearman"]["value"] == pytest.approx(rho)
     assert ("apr_tiny/top1_error", "apr_tiny/top5_error") in comparisons
     report = (tmp_path / "report.md").read_text()
-    assert "test vs imagenet_v2 for the same checkpoints trained on imagenet (8 model(s)" in report
+    assert "test vs imagenet_v2 for the same checkpoints trained on imagenet (8 models," in report
 
 
 @pytest.mark.slow
@@ -139,6 +149,7 @@ def test_real_trials_on_two_test_sets_give_the_seed_study(tmp_path):
     from dataclasses import replace
 
     from analysis import analyze, load_results
+    from components.analyze.run import gather_results
     from components.data.datasets import materialize
     from components.train.recipes import resolve_recipe
     from components.train.trial import Trial, run_trial

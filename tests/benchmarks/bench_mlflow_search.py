@@ -1,4 +1,4 @@
-"""Benchmark: the README's three MLflow searches over a study-sized experiment.
+"""Benchmark: the three MLflow searches of docs/mlflow.md over a study-sized experiment.
 
 Logs a study of ``--n-models`` sampled AnyNetX architectures x ``--datasets`` datasets through
 ``components.common.tracking`` (the parent run and one nested run per trial, as the train task
@@ -68,18 +68,18 @@ def log_study(uri: str, n_models: int, datasets: tuple[str, ...], seed: int) -> 
                 "recipe": "apr_tiny",
                 "seed": 0,
             }
-            tracking.log_trial_run(
-                uri,
+            log = tracking.TrialLog(
                 parent,
                 trial_id,
                 run_name=tracking.trial_run_name(model, dataset, "apr_tiny", 0, status),
                 params=params,
                 metrics={"top1_error": error} if status == "ok" else {},
-                history={},
                 status=status,
                 tags={"aprflow.model": model, "aprflow.dataset": dataset},
-                inputs=[tracking.dataset_input(record, f"/bench/{dataset}")],
+                dataset=record,
+                dataset_source=f"/bench/{dataset}",
             )
+            tracking.log_trial_run(uri, log)
             if status == "ok":
                 errors[model, dataset] = error
             else:

@@ -6,7 +6,6 @@ import json
 import os
 import time
 
-import boto3
 import pytest
 
 from components.common.storage import (
@@ -104,6 +103,8 @@ def _corrupt_local(store: LocalStore, key: str, data: bytes) -> None:
 
 def _corrupt_s3(store: S3Store, key: str, data: bytes) -> None:
     """Replaces an object's bytes but keeps the metadata recorded at its write."""
+    import boto3
+
     client = boto3.client("s3", endpoint_url=store.endpoint_url)
     full = store._key(key)
     metadata = client.head_object(Bucket=store.bucket, Key=full)["Metadata"]
@@ -198,6 +199,8 @@ def test_local_overwrite_killed_between_renames_leaves_a_valid_object(
 
 
 def test_s3_store_checksums_detect_damage(s3_env, tmp_path):
+    import boto3
+
     store = open_store(f"s3://{s3_env}/p")
     _integrity(store, _corrupt_s3, tmp_path)
     head = boto3.client("s3", endpoint_url=store.endpoint_url).head_object(
@@ -207,6 +210,8 @@ def test_s3_store_checksums_detect_damage(s3_env, tmp_path):
 
 
 def test_s3_multipart_transfers_carry_the_checksum(s3_env, tmp_path, monkeypatch):
+    import boto3
+
     monkeypatch.setenv("APRFLOW_S3_MULTIPART_MB", "5")
     store = open_store(f"s3://{s3_env}/p")
     data = os.urandom(11 << 20)  # three parts

@@ -1,7 +1,6 @@
 """MLflow tracking: SQLite default and a real `mlflow server` process."""
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from components.common import tracking
 
@@ -11,7 +10,9 @@ def _study_with_trials(uri: str) -> tuple[str, list[str]]:
     assert tracking.start_study_run(uri, "exp", "study-1", {"n_models": 2}) == parent
     children = []
     for trial_id, status in (("t1", "ok"), ("t2", "diverged")):
-        kwargs = dict(
+        log = tracking.TrialLog(
+            parent,
+            trial_id,
             run_name=f"m-{trial_id}",
             params={"dataset": "digits", "d1": 2},
             metrics={"top1_error": 12.5 if status == "ok" else float("nan"), "flops": 3e7},
@@ -19,13 +20,15 @@ def _study_with_trials(uri: str) -> tuple[str, list[str]]:
             status=status,
             tags={"aprflow.reason": "" if status == "ok" else "loss became nan"},
         )
-        run_id = tracking.log_trial_run(uri, parent, trial_id, **kwargs)
-        assert tracking.log_trial_run(uri, parent, trial_id, **kwargs) == run_id, "idempotent"
+        run_id = tracking.log_trial_run(uri, log)
+        assert tracking.log_trial_run(uri, log) == run_id, "idempotent"
         children.append(run_id)
     return parent, children
 
 
 def _check(uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
     parent, children = _study_with_trials(uri)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("exp")
@@ -51,6 +54,8 @@ def test_sqlite_tracking(tmp_path):
 
 
 def test_tracking_server(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     _check(mlflow_server)
     report = tmp_path / "report"
     report.mkdir()

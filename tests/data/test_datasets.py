@@ -1,5 +1,7 @@
 """Built-in datasets and their shards in the store."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -58,7 +60,7 @@ def test_unknown_dataset_writes_nothing(tmp_path):
 def test_cli(tmp_path, capsys):
     from components.data.cli import main
 
-    assert main(["faces", "--resolution", "10", "--store", str(tmp_path)]) == 0
-    assert '"num_classes": 2' in capsys.readouterr().out
-    assert main(["nope", "--store", str(tmp_path)]) == 2
+    assert main(["faces", "--resolution", "10", "--store", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["num_classes"] == 2
+    assert main(["nope", "--store", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error: unknown or missing dataset")

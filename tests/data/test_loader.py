@@ -8,16 +8,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from imagesets import make_image_folder
 
 from components.common.storage import open_store
 from components.data.build import build_dataset, load_manifest, load_split
 from components.data.descriptor import DatasetDescriptor, SplitRule
-from components.data.loader import InMemoryBatches, ShardCache, StreamBatches, open_split
 from components.train.recipes import resolve_recipe
-
-CPU = torch.device("cpu")
 
 
 @pytest.fixture
@@ -34,43 +30,59 @@ def built(tmp_path, monkeypatch):
 
 
 def _epoch(data, recipe, epoch: int):
+    import torch
+
     batches = list(data.train(recipe, torch.Generator().manual_seed(0), epoch))
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
 def test_stream_is_deterministic_per_seed_and_epoch(built):
+    import torch
+
+    from components.data.loader import StreamBatches, open_split
+
     store, ref = built
     assert len(load_manifest(store, ref)["splits"]["train"]["shards"]) == 3
     recipe = resolve_recipe("apr_tiny", {"batch_size": 4, "hflip": True})
-    data = open_split(store, ref, "train", CPU, seed=5, workers=2)
+    data = open_split(store, ref, "train", torch.device("cpu"), seed=5, workers=2)
     assert isinstance(data, StreamBatches) and len(data) == 21
     x0, y0 = _epoch(data, recipe, epoch=0)
     assert x0.shape[1:] == (3, 16, 16) and x0.dtype == torch.float32
     assert len(y0) == 20, "full batches of 4"
     for workers in (2, 0, 1):  # the same batches whatever the number of workers
-        again = _epoch(open_split(store, ref, "train", CPU, seed=5, workers=workers), recipe, 0)
+        again = _epoch(
+            open_split(store, ref, "train", torch.device("cpu"), seed=5, workers=workers), recipe, 0
+        )
         assert torch.equal(x0, again[0]) and torch.equal(y0, again[1]), workers
     x1, _ = _epoch(data, recipe, epoch=1)
-    other_seed, _ = _epoch(open_split(store, ref, "train", CPU, seed=6, workers=2), recipe, 0)
+    other_seed, _ = _epoch(
+        open_split(store, ref, "train", torch.device("cpu"), seed=6, workers=2), recipe, 0
+    )
     assert not torch.equal(x0, x1[: len(x0)]) and not torch.equal(x0, other_seed[: len(x0)])
     assert abs(float(x0.mean())) < 1.5, "normalised with the manifest's mean and std"
 
 
 def test_eval_sees_every_image_once_like_the_memory_path(built):
+    import torch
+
+    from components.data.loader import InMemoryBatches, open_split
+
     store, ref = built
-    streamed = open_split(store, ref, "test", CPU, workers=2)
+    streamed = open_split(store, ref, "test", torch.device("cpu"), workers=2)
     labels = torch.cat([y for _, y in streamed.eval(4)])
-    memory = open_split(store, replace(ref, input="memory"), "test", CPU)
+    memory = open_split(store, replace(ref, input="memory"), "test", torch.device("cpu"))
     assert isinstance(memory, InMemoryBatches)
     assert sorted(labels.tolist()) == sorted(load_split(store, ref, "test")[1].tolist())
     assert len(memory) == len(streamed) == 6
     # Same pixels after resizing: the stream's eval transform matches load_split's resize.
-    first_stream = next(open_split(store, ref, "test", CPU, workers=0).eval(6))[0]
+    first_stream = next(open_split(store, ref, "test", torch.device("cpu"), workers=0).eval(6))[0]
     first_memory = next(memory.eval(6))[0]
     assert torch.allclose(first_stream, first_memory, atol=0.05)
 
 
 def test_shard_cache_on_s3_reuses_and_evicts(tmp_path, s3_env):
+    from components.data.loader import ShardCache
+
     store = open_store(f"s3://{s3_env}/cache-test")
     for n in range(3):
         store.put_bytes(f"d/train-{n:06d}.tar", bytes([n]) * 1000)
@@ -84,11 +96,15 @@ def test_shard_cache_on_s3_reuses_and_evicts(tmp_path, s3_env):
 
 
 def test_stream_from_s3_through_the_cache(tmp_path, s3_env, monkeypatch):
+    import torch
+
+    from components.data.loader import open_split
+
     monkeypatch.setenv("APRFLOW_SHARD_CACHE", str(tmp_path / "cache"))
     store = open_store(f"s3://{s3_env}/aprflow")
     folder = make_image_folder(tmp_path / "folder")
     ref = build_dataset(store, DatasetDescriptor(name="pets", source=str(folder)), print)
-    data = open_split(store, replace(ref, input="stream"), "train", CPU, workers=0)
+    data = open_split(store, replace(ref, input="stream"), "train", torch.device("cpu"), workers=0)
     recipe = resolve_recipe("apr_tiny", {"batch_size": 7})
     _, y = _epoch(data, recipe, 0)
     assert sorted(y.tolist()) == sorted(load_split(store, ref, "train")[1].tolist())
@@ -144,12 +160,16 @@ def test_epoch_order_and_batches():
 def test_stream_repeats_each_image_differently_and_trains_at_the_train_resolution(built):
     """aug_repeats on the stream: copies in a row, each augmented differently, the same
     whatever the workers; train_resolution_ratio sizes the training crops, not evaluation."""
+    import torch
+
+    from components.data.loader import open_split
+
     store, ref = built
     recipe = resolve_recipe(
         "apr_tiny",
         {"batch_size": 4, "hflip": True, "aug_repeats": 2, "train_resolution_ratio": 0.75},
     )
-    data = open_split(store, ref, "train", CPU, seed=5, workers=0)
+    data = open_split(store, ref, "train", torch.device("cpu"), seed=5, workers=0)
     x, y = _epoch(data, recipe, epoch=0)
     assert x.shape[1:] == (3, 12, 12), "round(0.75 x 16) px"
     assert next(data.eval(4))[0].shape[1:] == (3, 16, 16)
@@ -157,14 +177,20 @@ def test_stream_repeats_each_image_differently_and_trains_at_the_train_resolutio
     assert len(y) == 20 == 4 * data.batches_per_epoch(recipe)
     assert all(y[i] == y[i + 1] for i in range(0, 20, 2))
     assert all(not torch.equal(x[i], x[i + 1]) for i in range(0, 20, 2)), "copies differ"
-    in_workers = _epoch(open_split(store, ref, "train", CPU, seed=5, workers=2), recipe, 0)
+    in_workers = _epoch(
+        open_split(store, ref, "train", torch.device("cpu"), seed=5, workers=2), recipe, 0
+    )
     assert torch.equal(x, in_workers[0]) and torch.equal(y, in_workers[1])
 
 
 def test_stream_start_skips_batches_exactly(built):
+    import torch
+
+    from components.data.loader import open_split
+
     store, ref = built
     recipe = resolve_recipe("apr_tiny", {"batch_size": 4, "hflip": True})
-    data = open_split(store, ref, "train", CPU, seed=5, workers=0)
+    data = open_split(store, ref, "train", torch.device("cpu"), seed=5, workers=0)
     full = list(data.train(recipe, torch.Generator(), 1))
     resumed = list(data.train(recipe, torch.Generator(), 1, start=3))
     assert len(full) == 5 and len(resumed) == 2
@@ -174,10 +200,14 @@ def test_stream_start_skips_batches_exactly(built):
 def test_stream_leaves_the_global_generator_alone(built):
     """The trainer's global RNG (DropPath, Mixup) must not depend on whether the loader's
     persistent workers are new (a resumed run) or reused (an uninterrupted one)."""
+    import torch
+
+    from components.data.loader import open_split
+
     store, ref = built
     recipe = resolve_recipe("apr_tiny", {"batch_size": 4, "hflip": True})
     for workers in (0, 2):
-        data = open_split(store, ref, "train", CPU, seed=5, workers=workers)
+        data = open_split(store, ref, "train", torch.device("cpu"), seed=5, workers=workers)
         before = torch.random.get_rng_state()
         for epoch in (0, 1):  # a new DataLoader, then the persistent one again
             list(data.train(recipe, torch.Generator(), epoch))

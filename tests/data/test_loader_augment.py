@@ -7,27 +7,32 @@ from collections import Counter
 from dataclasses import replace
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from components.data.descriptor import mix_seed
-from components.data.loader import InMemoryBatches, train_resolution
 from components.train.recipes import resolve_recipe
 
-CPU = torch.device("cpu")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 def _memory(images: np.ndarray, labels: np.ndarray | None = None, seed: int = 0):
+    import torch
+
+    from components.data.loader import InMemoryBatches
+
     labels = np.arange(len(images)) if labels is None else labels
-    return InMemoryBatches(images, labels, MEAN, STD, CPU, seed=seed)
+    return InMemoryBatches(images, labels, MEAN, STD, torch.device("cpu"), seed=seed)
 
 
 def _first_batch(data, recipe, generator_seed: int = 0, epoch: int = 0):
+    import torch
+
     return next(iter(data.train(recipe, torch.Generator().manual_seed(generator_seed), epoch)))
 
 
 def test_memory_crops_and_flips_differ_per_image_and_follow_the_generator():
+    import torch
+    import torch.nn.functional as F
+
     image = np.random.default_rng(0).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
     data = _memory(np.repeat(image, 16, axis=0))  # 16 copies: only augmentation differs
     recipe = resolve_recipe("apr_tiny", {"batch_size": 16, "crop_padding": 2, "hflip": True})
@@ -55,6 +60,8 @@ def test_memory_crops_and_flips_differ_per_image_and_follow_the_generator():
 
 
 def test_memory_order_is_a_function_of_seed_and_epoch():
+    import torch
+
     images = np.zeros((40, 8, 8, 3), np.uint8)
     recipe = resolve_recipe("apr_tiny", {"batch_size": 8})
 
@@ -71,6 +78,7 @@ def test_memory_order_is_a_function_of_seed_and_epoch():
 
 
 def test_repeated_augmentation_is_timms_sampler_on_seed_and_epoch():
+    import torch
     from timm.data.distributed_sampler import RepeatAugSampler
 
     rng = np.random.default_rng(1)
@@ -99,6 +107,10 @@ def test_repeated_augmentation_is_timms_sampler_on_seed_and_epoch():
 
 
 def test_train_resolution_on_the_memory_input():
+    import torch
+
+    from components.data.loader import train_resolution
+
     data = _memory(np.zeros((12, 16, 16, 3), np.uint8))
     for ratio, side in ((1.0, 16), (0.714, 11), (0.5, 8), (0.1, 8)):
         recipe = resolve_recipe("apr_tiny", {"batch_size": 4, "train_resolution_ratio": ratio})
@@ -115,6 +127,8 @@ def test_train_resolution_on_the_memory_input():
 def test_start_skips_batches_exactly():
     """A resumed epoch from batch k: the same batches as a full pass from the same generator
     state (the memory input still draws the skipped batches' augmentations)."""
+    import torch
+
     images = np.random.default_rng(2).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
     data = _memory(images, seed=1)
     recipe = resolve_recipe(

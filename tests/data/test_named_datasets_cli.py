@@ -11,7 +11,6 @@ from components.common.storage import open_store
 from components.data.build import named_dataset
 from components.data.cli import main as data_main
 from components.sample.samplers import sample_specs
-from components.train.cli import main as train_main
 from components.transfer.cli import main as transfer_main
 
 
@@ -24,6 +23,8 @@ def _tiny_folder(root, per_class: int = 8):
 
 
 def test_built_name_on_train_and_transfer_clis(tmp_path, capsys, monkeypatch):
+    from components.train.cli import main as train_main
+
     monkeypatch.setenv("APRFLOW_DATA_WORKERS", "0")  # stream decoded in this process
     store_uri = str(tmp_path / "store")
     folder = _tiny_folder(tmp_path / "pets-src")
@@ -41,7 +42,7 @@ def test_built_name_on_train_and_transfer_clis(tmp_path, capsys, monkeypatch):
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    result = json.loads(out[out.index("{\n") :])
+    result = json.loads(out)  # the result alone on stdout
     assert result["status"] == "ok"
     assert result["dataset"]["name"] == "pets"
     assert result["dataset"]["content_hash"] == built["content_hash"]
@@ -51,7 +52,7 @@ def test_built_name_on_train_and_transfer_clis(tmp_path, capsys, monkeypatch):
     out_csv = tmp_path / "transfer.csv"
     code = transfer_main(
         ["--backbone", f"trial:{result['trial_id']}", "--datasets", "pets"]
-        + ["--methods", "knn", "--k", "3", "--resolution", "8", "--store", store_uri]
+        + ["--regimes", "knn", "--k", "3", "--resolution", "8", "--store", store_uri]
         + ["--out", str(out_csv)]
     )
     assert code == 0, capsys.readouterr().err
@@ -62,17 +63,19 @@ def test_built_name_on_train_and_transfer_clis(tmp_path, capsys, monkeypatch):
 
 
 def test_unknown_name_is_one_error_line(tmp_path, capsys):
+    from components.train.cli import main as train_main
+
     store_uri = str(tmp_path / "store")
     spec = tmp_path / "spec.json"
     spec.write_text(
         json.dumps(sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict())
     )
-    assert train_main(["--spec", str(spec), "--dataset", "cats", "--store", store_uri]) == 2
+    assert train_main(["--spec", str(spec), "--dataset", "cats", "--store", store_uri]) == 1
     assert (
         transfer_main(
             ["--backbone", "timm:resnet18", "--datasets", "cats"] + ["--store", store_uri]
         )
-        == 2
+        == 1
     )
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2

@@ -8,18 +8,12 @@ import json
 from dataclasses import replace
 
 import pytest
-import torch
 from imagesets import CLASSES, picture
 
 from components.common.storage import open_store
 from components.data.build import build_dataset
 from components.data.descriptor import DatasetDescriptor, DatasetError
-from components.data.loader import open_split
-from components.train.cli import main as train_main
 from components.train.recipes import RECIPES, Recipe, resolve_recipe
-from components.train.trial import Trial
-
-CPU = torch.device("cpu")
 
 
 @pytest.fixture
@@ -36,12 +30,18 @@ def built(tmp_path):
 
 
 def _epoch(store, ref, recipe, epoch: int, workers: int = 0):
-    data = open_split(store, ref, "train", CPU, seed=3, workers=workers)
+    import torch
+
+    from components.data.loader import open_split
+
+    data = open_split(store, ref, "train", torch.device("cpu"), seed=3, workers=workers)
     batches = list(data.train(recipe, torch.Generator().manual_seed(0), epoch))
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
 def test_rand_augment_changes_the_stream_deterministically(built):
+    import torch
+
     store, ref = built
     plain = resolve_recipe("apr_tiny", {"batch_size": 4})
     augmented = resolve_recipe("apr_tiny", {"batch_size": 4, "auto_augment": "rand-m9-mstd0.5"})
@@ -68,8 +68,12 @@ def test_rand_augment_changes_the_stream_deterministically(built):
 
 
 def test_memory_input_refuses_stream_augmentations(built):
+    import torch
+
+    from components.data.loader import open_split
+
     store, ref = built
-    data = open_split(store, replace(ref, input="memory"), "train", CPU, seed=3)
+    data = open_split(store, replace(ref, input="memory"), "train", torch.device("cpu"), seed=3)
     recipe = RECIPES["apr_short_randaug"]
     with pytest.raises(DatasetError, match="sets auto_augment, which only the stream input"):
         next(iter(data.train(recipe, torch.Generator(), 0)))
@@ -92,6 +96,7 @@ def test_plan_streams_a_randaugment_dataset_unless_memory_is_asked_for(built):
 
 def test_train_cli_refuses_randaugment_in_memory(tmp_path, capsys):
     from components.sample.samplers import sample_specs
+    from components.train.cli import main as train_main
 
     spec = tmp_path / "spec.json"
     spec.write_text(
@@ -103,7 +108,7 @@ def test_train_cli_refuses_randaugment_in_memory(tmp_path, capsys):
     args += ["--input", "memory", "--store", str(tmp_path / "s")]
     code = train_main([*args, "--recipe", "apr_short_randaug"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1
+    assert code == 1 and err.count("\n") == 1
     assert err.startswith("error: recipe 'apr_short_randaug' sets auto_augment") and (
         "input: stream" in err
     )
@@ -130,6 +135,8 @@ def test_bad_augmentations_are_one_clear_error(overrides, message):
 
 
 def test_augmentations_are_part_of_the_trial_id():
+    from components.train.trial import Trial
+
     plain = resolve_recipe("apr_tiny")
     # Every field is in the recipe's identity, neutral values too (TRAINER_VERSION 2).
     assert plain.to_dict()["auto_augment"] == "" and plain.to_dict()["scale"] == (0.08, 1.0)

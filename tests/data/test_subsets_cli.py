@@ -92,9 +92,11 @@ def test_per_class_budget_and_coarse_labels(digits_store):
 
 def test_cli_build_describe_subset_list(tmp_path, image_folder, capsys):
     store = str(tmp_path / "store")
-    assert main(["build", "pets", "--from", str(image_folder), "--store", store]) == 0
-    ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # after progress lines
+    assert main(["build", "pets", "--from", str(image_folder), "--store", store, "--json"]) == 0
+    captured = capsys.readouterr()
+    ref = json.loads(captured.out)  # the result alone on stdout
     assert ref["num_classes"] == 3 and ref["n_train"] == 21
+    assert "[data] pets:" in captured.err  # progress on stderr
 
     assert main(["describe", "pets", "--store", store]) == 0
     table = capsys.readouterr().out
@@ -104,18 +106,30 @@ def test_cli_build_describe_subset_list(tmp_path, image_folder, capsys):
 
     (tmp_path / "map.json").write_text(json.dumps({"circle": "round", "square": "angular"}))
     args = ["subset", "pets", "--coarse", str(tmp_path / "map.json"), "--name", "c"]
-    assert main([*args, "--store", store]) == 2
+    assert main([*args, "--store", store]) == 1
     assert "stripes" in capsys.readouterr().err
-    args = ["subset", "pets", "--classes", "2", "--draws", "2", "--seed", "4", "--name", "k2"]
+    args = ["subset", "pets", "--n-classes", "2", "--draws", "2", "--seed", "4", "--name", "k2"]
     assert main([*args, "--store", store]) == 0
-    assert capsys.readouterr().out.count('"name": "k2-d') == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["k2-d0", "k2-d1"]
+    assert all("2 classes" in line for line in lines)
 
     assert main(["list", "--json", "--store", store]) == 0
     listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(listed) == {"pets", "k2-d0", "k2-d1"}
+    assert set(listed) == {"pets", "k2-d0", "k2-d1", "digits", "faces", "shapes"}
     assert listed["k2-d0"]["num_classes"] == 2 and listed["k2-d0"]["source"] == "derived:pets"
+    assert not listed["pets"]["builtin"] and listed["digits"]["builtin"]
     assert main(["list", "--store", store]) == 0
-    assert "built in: digits, faces, shapes" in capsys.readouterr().out
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split() == ["name", "kind", "classes", "train", "val", "test", "source"]
+    assert [row.split()[:2] for row in rows[1:]] == [
+        ["k2-d0", "built"],
+        ["k2-d1", "built"],
+        ["pets", "built"],
+        ["digits", "built-in"],
+        ["faces", "built-in"],
+        ["shapes", "built-in"],
+    ]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -124,24 +138,29 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         (["build", "Bad Name", "--from", str(tmp_path)], "invalid dataset name"),
         (["build", "x", "--from", str(tmp_path / "none")], "does not exist"),
         (["build", "x", "--from", str(tmp_path), "--split", "val=2"], "split fractions"),
-        (["describe", "digits"], "is built in"),
-        (["subset", "nope", "--classes", "2", "--name", "y"], "no dataset 'nope'"),
+        (["describe", "pest"], "no dataset 'pest'"),
+        (["subset", "nope", "--n-classes", "2", "--name", "y"], "no dataset 'nope'"),
         (["nope"], "unknown or missing dataset(s) nope"),
     ]
     for argv, message in cases:
-        assert main([*argv, "--store", store]) == 2, argv
+        assert main([*argv, "--store", store]) == 1, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
     for option, value in (("--resolution", "4"), ("--resolution", "100000"), ("--seed", "-1")):
-        with pytest.raises(SystemExit) as exit_:  # argparse: usage line + error line
-            main(["build", "x", "--from", str(tmp_path), option, value, "--store", store])
-        assert exit_.value.code == 2
+        # argparse: usage line + error line, exit 2
+        assert main(["build", "x", "--from", str(tmp_path), option, value, "--store", store]) == 2
         assert "expected an integer in" in capsys.readouterr().err.splitlines()[-1]
     assert not (tmp_path / "store").exists()
 
 
 def test_cli_prepare_keeps_the_original_form(tmp_path, capsys):
-    assert main(["faces", "--resolution", "10", "--store", str(tmp_path)]) == 0
-    ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["faces", "--resolution", "10", "--store", str(tmp_path), "--json"]) == 0
+    (ref,) = json.loads(capsys.readouterr().out)
     assert ref["num_classes"] == 2 and ref["resolution"] == 10 and ref["input"] == "memory"
     assert np.isclose(ref["n_train"] / (ref["n_train"] + ref["n_test"]), 0.75)
+    # The common options may come first; a near miss of a sub-command is a usage error.
+    assert main(["-q", "faces", "--resolution", "10", "--store", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("faces: 150 train") and captured.err == ""
+    assert main(["describ", "faces", "--store", str(tmp_path)]) == 2
+    assert "invalid choice: 'describ'" in capsys.readouterr().err

@@ -17,12 +17,12 @@ from components.common.storage import open_store
 from components.data.build import build_dataset, list_named, load_manifest
 from components.data.datasets import prepare_all
 from components.data.descriptor import DatasetDescriptor, DatasetRef
-from pipelines.apr_study import apr_study
 from pipelines.config import ConfigError, load_config, parse_overrides
-from pipelines.preflight import check_study
 
 
 def test_dataset_settings_in_config_and_dotted_overrides():
+    from pipelines.apr_study import apr_study
+
     overrides = parse_overrides(
         [
             "datasets=[pets, digits]",
@@ -49,6 +49,8 @@ def test_dataset_settings_in_config_and_dotted_overrides():
     ],
 )
 def test_bad_dataset_settings_are_one_config_error(override, message):
+    from pipelines.apr_study import apr_study
+
     with pytest.raises(ConfigError, match=message):
         load_config(apr_study, None, parse_overrides([override]))
 
@@ -60,6 +62,9 @@ def _pets(store_uri: str, tmp_path: Path):
 
 
 def test_named_build_in_a_study_with_its_own_settings(tmp_path, local_env):
+    from pipelines.apr_study import apr_study
+    from pipelines.preflight import check_study
+
     store_uri = str(local_env / "store")
     built = _pets(store_uri, tmp_path)
     settings = {"pets": {"resolution": 12, "input": "stream", "epochs": 2}}
@@ -128,6 +133,8 @@ def test_tiny_study_on_a_user_image_folder(tmp_path):
 def test_class_subsets_config_runs_its_own_commands(local_env, capsys):
     """The commands in pipelines/configs/class_subsets.yaml build what it names, nested."""
     from components.data.cli import main as data
+    from pipelines.apr_study import apr_study
+    from pipelines.preflight import check_study
 
     config = Path(__file__).parents[2] / "pipelines" / "configs" / "class_subsets.yaml"
     commands = [

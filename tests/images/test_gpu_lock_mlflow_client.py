@@ -1,9 +1,10 @@
 """The GPU image has mlflow-skinny, not mlflow: its pods' MLflow calls need nothing else.
 
 The GPU pods (train and transfer chunks, TrainJob nodes) log to the chart's MLflow server over
-REST. These tests run those calls in a process where every distribution of requirements.lock
-that images/locks/gpu.lock leaves out (mlflow's server stack: Flask, SQLAlchemy, alembic, ...)
-is unimportable, against a real `mlflow server` (tests/conftest.py).
+REST. These tests run those calls in a process where every distribution of the locks
+(requirements/) that images/locks/gpu.lock leaves out (mlflow's server stack: Flask, SQLAlchemy,
+alembic, ..., and the test tools) is unimportable, against a real `mlflow server`
+(tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -14,21 +15,22 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 from packaging.utils import canonicalize_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _names(lock: Path) -> set[str]:
-    lines = [x for x in lock.read_text().splitlines() if x and not x.startswith("#")]
+    """Canonical names of a lock's pins (comments and pip options such as ``-c`` skipped)."""
+    lines = [x for x in lock.read_text().splitlines() if x and not x.startswith(("#", "-"))]
     return {canonicalize_name(x.split("==")[0]) for x in lines}
 
 
 def modules_outside_the_gpu_lock() -> list[str]:
     """Top-level modules that only distributions outside gpu.lock provide here."""
     kept = _names(REPO_ROOT / "images" / "locks" / "gpu.lock")
-    dropped = _names(REPO_ROOT / "requirements.lock") - kept
+    locks = REPO_ROOT / "requirements"
+    dropped = (_names(locks / "runtime.lock") | _names(locks / "dev.lock")) - kept
     return sorted(
         module
         for module, distributions in metadata.packages_distributions().items()
@@ -50,11 +52,11 @@ parent = tracking.start_study_run(uri, "gpu-image", "study-gpu", {"n_models": 1}
 with tracking.live_run(uri, parent, "chunk-0") as live:  # system metrics monitor on
     assert live
 record = {"name": "digits", "content_hash": "abc123", "n_train": 10}
-run_id = tracking.log_trial_run(
-    uri, parent, "t1", run_name="resnet-t1", params={"d1": 2},
+run_id = tracking.log_trial_run(uri, tracking.TrialLog(
+    parent, "t1", run_name="resnet-t1", params={"d1": 2},
     metrics={"top1_error": 12.5}, history={"test_error": [50.0, 12.5]}, status="ok",
-    inputs=[tracking.dataset_input(record, "s3://bucket/digits")],
-)
+    dataset=record, dataset_source="s3://bucket/digits",
+))
 print(parent, live, run_id)
 """
 
@@ -67,6 +69,8 @@ def test_blocked_modules_are_the_mlflow_server_stack():
 
 @pytest.mark.slow  # a real mlflow server, and the child imports torch and DeepSpeed
 def test_gpu_pod_tracking_with_only_the_gpu_lock(mlflow_server):
+    from mlflow.tracking import MlflowClient
+
     blocked = modules_outside_the_gpu_lock()
     result = subprocess.run(
         [sys.executable, "-c", GPU_POD, mlflow_server, ",".join(blocked)],

@@ -23,7 +23,6 @@ from pipelines.backend import (
     pod_count,
 )
 from pipelines.cli import COMPILED_DIR
-from pipelines.sweep import planned_chunks
 
 COMPILED = sorted(COMPILED_DIR.glob("*.yaml"))
 
@@ -145,6 +144,8 @@ def test_the_size_rule_sees_trial_ids_passed_to_one_task(tmp_path):
 
 def test_a_paper_scale_study_stays_far_under_the_argument_limit():
     """500 models x 9 datasets x 3 seeds: the largest executor input, every task counted."""
+    from pipelines.sweep import planned_chunks
+
     arguments = {
         "study_name": "tuggener-2021-anynetx-a",
         "n_models": 500,

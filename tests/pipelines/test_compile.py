@@ -58,9 +58,9 @@ def test_apr_study_ir_is_valid_and_self_contained():
 
 
 def test_compile_cli(tmp_path, capsys):
-    assert main(["compile", "--out", str(tmp_path)]) == 0
+    assert main(["compile", "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "apr_study.yaml").exists()
-    assert "wrote" in capsys.readouterr().out
+    assert str(tmp_path / "apr_study.yaml") in capsys.readouterr().out.splitlines()
 
 
 def test_committed_files_exist():

@@ -11,7 +11,6 @@ from typing import NamedTuple
 import pytest
 from helpers import kfp_local_session
 from kfp import dsl
-from mlflow.tracking import MlflowClient
 from trial_checks import checkpoint_test_error
 
 from components.analyze.component import analyze_study
@@ -93,6 +92,8 @@ def test_sample_architectures(sample):
 @pytest.mark.slow
 @pytest.mark.extended
 def test_plan_train_analyze(env, plan):
+    from mlflow.tracking import MlflowClient
+
     study = plan.outputs["study_id"]
     assert study.startswith("components-")
     items = list_trials(study_id=study, store_uri="").output

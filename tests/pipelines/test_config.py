@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 
 from components.common.errors import AprflowError
-from pipelines.apr_study import apr_study
 from pipelines.config import ConfigError, load_config, parse_overrides
-from pipelines.preflight import check_study
 
 DEMO = Path(__file__).parents[2] / "pipelines" / "configs" / "demo.yaml"
 
 
 def test_defaults_file_and_overrides_layer():
+    from pipelines.apr_study import apr_study
+
     arguments = load_config(apr_study, DEMO, parse_overrides(["n_models=3", "epochs=1"]))
     assert arguments["n_models"] == 3 and arguments["epochs"] == 1
     assert arguments["datasets"] == ["digits", "faces", "shapes"]
@@ -21,6 +21,8 @@ def test_defaults_file_and_overrides_layer():
 
 
 def test_list_shorthand_and_yaml_values():
+    from pipelines.apr_study import apr_study
+
     overrides = parse_overrides(["datasets=digits,shapes", "train_seeds=[0, 1]", "flops_max=9e7"])
     arguments = load_config(apr_study, None, overrides)
     assert arguments["datasets"] == ["digits", "shapes"]
@@ -29,16 +31,22 @@ def test_list_shorthand_and_yaml_values():
 
 
 def test_unknown_key_names_the_valid_ones():
+    from pipelines.apr_study import apr_study
+
     with pytest.raises(ConfigError, match="unknown config key 'n_model'.*n_models"):
         load_config(apr_study, None, {"n_model": 3})
 
 
 def test_wrong_type_names_key_and_example():
+    from pipelines.apr_study import apr_study
+
     with pytest.raises(ConfigError, match="'n_models' must be an int, got 'many'"):
         load_config(apr_study, None, {"n_models": "many"})
 
 
 def test_bad_files(tmp_path):
+    from pipelines.apr_study import apr_study
+
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(apr_study, tmp_path / "missing.yaml", {})
     bad = tmp_path / "bad.yaml"
@@ -63,6 +71,9 @@ def test_bad_files(tmp_path):
     ],
 )
 def test_preflight_rejects(override, message, local_env, monkeypatch):
+    from pipelines.apr_study import apr_study
+    from pipelines.preflight import check_study
+
     monkeypatch.setenv("APRFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("APRFLOW_S3_MAX_ATTEMPTS", "2")  # the default retries for ~1 min
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
@@ -73,4 +84,7 @@ def test_preflight_rejects(override, message, local_env, monkeypatch):
 
 
 def test_preflight_accepts_the_demo(local_env):
+    from pipelines.apr_study import apr_study
+    from pipelines.preflight import check_study
+
     check_study(load_config(apr_study, DEMO, {}))

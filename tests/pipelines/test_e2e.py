@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).parents[2]
 N_MODELS, DATASETS = 3, ["digits", "faces", "shapes"]
@@ -29,6 +28,8 @@ def _aprflow(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProce
 
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end(tmp_path):
+    from mlflow.tracking import MlflowClient
+
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
     overrides = ["--set", f"n_models={N_MODELS}", "--set", "epochs=2"]
     config = ["--config", str(ROOT / "pipelines" / "configs" / "demo.yaml")]
@@ -38,18 +39,19 @@ def test_demo_pipeline_end_to_end(tmp_path):
     n_trials = N_MODELS * len(DATASETS)
     # The console: stage lines and one line per finished trial; kfp.local's output is in the log.
     assert "[plan" in output and "[analyze" in output
-    trial_lines = re.findall(rf"^  trial +\d+/{n_trials} ok ", done.stdout, re.MULTILINE)
-    assert len(trial_lines) == n_trials, done.stdout
-    assert f"{n_trials}/{n_trials} trials, 0 failed" in done.stdout
+    # The console (progress) is on stderr; stdout holds the result: the report's path.
+    trial_lines = re.findall(rf"^  trial +\d+/{n_trials} ok ", done.stderr, re.MULTILINE)
+    assert len(trial_lines) == n_trials, done.stderr
+    assert f"{n_trials}/{n_trials} trials, 0 failed" in done.stderr
     assert "executor_input" not in output and "Executing task" not in output
     logs = list((tmp_path / "runs" / "logs").glob("apr-study-*.log"))
-    assert len(logs) == 1 and str(logs[0]) in done.stdout
+    assert len(logs) == 1 and str(logs[0]) in done.stderr
     assert "Executing task" in logs[0].read_text() and "executor_input" in logs[0].read_text()
     reports = list((tmp_path / "runs").glob("apr-demo-*/report.html"))
     assert len(reports) == 1, "one study folder under runs/"
     study_dir = reports[0].parent
     assert "mlflow ui --backend-store-uri sqlite:///" in output
-    assert str(reports[0]) in output
+    assert done.stdout.strip() == str(reports[0])  # the result, alone on stdout
     assert (study_dir / "run.log").read_text() == logs[0].read_text()
 
     # Learning happened: every trial finished and beat chance by a wide margin.
@@ -78,19 +80,34 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert all("top1_error" in r.data.metrics for r in children if r.info.status == "FINISHED")
     assert parents[0].info.status == "FINISHED"
     assert client.list_artifacts(parents[0].info.run_id, "report")
+    # A clean local run: no tracking line, every run of the study ended, none failed.
+    assert "[tracking" not in output, output
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    # Live trial runs: each lasts as long as its trial, its epochs stamped as they ended.
+    for run in children:
+        took = (run.info.end_time - run.info.start_time) / 1000
+        assert took >= 0.5 * run.data.metrics["wall_time_s"], run.info.run_name
+        epochs = client.get_metric_history(run.info.run_id, "top1_error")
+        assert sorted(m.step for m in epochs) == [1, 2]
+        assert len({m.timestamp for m in epochs}) == 2
+    # The best models per dataset (all 3 here) are registered, linked from results.csv.
+    for dataset in DATASETS:
+        versions = client.search_model_versions(f"name = '{study_dir.name}-{dataset}'")
+        assert len(versions) == N_MODELS, dataset
+    assert (results["model_url"].fillna("") != "").sum() == n_trials
 
     # A second run reuses every trial (idempotent) and yields the same study.
     again = _aprflow(["run", "apr-study", *config, *overrides], env, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    reused = re.findall(r"^  trial +\d+/\d+ ok \(reused\) ", again.stdout, re.MULTILINE)
-    assert len(reused) == n_trials, again.stdout
+    reused = re.findall(r"^  trial +\d+/\d+ ok \(reused\) ", again.stderr, re.MULTILINE)
+    assert len(reused) == n_trials, again.stderr
     runs_after = client.search_runs([experiment.experiment_id])
     assert len(runs_after) == len(runs), "no duplicate MLflow runs"
 
 
 def test_bad_config_is_one_clear_line(tmp_path):
     done = _aprflow(["run", "apr-study", "--set", "n_model=3"], dict(os.environ), tmp_path)
-    assert done.returncode == 2
+    assert done.returncode == 2  # an unknown --set key: a usage error
     assert done.stderr.strip().startswith("error: unknown config key 'n_model'")
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
@@ -100,6 +117,7 @@ def test_bad_config_is_one_clear_line(tmp_path):
 def test_pipeline_on_s3_and_a_tracking_server(tmp_path, s3_env, mlflow_server):
     """The cluster set-up on loopback: artifacts in S3 (moto_server), runs in an MLflow server."""
     import boto3
+    from mlflow.tracking import MlflowClient
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env |= {"APRFLOW_STORE_URI": f"s3://{s3_env}/aprflow", "MLFLOW_TRACKING_URI": mlflow_server}

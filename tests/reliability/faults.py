@@ -12,11 +12,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components.data.datasets import materialize
 from components.sample.samplers import sample_specs
 from components.train.recipes import resolve_recipe
-from components.train.trial import Trial
+
+if TYPE_CHECKING:
+    from components.train.trial import Trial
 
 ROOT = Path(__file__).resolve().parents[2]
 APRFLOW = [sys.executable, "-m", "pipelines"]
@@ -24,6 +27,8 @@ APRFLOW = [sys.executable, "-m", "pipelines"]
 
 def tiny_trial(store, epochs: int = 2) -> Trial:
     """A few-second trial: one small architecture on 8-px faces."""
+    from components.train.trial import Trial
+
     spec = sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict()
     dataset = materialize(store, "faces", resolution=8)
     recipe = resolve_recipe("apr_tiny", {"epochs": epochs})

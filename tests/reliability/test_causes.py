@@ -95,9 +95,9 @@ def test_a_live_run_shared_by_two_runs_is_ended_by_its_last_opener(tmp_path):
     with tracking.live_run(uri, parent, "chunk-0") as second_id:
         assert second_id == first_id
         first.__exit__(None, None, None)
-        assert tracking._client(uri).get_run(second_id).info.status == "RUNNING"
+        assert tracking.open_client(uri).get_run(second_id).info.status == "RUNNING"
         tracking.finish_study_run(uri, parent, {})  # the first run's analysis
-    live = tracking._client(uri).get_run(second_id)
+    live = tracking.open_client(uri).get_run(second_id)
     assert live.info.status == "FINISHED"
 
 
@@ -175,7 +175,7 @@ def test_a_full_store_disk_is_named_and_not_retried(tmp_path):
     )
     assert f"[train] trial {outcome['trial_id']}: no space left on device: " in done.stderr
     # One start only: a second would have written into the same full disk.
-    assert done.stdout.count(f"{outcome['trial_id']}: model ") == 1
+    assert done.stderr.count(f"{outcome['trial_id']}: model ") == 1  # progress: on stderr
 
 
 # `aprflow analyze` killed (SIGKILL) the moment its new report.md is in place.
@@ -197,7 +197,7 @@ sys.exit(main(sys.argv[1:]))
 
 def _analyze(tmp_path, title: str, killed: bool = False) -> int:
     table = ROOT / "tests" / "analysis" / "fixtures" / "timm_top1.csv"
-    args = [str(table), "--out", str(tmp_path / "out"), "--bootstrap", "0", "--title", title]
+    args = [str(table), "--out-dir", str(tmp_path / "out"), "--bootstrap", "0", "--title", title]
     code = (
         KILLED_ANALYZE if killed else "import sys; from analysis.cli import main; sys.exit(main())"
     )
@@ -310,13 +310,23 @@ def test_analyze_refuses_a_dataset_in_fractions_inside_a_percent_table(tmp_path,
     rows = [f"{m},cifar,{e}" for m, e in zip("abc", (20.5, 31.0, 44.2), strict=True)]
     rows += [f"{m},flowers,{e}" for m, e in zip("abc", (0.12, 0.25, 0.4), strict=True)]
     table.write_text("# unit: percent\nmodel,dataset,top1_error\n" + "\n".join(rows) + "\n")
-    assert main([str(table), "--out", str(tmp_path / "out"), "--bootstrap", "0"]) == 2
+    assert main([str(table), "--out-dir", str(tmp_path / "out"), "--bootstrap", "0"]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: dataset 'flowers' in ")
     assert "looks like fractions" in error and not (tmp_path / "out").exists()
     # Stated on the command line, errors below 1 % are believed (an easy dataset).
     assert (
-        main([str(table), "--out", str(tmp_path / "out"), "--bootstrap", "0", "--scale", "percent"])
+        main(
+            [
+                str(table),
+                "--out-dir",
+                str(tmp_path / "out"),
+                "--bootstrap",
+                "0",
+                "--scale",
+                "percent",
+            ]
+        )
         == 0
     )
 

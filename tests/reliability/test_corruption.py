@@ -11,17 +11,16 @@ import pickle
 import shutil
 
 import pytest
-import torch
 from faults import quiet, tiny_trial
 
 from components.common.storage import CorruptObjectError, open_store
-from components.train.plan import load_trial, save_plan, trial_key
-from components.train.trial import checkpoint_key, load_checkpoint_bytes, result_key, run_trial
 
 
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory):
     """One trained trial; each test damages its own copy of the store."""
+    from components.train.trial import run_trial
+
     root = tmp_path_factory.mktemp("trained") / "store"
     store = open_store(str(root))
     trial = tiny_trial(store, epochs=1)
@@ -45,6 +44,8 @@ def _aside(store, key):
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "not-a-result"])
 def test_bad_result_json_is_set_aside_and_recomputed(trained, damage):
+    from components.train.trial import result_key, run_trial
+
     store, trial, first = trained
     path = _path(store, result_key(trial.trial_id))
     data = path.read_bytes()
@@ -63,6 +64,8 @@ def test_bad_result_json_is_set_aside_and_recomputed(trained, damage):
 
 
 def test_truncated_checkpoint_restarts_the_trial_instead_of_failing_it(trained):
+    from components.train.trial import checkpoint_key, result_key, run_trial
+
     store, trial, reference = trained
     store.delete(result_key(trial.trial_id))
     path = _path(store, checkpoint_key(trial.trial_id))
@@ -77,6 +80,8 @@ def test_truncated_checkpoint_restarts_the_trial_instead_of_failing_it(trained):
 
 
 def test_checkpoint_without_checksum_that_does_not_load_is_set_aside(trained):
+    from components.train.trial import checkpoint_key, load_checkpoint_bytes, result_key, run_trial
+
     store, trial, reference = trained
     store.delete(result_key(trial.trial_id))
     # Written by another tool (no checksum), and a pickle that would run code if unpickled
@@ -106,6 +111,10 @@ def _mark_ran() -> None:
 
 
 def test_checkpoints_load_with_weights_only(trained):
+    import torch
+
+    from components.train.trial import checkpoint_key, load_checkpoint_bytes
+
     store, trial, _ = trained
     state = load_checkpoint_bytes(store.get_bytes(checkpoint_key(trial.trial_id)))
     assert state["epoch"] == 1 and "model" in state["engine"]
@@ -116,6 +125,8 @@ def test_checkpoints_load_with_weights_only(trained):
 
 
 def test_plan_rewrites_a_bad_trial_json(trained, capsys):
+    from components.train.plan import load_trial, save_plan, trial_key
+
     store, trial, _ = trained
     save_plan(store, "s", [trial])
     path = _path(store, trial_key(trial.trial_id))
@@ -123,6 +134,6 @@ def test_plan_rewrites_a_bad_trial_json(trained, capsys):
     with pytest.raises(CorruptObjectError):
         load_trial(store, trial.trial_id)
     save_plan(store, "s", [trial])
-    assert "set aside as" in capsys.readouterr().out
+    assert "set aside as" in capsys.readouterr().err
     assert load_trial(store, trial.trial_id).trial_id == trial.trial_id
     assert len(_aside(store, trial_key(trial.trial_id))) == 1

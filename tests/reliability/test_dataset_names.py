@@ -35,14 +35,16 @@ def _folder(root: Path, start: int = 0, per_class: int = 4, classes=CLASSES) -> 
 
 
 def _data(capsys, *argv: str, store: Path) -> tuple[int, str, list[str]]:
-    """``aprflow data ARGV --store STORE``: (exit status, stdout, stderr lines)."""
-    code = main([*argv, "--store", str(store)])
+    """``aprflow data ARGV --store STORE --json -q``: (exit status, stdout, stderr lines)."""
+    code = main([*argv, "--store", str(store), "--json", "-q"])
     captured = capsys.readouterr()
     return code, captured.out, captured.err.splitlines()
 
 
 def _printed_ref(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
+    """The dataset a build printed, or the last of a subset's."""
+    printed = json.loads(out)
+    return printed[-1] if isinstance(printed, list) else printed
 
 
 def _dataset_ref(out: str) -> DatasetRef:
@@ -55,7 +57,7 @@ def _bound(store: Path, name: str) -> dict | None:
 
 
 def _refused(code: int, err: list[str], *phrases: str) -> None:
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: "), err
     for phrase in phrases:
         assert phrase in err[0], err
 
@@ -93,7 +95,7 @@ def test_a_subset_is_bound_once_and_never_under_its_parents_name(tmp_path, capsy
     parent = _bound(store, "pets")
     for extra in ([], ["--replace"]):
         code, _, err = _data(
-            capsys, "subset", "pets", "--classes", "2", "--name", "pets", *extra, store=store
+            capsys, "subset", "pets", "--n-classes", "2", "--name", "pets", *extra, store=store
         )
         _refused(code, err, "cannot be named 'pets'", "unreachable")
         assert _bound(store, "pets") == parent
@@ -101,7 +103,7 @@ def test_a_subset_is_bound_once_and_never_under_its_parents_name(tmp_path, capsy
     # --draws names NAME-d0, NAME-d1: one of them is the parent's, so none is built.
     _data(capsys, "build", "pets-d1", "--from", str(_folder(tmp_path / "src2")), store=store)
     code, _, err = _data(
-        capsys, "subset", "pets-d1", "--classes", "2", "--draws", "2", "--name", "pets",
+        capsys, "subset", "pets-d1", "--n-classes", "2", "--draws", "2", "--name", "pets",
         store=store,
     )  # fmt: skip
     _refused(code, err, "cannot be named 'pets-d1'")
@@ -109,7 +111,7 @@ def test_a_subset_is_bound_once_and_never_under_its_parents_name(tmp_path, capsy
 
     coarse = tmp_path / "coarse.json"
     coarse.write_text(json.dumps({"circle": "round", "square": "angular", "stripes": "angular"}))
-    code, out, _ = _data(capsys, "subset", "pets", "--classes", "2", "--name", "two", store=store)
+    code, out, _ = _data(capsys, "subset", "pets", "--n-classes", "2", "--name", "two", store=store)
     assert code == 0
     two = _printed_ref(out)
     code, _, err = _data(
@@ -130,7 +132,7 @@ def test_built_in_names_are_reserved(tmp_path, capsys):
         _refused(code, err, f"{name!r} is the name of a built-in dataset")
     _data(capsys, "build", "pets", "--from", str(source), store=store)
     code, _, err = _data(
-        capsys, "subset", "pets", "--classes", "2", "--name", "digits", store=store
+        capsys, "subset", "pets", "--n-classes", "2", "--name", "digits", store=store
     )
     _refused(code, err, "'digits' is the name of a built-in dataset")
     assert [_bound(store, n) for n in ("digits", "faces", "shapes")] == [None] * 3
@@ -168,12 +170,12 @@ def test_two_concurrent_builds_of_one_name_one_wins(tmp_path):
     for source, (out, err) in zip(sources, logs, strict=True):
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             command = [sys.executable, "-m", "components.data", "build", "pets"]
-            command += ["--from", str(source), "--store", str(store)]
+            command += ["--from", str(source), "--store", str(store), "--json", "-q"]
             processes.append(
                 subprocess.Popen(command, env=aprflow_env(), stdout=stdout, stderr=stderr)
             )
     codes = [p.wait(timeout=120) for p in processes]
-    assert sorted(codes) == [0, 2], codes
+    assert sorted(codes) == [0, 1], codes
     winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
     errors = logs[loser][1].read_text().splitlines()
     assert len(errors) == 1 and errors[0].startswith("error: dataset name 'pets'"), errors
@@ -205,7 +207,7 @@ def test_fewer_than_two_classes_are_refused(tmp_path, capsys):
         capsys, "subset", "pets", "--coarse", str(coarse), "--name", "x", store=store
     )
     _refused(code, err, "keeps 1 class", "at least 2")
-    code, _, err = _data(capsys, "subset", "pets", "--classes", "1", "--name", "x", store=store)
+    code, _, err = _data(capsys, "subset", "pets", "--n-classes", "1", "--name", "x", store=store)
     _refused(code, err, "at least 2 classes")
     assert _bound(store, "x") is None
 
@@ -282,7 +284,7 @@ def test_unusable_class_names_never_become_classes(tmp_path, capsys):
 
     # A class name the user writes (class list, coarse map) is refused, not skipped.
     code, _, err = _data(
-        capsys, "build", "listed", "--from", str(source), "--classes", f"circle,{BIDI}tac",
+        capsys, "build", "listed", "--from", str(source), "--classes", "circle", f"{BIDI}tac",
         store=store,
     )  # fmt: skip
     _refused(code, err, "unusable class name: '\\u202etac'")

@@ -20,14 +20,11 @@ from pathlib import Path
 
 import pytest
 from faults import _root_conftest, wait_for
-from mlflow.tracking import MlflowClient
 
-from components.analyze.run import analyze_study
 from components.common import tracking
 from components.common.storage import open_store
 from components.data.datasets import materialize
 from components.sample.samplers import sample_specs
-from components.train.run import plan_study, train_trial
 
 PAUSE_S = 30
 WAIT_S = 6  # the trials' MLflow budget in this test (APRFLOW_MLFLOW_WAIT_S)
@@ -63,7 +60,13 @@ def _tracking_threads() -> list[threading.Thread]:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_mlflow_paused_30s_mid_study_loses_and_duplicates_nothing(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from components.analyze.run import analyze_study
+    from components.train.run import plan_study, train_trial
+
     monkeypatch.setenv("APRFLOW_TORCH_THREADS", "1")
     monkeypatch.setenv(tracking.WAIT_ENV, str(WAIT_S))
     monkeypatch.chdir(tmp_path)

@@ -16,8 +16,6 @@ import threading
 
 import pytest
 from faults import ROOT, wait_for
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-from mlflow.tracking import MlflowClient
 
 from components.common import tracking
 
@@ -39,6 +37,8 @@ def _start(db, study: str) -> subprocess.Popen:
 
 
 def _runs(db) -> list:
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     return client.search_runs([client.get_experiment_by_name("exp").experiment_id])
 
@@ -76,6 +76,8 @@ def test_two_processes_creating_one_database_both_succeed(tmp_path):
 def _half_migrated(db) -> None:
     """A database as a kill in the middle of MLflow's own migrations leaves it: tables of later
     migrations present, the recorded revision older."""
+    from mlflow.tracking import MlflowClient
+
     MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
     with sqlite3.connect(db) as connection:
         connection.execute("update alembic_version set version_num = '1a0cddfcaa16'")
@@ -83,6 +85,8 @@ def _half_migrated(db) -> None:
 
 
 def test_half_migrated_database_without_runs_is_moved_aside(tmp_path, capsys):
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
     db = tmp_path / "broken.db"
     _half_migrated(db)
     # What plain MLflow does with it (on a copy): fails, every time.
@@ -93,7 +97,7 @@ def test_half_migrated_database_without_runs_is_moved_aside(tmp_path, capsys):
     assert [r.info.run_id for r in _runs(db)] == [parent]
     aside = list(tmp_path.glob("broken.db.half-migrated-*"))
     assert len(aside) == 1, "the broken database is kept, moved aside"
-    assert "half-migrated" in capsys.readouterr().out
+    assert "half-migrated" in capsys.readouterr().err
 
 
 def test_database_with_runs_at_another_schema_is_one_clear_error(tmp_path):
@@ -101,7 +105,7 @@ def test_database_with_runs_at_another_schema_is_one_clear_error(tmp_path):
     tracking.start_study_run(f"sqlite:///{db}", "exp", "s4", {"n": 1})
     with sqlite3.connect(db) as connection:
         connection.execute("update alembic_version set version_num = '1a0cddfcaa16'")
-    tracking._PREPARED.clear()  # as a new process would
+    tracking.database._PREPARED.clear()  # as a new process would
     with pytest.raises(tracking.TrackingError, match="holds 1 runs.*mlflow db upgrade"):
         tracking.start_study_run(f"sqlite:///{db}", "exp", "s4", {"n": 1})
     assert db.exists() and not list(tmp_path.glob("old.db.half-migrated-*"))
@@ -114,8 +118,10 @@ def test_database_locked_by_another_writer_is_retried(tmp_path, monkeypatch):
     # Another writer's long transaction: longer than MLflow's 20 s SQLite busy wait, so MLflow
     # raises "database is locked" before the lock goes; aprflow retries.
     errors = []
-    judge = tracking._is_transient
-    monkeypatch.setattr(tracking, "_is_transient", lambda e: errors.append(str(e)) or judge(e))
+    judge = tracking.is_transient
+    monkeypatch.setattr(
+        tracking.client, "is_transient", lambda e: errors.append(str(e)) or judge(e)
+    )
     holder = sqlite3.connect(tmp_path / "mlflow.db", check_same_thread=False)
     holder.execute("begin exclusive")
     release = threading.Timer(24, holder.rollback)

@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 
-import boto3
 import pytest
 from faults import RefusingProxy, private_moto_server
 
@@ -27,6 +26,8 @@ REFUSE_S = 10
 
 
 def _store(endpoint: str, monkeypatch, **settings: str):
+    import boto3
+
     for key, value in {
         "APRFLOW_S3_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -47,6 +48,7 @@ def _store_at(endpoint: str, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_s3_paused_30s_mid_sequence_loses_nothing(tmp_path, monkeypatch):
     with private_moto_server(tmp_path) as (endpoint, server):
         # Short read timeouts so that the pause spans several retried attempts; the default

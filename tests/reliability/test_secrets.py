@@ -82,8 +82,8 @@ def test_progress_lines_are_redacted(capsys):
     from components.common.progress import report
 
     report("local", f"browse the runs with: mlflow ui --backend-store-uri http://u:{SECRET}@h")
-    out = capsys.readouterr().out
-    assert SECRET not in out and "http://u:***@h" in out
+    err = capsys.readouterr().err  # progress goes to stderr
+    assert SECRET not in err and "http://u:***@h" in err
 
 
 def _aprflow(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -101,7 +101,7 @@ def test_dry_run_never_prints_a_tracking_password(local_env, closed_port, monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:{SECRET}@127.0.0.1:{closed_port}")
     code, out, err = _aprflow(["run", "apr-study", "--dry-run"], capsys)
     assert SECRET not in out + err
-    assert code == 2 and err.startswith("error: the MLflow tracking URI http://user:***@")
+    assert code == 1 and err.startswith("error: the MLflow tracking URI http://user:***@")
     assert "MLFLOW_TRACKING_PASSWORD" in err and len(err.splitlines()) == 1
 
 
@@ -112,7 +112,7 @@ def test_a_store_uri_with_a_query_token_is_refused_redacted(local_env, s3_env, m
         ["run", "apr-study", f"--set=store_uri={store_uri}", "--dry-run"], capsys
     )
     assert SECRET not in out + err
-    assert code == 2 and "store_uri carries credentials" in err and "X-Amz-Signature=***" in err
+    assert code == 1 and "store_uri carries credentials" in err and "X-Amz-Signature=***" in err
 
 
 def test_s3_errors_never_print_the_endpoint_secret(local_env, closed_port, monkeypatch, capsys):
@@ -136,13 +136,13 @@ def test_s3_errors_never_print_the_endpoint_secret(local_env, closed_port, monke
     code, out, err = _aprflow(
         ["run", "apr-study", "--set=store_uri=s3://bucket/x", "--dry-run"], capsys
     )
-    assert code == 2 and SECRET not in out + err and "user:***@" in err
+    assert code == 1 and SECRET not in out + err and "user:***@" in err
 
     monkeypatch.setenv("APRFLOW_S3_ENDPOINT_URL", f"http://127.0.0.1:{closed_port}/?token={SECRET}")
     code, out, err = _aprflow(
         ["run", "apr-study", "--set=store_uri=s3://bucket/x", "--dry-run"], capsys
     )
-    assert code == 2 and SECRET not in out + err and "token=***" in err
+    assert code == 1 and SECRET not in out + err and "token=***" in err
 
 
 def test_tracking_errors_never_print_the_password():
@@ -206,9 +206,9 @@ def test_transfer_study_with_credentialed_weights_writes_nothing(tmp_path, capsy
     models = tmp_path / "models.csv"
     models.write_text(f"model,weights\ntest_resnet,random\nresnet18,{CREDENTIALED_WEIGHTS[0]}\n")
     argv = ["study", "--models", str(models), "--datasets", "digits", "--resolution", "16"]
-    argv += ["--regimes", "knn", "--store", str(store_root), "--out"]
+    argv += ["--regimes", "knn", "--store", str(store_root), "--out-dir"]
     code = main([*argv, str(tmp_path / "out"), "--bootstrap", "0"])
     captured = capsys.readouterr()
-    assert code == 2 and SECRET not in captured.out + captured.err
+    assert code == 1 and SECRET not in captured.out + captured.err
     assert captured.err.startswith(f"error: {models} line 3: the weights URI of 'resnet18'")
     assert _files(store_root) == before and not (tmp_path / "out").exists()

@@ -13,7 +13,6 @@ import os
 import signal
 from pathlib import Path
 
-import boto3
 import pytest
 from faults import aprflow_env, start_aprflow, wait_for
 
@@ -37,6 +36,8 @@ def _results(runs: Path) -> list[tuple[str, str, str]]:
 @pytest.fixture(scope="module")
 def secret_study(s3_endpoint, tmp_path_factory) -> Path:
     """An uninterrupted tiny study on S3 with known secrets in the environment."""
+    import boto3
+
     folder = tmp_path_factory.mktemp("secret-study")
     client = boto3.client(
         "s3",
@@ -86,6 +87,7 @@ def test_credentials_never_reach_any_output(secret_study):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_study_killed_mid_run_resumes_to_the_same_results(secret_study, tmp_path):
     env = aprflow_env(
         APRFLOW_STORE_URI=str(tmp_path / "store"),

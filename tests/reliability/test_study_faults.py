@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import boto3
 import pytest
 from faults import aprflow_env, private_moto_server, start_aprflow, wait_for
 
@@ -69,6 +68,7 @@ def twin_runs(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_two_runs_of_a_study_at_once_train_each_trial_once(twin_runs):
     runs = [twin_runs / name / "runs" for name in ("a", "b")]
     results = [_results(r) for r in runs]
@@ -106,6 +106,8 @@ def test_two_runs_of_a_study_at_once_train_each_trial_once(twin_runs):
 @pytest.mark.slow
 @pytest.mark.extended
 def test_s3_paused_30s_mid_study_finishes_with_the_same_results(twin_runs, tmp_path):
+    import boto3
+
     with private_moto_server(tmp_path) as (endpoint, server):
         credentials = {
             "AWS_ACCESS_KEY_ID": "testing",

@@ -1,12 +1,12 @@
 """The torch AnyNet: agreement with the analytic counts and the timm model API."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
-import timm
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from components.sample.anynet import AnyNet, build_model
 from components.sample.space import (
     BLOCK_TYPES,
     REFERENCE_SPECS,
@@ -15,6 +15,9 @@ from components.sample.space import (
     adjust_compatibility,
     complexity,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 TINY = AnyNetSpec(
     depths=(1, 2, 1, 1),
@@ -28,6 +31,8 @@ TINY = AnyNetSpec(
 
 @pytest.fixture(autouse=True)
 def _single_thread():
+    import torch
+
     # The models here are tiny: one thread avoids oversubscribing a busy 2-core machine.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -40,6 +45,9 @@ def _params(model: torch.nn.Module) -> int:
 
 
 def _measured_macs(model: torch.nn.Module, resolution: int) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(torch.randn(1, 3, resolution, resolution))
@@ -65,6 +73,8 @@ def _random_spec(rng: np.random.Generator) -> AnyNetSpec:
 
 
 def _check_counts_agree(seed: int, count: int) -> None:
+    from components.sample.anynet import AnyNet
+
     rng = np.random.default_rng(seed)
     for _ in range(count):
         spec = _random_spec(rng)
@@ -88,6 +98,10 @@ def test_params_and_macs_match_analytic_counts_large_sweep():
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_SPECS))
 def test_reference_models_match_analytic_counts(name):
+    import timm
+
+    import components.sample.anynet  # noqa: F401 - registers the anynet_* models with timm
+
     model = timm.create_model(f"anynet_{name}").eval()
     expected = complexity(REFERENCE_SPECS[name])
     assert _params(model) == expected.params
@@ -108,6 +122,8 @@ def test_reference_models_match_analytic_counts(name):
     ],
 )
 def test_reference_specs_match_timm_models(ours, timm_name):
+    import timm
+
     expected = complexity(REFERENCE_SPECS[ours], 64, small_input=False)
     model = timm.create_model(timm_name).eval()
     assert _params(model) == expected.params
@@ -115,6 +131,11 @@ def test_reference_specs_match_timm_models(ours, timm_name):
 
 
 def test_create_model_accepts_spec_forms_and_overrides_num_classes():
+    import timm
+    import torch
+
+    import components.sample.anynet  # noqa: F401 - registers the anynet model with timm
+
     for spec in (TINY, TINY.to_dict(), TINY.to_json()):
         model = timm.create_model("anynet", spec=spec, num_classes=10)
         assert model.num_classes == 10 and model.pretrained_cfg["num_classes"] == 10
@@ -125,6 +146,10 @@ def test_create_model_accepts_spec_forms_and_overrides_num_classes():
 
 
 def test_create_model_errors():
+    import timm
+
+    from components.sample.anynet import build_model
+
     with pytest.raises(ValueError, match="pretrained"):
         timm.create_model("anynet", spec=TINY, pretrained=True)
     with pytest.raises(ValueError, match="unknown AnyNetSpec field"):
@@ -134,6 +159,10 @@ def test_create_model_errors():
 
 
 def test_features_only():
+    import torch
+
+    from components.sample.anynet import build_model
+
     model = build_model(TINY, features_only=True)
     features = model(torch.randn(1, 3, 64, 64))
     assert [f.shape[1] for f in features] == [8, 16, 24, 32, 48]
@@ -144,6 +173,10 @@ def test_features_only():
 
 
 def test_small_input_keeps_four_stages_meaningful():
+    import torch
+
+    from components.sample.anynet import build_model
+
     model = build_model(TINY, small_input=True).eval()
     assert model.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 48, 2, 2)
     assert model.pretrained_cfg["input_size"] == (3, 32, 32)
@@ -151,6 +184,10 @@ def test_small_input_keeps_four_stages_meaningful():
 
 
 def test_head_api():
+    import torch
+
+    from components.sample.anynet import build_model
+
     model = build_model(TINY).eval()
     x = torch.randn(2, 3, 32, 32)
     features = model.forward_features(x)
@@ -163,6 +200,10 @@ def test_head_api():
 
 
 def test_channels_last_matches_contiguous():
+    import torch
+
+    from components.sample.anynet import build_model
+
     model = build_model(TINY).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -173,6 +214,10 @@ def test_channels_last_matches_contiguous():
 
 
 def test_zero_init_last_makes_blocks_start_as_shortcut():
+    import torch
+
+    from components.sample.anynet import build_model
+
     model = build_model(TINY)
     block = model.stages[1][1]  # identity shortcut
     assert torch.count_nonzero(block.transform[-1].bn.weight) == 0
@@ -181,6 +226,10 @@ def test_zero_init_last_makes_blocks_start_as_shortcut():
 
 
 def test_torch_export():
+    import torch
+
+    from components.sample.anynet import build_model
+
     model = build_model(TINY).eval()
     x = torch.randn(1, 3, 32, 32)
     exported = torch.export.export(model, (x,))
@@ -189,6 +238,10 @@ def test_torch_export():
 
 @pytest.mark.slow
 def test_torch_compile():
+    import torch
+
+    from components.sample.anynet import build_model
+
     model = build_model(TINY).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

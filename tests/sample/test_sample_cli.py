@@ -14,7 +14,9 @@ def test_cli_writes_specs_and_summary(tmp_path, capsys):
     out, summary = tmp_path / "specs.jsonl", tmp_path / "summary"
     argv = ["--space", "anynetx-d", "--n", "25", "--flops", "360e6:400e6", "--seed", "0"]
     assert main([*argv, "--out", str(out), "--summary-dir", str(summary)]) == 0
-    assert "rejected" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "rejected" in captured.err  # progress on stderr
+    assert captured.out.startswith(f"wrote 25 specs to {out}")  # the result on stdout
     specs = read_specs_jsonl(out)
     assert specs == sample_specs("anynetx_d", 25, seed=0).specs
     record = json.loads(out.read_text().splitlines()[0])
@@ -27,23 +29,39 @@ def test_cli_writes_specs_and_summary(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "code", "message"),
     [
-        (["--space", "nope", "--n", "5"], "unknown design space 'nope'"),
-        (["--space", "anynetx_a", "--n", "5", "--flops", "400e6"], "--flops must be LOW:HIGH"),
-        (["--space", "anynetx_a", "--n", "5", "--flops", "1:2", "--max-tries", "5000"], "widen"),
-        (["--space", "anynetx_a"], "required"),
+        (["--space", "nope", "--n", "5"], 1, "unknown design space 'nope'"),
+        (["--space", "anynetx_a", "--n", "5", "--flops", "400e6"], 2, "--flops must be LOW:HIGH"),
+        (
+            ["--space", "anynetx_a", "--n", "5", "--flops", "1:2", "--max-tries", "5000"],
+            1,
+            "widen",
+        ),
+        (["--space", "anynetx_a"], 2, "required"),
     ],
 )
-def test_cli_errors_are_one_line_and_leave_no_file(tmp_path, capsys, argv, message):
+def test_cli_errors_are_one_line_and_leave_no_file(tmp_path, capsys, argv, code, message):
+    """Bad values exit 1, usage errors (argparse) 2; the error is the last line of stderr."""
     out = tmp_path / "specs.jsonl"
     out.write_text("previous\n")
     args = argv if "--n" not in argv else [*argv, "--out", str(out)]
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert main(args) == code
+    captured = capsys.readouterr()
+    last = captured.err.strip().splitlines()[-1]
+    assert ("error: " in last) and message in last and captured.out == ""
+    assert "Traceback" not in captured.err
     assert out.read_text() == "previous\n"
     assert [p.name for p in tmp_path.iterdir()] == ["specs.jsonl"]
+
+
+def test_cli_out_in_a_missing_folder_names_that_path(tmp_path, capsys):
+    out = tmp_path / "missing" / "x.jsonl"
+    assert (
+        main(["--space", "anynetx_a", "--n", "2", "--flops", "150e6:250e6", "--out", str(out)]) == 1
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: --out {out}: folder ") and ".tmp" not in err[-1]
 
 
 def test_cli_help(capsys):

@@ -87,22 +87,24 @@ def test_submit_dry_run_builds_typed_arguments(capsys):
 
 
 @pytest.mark.parametrize(
-    ("argv", "needle"),
+    ("argv", "code", "needle"),
     [
-        (["submit", "apr-study", "--dry-run", "--set", "nope=1"], "unknown config key 'nope'"),
-        (["submit", "apr-study", "--dry-run", "--set", "n_models=many"], "must be an int"),
-        (["submit", "apr-study"], "no Kubeflow Pipelines host"),
+        # An unknown --set key is a usage error (2); a bad value, a failure (1).
+        (["submit", "apr-study", "--dry-run", "--set", "nope=1"], 2, "unknown config key 'nope'"),
+        (["submit", "apr-study", "--dry-run", "--set", "n_models=many"], 1, "must be an int"),
+        (["submit", "apr-study"], 1, "no Kubeflow Pipelines host"),
         (
             ["submit", "apr-study", "--dry-run", "--set", "s3_secret=My_S3"],
+            1,
             "s3_secret='My_S3' is not a Kubernetes object name",
         ),
-        (["upload", "--host", "ml-pipeline:8888"], "must start with http"),
-        (["upload", "--host", "http://127.0.0.1:9", "/nonexistent"], "no such file or folder"),
+        (["upload", "--host", "ml-pipeline:8888"], 1, "must start with http"),
+        (["upload", "--host", "http://127.0.0.1:9", "/nonexistent"], 1, "no such file or folder"),
     ],
 )
-def test_bad_input_is_one_error_line(argv, needle, capsys, monkeypatch):
+def test_bad_input_is_one_error_line(argv, code, needle, capsys, monkeypatch):
     monkeypatch.delenv(submit.HOST_ENV, raising=False)
-    assert main(argv) == 2
+    assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
 
@@ -152,7 +154,7 @@ def test_upload_is_idempotent_and_versions_by_content(tmp_path, capsys, monkeypa
 
 def test_upload_without_token_gets_a_hint(capsys):
     with FakeKfpApi(required_token="needed") as api:
-        assert main(["upload", "--host", api.url, str(STUDY)]) == 2
+        assert main(["upload", "--host", api.url, str(STUDY)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: Kubeflow Pipelines refused to upload apr_study.yaml")
     assert "HTTP 403" in err and submit.TOKEN_ENV in err and "kfpToken" in err
@@ -279,15 +281,15 @@ def test_submit_refuses_what_run_refuses_before_sending_anything(
 ):
     overrides = [arg for pair in sets for arg in ("--set", pair)]
     with FakeKfpApi() as api:
-        assert main(["submit", "apr-study", "--host", api.url, *overrides]) == 2
+        assert main(["submit", "apr-study", "--host", api.url, *overrides]) == 1
         submitted = capsys.readouterr().err.strip().splitlines()
-        assert main(["submit", "apr-study", "--dry-run", *overrides]) == 2
+        assert main(["submit", "apr-study", "--dry-run", *overrides]) == 1
         dry_run = capsys.readouterr()
     assert api.requests == []  # not even the health probe of kfp.Client
     assert len(submitted) == 1 and submitted[0].startswith("error: ") and needle in submitted[0]
     assert dry_run.err.strip().splitlines() == submitted and dry_run.out == ""
     runs = tmp_path / "runs"
-    assert main(["run", "apr-study", "--runs-dir", str(runs), "--dry-run", *overrides]) == 2
+    assert main(["run", "apr-study", "--runs-dir", str(runs), "--dry-run", *overrides]) == 1
     assert capsys.readouterr().err.strip().splitlines() == submitted
     assert not runs.exists()
 
@@ -298,7 +300,7 @@ def create_experiment_id(api: FakeKfpApi) -> str:
 
 
 def test_kfp_cli_run_create_with_json_list_parameters(tmp_path):
-    """The README's `kfp run create -e EXP -f pipelines/compiled/apr_study.yaml key=value`."""
+    """The cluster install page's `kfp run create -e EXP -f apr_study.yaml key=value`."""
     with FakeKfpApi() as api:
         result = subprocess.run(
             [

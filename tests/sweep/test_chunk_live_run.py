@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from components.common import tracking
 
@@ -18,6 +17,8 @@ SPEC = {
 
 @pytest.mark.slow
 def test_chunk_trains_under_a_live_run_with_system_metrics(local_env, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
     from components.data.datasets import prepare_all
     from components.train.chunk import ChunkSettings, run_chunk
     from components.train.run import plan_study

@@ -16,21 +16,7 @@ import pytest
 from components.common.storage import open_store
 from components.data.descriptor import DatasetRef
 from components.sample.samplers import sample_specs
-from components.train.chunk import (
-    CHUNK_SECONDS,
-    ChunkError,
-    ChunkSettings,
-    attempts_key,
-    chunk_trials,
-    describe_exit,
-    estimate_seconds,
-    load_chunks,
-    plan_markdown,
-)
-from components.train.engines import DeviceError, resolve_device
-from components.train.plan import plan_trials
 from components.train.recipes import resolve_recipe
-from components.train.trial import checkpoint_key, result_key
 
 ROOT = Path(__file__).parents[2]
 
@@ -42,12 +28,16 @@ def _cifar_like(name: str) -> DatasetRef:
 @pytest.fixture(scope="module")
 def big_plan():
     """500 sampled 360-400 MF AnyNetX-A models x 9 CIFAR-size datasets, 30 epochs."""
+    from components.train.plan import plan_trials
+
     specs = [s.to_dict() for s in sample_specs("anynetx_a", 500, (360e6, 400e6), 0).specs]
     datasets = [_cifar_like(f"set{i}") for i in range(9)]
     return plan_trials(specs, datasets, resolve_recipe("apr_short"), [0])
 
 
 def test_a_500_x_9_study_is_at_most_100_training_tasks(big_plan):
+    from components.train.chunk import CHUNK_SECONDS, chunk_trials, estimate_seconds
+
     assert len(big_plan) == 4500
     chunks = chunk_trials(big_plan, 0, 16)
     assert len(chunks) <= 100
@@ -62,6 +52,7 @@ def test_estimate_is_the_analytic_formula(big_plan):
     from dataclasses import replace
 
     from components.sample.space import AnyNetSpec, complexity
+    from components.train.chunk import estimate_seconds
 
     trial = big_plan[0]
     spec = replace(AnyNetSpec.from_dict(trial.spec), num_classes=10)
@@ -70,16 +61,22 @@ def test_estimate_is_the_analytic_formula(big_plan):
 
 
 def test_small_studies_fill_the_parallel_slots(big_plan):
+    from components.train.chunk import chunk_trials
+
     assert [len(c) for c in chunk_trials(big_plan[:10], 0, 4)] == [3, 3, 3, 1]
 
 
 @pytest.mark.parametrize("size, parallel", [(-1, 4), (2, 0), (1.5, 4), (True, 4)])
 def test_bad_chunking_is_one_error(big_plan, size, parallel):
+    from components.train.chunk import ChunkError, chunk_trials
+
     with pytest.raises(ChunkError, match="chunk_size|max_parallel_tasks"):
         chunk_trials(big_plan[:4], size, parallel)
 
 
 def test_bad_runner_settings():
+    from components.train.chunk import ChunkError, ChunkSettings
+
     with pytest.raises(ChunkError, match="max_attempts must be at least 1"):
         ChunkSettings(max_attempts=0)
     with pytest.raises(ChunkError, match="packing"):
@@ -88,6 +85,8 @@ def test_bad_runner_settings():
 
 
 def test_describe_exit():
+    from components.train.chunk import describe_exit
+
     assert describe_exit(-9) == "killed by signal 9 (out of memory?)"
     assert describe_exit(-15) == "killed by signal 15 (SIGTERM)"
     assert describe_exit(1) == "exited with status 1"
@@ -95,6 +94,8 @@ def test_describe_exit():
 
 def test_cuda_without_a_gpu_fails_fast():
     import torch
+
+    from components.train.engines import DeviceError, resolve_device
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -132,12 +133,15 @@ def _lease_pid(store, trial_id: str) -> int | None:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_sigkilled_trial_is_failed_then_ok_after_a_rerun(local_env):
     """A trial's child process is SIGKILLed after its first epoch: with one attempt allowed the
     chunk still finishes (exit 0) with that trial ``failed: killed by signal 9``, the other
     trial ok; a re-run trains the killed trial again (from its checkpoint) to ``ok``."""
     from components.data.datasets import prepare_all
+    from components.train.chunk import attempts_key, load_chunks
     from components.train.run import plan_study
+    from components.train.trial import checkpoint_key, result_key
 
     refs = [r.to_dict() for r in prepare_all(["faces"], 12, 0)]
     specs = [s.to_dict() for s in sample_specs("anynetx_a", 2, (150e6, 250e6), 0).specs]
@@ -179,6 +183,8 @@ def test_a_sigkilled_trial_is_failed_then_ok_after_a_rerun(local_env):
 
 
 def test_plan_markdown_names_the_summary():
+    from components.train.chunk import plan_markdown
+
     record = {
         "chunks": [["a", "b"], ["c"]],
         "chunk_size": 2,
@@ -197,8 +203,9 @@ def test_plan_markdown_names_the_summary():
 def test_packing_trains_trials_at_once(local_env):
     """trials_per_gpu=2: both trials of the chunk run in overlapping child processes."""
     from components.data.datasets import prepare_all
-    from components.train.chunk import run_chunk
+    from components.train.chunk import ChunkSettings, attempts_key, run_chunk
     from components.train.run import plan_study
+    from components.train.trial import result_key
 
     refs = [r.to_dict() for r in prepare_all(["faces"], 12, 0)]
     specs = [s.to_dict() for s in sample_specs("anynetx_a", 2, (150e6, 250e6), 0).specs]
@@ -222,8 +229,9 @@ def test_a_store_error_in_one_trial_is_retried_not_cached_and_the_chunk_goes_on(
     fails with a StoreError, the other trial of the chunk trains, the task fails naming the
     trial, and nothing is cached for it; once the store is fixed, a re-run trains it."""
     from components.data.datasets import prepare_all
-    from components.train.chunk import run_chunk
+    from components.train.chunk import ChunkError, ChunkSettings, attempts_key, run_chunk
     from components.train.run import plan_study
+    from components.train.trial import checkpoint_key, result_key
 
     refs = [r.to_dict() for r in prepare_all(["faces"], 8, 0)]
     specs = [s.to_dict() for s in sample_specs("anynetx_a", 2, (150e6, 250e6), 0).specs]

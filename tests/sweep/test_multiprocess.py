@@ -7,8 +7,6 @@ import pytest
 
 from components.common.storage import open_store
 from components.sample.samplers import sample_specs
-from components.train.chunk import ChunkSettings, run_chunk
-from components.train.trial import result_key
 
 # Both runs see the same global batches (each rank takes every second image of a batch) and
 # DeepSpeed averages the ranks' gradients, so only batch-norm statistics (per rank, over half
@@ -24,7 +22,9 @@ ERROR_TOLERANCE = 8.0
 @pytest.mark.extended
 def test_two_process_deepspeed_matches_one_process(local_env):
     from components.data.datasets import prepare_all
+    from components.train.chunk import ChunkSettings, run_chunk
     from components.train.run import plan_study
+    from components.train.trial import result_key
 
     refs = [r.to_dict() for r in prepare_all(["faces"], 12, 0)]
     specs = [s.to_dict() for s in sample_specs("anynetx_a", 1, (150e6, 250e6), 0).specs]

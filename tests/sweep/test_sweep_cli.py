@@ -39,14 +39,14 @@ def test_dry_run_prints_trials_chunks_and_tasks(local_env, capsys):
 )
 def test_bad_sweep_settings_are_one_error(local_env, capsys, override, message):
     code, out, err = _dry_run(capsys, override)
-    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert code == 1 and err.startswith(message) and err.count("\n") == 1, err
     assert "trials in" not in out
     assert not (local_env / "store").exists(), "nothing written"
 
 
 def test_more_gpus_than_a_node_has(local_env, capsys):
     code, _, err = _dry_run(capsys, "engine=deepspeed", "gpus_per_trial=9")
-    assert code == 2
+    assert code == 1
     assert (
         "gpus_per_trial=9 is more than a node of the cluster profile has (gpus_per_node=8)" in err
     )
@@ -58,4 +58,4 @@ def test_cuda_on_a_machine_without_a_gpu(local_env, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     code, _, err = _dry_run(capsys, "device=cuda")
-    assert code == 2 and "device 'cuda' was asked for but this machine has no usable GPU" in err
+    assert code == 1 and "device 'cuda' was asked for but this machine has no usable GPU" in err

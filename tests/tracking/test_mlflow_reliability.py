@@ -5,18 +5,20 @@ from __future__ import annotations
 import threading
 import uuid
 
-from mlflow.tracking import MlflowClient
-
 from components.common import tracking
 from components.common.storage import open_store
 
 TRIAL = dict(
     run_name="m-x",
     params={"dataset": "faces"},
-    metrics={"top1_error": 30.0},
-    history={"test_error": [40.0, 30.0]},
+    metrics={"wall_time_s": 3.0},
+    history={"top1_error": [40.0, 30.0]},
     status="ok",
 )
+
+
+def _log(parent: str, trial_id: str, **tags: str) -> tracking.TrialLog:
+    return tracking.TrialLog(parent, trial_id, tags=tags, **TRIAL)
 
 
 def _name(prefix: str) -> str:
@@ -24,6 +26,8 @@ def _name(prefix: str) -> str:
 
 
 def test_study_run_killed_before_logging_is_completed_not_duplicated(mlflow_server):
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment, study = _name("killed-parent"), _name("s")
     experiment_id = client.create_experiment(experiment)
@@ -36,6 +40,8 @@ def test_study_run_killed_before_logging_is_completed_not_duplicated(mlflow_serv
 
 
 def test_two_tasks_opening_one_study_at_once_get_one_run(mlflow_server):
+    from mlflow.tracking import MlflowClient
+
     experiment, study = _name("race"), _name("s")
     tracking.start_study_run(mlflow_server, experiment, _name("other"), {})  # the experiment
     barrier = threading.Barrier(2)
@@ -60,6 +66,8 @@ def test_kfp_mlflow_plugin_runs_are_used_not_duplicated(mlflow_server, monkeypat
     """The plugin opens a run for the pipeline run and one nested run per task, and sets
     MLFLOW_RUN_ID in the task: the study logs into them and adds a run only for the second and
     later trials of a chunk task."""
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment_id = client.create_experiment(_name("kfp-plugin"))
     pipeline = client.create_run(experiment_id, run_name="apr-study-run").info.run_id
@@ -77,18 +85,17 @@ def test_kfp_mlflow_plugin_runs_are_used_not_duplicated(mlflow_server, monkeypat
     assert client.get_experiment_by_name("apr-study") is None, "no experiment of our own"
     chunk_a = task_run("train-chunk-0")
     plugin_runs.add(chunk_a)
-    assert tracking.log_trial_run(mlflow_server, parent, "t1", **TRIAL) == chunk_a
-    assert tracking.log_trial_run(mlflow_server, parent, "t1", **TRIAL) == chunk_a, "re-run"
+    assert tracking.log_trial_run(mlflow_server, _log(parent, "t1")) == chunk_a
+    assert tracking.log_trial_run(mlflow_server, _log(parent, "t1")) == chunk_a, "re-run"
     chunk_b = task_run("train-chunk-1")
     plugin_runs.add(chunk_b)
-    assert tracking.log_trial_run(mlflow_server, parent, "t2", **TRIAL) == chunk_b
-    third = tracking.log_trial_run(mlflow_server, parent, "t3", **TRIAL)
+    assert tracking.log_trial_run(mlflow_server, _log(parent, "t2")) == chunk_b
+    third = tracking.log_trial_run(mlflow_server, _log(parent, "t3"))
     analyze = task_run("analyze")
     plugin_runs.add(analyze)
     # A logging queued during an outage and replayed by analyze gets a run of its own.
     store = open_store(str(tmp_path / "store"))
-    entry = tracking.trial_entry(parent, "t4", tags={}, **TRIAL)
-    store.put_json(tracking.queue_key(study, "t4"), entry)
+    store.put_json(tracking.queue_key(study, "t4"), _log(parent, "t4").to_json())
     assert tracking.replay_queue(store, study, mlflow_server, strict=True) == 1
     tracking.finish_study_run(mlflow_server, parent, {"score": 1.0})
 
@@ -102,7 +109,7 @@ def test_kfp_mlflow_plugin_runs_are_used_not_duplicated(mlflow_server, monkeypat
     adopted = runs[chunk_a]
     assert adopted.data.tags[tracking.STATUS_TAG] == "ok" and adopted.info.run_name == "m-x"
     assert adopted.data.tags[tracking.OWNER_TAG] == tracking.PLUGIN_OWNER
-    assert adopted.data.metrics == {"top1_error": 30.0, "test_error": 30.0}
+    assert adopted.data.metrics == {"top1_error": 30.0, "wall_time_s": 3.0}
     # The plugin ends its runs (with the task's state); aprflow ends only its own.
     assert {runs[r].info.status for r in plugin_runs} == {"RUNNING"}
     assert runs[third].info.status == "FINISHED"
@@ -114,7 +121,7 @@ def test_queued_logging_is_replayed_once(mlflow_server, tmp_path, monkeypatch):
     store = open_store(str(tmp_path / "store"))
     experiment, study = _name("queue"), _name("s")
     parent = tracking.start_study_run(mlflow_server, experiment, study, {})
-    entry = tracking.trial_entry(parent, "t-q", tags={"aprflow.dataset": "faces"}, **TRIAL)
+    entry = _log(parent, "t-q", **{"aprflow.dataset": "faces"})
     # MLflow away (a closed port, no wait): the trial goes on, its logging is queued.
     monkeypatch.setenv(tracking.WAIT_ENV, "1")
     assert tracking.log_trial_or_queue(store, study, "http://127.0.0.1:9", entry) is None
@@ -122,7 +129,8 @@ def test_queued_logging_is_replayed_once(mlflow_server, tmp_path, monkeypatch):
     assert store.get_json(tracking.queue_key(study, "t-q"))["trial_id"] == "t-q"
     # analyze replays it; twice is still one run.
     assert tracking.replay_queue(store, study, mlflow_server, strict=True) == 1
-    store.put_json(tracking.queue_key(study, "t-q"), entry)  # as if killed before the delete
+    # As if killed before the delete.
+    store.put_json(tracking.queue_key(study, "t-q"), entry.to_json())
     assert tracking.replay_queue(store, study, mlflow_server, strict=True) == 1
     runs = tracking.child_runs(mlflow_server, parent)
     assert [r.data.tags[tracking.TRIAL_TAG] for r in runs] == ["t-q"]
@@ -131,6 +139,8 @@ def test_queued_logging_is_replayed_once(mlflow_server, tmp_path, monkeypatch):
 
 
 def test_trials_that_never_ran_get_a_failed_run(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     from components.analyze.run import gather_results, log_unlogged_trials
     from components.data.datasets import materialize
     from components.sample.samplers import sample_specs

@@ -3,18 +3,19 @@
 One module-scoped study (4 sampled AnyNetX models + 1 broken spec x faces, shapes, 1 epoch at
 12 px) runs through the same functions as the pipeline's tasks (plan, train each trial,
 analyze); the tests then look at it the way a user does in MLflow: the experiment's kind, the
-parent run as the study, the trial runs, the searches of the README, and the run states.
+parent run as the study, the trial runs, the searches of docs/mlflow.md, and the run
+states.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
 from components.common import tracking
 from components.common.storage import open_store
@@ -22,7 +23,7 @@ from components.sample.space import REFERENCE_SPECS, AnyNetSpec
 
 EXPERIMENT = "views-study"
 
-# The three searches of the README (filter strings typed into MLflow's runs search box).
+# The three searches of docs/mlflow.md (filter strings typed into MLflow's runs search box).
 BEST_ON_SHAPES = "params.dataset = 'shapes' and tags.aprflow.status = 'ok'"
 FAILED = "tags.aprflow.status = 'failed'"
 ONE_ARCHITECTURE = "params.model = '{model}'"
@@ -33,6 +34,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def study(mlflow_server, tmp_path_factory):
     """Runs the tiny study once; returns what the tests compare MLflow against."""
+    from mlflow.tracking import MlflowClient
+
     from components.analyze.run import analyze_study
     from components.data.datasets import prepare_all
     from components.sample.samplers import sample_specs
@@ -128,6 +131,9 @@ def test_parent_run_holds_the_study(study):
     # The full config, the population and its FLOP band, the recipe per dataset.
     assert json.loads(params["config.flops_min"]) == 150e6 and params["config.resolution"] == "12"
     assert params["config.n_models"] == "4" and params["config.study_name"] == EXPERIMENT
+    # One param per quantity: what the config holds is not repeated (its recipe is not given).
+    assert "n_models" not in params and params["recipe"] == "apr_tiny"
+    assert "recipe.name" not in params
     assert params["population.size"] == "5"  # 4 sampled + 1 broken spec
     flops = [AnyNetSpec.from_dict(s).derived_quantities()["flops"] for s in study["specs"]]
     assert int(params["population.flops_min"]) == min(flops) >= 150e6
@@ -173,11 +179,28 @@ def test_trial_runs_are_named_and_described(study):
         (used,) = run.inputs.dataset_inputs
         assert used.dataset.name == dataset
         assert used.dataset.digest == study["refs"][dataset].content_hash
+        assert tags[tracking.CHECKPOINT_TAG] == study["store"].key_uri(
+            f"trials/{result['trial_id']}/checkpoint.pt"
+        )
+        # Only the recipe fields a trainer's trial uses on the memory input.
+        assert "recipe.lr" in params and "recipe.lr_grid" not in params
+        assert "recipe.auto_augment" not in params and "dataset_hash" not in params
         if result["status"] == "ok":
             derived = spec.derived_quantities()
-            assert {k: params[k] for k in derived} == {k: str(v) for k, v in derived.items()}
+            # FLOPs and parameters are metrics (numbers sort), the rest params.
+            architecture = {k: v for k, v in derived.items() if k not in ("flops", "params")}
+            assert {k: params[k] for k in architecture} == {
+                k: str(v) for k, v in architecture.items()
+            }
+            assert "flops" not in params and run.data.metrics["flops"] == result["flops"]
             assert run.data.metrics["top1_error"] == result["top1_error"]
+            assert not {"test_error", "test/top1_error", "train_images_per_s"} & set(
+                run.data.metrics
+            )
             assert run.info.status == "FINISHED"
+            # The run lasted as long as the trial trained (not the moment of its logging).
+            took = (run.info.end_time - run.info.start_time) / 1000
+            assert took >= 0.5 * result["wall_time_s"]
         else:
             assert "total_depth" not in params  # a broken spec has no complexity
             assert run.info.status == "FAILED"
@@ -247,6 +270,8 @@ def test_no_run_left_running_and_a_rerun_adds_nothing(study):
 
 
 def test_a_killed_trial_run_is_completed_not_duplicated(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=mlflow_server)
     config = {"note": "x" * 7000, "nested": {"a": [1, 2]}}
     parent = tracking.start_study_run(
@@ -264,35 +289,35 @@ def test_a_killed_trial_run_is_completed_not_duplicated(mlflow_server, tmp_path)
     # A task killed right after creating its run: RUNNING, nothing logged.
     empty = client.create_run(experiment_id, tags=keys).info.run_id
     orphan = client.create_run(experiment_id, tags={tracking.PARENT_TAG: parent}).info.run_id
-    kwargs = dict(
+    log = tracking.TrialLog(
+        parent,
+        "t-killed",
         run_name="m-killed",
         params={"dataset": "faces"},
-        metrics={"top1_error": 30.0},
-        history={"test_error": [40.0, 30.0]},
-        status="ok",
+        history={"top1_error": [40.0, 30.0]},
     )
-    assert tracking.log_trial_run(mlflow_server, parent, "t-killed", **kwargs) == empty
+    assert tracking.log_trial_run(mlflow_server, log) == empty
     run = client.get_run(empty)
     assert run.info.status == "FINISHED" and run.info.run_name == "m-killed"
-    assert run.data.metrics == {"top1_error": 30.0, "test_error": 30.0}
+    assert run.data.metrics == {"top1_error": 30.0}
     assert run.data.params == {"dataset": "faces"}
-    assert tracking.log_trial_run(mlflow_server, parent, "t-killed", **kwargs) == empty
-    assert len(client.get_metric_history(empty, "test_error")) == 2
+    assert tracking.log_trial_run(mlflow_server, log) == empty
+    assert len(client.get_metric_history(empty, "top1_error")) == 2
     # A trial recorded as failed and later recomputed (its corrupt result set aside) updates
     # its run: status, name, metrics.
-    failed = kwargs | {"run_name": "m-2-failed", "metrics": {}, "history": {}, "status": "failed"}
-    rerun = tracking.log_trial_run(mlflow_server, parent, "t-2", **failed)
+    failed = replace(log, trial_id="t-2", run_name="m-2-failed", history={}, status="failed")
+    rerun = tracking.log_trial_run(mlflow_server, failed)
     assert client.get_run(rerun).info.status == "FAILED"
-    assert tracking.log_trial_run(mlflow_server, parent, "t-2", **kwargs | {"run_name": "m-2"}) == (
-        rerun
-    )
+    recomputed = replace(log, trial_id="t-2", run_name="m-2")
+    assert tracking.log_trial_run(mlflow_server, recomputed) == rerun
     run = client.get_run(rerun)
     assert run.info.status == "FINISHED" and run.info.run_name == "m-2"
     assert run.data.tags[tracking.STATUS_TAG] == "ok" and run.data.metrics["top1_error"] == 30.0
-    # A run whose task never logged a result is ended as failed when the study finishes.
+    # A run whose task never logged a result was killed: it is ended so when the study
+    # finishes, marked failed.
     tracking.finish_study_run(mlflow_server, parent, {"score": 1.0})
     orphan_run = client.get_run(orphan)
-    assert orphan_run.info.status == "FAILED"
+    assert orphan_run.info.status == "KILLED"
     assert orphan_run.data.tags[tracking.STATUS_TAG] == "failed"
     assert client.get_run(parent).info.status == "FINISHED"
 

@@ -1,4 +1,5 @@
-"""Per-epoch metrics, the recipe and system metrics of trials in a real MLflow server."""
+"""Per-epoch metrics, the recipe and system metrics of trials in a real MLflow server, under one
+name per quantity."""
 
 from __future__ import annotations
 
@@ -8,12 +9,23 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from components.common import tracking
 from components.common.storage import open_store
 
 EPOCHS = 4
+# The trainer's history keys, as its result holds them, and their metric names in MLflow
+# (components/common/tracking/README.md).
+NAMES = (
+    "train_loss",
+    "test_loss",
+    "top1_error",
+    "top5_error",
+    "lr",
+    "images_per_s",
+    "peak_memory_mb",
+    "ema_top1_error",
+)
 SERIES = (
     "train_loss",
     "test_loss",
@@ -42,8 +54,16 @@ RECIPE = {
 
 
 def _history() -> dict[str, list[float]]:
-    """One value per epoch and series, distinct so that steps can be checked."""
+    """One value per epoch and series, distinct so that steps can be checked, as a trainer's
+    result holds them."""
     return {name: [100.0 * i + epoch for epoch in range(EPOCHS)] for i, name in enumerate(SERIES)}
+
+
+def _log(parent: str, trial_id: str, **fields) -> tracking.TrialLog:
+    """A trial's log with the trainer's history under its metric names, epochs 10 s apart."""
+    fields.setdefault("history", tracking.result_series(_history()))
+    fields.setdefault("epoch_times", [1_700_000_000.0 + 10 * e for e in range(EPOCHS)])
+    return tracking.TrialLog(parent, trial_id, run_name=trial_id, **fields)
 
 
 def _study(uri: str) -> str:
@@ -52,6 +72,8 @@ def _study(uri: str) -> str:
 
 
 def test_trial_run_has_per_epoch_metrics_recipe_and_engine_options(mlflow_server, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
     parent = _study(mlflow_server)
     calls = []
     real = MlflowClient.log_batch
@@ -61,29 +83,24 @@ def test_trial_run_has_per_epoch_metrics_recipe_and_engine_options(mlflow_server
         return real(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_batch", counting)
-    entry = tracking.trial_entry(
-        parent,
-        "t-epochs",
-        run_name="m-digits",
-        params={"dataset": "digits", "seed": 0},
-        metrics={"top1_error": 12.5, "top5_error": 1.5},
-        history=_history(),
-        status="ok",
-        tags={},
-        recipe=RECIPE,
-        engine_options={"zero_stage": 2, "precision": "bf16"},
-    )
-    run_id = tracking.log_trial_run(mlflow_server, **{k: entry[k] for k in _ARGS})
-    # Params and the whole history in one batched call.
-    assert calls == [(len(SERIES) * EPOCHS + 2, 2 + len(RECIPE) + 2)]
+    params = {"dataset": "digits", "seed": 0} | tracking.recipe_params(RECIPE)
+    params |= {"engine.zero_stage": 2, "engine.precision": "bf16"}
+    log = _log(parent, "t-epochs", params=params, metrics={"val/top1_error": 12.5}, recipe=RECIPE)
+    run_id = tracking.log_trial_run(mlflow_server, log)
+    # Params and the whole history in one batched call (besides the tags).
+    assert [c for c in calls if c != (0, 0)] == [(len(SERIES) * EPOCHS + 1, 2 + len(RECIPE) + 2)]
 
     client = MlflowClient(mlflow_server)
-    for i, name in enumerate(SERIES):
+    for i, name in enumerate(NAMES):
         history = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
-        assert [(m.step, m.value) for m in history] == [
-            (epoch + 1, 100.0 * i + epoch) for epoch in range(EPOCHS)
+        assert [(m.step, m.value, m.timestamp) for m in history] == [
+            (epoch + 1, 100.0 * i + epoch, 1_700_000_000_000 + 10_000 * epoch)
+            for epoch in range(EPOCHS)
         ], name
-    params = client.get_run(run_id).data.params
+    run = client.get_run(run_id)
+    # One name per quantity: the trainer's own names are not there twice.
+    assert not {"test_error", "test_top5_error", "ema_test_error"} & set(run.data.metrics)
+    params = run.data.params
     assert params["recipe.lr"] == "0.008" and params["recipe.opt"] == "lamb"
     assert params["recipe.scale"] == "[0.08, 1.0]" and params["recipe.warmup_lr"] == "None"
     assert params["engine.zero_stage"] == "2" and params["engine.precision"] == "bf16"
@@ -93,36 +110,18 @@ def test_trial_run_has_per_epoch_metrics_recipe_and_engine_options(mlflow_server
     assert json.loads(Path(local).read_text()) == RECIPE
 
     # Logging again (a replay) adds no value to any series.
-    tracking.log_trial_run(mlflow_server, **{k: entry[k] for k in _ARGS} | {"status": "ok"})
-    assert len(client.get_metric_history(run_id, "test_error")) == EPOCHS
-
-
-_ARGS = (
-    "parent_run_id",
-    "trial_id",
-    "run_name",
-    "params",
-    "metrics",
-    "history",
-    "status",
-    "tags",
-    "recipe",
-    "engine_options",
-)
+    tracking.log_trial_run(mlflow_server, log)
+    assert len(client.get_metric_history(run_id, "top1_error")) == EPOCHS
 
 
 def test_long_histories_are_split_within_mlflow_batch_limits(mlflow_server):
+    from mlflow.tracking import MlflowClient
+
     parent = _study(mlflow_server)
     history = {f"s{i}": [float(e) for e in range(300)] for i in range(5)}  # 1500 values
+    params = {f"p{i}": i for i in range(150)}
     run_id = tracking.log_trial_run(
-        mlflow_server,
-        parent,
-        "t-long",
-        run_name="long",
-        params={f"p{i}": i for i in range(150)},
-        metrics={},
-        history=history,
-        status="ok",
+        mlflow_server, tracking.TrialLog(parent, "t-long", "long", params=params, history=history)
     )
     client = MlflowClient(mlflow_server)
     assert len(client.get_metric_history(run_id, "s4")) == 300
@@ -130,14 +129,14 @@ def test_long_histories_are_split_within_mlflow_batch_limits(mlflow_server):
 
 
 def test_queued_trial_keeps_its_recipe_until_replayed(mlflow_server, monkeypatch, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     parent = _study(mlflow_server)
     store = open_store(str(tmp_path / "store"))
-    entry = tracking.trial_entry(
-        parent, "t-queued", "q", {}, {"top1_error": 3.0}, _history(), "ok", {}, recipe=RECIPE
-    )
+    log = _log(parent, "t-queued", recipe=RECIPE, params=tracking.recipe_params(RECIPE))
     monkeypatch.setenv(tracking.WAIT_ENV, "1")
     down = "http://127.0.0.1:9"  # nothing listens on the discard port
-    assert tracking.log_trial_or_queue(store, "s", down, entry) is None
+    assert tracking.log_trial_or_queue(store, "s", down, log) is None
     assert store.get_json(tracking.queue_key("s", "t-queued"))["recipe"] == RECIPE
     monkeypatch.delenv(tracking.WAIT_ENV)  # MLflow is back
     assert tracking.replay_queue(store, "s", mlflow_server, strict=True) == 1
@@ -149,6 +148,8 @@ def test_queued_trial_keeps_its_recipe_until_replayed(mlflow_server, monkeypatch
 
 
 def test_live_run_logs_system_metrics_while_the_block_runs(mlflow_server, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     parent = _study(mlflow_server)
     client = MlflowClient(mlflow_server)
@@ -186,29 +187,31 @@ def test_live_run_without_mlflow_runs_the_block(monkeypatch):
     assert ran == [None] and time.monotonic() - started < 15
 
 
-def test_result_metrics_carry_each_evaluation():
+def test_result_metrics_carry_each_evaluation_once():
     result = {
         "top1_error": 20.0,
         "top5_error": 5.0,
+        "test_loss": 0.9,
+        "train_images_per_s": 100.0,
         "wall_time_s": 3.5,
         "oom_retries": 1,
         "flops": None,
         "status": "ok",
-        "history": {"test_error": [30.0, 20.0]},
+        "history": {"test_error": [30.0, 20.0], "images_per_s": [90.0, 110.0]},
         "evaluations": {
             "test": {"top1_error": 20.0, "top5_error": 5.0, "loss": 0.9},
             "imagenet_v2": {"top1_error": 31.0, "top5_error": 9.0, "loss": 1.4},
         },
     }
+    # The final test error, loss and throughput are the last epoch of their series.
     assert tracking.result_metrics(result) == {
-        "top1_error": 20.0,
-        "top5_error": 5.0,
         "wall_time_s": 3.5,
         "oom_retries": 1,
-        "test/top1_error": 20.0,
-        "test/top5_error": 5.0,
-        "test/loss": 0.9,
         "imagenet_v2/top1_error": 31.0,
         "imagenet_v2/top5_error": 9.0,
         "imagenet_v2/loss": 1.4,
+    }
+    assert tracking.result_series(result["history"]) == {
+        "top1_error": [30.0, 20.0],
+        "images_per_s": [90.0, 110.0],
     }

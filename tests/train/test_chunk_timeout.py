@@ -17,22 +17,7 @@ from components.common.limits import MAX_TRIAL_TIMEOUT_S
 from components.common.storage import FAULT_PAUSE_ENV, open_store
 from components.data.descriptor import DatasetRef
 from components.sample.samplers import sample_specs
-from components.train.chunk import (
-    TIMEOUT_FACTOR,
-    TIMEOUT_FLOOR_S,
-    ChunkError,
-    ChunkSettings,
-    attempts_key,
-    chunks_key,
-    estimate_seconds,
-    kill_process_tree,
-    load_chunks,
-    run_chunk,
-    save_chunks,
-)
-from components.train.plan import plan_trials
 from components.train.recipes import resolve_recipe
-from components.train.trial import result_key
 
 SPECS = [s.to_dict() for s in sample_specs("anynetx_a", 2, (150e6, 250e6), 0).specs]
 
@@ -68,6 +53,8 @@ def _plan(
 
 
 def _set_limit(store, study: str, trial_id: str, seconds: int) -> None:
+    from components.train.chunk import chunks_key, load_chunks
+
     record = load_chunks(store, study)
     record["time_limits_s"][trial_id] = seconds
     store.put_json(chunks_key(study), record)
@@ -82,6 +69,15 @@ def _gone(pid: int) -> bool:
 
 
 def test_derived_limit_is_the_factor_times_the_estimate_with_a_floor(store):
+    from components.train.chunk import (
+        TIMEOUT_FACTOR,
+        TIMEOUT_FLOOR_S,
+        estimate_seconds,
+        load_chunks,
+        save_chunks,
+    )
+    from components.train.plan import plan_trials
+
     big = DatasetRef("big", "datasets/big/manifest.json", "big", 1000, 224, 1_281_167, 50_000)
     tiny = DatasetRef("tiny", "datasets/tiny/manifest.json", "tiny", 10, 16, 150, 50)
     trials = plan_trials(SPECS[:1], [big, tiny], resolve_recipe("apr_short"), [0])
@@ -104,6 +100,9 @@ def test_derived_limit_is_the_factor_times_the_estimate_with_a_floor(store):
 
 @pytest.mark.parametrize("value", [-1, MAX_TRIAL_TIMEOUT_S + 1, 10**12, 1.5, True, "600"])
 def test_absurd_limits_are_refused_before_anything_is_written(store, value):
+    from components.train.chunk import ChunkError, chunks_key, save_chunks
+    from components.train.plan import plan_trials
+
     trials = plan_trials(
         SPECS[:1],
         [DatasetRef("tiny", "datasets/tiny/manifest.json", "tiny", 10, 16, 150, 50)],
@@ -119,6 +118,8 @@ def test_absurd_limits_are_refused_before_anything_is_written(store, value):
 
 
 def test_plan_study_refuses_a_bad_limit(local_env):
+    from components.train.chunk import ChunkError
+
     with pytest.raises(ChunkError, match="trial_timeout_s must be"):
         _plan("bad-limit", 1, trial_timeout_s=-5)
     assert not open_store().list("studies/")
@@ -126,6 +127,8 @@ def test_plan_study_refuses_a_bad_limit(local_env):
 
 def test_kill_process_tree_reaches_a_descendant_in_its_own_session():
     """As torchrun's ranks are (each started with start_new_session=True)."""
+    from components.train.chunk import kill_process_tree
+
     script = (
         "import subprocess, sys, time\n"
         "p = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
@@ -152,6 +155,9 @@ def test_a_hung_trial_is_killed_at_its_limit_and_the_chunk_goes_on(
     checkpoint write for an hour) and has a 3 s limit: it is killed, recorded failed once
     although two attempts are allowed, and the other trial trains. A later run tries it
     again."""
+    from components.train.chunk import ChunkSettings, attempts_key, load_chunks, run_chunk
+    from components.train.trial import result_key
+
     ids, study = _plan("hang", 1, trial_timeout_s=600)
     store = open_store()
     assert load_chunks(store, study)["time_limits_s"] == dict.fromkeys(ids, 600)
@@ -168,7 +174,7 @@ def test_a_hung_trial_is_killed_at_its_limit_and_the_chunk_goes_on(
     assert attempt["ended_at"] - attempt["started_at"] >= 3
     assert _gone(attempt["pid"])
     assert store.get_json(result_key(other))["status"] == "ok"
-    assert f"trial {victim} ran past its limit of 3 s" in capsys.readouterr().out
+    assert f"trial {victim} ran past its limit of 3 s" in capsys.readouterr().err
 
     monkeypatch.delenv(FAULT_PAUSE_ENV)
     _set_limit(store, study, victim, 600)
@@ -184,6 +190,9 @@ def test_a_hung_torchrun_trial_is_killed_with_its_ranks(local_env, monkeypatch):
     """A 2-process DeepSpeed trial (torchrun, gloo on the CPU) with a 15 s limit, which cannot
     finish (rank 0's first checkpoint write pauses for an hour): torchrun and both ranks, each
     rank in a session of its own, are gone when the chunk ends; the trial is failed."""
+    from components.train.chunk import ChunkSettings, run_chunk
+    from components.train.trial import result_key
+
     ids, study = _plan("hang-ranks", 1, n_specs=1, engine="deepspeed", gpus=2)
     store = open_store()
     (victim,) = ids
@@ -216,6 +225,9 @@ def test_a_hung_torchrun_trial_is_killed_with_its_ranks(local_env, monkeypatch):
 def test_a_truncated_result_is_set_aside_and_the_trial_retrained(local_env, one_thread, capsys):
     """A finished trial's result.json truncated behind the store's back: the next run of the
     chunk sets it aside (stderr says so) and trains the trial again to ok, instead of failing."""
+    from components.train.chunk import ChunkSettings, attempts_key, run_chunk
+    from components.train.trial import result_key
+
     ids, study = _plan("truncated", 1, n_specs=1)
     (trial_id,) = ids
     assert run_chunk(study, 0, None, None, "", ChunkSettings()) == ids

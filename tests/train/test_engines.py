@@ -1,26 +1,30 @@
 """Training engines: the torch and DeepSpeed engines learn, and DeepSpeed's step is plain SGD."""
 
+from __future__ import annotations
+
 import copy
 import io
 import os
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
-from torch import nn
 from trial_checks import checkpoint_test_error
 
 from components.common.storage import open_store
 from components.data.datasets import materialize
 from components.sample.samplers import sample_specs
-from components.train import engines
-from components.train.engines import DeepSpeedEngine, TorchEngine, create_engine
 from components.train.recipes import resolve_recipe
-from components.train.trial import Trial, load_checkpoint_bytes, run_trial
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def _problem() -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed regression batch whose targets are large enough for gradient norms above 1."""
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(32, 4, generator=generator)
     w = torch.tensor([[3.0], [-2.0], [1.5], [4.0]])
@@ -28,11 +32,16 @@ def _problem() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _model(seed: int = 0) -> nn.Sequential:
+    import torch
+    from torch import nn
+
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
 
 
 def _optimizer(model: nn.Module, lr: float = 0.01) -> torch.optim.SGD:
+    import torch
+
     # Two groups with different weight decay, Nesterov momentum: what the trial loop builds.
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -41,6 +50,8 @@ def _optimizer(model: nn.Module, lr: float = 0.01) -> torch.optim.SGD:
 
 
 def _train_step(engine, module, optimizer, x, y, lr) -> float:
+    from torch import nn
+
     # As timm's scheduler in the trial loop does: on the optimizer the engine steps.
     for group in engine.optimizer.param_groups:
         group["lr"] = lr
@@ -56,6 +67,10 @@ def _weights(module: nn.Module) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("name", ["torch", "deepspeed"])
 def test_loss_decreases(name):
+    import torch
+
+    from components.train.engines import create_engine
+
     x, y = _problem()
     engine = create_engine(name, batch_size=len(x))
     optimizer = _optimizer(model := _model())
@@ -68,6 +83,10 @@ def test_loss_decreases(name):
 @pytest.mark.parametrize("zero_stage", [0, 1, 2])
 def test_deepspeed_step_is_plain_sgd_with_the_loops_lr(zero_stage):
     import deepspeed
+    import torch
+    from torch import nn
+
+    from components.train.engines import DeepSpeedEngine
 
     x, y = _problem()
     reference = _model()
@@ -96,6 +115,11 @@ def test_deepspeed_step_is_plain_sgd_with_the_loops_lr(zero_stage):
 
 @pytest.mark.parametrize("zero_stage", [0, 1])
 def test_deepspeed_checkpoint_round_trip(zero_stage):
+    import torch
+
+    from components.train.engines import DeepSpeedEngine
+    from components.train.trial import load_checkpoint_bytes
+
     x, y = _problem()
     engine = DeepSpeedEngine(batch_size=len(x), zero_stage=zero_stage)
     optimizer = _optimizer(model := _model())
@@ -121,6 +145,10 @@ def test_deepspeed_checkpoint_round_trip(zero_stage):
 
 
 def test_create_engine_options_and_names():
+    import torch
+
+    from components.train.engines import DeepSpeedEngine, TorchEngine, create_engine
+
     engine = create_engine("deepspeed", batch_size=8)
     assert isinstance(engine, DeepSpeedEngine) and engine.name == "deepspeed"
     config = engine.config()
@@ -140,6 +168,10 @@ def test_create_engine_options_and_names():
 
 
 def test_single_process_defaults_keep_launcher_env(monkeypatch):
+    import torch
+
+    from components.train import engines
+
     calls = []
 
     class FakeDeepSpeed:
@@ -161,6 +193,8 @@ def test_single_process_defaults_keep_launcher_env(monkeypatch):
 
 
 def test_trial_with_deepspeed_engine(tmp_path):
+    from components.train.trial import Trial, run_trial
+
     store = open_store(str(tmp_path / "store"))
     spec = sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict()
     trial = Trial(
@@ -191,8 +225,11 @@ def test_trial_with_deepspeed_engine(tmp_path):
 
 @pytest.mark.parametrize("zero_stage", [0, 1])
 def test_deepspeed_steps_with_timms_schedule_and_accumulates_micro_batches(zero_stage):
+    import torch
     from timm.optim import create_optimizer_v2
+    from torch import nn
 
+    from components.train.engines import DeepSpeedEngine, TorchEngine
     from components.train.trial import create_schedule, train_batch
 
     x, y = _problem()

@@ -13,7 +13,9 @@ from components.train.recipes import (
     OPTIMIZERS,
     RECIPES,
     SCHEDULES,
+    TIMM_NAMES,
     parse_recipe_file,
+    recipe_sets,
     resolve_recipe,
 )
 from pipelines.cli import main as aprflow
@@ -25,7 +27,9 @@ def test_overrides_and_validation():
     recipe = resolve_recipe("apr_tiny", {"epochs": 5, "lr": 1})
     assert recipe.epochs == 5 and recipe.lr == 1.0 and isinstance(recipe.lr, float)
     assert RECIPES["apr_tiny"].epochs == 3, "the registry is not modified"
-    with pytest.raises(ValueError, match="unknown recipe field 'epoch'.*valid fields are.*epochs"):
+    with pytest.raises(
+        ValueError, match="unknown recipe field 'epoch': did you mean epochs.*valid fields are"
+    ):
         resolve_recipe("apr_tiny", {"epoch": 5})
     with pytest.raises(ValueError, match="'hflip' must be a bool, got 1"):
         resolve_recipe("apr_tiny", {"hflip": 1})
@@ -75,6 +79,92 @@ def test_every_bounded_field_exists_and_names_are_timms():
         assert scheduler is not None, sched
 
 
+# Argument names of timm's train.py (argparse destinations) with their line. The pinned timm
+# wheel (1.0.31) ships no train.py; these are from huggingface/pytorch-image-models at commit
+# aa4b5850c1543fa488abf260f18390eda46cf85d (version 1.0.29.dev0), train.py, whose argument
+# list matches release 1.0.28 apart from added variable-resolution options.
+TIMM_TRAIN_ARGUMENTS = {
+    "batch_size": 142,  # -b, --batch-size
+    "validation_batch_size": 144,  # -vb, --validation-batch-size
+    "opt": 191,
+    "opt_eps": 193,
+    "momentum": 197,
+    "weight_decay": 199,
+    "clip_grad": 201,
+    "sched": 215,
+    "lr": 219,
+    "warmup_lr": 241,
+    "min_lr": 243,
+    "epochs": 245,
+    "warmup_epochs": 255,
+    "scale": 272,
+    "ratio": 274,
+    "hflip": 276,
+    "color_jitter": 280,
+    "aa": 288,
+    "aug_repeats": 290,
+    "bce_loss": 296,
+    "bce_target_thresh": 300,
+    "reprob": 304,
+    "remode": 306,
+    "recount": 308,
+    "mixup": 312,
+    "cutmix": 314,
+    "mixup_prob": 318,
+    "mixup_switch_prob": 320,
+    "mixup_mode": 322,
+    "smoothing": 326,
+    "train_interpolation": 328,
+    "drop_path": 334,
+    "model_ema": 354,
+    "model_ema_decay": 358,
+}
+
+
+def test_timm_names_are_timm_arguments_and_name_real_fields():
+    assert set(TIMM_NAMES) <= set(TIMM_TRAIN_ARGUMENTS)
+    assert not set(TIMM_NAMES) & set(FIELDS), "an alias must not shadow a field"
+    for alias, field in TIMM_NAMES.items():
+        assert field is None or field in FIELDS, alias
+    # Every timm argument above is a field, an alias, or refused by name.
+    assert set(TIMM_TRAIN_ARGUMENTS) <= set(FIELDS) | set(TIMM_NAMES)
+
+
+def test_timm_names_set_the_field_in_files_and_overrides():
+    text = "# x\nepochs: 1\nbatch_size: 8\nlr: 0.1\nsmoothing: 0.2\naa: rand-m9-mstd0.5\n"
+    recipe, _ = parse_recipe_file("t", text, "recipes/t.yaml")
+    assert (recipe.label_smoothing, recipe.auto_augment) == (0.2, "rand-m9-mstd0.5")
+    assert recipe_sets(["recipe.reprob=0.25", "recipe.mixup-prob=0.5"]) == {
+        "re_prob": 0.25,
+        "mixup_prob": 0.5,
+    }
+    same = resolve_recipe("apr_tiny", {"validation_batch_size": 64, "smoothing": 0.0})
+    assert same == resolve_recipe("apr_tiny", {"eval_batch_size": 64, "label_smoothing": 0.0})
+    # Messages name the field the alias set.
+    with pytest.raises(ValueError, match=r"'label_smoothing' must be in \[0, 1\), got 1.0"):
+        resolve_recipe("apr_tiny", {"smoothing": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "smoothing: 0.1\nlabel_smoothing: 0.2\n",
+            "sets recipe field 'label_smoothing' twice, as 'smoothing' and as 'label_smoothing'",
+        ),
+        ("mixup_prob: 0.5\nmixup-prob: 0.5\n", "sets recipe field 'mixup_prob' twice"),
+        ("remode: pixel\n", "'remode' is timm train.py's --remode, which this trainer does not"),
+        ("smothing: 0.1\n", "unknown recipe field 'smothing': did you mean smoothing or label"),
+    ],
+)
+def test_timm_names_refused_twice_unimplemented_or_mistyped(text, message):
+    text = "# x\nepochs: 1\nbatch_size: 8\nlr: 0.1\n" + text
+    with pytest.raises(ValueError, match=f"recipes/t.yaml: .*{message}"):
+        parse_recipe_file("t", text, "recipes/t.yaml")
+    with pytest.raises(ValueError, match="twice"):
+        recipe_sets(["recipe.aa=rand-m9-mstd0.5", "recipe.auto_augment=v0"])
+
+
 def test_recipe_files_reproduce_the_papers():
     assert set(RECIPES) == {
         "apr_tiny",
@@ -100,6 +190,7 @@ def test_recipe_files_reproduce_the_papers():
     assert [r.aug_repeats for r in rsb.values()] == [3, 3, 0]
     assert [r.drop_path for r in rsb.values()] == [0.05, 0.05, 0.0]
     assert [r.label_smoothing for r in rsb.values()] == [0.1, 0.0, 0.0]
+    assert [r.mixup for r in rsb.values()] == [0.2, 0.1, 0.1]
     assert [r.auto_augment.split("-")[1] for r in rsb.values()] == ["m7", "m7", "m6"]
     assert rsb["rsb_a3"].train_resolution_ratio == pytest.approx(160 / 224)
     for recipe in rsb.values():
@@ -110,7 +201,7 @@ def test_recipe_files_reproduce_the_papers():
             5.0,
         )
         assert (recipe.bce_loss, recipe.bce_target_thresh) == (True, 0.2)
-        assert (recipe.mixup, recipe.cutmix, recipe.model_ema) == (0.2, 1.0, False)
+        assert (recipe.cutmix, recipe.model_ema) == (1.0, False)
         assert recipe.stream_augmentations() == ["auto_augment"]
     # Kornblith et al.: SGD Nesterov, batch 256, 20k steps at 50k images, lr x wd grid.
     for name in ("finetune", "scratch"):
@@ -175,7 +266,7 @@ def test_aprflow_recipes_lists_and_resolves(capsys):
         (["recipes", "rsb_a3", "--set", "recipe.mixup=2"], "error: recipe field 'mixup'"),
         (["recipes", "rsb_a3", "--set", "lr=1"], "error: --set lr=...: recipe fields are set"),
     ):
-        assert aprflow(argv) == 2
+        assert aprflow(argv) == 1
         err = capsys.readouterr().err
         assert err.startswith(message) and err.count("\n") == 1, err
 

@@ -10,10 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from components.sample.samplers import sample_specs
-from components.train.trial import load_checkpoint_bytes
 
 # Mixup (NumPy's global generator), drop path (torch's), EMA and label smoothing: every random
 # source and every piece of state a resume has to restore.
@@ -42,6 +40,8 @@ def _env() -> dict[str, str]:
 
 
 def _checkpoint(store: Path) -> dict | None:
+    from components.train.trial import load_checkpoint_bytes
+
     found = list(store.glob("trials/*/checkpoint.pt"))
     if not found:
         return None
@@ -53,6 +53,8 @@ def _checkpoint(store: Path) -> dict | None:
 
 def _tensors(state, prefix=""):
     """Every tensor in a nested checkpoint structure, by path."""
+    import torch
+
     if isinstance(state, torch.Tensor):
         yield prefix, state
     elif isinstance(state, dict):
@@ -64,7 +66,10 @@ def _tensors(state, prefix=""):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(tmp_path):
+    import torch
+
     spec = tmp_path / "spec.json"
     spec.write_text(
         json.dumps(sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict())
@@ -92,8 +97,8 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(tmp_path):
 
     again = subprocess.run(_command(spec, resumed), env=_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "resuming trial" in again.stdout and "epoch 1, step" in again.stdout
-    assert "epoch 1/2" not in again.stdout  # the first epoch is not trained again
+    assert "resuming trial" in again.stderr and "epoch 1, step" in again.stderr
+    assert "epoch 1/2" not in again.stderr  # the first epoch is not trained again
 
     ours, theirs = _checkpoint(resumed), _checkpoint(reference)
     assert ours["epoch"] == theirs["epoch"] == 2 and ours["step"] == theirs["step"] == 0

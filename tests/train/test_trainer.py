@@ -1,28 +1,20 @@
 """The timm-based trainer: schedule, micro-batches after an out-of-memory, infrastructure
 errors retried, extra test sets, drop path, engine options."""
 
+from __future__ import annotations
+
 import copy
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
-from torch import nn
 from trial_checks import faces_trial
 
-from components.sample import anynet
-from components.sample.anynet import build_model
 from components.sample.space import REFERENCE_SPECS
-from components.train.engines import DeviceError, TorchEngine, create_engine
 from components.train.recipes import resolve_recipe
-from components.train.trial import (
-    Trial,
-    attempts_key,
-    create_schedule,
-    is_infrastructure_error,
-    result_key,
-    run_trial,
-    train_batch,
-)
+
+if TYPE_CHECKING:
+    from components.train.trial import Trial
 
 
 @pytest.fixture
@@ -32,6 +24,11 @@ def trial(store) -> Trial:
 
 
 def test_schedule_is_timms_cosine_per_update_with_fractional_warmup():
+    import torch
+    from torch import nn
+
+    from components.train.trial import create_schedule
+
     recipe = resolve_recipe(
         "apr_tiny",
         {"epochs": 4, "warmup_epochs": 0.5, "lr": 0.4, "warmup_lr": 0.0, "min_lr": 0.01},
@@ -50,6 +47,12 @@ def test_schedule_is_timms_cosine_per_update_with_fractional_warmup():
 
 
 def test_micro_batches_accumulate_to_the_whole_batch_update():
+    import torch
+    from torch import nn
+
+    from components.train.engines import TorchEngine
+    from components.train.trial import train_batch
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     twin = copy.deepcopy(model)
@@ -68,6 +71,10 @@ def test_micro_batches_accumulate_to_the_whole_batch_update():
 
 def _forward_fits_up_to(monkeypatch, limit: int) -> list[int]:
     """Test-only: AnyNet's forward raises torch.OutOfMemoryError above ``limit`` images."""
+    import torch
+
+    from components.sample import anynet
+
     sizes = []
     forward = anynet.AnyNet.forward
 
@@ -83,6 +90,8 @@ def _forward_fits_up_to(monkeypatch, limit: int) -> list[int]:
 
 @pytest.mark.slow
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_batch(store, trial, monkeypatch):
+    from components.train.trial import result_key, run_trial
+
     sizes = _forward_fits_up_to(monkeypatch, 10)
     lines = []
     result = run_trial(store, trial, progress=lines.append)
@@ -98,6 +107,8 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_batch(store, trial, 
 
 
 def test_a_batch_that_never_fits_is_failed_with_one_reason(store, trial, monkeypatch):
+    from components.train.trial import run_trial
+
     _forward_fits_up_to(monkeypatch, 0)
     result = run_trial(store, trial, progress=lambda _: None)
     assert result["status"] == "failed" and result["oom_retries"] == 5  # 32 -> 1
@@ -105,6 +116,11 @@ def test_a_batch_that_never_fits_is_failed_with_one_reason(store, trial, monkeyp
 
 
 def test_infrastructure_error_is_not_cached_and_a_rerun_retries(store, trial, monkeypatch):
+    import torch
+
+    from components.sample import anynet
+    from components.train.trial import attempts_key, is_infrastructure_error, result_key, run_trial
+
     assert is_infrastructure_error(RuntimeError("CUDA error: an illegal memory access"))
     assert is_infrastructure_error(RuntimeError("NCCL communicator was aborted"))
     assert not is_infrastructure_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
@@ -126,6 +142,8 @@ def test_infrastructure_error_is_not_cached_and_a_rerun_retries(store, trial, mo
 
 
 def test_top5_and_extra_test_sets(store, trial):
+    from components.train.trial import Trial, run_trial
+
     # The same test split under another name: evaluated with the final weights, it must give
     # exactly the trained dataset's numbers.
     copy_ref = replace(trial.dataset, name="faces_again")
@@ -147,6 +165,8 @@ def test_top5_and_extra_test_sets(store, trial):
 
 
 def test_engine_options_are_identity_and_checked(trial):
+    from components.train.engines import DeviceError, create_engine
+
     assert replace(trial, engine_options={"precision": "fp32"}).trial_id != trial.trial_id
     assert create_engine("torch", device="cpu", precision="bf16").precision == "bf16-autocast"
     with pytest.raises(DeviceError, match="'fp16' needs a GPU"):
@@ -156,6 +176,10 @@ def test_engine_options_are_identity_and_checked(trial):
 
 
 def test_drop_path_rates_grow_with_depth_and_leave_complexity_alone():
+    import torch
+
+    from components.sample.anynet import build_model
+
     spec = REFERENCE_SPECS["regnetx_400mf"]
     model = build_model(spec, num_classes=10, drop_path_rate=0.2)
     rates = [

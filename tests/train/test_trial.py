@@ -1,12 +1,17 @@
 """Trials: identity, idempotence, resume, and failures recorded instead of raised."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import pytest
 from trial_checks import checkpoint_test_error, faces_trial
 
 from components.data.datasets import materialize
-from components.train.plan import load_trial, load_trial_ids, plan_trials, save_plan, study_id
 from components.train.recipes import resolve_recipe
-from components.train.trial import Trial, checkpoint_key, result_key, run_trial
+
+if TYPE_CHECKING:
+    from components.train.trial import Trial
 
 
 @pytest.fixture
@@ -16,6 +21,8 @@ def trial(store) -> Trial:
 
 def test_identity_covers_every_input(trial):
     from dataclasses import replace
+
+    from components.train.trial import Trial
 
     assert trial.trial_id == Trial.from_dict(trial.to_dict()).trial_id
     changed = [
@@ -28,6 +35,8 @@ def test_identity_covers_every_input(trial):
 
 
 def test_trains_records_and_reuses(store, trial):
+    from components.train.trial import checkpoint_key, result_key, run_trial
+
     lines = []
     result = run_trial(store, trial, progress=lines.append)
     assert result["status"] == "ok" and not result["reused"]
@@ -48,6 +57,8 @@ def test_trains_records_and_reuses(store, trial):
 def test_resumes_from_checkpoint(store, trial):
     from dataclasses import replace
 
+    from components.train.trial import checkpoint_key, run_trial
+
     # Train one epoch of a 2-epoch trial: the checkpoint then sits under the 2-epoch trial's id.
     first = run_trial(store, replace(trial, recipe=replace(trial.recipe, epochs=1)))
     store.put_bytes(
@@ -64,6 +75,8 @@ def test_resumes_from_checkpoint(store, trial):
 def test_nan_loss_is_diverged(store, trial):
     from dataclasses import replace
 
+    from components.train.trial import result_key, run_trial
+
     diverging = replace(trial, recipe=replace(trial.recipe, lr=1e30))
     result = run_trial(store, diverging, progress=lambda _: None)
     assert result["status"] == "diverged" and "loss became" in result["reason"]
@@ -73,12 +86,16 @@ def test_nan_loss_is_diverged(store, trial):
 def test_broken_spec_is_failed_not_raised(store, trial):
     from dataclasses import replace
 
+    from components.train.trial import run_trial
+
     broken = replace(trial, spec=trial.spec | {"block_type": "no_such_block"})
     result = run_trial(store, broken, progress=lambda _: None)
     assert result["status"] == "failed" and "no_such_block" in result["reason"]
 
 
 def test_plan_cross_product(store, trial):
+    from components.train.plan import load_trial, load_trial_ids, plan_trials, save_plan, study_id
+
     specs = [trial.spec, trial.spec | {"stem_width": 24}]
     shapes = materialize(store, "shapes", resolution=12)
     trials = plan_trials(specs, [trial.dataset, shapes], trial.recipe, seeds=[0, 1])

@@ -25,10 +25,8 @@ from kubernetes.client.exceptions import ApiException
 from components.common.images import GPU_IMAGE
 from components.common.storage import LocalStore
 from components.data.descriptor import DatasetRef
-from components.train.plan import trial_key
 from components.train.recipes import resolve_recipe
-from components.train.trial import Trial, result_key
-from components.trainjob import launch, manifest
+from components.trainjob import manifest
 from pipelines.cluster import LAUNCHER_KEYS, SECRET_KEYS, ClusterProfile
 from tests.trainjob.crd_schema import TRAINER_VERSIONS, strict_errors
 
@@ -51,6 +49,9 @@ def build(**options):
 
 def plan(store, engine="deepspeed", gpus=1):
     """Stores a planned trial under TRIAL (what plan_study writes; its content is not trained)."""
+    from components.train.plan import trial_key
+    from components.train.trial import Trial
+
     faces = DatasetRef("faces", "datasets/faces/manifest.json", "0" * 16, 10, 8, 100, 10)
     trial = Trial(spec={}, dataset=faces, recipe=resolve_recipe("apr_tiny", {}), seed=0,
                   engine=engine, gpus=gpus)  # fmt: skip
@@ -238,6 +239,8 @@ class FakeTrainer:
         self._server.server_close()
 
     def finish(self, name):
+        from components.train.trial import result_key
+
         job = self.objects[name]
         job["status"] = {"conditions": [
             {"type": "Created", "status": "True"},
@@ -312,6 +315,9 @@ class FakeTrainer:
 
 def run(api, store, **kwargs):
     """Launches the planned deepspeed trial TRIAL on 2 nodes x 1 GPU."""
+    from components.train.plan import trial_key
+    from components.trainjob import launch
+
     if not store.exists(trial_key(TRIAL)):
         plan(store)
     return launch.launch_trial(
@@ -334,12 +340,14 @@ def test_launch_creates_waits_and_reads_the_result(tmp_path, capsys):
     assert posted == [("POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team-a/trainjobs")]
     assert fake.gets[f"aprflow-{TRIAL}"] == 3  # polled until Complete
     assert strict_errors(expected, TRAINER_VERSIONS[-1]) == []  # what the API server got
-    assert f"aprflow-{TRIAL}: 2 nodes x 1 GPUs" in capsys.readouterr().out
+    assert f"aprflow-{TRIAL}: 2 nodes x 1 GPUs" in capsys.readouterr().err
     env = {e["name"]: e for e in created["spec"]["trainer"]["env"]}
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "my-s3"
 
 
 def test_a_finished_trial_needs_no_trainjob(tmp_path):
+    from components.train.trial import result_key
+
     store = LocalStore(tmp_path)
     store.put_json(result_key(TRIAL), RESULT)
     fake = FakeTrainer(store)
@@ -392,6 +400,8 @@ def test_a_failed_trainjob_is_replaced_once_it_is_gone(tmp_path):
 
 
 def test_a_trainjob_that_is_never_deleted_is_a_clear_error(tmp_path):
+    from components.trainjob import launch
+
     fake = FakeTrainer(LocalStore(tmp_path), linger=10**6)
     fake.objects[f"aprflow-{TRIAL}"] = failed_trainjob()
     ticks = iter(range(100))
@@ -414,6 +424,8 @@ def test_a_trainjob_that_is_never_deleted_is_a_clear_error(tmp_path):
     ],
 )
 def test_a_trial_that_cannot_train_in_the_world_creates_nothing(tmp_path, engine, gpus, needle):
+    from components.trainjob import launch
+
     store = LocalStore(tmp_path)
     plan(store, engine=engine, gpus=gpus)
     fake = FakeTrainer(store)
@@ -423,6 +435,9 @@ def test_a_trial_that_cannot_train_in_the_world_creates_nothing(tmp_path, engine
 
 
 def test_world_sizes_a_trial_can_train_in():
+    from components.train.trial import Trial
+    from components.trainjob import launch
+
     faces = DatasetRef("faces", "datasets/faces/manifest.json", "0" * 16, 10, 8, 100, 10)
     recipe = resolve_recipe("apr_tiny", {})
     torch_trial = Trial(spec={}, dataset=faces, recipe=recipe, seed=0)
@@ -436,6 +451,8 @@ def test_world_sizes_a_trial_can_train_in():
 
 
 def test_failed_trainjob_is_one_clear_error(tmp_path):
+    from components.trainjob import launch
+
     store = LocalStore(tmp_path)
     with FakeTrainer(store, outcome="Failed") as api, pytest.raises(launch.TrainJobError) as e:
         run(api, store)
@@ -445,6 +462,8 @@ def test_failed_trainjob_is_one_clear_error(tmp_path):
 
 
 def test_forbidden_explains_the_role(tmp_path):
+    from components.trainjob import launch
+
     store = LocalStore(tmp_path)
     with FakeTrainer(store, status_code=403) as api, pytest.raises(launch.TrainJobError) as e:
         run(api, store)
@@ -452,6 +471,8 @@ def test_forbidden_explains_the_role(tmp_path):
 
 
 def test_complete_without_result_is_an_error(tmp_path):
+    from components.trainjob import launch
+
     store = LocalStore(tmp_path)
     fake = FakeTrainer(store, reads=1)
     fake.finish = lambda name: fake.objects[name].update(
@@ -462,6 +483,8 @@ def test_complete_without_result_is_an_error(tmp_path):
 
 
 def test_timeout_names_the_trainjob(tmp_path):
+    from components.trainjob import launch
+
     store = LocalStore(tmp_path)
     ticks = iter(range(100))
     fake = FakeTrainer(store, reads=10**6)  # never finishes
@@ -482,6 +505,8 @@ def test_timeout_names_the_trainjob(tmp_path):
 
 
 def test_namespace_outside_a_pod_is_a_clear_error(tmp_path):
+    from components.trainjob import launch
+
     with pytest.raises(launch.TrainJobError, match="pass namespace"):
         launch.current_namespace(tmp_path / "absent")
     (tmp_path / "namespace").write_text("team-b\n")

@@ -1,14 +1,14 @@
 """Backbones and their features: AnyNet, a random-init timm model, a trained trial."""
 
+from __future__ import annotations
+
 import io
 
 import numpy as np
 import pytest
-import torch
 
 from components.common.storage import open_store
 from components.transfer.errors import TransferError
-from components.transfer.features import extract_features, load_backbone
 
 
 def images(n, side, seed=0):
@@ -17,6 +17,8 @@ def images(n, side, seed=0):
 
 @pytest.fixture(scope="module")
 def anynet():
+    import torch
+
     from components.sample.anynet import build_model
     from components.sample.samplers import sample_specs
 
@@ -26,6 +28,8 @@ def anynet():
 
 
 def test_anynet_features(anynet):
+    from components.transfer.features import extract_features
+
     spec, model = anynet
     x = images(10, 12)
     features = extract_features(model, x, (0.5,) * 3, (0.25,) * 3, batch_size=4)
@@ -45,6 +49,8 @@ def test_anynet_features(anynet):
 
 
 def test_timm_resnet18_random_init_at_32px():
+    from components.transfer.features import extract_features, load_backbone
+
     backbone = load_backbone("timm:resnet18", input_size=32)
     assert (backbone.input_size, backbone.num_features) == (32, 512)
     assert backbone.info == {"kind": "timm", "model": "resnet18", "pretrained": False, "seed": 0}
@@ -59,13 +65,18 @@ def test_timm_resnet18_random_init_at_32px():
 
 
 def test_timm_default_input_size_comes_from_the_model():
+    from components.transfer.features import load_backbone
+
     backbone = load_backbone("timm:anynet_regnetx_200mf")  # our own registry entries work too
     assert backbone.input_size == 224
     assert backbone.num_features == 368
 
 
 def test_trial_backbone(trained_trial):
+    import torch
+
     from components.train.trial import checkpoint_key
+    from components.transfer.features import extract_features, load_backbone
 
     uri, trial_id = trained_trial
     store = open_store(uri)
@@ -94,16 +105,22 @@ def test_trial_backbone(trained_trial):
     ],
 )
 def test_bad_sources(source, message, tmp_path):
+    from components.transfer.features import load_backbone
+
     with pytest.raises(TransferError, match=message):
         load_backbone(source, open_store(str(tmp_path)))
 
 
 def test_unknown_trial(tmp_path):
+    from components.transfer.features import load_backbone
+
     with pytest.raises(TransferError, match="no trial 'deadbeef' in store"):
         load_backbone("trial:deadbeef", open_store(str(tmp_path)))
 
 
 def test_failed_trial_has_no_weights(tmp_path):
+    from components.transfer.features import load_backbone
+
     store = open_store(str(tmp_path))
     store.put_json("trials/bad/result.json", {"status": "diverged", "reason": "loss nan"})
     with pytest.raises(TransferError, match="ended 'diverged'"):
@@ -112,6 +129,8 @@ def test_failed_trial_has_no_weights(tmp_path):
 
 def test_pretrained_weights_that_cannot_be_fetched(monkeypatch):
     import timm
+
+    from components.transfer.features import load_backbone
 
     def offline(*args, **kwargs):
         raise OSError("Network is unreachable")
@@ -124,6 +143,8 @@ def test_pretrained_weights_that_cannot_be_fetched(monkeypatch):
 
 
 def test_extract_features_rejects_bad_images(anynet):
+    from components.transfer.features import extract_features
+
     _, model = anynet
     with pytest.raises(ValueError, match="uint8"):
         extract_features(model, images(2, 12).astype(np.float32), (0,) * 3, (1,) * 3)

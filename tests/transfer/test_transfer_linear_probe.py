@@ -67,22 +67,50 @@ def test_shape_errors():
         linear_probe(x, y[:9], x, y)
 
 
-@pytest.mark.parametrize("C", [1e-2, 1.0, 100.0])
-def test_fit_matches_scikit_learn(C):
-    """Same standardised features, same C: the same weights and predictions as sklearn."""
-    from sklearn.linear_model import LogisticRegression
-
-    from components.transfer.linear_probe import fit_logistic
-
+def test_features_are_standardised_on_the_fitting_data():
+    """Rescaling or shifting a feature changes nothing: each fit standardises its inputs."""
     rng = np.random.default_rng(4)
-    x, y = blobs(rng, 150, classes=3, dim=6, spread=1.5)
-    x = (x - x.mean(axis=0)) / x.std(axis=0)
-    w, b, converged = fit_logistic(x, y, 3, C, max_iter=5000)
-    reference = LogisticRegression(C=C, solver="lbfgs", max_iter=5000, tol=1e-10).fit(x, y)
-    assert converged
-    np.testing.assert_allclose(w, reference.coef_.T, rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(b, reference.intercept_, rtol=1e-3, atol=1e-4)
-    assert ((x @ w + b).argmax(axis=1) == reference.predict(x)).all()
+    x, y = blobs(rng, 240, classes=3, dim=6, spread=1.5)
+    plain = linear_probe(x[:180], y[:180], x[180:], y[180:], Cs=[1e-3, 1e-1, 10.0])
+    skewed = x * np.array([1e4, 1e-3, 1.0, 50.0, 1.0, 1.0]) + 1e3
+    scaled = linear_probe(skewed[:180], y[:180], skewed[180:], y[180:], Cs=[1e-3, 1e-1, 10.0])
+    assert scaled.grid == pytest.approx(plain.grid)
+    assert (scaled.C, scaled.accuracy) == (plain.C, pytest.approx(plain.accuracy))
+    assert plain.accuracy > 0.6  # chance is 1/3
+
+
+def test_refit_matches_scikit_learn_on_all_training_data():
+    """The test accuracy is that of scikit-learn's model refit with the chosen C on the
+    training and validation images together."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(6)
+    x, y = blobs(rng, 300, classes=4, dim=8, spread=1.0)
+    result = linear_probe(
+        x[:150], y[:150], x[200:], y[200:], val_features=x[150:200], val_labels=y[150:200]
+    )
+    scaler = StandardScaler().fit(x[:200])
+    model = LogisticRegression(C=result.C, max_iter=1000).fit(scaler.transform(x[:200]), y[:200])
+    expected = (model.predict(scaler.transform(x[200:])) == y[200:]).mean()
+    assert result.accuracy == pytest.approx(expected)
+
+
+def test_too_few_iterations_are_reported_as_not_converged():
+    rng = np.random.default_rng(7)
+    x, y = blobs(rng, 200, classes=3, spread=1.0)
+    assert not linear_probe(x[:150], y[:150], x[150:], y[150:], Cs=[1e3], max_iter=1).converged
+    assert linear_probe(x[:150], y[:150], x[150:], y[150:], Cs=[1e3]).converged
+
+
+def test_string_labels_and_a_test_class_unseen_in_training():
+    rng = np.random.default_rng(8)
+    x, y = blobs(rng, 240, classes=3, spread=5.0)
+    names = np.array(["cat", "dog", "owl"])[y]
+    test_names = names[180:].copy()
+    test_names[:3] = "newt"  # never predicted: those three count as errors
+    result = linear_probe(x[:180], names[:180], x[180:], test_names)
+    assert result.accuracy == pytest.approx(57 / 60)
 
 
 def test_given_validation_split_chooses_C_and_is_refit_with():

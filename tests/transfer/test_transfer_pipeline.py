@@ -2,14 +2,12 @@
 weights file and one of our trials, on the built-in digits set, cheap scores and a short
 fine-tune, nested MLflow runs under one parent."""
 
+from __future__ import annotations
+
 import csv
 
 import pytest
-import torch
 from helpers import kfp_local_session
-
-from components.transfer.sources import weights_file_bytes
-from pipelines.transfer_study import transfer_study
 
 pytestmark = [
     pytest.mark.slow,  # five kfp.local subprocess tasks, each importing torch: ~1 min
@@ -20,6 +18,10 @@ pytestmark = [
 def test_transfer_study_locally(trained_trial, tmp_path):
     import mlflow
     import timm
+    import torch
+
+    from components.transfer.sources import weights_file_bytes
+    from pipelines.transfer_study import transfer_study
 
     store_uri, trial_id = trained_trial
     torch.manual_seed(0)

@@ -8,9 +8,6 @@ import json
 import re
 
 from components.common.storage import open_store
-from components.transfer.report import number
-from components.transfer.steps import analyze, chunk_key, plan_key
-from components.transfer.study import rows_to_csv
 
 MODELS = ("m0", "m1", "m2", "m3", "m4")
 FINETUNE = (0.55, 0.62, 0.60, 0.71, 0.80)
@@ -53,6 +50,10 @@ def _rows() -> list[dict]:
 
 
 def test_report_answers_with_the_comparison_numbers(tmp_path):
+    from components.transfer.report import number
+    from components.transfer.steps import analyze, chunk_key, plan_key
+    from components.transfer.study import rows_to_csv
+
     store_uri = str(tmp_path / "store")
     store = open_store(store_uri)
     study_id = "fixed-0123456789"
@@ -70,30 +71,39 @@ def test_report_answers_with_the_comparison_numbers(tmp_path):
     text = re.sub(r"\s+", " ", html)
     # The question, then one sentence per target and score, then the cost.
     assert text.index("Does a cheap score predict fine-tuned accuracy on digits?") < text.index(
-        "On digits, kNN top-1 ranks"
+        "On digits, kNN top-1 "
     )
     for dataset in ("digits", "faces"):
         knn = comparison[dataset]["scores_vs_finetune"]["knn/knn_top1"]
         kendall, weighted = knn["kendall"], knn["weighted_tau"]
+        # The verdict follows the interval: 5 models leave room for no relation at all.
+        if kendall["ci_low"] > 0:
+            verdict = "ranks the models like fine-tuned top-1"
+        elif kendall["ci_high"] < 0:
+            verdict = "ranks the models in reverse of fine-tuned top-1"
+        else:
+            verdict = "shows no clear relation to fine-tuned top-1"
         assert (
-            f"On {dataset}, kNN top-1 ranks the models by fine-tuned top-1 with Kendall "
+            f"On {dataset}, kNN top-1 {verdict}: Kendall "
             f"τ = {number(kendall['value'])} (95% CI {number(kendall['ci_low'])} to "
             f"{number(kendall['ci_high'])}) and weighted τ = {number(weighted['value'])} "
             f"(95% CI {number(weighted['ci_low'])} to {number(weighted['ci_high'])}), "
             "n = 5 models." in text
         )
         logme = comparison[dataset]["scores_vs_finetune"]["logme/logme"]
-        assert "LogME ranks the models by fine-tuned top-1 with Kendall τ = " in text
+        assert re.search(r"LogME (ranks|shows)[^:]* fine-tuned top-1: Kendall τ = ", text)
         assert number(logme["kendall"]["value"]) in text
         assert "LEEP" not in text.split("Not measured in this study:")[0]  # not run
         assert "Not measured in this study: kNN top-5 fraction, LEEP, the linear probe" in text
-        assert "LogME costs 2 s per model" in text
+        assert "LogME costs 2 s per model" in text and "kNN top-1 costs 2 s" in text
         ratio = knn["cost_ratio"]
         assert f"costs 2 s per model (median) against 42 s for the fine-tune, {ratio:.2%}" in text
         pearson = comparison[dataset]["regimes_vs_source"]["finetune/top1"]["pearson_logit"]
-        assert (
-            f"On {dataset}, fine-tuned top-1 vs source accuracy: log-odds Pearson "
-            f"r = {number(pearson['value'])}" in text
+        assert re.search(
+            f"On {dataset}, fine-tuned top-1 vs source accuracy: "
+            f"(no clear|[a-z ]* (positive|negative)) relation, log-odds Pearson "
+            f"r = {number(pearson['value'])}",
+            text,
         )
     assert kendall["value"] not in (1.0, -1.0)  # a real ranking, not a trivial one
     assert "then refit on train + validation" in text

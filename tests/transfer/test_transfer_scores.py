@@ -109,17 +109,21 @@ def test_score_cli(tmp_path, capsys):
     features, labels = tmp_path / "F.npy", tmp_path / "Y.npy"
     np.save(features, np.array([[1.0], [1.0], [-1.0], [-1.0]]))
     np.save(labels, np.array([0, 0, 1, 1]))
-    args = ["score", "--features", str(features), "--labels", str(labels)]
-    assert main([*args, "--method", "logme"]) == 0
+    args = ["--features", str(features), "--labels", str(labels)]
+    assert main(["score", "logme", *args, "--json"]) == 0
     value = json.loads(capsys.readouterr().out)["logme"]
     assert value == pytest.approx((1.5 * np.log(3) - 2 * np.log(2 * np.pi) - 2) / 4)
+    assert main(["score", "logme", *args]) == 0
+    assert capsys.readouterr().out == f"logme {value:.6g}\n"
 
     probs = tmp_path / "P.npy"
     np.save(probs, np.array([[0.75, 0.25], [0.75, 0.25], [0.25, 0.75], [0.25, 0.75]]))
-    assert main([*args, "--method", "leep", "--probs", str(probs)]) == 0
+    assert main(["score", "leep", "--labels", str(labels), "--probs", str(probs), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"leep": pytest.approx(np.log(0.625))}
 
-    assert main([*args, "--method", "leep"]) == 2
+    assert main(["score", "leep", *args]) == 1
     assert capsys.readouterr().err.startswith("error: leep needs --probs")
-    assert main(["score", "--method", "logme", "--features", "nope.npy", "--labels", "x"]) == 2
-    assert "error:" in capsys.readouterr().err
+    assert main(["score", "logme", "--features", "nope.npy", "--labels", "x"]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    assert main(["score", "--method", "logme", *args]) == 2  # a usage error: the score is named
+    assert "unrecognized arguments: --method" in capsys.readouterr().err

@@ -13,22 +13,17 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from components.common.storage import open_store
 from components.transfer.cli import main
 from components.transfer.errors import TransferError
-from components.transfer.sources import (
-    ModelEntry,
-    load_model,
-    parse_model_list,
-    weights_file_bytes,
-)
-from components.transfer.study import StudySettings, evaluate_model, feature_key
 
 
 def _weights(tmp_path, name: str, seed: int) -> str:
     import timm
+    import torch
+
+    from components.transfer.sources import weights_file_bytes
 
     torch.manual_seed(seed)
     path = tmp_path / f"{name}-{seed}.pth"
@@ -45,6 +40,8 @@ def digits(tmp_path_factory):
 
 
 def test_model_list_parsing():
+    from components.transfer.sources import ModelEntry, parse_model_list
+
     entries = parse_model_list(
         "# unit: percent\nmodel,weights,source_dataset,source_top1\n"
         "resnet50,/w/r50.pth,imagenet,80.4\ntrial:abc,,,\n"
@@ -65,6 +62,10 @@ def test_model_list_parsing():
 
 
 def test_weights_from_a_file_and_the_pretrained_cfg(tmp_path, digits):
+    import torch
+
+    from components.transfer.sources import ModelEntry, load_model
+
     store = open_store(digits[0])
     path = _weights(tmp_path, "test_resnet", 1)
     loaded = load_model(ModelEntry("test_resnet", path), store)
@@ -85,6 +86,8 @@ def test_weights_from_a_file_and_the_pretrained_cfg(tmp_path, digits):
 def test_s3_weights(tmp_path, s3_env):
     import boto3
 
+    from components.transfer.sources import ModelEntry, load_model
+
     path = _weights(tmp_path, "test_resnet", 2)
     client = boto3.client("s3", endpoint_url=os.environ["APRFLOW_S3_ENDPOINT_URL"])
     client.upload_file(path, s3_env, "ckpt/r.pth")
@@ -101,6 +104,11 @@ def test_s3_weights(tmp_path, s3_env):
 def test_study_table_cache_and_failures(tmp_path, digits, capsys):
     """Two models with weights files, one with missing weights, one unknown, one whose input
     size is rejected: the table has every row, failures with their reasons."""
+    import torch
+
+    from components.transfer.sources import ModelEntry, load_model
+    from components.transfer.study import StudySettings, feature_key
+
     store_uri, ref = digits
     models = tmp_path / "models.csv"
     models.write_text(
@@ -121,16 +129,18 @@ def test_study_table_cache_and_failures(tmp_path, digits, capsys):
         "--input-size",
         "32",
         "--regimes",
-        "knn,logme,leep",
+        "knn",
+        "logme",
+        "leep",
         "--store",
         store_uri,
-        "--out",
+        "--out-dir",
         str(tmp_path / "out"),
         "--bootstrap",
         "0",
     ]
     assert main(args) == 0, capsys.readouterr().err
-    # The study says where its report is: report.html at the top of --out.
+    # The study says where its report is: report.html at the top of --out-dir.
     assert f"report: {tmp_path / 'out' / 'report.html'}\n" in capsys.readouterr().out
     assert "Does a cheap score predict" in (tmp_path / "out" / "report.html").read_text()
     rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
@@ -184,6 +194,9 @@ def test_study_table_cache_and_failures(tmp_path, digits, capsys):
 
 
 def test_one_class_target_and_rejected_input_size(tmp_path, digits):
+    from components.transfer.sources import ModelEntry
+    from components.transfer.study import StudySettings, evaluate_model
+
     store_uri, ref = digits
     store = open_store(store_uri)
     single = dataclasses.replace(ref, name="single", num_classes=1)
@@ -201,8 +214,10 @@ def test_finetune_improves_on_its_starting_point(tmp_path, digits):
     """A tiny pretrained-from-file model with a new head starts near chance on digits and
     fine-tuning for 30 steps lifts its test accuracy far above that; the reported accuracy
     is the refit's on train + val with the configuration chosen on val."""
+    import torch
+
     from components.transfer.finetune import finetune
-    from components.transfer.sources import eval_transform, prepare_images
+    from components.transfer.sources import ModelEntry, eval_transform, load_model, prepare_images
     from components.transfer.study import _splits
 
     store_uri, ref = digits
@@ -235,6 +250,8 @@ def test_finetune_improves_on_its_starting_point(tmp_path, digits):
 
 
 def test_recipe_overrides_are_checked_before_a_study_starts(capsys):
+    from components.transfer.study import StudySettings
+
     settings = StudySettings(regimes=("finetune",), recipe_overrides={"lr_grid": [0.05]})
     assert settings.recipe_overrides == {"lr_grid": [0.05]}
     for overrides, message in [
@@ -293,6 +310,8 @@ def test_trial_is_never_scored_on_another_split_of_its_own_data(trained_trial):
     """A trial trained on faces (split seed 0) is scored on that version of faces, and refused
     on faces re-split with seed 1, whose test split may hold its training images."""
     from components.data.datasets import prepare_all
+    from components.transfer.sources import ModelEntry
+    from components.transfer.study import StudySettings, evaluate_model
 
     store_uri, trial_id = trained_trial
     store = open_store(store_uri)
@@ -312,7 +331,7 @@ def test_trial_is_never_scored_on_another_split_of_its_own_data(trained_trial):
 
 
 def test_trials_all_lists_every_finished_trial(trained_trial):
-    from components.transfer.sources import expand_trials
+    from components.transfer.sources import ModelEntry, expand_trials
 
     store_uri, trial_id = trained_trial
     entries = expand_trials(

@@ -1,0 +1,62 @@
+"""The study's best models per dataset, logged to MLflow and registered (``analyze``)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from components.common import tracking
+from components.common.progress import report
+from components.common.storage import ArtifactStore
+from components.common.tracking.models import RANK_TAG, log_trial_model, registered_name
+from components.train.trial import Trial, result_key
+
+
+class Classifier(torch.nn.Module):
+    """A trial's network with its dataset's normalisation: RGB images as float32 in [0, 1],
+    ``(batch, 3, side, side)``, to class logits."""
+
+    def __init__(self, model: torch.nn.Module, mean, std) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+def log_best_models(
+    uri: str, store: ArtifactStore, study: str, table: pd.DataFrame, k: int
+) -> dict[str, str]:
+    """Logs the ``k`` best ``ok`` trials per dataset (lowest top-1 error) as MLflow models on
+    their runs, registered as versions of ``<study>-<dataset>`` (version tags: rank, top-1
+    error, trial id). Best-effort: a model that cannot be logged is a line, and the analysis
+    goes on. Returns ``{trial_id: the registered version's URL}`` of those logged.
+
+    Raises:
+        ValueError: ``k`` is negative.
+    """
+    from components.transfer.features import _load_trial_backbone
+
+    if k < 0:
+        raise ValueError(f"the number of best models to log must be >= 0, got {k}")
+    ok = table[(table["status"] == "ok") & (table["run_id"] != "")]
+    urls = {}
+    for dataset, rows in ok.groupby("dataset"):
+        name = registered_name(study, str(dataset))
+        best = rows.sort_values(["top1_error", "trial_id"]).head(k)
+        for rank, row in enumerate(best.itertuples(), 1):
+            tags = {RANK_TAG: rank, "top1_error": row.top1_error, tracking.TRIAL_TAG: row.trial_id}
+            try:
+                trial = Trial.from_dict(store.get_json(result_key(row.trial_id)))
+                backbone = _load_trial_backbone(row.trial_id, store, None, keep_head=True)
+                side = trial.dataset.resolution
+                example = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+                model = Classifier(backbone.model, backbone.mean, backbone.std).eval()
+                logged = log_trial_model(uri, row.run_id, model, example, name, tags)
+                urls[row.trial_id] = logged.url
+            except Exception as e:  # noqa: BLE001 - the report matters more than the registry
+                report("analyze", f"the model of trial {row.trial_id} is not in MLflow: {e}")
+        report("analyze", f"best {len(best)} models on {dataset}: MLflow model {name}")
+    return urls

@@ -1,0 +1,11 @@
+"""The names of the pipelines aprflow ships, without importing them.
+
+The command line needs the names to build its parser; importing the pipelines themselves
+(kfp and every component) would cost ``aprflow --help`` seconds. ``pipelines.registry`` maps
+the same names to the pipeline functions, and a test checks that both agree.
+"""
+
+PIPELINE_NAMES = ("apr-study", "transfer-study")
+# Pipelines whose preflight and report copy `aprflow run` knows; the transfer study runs
+# locally as `aprflow transfer study` (the same steps without KFP).
+LOCAL_PIPELINES = ("apr-study",)

@@ -1,0 +1,62 @@
+"""The study's best models per dataset are MLflow models: logged on their trial runs,
+registered, loadable without unpickling code, linked from the results table."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+
+@pytest.mark.slow
+def test_best_models_are_registered_and_load_with_weights_only(local_env, monkeypatch):
+    import mlflow.pytorch
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from components.analyze.models import Classifier
+    from components.analyze.run import analyze_study
+    from components.common import tracking
+    from components.common.storage import open_store
+    from components.common.tracking.models import MODEL_TAG, RANK_TAG
+    from components.data.datasets import prepare_all
+    from components.sample.samplers import sample_specs
+    from components.train.run import plan_study, train_trial
+    from components.transfer.features import _load_trial_backbone
+
+    monkeypatch.setenv("APRFLOW_TORCH_THREADS", "1")
+    # mlflow.pytorch refuses pickled models unless this is set: the logged ones need not.
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
+    refs = [r.to_dict() for r in prepare_all(["faces"], 12, 0)]
+    specs = [s.to_dict() for s in sample_specs("anynetx_a", 2, (150e6, 250e6), seed=0).specs]
+    ids, study, parent = plan_study(
+        specs, refs, "models", "apr_tiny", {"epochs": 1}, [0], "torch", None, None
+    )
+    results = [train_trial(trial_id, study, None, None) for trial_id in ids]
+    best = min(results, key=lambda r: r["top1_error"])
+    analysis = dict(trial_ids=ids, study=study, parent_run_id=parent, reference=None)
+    analyze_study(
+        **analysis, store_uri=None, tracking_uri=None, out_dir=local_env / "out", best_models=1
+    )
+
+    uri = tracking.resolve_tracking_uri()
+    client = MlflowClient(uri)
+    (version,) = client.search_model_versions(f"name = '{study}-faces'")
+    assert version.tags[RANK_TAG] == "1" and version.tags[tracking.TRIAL_TAG] == best["trial_id"]
+    run = client.get_run(version.run_id)
+    assert run.data.tags[tracking.TRIAL_TAG] == best["trial_id"]
+    assert run.data.tags[MODEL_TAG].startswith("models:/")
+    # The registered model is the trial's weights behind its dataset's normalisation.
+    model = mlflow.pytorch.load_model(f"models:/{study}-faces/1")
+    trained = _load_trial_backbone(best["trial_id"], open_store(None), None, keep_head=True)
+    images = torch.rand(3, 3, 12, 12)  # another batch size than the input example's
+    expected = Classifier(trained.model, trained.mean, trained.std).eval()(images)
+    assert torch.allclose(model(images), expected, atol=1e-5)
+    table = pd.read_csv(local_env / "out" / "results.csv", dtype=str, keep_default_na=False)
+    urls = dict(zip(table["trial_id"], table["model_url"], strict=True))
+    assert urls[best["trial_id"]].endswith(f"/#/models/{study}-faces/versions/1")
+    assert sum(url != "" for url in urls.values()) == 1
+    # A re-run of the analysis logs and registers nothing new.
+    analyze_study(
+        **analysis, store_uri=None, tracking_uri=None, out_dir=local_env / "again", best_models=1
+    )
+    assert len(client.search_model_versions(f"name = '{study}-faces'")) == 1
