@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
+import json
 import os
 import shutil
 import sys
@@ -55,7 +56,10 @@ def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs"
     os.environ.setdefault("APRFLOW_TORCH_THREADS", "1")
     started = time.time()
     log_path = runs_dir / "logs" / f"{pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    report("local", f"running {pipeline.name} with {arguments}")
+    settings = ", ".join(
+        f"{key}={json.dumps(value, default=str)}" for key, value in arguments.items()
+    )
+    report("local", f"running {pipeline.name}: {settings}")
     report("local", f"task logs: {log_path}")
     workspace = _workspace(runs_dir / "kfp-local")
     local.init(

@@ -66,7 +66,6 @@ def _tensors(state, prefix=""):
 
 
 @pytest.mark.slow
-@pytest.mark.extended
 def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(tmp_path):
     import torch
 
