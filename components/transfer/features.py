@@ -16,7 +16,6 @@ penultimate layer, the fixed features of Kornblith, Shlens, Le 2019, arXiv 1805.
 
 from __future__ import annotations
 
-import difflib
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.common.cli import did_you_mean
 from components.common.storage import ArtifactStore, CorruptObjectError, StoreError, open_store
 from components.transfer.errors import TransferError
 
@@ -222,8 +222,8 @@ def _load_timm_backbone(name: str, pretrained: bool, input_size: int | None, see
     if not name:
         raise TransferError("backbone 'timm:' names no model: use timm:<model name>")
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
+        close = did_you_mean(name, timm.list_models())
+        hint = f"; {close}" if close else " (see timm.list_models())"
         raise TransferError(f"unknown timm model {name!r}{hint}")
     if pretrained and not timm.list_pretrained(f"{name}*"):
         raise TransferError(f"timm model {name!r} has no pretrained weights; drop --pretrained")
