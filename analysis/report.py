@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import jinja2
 import numpy as np
@@ -18,7 +18,7 @@ from analysis import figures, readings
 from analysis.compute import Analysis, compute_analysis
 from analysis.files import replaced_folder, write_atomic
 from analysis.stats import STAGE_FEATURES
-from analysis.table import ResultsTable, load_results
+from analysis.table import MODEL_URL_COLUMN, ResultsTable, load_results
 from analysis.words import plural
 
 TEMPLATE_DIR = Path(__file__).parent
@@ -33,6 +33,9 @@ DETAILED_DATASETS = 3
 LINK_SCHEMES = ("http", "https", "")
 # How the reference dataset is marked in tables and figure legends (it is always listed first).
 REFERENCE_MARK = " (reference)"
+# The fragment of MLflow's page of a registered model version (``#/models/<name>/versions/<v>``):
+# the "Best models" table names such a link by the URI that loads it, ``models:/<name>/<v>``.
+_MODEL_VERSION_PAGE = re.compile(r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)")
 
 
 def reference_first(names: Iterable[str], reference: str) -> list[str]:
@@ -99,9 +102,9 @@ def analyze(
     pngs |= {d["figure"]: d.pop("png") for d in datasets}
     summary = analysis.summary
     summary["figures"] = {name: f"figures/{name}.png" for name in pngs}
-    context = report_context(
-        summary, pngs, model_table(analysis), datasets, table.regime_column or "regime"
-    )
+    regime_word = table.regime_column or "regime"
+    best = best_models_table(table, analysis, regime_word)
+    context = report_context(summary, pngs, model_table(analysis), datasets, regime_word, best)
 
     with replaced_folder(out_dir, OUTPUTS) as out:
         (out / "figures").mkdir()
@@ -469,6 +472,69 @@ def model_table(analysis: Analysis) -> dict:
     }
 
 
+def best_models_table(
+    table: ResultsTable, analysis: Analysis, regime_word: str = "regime"
+) -> dict | None:
+    """The results that link to a logged model (``model_url``: an APR study's best models per
+    dataset, registered in MLflow), for the reports' "Best models" table.
+
+    Each result is ranked among every usable result of its dataset on the primary slice's
+    metric, over all regimes and seeds (1 = best; ties share the better rank): the order in
+    which a study picks the trials whose models it logs, so a model that failed to log leaves
+    a gap in the ranks instead of moving the next one up.
+
+    Args:
+        table: the whole results table (every regime, metric and seed).
+        analysis: the analysis of its primary slice (the metric and the reference dataset).
+        regime_word: how the table names a regime (its regime column).
+
+    Returns:
+        None when the table has no ``model_url`` column (the section is left out), else
+        ``{"columns", "rows", "unlinked"}``: rows of the datasets' linked results, best first
+        and the reference's first, each ``{"cells", "url", "text"}`` (``url`` None for a link
+        that is not a web link, which is not rendered); ``unlinked`` names the datasets without
+        any link (every dataset when the column is empty: nothing was logged).
+    """
+    if MODEL_URL_COLUMN not in table.frame.columns:
+        return None
+    reference = analysis.summary["apr"]["reference"]
+    rows = table.frame[table.frame["metric"] == analysis.table.metric_column].copy()
+    rows["rank"] = rows.groupby("dataset")["error"].rank(method="min").astype(int)
+    linked = rows[rows[MODEL_URL_COLUMN] != ""]
+    several_regimes = rows["regime"].nunique() > 1
+    several_seeds = table.has_seed and rows["seed"].nunique() > 1
+    columns = ["dataset", "rank", "model"]
+    columns += [regime_word] if several_regimes else []
+    columns += ["seed"] if several_seeds else []
+    columns += ["error", "logged model"]
+    records = []
+    datasets = reference_first(sorted(rows["dataset"].unique()), reference)
+    for name in datasets:
+        ordered = linked[linked["dataset"] == name].sort_values(
+            ["rank", "model", "regime", *(["seed"] if table.has_seed else [])]
+        )
+        for row in ordered.to_dict("records"):
+            cells = [marked(name, reference), row["rank"], row["model"]]
+            cells += [row["regime"]] if several_regimes else []
+            cells += [row["seed"]] if several_seeds else []
+            url = _safe_link(row[MODEL_URL_COLUMN])
+            records.append(
+                {"cells": [*cells, row["error"]], "url": url, "text": _model_link_text(url)}
+            )
+    unlinked = [name for name in datasets if name not in set(linked["dataset"])]
+    return {"columns": columns, "rows": records, "unlinked": unlinked}
+
+
+def _model_link_text(url: str | None) -> str:
+    """``models:/<name>/<version>`` for MLflow's page of a registered version, else a word."""
+    if url is None:
+        return "not a web link"
+    page = _MODEL_VERSION_PAGE.fullmatch(urlsplit(url).fragment)
+    if page is None:
+        return "logged model"
+    return f"models:/{unquote(page['name'])}/{unquote(page['version'])}"
+
+
 def _rounded(values: np.ndarray, digits: int) -> list:
     """Floats for the model table's JSON: rounded, NaN as None (vectorised: 15k models)."""
     rounded = np.round(np.asarray(values, dtype=float), digits)
@@ -508,9 +574,11 @@ def report_context(
     models: dict,
     datasets: list[dict] | None = None,
     regime_word: str = "regime",
+    best_models: dict | None = None,
 ) -> dict:
     """Everything the report templates need (``datasets``: see :func:`dataset_sections`;
-    ``regime_word``: the table's regime column, how the sentences name a regime)."""
+    ``regime_word``: the table's regime column, how the sentences name a regime;
+    ``best_models``: see :func:`best_models_table`, None leaves the section out)."""
     names = readings.Names(summary, regime_word)
     return {
         "summary": summary,
@@ -518,6 +586,7 @@ def report_context(
         "tables": report_tables(summary, names),
         "models": models,
         "models_json": script_json(models),
+        "best_models": best_models,
         "readings": {
             "answers": readings.answer_readings(summary, names),
             "ecdf": readings.ecdf_reading(summary),
@@ -555,6 +624,8 @@ def render_template(name: str, context: dict) -> str:
     env.filters["cell"] = _cell
     env.filters["plural"] = plural
     env.filters["md"] = lambda value: _cell(value).replace("|", "\\|").replace("\n", " ")
+    # A Markdown link's target: "(", ")" and spaces would end it early.
+    env.filters["md_url"] = lambda url: quote(url, safe=":/?#@!$&'*+,;=%")
     env.tests["numeric"] = lambda value: (
         isinstance(value, int | float) and not isinstance(value, bool)
     )

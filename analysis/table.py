@@ -45,6 +45,9 @@ LONG_COLUMNS = ("metric", "value")
 UNIT_COLUMN = "unit"
 # Optional link of a row to its tracked run (e.g. the MLflow run of the trial).
 RUN_URL_COLUMN = "run_url"
+# Optional link of a row to its logged model (e.g. a registered MLflow model version).
+MODEL_URL_COLUMN = "model_url"
+LINK_COLUMNS = (RUN_URL_COLUMN, MODEL_URL_COLUMN)
 STAGES = (1, 2, 3, 4)
 # Architecture parameter groups: prefix -> meaning. A group is used only when all four
 # per-stage columns are present, because the derived features (sums, means) need all stages.
@@ -79,7 +82,8 @@ class ResultsTable:
     Attributes:
         frame: One row per usable result with columns ``model``, ``dataset``, ``regime``
             (``""`` when the input has none), ``metric``, ``error`` (percent), ``seed`` when
-            ``has_seed``, the architecture columns and ``run_url`` when present.
+            ``has_seed``, the architecture columns, and ``run_url`` and ``model_url`` when
+            present (``""`` in a row without a link).
         excluded: Rows left out of every statistic, with columns ``model``, ``dataset``,
             ``regime``, ``metric``, ``seed`` (or None), ``status`` and ``reason``.
         units: Metric -> :class:`Unit`.
@@ -344,8 +348,9 @@ def load_results(
     arch_columns = _arch_columns(raw)
     for col in arch_columns:
         df[col] = _numeric_column(raw, col, name)
-    if RUN_URL_COLUMN in raw.columns:
-        df[RUN_URL_COLUMN] = raw[RUN_URL_COLUMN].fillna("").astype(str).str.strip()
+    for column in LINK_COLUMNS:
+        if column in raw.columns:
+            df[column] = raw[column].fillna("").astype(str).str.strip()
     unit_cells = raw[UNIT_COLUMN] if UNIT_COLUMN in raw.columns else None
     if layout == "long":
         value = _numeric_column(raw, "value", name)
@@ -394,7 +399,7 @@ def load_results(
     df["error"] = error.round(10)
 
     _check_constant_architecture(df[ok], arch_columns, name)
-    extra = [RUN_URL_COLUMN] if RUN_URL_COLUMN in df.columns else []
+    extra = [column for column in LINK_COLUMNS if column in df.columns]
     frame = df.loc[ok, [*keys, "error", *arch_columns, *extra]].reset_index(drop=True)
     bad = analysed & ~ok
     excluded = df.loc[bad, ["model", "dataset", "regime", "metric", "status", "reason"]].copy()

@@ -62,6 +62,7 @@ def apr_study(
     compile_model: bool = False,
     trial_timeout_s: int = 0,
     reference: str = "",
+    best_models: int = 3,
     store_uri: str = "",
     tracking_uri: str = "",
     launcher_config_map: str = LAUNCHER_CONFIG_MAP,
@@ -107,6 +108,9 @@ def apr_study(
             data-loader) is recorded failed and its GPU freed (0 = from the plan's estimate).
         reference: reference dataset of the APR comparison ('' = one named imagenet, else the
             dataset with the most models).
+        best_models: the best trials per dataset (lowest top-1 error) logged as MLflow models
+            and registered as versions of ``<study id>-<dataset>``; the report's "Best models"
+            table links them (0 = none, at most 50).
         store_uri, tracking_uri: '' = from the launcher config (cluster) or local defaults.
         launcher_config_map, s3_secret: names of the chart's launcher ConfigMap and S3 Secret
             in the run's namespace (cluster only; kfp.local ignores them).
@@ -195,6 +199,7 @@ def apr_study(
             reference=reference,
             store_uri=store_uri,
             tracking_uri=tracking_uri,
+            best_models=best_models,
         ),
         "1",
         "2Gi",

@@ -161,6 +161,7 @@ def check_study(
         raise PreflightError(
             f"reference {short_repr(reference)} is not one of the datasets {datasets}"
         )
+    _limited(arguments, "best_models")
     _limited(arguments, "seed")
     if arguments["engine"] not in ENGINES:
         raise PreflightError(

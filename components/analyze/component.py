@@ -18,6 +18,7 @@ def analyze_study(
     report: Output[HTML],
     summary: Output[Markdown],
     metrics: Output[Metrics],
+    best_models: int = 3,
 ):
     """Gathers every trial's result, runs the APR analysis and publishes it.
 
@@ -34,6 +35,9 @@ def analyze_study(
         study_id, parent_run_id: from the plan step.
         reference: reference dataset of the APR comparison ('' = the analysis' default).
         store_uri, tracking_uri: '' means the environment's or the local defaults.
+        best_models: the best trials per dataset logged as MLflow models and registered
+            (0 = none; the limits table bounds it); the results table's ``model_url`` and the
+            report's "Best models" table link them.
     """
     import shutil
 
@@ -46,6 +50,7 @@ def analyze_study(
         reference=reference or None,
         store_uri=store_uri or None,
         tracking_uri=tracking_uri or None,
+        best_models=best_models,
     )
     shutil.copyfile(out_dir / "results.csv", results.path)
     shutil.copyfile(out_dir / "report.html", report.path)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from analysis.words import plural
 from components.common import tracking
+from components.common.limits import check_limit
 from components.common.progress import report
 from components.common.storage import ArtifactStore
 from components.common.tracking.models import RANK_TAG, log_trial_model, registered_name
@@ -35,12 +37,14 @@ def log_best_models(
     goes on. Returns ``{trial_id: the registered version's URL}`` of those logged.
 
     Raises:
-        ValueError: ``k`` is negative.
+        ValueError: ``k`` is outside the limits table's ``best_models`` range.
     """
     from components.transfer.features import _load_trial_backbone
 
-    if k < 0:
-        raise ValueError(f"the number of best models to log must be >= 0, got {k}")
+    k = check_limit("best_models", k)
+    if k == 0:
+        report("analyze", "best_models is 0: no model is logged to MLflow")
+        return {}
     ok = table[(table["status"] == "ok") & (table["run_id"] != "")]
     urls = {}
     for dataset, rows in ok.groupby("dataset"):
@@ -58,5 +62,5 @@ def log_best_models(
                 urls[row.trial_id] = logged.url
             except Exception as e:  # noqa: BLE001 - the report matters more than the registry
                 report("analyze", f"the model of trial {row.trial_id} is not in MLflow: {e}")
-        report("analyze", f"best {len(best)} models on {dataset}: MLflow model {name}")
+        report("analyze", f"best {plural(len(best), 'model')} on {dataset}: MLflow model {name}")
     return urls

@@ -13,6 +13,7 @@ import pandas as pd
 
 from analysis.table import EVALUATION_SEPARATOR, OWN_TEST_SET
 from components.common import tracking
+from components.common.limits import check_limit
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
 from components.common.uris import redact_uri
@@ -21,7 +22,8 @@ from components.sample.space import AnyNetSpec
 from components.train.plan import load_trial_ids, trial_key
 from components.train.trial import result_key
 
-# How many of the best models per dataset are logged to MLflow and registered.
+# How many of the best models per dataset are logged to MLflow and registered (the pipeline's
+# and the component's ``best_models`` default too).
 DEFAULT_BEST_MODELS = 3
 STAGE_FIELDS = (("depths", "d"), ("widths", "w"), ("bottleneck_ratios", "b"), ("group_widths", "g"))
 # Errors of each evaluation of a trial's checkpoint that become results-table columns.
@@ -158,11 +160,17 @@ def analyze_study(
 ) -> dict[str, Any]:
     """Gathers the results, logs the ``best_models`` best models per dataset as registered
     MLflow models (:func:`~components.analyze.models.log_best_models`; the results table's
-    ``model_url`` links them), writes the analysis to ``out_dir`` and to ``studies/<study>/``,
-    logs it to the study's MLflow parent run and returns the summary."""
+    ``model_url`` and the report's "Best models" table link them), writes the analysis to
+    ``out_dir`` and to ``studies/<study>/``, logs it to the study's MLflow parent run and
+    returns the summary.
+
+    Raises:
+        ValueError: ``best_models`` is outside the limits table's range (before any work).
+    """
     from analysis.report import analyze
     from analysis.table import load_results
 
+    best_models = check_limit("best_models", best_models)
     store = open_store(store_uri)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking(uri, tracking.wait_budget())
@@ -201,6 +209,7 @@ def analyze_study(
     params = {
         "analysis.reference": summary.get("apr", {}).get("reference"),
         "analysis.top_k": top_k,
+        "analysis.best_models": best_models,
     }
     tracking.finish_study_run(uri, parent_run_id, summary["metrics"], out_dir, params)
     report("analyze", f"report at {store.key_uri(f'studies/{study}/report.html')}", started)

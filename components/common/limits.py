@@ -57,6 +57,9 @@ LIMITS: dict[str, Bound] = {
         "holds one count per chunk within Linux's 128 KiB per argument; raise chunk_size",
     ),
     "draws": Bound(1, 100, reason="each draw builds and stores one more dataset"),
+    "best_models": Bound(
+        0, 50, reason="each is one trial's weights exported and uploaded to MLflow, per dataset"
+    ),
     # An architecture spec (components.sample.space).
     "stages": Bound(1, 8, reason="AnyNet, ResNet and RegNet have 4 stages"),
     "width": Bound(
@@ -112,6 +115,7 @@ PARAMETER_LIMITS = {
     "max_attempts": "max_attempts",
     "finetune_max_steps": "steps",
     "n_bootstrap": "bootstrap",
+    "best_models": "best_models",
 }
 
 

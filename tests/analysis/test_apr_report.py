@@ -446,6 +446,76 @@ def test_model_table_has_every_model_spec_and_safe_run_links(tmp_path, synthetic
     assert "javascript:" not in html
 
 
+def _best_models_frame() -> pd.DataFrame:
+    """12 models x 3 datasets x 2 seeds; every result ok (the ranks below count them all)."""
+    from analysis.synthetic import synthetic_results
+
+    return synthetic_results(n_models=12, n_datasets=3, n_seeds=2, n_failed=0, seed=2)
+
+
+def test_best_models_table_links_each_logged_model(tmp_path):
+    from analysis import analyze
+
+    frame = _best_models_frame()
+    frame["model_url"] = ""
+    frame = frame.sort_values(["dataset", "top1_error"]).reset_index(drop=True)
+    imagenet = frame.index[frame["dataset"] == "imagenet"][:3]
+    for version, i in enumerate(imagenet, 1):
+        frame.loc[i, "model_url"] = f"http://mlflow:5000/#/models/s-imagenet/versions/{version}"
+    # ds01's second best has no link (its model failed to log): the ranks keep the gap.
+    ds01 = frame.index[frame["dataset"] == "ds01"][[0, 2]]
+    frame.loc[ds01[0], "model_url"] = "javascript:alert(1)"
+    frame.loc[ds01[1], "model_url"] = "runs/model.html"  # a relative link: no MLflow page
+    analyze(frame.sample(frac=1, random_state=0), tmp_path, n_bootstrap=0)
+    html = (tmp_path / "report.html").read_text()
+    markdown = (tmp_path / "report.md").read_text()
+
+    section = html.split('id="table-best-models">')[1].split("</table>")[0]
+    columns = re.findall(r"<th>([^<]*)</th>", section)
+    assert columns == ["dataset", "rank", "model", "seed", "error", "logged model"]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in section.split("<tr>")[2:]]
+    expected = [
+        ("imagenet (reference)", 1, imagenet[0]),
+        ("imagenet (reference)", 2, imagenet[1]),
+        ("imagenet (reference)", 3, imagenet[2]),
+        ("ds01", 1, ds01[0]),
+        ("ds01", 3, ds01[1]),
+    ]
+    assert len(rows) == len(expected)
+    for row, (dataset, rank, i) in zip(rows, expected, strict=True):
+        assert row[:4] == [dataset, str(rank), frame.loc[i, "model"], str(frame.loc[i, "seed"])]
+        assert float(row[4]) == pytest.approx(frame.loc[i, "top1_error"], abs=1e-3)
+    url = frame.loc[imagenet[0], "model_url"]
+    assert rows[0][5] == f'<a href="{url}" target="_blank" rel="noopener">models:/s-imagenet/1</a>'
+    assert rows[3][5] == "not a web link" and "javascript:" not in html + markdown
+    assert rows[4][5].startswith('<a href="runs/model.html"') and ">logged model</a>" in rows[4][5]
+    assert "No result of ds02 links to a logged model." in html
+    # The Markdown report (the Kubeflow UI's summary) has the same rows and links.
+    assert f"| imagenet (reference) | 1 | {frame.loc[imagenet[0], 'model']} |" in markdown
+    assert f"[models:/s-imagenet/1]({url})" in markdown
+    assert "No result of ds02 links to a logged model." in markdown
+
+
+@pytest.mark.parametrize("urls", [None, ""], ids=["no model_url column", "empty model_url"])
+def test_best_models_table_is_left_out_or_says_why(urls, tmp_path):
+    from analysis import analyze
+
+    frame = _best_models_frame()
+    if urls is not None:
+        frame["model_url"] = urls
+    analyze(frame, tmp_path, n_bootstrap=0)
+    html = (tmp_path / "report.html").read_text()
+    markdown = (tmp_path / "report.md").read_text()
+    assert "table-best-models" not in html and "| logged model |" not in markdown
+    if urls is None:  # any results table: no such section
+        assert "Best models" not in html + markdown
+    else:  # a study's table whose study logged no model
+        why = "No result links to a logged model: the"
+        assert '<h2 id="best-models">Best models</h2>' in html and why in html
+        assert "## Best models" in markdown and why in markdown
+        assert "best_models=0" in html + markdown
+
+
 def test_source_line_names_the_table(tmp_path):
     from analysis import analyze, load_results
 

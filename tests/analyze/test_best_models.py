@@ -1,7 +1,9 @@
 """The study's best models per dataset are MLflow models: logged on their trial runs,
-registered, loadable without unpickling code, linked from the results table."""
+registered, loadable without unpickling code, linked from the results table and the report."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -55,8 +57,60 @@ def test_best_models_are_registered_and_load_with_weights_only(local_env, monkey
     urls = dict(zip(table["trial_id"], table["model_url"], strict=True))
     assert urls[best["trial_id"]].endswith(f"/#/models/{study}-faces/versions/1")
     assert sum(url != "" for url in urls.values()) == 1
+    # The report's "Best models" table links the registered version by its load URI.
+    link = f'<a href="{urls[best["trial_id"]]}" target="_blank" rel="noopener">'
+    html = (local_env / "out" / "report.html").read_text()
+    assert html.count(link) == 1 and f"{link}models:/{study}-faces/1</a>" in html
+    markdown = (local_env / "out" / "report.md").read_text()
+    assert f"[models:/{study}-faces/1]({urls[best['trial_id']]})" in markdown
+    # best_models=0 logs nothing, and the report says why there is no link.
+    analyze_study(
+        **analysis, store_uri=None, tracking_uri=None, out_dir=local_env / "none", best_models=0
+    )
+    table = pd.read_csv(local_env / "none" / "results.csv", dtype=str, keep_default_na=False)
+    assert (table["model_url"] == "").all()
+    html = (local_env / "none" / "report.html").read_text()
+    assert "table-best-models" not in html and "<code>best_models=0</code> logs none" in html
     # A re-run of the analysis logs and registers nothing new.
     analyze_study(
         **analysis, store_uri=None, tracking_uri=None, out_dir=local_env / "again", best_models=1
     )
     assert len(client.search_model_versions(f"name = '{study}-faces'")) == 1
+
+
+def test_best_models_is_a_bounded_parameter_of_the_apr_study():
+    import yaml
+
+    from components.analyze.component import analyze_study
+    from components.analyze.run import DEFAULT_BEST_MODELS
+    from pipelines.apr_study import apr_study
+    from pipelines.config import (
+        ConfigError,
+        load_config,
+        parameter_descriptions,
+        pipeline_parameters,
+    )
+
+    assert pipeline_parameters(apr_study)["best_models"].default == DEFAULT_BEST_MODELS
+    assert analyze_study.component_spec.inputs["best_models"].default == DEFAULT_BEST_MODELS
+    assert "0 = none, at most 50" in parameter_descriptions(apr_study)["best_models"]
+    # The committed pipeline hands the run's value to the analysis task.
+    compiled = Path(__file__).parents[2] / "pipelines" / "compiled" / "apr_study.yaml"
+    spec = next(yaml.safe_load_all(compiled.read_text()))
+    task = spec["root"]["dag"]["tasks"]["analyze-study"]
+    assert task["inputs"]["parameters"]["best_models"] == {"componentInputParameter": "best_models"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["best_models"]["defaultValue"] == 3
+    assert load_config(apr_study, None, {"best_models": 0})["best_models"] == 0
+    for value in (-1, 51):
+        with pytest.raises(ConfigError, match=r"'best_models' must be in \[0, 50\]"):
+            load_config(apr_study, None, {"best_models": value})
+
+
+def test_the_analysis_refuses_best_models_out_of_range_before_any_work(tmp_path):
+    from components.analyze.run import analyze_study
+
+    with pytest.raises(ValueError, match=r"best_models must be in \[0, 50\], got 51"):
+        analyze_study(
+            ["t"], "s", "run", None, str(tmp_path / "store"), None, tmp_path / "out", best_models=51
+        )
+    assert list(tmp_path.iterdir()) == []
