@@ -59,6 +59,17 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def use_cudnn_autotuner(device: torch.device) -> None:
+    """On a GPU, lets cuDNN time its convolution algorithms for each input shape once and keep
+    the fastest: a trial's shapes are fixed (one batch size and resolution), and timm's
+    ``train.py`` does the same (huggingface/pytorch-image-models ``train.py``,
+    ``torch.backends.cudnn.benchmark = True`` for CUDA). It costs no reproducibility that a GPU
+    run had: cuDNN's default backward algorithms already accumulate in nondeterministic order.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def rank_and_world() -> tuple[int, int]:
     """This process' rank and the number of processes of its trial (torchrun's RANK and
     WORLD_SIZE; 0 and 1 in a plain process)."""
@@ -198,6 +209,7 @@ class TorchEngine(TrainEngine):
             raise ValueError("engine 'torch' trains in one process: use engine 'deepspeed'")
         self.device = resolve_device(device or "auto")
         self._on_gpu = self.device.type == "cuda"
+        use_cudnn_autotuner(self.device)
         check_precision(precision, self._on_gpu)
         if precision == "auto":
             precision = "bf16" if self._on_gpu else "fp32"
@@ -364,6 +376,7 @@ class DeepSpeedEngine(TrainEngine):
                 f"device {device!r} but DeepSpeed's accelerator is {accelerator.device_name()!r}: "
                 "set DS_ACCELERATOR=cpu to train DeepSpeed on the CPU of a GPU machine"
             )
+        use_cudnn_autotuner(wanted)
         check_precision(precision, self._on_gpu)
         if precision == "bf16" and not self._on_gpu:
             raise ValueError("engine 'deepspeed' trains in fp32 on the CPU: use precision fp32")

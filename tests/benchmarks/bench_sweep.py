@@ -29,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
-def device_peak() -> tuple[str, float, str]:
-    """(device name, peak FLOP/s, where the peak comes from)."""
+def device_peak(gpu: bool = True) -> tuple[str, float, str]:
+    """(device name, peak FLOP/s, where the peak comes from): a GPU's when ``gpu`` and there is
+    one, else this CPU's."""
     import torch
 
-    if torch.cuda.is_available():
+    if gpu and torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         for key, peak in GPU_BF16_PEAK.items():
             if key in name:
@@ -70,6 +71,73 @@ def generated_dataset(store, n_images: int, seed: int = 0):
     return materialize_scan(store, descriptor, listing, progress=lambda _: None)
 
 
+def mean_train_macs(specs: list[dict], ref) -> float:
+    """Multiply-adds per image of ``specs`` as trained on ``ref`` (its resolution and classes,
+    the small-image stem at 32 px), averaged."""
+    from components.sample.space import AnyNetSpec, complexity, uses_small_stem
+
+    small = uses_small_stem(ref.resolution, None)
+    macs = [
+        complexity(
+            replace(AnyNetSpec.from_dict(s), num_classes=ref.num_classes), ref.resolution, small
+        ).flops
+        for s in specs
+    ]
+    return sum(macs) / len(macs)
+
+
+def sweep(
+    store,
+    ref,
+    specs: list[dict],
+    packs,
+    batch_size: int,
+    cpus: int,
+    epochs: int = 1,
+    first_seed: int = 0,
+):
+    """Per ``trials_per_gpu`` in ``packs``: one chunk training every spec on ``ref`` for
+    ``epochs`` (a study of its own, with training seed ``first_seed`` + its position, so that
+    nothing is reused from another setting), timed.
+
+    Returns one row per setting: trials_per_gpu, wall_s, models_per_hour, images_per_s (training
+    images of every model / the chunk's wall time), and per trial the training loop's
+    images_per_s (``trial_images_per_s``).
+    """
+    from components.train.chunk import ChunkSettings, run_chunk
+    from components.train.run import plan_study, result_key
+
+    rows = []
+    for seed, pack in enumerate(packs, start=first_seed):
+        trial_ids, study, _ = plan_study(
+            specs,
+            [ref.to_dict()],
+            f"bench-pack{pack}-{seed}",
+            "apr_short",
+            {"epochs": epochs, "batch_size": batch_size, "warmup_epochs": 0},
+            [seed],
+            "torch",
+            None,
+            None,
+            chunk_size=len(specs),
+        )
+        settings = ChunkSettings(trials_per_gpu=pack, cpus=cpus)
+        tic = time.perf_counter()
+        run_chunk(study, 0, None, None, "bench", settings)
+        wall = time.perf_counter() - tic
+        results = [store.get_json(result_key(t)) for t in trial_ids]
+        rows.append(
+            {
+                "trials_per_gpu": pack,
+                "wall_s": wall,
+                "models_per_hour": 3600 * len(specs) / wall,
+                "images_per_s": len(specs) * epochs * ref.n_train / wall,
+                "trial_images_per_s": [r["train_images_per_s"] for r in results],
+            }
+        )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=int, default=4, help="architectures (N)")
@@ -85,12 +153,8 @@ def main() -> int:
 
     from components.common.storage import open_store
     from components.sample.samplers import sample_specs
-    from components.sample.space import AnyNetSpec, complexity
-    from components.train.chunk import ChunkSettings, run_chunk
-    from components.train.run import plan_study
 
     name, peak, peak_source = device_peak()
-    cpus = os.cpu_count() or 1
     print(
         f"device {name}: peak {peak / 1e12:.3f} TFLOP/s ({peak_source}); torch {torch.__version__}"
     )
@@ -102,37 +166,18 @@ def main() -> int:
         f"({time.perf_counter() - tic:.0f} s to build)"
     )
     specs = [s.to_dict() for s in sample_specs("anynetx_a", args.models, (360e6, 400e6), 0).specs]
-    macs = [
-        complexity(replace(AnyNetSpec.from_dict(s), num_classes=ref.num_classes), 32, True).flops
-        for s in specs
-    ]
-    mean_macs = sum(macs) / len(macs)
+    mean_macs = mean_train_macs(specs, ref)
     print(f"{args.models} models, {mean_macs / 1e6:.1f} M multiply-adds per 32-px image (mean)")
-    rows = []
-    for seed, pack in ((0, 1), (1, args.pack)):
-        _, study, _ = plan_study(
-            specs,
-            [ref.to_dict()],
-            f"bench-pack{pack}",
-            "apr_short",
-            {"epochs": 1, "batch_size": args.batch_size, "warmup_epochs": 0},
-            [seed],
-            "torch",
-            None,
-            None,
-            chunk_size=args.models,
-        )
-        settings = ChunkSettings(trials_per_gpu=pack, cpus=cpus)
-        tic = time.perf_counter()
-        run_chunk(study, 0, None, None, "bench", settings)
-        wall = time.perf_counter() - tic
-        images_per_s = args.models * ref.n_train / wall
-        mfu = 6 * mean_macs * images_per_s / peak
-        rows.append((pack, wall, 3600 * args.models / wall, images_per_s, mfu))
+    rows = sweep(store, ref, specs, (1, args.pack), args.batch_size, os.cpu_count() or 1)
+    for row in rows:
+        row["mfu"] = 6 * mean_macs * row["images_per_s"] / peak
     print("\ntrials_per_gpu | wall s | models/hour | images/s | MFU")
-    for pack, wall, per_hour, images_per_s, mfu in rows:
-        print(f"{pack:>14} | {wall:6.1f} | {per_hour:11.1f} | {images_per_s:8.1f} | {mfu:.2%}")
-    per_hour_best = max(r[2] for r in rows)
+    for r in rows:
+        print(
+            f"{r['trials_per_gpu']:>14} | {r['wall_s']:6.1f} | {r['models_per_hour']:11.1f} | "
+            f"{r['images_per_s']:8.1f} | {r['mfu']:.2%}"
+        )
+    per_hour_best = max(r["models_per_hour"] for r in rows)
     epochs, n_models, n_train = 30, 500, 50_000
     scale = n_train / ref.n_train * epochs
     print(

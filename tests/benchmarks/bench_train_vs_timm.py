@@ -42,6 +42,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def load_average() -> float:
 
 def timm_rates(args, model: str, resolution: int, data: Path, mean, std, setting: dict):
     """(last-epoch images/s, all-epochs images/s) of one train.py run."""
+    on_gpu = args.device == "cuda"
     command = [
         *(sys.executable, "-c", TIMM_RUNNER, str(args.timm_train)),
         *("--data-dir", str(data), "--train-split", "train", "--val-split", "test"),
@@ -87,10 +89,12 @@ def timm_rates(args, model: str, resolution: int, data: Path, mean, std, setting
         *("--scale", "0.08", "1.0", "--ratio", str(3 / 4), str(4 / 3), "--hflip", "0.5"),
         *("--color-jitter", "0", "--reprob", "0", "--train-interpolation", "bilinear"),
         *("--mean", *map(str, mean), "--std", *map(str, std), "--device", args.device),
-        *("--workers", str(setting["workers"]), "--log-interval", "1"),
+        # Its last log line of an epoch (always written) averages the epoch's updates.
+        *("--workers", str(setting["workers"]), "--log-interval", "50"),
         *("--output", str(data.parent / "timm-out"), "--checkpoint-hist", "1"),
         *([] if setting["prefetcher"] else ["--no-prefetcher"]),
-        *(["--pin-mem"] if args.device == "cuda" else []),
+        # On a GPU, what aprflow's torch engine does there: bf16 autocast, channels_last.
+        *(["--pin-mem", "--amp", "--amp-dtype", "bfloat16", "--channels-last"] if on_gpu else []),
         *(["--model-kwargs", "small_input=True"] if uses_small_stem(resolution, None) else []),
     ]
     # glibc reads these at start-up: the allocator setting aprflow's trainer makes with mallopt.
@@ -99,7 +103,7 @@ def timm_rates(args, model: str, resolution: int, data: Path, mean, std, setting
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     log = done.stdout + done.stderr
     if done.returncode != 0:
-        raise SystemExit(f"timm train.py failed:\n{log[-3000:]}")
+        raise RuntimeError(f"timm train.py failed:\n{log[-3000:]}")
     # Per epoch, its last line: (updates, average seconds per update).
     epochs: dict[int, tuple[int, float]] = {}
     for line in log.splitlines():
@@ -107,7 +111,7 @@ def timm_rates(args, model: str, resolution: int, data: Path, mean, std, setting
             epoch, index, _, avg_s, _ = match.groups()
             epochs[int(epoch)] = (int(index) + 1, float(avg_s))
     if len(epochs) != args.epochs:
-        raise SystemExit(f"no throughput per epoch in timm's log:\n{log[-3000:]}")
+        raise RuntimeError(f"no throughput per epoch in timm's log:\n{log[-3000:]}")
     images = {e: updates * args.batch_size for e, (updates, _) in epochs.items()}
     seconds = {e: updates * avg_s for e, (updates, avg_s) in epochs.items()}
     last = args.epochs - 1
@@ -133,9 +137,9 @@ def run_profiled_trial(store_uri: str, trial_dict: dict) -> dict:
     return {"result": result, "wait_seconds": opened[0].wait_seconds, "images": len(opened[0])}
 
 
-def aprflow_rates(args, reference: str, ref, workers: int):
-    """(last-epoch images/s, all-epochs images/s) of one trial on the stream input, in a
-    process of its own as in a study (a chunk's fork-server child) and as timm's train.py."""
+def aprflow_trial(args, reference: str, ref, **fields) -> Trial:
+    """A trial of ``reference`` on ``ref`` with the recipe timm's run gets; ``fields`` set other
+    :class:`Trial` fields (engine, engine_options, compile_model)."""
     recipe = resolve_recipe(
         "apr_tiny",
         {
@@ -153,20 +157,33 @@ def aprflow_rates(args, reference: str, ref, workers: int):
     # A fresh trial id per run (the seed), so nothing is reused from an earlier run.
     args.trial_seed += 1
     trial = Trial(REFERENCE_SPECS[reference].to_dict(), ref, recipe, seed=args.trial_seed)
-    if args.device != "cpu":
-        trial = replace(trial, device=args.device)
+    return replace(trial, **fields, **({"device": args.device} if args.device != "cpu" else {}))
+
+
+def run_in_process(args, trial: Trial, workers: int, env: dict | None = None) -> dict:
+    """Runs ``trial`` in a process of its own, as in a study (a chunk's fork-server child) and
+    as timm's train.py: the result, the last epoch's seconds waiting for data, the images per
+    epoch, and the process's wall time (start-up, imports and compilation included)."""
+    tic = time.perf_counter()
     done = subprocess.run(
         [sys.executable, __file__, RUN_TRIAL, args.store, json.dumps(trial.to_dict())],
-        env=os.environ | {"APRFLOW_DATA_WORKERS": str(workers)},
+        env=os.environ | {"APRFLOW_DATA_WORKERS": str(workers)} | (env or {}),
         capture_output=True,
         text=True,
     )
     if done.returncode != 0:
-        raise SystemExit(f"aprflow trial process failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"aprflow trial process failed:\n{done.stderr[-3000:]}")
     profiled = json.loads(done.stdout.splitlines()[-1])
     result = profiled["result"]
     if result["status"] != "ok":
-        raise SystemExit(f"aprflow trial {result['status']}: {result.get('reason')}")
+        raise RuntimeError(f"aprflow trial {result['status']}: {result.get('reason')}")
+    return profiled | {"wall_s": time.perf_counter() - tic}
+
+
+def aprflow_rates(args, reference: str, ref, workers: int):
+    """(last-epoch images/s, all-epochs images/s) of one trial on the stream input."""
+    profiled = run_in_process(args, aprflow_trial(args, reference, ref), workers)
+    result = profiled["result"]
     per_epoch = result["history"]["images_per_s"]
     images = profiled["images"] // args.batch_size * args.batch_size
     print(
@@ -175,6 +192,22 @@ def aprflow_rates(args, reference: str, ref, workers: int):
         flush=True,
     )
     return per_epoch[-1], result["train_images_per_s"]
+
+
+def prepare_data(args, tmp: Path):
+    """JPEG files in ``tmp/images/{train,test}`` (timm reads these) built into aprflow's store
+    ``args.store`` (set here, with ``args.trial_seed``): (folder, dataset reference, mean, std).
+    """
+    folder = tmp / "images"
+    write_folder(folder / "train", args.images, args.source_side)
+    write_folder(folder / "test", 2 * CLASSES, args.source_side, seed=1)
+    args.store, args.trial_seed = str(tmp / "store"), 0
+    descriptor = DatasetDescriptor(
+        name="bench", source=str(folder), split=SplitRule(mode="given", val_fraction=0.0)
+    )
+    ref = build_dataset(open_store(args.store), descriptor, lambda _: None)
+    manifest = load_manifest(open_store(args.store), ref)
+    return folder, ref, manifest["mean"], manifest["std"]
 
 
 def compare(args, reference: str, resolution: int, folder: Path, ref, mean, std) -> None:
@@ -257,20 +290,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        folder = tmp / "images"  # train/ and test/: timm reads these files, aprflow builds them
-        write_folder(folder / "train", args.images, args.source_side)
-        write_folder(folder / "test", 2 * CLASSES, args.source_side, seed=1)
-        args.store, args.trial_seed = str(tmp / "store"), 0
-        descriptor = DatasetDescriptor(
-            name="bench", source=str(folder), split=SplitRule(mode="given", val_fraction=0.0)
-        )
-        ref = build_dataset(open_store(args.store), descriptor, lambda _: None)
-        manifest = load_manifest(open_store(args.store), ref)
+        folder, ref, mean, std = prepare_data(args, Path(tmp))
         print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
         for reference in args.references:
             for resolution in args.resolutions:
-                compare(args, reference, resolution, folder, ref, manifest["mean"], manifest["std"])
+                compare(args, reference, resolution, folder, ref, mean, std)
 
 
 if __name__ == "__main__":
