@@ -310,28 +310,35 @@ class ShardCache:
             path.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seeds torch's, Python's and NumPy's global generators (timm's transforms use all three:
-    RandAugment picks its ops with NumPy) for one image, restoring them afterwards so that
-    nothing else's randomness moves."""
+def _seed_all(seed: int) -> None:
+    """Seeds torch's (CPU), Python's and NumPy's global generators: timm's transforms use all
+    three (RandAugment picks its ops with NumPy)."""
     # The CPU generator only: torch.manual_seed would also queue seeds for every accelerator
-    # back end, recording a stack trace each time (most of the per-image cost).
-    cpu = torch.default_generator
-    torch_state, python_state, numpy_state = (
-        cpu.get_state(),
-        random.getstate(),
-        np.random.get_state(),
-    )
-    cpu.manual_seed(seed)
+    # back end, recording a stack trace each time.
+    torch.default_generator.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seeds the global generators for one image. In the trainer's own process (no
+    DataLoader workers) their states are restored afterwards so that nothing else's
+    randomness moves; a worker process has no other user of them, and saving and restoring
+    three generator states would cost about as much as augmenting a small image."""
+    if torch.utils.data.get_worker_info() is not None:
+        _seed_all(seed)
+        yield
+        return
+    cpu = torch.default_generator
+    states = cpu.get_state(), random.getstate(), np.random.get_state()
+    _seed_all(seed)
     try:
         yield
     finally:
-        cpu.set_state(torch_state)
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
+        cpu.set_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
 
 
 # The recipe fields train_transform reads (with the size, they identify the transform).
@@ -340,8 +347,11 @@ TRANSFORM_FIELDS = ("scale", "ratio", "hflip", "color_jitter", "auto_augment", "
 
 def train_transform(resolution: int, mean, std, recipe) -> Callable:
     """timm's training transform as the recipe says: RandomResizedCrop (``scale``, ``ratio``),
-    flip (``hflip``), ``auto_augment`` (RandAugment ...), ``color_jitter``, normalise, random
-    erasing (``re_prob``)."""
+    flip (``hflip``), ``auto_augment`` (RandAugment ...), ``color_jitter``, then, as timm's
+    loader with its prefetcher, a uint8 tensor that :func:`normalize` turns into floats on the
+    device (a quarter of the bytes through the workers' shared memory and to the GPU, and no
+    float work per image in the workers). With random erasing (``re_prob``), which works on
+    normalised floats and is seeded per image here, the worker normalises and erases."""
     from timm.data import create_transform
 
     return create_transform(
@@ -356,11 +366,13 @@ def train_transform(resolution: int, mean, std, recipe) -> Callable:
         interpolation="bilinear",
         mean=tuple(mean),
         std=tuple(std),
+        use_prefetcher=not recipe.re_prob,
     )
 
 
 def eval_transform(resolution: int, mean, std) -> Callable:
-    """Shorter side to ``resolution``, centre crop, normalise (what ``load_split`` does)."""
+    """Shorter side to ``resolution``, centre crop, a uint8 tensor (what ``load_split`` does;
+    :func:`normalize` follows on the device)."""
     from timm.data import create_transform
 
     return create_transform(
@@ -370,7 +382,17 @@ def eval_transform(resolution: int, mean, std) -> Callable:
         interpolation="bilinear",
         mean=tuple(mean),
         std=tuple(std),
+        use_prefetcher=True,
     )
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A uint8 batch as torchvision's ``ToTensor`` + ``Normalize`` make it, with the same
+    operations (so the same floats): ``(x / 255 - mean) / std``; a float batch (already
+    normalised by its worker) as it is."""
+    if images.dtype != torch.uint8:
+        return images
+    return images.float().div_(255).sub_(mean).div_(std)
 
 
 class ShardSamples(Dataset):
@@ -382,7 +404,8 @@ class ShardSamples(Dataset):
     Args:
         store_uri: the artifact store (each worker opens its own client).
         shards: the split's shards as ``(key, images)`` in stored order.
-        transform: PIL image -> normalised CHW tensor.
+        transform: PIL image -> CHW tensor (uint8, or normalised floats: see
+            :func:`train_transform`).
         seed: the trial's seed (with the item, it seeds each image's augmentation).
         cache_dir: local shard cache folder (default ``APRFLOW_SHARD_CACHE`` or
             ``~/.cache/aprflow/shards``).
@@ -514,6 +537,7 @@ class StreamBatches(TrainData):
         self.cache_dir = cache_dir
         # Per use ("train", "eval"): the transform's settings, its DataLoader and batch list.
         self._loaders: dict[str, tuple[tuple, DataLoader, EpochBatches]] = {}
+        self._on_device: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return sum(n for _, n in self.shards)
@@ -553,9 +577,18 @@ class StreamBatches(TrainData):
                 return
             self.wait_seconds += time.perf_counter() - tic
             yield (
-                images.to(self.device, non_blocking=True),
+                normalize(images.to(self.device, non_blocking=True), *self._moments()),
                 labels.to(self.device, non_blocking=True),
             )
+
+    def _moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalisation's mean and std on the device, shaped for a batch."""
+        if self._on_device is None:
+            self._on_device = tuple(
+                torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1).to(self.device)
+                for v in (self.mean, self.std)
+            )
+        return self._on_device
 
     def train(
         self, recipe, generator: torch.Generator, epoch: int = 0, start: int = 0

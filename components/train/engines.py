@@ -171,6 +171,11 @@ class TrainEngine(ABC):
     def autocast(self) -> contextlib.AbstractContextManager:
         """The mixed-precision context for forward passes."""
 
+    def cast_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch in the dtype the module's forward takes (as it comes, unless the engine
+        keeps half-precision weights without autocast)."""
+        return images
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """Model and optimizer state for a checkpoint."""
@@ -436,13 +441,25 @@ class DeepSpeedEngine(TrainEngine):
     def optimizer_step(self) -> None:
         """Nothing left to do: :meth:`backward` of the last micro-batch stepped."""
 
+    @property
+    def _half_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        # The half precision itself comes from the config (half weights); autocast on CUDA lets
-        # the fp32 batches the loop produces meet them. The CPU runs in fp32.
-        if self.precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
+        # The half precision itself comes from the config (half weights). DeepSpeed turns an
+        # outer autocast off inside its forward (cast_inputs), so this context covers what runs
+        # outside it: the loss on the logits. The CPU runs in fp32.
+        if self._half_dtype is not None:
+            return torch.autocast("cuda", dtype=self._half_dtype)
         return contextlib.nullcontext()
+
+    def cast_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        # DeepSpeed's forward runs with an outer torch.autocast turned off unless the config's
+        # torch_autocast section is on (deepspeed v0.19.8 runtime/torch_autocast.py,
+        # autocast_if_enabled; runtime/engine.py forward), so fp32 batches would meet bf16/fp16
+        # weights: "Input type (torch.cuda.FloatTensor) and weight type (CUDABFloat16Type)
+        # should be the same", seen on an H200 (tests/train/test_engines.py).
+        return images.to(self._half_dtype) if self._half_dtype is not None else images
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -284,7 +284,7 @@ def evaluate(
     totals = torch.zeros(3, dtype=torch.float64, device=engine.device)
     for images, labels in batches.eval(batch_size):
         with engine.autocast():
-            logits = model(images).float()
+            logits = model(engine.cast_inputs(images)).float()
         top = logits.topk(k, dim=1).indices
         totals[0] += F.cross_entropy(logits, labels, reduction="sum")
         totals[1] += (top[:, 0] != labels).sum()
@@ -463,7 +463,7 @@ def train_batch(
     for start in range(0, n, micro_batch):
         part = slice(start, start + micro_batch)
         with engine.autocast():
-            loss = criterion(module(images[part]), targets[part])
+            loss = criterion(module(engine.cast_inputs(images[part])), targets[part])
         weight = min(micro_batch, n - start) / n
         engine.backward(loss, weight)
         total += loss.detach().float() * weight

@@ -213,3 +213,49 @@ def test_stream_leaves_the_global_generator_alone(built):
             list(data.train(recipe, torch.Generator(), epoch))
             list(data.eval(8))
         assert torch.equal(before, torch.random.get_rng_state()), workers
+
+
+@pytest.mark.parametrize("re_prob", [0.0, 0.5])
+def test_workers_send_uint8_and_the_device_normalises_to_the_same_floats(built, re_prob):
+    """As timm's loader with its prefetcher: the workers send uint8 images and the batch is
+    normalised on the device, giving bit for bit the floats that ToTensor + Normalize in the
+    worker give. Random erasing (normalised floats, seeded per image) stays in the worker."""
+    import torch
+    from timm.data import create_transform
+
+    from components.data.descriptor import mix_seed
+    from components.data.loader import ShardSamples, StreamBatches, _seeded, open_split
+    from components.data.shards import decode_rgb
+
+    store, ref = built
+    recipe = resolve_recipe("apr_tiny", {"batch_size": 6, "hflip": True, "re_prob": re_prob})
+    data = open_split(store, ref, "train", torch.device("cpu"), seed=3, workers=0)
+    assert isinstance(data, StreamBatches)
+    images, _ = next(data.train(recipe, torch.Generator(), 0))
+    assert images.dtype == torch.float32 and images.shape == (6, 3, 16, 16)
+
+    loader, batches = data._loaders["train"][1:]
+    samples: ShardSamples = loader.dataset
+    sent = torch.stack([samples[item][0] for item in batches.batches[0]])
+    assert sent.dtype == (torch.float32 if re_prob else torch.uint8)
+    # The worker-side float path of the same images, as timm builds it without a prefetcher.
+    in_worker = create_transform(
+        16,
+        is_training=True,
+        scale=recipe.scale,
+        ratio=recipe.ratio,
+        hflip=0.5,
+        color_jitter=recipe.color_jitter,
+        auto_augment=recipe.auto_augment or None,
+        re_prob=re_prob,
+        interpolation="bilinear",
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+    )
+    expected = []
+    for index, epoch, copy in batches.batches[0]:
+        number = int(np.searchsorted(samples.starts, index, side="right")) - 1
+        name, raw, _ = samples._shard(number)[index - int(samples.starts[number])]
+        with _seeded(mix_seed(3, epoch, name, copy)):
+            expected.append(in_worker(decode_rgb(raw)))
+    assert torch.equal(images, torch.stack(expected))

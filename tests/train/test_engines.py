@@ -255,3 +255,49 @@ def test_deepspeed_steps_with_timms_schedule_and_accumulates_micro_batches(zero_
         for ours, theirs in zip(_weights(model), _weights(reference), strict=True):
             torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
     assert module.global_steps == 8  # one optimizer step per batch, not per micro-batch
+
+
+def test_deepspeed_forward_gets_half_inputs_because_it_turns_outer_autocast_off():
+    """DeepSpeed's forward turns an outer ``torch.autocast`` off unless its own
+    ``torch_autocast`` section is on (deepspeed v0.19.8 runtime/torch_autocast.py,
+    ``autocast_if_enabled``, lines 94-130; entered by runtime/engine.py ``forward``). With
+    bf16/fp16 weights an fp32 batch then fails inside the first convolution, as it did on an
+    H200: the engine casts the batch (``cast_inputs``) for the trial's forward passes."""
+    import torch
+    from torch import nn
+
+    from components.train.engines import DeepSpeedEngine
+
+    seen: list[bool] = []
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return self.conv(x)
+
+    engine = DeepSpeedEngine(batch_size=2)
+    module = engine.setup(Probe(), torch.optim.SGD(Probe().parameters(), lr=0.1))
+    x = torch.randn(2, 3, 8, 8)
+    # DeepSpeed asks torch.is_autocast_enabled(), i.e. CUDA's flag, which torch.autocast("cuda")
+    # sets on entry; set here by hand (no GPU), then DeepSpeed turns autocast off for its
+    # accelerator, here the CPU.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.set_autocast_enabled("cuda", True)
+        try:
+            module(x)
+        finally:
+            torch.set_autocast_enabled("cuda", False)
+        module(x)  # without CUDA's flag, DeepSpeed leaves the outer autocast on
+    assert seen == [False, True]
+    assert engine.cast_inputs(x) is x  # fp32 weights (the CPU): the batch as it comes
+
+    engine.precision = "bf16"  # as on a GPU: DeepSpeed's bf16 section casts the weights
+    half = Probe().to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="should be the same"):
+        half(x)
+    assert engine.cast_inputs(x).dtype == torch.bfloat16
+    assert half(engine.cast_inputs(x)).dtype == torch.bfloat16
