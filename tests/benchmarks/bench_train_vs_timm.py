@@ -163,8 +163,9 @@ def aprflow_trial(args, reference: str, ref, **fields) -> Trial:
 def run_in_process(args, trial: Trial, workers: int, env: dict | None = None) -> dict:
     """Runs ``trial`` in a process of its own, as in a study (a chunk's fork-server child) and
     as timm's train.py: the result, the last epoch's seconds waiting for data, the images per
-    epoch, and the process's wall time (start-up, imports and compilation included)."""
-    tic = time.perf_counter()
+    epoch, the process's wall time (start-up, imports and compilation included), when its
+    epochs ended and it exited (seconds from its start), and the end of its progress log."""
+    started, tic = time.time(), time.perf_counter()
     done = subprocess.run(
         [sys.executable, __file__, RUN_TRIAL, args.store, json.dumps(trial.to_dict())],
         env=os.environ | {"APRFLOW_DATA_WORKERS": str(workers)} | (env or {}),
@@ -177,7 +178,12 @@ def run_in_process(args, trial: Trial, workers: int, env: dict | None = None) ->
     result = profiled["result"]
     if result["status"] != "ok":
         raise RuntimeError(f"aprflow trial {result['status']}: {result.get('reason')}")
-    return profiled | {"wall_s": time.perf_counter() - tic}
+    return profiled | {
+        "wall_s": time.perf_counter() - tic,
+        "epoch_ends_s": [t - started for t in result["epoch_times"]],
+        "exit_s": time.time() - started,
+        "log_tail": done.stderr.splitlines()[-12:],
+    }
 
 
 def aprflow_rates(args, reference: str, ref, workers: int):

@@ -54,7 +54,9 @@ sys.path.insert(1, str(Path(__file__).parents[2]))
 # The sweep of the projection: models, epochs, training images per epoch (CIFAR-10).
 PROJECTED_MODELS, PROJECTED_EPOCHS, PROJECTED_IMAGES = 500, 30, 50_000
 GOAL_GPU_HOURS, STRETCH_GPU_HOURS = 2.0, 1.0
-SECTIONS = ("trainer_vs_timm", "sweep", "engines", "input")
+# The sections in running order, with their shares of the budget (a section's unused time
+# goes to the next ones).
+SECTIONS = {"trainer_vs_timm": 0.4, "sweep": 0.3, "engines": 0.3, "input": 0.1}
 
 
 class Budget:
@@ -67,6 +69,11 @@ class Budget:
     @property
     def left(self) -> float:
         return self.seconds - (time.perf_counter() - self.start)
+
+    def share(self, fraction: float) -> Budget:
+        """A section's budget: ``fraction`` of the whole, at most what is left, so that one slow
+        section cannot leave the next ones without time."""
+        return Budget(min(self.left, fraction * self.seconds))
 
     def allows(self, estimate_s: float, what: str) -> bool:
         if estimate_s <= self.left:
@@ -104,6 +111,9 @@ def trainer_vs_timm(args, budget: Budget, data: dict) -> dict:
                         "all_epochs_images_per_s": run["result"]["train_images_per_s"],
                         "data_wait_fraction": run["wait_seconds"] * history[-1] / images,
                         "macs_per_image": run["result"]["flops_trained"],
+                        "epoch_ends_s": run["epoch_ends_s"],
+                        "exit_s": run["exit_s"],
+                        "log_tail": run["log_tail"],
                     }
                 else:
                     folder, mean, std = data["folder"], data["mean"], data["std"]
@@ -234,6 +244,7 @@ def engines_section(args, budget: Budget, data: dict) -> dict:
                 "step_ms": 1000 * args.batch_size / history[-1],
                 "first_epoch_images_per_s": history[0],
                 "process_wall_s": run["wall_s"],
+                "epoch_ends_s": run["epoch_ends_s"],
                 # What really ran: the engine's precision, compiled or not, cache hits.
                 "precision": run["result"]["precision"],
                 "compiled": run["result"]["compiled"],
@@ -393,17 +404,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget")
     parser.add_argument("--out", type=Path, default=Path("bench-gpu.json"))
     parser.add_argument("--timm-train", type=Path, help="timm's train.py (section 1)")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     args = parser.parse_args(argv)
     cpus = os.cpu_count() or 1
     sizes = {  # tiny (CPU rehearsal) / full (one GPU)
-        "images": (160, 24_000),
-        "epochs": (2, 3),
+        "images": (160, 16_000),
+        "epochs": (2, 2),
         "batch_size": (32, 256),
         "references": (["resnet18"], ["regnetx_400mf", "resnet18"]),
         "resolutions": ([32], [32, 64]),
         "workers": (1, min(8, max(1, cpus - 2))),
-        "sweep_images": (120, 25_000),
+        "sweep_images": (120, 20_000),
         "sweep_models": (2, 8),
         "sweep_batch_size": (32, 256),
         "packs": ((1, 2), (1, 2, 4, 8)),
@@ -449,13 +460,17 @@ def main(argv: list[str] | None = None) -> int:
     data = {"folder": folder, "ref": ref, "mean": mean, "std": std}
     progress(f"{ref.n_train} JPEG train images built in {time.perf_counter() - tic:.0f} s")
     sections = {
-        "trainer_vs_timm": lambda: trainer_vs_timm(args, budget, data),
-        "sweep": lambda: sweep_section(args, budget, peak),
-        "engines": lambda: engines_section(args, budget, data),
-        "input": lambda: input_section(args, budget, data),
+        "trainer_vs_timm": lambda part: trainer_vs_timm(args, part, data),
+        "sweep": lambda part: sweep_section(args, part, peak),
+        "engines": lambda part: engines_section(args, part, data),
+        "input": lambda part: input_section(args, part, data),
     }
-    for name in args.sections:
-        run_section(record, name, args.out, sections[name])
+    chosen = [name for name in SECTIONS if name in args.sections]
+    for i, name in enumerate(chosen):
+        # This section's share, and the shares of the sections skipped or not chosen before it.
+        fraction = SECTIONS[name] / sum(SECTIONS[n] for n in chosen[i:])
+        part = budget.share(fraction * budget.left / budget.seconds)
+        run_section(record, name, args.out, lambda part=part, name=name: sections[name](part))
     record["projection"] = projection(record["sections"].get("sweep", {}), device)
     record["throughput"] = throughput_rows(record)
     record["seconds"] = time.perf_counter() - budget.start

@@ -215,3 +215,14 @@ def test_result_metrics_carry_each_evaluation_once():
         "top1_error": [30.0, 20.0],
         "images_per_s": [90.0, 110.0],
     }
+
+
+def test_runs_ended_on_a_server_print_nothing_to_stdout(mlflow_server, monkeypatch, capfd):
+    """Stdout carries results only: MLflow prints "View run ... / View experiment ..." to
+    stdout whenever a run ends against a server unless MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+    is set (mlflow/mlflow v3.17.2: mlflow/tracking/_tracking_service/client.py, lines
+    755-786), which opening aprflow's client does."""
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    parent = _study(mlflow_server)
+    tracking.log_trial_run(mlflow_server, _log(parent, "t-quiet"))
+    assert "View run" not in capfd.readouterr().out

@@ -5,8 +5,11 @@ else the embedded default ``sqlite:///<abs>/runs/mlflow.db``.
 
 What MLflow's views need is written here, in one place:
 
-* every experiment carries ``mlflow.experimentKind = custom_model_development``, so MLflow 3
-  opens the training-runs view, not its GenAI overview;
+* every experiment carries ``mlflow.experimentKind = custom_model_development`` (model
+  training). MLflow 3.17.2's UI does not choose its view by that tag: a fresh browser opens an
+  experiment in the GenAI view until its "Model training" switch is chosen, which the URL
+  ``#/experiments/<id>?workflowType=machine_learning`` does
+  (tests/tracking/test_mlflow_ui_browser.py);
 * a study's parent run holds the study's parameters, its summary metrics and the report files,
   so MLflow's compare view compares two studies;
 * a trial's nested run is RUNNING while the trial trains, streams its per-epoch metrics with

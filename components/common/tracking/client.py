@@ -30,7 +30,14 @@ DEFAULT_WAIT_S = 60.0
 OUTAGE_WAIT_S = 10.0
 # MLflow's own HTTP client retries for minutes by default; aprflow's retry loop bounds the
 # total, so each request is kept short (set these variables to override).
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    # A run ended against a server prints two "View run/experiment" lines to stdout, which
+    # carries results only (mlflow/mlflow v3.17.2: mlflow/tracking/_tracking_service/client.py,
+    # lines 755-786).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 TRANSIENT = (
     "database is locked",
     "connection",

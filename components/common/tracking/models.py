@@ -87,6 +87,10 @@ def _log_trial_model(uri, run_id, model, example, name, tags) -> LoggedModel:
     model_uri = run.data.tags.get(MODEL_TAG)
     if model_uri is None:
         mlflow.set_tracking_uri(uri)  # mlflow.pytorch logs to the process' tracking URI
+        # ... and, with no active run, creates the logged model in the process' current
+        # experiment, not the run's (mlflow/mlflow v3.17.2: mlflow/tracking/fluent.py,
+        # _create_logged_model, lines 2681-2686): the run's page would list no model.
+        mlflow.set_experiment(experiment_id=run.info.experiment_id)
         with torch.no_grad():
             output = model(example)
         info = mlflow.pytorch.log_model(

@@ -1,0 +1,76 @@
+"""The GPU benchmark suite's CPU rehearsal: the same script, every size shrunk, so that it is
+known to work before any GPU time is spent on it."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SUITE = Path(__file__).parent / "gpu_suite.py"
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[dict, subprocess.CompletedProcess]:
+    out = tmp_path / "bench-gpu.json"
+    done = subprocess.run(
+        [sys.executable, str(SUITE), "--device", "cpu", "--tiny", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.extended
+def test_cpu_rehearsal_measures_every_section(tmp_path):
+    record, done = _run(tmp_path, "--budget-s", "600")
+    sections = record["sections"]
+    assert sections["trainer_vs_timm"]["skipped"].startswith("no --timm-train")
+
+    sweep = sections["sweep"]["rows"]
+    assert [r["trials_per_gpu"] for r in sweep] == [1, 2]
+    for row in sweep:
+        assert all(_positive(row[k]) for k in ("wall_s", "models_per_hour", "images_per_s"))
+        assert 0 < row["mfu"] < 1 and len(row["trial_images_per_s"]) == 2
+
+    engines = {r["engine"]: r for r in sections["engines"]["rows"]}
+    assert list(engines) == [
+        "torch",
+        "deepspeed zero-0",
+        "deepspeed zero-1",
+        "torch compile, cold cache",
+        "torch compile, warm cache",
+    ]
+    assert all(_positive(r["step_ms"]) for r in engines.values()), engines
+    assert not engines["torch"]["compiled"] and engines["torch compile, cold cache"]["compiled"]
+    # The warm run loads what the cold one compiled: the cache really was cold, then warm.
+    assert engines["torch compile, cold cache"]["compile_cache"]["hits"] == 0
+    assert engines["torch compile, warm cache"]["compile_cache"]["hits"] > 0
+
+    inputs = {r["input"]: r for r in sections["input"]["rows"]}
+    assert set(inputs) == {"stream", "memory"}
+    assert 0 <= inputs["stream"]["data_wait_fraction"] < 1
+
+    assert _positive(record["projection"]["gpu_hours"])
+    assert {r["trials_at_once"] for r in record["throughput"]} == {1, 2}
+    assert "sweep 2 at once" in done.stdout and "projection:" in done.stdout
+    assert record["seconds"] < 600
+
+
+def test_a_budget_too_small_skips_with_a_message_and_still_writes_the_record(tmp_path):
+    record, done = _run(tmp_path, "--budget-s", "1", "--sections", "sweep", "engines")
+    assert "skipped sweep with 1 trials at once" in done.stderr
+    assert "skipped torch compile, cold cache" in done.stderr
+    assert record["sections"]["sweep"]["rows"] == []
+    assert record["sections"]["engines"]["rows"] == []
+    assert record["projection"] == {"skipped": "no sweep figures"}
+    assert "total" in done.stdout  # the table is printed even with nothing measured
