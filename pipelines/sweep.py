@@ -9,6 +9,7 @@ node of the cluster profile has, is one ``error: ...`` line before anything star
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from components.common.errors import AprflowError
@@ -123,10 +124,28 @@ def dry_run_summary(arguments: dict[str, Any], profile: ClusterProfile | None = 
     included) and the largest executor input, for a checked study's arguments."""
     from pipelines.backend import study_backend_line
 
-    n_trials, n_chunks = planned_chunks(arguments, profile)
-    return (
-        f"{summary_line(n_trials, n_chunks)}\n{study_backend_line(arguments, n_trials, n_chunks)}"
+    trials, n_chunks = planned_study(arguments, profile)
+    return "\n".join(
+        [
+            summary_line(len(trials), n_chunks),
+            study_backend_line(arguments, len(trials), n_chunks),
+            *estimate_lines(trials),
+        ]
     )
+
+
+def estimate_lines(trials: list) -> list[str]:
+    """The plan's estimated device time and the measurements it rests on."""
+    from components.train.chunk import estimate
+
+    estimates = [estimate(t) for t in trials]
+    hours = sum(e.seconds for e in estimates) / 3600
+    bases = sorted({e.basis.describe() for e in estimates})
+    return [
+        f"estimated {hours:.1f} device-hours, one trial at a time ({3600 * hours / len(trials):.0f}"
+        " s per trial), from the measured throughput of:",
+        *(f"  {basis}" for basis in bases),
+    ]
 
 
 def planned_trials(arguments: dict[str, Any]) -> int:
@@ -139,6 +158,17 @@ def planned_chunks(
 ) -> tuple[int, int]:
     """(trials, chunks) of a checked study's arguments (the chunk count from estimated sizes
     when ``chunk_size`` is 0, as the plan task computes it)."""
+    if arguments["chunk_size"]:
+        n_trials = planned_trials(arguments)
+        n_chunks = math.ceil(n_trials / arguments["chunk_size"])
+        check_chunk_count(n_chunks)
+        return n_trials, n_chunks
+    trials, n_chunks = planned_study(arguments, profile)
+    return len(trials), n_chunks
+
+
+def planned_study(arguments: dict[str, Any], profile: ClusterProfile | None = None) -> tuple:
+    """(the planned trials, the chunk count) of a checked study's arguments."""
     from components.common.storage import open_store
     from components.data.descriptor import DatasetRef
     from components.sample.samplers import sample_specs
@@ -147,11 +177,6 @@ def planned_chunks(
 
     profile = profile or load_profile()
     n_models, datasets = arguments["n_models"], arguments["datasets"]
-    n_trials = planned_trials(arguments)
-    if arguments["chunk_size"]:
-        n_chunks = math.ceil(n_trials / arguments["chunk_size"])
-        check_chunk_count(n_chunks)
-        return n_trials, n_chunks
     store = open_store(arguments["store_uri"] or None)
     settings = arguments.get("dataset_settings") or {}
     overrides = study_overrides(arguments.get("recipe_overrides"), arguments["epochs"])
@@ -176,5 +201,10 @@ def planned_chunks(
         arguments["engine"],
         recipes,
     )
-    chunks = chunk_trials(trials, 0, profile.max_parallel_tasks)
-    return len(trials), len(chunks)
+    # Where the trials train decides which measured throughput their estimates rest on.
+    trials = [replace(t, device=arguments.get("device", "auto")) for t in trials]
+    if arguments["chunk_size"]:
+        n_chunks = math.ceil(len(trials) / arguments["chunk_size"])
+        check_chunk_count(n_chunks)
+        return trials, n_chunks
+    return trials, len(chunk_trials(trials, 0, profile.max_parallel_tasks))

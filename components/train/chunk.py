@@ -6,18 +6,13 @@ per-task start-up (image pull, imports) for every trial; a 500-model x 9-dataset
 be ~13,500 pods and a workflow object past Argo's size limit. A chunk task trains many trials
 in one pod, so the task count is ``ceil(trials / chunk_size)``.
 
-Sizing (``chunk_size = 0``, the default): each trial's cost is estimated analytically,
-
-    seconds = 6 x MACs(model at the dataset's resolution) x training images x epochs
-              / ASSUMED_TRAIN_FLOP_PER_S
-
-(6 = 2 FLOPs per multiply-add x 3 for forward + backward; MACs are the pycls "flops" the
-sampler counts), and a chunk holds as many trials as fit in :data:`CHUNK_SECONDS` (one
-GPU-hour) at the mean estimate, but no more than an even share of the trials over
-``max_parallel_tasks``, so that a small study still uses every parallel slot. The assumed
-throughput (5% of an H100's dense bf16 peak of 989 TFLOP/s) is an assumption, not a
-measurement: small CNNs at 32 px reach a few percent of peak (tests/benchmarks/bench_sweep.py
-measures it on the machine at hand); a wrong guess only makes chunks longer or shorter.
+Sizing (``chunk_size = 0``, the default): each trial's wall time is estimated from measured
+throughput (:mod:`components.train.throughput`: the trainer's images/s and per-trial overhead
+on the nearest measured model size, for a GPU unless the trial is pinned to the CPU), and a
+chunk holds as many trials as fit in :data:`CHUNK_SECONDS` (one GPU-hour) at the mean
+estimate, but no more than an even share of the trials over ``max_parallel_tasks``, so that a
+small study still uses every parallel slot. The plan records which measurement its estimates
+rest on and its date; a wrong estimate only makes chunks longer or shorter.
 
 Surviving kills: every trial of a chunk runs in a child process (forked from a multiprocessing
 fork server that has imported torch and the trainer once, so a trial starts in milliseconds and
@@ -69,22 +64,20 @@ from components.common.storage import (
     MissingObjectError,
     open_store,
 )
+from components.train import throughput
 from components.train.plan import load_trial
 from components.train.trial import Trial, attempts_key, result_key
 
-# Assumed sustained training throughput of one GPU, for sizing chunks (see the module doc).
-H100_BF16_PEAK_FLOP_PER_S = 989e12
-ASSUMED_TRAIN_FLOP_PER_S = 0.05 * H100_BF16_PEAK_FLOP_PER_S
 CHUNK_SECONDS = 3600.0
 DEFAULT_MAX_PARALLEL_TASKS = 16
 DEFAULT_MAX_ATTEMPTS = 2
 # A trial's wall-clock limit when the plan sets none (trial_timeout_s = 0). It is there to free
 # the GPU from a hung trial (an NCCL collective or a data-loader worker that never returns), not
-# to cut slow ones short: the estimate assumes 5% of an H100's peak, and a trial on a smaller
-# GPU, packed with others or waiting on its data can take several times it, hence 10x. The
-# floor covers what the estimate leaves out (start-up, dataset caching, torch.compile) and the
-# trials it calls instant: small models at small resolutions, and any trial run on a CPU (the
-# demo's take seconds; a longer CPU study sets trial_timeout_s).
+# to cut slow ones short: the estimate rests on one measured GPU, and a trial on a smaller GPU,
+# packed with others or waiting on its data can take several times it, hence 10x. The floor
+# covers what the estimate leaves out (dataset caching, torch.compile) and the trials it calls
+# short: small models at small resolutions, and a trial planned for a GPU that runs on a CPU
+# (the demo's; a longer CPU study pins device cpu or sets trial_timeout_s).
 TIMEOUT_FACTOR = 10
 TIMEOUT_FLOOR_S = 1800
 # MLflow's client and SQL store, imported once in the fork server: a trial opens its run when
@@ -102,25 +95,32 @@ class ChunkError(AprflowError):
     """A chunk setting that cannot work, or an infrastructure error the runner could not retry."""
 
 
-def train_flop(trial: Trial) -> float:
-    """Analytic training FLOPs of a trial: 6 x MACs per image x training images x epochs.
-
-    A structurally broken spec costs nothing (its trial fails at once).
-    """
+def trial_macs(trial: Trial) -> float:
+    """Multiply-adds per image of a trial's model at its training resolution (0 for a
+    structurally broken spec, whose trial fails at once)."""
     from components.sample.space import AnyNetSpec, complexity, uses_small_stem
 
     resolution = trial.dataset.resolution
     try:
         spec = replace(AnyNetSpec.from_dict(trial.spec), num_classes=trial.dataset.num_classes)
-        macs = complexity(spec, resolution, uses_small_stem(resolution, None)).flops
+        return complexity(spec, resolution, uses_small_stem(resolution, None)).flops
     except ValueError:
         return 0.0
-    return 6.0 * macs * trial.dataset.n_train * trial.recipe.epochs
 
 
-def estimate_seconds(trial: Trial, flop_per_s: float = ASSUMED_TRAIN_FLOP_PER_S) -> float:
-    """A trial's estimated training time on one GPU at the assumed throughput."""
-    return train_flop(trial) / flop_per_s
+def estimate(trial: Trial) -> throughput.Estimate:
+    """A trial's estimated wall time on one device and the measurement it rests on."""
+    macs = trial_macs(trial)
+    kind = throughput.device_kind(trial.device)
+    found = throughput.estimate(
+        macs, trial.dataset.n_train, trial.recipe.epochs, kind, trial.dataset.input
+    )
+    return found if macs else throughput.Estimate(0.0, found.basis)
+
+
+def estimate_seconds(trial: Trial) -> float:
+    """A trial's estimated wall time in seconds (:func:`estimate`)."""
+    return estimate(trial).seconds
 
 
 def check_chunking(chunk_size: int, max_parallel_tasks: int) -> None:
@@ -217,11 +217,12 @@ def save_chunks(
     """
     chunks = chunk_trials(trials, chunk_size, max_parallel_tasks)
     check_trial_timeout(trial_timeout_s)
-    seconds = [estimate_seconds(t) for t in trials]
+    estimates = [estimate(t) for t in trials]
+    seconds = [e.seconds for e in estimates]
     record = {
         "chunk_size": len(chunks[0]),
         "max_parallel_tasks": max_parallel_tasks,
-        "assumed_train_flop_per_s": ASSUMED_TRAIN_FLOP_PER_S,
+        "estimated_from": sorted({e.basis.describe() for e in estimates}),
         "chunks": [[trials[i].trial_id for i in chunk] for chunk in chunks],
         "estimated_gpu_hours": [round(sum(seconds[i] for i in c) / 3600, 4) for c in chunks],
         "summary": summary_line(len(trials), len(chunks)),
@@ -247,9 +248,9 @@ def plan_markdown(record: dict[str, Any]) -> str:
         "",
         f"- trials per chunk: {record['chunk_size']}; chunk tasks at once: "
         f"{record['max_parallel_tasks']}",
-        f"- estimated GPU-hours (analytic FLOPs at an assumed "
-        f"{record['assumed_train_flop_per_s'] / 1e12:.0f} TFLOP/s): {sum(hours):.2f} in all, "
-        f"{max(hours):.2f} for the longest chunk",
+        f"- estimated device-hours: {sum(hours):.2f} in all, {max(hours):.2f} for the longest "
+        "chunk, from the measured throughput of",
+        *(f"  - {basis}" for basis in record.get("estimated_from", [])),
         "",
         "| chunk | trials | estimated GPU-hours |",
         "| ---: | ---: | ---: |",

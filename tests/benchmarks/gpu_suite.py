@@ -113,6 +113,7 @@ def trainer_vs_timm(args, budget: Budget, data: dict) -> dict:
                         "macs_per_image": run["result"]["flops_trained"],
                         "epoch_ends_s": run["epoch_ends_s"],
                         "exit_s": run["exit_s"],
+                        "overhead_s": overhead_s(run, args.epochs),
                         "log_tail": run["log_tail"],
                     }
                 else:
@@ -143,6 +144,11 @@ def trainer_vs_timm(args, budget: Budget, data: dict) -> dict:
         "batch_size": args.batch_size,
         "rows": rows,
     }
+
+
+def overhead_s(run: dict, epochs: int) -> float:
+    """Seconds of a trial's process outside its training loop (start-up, data, evaluation)."""
+    return run["exit_s"] - run["images"] * epochs / run["result"]["train_images_per_s"]
 
 
 def sweep_section(args, budget: Budget, peak: float) -> dict:
@@ -245,6 +251,8 @@ def engines_section(args, budget: Budget, data: dict) -> dict:
                 "first_epoch_images_per_s": history[0],
                 "process_wall_s": run["wall_s"],
                 "epoch_ends_s": run["epoch_ends_s"],
+                "overhead_s": overhead_s(run, args.epochs),
+                "macs_per_image": run["result"]["flops_trained"],
                 # What really ran: the engine's precision, compiled or not, cache hits.
                 "precision": run["result"]["precision"],
                 "compiled": run["result"]["compiled"],
@@ -302,8 +310,9 @@ def projection(sweep: dict, device: str) -> dict:
 
 
 def throughput_rows(record: dict) -> list[dict]:
-    """The planner's table rows: per measured model, resolution and packing, images/s of one
-    trial's training loop."""
+    """The planner's table rows (:mod:`components.train.throughput`): per measured model,
+    resolution, input and packing, images/s of one trial's training loop and, for one trial at
+    a time, its seconds outside the loop."""
     device, rows = record["device"], []
     for row in record["sections"].get("trainer_vs_timm", {}).get("rows", []):
         if "aprflow" in row:
@@ -312,23 +321,43 @@ def throughput_rows(record: dict) -> list[dict]:
                     "device": device,
                     "macs_per_image": row["aprflow"]["macs_per_image"],
                     "resolution": row["resolution"],
+                    "input": "stream",
                     "trials_at_once": 1,
                     "images_per_s": row["aprflow"]["last_epoch_images_per_s"],
+                    "overhead_s": row["aprflow"]["overhead_s"],
                     "source": f"gpu_suite trainer_vs_timm {row['model']}",
+                }
+            )
+    engines = record["sections"].get("engines", {})
+    for row in engines.get("rows", []):
+        if row["engine"] == "torch" and "step_ms" in row:
+            rows.append(
+                {
+                    "device": device,
+                    "macs_per_image": row["macs_per_image"],
+                    "resolution": engines["resolution"],
+                    "input": "memory",
+                    "trials_at_once": 1,
+                    "images_per_s": row["last_epoch_images_per_s"],
+                    "overhead_s": row["overhead_s"],
+                    "source": f"gpu_suite engines {engines['model']} (torch)",
                 }
             )
     sweep = record["sections"].get("sweep", {})
     for row in sweep.get("rows", []):
         if "trial_images_per_s" in row and not row["mps"]:
+            median = sorted(row["trial_images_per_s"])[len(row["trial_images_per_s"]) // 2]
             rows.append(
                 {
                     "device": device,
                     "macs_per_image": sweep["macs_per_image"],
                     "resolution": 32,
+                    "input": "memory",
                     "trials_at_once": row["trials_per_gpu"],
-                    "images_per_s": sorted(row["trial_images_per_s"])[
-                        len(row["trial_images_per_s"]) // 2
-                    ],
+                    "images_per_s": median,
+                    # Each trial's share of the chunk's wall time, less its training loop.
+                    "overhead_s": row["wall_s"] * row["trials_per_gpu"] / sweep["models"]
+                    - sweep["train_images"] * sweep["epochs"] / median,
                     "source": "gpu_suite sweep (median trial)",
                 }
             )

@@ -1,5 +1,7 @@
 """The aprflow entry point: help, and every command reachable through it."""
 
+import re
+
 import pytest
 
 from pipelines.cli import COMMANDS, main
@@ -49,5 +51,11 @@ def test_run_dry_run_checks_without_running(tmp_path, monkeypatch, capsys):
     assert out.startswith("config OK: apr-study\n")
     # Readable YAML lines, not a Python dict's repr.
     assert "\nn_models: 2\n" in out and "{'" not in out
+    # The time estimate names the measurement it rests on and its age.
+    assert "device-hours, one trial at a time" in out
+    measured = r"images/s \+ \d+ s per trial, measured 20\d\d-\d\d-\d\d \("
+    assert re.search(r"\n  NVIDIA .* " + measured, out)
+    main(["run", "apr-study", "--set", "n_models=2", "--set", "device=cpu", "--dry-run"])
+    assert "\n  cpu, " in capsys.readouterr().out
     assert main(["run", "apr-study", "--set", "flops_max=1e3", "--dry-run"]) == 1
     assert capsys.readouterr().err.startswith("error: FLOP band")

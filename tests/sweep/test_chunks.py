@@ -35,29 +35,96 @@ def big_plan():
     return plan_trials(specs, datasets, resolve_recipe("apr_short"), [0])
 
 
-def test_a_500_x_9_study_is_at_most_100_training_tasks(big_plan):
+def test_a_500_x_9_study_is_chunked_into_gpu_hours(big_plan):
+    import math
+
     from components.train.chunk import CHUNK_SECONDS, chunk_trials, estimate_seconds
 
     assert len(big_plan) == 4500
     chunks = chunk_trials(big_plan, 0, 16)
-    assert len(chunks) <= 100
     assert sorted(i for c in chunks for i in c) == list(range(4500)), "every trial once"
-    per_hour = CHUNK_SECONDS / (sum(estimate_seconds(t) for t in big_plan) / 4500)
-    assert all(len(c) <= max(1, int(per_hour)) for c in chunks), "no chunk over a GPU-hour"
+    per_hour = int(CHUNK_SECONDS / (sum(estimate_seconds(t) for t in big_plan) / 4500))
+    assert all(len(c) <= per_hour for c in chunks), "no chunk over a GPU-hour"
+    assert len(chunks) == math.ceil(4500 / per_hour)
+    # At the measured H200 throughput (components/train/throughput.json): ~145 s per trial,
+    # 24 trials per GPU-hour, 188 training tasks (instead of 4,500 tasks / ~13,500 pods).
+    assert per_hour == 24 and len(chunks) == 188
     # A given size is taken as is: ceil(4500 / 150) tasks.
     assert len(chunk_trials(big_plan, 150, 16)) == 30
 
 
-def test_estimate_is_the_analytic_formula(big_plan):
+def test_estimate_rests_on_the_nearest_measurement_of_the_device_kind(big_plan):
     from dataclasses import replace
 
-    from components.sample.space import AnyNetSpec, complexity
-    from components.train.chunk import estimate_seconds
+    from components.train import throughput
+    from components.train.chunk import estimate, trial_macs
 
-    trial = big_plan[0]
-    spec = replace(AnyNetSpec.from_dict(trial.spec), num_classes=10)
-    macs = complexity(spec, 32, True).flops
-    assert estimate_seconds(trial, flop_per_s=1.0) == 6 * macs * 50_000 * 30
+    def row(device, macs, input_mode, rate, overhead, date="2026-12-01"):
+        return throughput.Measurement(device, macs, 32, input_mode, rate, overhead, date, "test")
+
+    table = (
+        row("NVIDIA H200", 30e6, "memory", 10_000, 20),
+        row("NVIDIA H200", 500e6, "stream", 5_000, 60),
+        row("NVIDIA H100", 30e6, "memory", 8_000, 25, date="2026-11-01"),
+        row("cpu", 20e6, "memory", 500, 2),
+    )
+    trial = big_plan[0]  # ~32 M MACs at 32 px, 50,000 images x 30 epochs, from memory
+    macs = trial_macs(trial)
+    assert 25e6 < macs < 40e6
+    found = throughput.estimate(macs, 50_000, 30, "gpu", "memory", table)
+    # The nearest size of a GPU; of the two at that size, the newer.
+    assert found.basis is table[0]
+    # A larger model than the measurement is slower in proportion; a smaller one no faster.
+    assert found.seconds == 20 + 50_000 * 30 / (10_000 * 30e6 / macs)
+    big = throughput.estimate(400e6, 50_000, 30, "gpu", "memory", table)
+    assert big.basis is table[1] and big.seconds == 60 + 50_000 * 30 / 5_000
+    on_cpu = throughput.estimate(macs, 50_000, 30, "cpu", "memory", table)
+    assert on_cpu.basis is table[3]
+    assert "NVIDIA H200, 30.0 M MACs at 32 px from memory" in found.basis.describe()
+    assert "(3 days ago)" in found.basis.describe(today=__import__("datetime").date(2026, 12, 4))
+    with pytest.raises(ValueError, match="no cpu throughput measurement"):
+        throughput.estimate(macs, 1, 1, "cpu", "memory", table[:3])
+    # The committed table: a trial pinned to the CPU rests on a CPU measurement.
+    assert estimate(replace(trial, device="cpu")).basis.device == "cpu"
+    assert estimate(trial).basis.kind == "gpu"
+
+
+def test_a_benchmark_run_adds_its_one_trial_rows_to_the_table(tmp_path):
+    from dataclasses import asdict
+
+    from components.train import throughput
+
+    table = tmp_path / "throughput.json"
+    table.write_text(json.dumps({"measurements": [asdict(throughput.load_table()[0])]}))
+    first = throughput.load_table(table)[0]
+    record = {
+        "device": first.device,
+        "date": "2026-12-05",
+        "throughput": [
+            {  # the same setting as the table's row: replaced
+                "macs_per_image": first.macs_per_image,
+                "resolution": first.resolution,
+                "input": first.input,
+                "trials_at_once": 1,
+                "images_per_s": 20_000.0,
+                "overhead_s": 5.0,
+                "source": "gpu_suite engines",
+            },
+            {  # several trials at once: not a one-trial rate
+                "macs_per_image": first.macs_per_image,
+                "resolution": 32,
+                "input": "memory",
+                "trials_at_once": 4,
+                "images_per_s": 9_000.0,
+                "source": "gpu_suite sweep",
+            },
+        ],
+    }
+    (tmp_path / "bench-gpu.json").write_text(json.dumps(record))
+    added = throughput.add(tmp_path / "bench-gpu.json", table)
+    assert [r.images_per_s for r in added] == [20_000.0]
+    assert [r.images_per_s for r in throughput.load_table(table)] == [20_000.0]
+    assert throughput.load_table(table)[0].date == "2026-12-05"
 
 
 def test_small_studies_fill_the_parallel_slots(big_plan):
@@ -189,13 +256,14 @@ def test_plan_markdown_names_the_summary():
         "chunks": [["a", "b"], ["c"]],
         "chunk_size": 2,
         "max_parallel_tasks": 4,
-        "assumed_train_flop_per_s": 49.45e12,
+        "estimated_from": ["cpu, 18.7 M MACs at 32 px from memory: 568 images/s + 2 s"],
         "estimated_gpu_hours": [0.5, 0.25],
         "summary": "3 trials in 2 chunks: 2 training tasks",
     }
     markdown = plan_markdown(record)
     assert markdown.startswith("## 3 trials in 2 chunks: 2 training tasks")
     assert "| 1 | 1 | 0.250 |" in markdown and "0.75 in all" in markdown
+    assert "  - cpu, 18.7 M MACs at 32 px from memory" in markdown
     json.dumps(record)
 
 
