@@ -245,6 +245,12 @@ def build_run_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the config and services and print the plan, run nothing",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the run, print where the study's wall time went (start-up, each task, "
+        "trials, outside trials) and write it to profile.json beside the report",
+    )
     add_common_options(parser, json_output=True)
     return parser
 
@@ -272,7 +278,7 @@ def _run(args: argparse.Namespace) -> int:
             text=dry_run_text(args.pipeline, arguments, plan),
         )
         return 0
-    study_dir = run_local(pipeline, arguments, args.runs_dir)
+    study_dir = run_local(pipeline, arguments, args.runs_dir, profile=args.profile)
     report = study_dir / "report.html"
     print_result(args, {"study_dir": str(study_dir), "report": str(report)}, text=str(report))
     return 0

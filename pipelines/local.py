@@ -39,8 +39,14 @@ class LocalRunError(AprflowError):
     """A task of a local pipeline run failed."""
 
 
-def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs") -> Path:
+def run_local(
+    pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs", profile: bool = False
+) -> Path:
     """Runs ``pipeline`` with ``arguments`` through kfp.local and copies its report locally.
+
+    Args:
+        profile: print where the study's wall time went and write ``profile.json`` beside
+            the report (:mod:`pipelines.profile`).
 
     Returns:
         The folder ``runs/<study_id>/`` holding report.html, summary.json, results.csv, figures.
@@ -92,6 +98,13 @@ def run_local(pipeline, arguments: dict[str, Any], runs_dir: str | Path = "runs"
     for key in store.list(prefix):
         store.get_file(key, out_dir / key.removeprefix(prefix))
     shutil.copyfile(log_path, out_dir / "run.log")
+    if profile:
+        from pipelines.profile import profile_lines, profile_run
+
+        record = profile_run(log_path, store, study, started, time.time())
+        (out_dir / "profile.json").write_text(json.dumps(record, indent=2) + "\n")
+        for line in profile_lines(record):
+            report("profile", line)
     report("local", f"done in {elapsed(started)}: report at {out_dir / 'report.html'}")
     tracking = os.environ[TRACKING_ENV]
     report("local", f"browse the runs with: mlflow ui --backend-store-uri {tracking}")

@@ -33,7 +33,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
     overrides = ["--set", f"n_models={N_MODELS}", "--set", "epochs=2"]
     config = ["--config", str(ROOT / "pipelines" / "configs" / "demo.yaml")]
-    done = _aprflow(["run", "apr-study", *config, *overrides], env, tmp_path)
+    done = _aprflow(["run", "apr-study", *config, *overrides, "--profile"], env, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     output = done.stdout + done.stderr
     n_trials = N_MODELS * len(DATASETS)
@@ -53,6 +53,12 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert "mlflow ui --backend-store-uri sqlite:///" in output
     assert done.stdout.strip() == str(reports[0])  # the result, alone on stdout
     assert (study_dir / "run.log").read_text() == logs[0].read_text()
+    # --profile: where the wall time went, on stderr and in profile.json.
+    profile = json.loads((study_dir / "profile.json").read_text())
+    assert profile["trials"] == n_trials and 0 < profile["outside_trials"] < 1
+    assert profile["tasks"]["train-chunk"]["count"] >= 1
+    assert {"plan-study", "analyze-study"} <= set(profile["tasks"])
+    assert re.search(r"^\[profile\] study [\d.]+ s; \d+% of it outside trials", done.stderr, re.M)
 
     # Learning happened: every trial finished and beat chance by a wide margin.
     results = pd.read_csv(study_dir / "results.csv")
