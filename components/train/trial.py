@@ -56,8 +56,8 @@ import resource
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -85,6 +85,13 @@ from components.train.engines import (
     rank_and_world,
 )
 from components.train.recipes import Recipe
+
+if TYPE_CHECKING:
+    from timm.data import Mixup
+    from timm.scheduler.scheduler import Scheduler
+    from timm.utils import ModelEmaV3
+
+    from components.sample.space import AnyNetSpec
 
 # A trial's lease expires this long after its holder's last renewal (every third of it).
 LEASE_TTL_ENV = "APRFLOW_LEASE_TTL_S"
@@ -471,30 +478,271 @@ def train_batch(
     return total
 
 
+@dataclass
+class MicroBatching:
+    """How a trial's batches fit in memory, across the attempts of one run of it.
+
+    Attributes:
+        micro_batch: images per forward and backward pass; 0 until the first attempt sets it
+            (the checkpoint's, else the recipe's batch).
+        oom_retries: out-of-memory halvings so far (the checkpoint's, then this run's).
+    """
+
+    micro_batch: int = 0
+    oom_retries: int = 0
+
+    def start(self, checkpoint: dict[str, Any] | None, batch_size: int) -> None:
+        """On the first attempt: the checkpoint's micro-batch and halvings (an earlier run's
+        out-of-memory), else the whole batch."""
+        if not self.micro_batch:
+            saved = checkpoint or {}
+            self.micro_batch = saved.get("micro_batch_size", batch_size)
+            self.oom_retries = saved.get("oom_retries", 0)
+
+    def eval_batch(self, eval_batch_size: int) -> int:
+        """Images per evaluation batch: after an out-of-memory, at most the micro-batch."""
+        return min(eval_batch_size, self.micro_batch) if self.oom_retries else eval_batch_size
+
+    def halve(self, batch_size: int) -> None:
+        """Halves the micro-batch after an out-of-memory.
+
+        Raises:
+            NeverFits: when the micro-batch is already one image.
+        """
+        if self.micro_batch == 1:
+            raise NeverFits(
+                f"out of memory with micro-batches of 1 image after {self.oom_retries} "
+                f"halvings of the batch of {batch_size}: this model does not fit on the "
+                "device (use a smaller resolution or model)"
+            )
+        self.micro_batch = math.ceil(self.micro_batch / 2)
+        self.oom_retries += 1
+
+
+@dataclass
+class TrainSetup:
+    """What one attempt of a trial trains with, built by :func:`_set_up`.
+
+    Attributes:
+        spec, small_input: the architecture built and whether its stem is the small-input
+            one (the result's complexity is computed for them).
+        model: the engine's model: its weights are checkpointed, the EMA follows them.
+        module: what is called for the forward pass (the compiled or wrapped model).
+        scheduler: timm's scheduler on the optimizer that steps, set before every update.
+        mixup: timm's Mixup/CutMix, None when the recipe does not mix.
+        ema: the EMA of the weights, None without ``model_ema``.
+        train, test: the dataset's splits, in memory or streamed from shards.
+        generator: the data generator; the loader draws each epoch's order and augmentation.
+        micro_batch: images per forward and backward pass (:class:`MicroBatching`).
+        oom_retries: out-of-memory halvings before this attempt (checkpointed).
+        eval_batch: images per evaluation batch.
+        rank: this process' rank; only rank 0 writes and calls the hooks.
+        world: the processes training the trial, each on its share of every batch.
+        compile_cache_before: inductor's cache counters before this trial compiled anything.
+    """
+
+    trial: Trial
+    spec: AnyNetSpec
+    small_input: bool
+    engine: TrainEngine
+    model: torch.nn.Module
+    module: torch.nn.Module
+    scheduler: Scheduler
+    criterion: torch.nn.Module
+    mixup: Mixup | None
+    ema: ModelEmaV3 | None
+    train: TrainData
+    test: TrainData
+    generator: torch.Generator
+    micro_batch: int
+    oom_retries: int
+    eval_batch: int
+    rank: int
+    world: int
+    compile_cache_before: dict[str, int]
+
+
+@dataclass
+class History:
+    """The per-epoch series of a trial (the result's ``history``): one value per epoch."""
+
+    train_loss: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    test_error: list[float] = field(default_factory=list)
+    test_top5_error: list[float | None] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    images_per_s: list[float] = field(default_factory=list)
+    peak_memory_mb: list[float] = field(default_factory=list)
+    # Only with ``model_ema``: no series of Nones for a trial without an EMA.
+    ema_test_error: list[float] | None = None
+
+    def to_dict(self) -> dict[str, list]:
+        """The series by name, copied (the result's, a checkpoint's and the hooks' form)."""
+        return {name: list(series) for name, series in vars(self).items() if series is not None}
+
+    def last_test(self) -> dict[str, float | None]:
+        """The last epoch's test evaluation, as :func:`evaluate` returns it."""
+        return {
+            "top1_error": self.test_error[-1],
+            "top5_error": self.test_top5_error[-1],
+            "loss": self.test_loss[-1],
+        }
+
+
+@dataclass
+class EpochProgress:
+    """The current epoch's training so far: checkpointed within the epoch, so that a resumed
+    epoch reports the loss and throughput of all its batches.
+
+    Attributes:
+        loss_sum: the sum of the batches' mean losses: on the device while the epoch trains
+            (added to without a synchronisation), on the CPU in a checkpoint.
+        images: images trained, by all ranks.
+        seconds: training time, without the checkpoint writes.
+    """
+
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    images: int = 0
+    seconds: float = 0.0
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint's ``partial``: plain values, the loss sum on the CPU."""
+        return {"loss_sum": self.loss_sum.cpu(), "images": self.images, "seconds": self.seconds}
+
+
+@dataclass
+class Throughput:
+    """Images trained and seconds taken over the finished epochs (``train_images_per_s``)."""
+
+    images: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainState:
+    """Where a trial's training stands: what a checkpoint holds besides the weights, optimizer,
+    scheduler and EMA.
+
+    Attributes:
+        history: the finished epochs' series.
+        epoch: the epoch being trained (0 = the first); the recipe's epochs once done.
+        step: the batches of ``epoch`` trained so far.
+        num_updates: optimizer updates so far: the scheduler's clock and the EMA's step.
+        epoch_times: each finished epoch's end (Unix seconds): its metrics' timestamps.
+        epoch_progress: the loss, images and seconds of ``epoch`` so far.
+        totals: the images and seconds of the finished epochs.
+        epoch_generator: the data generator's state at the start of ``epoch``: a resumed
+            epoch draws its order again from it.
+        pending_rng: the global generators of a mid-epoch checkpoint, restored once the
+            resumed epoch's first batch is drawn (not checkpointed).
+    """
+
+    history: History
+    epoch_generator: torch.Tensor
+    epoch: int = 0
+    step: int = 0
+    num_updates: int = 0
+    epoch_times: list[float] = field(default_factory=list)
+    epoch_progress: EpochProgress = field(default_factory=EpochProgress)
+    totals: Throughput = field(default_factory=Throughput)
+    pending_rng: dict[str, Any] | None = None
+
+    def restore_pending_rng(self) -> None:
+        """Restores the global generators of a mid-epoch checkpoint, once."""
+        if self.pending_rng is not None:
+            _set_rng_state(self.pending_rng)
+            self.pending_rng = None
+
+
+@dataclass
+class NonFiniteLoss:
+    """The epoch's first non-finite loss, kept on the device: checked at checkpoints and at
+    the epoch's end, not every step (no synchronisation per step).
+
+    Attributes:
+        step: the batch (from 1) whose loss was not finite; -1 while all were.
+        value: that loss.
+    """
+
+    step: torch.Tensor
+    value: torch.Tensor
+
+    @classmethod
+    def on(cls, device: torch.device) -> NonFiniteLoss:
+        """None seen yet, on ``device``."""
+        return cls(
+            torch.full((), -1, dtype=torch.long, device=device), torch.zeros((), device=device)
+        )
+
+    def note(self, step: int, loss: torch.Tensor) -> None:
+        """Keeps ``loss`` of batch ``step`` (from 0) if it is the first non-finite one."""
+        bad = (self.step < 0) & ~torch.isfinite(loss)
+        self.step = torch.where(bad, step + 1, self.step)
+        self.value = torch.where(bad, loss, self.value)
+
+    def check(self, epoch: int) -> None:
+        """Raises :class:`Diverged` when there was one (one synchronisation)."""
+        if int(self.step) >= 0:
+            raise Diverged(
+                f"loss became {float(self.value)} at epoch {epoch + 1}, step {int(self.step)}"
+            )
+
+
+@dataclass
+class StepLossMark:
+    """The last hand-over of the running training loss to ``TrainHooks.step``: the epoch's
+    loss sum then (a copy on the device), its batches trained then and the time."""
+
+    loss_sum: torch.Tensor
+    step: int
+    at: float
+
+    def report(self, hooks: TrainHooks, state: TrainState, now: float) -> None:
+        """Hands the mean loss since the mark to ``hooks.step`` once
+        :data:`STEP_LOSS_EVERY_S` have passed (reading it synchronises, so not every step)."""
+        if now - self.at < STEP_LOSS_EVERY_S:
+            return
+        loss_sum = state.epoch_progress.loss_sum
+        mean = float(loss_sum - self.loss_sum) / (state.step - self.step)
+        hooks.step(state.num_updates, mean, time.time())
+        self.loss_sum, self.step, self.at = loss_sum.clone(), state.step, now
+
+
 def _train(
     store: ArtifactStore,
     trial: Trial,
     progress: Progress,
-    memory: dict[str, int],
+    memory: MicroBatching,
     hooks: TrainHooks = TrainHooks(),
 ) -> dict[str, Any]:
     """The training loop proper; raises on failure, :class:`Diverged` on a NaN loss,
     ``torch.OutOfMemoryError`` when a micro-batch does not fit.
 
-    ``memory`` holds ``micro_batch`` (0: the checkpoint's, else the recipe's batch; set here)
-    and ``oom_retries``, shared with the caller, which halves the micro-batch on an
-    out-of-memory and calls again (resuming from the last checkpoint)."""
-    from timm.data import Mixup
-    from timm.optim import create_optimizer_v2
+    ``memory`` is shared with the caller, which halves the micro-batch on an out-of-memory and
+    calls again (resuming from the last checkpoint)."""
+    setup, checkpoint = _set_up(store, trial, progress, memory)
+    state = _restore(setup, checkpoint, progress)
+    every_s = float(os.environ.get(CHECKPOINT_EVERY_ENV, CHECKPOINT_EVERY_S))
+    while state.epoch < trial.recipe.epochs:
+        train_loss = _train_epoch(store, setup, state, hooks, every_s)
+        _end_epoch(setup, state, train_loss, progress, hooks)
+        _save_checkpoint(store, setup, state)
+    return _result(store, setup, state)
+
+
+def _set_up(
+    store: ArtifactStore, trial: Trial, progress: Progress, memory: MicroBatching
+) -> tuple[TrainSetup, dict[str, Any] | None]:
+    """Seeds the generators, builds the model, engine, optimizer, data, scheduler, Mixup, loss
+    and EMA, in an order that fixes the random draws; returns them with the trial's last
+    checkpoint (None when there is none), and sets ``memory`` from it on a first attempt."""
     from timm.utils import ModelEmaV3
 
     from components.sample.anynet import build_model
-    from components.sample.space import AnyNetSpec, complexity, uses_small_stem
+    from components.sample.space import AnyNetSpec, uses_small_stem
 
-    trial_id = trial.trial_id
-    recipe = trial.recipe
+    recipe, classes = trial.recipe, trial.dataset.num_classes
     spec = AnyNetSpec.from_dict(trial.spec)
-    classes = trial.dataset.num_classes
     small_input = uses_small_stem(trial.dataset.resolution, None)
     torch.manual_seed(trial.seed)
     np.random.seed(trial.seed)
@@ -503,36 +751,51 @@ def _train(
     model = build_model(
         spec, num_classes=classes, small_input=small_input, drop_path_rate=recipe.drop_path
     )
-    checkpoint = _load_checkpoint(store, trial_id, trial.engine, progress)
-    if not memory["micro_batch"]:
-        saved = checkpoint or {}
-        memory["micro_batch"] = saved.get("micro_batch_size", recipe.batch_size)
-        memory["oom_retries"] = saved.get("oom_retries", 0)
-    micro_batch = memory["micro_batch"]
-    # After an out-of-memory, evaluation batches are bounded by the micro-batch as well.
-    eval_batch = recipe.eval_batch_size if memory["oom_retries"] == 0 else micro_batch
-    eval_batch = min(eval_batch, recipe.eval_batch_size)
-    # compile_model is passed only when asked for: an engine that cannot compile is refused
-    # by name (create_engine), and the plan refused it earlier (engines.check_compile).
-    compile_option = {"compile_model": True} if trial.compile_model else {}
-    engine = create_engine(
-        trial.engine,
-        batch_size=recipe.batch_size,
-        micro_batches=math.ceil(recipe.batch_size / micro_batch),
-        device=trial.device,
-        **compile_option,
-        **trial.engine_options,
-    )
+    checkpoint = _load_checkpoint(store, trial.trial_id, trial.engine, progress)
+    memory.start(checkpoint, recipe.batch_size)
+    engine = _create_engine(trial, memory.micro_batch)
     cache_before = compile_cache_counters()
-    # Several processes (torchrun, one per GPU): each takes its share of every batch, like a
-    # DistributedSampler, so the global batch (and the averaged gradient) is the recipe's;
-    # only rank 0 writes.
-    # (A trial planned for one GPU may still run in a bigger world: a multi-node TrainJob,
-    # components/trainjob; its result records the world size.)
-    rank, world = rank_and_world()
-    if trial.gpus > 1 and world != trial.gpus:
-        raise ValueError(f"trial planned for {trial.gpus} processes runs in {world}")
-    optimizer = create_optimizer_v2(
+    rank, world = _rank_and_world(trial)
+    module = engine.setup(model, _create_optimizer(model, recipe))
+    # One interface for both input paths (components.data.loader): in memory for small sets,
+    # streamed from the shards by DataLoader workers for the others.
+    train = open_split(store, trial.dataset, "train", engine.device, trial.seed)
+    test = open_split(store, trial.dataset, "test", engine.device, trial.seed)
+    # Built on the optimizer that steps (DeepSpeed's wrapper under DeepSpeed); a pure function
+    # of the update count, set before every update.
+    scheduler = create_schedule(engine.optimizer, recipe, train.batches_per_epoch(recipe))
+    mixup = _mixup(recipe, classes)
+    criterion = _criterion(recipe, mixing=mixup is not None)
+    ema = ModelEmaV3(engine.model, decay=recipe.model_ema_decay) if recipe.model_ema else None
+    setup = TrainSetup(
+        trial=trial,
+        spec=spec,
+        small_input=small_input,
+        engine=engine,
+        model=engine.model,
+        module=module,
+        scheduler=scheduler,
+        criterion=criterion,
+        mixup=mixup,
+        ema=ema,
+        train=train,
+        test=test,
+        generator=generator,
+        micro_batch=memory.micro_batch,
+        oom_retries=memory.oom_retries,
+        eval_batch=memory.eval_batch(recipe.eval_batch_size),
+        rank=rank,
+        world=world,
+        compile_cache_before=cache_before,
+    )
+    return setup, checkpoint
+
+
+def _create_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """timm's optimizer for the recipe (no weight decay on norms and biases)."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(
         model,
         opt=recipe.opt,
         lr=recipe.lr,
@@ -540,235 +803,274 @@ def _train(
         momentum=recipe.momentum,
         **({"eps": recipe.opt_eps} if recipe.opt_eps is not None else {}),
     )
-    module = engine.setup(model, optimizer)
-    model = engine.model
-    # One interface for both input paths (components.data.loader): in memory for small sets,
-    # streamed from the shards by DataLoader workers for the others.
-    train = open_split(store, trial.dataset, "train", engine.device, trial.seed)
-    test = open_split(store, trial.dataset, "test", engine.device, trial.seed)
-    updates_per_epoch = train.batches_per_epoch(recipe)
-    # Built on the optimizer that steps (DeepSpeed's wrapper under DeepSpeed); a pure function
-    # of the update count, set before every update.
-    scheduler = create_schedule(engine.optimizer, recipe, updates_per_epoch)
-    mixing = recipe.mixup > 0 or recipe.cutmix > 0
-    mixup = (
-        Mixup(
-            mixup_alpha=recipe.mixup,
-            cutmix_alpha=recipe.cutmix,
-            prob=recipe.mixup_prob,
-            switch_prob=recipe.mixup_switch_prob,
-            label_smoothing=recipe.label_smoothing,
-            num_classes=classes,
-        )
-        if mixing
-        else None
+
+
+def _create_engine(trial: Trial, micro_batch: int) -> TrainEngine:
+    """The trial's engine, accumulating gradients over micro-batches of ``micro_batch``."""
+    # compile_model is passed only when asked for: an engine that cannot compile is refused
+    # by name (create_engine), and the plan refused it earlier (engines.check_compile).
+    compile_option = {"compile_model": True} if trial.compile_model else {}
+    return create_engine(
+        trial.engine,
+        batch_size=trial.recipe.batch_size,
+        micro_batches=math.ceil(trial.recipe.batch_size / micro_batch),
+        device=trial.device,
+        **compile_option,
+        **trial.engine_options,
     )
-    criterion = _criterion(recipe, mixing)
-    ema = ModelEmaV3(model, decay=recipe.model_ema_decay) if recipe.model_ema else None
 
-    history: dict[str, list[float]] = {
-        key: []
-        for key in (
-            "train_loss",
-            "test_loss",
-            "test_error",
-            "test_top5_error",
-            "lr",
-            "images_per_s",
-            "peak_memory_mb",
-        )
+
+def _rank_and_world(trial: Trial) -> tuple[int, int]:
+    """This process' rank and the world size.
+
+    Several processes (torchrun, one per GPU) each take their share of every batch, like a
+    DistributedSampler, so the global batch (and the averaged gradient) is the recipe's. A
+    trial planned for one GPU may still run in a bigger world (a multi-node TrainJob,
+    components/trainjob; its result records the world size).
+
+    Raises:
+        ValueError: when a trial planned for several processes runs in another number.
+    """
+    rank, world = rank_and_world()
+    if trial.gpus > 1 and world != trial.gpus:
+        raise ValueError(f"trial planned for {trial.gpus} processes runs in {world}")
+    return rank, world
+
+
+def _mixup(recipe: Recipe, classes: int) -> Mixup | None:
+    """timm's Mixup/CutMix (with label smoothing) when the recipe mixes, else None."""
+    from timm.data import Mixup
+
+    if not (recipe.mixup > 0 or recipe.cutmix > 0):
+        return None
+    return Mixup(
+        mixup_alpha=recipe.mixup,
+        cutmix_alpha=recipe.cutmix,
+        prob=recipe.mixup_prob,
+        switch_prob=recipe.mixup_switch_prob,
+        label_smoothing=recipe.label_smoothing,
+        num_classes=classes,
+    )
+
+
+def _restore(
+    setup: TrainSetup, checkpoint: dict[str, Any] | None, progress: Progress
+) -> TrainState:
+    """The state to train from: the start, or ``checkpoint``'s, whose weights, optimizer,
+    scheduler, EMA and random generators are loaded into ``setup`` and the process."""
+    state = TrainState(
+        history=History(ema_test_error=[] if setup.ema is not None else None),
+        epoch_generator=setup.generator.get_state(),
+    )
+    if checkpoint is None:
+        return state
+    setup.engine.load_state_dict(checkpoint["engine"])
+    setup.scheduler.load_state_dict(checkpoint["scheduler"])
+    if setup.ema is not None:
+        setup.ema.module.load_state_dict(checkpoint["ema"])
+    state = TrainState(
+        history=History(**checkpoint["history"]),
+        epoch_generator=checkpoint["generator"],
+        epoch=checkpoint["epoch"],
+        step=checkpoint["step"],
+        num_updates=checkpoint["num_updates"],
+        epoch_times=checkpoint.get("epoch_times", []),  # none in an older trainer's
+        epoch_progress=EpochProgress(**checkpoint["partial"]),
+        totals=Throughput(**checkpoint["totals"]),
+    )
+    setup.generator.set_state(state.epoch_generator)
+    if state.step == 0:
+        _set_rng_state(checkpoint["rng"])
+    else:
+        # Restored once the batches already trained have been drawn again (the loader may
+        # draw from the global generators while starting, as it did before the step).
+        state.pending_rng = checkpoint["rng"]
+    where = f"epoch {state.epoch}" + (f", step {state.step}" if state.step else "")
+    progress(f"resuming trial {setup.trial.trial_id} after {where}")
+    return state
+
+
+def _train_epoch(
+    store: ArtifactStore, setup: TrainSetup, state: TrainState, hooks: TrainHooks, every_s: float
+) -> float:
+    """Trains epoch ``state.epoch`` from its batch ``state.step`` on, checkpointing at most
+    every ``every_s`` seconds; returns the epoch's mean training loss.
+
+    The loss sum and the non-finite check stay on the device: they are read at checkpoints,
+    at the step-loss hand-overs and at the epoch's end, so a step adds no synchronisation.
+
+    Raises:
+        Diverged: when a loss of the epoch was not finite.
+    """
+    device, epoch = setup.engine.device, state.epoch
+    setup.model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trained = state.epoch_progress
+    trained.loss_sum = trained.loss_sum.to(device)
+    non_finite = NonFiniteLoss.on(device)
+    last_save = tic = time.perf_counter()
+    step_loss = StepLossMark(trained.loss_sum.clone(), state.step, tic)
+    # The batches trained before an interruption are skipped by the loader (their random
+    # draws replayed, nothing decoded).
+    batches = setup.train.train(setup.trial.recipe, setup.generator, epoch, start=state.step)
+    for step, (images, labels) in enumerate(batches, start=state.step):
+        state.restore_pending_rng()
+        loss, images_trained = _train_step(setup, state, images, labels)
+        non_finite.note(step, loss)
+        trained.loss_sum += loss
+        trained.images += images_trained
+        state.step = step + 1
+        now = time.perf_counter()
+        if setup.rank == 0:
+            step_loss.report(hooks, state, now)
+        if now - last_save >= every_s:
+            non_finite.check(epoch)
+            trained.seconds += now - tic
+            _save_checkpoint(store, setup, state)
+            last_save = tic = time.perf_counter()
+    state.restore_pending_rng()  # checkpointed after the epoch's last batch
+    non_finite.check(epoch)
+    trained.seconds += time.perf_counter() - tic
+    return float(trained.loss_sum) / max(1, state.step)
+
+
+def _train_step(
+    setup: TrainSetup, state: TrainState, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """One optimizer update on this rank's share of a batch: learning rate, Mixup/CutMix, the
+    micro-batches' forward and backward passes, the step and the EMA.
+
+    Returns:
+        The batch's mean loss (detached, on the device) and the images trained by all ranks.
+    """
+    if setup.world > 1:
+        images, labels = images[setup.rank :: setup.world], labels[setup.rank :: setup.world]
+    setup.scheduler.step_update(state.num_updates)
+    targets = labels
+    if setup.mixup is not None:
+        if len(images) % 2:  # Mixup pairs the batch with its reverse: even sizes only
+            images, labels = images[:-1], labels[:-1]
+        images, targets = setup.mixup(images, labels)
+    loss = train_batch(
+        setup.module, setup.engine, setup.criterion, images, targets, setup.micro_batch
+    )
+    state.num_updates += 1
+    if setup.ema is not None:
+        setup.ema.update(setup.model, step=state.num_updates)
+    return loss, len(labels) * setup.world
+
+
+def _end_epoch(
+    setup: TrainSetup, state: TrainState, train_loss: float, progress: Progress, hooks: TrainHooks
+) -> None:
+    """Evaluates the epoch's weights (and EMA) on the test split, records the epoch in the
+    history, reports it, and moves ``state`` to the start of the next epoch."""
+    engine, history, trained = setup.engine, state.history, state.epoch_progress
+    classes = setup.trial.dataset.num_classes
+    tested = evaluate(setup.module, engine, setup.test, setup.eval_batch, classes)
+    history.train_loss.append(train_loss)
+    history.test_loss.append(tested["loss"])
+    history.test_error.append(tested["top1_error"])
+    history.test_top5_error.append(tested["top5_error"])
+    history.lr.append(max(group["lr"] for group in engine.optimizer.param_groups))
+    history.images_per_s.append(trained.images / max(trained.seconds, 1e-9))
+    # Read before the EMA's evaluation: the peak of the epoch's training and its test.
+    history.peak_memory_mb.append(_peak_memory_mb(engine.device))
+    line = (
+        f"  epoch {state.epoch + 1}/{setup.trial.recipe.epochs}: train loss {train_loss:.3f}, "
+        f"test error {tested['top1_error']:.1f}%"
+    )
+    if setup.ema is not None:
+        ema_error = evaluate(setup.ema.module, engine, setup.test, setup.eval_batch, classes)
+        history.ema_test_error.append(ema_error["top1_error"])
+        line += f" (EMA {ema_error['top1_error']:.1f}%)"
+    progress(line)
+    state.epoch_times.append(time.time())
+    if setup.rank == 0:
+        hooks.epoch(state.epoch + 1, history.to_dict(), state.epoch_times[-1])
+    state.totals.images += trained.images
+    state.totals.seconds += trained.seconds
+    state.epoch, state.step = state.epoch + 1, 0
+    state.epoch_progress = EpochProgress()
+    state.epoch_generator = setup.generator.get_state()
+
+
+def _save_checkpoint(store: ArtifactStore, setup: TrainSetup, state: TrainState) -> None:
+    """Writes ``checkpoint.pt`` (rank 0 only): the weights, optimizer, scheduler, EMA, every
+    random generator and ``state``, for :func:`_restore` to resume from exactly."""
+    if setup.rank != 0:
+        return
+    checkpoint = {
+        "engine": setup.engine.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "num_updates": state.num_updates,
+        "history": state.history.to_dict(),
+        "epoch_times": state.epoch_times,
+        "generator": state.epoch_generator,
+        "rng": _rng_state(),
+        "scheduler": setup.scheduler.state_dict(),
+        "partial": state.epoch_progress.to_checkpoint(),
+        "totals": asdict(state.totals),
+        "micro_batch_size": setup.micro_batch,
+        "oom_retries": setup.oom_retries,
     }
-    if ema is not None:
-        history["ema_test_error"] = []
-    # Each epoch's end (Unix seconds): the timestamps of its metrics in MLflow.
-    epoch_times: list[float] = []
-    start_epoch, start_step, num_updates = 0, 0, 0
-    partial = {"loss_sum": torch.zeros(()), "images": 0, "seconds": 0.0}
-    totals = {"images": 0, "seconds": 0.0}  # over the epochs, for train_images_per_s
-    epoch_generator = generator.get_state()
-    pending_rng: dict[str, Any] | None = None
-    if checkpoint is not None:
-        engine.load_state_dict(checkpoint["engine"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if ema is not None:
-            ema.module.load_state_dict(checkpoint["ema"])
-        history = checkpoint["history"]
-        epoch_times = checkpoint.get("epoch_times", [])  # none in an older trainer's
-        start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
-        num_updates = checkpoint["num_updates"]
-        partial, totals = checkpoint["partial"], checkpoint["totals"]
-        epoch_generator = checkpoint["generator"]
-        generator.set_state(epoch_generator)
-        if start_step == 0:
-            _set_rng_state(checkpoint["rng"])
-        else:
-            # Restored once the batches already trained have been drawn again (the loader may
-            # draw from the global generators while starting, as it did before the step).
-            pending_rng = checkpoint["rng"]
-        where = f"epoch {start_epoch}" + (f", step {start_step}" if start_step else "")
-        progress(f"resuming trial {trial_id} after {where}")
+    if setup.ema is not None:
+        checkpoint["ema"] = setup.ema.module.state_dict()
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    store.put_bytes(checkpoint_key(setup.trial.trial_id), buffer.getvalue())
 
-    def save(epoch: int, step: int) -> None:
-        if rank != 0:
-            return
-        state = {
-            "engine": engine.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "num_updates": num_updates,
-            "history": history,
-            "epoch_times": epoch_times,
-            "generator": epoch_generator,
-            "rng": _rng_state(),
-            "scheduler": scheduler.state_dict(),
-            "partial": partial,
-            "totals": totals,
-            "micro_batch_size": micro_batch,
-            "oom_retries": memory["oom_retries"],
-        }
-        buffer = io.BytesIO()
-        torch.save(state | ({"ema": ema.module.state_dict()} if ema is not None else {}), buffer)
-        store.put_bytes(checkpoint_key(trial_id), buffer.getvalue())
 
-    every_s = float(os.environ.get(CHECKPOINT_EVERY_ENV, CHECKPOINT_EVERY_S))
-    for epoch in range(start_epoch, recipe.epochs):
-        model.train()
-        if engine.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(engine.device)
-        first_step = start_step if epoch == start_epoch else 0
-        if first_step == 0:
-            epoch_generator = generator.get_state()
-            partial = {"loss_sum": torch.zeros(()), "images": 0, "seconds": 0.0}
-        loss_sum = partial["loss_sum"].to(engine.device)
-        # The first non-finite loss of the epoch (step, value), kept on the device: checked
-        # at checkpoints and the epoch's end, not every step (no synchronisation per step).
-        bad_step = torch.full((), -1, dtype=torch.long, device=engine.device)
-        bad_value = torch.zeros((), device=engine.device)
-        last_save = last_loss = tic = time.perf_counter()
-        loss_mark = (loss_sum.clone(), first_step)  # the step-level loss: sum and step so far
-        step = first_step - 1  # the last batch trained (none yet this epoch)
+def _result(store: ArtifactStore, setup: TrainSetup, state: TrainState) -> dict[str, Any]:
+    """The trained trial's numbers: the last epoch's test evaluation, the final weights on the
+    validation split and the extra test sets, the model's complexity and what it ran on."""
+    from components.sample.space import complexity
 
-        # The batches trained before an interruption are skipped by the loader (their random
-        # draws replayed, nothing decoded).
-        batches = train.train(recipe, generator, epoch, start=first_step)
-        for step, (images, labels) in enumerate(batches, start=first_step):
-            if pending_rng is not None:
-                _set_rng_state(pending_rng)
-                pending_rng = None
-            if world > 1:
-                images, labels = images[rank::world], labels[rank::world]
-            scheduler.step_update(num_updates)
-            targets = labels
-            if mixup is not None:
-                if len(images) % 2:  # Mixup pairs the batch with its reverse: even sizes only
-                    images, labels = images[:-1], labels[:-1]
-                images, targets = mixup(images, labels)
-            loss = train_batch(module, engine, criterion, images, targets, micro_batch)
-            num_updates += 1
-            if ema is not None:
-                ema.update(model, step=num_updates)
-            bad = (bad_step < 0) & ~torch.isfinite(loss)
-            bad_step = torch.where(bad, step + 1, bad_step)
-            bad_value = torch.where(bad, loss, bad_value)
-            loss_sum += loss
-            partial["images"] += len(labels) * world
-            now = time.perf_counter()
-            if rank == 0 and now - last_loss >= STEP_LOSS_EVERY_S:
-                steps = step + 1 - loss_mark[1]
-                hooks.step(num_updates, float(loss_sum - loss_mark[0]) / steps, time.time())
-                loss_mark, last_loss = (loss_sum.clone(), step + 1), now
-            if now - last_save >= every_s:
-                _check_finite(bad_step, bad_value, epoch)
-                partial["loss_sum"] = loss_sum.cpu()
-                partial["seconds"] += now - tic
-                save(epoch, step + 1)
-                last_save = tic = time.perf_counter()
-        if pending_rng is not None:  # checkpointed after the epoch's last batch
-            _set_rng_state(pending_rng)
-            pending_rng = None
-        _check_finite(bad_step, bad_value, epoch)
-        partial["seconds"] += time.perf_counter() - tic
-        trained_batches = step + 1
-        train_loss = float(loss_sum) / max(1, trained_batches)
-        test_result = evaluate(module, engine, test, eval_batch, classes)
-        history["train_loss"].append(train_loss)
-        history["test_loss"].append(test_result["loss"])
-        history["test_error"].append(test_result["top1_error"])
-        history["test_top5_error"].append(test_result["top5_error"])
-        history["lr"].append(max(group["lr"] for group in engine.optimizer.param_groups))
-        history["images_per_s"].append(partial["images"] / max(partial["seconds"], 1e-9))
-        history["peak_memory_mb"].append(_peak_memory_mb(engine.device))
-        line = (
-            f"  epoch {epoch + 1}/{recipe.epochs}: train loss {train_loss:.3f}, "
-            f"test error {test_result['top1_error']:.1f}%"
-        )
-        if ema is not None:
-            ema_error = evaluate(ema.module, engine, test, eval_batch, classes)
-            history["ema_test_error"].append(ema_error["top1_error"])
-            line += f" (EMA {ema_error['top1_error']:.1f}%)"
-        progress(line)
-        epoch_times.append(time.time())
-        if rank == 0:
-            hooks.epoch(epoch + 1, history, epoch_times[-1])
-        totals["images"] += partial["images"]
-        totals["seconds"] += partial["seconds"]
-        partial = {"loss_sum": torch.zeros(()), "images": 0, "seconds": 0.0}
-        epoch_generator = generator.get_state()
-        save(epoch + 1, 0)
-
-    evaluations = {"test": _final(history)}
+    trial, engine, history = setup.trial, setup.engine, state.history
+    classes, eval_batch = trial.dataset.num_classes, setup.eval_batch
+    evaluations = {"test": history.last_test()}
     if trial.dataset.n_val > 0:
         val = open_split(store, trial.dataset, "val", engine.device, trial.seed)
-        evaluations["val"] = evaluate(module, engine, val, eval_batch, classes)
+        evaluations["val"] = evaluate(setup.module, engine, val, eval_batch, classes)
     for extra in trial.test_sets:
         data = open_split(store, extra, "test", engine.device, trial.seed)
-        evaluations[extra.name] = evaluate(module, engine, data, eval_batch, classes)
-    at_224 = complexity(spec, resolution=224)
+        evaluations[extra.name] = evaluate(setup.module, engine, data, eval_batch, classes)
+    at_224 = complexity(setup.spec, resolution=224)
     trained = complexity(
-        replace(spec, num_classes=classes),
+        replace(setup.spec, num_classes=classes),
         resolution=trial.dataset.resolution,
-        small_input=small_input,
+        small_input=setup.small_input,
     )
+    totals = state.totals
     return (
         {
-            "top1_error": history["test_error"][-1],
-            "top5_error": history["test_top5_error"][-1],
-            "test_loss": history["test_loss"][-1],
+            "top1_error": history.test_error[-1],
+            "top5_error": history.test_top5_error[-1],
+            "test_loss": history.test_loss[-1],
             "evaluations": evaluations,
-            "history": history,
-            "epoch_times": epoch_times,
+            "history": history.to_dict(),
+            "epoch_times": state.epoch_times,
             "flops": at_224.flops,
             "params": at_224.params,
             "flops_trained": trained.flops,
-            "params_trained": sum(p.numel() for p in model.parameters()),
-            "train_images_per_s": totals["images"] / totals["seconds"]
-            if totals["seconds"]
-            else None,
+            "params_trained": sum(p.numel() for p in setup.model.parameters()),
+            "train_images_per_s": totals.images / totals.seconds if totals.seconds else None,
             # What it really ran on (the trial's ``device`` may be "auto").
             "device_used": describe_device(engine.device),
             "precision": engine.precision,
             "torch_version": torch.__version__,
-            "world_size": world,
+            "world_size": setup.world,
             "compiled": engine.compiled,
         }
-        | ({"ema_top1_error": history["ema_test_error"][-1]} if ema is not None else {})
-        | ({"compile_cache": _compile_cache_use(cache_before)} if engine.compiled else {})
+        | ({"ema_top1_error": history.ema_test_error[-1]} if setup.ema is not None else {})
+        | (
+            {"compile_cache": _compile_cache_use(setup.compile_cache_before)}
+            if engine.compiled
+            else {}
+        )
     )
-
-
-def _check_finite(bad_step: torch.Tensor, bad_value: torch.Tensor, epoch: int) -> None:
-    """Raises :class:`Diverged` when the epoch saw a non-finite loss (one synchronisation)."""
-    if int(bad_step) >= 0:
-        raise Diverged(f"loss became {float(bad_value)} at epoch {epoch + 1}, step {int(bad_step)}")
-
-
-def _final(history: dict[str, list[float]]) -> dict[str, float]:
-    """The last epoch's test evaluation, as ``evaluate`` returns it."""
-    return {
-        "top1_error": history["test_error"][-1],
-        "top5_error": history["test_top5_error"][-1],
-        "loss": history["test_loss"][-1],
-    }
 
 
 def _compile_cache_use(before: dict[str, int]) -> dict[str, Any]:
@@ -874,27 +1176,19 @@ def _run_leased(
     hooks.start()
     tic = time.perf_counter()
     outcome: dict[str, Any] = {"status": "ok", "reason": ""}
-    memory = {"micro_batch": 0, "oom_retries": 0}  # 0: the checkpoint's, else the batch
+    memory = MicroBatching()
     try:
         while True:
             try:
                 outcome |= _train(store, trial, progress, memory, hooks)
                 break
             except torch.OutOfMemoryError:
-                if memory["micro_batch"] == 1:
-                    raise NeverFits(
-                        f"out of memory with micro-batches of 1 image after "
-                        f"{memory['oom_retries']} halvings of the batch of "
-                        f"{trial.recipe.batch_size}: this model does not fit on the device "
-                        "(use a smaller resolution or model)"
-                    ) from None
-                memory["micro_batch"] = math.ceil(memory["micro_batch"] / 2)
-                memory["oom_retries"] += 1
+                memory.halve(trial.recipe.batch_size)  # NeverFits at one image
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 progress(
                     f"trial {trial_id}: out of memory; micro-batch halved to "
-                    f"{memory['micro_batch']} (gradients accumulate to the batch of "
+                    f"{memory.micro_batch} (gradients accumulate to the batch of "
                     f"{trial.recipe.batch_size}), again from the last checkpoint"
                 )
     except Diverged as e:
@@ -913,8 +1207,8 @@ def _run_leased(
         **trial.to_dict(),
         "trainer_version": TRAINER_VERSION,
         **outcome,
-        "micro_batch_size": memory["micro_batch"] or trial.recipe.batch_size,
-        "oom_retries": memory["oom_retries"],
+        "micro_batch_size": memory.micro_batch or trial.recipe.batch_size,
+        "oom_retries": memory.oom_retries,
         "attempt": attempt,
         "wall_time_s": round(time.perf_counter() - tic, 3),
         "started_at": started_at,
