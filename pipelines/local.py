@@ -32,6 +32,7 @@ from components.common.tracking import TRACKING_ENV, resolve_tracking_uri
 from pipelines.console import StudyConsole
 
 TAIL_LINES = 25
+KFP_LOCAL_SLOTS = 2
 WORKSPACE_PREFIX = "kfp-workspace-"
 
 
@@ -53,12 +54,18 @@ def run_local(
     """
     from kfp import local
 
+    from components.train.chunk import LOCAL_SLOTS_ENV
+
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     # Subprocess tasks inherit the environment: pin the resolved defaults so every task agrees.
     os.environ.setdefault(STORE_ENV, default_store_uri())
     os.environ.setdefault(TRACKING_ENV, resolve_tracking_uri())
-    # kfp.local runs two loop iterations at once; one torch thread each fills two cores.
+    # kfp.local runs at most two loop iterations at once, whatever the loop's parallelism
+    # (kfp/kfp v2.17.0: kfp/local/orchestrator/enhanced_dag_orchestrator.py, ParallelExecutor,
+    # conservative_max = 2): the plan sizes chunks for two slots (one task start-up each), and
+    # one torch thread per task fills two cores.
+    os.environ.setdefault(LOCAL_SLOTS_ENV, str(KFP_LOCAL_SLOTS))
     os.environ.setdefault("APRFLOW_TORCH_THREADS", "1")
     started = time.time()
     log_path = runs_dir / "logs" / f"{pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"

@@ -1,20 +1,19 @@
 """Where a local study's wall time goes (``aprflow run ... --profile``).
 
-The study's wall time is split into what kfp.local's task log records (each task's start and
-end: ``HH:MM:SS.mmm - INFO - Executing task 'name'`` and ``Task 'name' finished``) and what the
-trials themselves record (``wall_time_s`` of each trial's result):
+The study's wall time is split with three records: kfp.local's task log (each task's start and
+end: ``HH:MM:SS.mmm - INFO - Executing task 'name'`` and ``Task 'name' finished``), each
+training task's own timing (``studies/<id>/chunks/<n>/timing.json``: its process start, the
+start of its work and its end; kfp.local's log can drop the end line of one of two loop
+iterations that end together) and each trial's ``wall_time_s``:
 
-* **start-up**: from the command's start to its first task (imports, kfp.local set-up);
+* **start-up**: from the run's start to its first task (kfp.local's set-up);
 * **tasks before training** (sample, data, plan, list) and **after** (the analysis), each
   task's own time;
-* **training**: the span of the training tasks; inside it, the trials' own time divided over
-  the slots that ran at once, and the rest: each chunk task's start-up (imports, MLflow, the
-  fork server), dispatch and slots left idle;
+* **training**: the span of the training tasks; their start-up (the process's imports before
+  the chunk's work); inside the span, the trials' own time divided over the slots that ran
+  at once, and the rest: start-up, MLflow, dispatch and slots left idle;
 * **outside trials**: ``1 - (sum of trial wall time / slots) / study wall time``, the share of
   the study not spent training (what the profile exists to make small).
-
-Durations summed over tasks of the same name do not depend on which start pairs with which
-end, so concurrent loop iterations need no task ids.
 """
 
 from __future__ import annotations
@@ -63,27 +62,38 @@ def task_events(log_text: str, study_start: float) -> list[TaskEvent]:
     return events
 
 
-def max_concurrency(events: list[TaskEvent], task: str) -> int:
-    """The most tasks named ``task`` that ran at once."""
+@dataclass(frozen=True)
+class ChunkTiming:
+    """A training task's process start, work start and end, in seconds since the study's."""
+
+    process_start: float
+    start: float
+    end: float
+
+
+def max_concurrency(spans: list[tuple[float, float]]) -> int:
+    """The most spans ``(start, end)`` that overlap at one time."""
     running = most = 0
-    for event in sorted(events, key=lambda e: (e.seconds, e.starts)):
-        if event.task == task:
-            running += 1 if event.starts else -1
-            most = max(most, running)
+    for _, change in sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans]):
+        running += change
+        most = max(most, running)
     return most
 
 
 def study_profile(
-    events: list[TaskEvent], trial_seconds: list[float], study_seconds: float
+    events: list[TaskEvent],
+    chunks: list[ChunkTiming],
+    trial_seconds: list[float],
+    study_seconds: float,
 ) -> dict[str, Any]:
     """The breakdown of a study's wall time (see the module doc) as a JSON-able record."""
     tasks: dict[str, dict[str, float]] = {}
     for event in events:
+        if event.task == TRAINING_TASK and chunks:
+            continue  # the training tasks' own timing says more, and misses no end
         entry = tasks.setdefault(event.task, {"count": 0, "seconds": 0.0})
         entry["count"] += event.starts
         entry["seconds"] += -event.seconds if event.starts else event.seconds
-    training = [e.seconds for e in events if e.task == TRAINING_TASK]
-    slots = max(1, max_concurrency(events, TRAINING_TASK))
     trials = sum(trial_seconds)
     first_task = min((e.seconds for e in events), default=study_seconds)
     record: dict[str, Any] = {
@@ -92,13 +102,25 @@ def study_profile(
         "tasks": {name: {**v, "seconds": round(v["seconds"], 3)} for name, v in tasks.items()},
         "trials": len(trial_seconds),
         "trial_s": trials,
-        "slots": slots,
-        "outside_trials": 1 - trials / slots / study_seconds if study_seconds else 0.0,
+        "slots": 1,
     }
-    if training:
-        span = max(training) - min(training)
-        record["training_span_s"] = span
-        record["training_overhead_s"] = span - trials / slots
+    if chunks:
+        spans = [(c.process_start, c.end) for c in chunks]
+        slots = max_concurrency(spans)
+        span = max(c.end for c in chunks) - min(c.process_start for c in chunks)
+        record["tasks"][TRAINING_TASK] = {
+            "count": len(chunks),
+            "seconds": round(sum(c.end - c.process_start for c in chunks), 3),
+        }
+        record |= {
+            "slots": slots,
+            "training_span_s": span,
+            "training_start_up_s": sum(c.start - c.process_start for c in chunks),
+            "training_overhead_s": span - trials / slots,
+        }
+    record["outside_trials"] = (
+        1 - trials / record["slots"] / study_seconds if study_seconds else 0.0
+    )
     return record
 
 
@@ -121,22 +143,35 @@ def profile_lines(record: dict[str, Any]) -> list[str]:
     if "training_span_s" in record:
         lines.append(
             f"  training span                     {share(record['training_span_s'])}, of which "
-            f"{record['training_overhead_s']:.1f} s outside trials (task start-up, dispatch, "
-            "idle slots)"
+            f"{record['training_overhead_s']:.1f} s outside trials per slot (the tasks' "
+            f"imports: {record['training_start_up_s']:.1f} s in all; MLflow, dispatch, idle "
+            "slots)"
         )
     return lines
 
 
 def profile_run(log_path: Path, store, study: str, started: float, ended: float) -> dict:
-    """The profile of a finished local run: its task log, and its trials' results in the
-    store (those reused from an earlier run count their original wall time)."""
-    from components.train.chunk import load_chunks
+    """The profile of a finished local run: its task log, its training tasks' timing and its
+    trials' results in the store (those reused from an earlier run count their original wall
+    time)."""
+    from components.train.chunk import chunk_timing_key, load_chunks
     from components.train.trial import result_key
 
-    trial_ids = [t for chunk in load_chunks(store, study)["chunks"] for t in chunk]
-    seconds = []
-    for trial_id in trial_ids:
-        if store.exists(result_key(trial_id)):
-            seconds.append(float(store.get_json(result_key(trial_id)).get("wall_time_s", 0.0)))
+    chunk_lists = load_chunks(store, study)["chunks"]
+    seconds, chunks = [], []
+    for number, trial_ids in enumerate(chunk_lists):
+        for trial_id in trial_ids:
+            if store.exists(result_key(trial_id)):
+                result = store.get_json(result_key(trial_id))
+                seconds.append(float(result.get("wall_time_s", 0.0)))
+        if store.exists(chunk_timing_key(study, number)):
+            timing = store.get_json(chunk_timing_key(study, number))
+            chunks.append(
+                ChunkTiming(
+                    timing["process_started_at"] - started,
+                    timing["started_at"] - started,
+                    timing["ended_at"] - started,
+                )
+            )
     events = task_events(log_path.read_text(encoding="utf-8", errors="replace"), started)
-    return study_profile(events, seconds, ended - started)
+    return study_profile(events, chunks, seconds, ended - started)

@@ -69,6 +69,9 @@ from components.train.plan import load_trial
 from components.train.trial import Trial, attempts_key, result_key
 
 CHUNK_SECONDS = 3600.0
+# The chunk tasks a local runner runs at once, when fewer than the loop's parallelism: set by
+# `aprflow run` (pipelines/local.py) from kfp.local's cap.
+LOCAL_SLOTS_ENV = "APRFLOW_LOCAL_PARALLEL_TASKS"
 DEFAULT_MAX_PARALLEL_TASKS = 16
 DEFAULT_MAX_ATTEMPTS = 2
 # A trial's wall-clock limit when the plan sets none (trial_timeout_s = 0). It is there to free
@@ -139,17 +142,28 @@ def check_chunking(chunk_size: int, max_parallel_tasks: int) -> None:
         raise ChunkError(f"max_parallel_tasks must be at least 1, got {max_parallel_tasks!r}")
 
 
+def parallel_slots(max_parallel_tasks: int) -> int:
+    """How many chunk tasks really run at once: ``max_parallel_tasks`` (the loop's compiled
+    parallelism), at most :data:`LOCAL_SLOTS_ENV` when a local runner sets it (kfp.local runs
+    two loop iterations at once whatever the parallelism)."""
+    local = os.environ.get(LOCAL_SLOTS_ENV, "").strip()
+    return min(max_parallel_tasks, int(local)) if local else max_parallel_tasks
+
+
 def default_chunk_size(trials: list[Trial], max_parallel_tasks: int) -> int:
     """Trials per chunk: a GPU-hour's worth at the mean estimate, at most an even share of the
-    trials over ``max_parallel_tasks`` (so a small study fills the parallel slots)."""
+    trials over the slots that run at once (so a small study fills them, with one task's
+    start-up per slot)."""
     mean = sum(estimate_seconds(t) for t in trials) / len(trials)
     per_hour = max(1, int(CHUNK_SECONDS // mean)) if mean > 0 else len(trials)
-    even_share = math.ceil(len(trials) / max_parallel_tasks)
+    even_share = math.ceil(len(trials) / parallel_slots(max_parallel_tasks))
     return max(1, min(per_hour, even_share))
 
 
 def chunk_trials(trials: list[Trial], chunk_size: int, max_parallel_tasks: int) -> list[list[int]]:
-    """Splits the plan into chunks of consecutive trials (indices into ``trials``).
+    """Splits the plan into ``ceil(trials / size)`` chunks of at most ``size`` trials, balanced
+    by estimated time (the longest trial first into the chunk with the least estimated time
+    that has room), each chunk's trials in plan order (indices into ``trials``).
 
     Args:
         trials: the study's trials in plan order.
@@ -158,8 +172,16 @@ def chunk_trials(trials: list[Trial], chunk_size: int, max_parallel_tasks: int) 
     """
     check_chunking(chunk_size, max_parallel_tasks)
     size = chunk_size or default_chunk_size(trials, max_parallel_tasks)
-    check_chunk_count(math.ceil(len(trials) / size))
-    return [list(range(i, min(i + size, len(trials)))) for i in range(0, len(trials), size)]
+    n_chunks = math.ceil(len(trials) / size)
+    check_chunk_count(n_chunks)
+    seconds = [estimate_seconds(t) for t in trials]
+    chunks: list[list[int]] = [[] for _ in range(n_chunks)]
+    loads = [0.0] * n_chunks
+    for index in sorted(range(len(trials)), key=lambda i: (-seconds[i], i)):
+        target = min((c for c in range(n_chunks) if len(chunks[c]) < size), key=loads.__getitem__)
+        chunks[target].append(index)
+        loads[target] += seconds[index]
+    return [sorted(chunk) for chunk in chunks]
 
 
 def check_chunk_count(n_chunks: int) -> None:
@@ -234,6 +256,10 @@ def save_chunks(
     }
     store.put_json(chunks_key(study), record)
     return record
+
+
+def chunk_timing_key(study: str, chunk: int) -> str:
+    return f"studies/{study}/chunks/{chunk}/timing.json"
 
 
 def load_chunks(store: ArtifactStore, study: str) -> dict[str, Any]:
@@ -563,6 +589,7 @@ def run_chunk(
     """
     from components.train.engines import resolve_device
 
+    started_at = time.time()
     settings = settings or ChunkSettings()
     store = open_store(store_uri)
     record = load_chunks(store, study)
@@ -689,6 +716,15 @@ def run_chunk(
                 + "; ".join(infrastructure)
             )
 
+    # When this task's process started (its imports included), trained and ended: what
+    # `aprflow run --profile` splits a study's training time with.
+    timing = {
+        "process_started_at": psutil.Process().create_time(),
+        "started_at": started_at,
+        "ended_at": time.time(),
+        "trials": len(ids),
+    }
+    store.put_json(chunk_timing_key(study, chunk), timing)
     return ids
 
 

@@ -1,10 +1,18 @@
-"""Where a local study's wall time goes: kfp.local's task log and the trials' own times."""
+"""Where a local study's wall time goes: kfp.local's task log, the training tasks' timing and
+the trials' own times."""
 
 import datetime as dt
 
-from pipelines.profile import max_concurrency, profile_lines, study_profile, task_events
+from pipelines.profile import (
+    ChunkTiming,
+    max_concurrency,
+    profile_lines,
+    study_profile,
+    task_events,
+)
 
-# kfp.local's lines, with its colour codes, around midnight; two training tasks at once.
+# kfp.local's lines, with its colour codes, around midnight; two training tasks at once, the
+# end of one of them missing (kfp.local can drop it when two iterations end together).
 DONE = "finished with status \x1b[92mSUCCESS\x1b[0m"
 LOG = f"""\
 23:59:50.000 - INFO - Executing task \x1b[96m'plan-study'\x1b[0m
@@ -14,7 +22,6 @@ executor_input: {{...}}
 23:59:56.000 - INFO - Executing task \x1b[96m'train-chunk'\x1b[0m
 00:00:25.000 - INFO - Task \x1b[96m'train-chunk'\x1b[0m {DONE}
 00:00:26.000 - INFO - Executing task \x1b[96m'train-chunk'\x1b[0m
-00:00:35.000 - INFO - Task \x1b[96m'train-chunk'\x1b[0m {DONE}
 00:00:45.000 - INFO - Task \x1b[96m'train-chunk'\x1b[0m {DONE}
 00:00:45.500 - INFO - Executing task \x1b[96m'analyze-study'\x1b[0m
 00:00:55.500 - INFO - Task \x1b[96m'analyze-study'\x1b[0m {DONE}
@@ -28,25 +35,28 @@ def _start() -> float:
 
 def test_task_events_cross_midnight_and_ignore_other_lines():
     events = task_events(LOG, _start())
-    assert len(events) == 10
+    assert len(events) == 9
     assert events[0].seconds == 12.0 and events[0].task == "plan-study" and events[0].starts
     assert events[-1].seconds == 77.5 and not events[-1].starts  # 00:00:55.5, the next day
-    assert max_concurrency(events, "train-chunk") == 2
+    assert max_concurrency([(0, 10), (5, 20), (10, 30), (25, 26)]) == 2
 
 
 def test_profile_splits_the_study_into_tasks_trials_and_the_rest():
-    # Three trials of 20, 20 and 8 s in the three training tasks (two slots).
-    record = study_profile(task_events(LOG, _start()), [20.0, 20.0, 8.0], 80.0)
+    # Three training tasks (two slots; 2 s of imports each) with trials of 20, 20 and 8 s.
+    chunks = [ChunkTiming(17, 19, 47), ChunkTiming(18, 20, 67), ChunkTiming(48, 50, 58)]
+    record = study_profile(task_events(LOG, _start()), chunks, [20.0, 20.0, 8.0], 80.0)
     assert record["start_up_s"] == 12.0
     assert record["tasks"]["plan-study"] == {"count": 1, "seconds": 4.0}
-    # 30 + 49 + 9 s of training tasks, whichever start pairs with which end.
-    assert record["tasks"]["train-chunk"] == {"count": 3, "seconds": 88.0}
+    assert record["tasks"]["analyze-study"] == {"count": 1, "seconds": 10.0}
+    # From the tasks' own timing, not the log that lost an end: 30 + 49 + 10 s.
+    assert record["tasks"]["train-chunk"] == {"count": 3, "seconds": 89.0}
     assert record["slots"] == 2 and record["trial_s"] == 48.0
-    assert record["training_span_s"] == 50.0 and record["training_overhead_s"] == 26.0
+    assert record["training_span_s"] == 50.0 and record["training_start_up_s"] == 6.0
+    assert record["training_overhead_s"] == 50.0 - 48.0 / 2
     assert record["outside_trials"] == 1 - 48.0 / 2 / 80.0
     lines = profile_lines(record)
     assert lines[0] == (
         "study 80.0 s; 70% of it outside trials (3 trials, 48.0 s of trial time over 2 slot(s))"
     )
     assert any(line.startswith("  train-chunk x3") for line in lines)
-    assert lines[-1].startswith("  training span")
+    assert lines[-1].startswith("  training span") and "imports: 6.0 s" in lines[-1]

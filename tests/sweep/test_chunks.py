@@ -127,10 +127,26 @@ def test_a_benchmark_run_adds_its_one_trial_rows_to_the_table(tmp_path):
     assert throughput.load_table(table)[0].date == "2026-12-05"
 
 
-def test_small_studies_fill_the_parallel_slots(big_plan):
-    from components.train.chunk import chunk_trials
+def test_small_studies_fill_the_parallel_slots_in_balanced_chunks(big_plan, monkeypatch):
+    from dataclasses import replace
 
-    assert [len(c) for c in chunk_trials(big_plan[:10], 0, 4)] == [3, 3, 3, 1]
+    from components.train.chunk import LOCAL_SLOTS_ENV, chunk_trials, estimate_seconds
+
+    monkeypatch.delenv(LOCAL_SLOTS_ENV, raising=False)
+    chunks = chunk_trials(big_plan[:10], 0, 4)
+    assert len(chunks) == 4 and max(len(c) for c in chunks) <= 3
+    assert sorted(i for c in chunks for i in c) == list(range(10))
+    assert all(c == sorted(c) for c in chunks), "each chunk in plan order"
+    # Trials of very different lengths (epochs 1 to 6): chunks of equal estimated time, not
+    # of consecutive trials (which would put the six longest into one chunk).
+    mixed = [
+        replace(t, recipe=replace(t.recipe, epochs=1 + i // 2)) for i, t in enumerate(big_plan[:12])
+    ]
+    loads = [sum(estimate_seconds(mixed[i]) for i in c) for c in chunk_trials(mixed, 6, 2)]
+    assert max(loads) / min(loads) < 1.05
+    # A local run has two slots (kfp.local's cap): two chunks, one task start-up per slot.
+    monkeypatch.setenv(LOCAL_SLOTS_ENV, "2")
+    assert [len(c) for c in chunk_trials(big_plan[:10], 0, 16)] == [5, 5]
 
 
 @pytest.mark.parametrize("size, parallel", [(-1, 4), (2, 0), (1.5, 4), (True, 4)])
