@@ -111,10 +111,21 @@ def trial_macs(trial: Trial) -> float:
         return 0.0
 
 
+def planned_device_kind(trial: Trial) -> str:
+    """The kind of device a trial's estimate is for: its pinned device, else a GPU, except in a
+    local run on a machine without one (:data:`LOCAL_SLOTS_ENV` set), whose trials train here
+    on the CPU."""
+    if trial.device == "auto" and os.environ.get(LOCAL_SLOTS_ENV):
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return throughput.device_kind(trial.device)
+
+
 def estimate(trial: Trial) -> throughput.Estimate:
     """A trial's estimated wall time on one device and the measurement it rests on."""
     macs = trial_macs(trial)
-    kind = throughput.device_kind(trial.device)
+    kind = planned_device_kind(trial)
     found = throughput.estimate(
         macs, trial.dataset.n_train, trial.recipe.epochs, kind, trial.dataset.input
     )

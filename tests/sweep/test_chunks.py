@@ -144,9 +144,18 @@ def test_small_studies_fill_the_parallel_slots_in_balanced_chunks(big_plan, monk
     ]
     loads = [sum(estimate_seconds(mixed[i]) for i in c) for c in chunk_trials(mixed, 6, 2)]
     assert max(loads) / min(loads) < 1.05
-    # A local run has two slots (kfp.local's cap): two chunks, one task start-up per slot.
+    # A local run has two slots (kfp.local's cap): two chunks, one task start-up per slot;
+    # without a GPU its trials train on this CPU, and are estimated (and balanced) so.
+    import torch
+
+    from components.train.chunk import estimate
+
     monkeypatch.setenv(LOCAL_SLOTS_ENV, "2")
-    assert [len(c) for c in chunk_trials(big_plan[:10], 0, 16)] == [5, 5]
+    small = [replace(t, dataset=replace(t.dataset, n_train=900)) for t in big_plan[:10]]
+    assert [len(c) for c in chunk_trials(small, 0, 16)] == [5, 5]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert estimate(big_plan[0]).basis.device == "cpu"
+    assert estimate(replace(big_plan[0], device="cuda")).basis.kind == "gpu"
 
 
 @pytest.mark.parametrize("size, parallel", [(-1, 4), (2, 0), (1.5, 4), (True, 4)])
