@@ -42,6 +42,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
+import heapq
+import json
 import math
 import multiprocessing
 import os
@@ -101,11 +104,18 @@ class ChunkError(AprflowError):
 def trial_macs(trial: Trial) -> float:
     """Multiply-adds per image of a trial's model at its training resolution (0 for a
     structurally broken spec, whose trial fails at once)."""
+    spec = json.dumps(trial.spec, sort_keys=True)
+    return _macs(spec, trial.dataset.resolution, trial.dataset.num_classes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _macs(spec_json: str, resolution: int, num_classes: int) -> float:
+    # Cached: a study's trials repeat each architecture over datasets and seeds, and a plan
+    # estimates every trial more than once (chunk sizes, balance, time limits).
     from components.sample.space import AnyNetSpec, complexity, uses_small_stem
 
-    resolution = trial.dataset.resolution
     try:
-        spec = replace(AnyNetSpec.from_dict(trial.spec), num_classes=trial.dataset.num_classes)
+        spec = replace(AnyNetSpec.from_dict(json.loads(spec_json)), num_classes=num_classes)
         return complexity(spec, resolution, uses_small_stem(resolution, None)).flops
     except ValueError:
         return 0.0
@@ -187,11 +197,12 @@ def chunk_trials(trials: list[Trial], chunk_size: int, max_parallel_tasks: int) 
     check_chunk_count(n_chunks)
     seconds = [estimate_seconds(t) for t in trials]
     chunks: list[list[int]] = [[] for _ in range(n_chunks)]
-    loads = [0.0] * n_chunks
+    open_chunks = [(0.0, c) for c in range(n_chunks)]  # (estimated load, chunk) with room
     for index in sorted(range(len(trials)), key=lambda i: (-seconds[i], i)):
-        target = min((c for c in range(n_chunks) if len(chunks[c]) < size), key=loads.__getitem__)
+        load, target = heapq.heappop(open_chunks)
         chunks[target].append(index)
-        loads[target] += seconds[index]
+        if len(chunks[target]) < size:
+            heapq.heappush(open_chunks, (load + seconds[index], target))
     return [sorted(chunk) for chunk in chunks]
 
 
