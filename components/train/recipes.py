@@ -102,12 +102,6 @@ class Recipe:
         ratio: aspect-ratio range of RandomResizedCrop (stream input).
         color_jitter: colour jitter strength (stream input; 0 = off).
         re_prob: random-erasing probability (stream input).
-        reference_steps: fine-tune and scratch (components/transfer/finetune.py): optimizer
-            steps at ``reference_images`` training images, scaled down for fewer (Kornblith
-            et al.: 20,000; 0 = not a step-counted recipe).
-        reference_images: the training-set size at which ``reference_steps`` apply.
-        lr_grid: learning rates the fine-tune search tries, each chosen on validation.
-        weight_decay_grid: weight decays the fine-tune search tries.
     """
 
     name: str
@@ -142,10 +136,6 @@ class Recipe:
     ratio: tuple[float, float] = STREAM_AUGMENTATIONS["ratio"]
     color_jitter: float = STREAM_AUGMENTATIONS["color_jitter"]
     re_prob: float = STREAM_AUGMENTATIONS["re_prob"]
-    reference_steps: int = 0
-    reference_images: int = 0
-    lr_grid: tuple[float, ...] = ()
-    weight_decay_grid: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         # Types as annotated (JSON and YAML hand tuples over as lists, KFP ints as floats),
@@ -165,6 +155,42 @@ class Recipe:
         """Every field as YAML, in declaration order (what ``aprflow recipes NAME`` prints)."""
         plain = {k: list(v) if isinstance(v, tuple) else v for k, v in self.to_dict().items()}
         return yaml.safe_dump(plain, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """The recipe of a stored record: a fine-tune recipe when it holds the fine-tune
+        search's fields with values, else a trainer's. A trainer's recipe stored before the
+        two were split holds those fields at their neutral values (0 and empty), which are
+        dropped: such a record still loads."""
+        grid = {k: data[k] for k in GRID_FIELDS if k in data}
+        if any(grid.values()):
+            return FinetuneRecipe(**data)
+        return Recipe(**{k: v for k, v in data.items() if k not in GRID_FIELDS})
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe(Recipe):
+    """A fine-tune or scratch recipe (components/transfer/finetune.py): the optimizer settings
+    of :class:`Recipe` and the search over them. A trainer's trial never holds one.
+
+    Attributes:
+        reference_steps: optimizer steps at ``reference_images`` training images, scaled down
+            for fewer (Kornblith et al.: 20,000).
+        reference_images: the training-set size at which ``reference_steps`` apply.
+        lr_grid: learning rates the fine-tune search tries, each chosen on validation.
+        weight_decay_grid: weight decays the fine-tune search tries.
+    """
+
+    reference_steps: int = 0
+    reference_images: int = 0
+    lr_grid: tuple[float, ...] = ()
+    weight_decay_grid: tuple[float, ...] = ()
+
+
+#: The fields of the fine-tune search (:class:`FinetuneRecipe` only).
+GRID_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(FinetuneRecipe) if f.name not in {g.name for g in fields(Recipe)}
+)
 
 
 _POSITIVE = Bound(low=0, low_open=True)
@@ -208,9 +234,10 @@ BOUNDS: dict[str, Bound] = {
 }
 # List fields and the limits table's bound on their number of values.
 _LENGTHS = {"lr_grid": "grid_points", "weight_decay_grid": "grid_points"}
-_TYPES: dict[str, Any] = typing.get_type_hints(Recipe)
-#: Fields a recipe file or an override may set (``name`` is the file's).
-FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Recipe) if f.name != "name")
+_TYPES: dict[str, Any] = typing.get_type_hints(FinetuneRecipe)
+#: Fields a recipe file or an override may set (``name`` is the file's; the last four only
+#: for fine-tune recipes).
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(FinetuneRecipe) if f.name != "name")
 #: timm ``train.py`` argument names (argparse destinations, as in its ``--config`` YAML) that
 #: are not field names, and the field each sets; None: an argument this trainer does not
 #: implement (random erasing always fills with constant values in one region, images are
@@ -321,8 +348,20 @@ def recipe_sets(pairs: list[str]) -> dict[str, Any]:
 
 
 def with_overrides(recipe: Recipe, overrides: dict[str, Any] | None) -> Recipe:
-    """``recipe`` with ``overrides`` applied, every value checked."""
-    return replace(recipe, **check_overrides(overrides or {}))
+    """``recipe`` with ``overrides`` applied, every value checked.
+
+    Raises:
+        ValueError: also for a fine-tune search field on a trainer's recipe.
+    """
+    checked = check_overrides(overrides or {})
+    grid = [k for k in checked if k in GRID_FIELDS]
+    if grid and not isinstance(recipe, FinetuneRecipe):
+        tuning = sorted(n for n, r in RECIPES.items() if isinstance(r, FinetuneRecipe))
+        raise ValueError(
+            f"{', '.join(grid)}: a field of the fine-tune recipes ({', '.join(tuning)}), not of "
+            f"recipe {recipe.name!r}, which trains architectures"
+        )
+    return replace(recipe, **checked)
 
 
 def check_augmentations(recipe: Recipe) -> None:
@@ -381,7 +420,9 @@ def parse_recipe_file(name: str, text: str, where: str) -> tuple[Recipe, str]:
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping of recipe field: value")
     try:
-        recipe = Recipe(name=name, **check_overrides(data, where))
+        checked = check_overrides(data, where)
+        kind = FinetuneRecipe if any(k in GRID_FIELDS for k in checked) else Recipe
+        recipe = kind(name=name, **checked)
     except TypeError:  # a required field missing: check_overrides has refused unknown ones
         required = ("epochs", "batch_size", "lr")
         missing = [k for k in required if k not in data]

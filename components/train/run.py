@@ -228,17 +228,14 @@ def _population_params(specs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"population.size": len(specs)} | band
 
 
-# Recipe fields of the fine-tune search (components/transfer/finetune.py), which a trainer's
-# trial does not use, and those only the stream input applies.
-FINETUNE_FIELDS = ("reference_steps", "reference_images", "lr_grid", "weight_decay_grid")
 # Architecture quantities logged as metrics (numbers sort in MLflow), not params.
 ARCHITECTURE_METRICS = ("flops", "params")
 
 
 def trial_recipe_fields(trial: Trial) -> tuple[str, ...]:
-    """The recipe fields that apply to a trainer's trial: not the fine-tune search's, not the
-    per-image augmentations unless its dataset is streamed, not the name (param ``recipe``)."""
-    skip = {"name", *FINETUNE_FIELDS}
+    """The recipe fields that apply to a trainer's trial: not the per-image augmentations
+    unless its dataset is streamed, not the name (param ``recipe``)."""
+    skip = {"name"}
     if trial.dataset.input != "stream":
         skip |= set(STREAM_AUGMENTATIONS)
     return tuple(f.name for f in fields(Recipe) if f.name not in skip)

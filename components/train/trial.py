@@ -222,7 +222,7 @@ class Trial:
         return cls(
             spec=data["spec"],
             dataset=DatasetRef(**data["dataset"]),
-            recipe=Recipe(**data["recipe"]),
+            recipe=Recipe.from_dict(data["recipe"]),
             seed=int(data["seed"]),
             engine=data.get("engine", "torch"),
             device=data.get("device", "auto"),

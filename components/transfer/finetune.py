@@ -36,9 +36,10 @@ def scaled_steps(recipe, n_train: int, max_steps: int | None = None) -> int:
     training set of ``n_train`` images (see the module docstring).
 
     Raises:
-        ValueError: for a recipe without a step count (``reference_steps`` 0).
+        ValueError: for a recipe without a step count (a trainer's recipe, or
+            ``reference_steps`` 0).
     """
-    if not recipe.reference_steps or not recipe.reference_images:
+    if not getattr(recipe, "reference_steps", 0) or not getattr(recipe, "reference_images", 0):
         raise ValueError(
             f"recipe {recipe.name!r} counts no fine-tune steps: set reference_steps and "
             "reference_images (as recipes/finetune.yaml does)"
@@ -174,9 +175,14 @@ def finetune(
         The reported test accuracy, the chosen configuration and the grid.
     """
     from components.train.engines import TorchEngine
-    from components.train.recipes import resolve_recipe
+    from components.train.recipes import FinetuneRecipe, resolve_recipe
 
     settings = resolve_recipe(recipe, dict(overrides or {}))
+    if not isinstance(settings, FinetuneRecipe):
+        raise ValueError(
+            f"recipe {recipe!r} trains architectures: fine-tuning needs a fine-tune recipe "
+            "(lr_grid, weight_decay_grid, reference_steps), e.g. finetune or scratch"
+        )
     if not settings.lr_grid or not settings.weight_decay_grid:
         raise ValueError("the recipe's lr_grid and weight_decay_grid must not be empty")
     with torch.random.fork_rng(devices=[]):

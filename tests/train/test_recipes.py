@@ -281,3 +281,30 @@ def test_finetune_steps_and_grid_come_from_the_recipe():
     assert scaled_steps(fewer, 5_000) == 100
     with pytest.raises(ValueError, match="'apr_tiny' counts no fine-tune steps"):
         scaled_steps(RECIPES["apr_tiny"], 5_000)
+
+
+def test_the_fine_tune_grid_belongs_to_fine_tune_recipes_only():
+    """A trainer's recipe has no fine-tune search fields (so its trials log none, and their ids
+    do not depend on them); the fine-tune recipes add them; a record stored before the split,
+    holding them at their neutral values, still loads as a trainer's recipe."""
+    from dataclasses import fields
+
+    from components.train.recipes import GRID_FIELDS, FinetuneRecipe, Recipe
+
+    assert GRID_FIELDS == ("reference_steps", "reference_images", "lr_grid", "weight_decay_grid")
+    assert not set(GRID_FIELDS) & {f.name for f in fields(Recipe)}
+    assert not isinstance(RECIPES["apr_short"], FinetuneRecipe)
+    assert not set(GRID_FIELDS) & set(RECIPES["apr_short"].to_dict())
+    assert all(isinstance(RECIPES[name], FinetuneRecipe) for name in ("finetune", "scratch"))
+    with pytest.raises(ValueError, match="lr_grid: a field of the fine-tune recipes"):
+        resolve_recipe("apr_short", {"lr_grid": [0.1]})
+    assert resolve_recipe("finetune", {"lr_grid": [0.1]}).lr_grid == (0.1,)
+
+    stored = RECIPES["apr_short"].to_dict() | {
+        "reference_steps": 0,
+        "reference_images": 0,
+        "lr_grid": [],
+        "weight_decay_grid": [],
+    }
+    assert Recipe.from_dict(stored) == RECIPES["apr_short"]
+    assert Recipe.from_dict(RECIPES["finetune"].to_dict()) == RECIPES["finetune"]
