@@ -9,52 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import BIN, free_port, mlflow_server_command, running_server
 
 from components.common.storage import open_store
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"server at {url} did not answer within {timeout} s")
-
-
-def _server(command: list[str], url: str, log: Path) -> Iterator[subprocess.Popen]:
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_http(url, process)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +25,7 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     endpoint = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-    yield from (endpoint for _ in _server(command, f"{endpoint}/moto-api/", log))
+    yield from (endpoint for _ in running_server(command, f"{endpoint}/moto-api/", log))
 
 
 @pytest.fixture
@@ -90,25 +51,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = mlflow_server_command(folder, port)
-    yield from (url for _ in _server(command, f"{url}/health", folder / "server.log"))
-
-
-def mlflow_server_command(folder: Path, port: int) -> list[str]:
-    """``mlflow server`` on loopback with its SQLite database and artifacts in ``folder``."""
-    return [
-        str(BIN / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{folder / 'mlflow.db'}",
-        "--default-artifact-root",
-        str(folder / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    yield from (url for _ in running_server(command, f"{url}/health", folder / "server.log"))
 
 
 @pytest.fixture

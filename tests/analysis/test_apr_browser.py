@@ -4,15 +4,11 @@ its sort script runs without an error and sorts."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
+from helpers import CHROMIUM, chromium_command
 
-CHROMIUM = next(
-    (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p),
-    None,
-)
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)"
 )
@@ -40,19 +36,7 @@ SORT_PROBE = """
 
 def dump_dom(html_path, tmp_path) -> str:
     result = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--dump-dom",
-            html_path.as_uri(),
-        ],
+        chromium_command(tmp_path / "profile", "--dump-dom", html_path.as_uri()),
         capture_output=True,
         text=True,
         timeout=60,

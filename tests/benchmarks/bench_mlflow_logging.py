@@ -89,7 +89,7 @@ def _task(args: argparse.Namespace, uri: str, parent: str, store_uri: str, task:
 
 
 def _server(folder: Path, port: int) -> subprocess.Popen:
-    from conftest import mlflow_server_command
+    from helpers import mlflow_server_command
 
     return subprocess.Popen(
         mlflow_server_command(folder, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -117,7 +117,7 @@ def main() -> None:
             tracking.database._use_wal = lambda db: None  # as an older aprflow left it
         server = None
         if args.server:
-            from conftest import free_port
+            from helpers import free_port
 
             port = free_port()
             server = _server(root, port)

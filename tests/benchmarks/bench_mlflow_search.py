@@ -117,7 +117,7 @@ def main() -> None:
         server = None
         uri = db
         if args.server:
-            from conftest import free_port, wait_for_http
+            from helpers import free_port, wait_for_http
 
             port = free_port()
             uri = f"http://127.0.0.1:{port}"

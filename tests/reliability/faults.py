@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from helpers import BIN, free_port, running_server
+
 from components.data.datasets import materialize
 from components.sample.samplers import sample_specs
 from components.train.recipes import resolve_recipe
@@ -58,25 +60,13 @@ def start_aprflow(args: list[str], env: dict[str, str], log: Path) -> subprocess
         )
 
 
-def _root_conftest():
-    """tests/conftest.py as a module (its server helpers), loaded by path: ``conftest`` is
-    ambiguous between the two folders."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @contextlib.contextmanager
 def private_moto_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """A moto_server of this test alone (the shared ``s3_endpoint`` must not be paused)."""
-    helpers = _root_conftest()
-    port = helpers.free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    command = [str(helpers.BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-    server = helpers._server(command, f"{endpoint}/moto-api/", folder / "moto.log")
+    command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    server = running_server(command, f"{endpoint}/moto-api/", folder / "moto.log")
     process = next(server)
     try:
         yield endpoint, process
@@ -102,7 +92,7 @@ class RefusingProxy:
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
-        self.port = _root_conftest().free_port()
+        self.port = free_port()
         self._connections: list[socket.socket] = []
         self._listen()
 

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults import _root_conftest, wait_for
+from faults import wait_for
+from helpers import free_port, mlflow_server_command, wait_for_http
 
 from components.common import tracking
 from components.common.storage import open_store
@@ -34,16 +35,15 @@ WAIT_S = 6  # the trials' MLflow budget in this test (APRFLOW_MLFLOW_WAIT_S)
 def private_mlflow_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """An ``mlflow server`` of this test alone, in its own process group (its workers are
     paused with it; the shared ``mlflow_server`` must not be)."""
-    helpers = _root_conftest()
-    port = helpers.free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = helpers.mlflow_server_command(folder, port)
+    command = mlflow_server_command(folder, port)
     with open(folder / "mlflow-server.log", "wb") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        helpers.wait_for_http(f"{url}/health", process, timeout=180)
+        wait_for_http(f"{url}/health", process, timeout=180)
         yield url, process
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -22,7 +22,6 @@ import csv
 import itertools
 import json
 import re
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -31,13 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import (
+    CHROMIUM,
+    chromium_command,
+    free_port,
+    mlflow_server_command,
+    running_server,
+)
 
 from components.common import tracking
 
-CHROMIUM = next(
-    (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p),
-    None,
-)
 pytestmark = [
     pytest.mark.extended,
     pytest.mark.skipif(
@@ -167,7 +169,6 @@ def _devtools_port(profile: Path, process: subprocess.Popen, timeout: float = 60
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> dict[str, Any]:
     """Runs the small study on a SQLite file; returns what the pages are compared with."""
-    from conftest import free_port
     from mlflow.tracking import MlflowClient
 
     from components.analyze.run import analyze_study
@@ -219,14 +220,13 @@ def study(tmp_path_factory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def ui(study) -> Iterator[str]:
     """``mlflow server`` on the study's SQLite file and artifact root; yields its URL."""
-    from conftest import _server, mlflow_server_command
 
     root = study["root"]
     command = mlflow_server_command(root, study["port"])
     # The runs' artifacts lie under the study's artifact root (see `study`), not the fixture's.
     command[command.index("--default-artifact-root") + 1] = str(root / "mlruns")
     url = f"http://127.0.0.1:{study['port']}"
-    yield from (url for _ in _server(command, f"{url}/health", root / "server.log"))
+    yield from (url for _ in running_server(command, f"{url}/health", root / "server.log"))
 
 
 @pytest.fixture(scope="module")
@@ -236,20 +236,9 @@ def page(tmp_path_factory) -> Iterator[Page]:
     profile = folder / "profile"
     with open(folder / "chromium.log", "wb") as log:
         process = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                f"--user-data-dir={profile}",
-                "--remote-debugging-port=0",
-                "--window-size=1600,1000",
-                "about:blank",
-            ],
+            chromium_command(
+                profile, "--remote-debugging-port=0", "--window-size=1600,1000", "about:blank"
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
