@@ -97,6 +97,17 @@ POLL_S = 0.2
 EXIT_NO_SPACE = errno.ENOSPC
 
 
+def fork_server() -> multiprocessing.context.BaseContext:
+    """The fork server's context, its server started (once per process) with torch, the
+    trainer and MLflow imported: a trial's child is a fork of it (see ``_Child.start``)."""
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["components.train.run", *MLFLOW_MODULES])
+    forkserver.ensure_running()
+    return context
+
+
 class ChunkError(AprflowError):
     """A chunk setting that cannot work, or an infrastructure error the runner could not retry."""
 
@@ -523,10 +534,8 @@ class _Child:
             # From the fork server: torch and the trainer are imported there once (no start-up
             # per trial), and it never runs torch ops, so no child inherits a used OpenMP thread
             # pool (GNU OpenMP hangs in a fork after use) or a CUDA context.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["components.train.run", *MLFLOW_MODULES])
             args = (*self.target_args, dict(os.environ))
-            self._process = context.Process(target=_child_main, args=args, daemon=False)
+            self._process = fork_server().Process(target=_child_main, args=args, daemon=False)
             self._process.start()
             self._popen = None
         # From the start of the trial's own process: the fork server's one-time start-up
@@ -613,6 +622,12 @@ def run_chunk(
 
     started_at = time.time()
     settings = settings or ChunkSettings()
+    # NVML answers torch.cuda.is_available() without initialising CUDA (fork-safe), here and
+    # in the children.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    if settings.gpus_per_trial == 1:
+        # Its imports (seconds) overlap this process' own: the store, the device, MLflow.
+        fork_server()
     store = open_store(store_uri)
     record = load_chunks(store, study)
     ids = record["chunks"][chunk]
@@ -621,9 +636,6 @@ def run_chunk(
     time_limits = record.get("time_limits_s") or {
         trial_id: trial_time_limit(estimate_seconds(trial)) for trial_id, trial in trials.items()
     }
-    # NVML answers torch.cuda.is_available() without initialising CUDA (fork-safe), here and
-    # in the children.
-    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     for device in sorted({t.device for t in trials.values()}):
         resolve_device(device)  # a GPU that was asked for and is missing: fail before training
     report(
