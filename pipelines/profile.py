@@ -151,9 +151,9 @@ def profile_lines(record: dict[str, Any]) -> list[str]:
 
 
 def profile_run(log_path: Path, store, study: str, started: float, ended: float) -> dict:
-    """The profile of a finished local run: its task log, its training tasks' timing and its
-    trials' results in the store (those reused from an earlier run count their original wall
-    time)."""
+    """The profile of a finished local run: its task log, its training tasks' timing and the
+    results of the trials it trained (a trial reused from an earlier run trained outside this
+    study's wall time: it counts as none)."""
     from components.train.chunk import chunk_timing_key, load_chunks
     from components.train.trial import result_key
 
@@ -163,7 +163,8 @@ def profile_run(log_path: Path, store, study: str, started: float, ended: float)
         for trial_id in trial_ids:
             if store.exists(result_key(trial_id)):
                 result = store.get_json(result_key(trial_id))
-                seconds.append(float(result.get("wall_time_s", 0.0)))
+                if result.get("started_at", started) >= started:
+                    seconds.append(float(result.get("wall_time_s", 0.0)))
         if store.exists(chunk_timing_key(study, number)):
             timing = store.get_json(chunk_timing_key(study, number))
             chunks.append(

@@ -7,6 +7,7 @@ from pipelines.profile import (
     ChunkTiming,
     max_concurrency,
     profile_lines,
+    profile_run,
     study_profile,
     task_events,
 )
@@ -60,3 +61,27 @@ def test_profile_splits_the_study_into_tasks_trials_and_the_rest():
     )
     assert any(line.startswith("  train-chunk x3") for line in lines)
     assert lines[-1].startswith("  training span") and "imports: 6.0 s" in lines[-1]
+
+
+def test_a_run_counts_only_the_trials_it_trained(tmp_path):
+    """A trial reused from an earlier run trained before this study started: counting its
+    wall time would put more trial time into the study than its wall time (a negative share
+    outside trials)."""
+    from components.common.storage import open_store
+    from components.train.chunk import chunk_timing_key, chunks_key
+    from components.train.trial import result_key
+
+    start = _start()
+    store = open_store(str(tmp_path / "store"))
+    store.put_json(chunks_key("s"), {"chunks": [["new", "old"]]})
+    store.put_json(result_key("new"), {"started_at": start + 20, "wall_time_s": 20.0})
+    store.put_json(result_key("old"), {"started_at": start - 3600, "wall_time_s": 500.0})
+    store.put_json(
+        chunk_timing_key("s", 0),
+        {"process_started_at": start + 17, "started_at": start + 19, "ended_at": start + 47},
+    )
+    log = tmp_path / "run.log"
+    log.write_text(LOG, encoding="utf-8")
+    record = profile_run(log, store, "s", start, start + 80)
+    assert record["trials"] == 1 and record["trial_s"] == 20.0
+    assert record["outside_trials"] == 1 - 20.0 / 80.0
