@@ -69,6 +69,9 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
         "status_reason": result["reason"],
         "flops": result.get("flops"),
         "params": result.get("params"),
+        # The network as trained (the dataset's resolution and stem, its classes): at <= 64 px
+        # the stem has stride 1, so it is not the 224-px network whose FLOPs were sampled.
+        "flops_trained": result.get("flops_trained"),
         "wall_time_s": result["wall_time_s"],
         "trial_id": result["trial_id"],
     }
@@ -235,7 +238,7 @@ def dataset_summaries(
         figures[name] = folder / f"{len(figures)}.png"
         figures[name].write_bytes(store.get_bytes(png_key))
         splits = manifest["splits"]
-        notes[name] = (
+        notes[name] = trained_size_note(table[table["dataset"] == name], ref.resolution) + (
             f"{manifest['n_images']:,} images in {len(manifest['class_names'])} classes "
             f"({splits['train']['n']:,} train, {splits['val']['n']:,} validation, "
             f"{splits['test']['n']:,} test; most/fewest training images per class "
@@ -244,6 +247,22 @@ def dataset_summaries(
             f"{ref.content_hash}."
         )
     return figures, notes
+
+
+def trained_size_note(rows: pd.DataFrame, resolution: int) -> str:
+    """How big the dataset's networks were as trained, beside the 224-px FLOPs they were
+    sampled by (the stem at small resolutions changes the network, not only its input)."""
+    from components.sample.space import uses_small_stem
+
+    trained, sampled = rows["flops_trained"].dropna(), rows["flops"].dropna()
+    if trained.empty or sampled.empty:
+        return ""
+    stem = "the small-input stem (stride 1)" if uses_small_stem(resolution, None) else "the stem"
+    return (
+        f"Trained at {resolution} px with {stem}: {trained.min() / 1e6:,.1f} to "
+        f"{trained.max() / 1e6:,.1f} M multiply-adds per image ({sampled.min() / 1e6:,.0f} to "
+        f"{sampled.max() / 1e6:,.0f} M at 224 px, the band sampled). "
+    )
 
 
 def embed_figures(markdown: str, folder: Path) -> str:

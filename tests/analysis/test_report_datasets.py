@@ -79,7 +79,14 @@ def test_analyze_task_gathers_each_study_datasets_summary(tmp_path):
         for i in range(2)
     ]
     ids = save_plan(store, "s", trials)
-    table = pd.DataFrame({"dataset": ["faces", "faces"], "trial_id": ids})
+    table = pd.DataFrame(
+        {
+            "dataset": ["faces", "faces"],
+            "trial_id": ids,
+            "flops": [150e6, 250e6],
+            "flops_trained": [1.25e6, None],  # the second trial failed before it was built
+        }
+    )
     folder = tmp_path / "figures"
     folder.mkdir()
     figures, notes = dataset_summaries(store, table, folder)
@@ -87,6 +94,8 @@ def test_analyze_task_gathers_each_study_datasets_summary(tmp_path):
     assert list(figures) == ["faces"]
     assert figures["faces"].read_bytes() == store.get_bytes(manifest["summary"]["png"])
     assert notes["faces"].startswith(
+        "Trained at 8 px with the small-input stem (stride 1): 1.2 to 1.2 M multiply-adds per "
+        "image (150 to 250 M at 224 px, the band sampled). "
         "200 images in 2 classes (150 train, 0 validation, 50 test; most/fewest training "
         f"images per class {manifest['imbalance']}), trained at 8 px from the memory input; "
         "0 source file(s) skipped"
