@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from analysis.stats import DEFAULT_RESAMPLES, MAX_RESAMPLES, MC_TOLERANCE, TEST_NOISE
 from analysis.table import SCALES, load_results
 from components.common.cli import add_common_options, print_result, run_cli
 
@@ -34,10 +35,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=15, help="top-k size (default 15)")
     parser.add_argument(
         "--bootstrap",
-        type=int,
-        default=1000,
-        help="most bootstrap resamples per comparison (default 1000; fewer once the interval "
-        "endpoints are precise to 0.002; 0: no intervals)",
+        type=_resamples,
+        default=DEFAULT_RESAMPLES,
+        help=f"most bootstrap resamples per comparison (default {DEFAULT_RESAMPLES:,}, at most "
+        f"{MAX_RESAMPLES:,}; fewer once the interval endpoints are precise to {MC_TOLERANCE}, "
+        "else their Monte-Carlo error is printed beside them; 0: no intervals)",
+    )
+    parser.add_argument(
+        "--test-noise",
+        choices=TEST_NOISE,
+        default="auto",
+        help="include the noise of the finite test sets in the intervals: 'binomial' redraws "
+        "each model's error from Binomial(n_test, error) in every resample (needs --test-size "
+        "of every dataset), 'none' resamples the models only; default 'auto': binomial for "
+        "the datasets with a --test-size",
+    )
+    parser.add_argument(
+        "--test-size",
+        type=_test_size,
+        action="append",
+        default=[],
+        metavar="DATASET=N",
+        help="images in a dataset's test split, for --test-noise (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument(
@@ -64,9 +83,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resamples(text: str) -> int:
+    if not text.isdigit() or int(text) > MAX_RESAMPLES:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 0 to {MAX_RESAMPLES:,}, got {text!r}"
+        )
+    return int(text)
+
+
+def _test_size(text: str) -> tuple[str, int]:
+    name, separator, count = text.rpartition("=")
+    if not separator or not name or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected DATASET=N with N a positive number of test images, got {text!r}"
+        )
+    return name, int(count)
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from analysis.report import analyze  # matplotlib: not for --help
 
+    sizes = dict(args.test_size)
+    if len(sizes) < len(args.test_size):
+        names = [name for name, _ in args.test_size]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"--test-size given more than once for {repeated}")
     table = load_results(args.results, metric=args.metric, scale=args.scale)
     summary = analyze(
         table,
@@ -78,6 +119,8 @@ def _analyze(args: argparse.Namespace) -> int:
         title=args.title,
         regime=args.regime,
         metric=args.metric,
+        test_noise=args.test_noise,
+        test_sizes=sizes,
     )
     n_excluded = summary["input"]["n_rows_excluded"]
     print_result(

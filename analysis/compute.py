@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,11 +140,13 @@ def compute_analysis(
     table: ResultsTable,
     reference: str | None = None,
     top_k: int = 15,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = stats.DEFAULT_RESAMPLES,
     seed: int = 0,
     title: str | None = None,
     regime: str | None = None,
     metric: str | None = None,
+    test_noise: str = "auto",
+    test_sizes: Mapping[str, int] | None = None,
 ) -> Analysis:
     """Compute all statistics of the analysis.
 
@@ -157,11 +161,19 @@ def compute_analysis(
         table: Validated results.
         reference: Reference dataset (see :func:`choose_reference` for the default).
         top_k: Number of best models per dataset for overlaps and stage profiles.
-        n_bootstrap: Most bootstrap resamples for confidence intervals (0: no intervals).
+        n_bootstrap: Most bootstrap resamples per comparison (0: no intervals; at most
+            ``stats.MAX_RESAMPLES``); fewer once the endpoints are precise to
+            ``stats.MC_TOLERANCE`` (:class:`analysis.stats.Bootstrap`).
         seed: Seed of the bootstrap.
         title: Report title.
         regime: Primary regime (default: see :func:`choose_slice`).
         metric: Primary metric (default: see :func:`choose_slice`).
+        test_noise: ``"binomial"``: the intervals include the noise of each dataset's finite
+            test set (:class:`analysis.stats.Measured`; needs ``test_sizes`` of every
+            dataset); ``"none"``: they resample the models only; ``"auto"``: binomial for the
+            datasets in ``test_sizes``.
+        test_sizes: Dataset -> images in its test split (the metrics on its own test set;
+            evaluations on other test sets have no test-set noise).
 
     Returns:
         The analysis.
@@ -171,8 +183,8 @@ def compute_analysis(
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    bootstrap = stats.Bootstrap(n_resamples=n_bootstrap, seed=seed)
+    sizes, noise_choice = noise_sizes(test_noise, test_sizes, table.datasets)
     usable_models = table.frame.groupby("dataset")["model"].nunique()
     counts = {name: int(usable_models.get(name, 0)) for name in table.datasets}
     ref, how = choose_reference(counts, reference)
@@ -180,16 +192,23 @@ def compute_analysis(
     part = table.slice(*primary)
     models, datasets, errors = part.error_matrix()
     column = {name: errors[:, i] for i, name in enumerate(datasets)}
-    bootstrap = stats.Bootstrap(n_resamples=n_bootstrap, seed=seed)
     columns = table.error_columns()
     targets = {
         name: _target_keys(name, *primary)
         | {"reference_slice": slice_label(*primary)}
-        | stats.pair_statistics(models, column[ref], column[name], (ref, name), top_k, bootstrap)
+        | _pair(
+            models,
+            column[ref],
+            column[name],
+            (ref, name),
+            top_k,
+            bootstrap,
+            (_test_size(sizes, ref, primary[1]), _test_size(sizes, name, primary[1])),
+        )
         for name in datasets
         if name != ref
     }
-    targets |= _cross_slice_targets(columns, primary, ref, top_k, bootstrap)
+    targets |= _cross_slice_targets(columns, primary, ref, top_k, bootstrap, sizes)
 
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -204,13 +223,18 @@ def compute_analysis(
             "slice_choice": primary_how,
             "top_k": top_k,
             "n_bootstrap": n_bootstrap,
+            "max_resamples": stats.MAX_RESAMPLES,
             "bootstrap_tolerance": bootstrap.tolerance,
             "bootstrap_pilot": stats.PILOT_RESAMPLES,
-            "interval_method": INTERVAL_METHOD,
+            "test_noise": "binomial" if sizes else "none",
+            "test_noise_choice": noise_choice,
+            "test_sizes": sizes,
+            "interval_method": interval_method(sizes),
             "seed": seed,
             "ci_level": stats.CI_LEVEL,
             "logit_clip": stats.LOGIT_EPS,
             "min_models": stats.MIN_MODELS,
+            "min_reliable_models": stats.MIN_RELIABLE_MODELS,
         },
         "datasets": _dataset_summaries(part, models, column),
         "exclusions": _exclusions(table, models, column),
@@ -221,18 +245,138 @@ def compute_analysis(
     features, profiles, summary["architecture"] = _architecture(part, models, column, top_k)
     summary["seed_variance"] = _seed_summary(table, *primary)
     summary["slices"] = _slice_summaries(columns)
-    summary["comparisons"] = _slice_comparisons(columns, top_k, bootstrap)
+    summary["comparisons"] = _slice_comparisons(columns, top_k, bootstrap, sizes)
+    summary["warnings"] = few_model_statistics(summary)
     summary["metrics"] = flat_metrics(summary)
     return Analysis(summary, part, models, datasets, errors, columns, features, profiles)
 
 
-INTERVAL_METHOD = (
-    "95% percentile bootstrap over models (resampled with replacement); Spearman, Kendall "
-    "tau-b (O(n log n) weighted inversion count per resample) and log-odds r recomputed on "
-    f"each resample; after a pilot of {stats.PILOT_RESAMPLES} resamples, only as many more "
-    "(up to the requested number) as needed for a Monte-Carlo standard error of each "
-    f"endpoint below {stats.MC_TOLERANCE}"
-)
+def noise_sizes(
+    test_noise: str, test_sizes: Mapping[str, int] | None, datasets: list[str]
+) -> tuple[dict[str, int], str]:
+    """The test-set sizes whose binomial noise the intervals include, and why.
+
+    Args:
+        test_noise: ``"auto"``, ``"binomial"`` or ``"none"`` (see :func:`compute_analysis`).
+        test_sizes: Dataset -> test images, as given.
+        datasets: The datasets of the results.
+
+    Returns:
+        ``(sizes, choice)``: dataset -> test images (empty: no test-set noise) and how that
+        was decided, in words.
+
+    Raises:
+        ValueError: An unknown mode, a size that is not a positive whole number, a size of a
+            dataset the results lack, or ``"binomial"`` without the size of every dataset.
+    """
+    if test_noise not in stats.TEST_NOISE:
+        raise ValueError(f"test_noise must be one of {stats.TEST_NOISE}, got {test_noise!r}")
+    sizes = dict(test_sizes or {})
+    unknown = sorted(set(sizes) - set(datasets))
+    if unknown:
+        raise ValueError(
+            f"test-set sizes given for datasets not in the results: {unknown}; datasets "
+            f"present: {sorted(datasets)}"
+        )
+    invalid = {
+        name: n
+        for name, n in sizes.items()
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1
+    }
+    if invalid:
+        raise ValueError(f"test-set sizes must be positive whole numbers of images: {invalid}")
+    if test_noise == "none":
+        return {}, "none, as requested"
+    missing = sorted(set(datasets) - set(sizes))
+    if test_noise == "binomial" and missing:
+        raise ValueError(
+            f"binomial test-set noise needs the test-set size of every dataset; missing: "
+            f"{missing} (give them, e.g. --test-size {missing[0]}=10000, or use 'auto')"
+        )
+    if not sizes:
+        return {}, "none: no test-set sizes given"
+    how = "as requested" if test_noise == "binomial" else "the test-set sizes given"
+    without = f"; none for {', '.join(missing)} (size not given)" if missing else ""
+    return {name: int(sizes[name]) for name in sorted(sizes)}, f"binomial, {how}{without}"
+
+
+def interval_method(sizes: Mapping[str, int]) -> str:
+    """How the intervals are computed, in words (``sizes``: see :func:`noise_sizes`)."""
+    if sizes:
+        listed = ", ".join(f"{name} {n:,}" for name, n in sizes.items())
+        noise = (
+            "; with binomial test-set noise: in each resample every model's error is redrawn "
+            f"from Binomial(n_test, error) / n_test (test images: {listed}; evaluations on "
+            "other test sets without)"
+        )
+    else:
+        noise = (
+            "; without test-set noise (they cover which models were sampled, not the finite "
+            "test sets the errors were measured on)"
+        )
+    return (
+        "95% percentile bootstrap over models (resampled with replacement)"
+        f"{noise}; Spearman, Kendall tau-b (O(n log n) weighted inversion count per resample) "
+        f"and log-odds r recomputed on each resample; after a pilot of "
+        f"{stats.PILOT_RESAMPLES} resamples, more in rounds until the Monte-Carlo standard "
+        f"error of every endpoint (estimated from the resamples around it) is below "
+        f"{stats.MC_TOLERANCE}, up to the requested number (at most "
+        f"{stats.MAX_RESAMPLES:,}); where that number stops it first, the endpoints' error is "
+        "printed beside them (±); endpoints are rounded to the decimals their error supports"
+    )
+
+
+def _test_size(sizes: Mapping[str, int], dataset: str, metric: str) -> int | None:
+    """The test images behind a dataset's metric: its test split's for a metric on its own
+    test set, None for an evaluation on another one (its size is not known)."""
+    return sizes.get(dataset) if split_evaluation(metric)[1] == OWN_TEST_SET else None
+
+
+def _pair(
+    models: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    names: tuple[str, str],
+    k: int,
+    bootstrap: stats.Bootstrap,
+    test_sizes: tuple[int | None, int | None],
+) -> dict:
+    """:func:`stats.pair_statistics` with the test-set sizes behind each side (``None``: no
+    test-set noise), which the result records as ``test_sizes``."""
+    pair = stats.pair_statistics(models, x, y, names, k, bootstrap, test_sizes)
+    return pair | {"test_sizes": list(test_sizes)}
+
+
+def few_model_statistics(summary: dict) -> list[dict]:
+    """Every statistic of the summary that rests on fewer than ``MIN_RELIABLE_MODELS``
+    models: ``{"section", "name", "n_models"}`` (reference comparisons, comparisons across
+    slices, correlation-matrix cells, architecture correlations per dataset)."""
+    floor = stats.MIN_RELIABLE_MODELS
+    found = []
+    ref = summary["apr"]["reference"]
+    for name, pair in summary["apr"]["targets"].items():
+        if "warning" in pair:
+            found.append(
+                {"section": "apr", "name": f"{ref} vs {name}", "n_models": pair["n_models"]}
+            )
+    for c in summary["comparisons"]:
+        if "warning" in c:
+            name = f"{c['dataset']}: {c['a']} vs {c['b']}"
+            found.append({"section": "comparisons", "name": name, "n_models": c["n_models"]})
+    matrix = summary["correlation_matrix"]
+    names = matrix["datasets"]
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            n = matrix["n_shared"][i][j]
+            if matrix["spearman"][i][j] is not None and n < floor:
+                found.append(
+                    {"section": "correlation_matrix", "name": f"{a} vs {names[j]}", "n_models": n}
+                )
+    for dataset, per_feature in summary["architecture"].get("spearman", {}).items():
+        defined = [e["n_models"] for e in per_feature.values() if e["value"] is not None]
+        if defined and min(defined) < floor:
+            found.append({"section": "architecture", "name": dataset, "n_models": min(defined)})
+    return found
 
 
 def _cross_slice_targets(
@@ -241,6 +385,7 @@ def _cross_slice_targets(
     ref: str,
     k: int,
     bootstrap: stats.Bootstrap,
+    sizes: Mapping[str, int],
 ) -> dict[str, dict]:
     """Every dataset of every other slice against the reference: the reference in the same
     slice when the slice has it (e.g. a second training recipe), else the reference in the
@@ -258,13 +403,14 @@ def _cross_slice_targets(
         targets[names[1]] = (
             _target_keys(dataset, regime, metric)
             | {"reference_slice": slice_label(*ref_slice)}
-            | stats.pair_statistics(
+            | _pair(
                 models,
                 reference,
                 columns[(regime, metric, dataset)].to_numpy(dtype=float),
                 names,
                 k,
                 bootstrap,
+                (_test_size(sizes, ref, ref_slice[1]), _test_size(sizes, dataset, metric)),
             )
         )
     return targets
@@ -291,7 +437,9 @@ def _slice_summaries(columns: pd.DataFrame) -> dict[str, dict]:
     return result
 
 
-def _slice_comparisons(columns: pd.DataFrame, k: int, bootstrap: stats.Bootstrap) -> list[dict]:
+def _slice_comparisons(
+    columns: pd.DataFrame, k: int, bootstrap: stats.Bootstrap, sizes: Mapping[str, int]
+) -> list[dict]:
     """Every two ``(regime, metric)`` slices on each dataset they share, over the same
     models: Spearman, Kendall tau and weighted tau (do the top models agree?), log-odds r,
     top-k overlap and what choosing by the first costs on the second. Further evaluations of
@@ -323,8 +471,14 @@ def _slice_comparisons(columns: pd.DataFrame, k: int, bootstrap: stats.Bootstrap
                     kind = "regime and metric"  # e.g. a cheap score vs fine-tuned accuracy
                 x = columns[(*first, dataset)].to_numpy(dtype=float)
                 y = columns[(*second, dataset)].to_numpy(dtype=float)
-                pair = stats.pair_statistics(
-                    models, x, y, (f"{dataset} ({a})", f"{dataset} ({b})"), k, bootstrap
+                pair = _pair(
+                    models,
+                    x,
+                    y,
+                    (f"{dataset} ({a})", f"{dataset} ({b})"),
+                    k,
+                    bootstrap,
+                    (_test_size(sizes, dataset, first[1]), _test_size(sizes, dataset, second[1])),
                 )
                 if pair.get("reason") is None:
                     # Choosing is directional: also what choosing by B costs on A.

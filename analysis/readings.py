@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+from analysis.stats import MC_TOLERANCE, MIN_RELIABLE_MODELS, supported_decimals
 from analysis.table import OWN_TEST_SET, split_evaluation
 from analysis.words import plural
 
@@ -11,6 +13,15 @@ from analysis.words import plural
 STRENGTH_BANDS = ((0.1, "no"), (0.3, "weak"), (0.5, "moderate"), (0.7, "strong"))
 # Words of metric names written as they are spelled in prose.
 METRIC_WORDS = {"knn": "kNN", "logme": "LogME", "leep": "LEEP", "acc": "accuracy", "err": "error"}
+# The sections of summary["warnings"] (statistics over few models), in words.
+FEW_MODELS_SECTIONS = {
+    "apr": "comparisons with the reference",
+    "comparisons": "comparisons across regimes and metrics",
+    "correlation_matrix": "dataset × dataset correlations",
+    "architecture": "architecture correlations",
+}
+# Statistics named per section in the warning; the rest are counted.
+FEW_MODELS_LISTED = 5
 
 
 def strength(value: float) -> str:
@@ -27,10 +38,52 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def interval(stat: dict) -> str:
-    """`` [low, high]`` of a statistic with a bootstrap CI, or an empty string."""
+    """`` [low, high]`` of a statistic with a bootstrap CI, or an empty string.
+
+    The endpoints have the decimals their Monte-Carlo error supports (at most 2,
+    :func:`analysis.stats.supported_decimals`), and `` ±error`` follows them when that error
+    is above the tolerance the method promises (the resample bound stopped it first):
+    ``[-0.1, 0.6] ±0.02``.
+    """
     if stat.get("ci_low") is None:
         return ""
-    return f" [{fmt(stat['ci_low'])}, {fmt(stat['ci_high'])}]"
+    mc_se = stat.get("mc_se")
+    digits = min(2, supported_decimals(mc_se))
+    text = f" [{fmt(stat['ci_low'], digits)}, {fmt(stat['ci_high'], digits)}]"
+    if mc_se is not None and mc_se > MC_TOLERANCE:
+        text += f" ±{mc_error(mc_se)}"
+    return text
+
+
+def mc_error(mc_se: float) -> str:
+    """A Monte-Carlo standard error rounded up to one significant digit (``0.0123`` ->
+    ``0.02``), so the printed precision never claims more than the estimate."""
+    digits = max(0, -math.floor(math.log10(mc_se)))
+    # Rounded first: 0.05 * 100 is 5.000000000000001, whose ceiling would be 6.
+    return f"{math.ceil(round(mc_se * 10**digits, 9)) / 10**digits:.{digits}f}"
+
+
+def few_models_reading(summary: dict) -> str | None:
+    """The warning about the statistics that rest on fewer than ``MIN_RELIABLE_MODELS``
+    models (``summary["warnings"]``), or None when there are none."""
+    found = summary.get("warnings") or []
+    if not found:
+        return None
+    parts = []
+    for section, words in FEW_MODELS_SECTIONS.items():
+        entries = [w for w in found if w["section"] == section]
+        if entries:
+            listed = ", ".join(
+                f"{w['name']} ({w['n_models']})" for w in entries[:FEW_MODELS_LISTED]
+            )
+            more = len(entries) - FEW_MODELS_LISTED
+            parts.append(f"{words}: {listed}" + (f" and {more} more" if more > 0 else ""))
+    return (
+        f"{plural(len(found), 'statistic')} rest on fewer than "
+        f"{summary['settings']['min_reliable_models']} models ({'; '.join(parts)}; models in "
+        "brackets). With so few models a correlation moves in coarse steps with single models "
+        "and its 95% interval is wide: read these as indicative."
+    )
 
 
 def relation(stat: dict) -> tuple[int, str | None]:
@@ -185,6 +238,8 @@ def apr_readings(summary: dict, names: Names) -> dict[str, list[str]]:
         else:
             focus = "the best models agree about as much as the ranking as a whole"
         lines.append(f"Weighted Kendall τ = {fmt(wtau)} vs plain τ = {fmt(tau)}: {focus}.")
+        if pair.get("warning"):
+            lines.append(f"Warning: {pair['warning']}.")
         missing = len(pair["missing_on_target"]) + len(pair["missing_on_reference"])
         if missing:
             lines.append(
@@ -316,9 +371,10 @@ def answer_sentence(pair: dict, reference: str, target: str, names: Names, min_m
         return f"no answer, {names.reason(pair, reference, target, min_models)}."
     pick = pair["selection"]
     k = pair["top_k"]["k"]
+    few = f", fewer than {MIN_RELIABLE_MODELS}: indicative only" if pair.get("warning") else ""
     return (
         f"{answer_word(rho)} (Spearman ρ = {fmt(rho['value'])}{interval(rho)}, "
-        f"n = {plural(pair['n_models'], 'model')}). Picking {pick['pick']}, the best on "
+        f"n = {plural(pair['n_models'], 'model')}{few}). Picking {pick['pick']}, the best on "
         f"{reference}, costs {fmt(pick['loss'])} points of error on {target} against the best "
         f"there (rank {pick['pick_rank']} of {pair['n_models']}); the top {k} on {reference} "
         f"are {fmt(pick['top_k_mean_loss'])} points behind on average."

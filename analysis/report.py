@@ -17,7 +17,7 @@ import pandas as pd
 from analysis import figures, readings
 from analysis.compute import Analysis, compute_analysis
 from analysis.files import replaced_folder, write_atomic
-from analysis.stats import STAGE_FEATURES
+from analysis.stats import DEFAULT_RESAMPLES, STAGE_FEATURES, supported_decimals
 from analysis.table import MODEL_URL_COLUMN, ResultsTable, load_results
 from analysis.words import plural
 
@@ -54,13 +54,15 @@ def analyze(
     out_dir: str | Path,
     reference: str | None = None,
     top_k: int = 15,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     title: str | None = None,
     regime: str | None = None,
     metric: str | None = None,
     dataset_figures: Mapping[str, str | Path] | None = None,
     dataset_notes: Mapping[str, str] | None = None,
+    test_noise: str = "auto",
+    test_sizes: Mapping[str, int] | None = None,
 ) -> dict:
     """Run the whole analysis and write its outputs.
 
@@ -77,7 +79,9 @@ def analyze(
         reference: Reference dataset; default ``imagenet`` if present, else the dataset
             with the most models (ties: first by name).
         top_k: Number of best models per dataset for overlaps and profiles.
-        n_bootstrap: Bootstrap resamples for the 95% confidence intervals (0: none).
+        n_bootstrap: Most bootstrap resamples per comparison for the 95% confidence
+            intervals (0: none); fewer once their endpoints are precise (see
+            :func:`analysis.compute.compute_analysis`).
         seed: Bootstrap seed.
         title: Report title.
         regime: Primary regime of a table with several (default: the one with most rows).
@@ -86,6 +90,9 @@ def analyze(
             histogram, sample images), shown in a "Datasets" section and copied to
             ``figures/dataset-<name>.png`` (None: no section).
         dataset_notes: ``{dataset: sentence}`` under each dataset's figure (its counts).
+        test_noise: ``"auto"``, ``"binomial"`` or ``"none"``: whether the intervals include
+            the noise of the finite test sets (see :func:`analysis.compute.compute_analysis`).
+        test_sizes: ``{dataset: images in its test split}`` for that noise.
 
     Returns:
         The summary dict (as written to ``summary.json``).
@@ -95,7 +102,16 @@ def analyze(
     """
     table = results if isinstance(results, ResultsTable) else load_results(results)
     analysis = compute_analysis(
-        table, reference, top_k, n_bootstrap, seed, title, regime=regime, metric=metric
+        table,
+        reference,
+        top_k,
+        n_bootstrap,
+        seed,
+        title,
+        regime=regime,
+        metric=metric,
+        test_noise=test_noise,
+        test_sizes=test_sizes,
     )
     pngs = render_figures(analysis, table.regime_column or "regime")
     datasets = dataset_sections(dataset_figures or {}, dataset_notes or {})
@@ -240,18 +256,41 @@ def _listed(models: list[str]) -> str:
     return shown + (f" … (+{len(models) - MAX_LISTED} more)" if len(models) > MAX_LISTED else "")
 
 
+class Endpoint(float):
+    """An interval endpoint in a report table: shown with the decimals that its Monte-Carlo
+    error supports (:func:`analysis.stats.supported_decimals`), sorted by its value."""
+
+    decimals: int
+
+    def __new__(cls, value: float, decimals: int) -> Endpoint:
+        endpoint = super().__new__(cls, round(value, decimals))
+        endpoint.decimals = decimals
+        return endpoint
+
+
+def _endpoints(stat: dict) -> tuple[Endpoint | None, Endpoint | None]:
+    """A statistic's interval endpoints for a table (at most 3 decimals, as other cells)."""
+    if stat.get("ci_low") is None:
+        return None, None
+    decimals = supported_decimals(stat.get("mc_se"))
+    return Endpoint(stat["ci_low"], decimals), Endpoint(stat["ci_high"], decimals)
+
+
 def _pair_record(pair: dict) -> dict:
     """The columns of one pairwise comparison (reference vs target, or slice vs slice)."""
     rho, tau, selection = pair["spearman"], pair["kendall"], pair["selection"]
+    rho_low, rho_high = _endpoints(rho)
+    tau_low, tau_high = _endpoints(tau)
     return {
         "shared models": pair["n_models"],
         "Spearman ρ": rho["value"],
-        "ρ CI low": rho.get("ci_low"),
-        "ρ CI high": rho.get("ci_high"),
+        "ρ CI low": rho_low,
+        "ρ CI high": rho_high,
+        "ρ CI MC error": rho.get("mc_se"),
         "ρ p": rho.get("p_value"),
         "Kendall τ": tau["value"],
-        "τ CI low": tau.get("ci_low"),
-        "τ CI high": tau.get("ci_high"),
+        "τ CI low": tau_low,
+        "τ CI high": tau_high,
         "log-odds r": pair["pearson_logit"]["value"],
         "weighted τ": pair["weighted_tau"]["value"],
         "top-k overlap": pair["top_k"]["value"],
@@ -589,6 +628,7 @@ def report_context(
         "best_models": best_models,
         "readings": {
             "answers": readings.answer_readings(summary, names),
+            "few_models": readings.few_models_reading(summary),
             "ecdf": readings.ecdf_reading(summary),
             "apr": readings.apr_readings(summary, names),
             "matrix": readings.matrix_reading(summary),
@@ -600,10 +640,13 @@ def report_context(
 
 
 def _cell(value) -> str:
-    """Table cell text: floats with 3 decimals (3 significant digits when very large or
-    small), None as ``n/a``."""
+    """Table cell text: interval endpoints with their supported decimals (:class:`Endpoint`),
+    other floats with 3 decimals (3 significant digits when very large or small), None as
+    ``n/a``."""
     if value is None:
         return "n/a"
+    if isinstance(value, Endpoint):
+        return f"{value:.{value.decimals}f}"
     if isinstance(value, float):
         # Large counts (FLOPs) and tiny p-values would read as "1e+09"/"0.000" otherwise.
         if abs(value) >= 1000 or 0 < abs(value) < 1e-3:

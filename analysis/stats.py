@@ -8,6 +8,7 @@ a statistic that cannot be computed is ``None`` and its dict carries a ``reason`
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,19 +18,86 @@ from scipy import stats
 from analysis.words import plural
 
 MIN_MODELS = 3
+# Statistics over fewer models than this carry a warning in summary.json and the reports. The
+# percentile interval stays honest in simulations down to 8 models, but it is wide (a 95 %
+# interval of rho over 8 models spans about half of [-1, 1]), every model moves the statistic
+# in coarse steps (one of 8 models takes part in 7 of Kendall's 28 pairs), and a resample of n
+# models holds only about 1 - (1 - 1/n)^n = 66 % distinct ones (5 of 8), so the bootstrap
+# distribution is lumpy and its tails rest on a handful of models. Around 10 models the steps
+# and the lumps become small against the interval: the usual rule of thumb for a rank
+# correlation.
+MIN_RELIABLE_MODELS = 10
 CI_LEVEL = 0.95
 # Accuracies are clipped to [LOGIT_EPS, 1 - LOGIT_EPS] before the logit, so 0 % or 100 %
 # accuracy gives a large finite log-odds instead of an infinity (1e-4 = 0.01 % accuracy).
 LOGIT_EPS = 1e-4
-# Precision-driven bootstrap (see Bootstrap): a pilot of PILOT_RESAMPLES, then enough for a
-# Monte-Carlo standard error of each 95 % percentile endpoint below MC_TOLERANCE. That standard
-# error is about ENDPOINT_SE_FACTOR * sd / sqrt(B) for a roughly normal bootstrap distribution
-# with standard deviation sd (sqrt(0.025 * 0.975) / phi(1.96) = 2.67).
+# Precision-driven bootstrap (see Bootstrap): a pilot of PILOT_RESAMPLES, then more until the
+# Monte-Carlo standard error of each 95 % percentile endpoint (endpoint_se) is below
+# MC_TOLERANCE, at most DEFAULT_RESAMPLES (or what the caller allows, up to MAX_RESAMPLES).
+# For a roughly normal bootstrap distribution with standard deviation sd that takes about
+# (2.67 sd / MC_TOLERANCE)^2 resamples (2.67 = sqrt(0.025 * 0.975) / phi(1.96)): ~140,000 for
+# a rank correlation of 8 models (sd ~ 0.28), ~2,000 for 500 models, the pilot for 15,625.
+# A resample costs about n cells of work, so the count needed costs about the same at every n
+# but the smallest, where a resample is cheapest (200,000 resamples of 8 models: ~0.4 s for
+# Spearman, Kendall and log-odds r). The hard bound keeps a user-set count from running for
+# hours: 1,000,000 resamples of 8 models take ~2 s, of 500 models minutes.
 PILOT_RESAMPLES = 200
 MC_TOLERANCE = 0.002
-ENDPOINT_SE_FACTOR = 2.67
+DEFAULT_RESAMPLES = 200_000
+MAX_RESAMPLES = 1_000_000
+# Each round after the pilot draws enough resamples for the tolerance by the last estimate
+# (the standard error falls as 1 / sqrt(B)), with a margin, growing the total by at least
+# ROUND_GROWTH (a low estimate costs one more round, not many) and at most ROUND_JUMP (a
+# high estimate from the few resamples of the pilot cannot overshoot by much: the next round
+# estimates again from more).
+ROUND_MARGIN = 1.1
+ROUND_GROWTH = 1.25
+ROUND_JUMP = 4.0
+# Normal scores at which endpoint_se evaluates the resamples' quantile function.
+SE_GRID = np.linspace(-3.0, 3.0, 25)
 # Resamples are processed in batches of about this many (resample, model) cells.
 BATCH_ELEMENTS = 2_000_000
+# How the intervals may include the noise of a finite test set (see Measured): "binomial"
+# redraws each measured error per resample, "none" resamples the models only, "auto" is
+# "binomial" where the test-set size is known.
+TEST_NOISE = ("auto", "binomial", "none")
+
+#: A statistic of the bootstrap: ``(counts, *values) -> (B,)`` values, where ``counts`` is the
+#: ``(B, n)`` count matrix of :func:`resample_counts` and each of ``values`` is ``(n,)`` or,
+#: for a :class:`Measured` input, ``(B, n)`` (its values redrawn per resample).
+Statistic = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Per-model proportions measured on a finite test set, for binomial test-set noise.
+
+    A model's error on ``n_test`` test images is one draw of ``Binomial(n_test, p) / n_test``
+    around its true error ``p``; with 72 test images an error of 5.6 % has a standard error of
+    2.7 points. Each bootstrap resample redraws every model's value from that binomial at the
+    measured value (a parametric bootstrap of the test set on top of the resampling of the
+    models; copies of one model in a resample share its draw). Per-image correctness would
+    allow resampling the test images themselves; results tables hold one error per model.
+
+    Attributes:
+        values: ``(n,)`` proportions (errors or accuracies) in units of ``scale``.
+        n_test: test images each value was measured on.
+        scale: 100 for percent, 1 for fractions.
+    """
+
+    values: np.ndarray
+    n_test: int
+    scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if int(self.n_test) != self.n_test or self.n_test < 1:
+            raise ValueError(f"n_test must be a positive whole number of images, got {self.n_test}")
+
+    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``(size, n)`` values redrawn from their binomial, in units of ``scale``."""
+        p = np.clip(np.asarray(self.values, dtype=float) / self.scale, 0.0, 1.0)
+        n_test = int(self.n_test)
+        return rng.binomial(n_test, p, size=(size, p.size)) * (self.scale / n_test)
 
 
 @dataclass(frozen=True)
@@ -37,19 +105,33 @@ class Bootstrap:
     """Bootstrap settings shared by all pairwise statistics.
 
     Attributes:
-        n_resamples: Most bootstrap resamples per pair (0 disables confidence intervals).
+        n_resamples: Most bootstrap resamples per pair (0 disables confidence intervals; at
+            most ``MAX_RESAMPLES``).
         seed: Base seed; each dataset pair derives its own stream from it and the pair's
             names, so a pair's interval does not depend on which other datasets exist.
-        tolerance: Monte-Carlo precision at which to stop early: after a pilot of
-            ``PILOT_RESAMPLES``, only as many resamples are drawn as needed for the standard
-            error of each interval endpoint to fall below ``tolerance`` (0: always draw
-            ``n_resamples``). With thousands of models the intervals are narrow and a few
-            hundred resamples pin their endpoints; with hundreds all ``n_resamples`` are used.
+        tolerance: Monte-Carlo precision to reach: after a pilot of ``PILOT_RESAMPLES``,
+            resamples are added in rounds until the standard error of every interval endpoint
+            (:func:`endpoint_se`) is below ``tolerance`` or ``n_resamples`` are drawn; the
+            intervals then carry the precision reached (``mc_se``, :func:`percentile_ci`).
+            0: always draw ``n_resamples``.
+
+    Raises:
+        ValueError: ``n_resamples`` outside ``[0, MAX_RESAMPLES]`` or a negative tolerance.
     """
 
-    n_resamples: int
-    seed: int
+    n_resamples: int = DEFAULT_RESAMPLES
+    seed: int = 0
     tolerance: float = MC_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.n_resamples <= MAX_RESAMPLES:
+            raise ValueError(
+                f"n_bootstrap (resamples) must be between 0 and {MAX_RESAMPLES:,}, got "
+                f"{self.n_resamples:,} (the intervals stop earlier once their endpoints are "
+                f"precise to {MC_TOLERANCE})"
+            )
+        if not self.tolerance >= 0:
+            raise ValueError(f"bootstrap tolerance must be >= 0, got {self.tolerance}")
 
     def generator(self, *names: str) -> np.random.Generator:
         """The random stream of one pair (seeded by ``seed`` and the pair's names)."""
@@ -59,17 +141,28 @@ class Bootstrap:
         """All ``n_resamples`` resampled model indices of a pair, shape ``(n_resamples, n)``."""
         return self.generator(*names).integers(0, n, size=(self.n_resamples, n))
 
-    def samples(self, statistics: dict, n: int, *names: str) -> dict[str, np.ndarray]:
+    def samples(
+        self,
+        statistics: Mapping[str, Statistic],
+        n: int,
+        *names: str,
+        data: Sequence[np.ndarray | Measured] = (),
+    ) -> dict[str, np.ndarray]:
         """Bootstrap distribution of each statistic, resampling ``n`` models.
 
         Args:
-            statistics: Name -> function of a ``(B, n)`` count matrix returning ``(B,)`` values.
+            statistics: Name -> function of the ``(B, n)`` count matrix and the resampled
+                ``data`` (:data:`Statistic`) returning ``(B,)`` values.
             n: Number of models.
             names: The pair's names (seed of its stream).
+            data: Per-model inputs passed to every statistic after the counts: arrays as they
+                are, :class:`Measured` values redrawn per resample (test-set noise).
 
         Returns:
-            Name -> values of the resamples drawn (``n_resamples``, or fewer once every
-            endpoint is within ``tolerance``; see the class docstring).
+            Name -> values of the resamples drawn (all ``n_resamples`` with a zero tolerance,
+            else as many as the tolerance needs, at most ``n_resamples``; see the class
+            docstring). The pilot is the start of the same stream, so stopping early never
+            changes the resamples drawn.
         """
         rng = self.generator(*names)
         drawn: dict[str, list[np.ndarray]] = {key: [] for key in statistics}
@@ -78,24 +171,105 @@ class Bootstrap:
             # Batches keep the (B, n) count matrices small at tens of thousands of models.
             step = max(1, BATCH_ELEMENTS // max(n, 1))
             for start in range(0, size, step):
-                counts = resample_counts(rng.integers(0, n, size=(min(step, size - start), n)), n)
+                rows = min(step, size - start)
+                counts = resample_counts(rng.integers(0, n, size=(rows, n)), n)
+                values = [d.draw(rng, rows) if isinstance(d, Measured) else d for d in data]
                 for key, function in statistics.items():
-                    drawn[key].append(function(counts))
+                    drawn[key].append(function(counts, *values))
 
-        pilot = min(self.n_resamples, PILOT_RESAMPLES)
-        draw(pilot)
-        if self.n_resamples > pilot:
-            needed = self.n_resamples
-            if self.tolerance > 0:
-                spread = max(_finite_std(np.concatenate(v)) for v in drawn.values())
-                needed = int(np.ceil((ENDPOINT_SE_FACTOR * spread / self.tolerance) ** 2))
-            draw(min(self.n_resamples, max(pilot, needed)) - pilot)
+        total = min(self.n_resamples, PILOT_RESAMPLES) if self.tolerance > 0 else self.n_resamples
+        draw(total)
+        while total < self.n_resamples:
+            worst = max((endpoint_se(np.concatenate(v)) or 0.0 for v in drawn.values()), default=0)
+            if worst <= self.tolerance:
+                break
+            needed = total * ROUND_MARGIN * (worst / self.tolerance) ** 2
+            grown = np.clip(needed, total * ROUND_GROWTH, total * ROUND_JUMP)
+            more = min(self.n_resamples, int(np.ceil(grown)))
+            draw(more - total)
+            total = more
         return {key: np.concatenate(v) if v else np.empty(0) for key, v in drawn.items()}
 
 
-def _finite_std(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite.std()) if finite.size > 1 else 0.0
+def interval(
+    statistics: Mapping[str, Statistic],
+    n: int,
+    names: Sequence[str],
+    bootstrap: Bootstrap,
+    data: Sequence[np.ndarray | Measured] = (),
+) -> dict[str, dict]:
+    """Each statistic's value and percentile interval with the Monte-Carlo precision reached.
+
+    Args:
+        statistics: Name -> :data:`Statistic` (a function of the counts and ``data``).
+        n: Number of models.
+        names: Names that seed the stream (the two sides compared, say).
+        bootstrap: Resample count, seed and tolerance.
+        data: Per-model inputs of the statistics (:meth:`Bootstrap.samples`).
+
+    Returns:
+        Name -> ``{"value", "ci_low", "ci_high", "n_boot_valid", "resamples", "mc_se"}``:
+        ``value`` is the statistic of the models as observed (every count 1, no test-set
+        noise), the rest :func:`percentile_ci` of its resamples.
+    """
+    observed = [d.values if isinstance(d, Measured) else d for d in data]
+    drawn = bootstrap.samples(statistics, n, *names, data=data)
+    return {
+        key: {"value": float(function(np.ones((1, n)), *observed)[0])} | percentile_ci(drawn[key])
+        for key, function in statistics.items()
+    }
+
+
+def endpoint_se(samples: np.ndarray, level: float = CI_LEVEL) -> float | None:
+    """Monte-Carlo standard error of a percentile interval's endpoints (the larger of two).
+
+    Estimated from the resamples themselves, without assuming a shape of the bootstrap
+    distribution (skewed at small n, lumpy where a rank statistic takes few values), after
+    Maritz and Jarrett (1978), "A note on estimating the variance of the sample median": an
+    endpoint is the resample at quantile level ``q`` (0.025 or 0.975), and the level that the
+    resample of that rank has in the bootstrap distribution varies from run to run by about
+    ``d = sqrt(q (1 - q) / B)`` (the order statistic's Beta distribution, near normal). So
+    the standard deviation of ``Q(q + d z)`` over ``z ~ N(0, 1)``, with ``Q`` the resamples'
+    quantile function, is the endpoint's: for a smooth distribution the slope of ``Q`` times
+    ``d``; in a lumpy one, 0 well inside a lump (the same endpoint under any seed) and up to
+    half the gap to the next lump at its edge (one seed gives the one, the next the other).
+
+    Returns:
+        The standard error, or None with fewer than 2 finite resamples.
+    """
+    valid = samples[np.isfinite(samples)]
+    if valid.size < 2:
+        return None
+    tail = (1.0 - level) / 2.0
+    d = np.sqrt(tail * (1.0 - tail) / valid.size)
+    weights = np.exp(-(SE_GRID**2) / 2.0)
+    weights /= weights.sum()
+    levels = np.clip(np.concatenate([tail + d * SE_GRID, 1.0 - tail + d * SE_GRID]), 0.0, 1.0)
+    values = np.percentile(valid, 100.0 * levels).reshape(2, -1)
+    spread = values - (values @ weights)[:, None]
+    return float(np.sqrt((spread**2 @ weights).max()))
+
+
+def supported_decimals(mc_se: float | None, most: int = 3) -> int:
+    """How many decimals of an interval endpoint its Monte-Carlo error supports.
+
+    The most decimals whose last digit (``10**-d``) is at least twice the standard error, so
+    that another bootstrap seed changes a printed endpoint by one last digit at most in most
+    runs; ``most`` when the error is 0 or unknown.
+    """
+    if not mc_se:
+        return most
+    return int(min(most, max(0, np.floor(-np.log10(2.0 * mc_se)))))
+
+
+def few_models_warning(n: int) -> str | None:
+    """The warning for a statistic over ``n`` models, or None from ``MIN_RELIABLE_MODELS``."""
+    if n >= MIN_RELIABLE_MODELS:
+        return None
+    return (
+        f"only {plural(n, 'model')} (fewer than {MIN_RELIABLE_MODELS}): the value moves in "
+        "coarse steps with single models and the interval is wide; read it as indicative"
+    )
 
 
 def ecdf(errors: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -169,21 +343,19 @@ def resampled_ranks(x: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
     The rank of a value is ``#smaller + (#equal + 1) / 2``, counted with multiplicities;
     grouping equal values and a cumulative sum over the groups gives it for all resamples.
+    ``x`` is ``(n,)``, or ``(B, n)`` with each resample's own values (test-set noise).
     """
-    _, group = np.unique(x, return_inverse=True)
-    n_resamples, n_groups = counts.shape[0], int(group.max()) + 1
-    offsets = (np.arange(n_resamples)[:, None] * n_groups + group[None, :]).ravel()
-    per_group = np.bincount(offsets, weights=counts.ravel(), minlength=n_resamples * n_groups)
-    per_group = per_group.reshape(n_resamples, n_groups)
+    group = _dense_ranks(x)
+    per_group = _group_sums(group, counts)
     below = np.cumsum(per_group, axis=1) - per_group
-    return (below + (per_group + 1.0) / 2.0)[:, group]
+    return _take(below + (per_group + 1.0) / 2.0, group)
 
 
 def bootstrap_spearman(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Spearman rho of every resample (given as :func:`resample_counts`) at once.
 
     Each value equals ``scipy.stats.spearmanr(x[idx[b]], y[idx[b]])``: the Pearson r of the
-    average ranks within the resample.
+    average ranks within the resample. ``x`` and ``y`` are ``(n,)`` or ``(B, n)``.
     """
     return weighted_pearson(resampled_ranks(x, counts), resampled_ranks(y, counts), counts)
 
@@ -196,32 +368,58 @@ def bootstrap_kendall(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.nd
     pair counts weighted by how often each model occurs: ``n0`` all pairs, ``n1``/``n2``
     pairs tied in x/y, ``n3`` tied in both (copies of one model are tied in both) and the
     discordant pairs as a weighted inversion count of y in x order (:func:`_inversions`),
-    O(n log n) per resample and vectorised over the resamples.
+    O(n log n) per resample and vectorised over the resamples. ``x`` and ``y`` are ``(n,)``
+    or ``(B, n)`` (each resample's own values: test-set noise, sorted per resample).
     """
-    order = np.lexsort((y, x))
-    xs, ys = x[order], y[order]
-    # Within a run of equal x the y ranks ascend, so tied-x pairs are never inversions.
-    y_rank = np.unique(ys, return_inverse=True)[1].ravel()
-    x_start = _run_starts(xs != np.roll(xs, 1))
-    xy_start = _run_starts((xs != np.roll(xs, 1)) | (ys != np.roll(ys, 1)))
-    y_order = np.argsort(y_rank, kind="stable")
-    y_start = _run_starts(y_rank[y_order] != np.roll(y_rank[y_order], 1))
-    weights = counts[:, order]
-    n0 = _tied_pairs(weights.sum(axis=1, keepdims=True))
-    n1 = _tied_pairs(np.add.reduceat(weights, x_start, axis=1))
-    n2 = _tied_pairs(np.add.reduceat(weights[:, y_order], y_start, axis=1))
-    n3 = _tied_pairs(np.add.reduceat(weights, xy_start, axis=1))
-    discordant = _inversions(y_rank, weights)
+    n = counts.shape[1]
+    rx, ry = _dense_ranks(x), _dense_ranks(y)
+    rows = max(rx.shape[0], ry.shape[0])
+    rx, ry = np.broadcast_to(rx, (rows, n)), np.broadcast_to(ry, (rows, n))
+    # Models in x order, ties by y: within a run of equal x the y ranks ascend, so tied-x
+    # pairs are never inversions.
+    xy = rx * n + ry
+    order = np.argsort(xy, axis=1, kind="stable")
+    n0 = _tied_pairs(counts.sum(axis=1, keepdims=True))
+    n1 = _tied_pairs(_group_sums(rx, counts))
+    n2 = _tied_pairs(_group_sums(ry, counts))
+    n3 = _tied_pairs(_group_sums(_dense_ranks(xy), counts))
+    discordant = _inversions(_take(ry, order), _take(counts, order))
     with np.errstate(invalid="ignore", divide="ignore"):
         tau = (n0 - n1 - n2 + n3 - 2.0 * discordant) / np.sqrt((n0 - n1) * (n0 - n2))
     return np.clip(tau, -1.0, 1.0)
 
 
-def _run_starts(changed: np.ndarray) -> np.ndarray:
-    """Start positions of the runs of equal values (``changed[i]``: differs from i - 1)."""
-    changed = changed.copy()
-    changed[:1] = True
-    return np.flatnonzero(changed)
+def _dense_ranks(values: np.ndarray) -> np.ndarray:
+    """0-based ranks of each row's values, equal values sharing one: ``(1, n)`` for ``(n,)``
+    values (one ranking for every resample), ``(B, n)`` for ``(B, n)`` values (redrawn per
+    resample)."""
+    values = np.atleast_2d(values)
+    if values.shape[0] == 1:
+        return np.unique(values[0], return_inverse=True)[1].reshape(1, -1)
+    order = np.argsort(values, axis=1, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=1)
+    steps = np.zeros(ordered.shape, dtype=np.int64)
+    steps[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.cumsum(steps, axis=1), axis=1)
+    return ranks
+
+
+def _take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``values[b, index[b]]`` for every row ``b``; an index of one row serves every row (a
+    plain column selection, faster than a gather per row)."""
+    if index.shape[0] == 1:
+        return values[:, index[0]]
+    return np.take_along_axis(values, index, axis=1)
+
+
+def _group_sums(group: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(B, groups)`` sums of each row's counts per group id (``group``: ``(1, n)`` or
+    ``(B, n)`` ids from 0)."""
+    n_rows, n_groups = counts.shape[0], int(group.max()) + 1
+    offsets = (np.arange(n_rows)[:, None] * n_groups + group).ravel()
+    sums = np.bincount(offsets, weights=counts.ravel(), minlength=n_rows * n_groups)
+    return sums.reshape(n_rows, n_groups)
 
 
 def _tied_pairs(group_sizes: np.ndarray) -> np.ndarray:
@@ -238,9 +436,11 @@ def _inversions(ranks: np.ndarray, weights: np.ndarray) -> np.ndarray:
     sum per group gives that for all rows at once: O(n) per bit, O(n log n) in all.
 
     Args:
-        ranks: ``(n,)`` non-negative integer ranks in sequence order.
+        ranks: ``(n,)``, ``(1, n)`` or ``(B, n)`` non-negative integer ranks in sequence
+            order (one sequence for all rows, or one per row).
         weights: ``(B, n)`` weights (counts) in the same order.
     """
+    ranks = np.atleast_2d(ranks)
     n_rows, n = weights.shape
     # float32 halves the memory traffic and stays exact while counts and their running sums
     # (integers up to the resample size n) are below 2**24; the products are summed in float64.
@@ -248,18 +448,27 @@ def _inversions(ranks: np.ndarray, weights: np.ndarray) -> np.ndarray:
     weights = weights.astype(dtype)
     total = np.zeros(n_rows)
     ones_before = np.zeros((n_rows, n + 1), dtype=dtype)
+    position = np.arange(n)
     for level in range(max(1, int(ranks.max()).bit_length())):
         prefix = ranks >> (level + 1)
-        order = np.argsort(prefix, kind="stable")
-        bit = ((ranks >> level) & 1)[order].astype(bool)
-        prefix = prefix[order]
-        starts = _run_starts(prefix != np.roll(prefix, 1))
-        group_start = np.repeat(starts, np.diff(np.append(starts, n)))
-        w = weights[:, order]
+        order = np.argsort(prefix, axis=1, kind="stable")
+        bit = (_take(ranks >> level, order) & 1).astype(bool)
+        prefix = _take(prefix, order)
+        # Where each position's group (run of equal prefix) starts.
+        starts = np.where(prefix != np.roll(prefix, 1, axis=1), position, 0)
+        starts[:, 0] = 0
+        group_start = np.maximum.accumulate(starts, axis=1)
+        w = _take(weights, order)
         np.cumsum(np.where(bit, w, dtype(0.0)), axis=1, out=ones_before[:, 1:])
-        zero = np.flatnonzero(~bit)
-        earlier_ones = ones_before[:, zero] - ones_before[:, group_start[zero]]
-        total += np.einsum("ij,ij->i", w[:, zero], earlier_ones, dtype=np.float64)
+        if bit.shape[0] == 1:
+            # One order for all rows: only the bit-0 positions, as columns.
+            zero = np.flatnonzero(~bit[0])
+            earlier_ones = ones_before[:, zero] - ones_before[:, group_start[0, zero]]
+            total += np.einsum("ij,ij->i", w[:, zero], earlier_ones, dtype=np.float64)
+        else:
+            earlier_ones = ones_before[:, :n] - np.take_along_axis(ones_before, group_start, 1)
+            zero_weights = np.where(bit, dtype(0.0), w)
+            total += np.einsum("ij,ij->i", zero_weights, earlier_ones, dtype=np.float64)
     return total
 
 
@@ -272,19 +481,28 @@ def percentile_ci(samples: np.ndarray, level: float = CI_LEVEL) -> dict:
     """Percentile bootstrap interval; resamples with an undefined value are dropped.
 
     Returns:
-        ``{"ci_low", "ci_high", "n_boot_valid"}``, plus ``reason`` when no interval exists.
+        ``{"ci_low", "ci_high", "n_boot_valid", "resamples", "mc_se"}``: ``resamples`` drawn,
+        ``n_boot_valid`` of them defined, ``mc_se`` the endpoints' Monte-Carlo standard error
+        (:func:`endpoint_se`); plus ``reason`` when no interval exists.
     """
     valid = samples[np.isfinite(samples)]
+    counts = {"n_boot_valid": int(valid.size), "resamples": int(samples.size)}
     if valid.size < 2:
         return {
             "ci_low": None,
             "ci_high": None,
-            "n_boot_valid": int(valid.size),
+            **counts,
+            "mc_se": None,
             "reason": "bootstrap disabled" if samples.size == 0 else "too few valid resamples",
         }
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(valid, [tail, 100.0 - tail])
-    return {"ci_low": float(low), "ci_high": float(high), "n_boot_valid": int(valid.size)}
+    return {
+        "ci_low": float(low),
+        "ci_high": float(high),
+        **counts,
+        "mc_se": endpoint_se(valid, level),
+    }
 
 
 def logit_accuracy(errors: np.ndarray) -> tuple[np.ndarray, int]:
@@ -321,6 +539,7 @@ def pair_statistics(
     names: tuple[str, str],
     k: int,
     bootstrap: Bootstrap,
+    test_sizes: tuple[int | None, int | None] = (None, None),
 ) -> dict:
     """All APR statistics of one target dataset against the reference.
 
@@ -331,10 +550,13 @@ def pair_statistics(
         names: ``(reference name, target name)`` for messages and bootstrap seeding.
         k: Top-k size (capped at the number of shared models).
         bootstrap: Bootstrap settings.
+        test_sizes: Test images behind the reference's and the target's errors: a side with
+            a size has binomial test-set noise in the intervals (:class:`Measured`).
 
     Returns:
         A dict with ``n_models``, the missing-model lists, ``spearman``, ``kendall``,
-        ``pearson_logit``, ``weighted_tau``, ``top_k`` and ``reference_top_ranks``.
+        ``pearson_logit`` (each with its interval, :func:`interval`), ``weighted_tau``,
+        ``top_k`` and ``reference_top_ranks``; ``warning`` below ``MIN_RELIABLE_MODELS``.
     """
     on_ref, on_target = np.isfinite(ref), np.isfinite(target)
     shared = on_ref & on_target
@@ -350,36 +572,38 @@ def pair_statistics(
         undefined = {key: {"value": None, "reason": reason} for key in keys}
         return result | {"reason": reason, "reference_top_ranks": []} | undefined
 
-    rho, rho_p = stats.spearmanr(x, y)
-    tau, tau_p = stats.kendalltau(x, y)
-    lx, clipped_x = logit_accuracy(x)
-    ly, clipped_y = logit_accuracy(y)
-    r, r_p = stats.pearsonr(lx, ly)
+    warning = few_models_warning(x.size)
+    if warning is not None:
+        result["warning"] = warning
+    clipped = logit_accuracy(x)[1] + logit_accuracy(y)[1]
     # weightedtau weighs by rank of decreasing value: pass accuracies so the best models
     # (highest accuracy) get the largest weights.
     wtau = stats.weightedtau(100.0 - x, 100.0 - y).statistic
-    samples = bootstrap.samples(
+    data = [
+        values if size is None else Measured(values, size)
+        for values, size in zip((x, y), test_sizes, strict=True)
+    ]
+    intervals = interval(
         {
-            "spearman": lambda counts: bootstrap_spearman(x, y, counts),
-            "kendall": lambda counts: bootstrap_kendall(x, y, counts),
-            "pearson_logit": lambda counts: bootstrap_pearson(lx, ly, counts),
+            "spearman": lambda counts, a, b: bootstrap_spearman(a, b, counts),
+            "kendall": lambda counts, a, b: bootstrap_kendall(a, b, counts),
+            "pearson_logit": lambda counts, a, b: bootstrap_pearson(
+                logit_accuracy(a)[0], logit_accuracy(b)[0], counts
+            ),
         },
         x.size,
-        *names,
+        names,
+        bootstrap,
+        data,
     )
-    result |= {
-        "spearman": {"value": float(rho), "p_value": float(rho_p)}
-        | percentile_ci(samples["spearman"]),
-        "kendall": {"value": float(tau), "p_value": float(tau_p)}
-        | percentile_ci(samples["kendall"]),
-        "pearson_logit": {
-            "value": float(r),
-            "p_value": float(r_p),
-            "n_clipped": clipped_x + clipped_y,
-        }
-        | percentile_ci(samples["pearson_logit"]),
-        "weighted_tau": {"value": float(wtau)},
+    p_values = {
+        "spearman": stats.spearmanr(x, y).pvalue,
+        "kendall": stats.kendalltau(x, y).pvalue,
+        "pearson_logit": stats.pearsonr(logit_accuracy(x)[0], logit_accuracy(y)[0]).pvalue,
     }
+    result |= {key: intervals[key] | {"p_value": float(p)} for key, p in p_values.items()}
+    result["pearson_logit"]["n_clipped"] = clipped
+    result["weighted_tau"] = {"value": float(wtau)}
     result |= top_k_agreement(ids, x, y, k)
     return result
 

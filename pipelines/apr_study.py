@@ -49,6 +49,7 @@ def apr_study(
     epochs: int = 0,
     recipe_overrides: dict = {},  # noqa: B006 - KFP reads the default
     seed: int = 0,
+    data_seed: int = 0,
     train_seeds: list = [0],  # noqa: B006 - KFP reads the default
     engine: str = "torch",
     zero_stage: int = 0,
@@ -62,6 +63,8 @@ def apr_study(
     compile_model: bool = False,
     trial_timeout_s: int = 0,
     reference: str = "",
+    top_k: int = 0,
+    test_noise: str = "auto",
     best_models: int = 3,
     store_uri: str = "",
     tracking_uri: str = "",
@@ -86,7 +89,10 @@ def apr_study(
             per trial (0 = the recipe's).
         recipe_overrides: recipe fields over the recipe's values, JSON in the Kubeflow UI,
             e.g. ``{"lr": 0.05, "mixup": 0.2}`` (``aprflow run --set recipe.lr=0.05``).
-        seed: sampling and data-split seed; train_seeds: training seeds.
+        seed: architecture sampling seed; data_seed: the datasets' splits (and the generated
+            images of built-in ones, and the extra test sets); train_seeds: training seeds.
+            Three seeds, so that other architectures can be drawn on the same data and the
+            same architectures on other splits.
         engine: training engine (torch, deepspeed).
         zero_stage: DeepSpeed ZeRO stage 0-2 (engine deepspeed); precision: auto (bf16 on a
             GPU, fp32 on the CPU), fp32, bf16 or fp16 (GPU). Both are part of the trial id.
@@ -108,6 +114,11 @@ def apr_study(
             data-loader) is recorded failed and its GPU freed (0 = from the plan's estimate).
         reference: reference dataset of the APR comparison ('' = one named imagenet, else the
             dataset with the most models).
+        top_k: the best models per dataset that the top-k statistics compare (0 = a quarter
+            of the models, at most 15: Tuggener et al.'s top-15 of 500).
+        test_noise: the intervals include the noise of each dataset's finite test split
+            (auto, binomial: a binomial draw of each model's error per resample; none: the
+            models are resampled only); the report says which.
         best_models: the best trials per dataset (lowest top-1 error) logged as MLflow models
             and registered as versions of ``<study id>-<dataset>``; the report's "Best models"
             table links them (0 = none, at most 50).
@@ -123,7 +134,7 @@ def apr_study(
         prepare_datasets(
             datasets=datasets,
             resolution=resolution,
-            seed=seed,
+            seed=data_seed,
             store_uri=store_uri,
             settings=dataset_settings,
         ),
@@ -156,7 +167,8 @@ def apr_study(
             compile_model=compile_model,
             recipe_overrides=recipe_overrides,
             dataset_settings=dataset_settings,
-            seed=seed,
+            seed=data_seed,
+            sample_seed=seed,
             zero_stage=zero_stage,
             precision=precision,
             trial_timeout_s=trial_timeout_s,
@@ -200,6 +212,8 @@ def apr_study(
             store_uri=store_uri,
             tracking_uri=tracking_uri,
             best_models=best_models,
+            top_k=top_k,
+            test_noise=test_noise,
         ),
         "1",
         "2Gi",

@@ -106,6 +106,7 @@ def check_study(
             are built-in or built in the store, the store, MLflow, and the device. False for a
             cluster run (``aprflow submit``), whose store, MLflow and GPUs are out of reach.
     """
+    from analysis.stats import TEST_NOISE
     from components.sample.samplers import sample_specs
 
     check_study_name(arguments["study_name"])
@@ -162,6 +163,17 @@ def check_study(
             f"reference {short_repr(reference)} is not one of the datasets {datasets}"
         )
     _limited(arguments, "best_models")
+    top_k = _limited(arguments, "top_k")
+    if top_k >= n_models:
+        raise PreflightError(
+            f"top_k={top_k} compares every one of the {n_models} models: choose fewer (0 "
+            "chooses a quarter of the models, at most 15)"
+        )
+    if arguments["test_noise"] not in TEST_NOISE:
+        raise PreflightError(
+            f"test_noise {short_repr(arguments['test_noise'])} is not one of "
+            f"{', '.join(TEST_NOISE)}"
+        )
     _limited(arguments, "seed")
     if arguments["engine"] not in ENGINES:
         raise PreflightError(

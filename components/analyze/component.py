@@ -19,6 +19,8 @@ def analyze_study(
     summary: Output[Markdown],
     metrics: Output[Metrics],
     best_models: int = 3,
+    top_k: int = 0,
+    test_noise: str = "auto",
 ):
     """Gathers every trial's result, runs the APR analysis and publishes it.
 
@@ -38,6 +40,11 @@ def analyze_study(
         best_models: the best trials per dataset logged as MLflow models and registered
             (0 = none; the limits table bounds it); the results table's ``model_url`` and the
             report's "Best models" table link them.
+        top_k: the best models per dataset the top-k statistics compare (0 = chosen from the
+            number of models).
+        test_noise: whether the intervals include the noise of each dataset's finite test
+            split (auto or binomial: yes, a binomial draw per model and resample; none: the
+            models are resampled only).
     """
     import shutil
 
@@ -51,6 +58,8 @@ def analyze_study(
         store_uri=store_uri or None,
         tracking_uri=tracking_uri or None,
         best_models=best_models,
+        top_k=top_k,
+        test_noise=test_noise,
     )
     shutil.copyfile(out_dir / "results.csv", results.path)
     shutil.copyfile(out_dir / "report.html", report.path)

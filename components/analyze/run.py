@@ -160,6 +160,8 @@ def analyze_study(
     tracking_uri: str | None,
     out_dir: str | Path,
     best_models: int = DEFAULT_BEST_MODELS,
+    top_k: int = 0,
+    test_noise: str = "auto",
 ) -> dict[str, Any]:
     """Gathers the results, logs the ``best_models`` best models per dataset as registered
     MLflow models (:func:`~components.analyze.models.log_best_models`; the results table's
@@ -167,13 +169,21 @@ def analyze_study(
     ``out_dir`` and to ``studies/<study>/``, logs it to the study's MLflow parent run and
     returns the summary.
 
+    ``top_k``: the best models per dataset that the top-k statistics compare (0: chosen from
+    the number of models, :func:`top_k_for`). ``test_noise`` (``"auto"``, ``"binomial"``,
+    ``"none"``): whether the intervals include the noise of each dataset's finite test split,
+    whose size comes from the dataset its trials trained on
+    (:func:`analysis.compute.compute_analysis`; "auto" and "binomial" include it here).
+
     Raises:
-        ValueError: ``best_models`` is outside the limits table's range (before any work).
+        ValueError: ``best_models`` or ``top_k`` is outside the limits table's range, or
+            ``top_k`` is not below the number of models (before the report is written).
     """
     from analysis.report import analyze
     from analysis.table import load_results
 
     best_models = check_limit("best_models", best_models)
+    top_k = check_limit("top_k", top_k)
     store = open_store(store_uri)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking(uri, tracking.wait_budget())
@@ -184,6 +194,13 @@ def analyze_study(
     if (table["run_id"] == "").any():
         log_unlogged_trials(uri, parent_run_id, table)
         table = gather_results(store, trial_ids, tracking.trial_run_links(uri, parent_run_id))
+    n_models = table["model"].nunique()
+    if top_k >= n_models:
+        raise ValueError(
+            f"top_k={top_k} compares every one of the study's {n_models} models: choose fewer "
+            f"(0 chooses {top_k_for(n_models)})"
+        )
+    top_k = top_k or top_k_for(n_models)
     from components.analyze.models import log_best_models  # imports torch
 
     models = log_best_models(uri, store, study, table, best_models)
@@ -191,11 +208,11 @@ def analyze_study(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "results.csv", index=False)
-    top_k = top_k_for(table["model"].nunique())
     # Trials write top1_error in percent: say so, the analysis never guesses a unit.
     results = load_results(
         table, scale="percent", name=store.key_uri(f"studies/{study}/results.csv")
     )
+    sizes = {name: ref.n_test for name, ref in dataset_refs(store, table).items()}
     with tempfile.TemporaryDirectory(prefix="aprflow-datasets-") as folder:
         figures, notes = dataset_summaries(store, table, Path(folder))
         summary = analyze(
@@ -206,6 +223,8 @@ def analyze_study(
             title=study,
             dataset_figures=figures,
             dataset_notes=notes,
+            test_noise=test_noise,
+            test_sizes=sizes,
         )
     for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
         store.put_file(f"studies/{study}/{path.relative_to(out_dir).as_posix()}", path)
@@ -219,18 +238,26 @@ def analyze_study(
     return summary
 
 
+def dataset_refs(store: ArtifactStore, table: pd.DataFrame) -> dict[str, DatasetRef]:
+    """The dataset of each name of the results table: the one its first trial trained on (one
+    trial.json read per dataset)."""
+    return {
+        name: DatasetRef(**store.get_json(trial_key(trial_id))["dataset"])
+        for name, trial_id in table.drop_duplicates("dataset")[["dataset", "trial_id"]].values
+    }
+
+
 def dataset_summaries(
     store: ArtifactStore, table: pd.DataFrame, folder: Path
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """Each study dataset's summary figure (written by its build next to the manifest), copied
     into ``folder``, and its counts in words, for the report's "Datasets" section.
 
-    The dataset of each name is the one its first trial trained on (one trial.json read per
-    dataset). A dataset without a summary figure is left out.
+    Each name's dataset comes from :func:`dataset_refs`. A dataset without a summary figure
+    is left out.
     """
     figures, notes = {}, {}
-    for name, trial_id in table.drop_duplicates("dataset")[["dataset", "trial_id"]].values:
-        ref = DatasetRef(**store.get_json(trial_key(trial_id))["dataset"])
+    for name, ref in dataset_refs(store, table).items():
         manifest = store.get_json(ref.manifest_key)
         png_key = manifest.get("summary", {}).get("png")
         if not png_key or not store.exists(png_key):

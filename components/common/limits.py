@@ -42,7 +42,10 @@ LIMITS: dict[str, Bound] = {
     "crop_padding": Bound(0, 1023, reason="padding stays below the image side, at most 1024 px"),
     "grid_points": Bound(0, 64, reason="each grid value is one more fine-tune per model"),
     "bootstrap": Bound(
-        0, 100_000, reason="1,000 resamples give stable 95% intervals; each is a pass"
+        0,
+        1_000_000,
+        reason="the most resamples per interval (analysis.stats.MAX_RESAMPLES): the intervals "
+        "stop earlier once their endpoints are precise to 0.002",
     ),
     "trial_timeout_s": Bound(
         0, 30 * 24 * 3600, reason="30 days is longer than any one trial trains"
@@ -59,6 +62,12 @@ LIMITS: dict[str, Bound] = {
     "draws": Bound(1, 100, reason="each draw builds and stores one more dataset"),
     "best_models": Bound(
         0, 50, reason="each is one trial's weights exported and uploaded to MLflow, per dataset"
+    ),
+    "top_k": Bound(
+        0,
+        500,
+        reason="the top-k statistics compare each dataset's k best models (Tuggener et al.: "
+        "15 of 500); 0 chooses k from the number of models",
     ),
     # An architecture spec (components.sample.space).
     "stages": Bound(1, 8, reason="AnyNet, ResNet and RegNet have 4 stages"),
@@ -116,6 +125,8 @@ PARAMETER_LIMITS = {
     "finetune_max_steps": "steps",
     "n_bootstrap": "bootstrap",
     "best_models": "best_models",
+    "top_k": "top_k",
+    "data_seed": "seed",
 }
 
 

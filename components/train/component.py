@@ -29,6 +29,7 @@ def plan_study(
     recipe_overrides: dict = {},  # noqa: B006 - KFP reads the default
     dataset_settings: dict = {},  # noqa: B006 - KFP reads the default
     seed: int = 0,
+    sample_seed: int = 0,
     zero_stage: int = 0,
     precision: str = "auto",
     trial_timeout_s: int = 0,
@@ -68,7 +69,8 @@ def plan_study(
         recipe_overrides: recipe fields over the recipe's values (``{"lr": 0.05}``).
         dataset_settings: per-dataset settings; the plan reads ``recipe_overrides`` and
             ``test_sets`` (the rest reached it through ``datasets``).
-        seed: the data seed (extra test sets are materialised with it).
+        seed: the data seed (extra test sets are materialised with it); sample_seed: the
+            architecture sampling seed (logged).
         zero_stage, precision: engine options of every trial (part of the trial id).
         trial_timeout_s: wall-clock limit of one trial (0 = from the plan's estimate).
         space, n_models, flops_min, flops_max, resolution, trials_per_gpu, max_attempts,
@@ -113,7 +115,8 @@ def plan_study(
             "resolution": int(resolution),
             "recipe": recipe,
             "epochs": int(epochs),
-            "seed": int(seed),
+            "seed": int(sample_seed),
+            "data_seed": int(seed),
             "engine": engine,
             "zero_stage": int(zero_stage),
             "precision": precision,

@@ -281,8 +281,8 @@ def test_report_answers_first(synthetic_run, synthetic_table):
         assert pair["selection"]["loss"] == pytest.approx(loss)
         rho = pair["spearman"]
         sentence = (
-            f"<b>{name}</b>: {readings.answer_word(rho)} (Spearman ρ = {rho['value']:.2f} "
-            f"[{rho['ci_low']:.2f}, {rho['ci_high']:.2f}], n = {pair['n_models']} models). "
+            f"<b>{name}</b>: {readings.answer_word(rho)} (Spearman ρ = {rho['value']:.2f}"
+            f"{readings.interval(rho)}, n = {pair['n_models']} models). "
             f"Picking {pick}, the best on imagenet, costs {loss:.2f} points"
         )
         assert sentence in html

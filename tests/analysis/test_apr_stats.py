@@ -91,17 +91,19 @@ def test_bootstrap_draws_what_the_precision_needs():
     statistic = {"mean": lambda counts: counts @ values / counts.sum(axis=1)}
     rng = np.random.default_rng(0)
     values = rng.normal(size=5000)
-    # sd of the mean of 5000 N(0,1) ~ 0.014: 2.67 * 0.014 / 0.02 < 2, so the pilot suffices.
+    # sd of the mean of 5000 N(0,1) ~ 0.014: the endpoints' error at 200 resamples ~ 0.003.
     early = stats.Bootstrap(1000, 0, tolerance=0.02).samples(statistic, 5000, "a")
     assert early["mean"].size == stats.PILOT_RESAMPLES
     full = stats.Bootstrap(1000, 0, tolerance=0).samples(statistic, 5000, "a")
     assert full["mean"].size == 1000
     # The pilot is the start of the same stream: early stopping never changes its resamples.
     np.testing.assert_array_equal(full["mean"][: early["mean"].size], early["mean"])
-    tight = stats.Bootstrap(1000, 0, tolerance=0.002).samples(statistic, 5000, "a")
-    sd = early["mean"].std()
-    needed = int(np.ceil((stats.ENDPOINT_SE_FACTOR * sd / 0.002) ** 2))
-    assert tight["mean"].size == min(1000, max(stats.PILOT_RESAMPLES, needed))
+    # Rounds until the tolerance is reached, and not much beyond: half would not do.
+    tight = stats.Bootstrap(100_000, 0, tolerance=0.0005).samples(statistic, 5000, "a")["mean"]
+    assert stats.endpoint_se(tight) <= 0.0005 < stats.endpoint_se(tight[: tight.size // 2])
+    # A cap below what the tolerance needs stops there.
+    capped = stats.Bootstrap(1000, 0, tolerance=0.0005).samples(statistic, 5000, "a")["mean"]
+    assert capped.size == 1000 and stats.endpoint_se(capped) > 0.0005
     assert stats.Bootstrap(0, 0).samples(statistic, 5000, "a")["mean"].size == 0
 
 

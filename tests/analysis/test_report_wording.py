@@ -199,7 +199,10 @@ def test_counts_read_as_proper_plurals(tmp_path):
     assert "(s)" not in md and "(s)" not in html
     assert "1 row excluded." in md
     assert "1 model with a result on only one of the two datasets is left out" in md
-    assert "**y**: Yes: strong agreement (Spearman ρ = 0.60, n = 4 models)" in md
+    assert (
+        "**y**: Yes: strong agreement (Spearman ρ = 0.60, n = 4 models, fewer than 10: "
+        "indicative only)" in md
+    )
     assert "1 row is excluded from every statistic" in re.sub(r"\s+", " ", html)
 
 

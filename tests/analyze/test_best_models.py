@@ -71,6 +71,12 @@ def test_best_models_are_registered_and_load_with_weights_only(local_env, monkey
     assert (table["model_url"] == "").all()
     html = (local_env / "none" / "report.html").read_text()
     assert "table-best-models" not in html and "<code>best_models=0</code> logs none" in html
+    # A top_k that takes in every model is refused before any model is logged.
+    with pytest.raises(ValueError, match="top_k=2 compares every one of the study's 2 models"):
+        analyze_study(
+            **analysis, store_uri=None, tracking_uri=None, out_dir=local_env / "k", top_k=2
+        )
+    assert not (local_env / "k").exists()
     # A re-run of the analysis logs and registers nothing new.
     analyze_study(
         **analysis, store_uri=None, tracking_uri=None, out_dir=local_env / "again", best_models=1
@@ -112,5 +118,9 @@ def test_the_analysis_refuses_best_models_out_of_range_before_any_work(tmp_path)
     with pytest.raises(ValueError, match=r"best_models must be in \[0, 50\], got 51"):
         analyze_study(
             ["t"], "s", "run", None, str(tmp_path / "store"), None, tmp_path / "out", best_models=51
+        )
+    with pytest.raises(ValueError, match=r"top_k must be in \[0, 500\], got 501"):
+        analyze_study(
+            ["t"], "s", "run", None, str(tmp_path / "store"), None, tmp_path / "out", top_k=501
         )
     assert list(tmp_path.iterdir()) == []

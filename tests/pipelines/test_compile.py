@@ -65,3 +65,19 @@ def test_compile_cli(tmp_path, capsys):
 
 def test_committed_files_exist():
     assert Path(COMPILED_DIR / "apr_study.yaml").stat().st_size > 1000
+
+
+def test_each_seed_reaches_only_what_it_seeds():
+    """``seed`` draws the architectures, ``data_seed`` the datasets (their splits, and the
+    extra test sets the plan materialises); the plan logs both."""
+    spec = next(yaml.safe_load_all((COMPILED_DIR / "apr_study.yaml").read_text()))
+    tasks = spec["root"]["dag"]["tasks"]
+
+    def source(task: str, parameter: str) -> str:
+        return tasks[task]["inputs"]["parameters"][parameter]["componentInputParameter"]
+
+    assert source("sample-architectures", "seed") == "seed"
+    assert source("prepare-datasets", "seed") == "data_seed"
+    assert source("plan-study", "seed") == "data_seed"
+    assert source("plan-study", "sample_seed") == "seed"
+    assert source("analyze-study", "top_k") == "top_k"

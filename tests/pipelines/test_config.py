@@ -66,6 +66,8 @@ def test_bad_files(tmp_path):
         ({"recipe": "a9"}, "unknown recipe 'a9'"),
         ({"space": "anynetx_z"}, "anynetx_z"),
         ({"reference": "faces", "datasets": ["digits"]}, "reference 'faces'"),
+        ({"top_k": 8}, "top_k=8 compares every one of the 8 models"),
+        ({"test_noise": "gaussian"}, "test_noise 'gaussian' is not one of auto, binomial, none"),
         ({"tracking_uri": "http://127.0.0.1:9"}, "MLflow tracking server .* is unreachable"),
         ({"store_uri": "s3://bucket/prefix"}, "S3 store s3://bucket/prefix at http://127.0.0.1:9"),
     ],

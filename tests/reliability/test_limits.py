@@ -127,7 +127,7 @@ def test_transfer_study_parameters_are_bounded():
     from pipelines.registry import PIPELINES
 
     transfer = PIPELINES["transfer-study"]
-    with pytest.raises(ConfigError, match=r"'n_bootstrap' must be in \[0, 100000\]"):
+    with pytest.raises(ConfigError, match=r"'n_bootstrap' must be in \[0, 1000000\]"):
         load_config(transfer, None, {"model_list": "m", "n_bootstrap": 10**9})
     with pytest.raises(ConfigError, match=r"'finetune_max_steps' must be in \[0, 10000000\]"):
         load_config(transfer, None, {"model_list": "m", "finetune_max_steps": "1e12"})
@@ -248,9 +248,16 @@ def test_transfer_study_bounds_its_steps_and_resamples_on_every_path(capsys):
 
     with pytest.raises(TransferError, match=r"finetune_max_steps must be in \[0, 10000000\]"):
         StudySettings(regimes=["knn"], finetune_max_steps=10**12)
-    with pytest.raises(ValueError, match=r"n_bootstrap must be in \[0, 100000\]"):
+    with pytest.raises(ValueError, match=r"n_bootstrap must be in \[0, 1000000\]"):
         analyze("no-study", None, "unused", n_bootstrap=10**9)
     for option in ("--bootstrap", "--finetune-max-steps"):
         with pytest.raises(SystemExit):
             build_study_parser().parse_args(["--models", "m.csv", option, "1000000000000"])
         assert "expected an integer in [0, " in capsys.readouterr().err
+
+
+def test_the_resample_bound_is_the_analysis_one():
+    from analysis.stats import MAX_RESAMPLES
+    from components.common.limits import LIMITS
+
+    assert LIMITS["bootstrap"].high == MAX_RESAMPLES
