@@ -243,7 +243,7 @@ def compute_analysis(
         "top_k": _top_k_tables(part, models, column, top_k),
     }
     features, profiles, summary["architecture"] = _architecture(part, models, column, top_k)
-    summary["seed_variance"] = _seed_summary(table, *primary)
+    summary["seed_variance"] = _seed_summary(table, *primary, bootstrap)
     summary["slices"] = _slice_summaries(columns)
     summary["comparisons"] = _slice_comparisons(columns, top_k, bootstrap, sizes)
     summary["warnings"] = few_model_statistics(summary)
@@ -640,7 +640,9 @@ def evaluations_of(metrics: list[str], metric: str) -> dict[str, str]:
     return {split_evaluation(m)[1]: m for m in [metric, *others]}
 
 
-def _seed_summary(table: ResultsTable, regime: str, metric: str) -> dict:
+def _seed_summary(
+    table: ResultsTable, regime: str, metric: str, bootstrap: stats.Bootstrap
+) -> dict:
     """The seed study (:func:`stats.seed_study`) of the primary regime: spread of each
     evaluation of the primary metric across seeds, and the correlation across seeds between
     two test sets of the same checkpoints."""
@@ -651,7 +653,7 @@ def _seed_summary(table: ResultsTable, regime: str, metric: str) -> dict:
     frame = frame[frame["metric"].isin(list(evaluations.values()))]
     if frame.groupby(["model", "dataset", "metric"]).size().max() < 2:
         return {"available": False, "reason": "every model has a single seed per dataset"}
-    return {"available": True, "regime": regime} | stats.seed_study(frame, evaluations)
+    return {"available": True, "regime": regime} | stats.seed_study(frame, evaluations, bootstrap)
 
 
 def _scalar(value) -> float | None:

@@ -336,7 +336,8 @@ def seed_readings(summary: dict) -> list[str]:
             continue
         lines.append(
             f"{a} vs {b} for the same {where}: {strength(r)} relation between a seed's error "
-            f"on one and on the other (within-model r = {fmt(r)}; std across seeds "
+            f"on one and on the other (within-model r = {fmt(r)}"
+            f"{interval(pair.get('pooled_ci', {}))}; std across seeds "
             f"{fmt(pair['mean_std_a'], 3)} on {a}, {fmt(pair['mean_std_b'], 3)} on {b})."
         )
     if not seeds["test_set_pairs"]:

@@ -428,6 +428,8 @@ def report_tables(summary: dict, names: readings.Names | None = None) -> dict:
                     "models": c["n_models"],
                     "seeds": c["n_seeds"],
                     "within-model r": c["pooled_within_model_r"],
+                    "r CI low": c.get("pooled_ci", {}).get("ci_low"),
+                    "r CI high": c.get("pooled_ci", {}).get("ci_high"),
                     "mean per-model r": c["mean_per_model_r"],
                     "mean std A": c["mean_std_a"],
                     "mean std B": c["mean_std_b"],

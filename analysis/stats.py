@@ -737,7 +737,9 @@ def feature_correlations(
     return result
 
 
-def seed_study(frame: pd.DataFrame, evaluations: dict[str, str]) -> dict:
+def seed_study(
+    frame: pd.DataFrame, evaluations: dict[str, str], bootstrap: Bootstrap | None = None
+) -> dict:
     """Seed-to-seed spread of the error, and how the seed noise of one checkpoint co-varies
     between two test sets: "ResNet strikes back"'s seed study (100 seeds of A2: std 0.1 on
     ImageNet-val, 0.23 on ImageNet-V2, the two only weakly correlated per seed).
@@ -753,6 +755,7 @@ def seed_study(frame: pd.DataFrame, evaluations: dict[str, str]) -> dict:
             and ``error``.
         evaluations: Test set label -> metric, e.g. ``{"test": "top1_error",
             "imagenet_v2": "top1_error@imagenet_v2"}``; the first is the primary one.
+        bootstrap: Resampling of the pooled within-model r's interval (None: no interval).
 
     Returns:
         ``per_model``: one record per (model, dataset, test set) with 2+ seeds (``n_seeds``,
@@ -763,7 +766,8 @@ def seed_study(frame: pd.DataFrame, evaluations: dict[str, str]) -> dict:
         (``std_a``, ``std_b``) and, from 3 seeds, the Pearson r (and p-value) of the two
         errors across seeds, their means over models, and the within-model r pooled over
         models (each model's errors centred on its own mean; equal to the per-model r when
-        there is one model, as in RSB).
+        there is one model, as in RSB) with its percentile interval over checkpoints
+        (``pooled_ci``: ``ci_low``, ``ci_high``, ``resamples``, ``mc_se``).
     """
     labels = list(evaluations)
     primary = labels[0]
@@ -796,7 +800,9 @@ def seed_study(frame: pd.DataFrame, evaluations: dict[str, str]) -> dict:
         for i, a in enumerate(labels):
             for b in labels[i + 1 :]:
                 if a in both.columns and b in both.columns:
-                    pair = _test_set_pair(both[[a, b]].dropna().droplevel("dataset"), a, b)
+                    pair = _test_set_pair(
+                        both[[a, b]].dropna().droplevel("dataset"), a, b, bootstrap, str(dataset)
+                    )
                     if pair is not None:
                         pairs.append({"dataset": str(dataset)} | pair)
     return {
@@ -817,10 +823,16 @@ def _spread(stds: pd.Series) -> dict:
     }
 
 
-def _test_set_pair(both: pd.DataFrame, a: str, b: str) -> dict | None:
+def _test_set_pair(
+    both: pd.DataFrame, a: str, b: str, bootstrap: Bootstrap | None, dataset: str
+) -> dict | None:
     """Seed-to-seed correlation of one trained dataset's checkpoints on test sets ``a`` and
     ``b`` (``both``: index (model, seed), columns a and b); None when no model has 2+ seeds
-    on both."""
+    on both.
+
+    The pooled r's interval resamples the checkpoints (centred on their model's mean) as
+    independent pairs: the centring's own uncertainty, a few degrees of freedom per model, is
+    left out, so with few seeds per model the interval is somewhat too narrow."""
     sizes = both.groupby(level="model").size()
     both = both[both.index.get_level_values("model").isin(sizes.index[sizes >= 2])]
     if both.empty:
@@ -854,4 +866,8 @@ def _test_set_pair(both: pd.DataFrame, a: str, b: str) -> dict | None:
     }
     if pooled is None or not defined:
         result["reason"] = pooled_reason or "no model has 3+ non-constant seeds on both"
+    elif bootstrap is not None and bootstrap.n_resamples > 0:
+        pearson = {"r": lambda counts, x, y: bootstrap_pearson(x, y, counts)}
+        ci = interval(pearson, x.size, ("seed-pair", dataset, a, b), bootstrap, (x, y))["r"]
+        result["pooled_ci"] = {key: value for key, value in ci.items() if key != "value"}
     return result

@@ -348,6 +348,34 @@ def test_seed_study_of_one_model_is_its_pearson_r():
     assert pair["n_seeds"] == 6 and pair["n_models"] == 1
 
 
+def test_seed_study_correlation_has_a_bootstrap_interval_over_checkpoints():
+    """RSB's question with an interval: 40 seeds of one model whose errors on two test sets
+    share part of their seed noise (true r = 0.5)."""
+    from analysis import stats
+
+    rng = np.random.default_rng(11)
+    shared, own_a, own_b = rng.normal(size=(3, 40))
+    rows = []
+    for s in range(40):
+        base = {"model": "m", "dataset": "imagenet", "seed": s}
+        rows.append(base | {"metric": "top1_error", "error": 20 + shared[s] + own_a[s]})
+        rows.append(base | {"metric": "top1_error@v2", "error": 30 + shared[s] + own_b[s]})
+    frame = pd.DataFrame(rows)
+    evaluations = {"test": "top1_error", "v2": "top1_error@v2"}
+    assert "pooled_ci" not in stats.seed_study(frame, evaluations)["test_set_pairs"][0]
+    (pair,) = stats.seed_study(frame, evaluations, stats.Bootstrap(seed=3))["test_set_pairs"]
+    ci = pair["pooled_ci"]
+    # An independent percentile bootstrap of the 40 (test, v2) pairs.
+    x, y = 20 + shared + own_a, 30 + shared + own_b
+    draws = rng.integers(0, 40, size=(20_000, 40))
+    rs = [np.corrcoef(x[d], y[d])[0, 1] for d in draws]
+    low, high = np.percentile(rs, [2.5, 97.5])
+    assert ci["ci_low"] == pytest.approx(low, abs=0.02)
+    assert ci["ci_high"] == pytest.approx(high, abs=0.02)
+    assert ci["ci_low"] < pair["pooled_within_model_r"] < ci["ci_high"]
+    assert ci["mc_se"] <= stats.MC_TOLERANCE * 1.5 and ci["resamples"] >= stats.PILOT_RESAMPLES
+
+
 def test_metric_names_are_valid_mlflow_keys():
     from analysis.compute import metric_name
 
