@@ -40,16 +40,19 @@ def fmt(value: float | None, digits: int = 2) -> str:
 def interval(stat: dict) -> str:
     """`` [low, high]`` of a statistic with a bootstrap CI, or an empty string.
 
-    The endpoints have the decimals their Monte-Carlo error supports (at most 2,
-    :func:`analysis.stats.supported_decimals`), and `` ±error`` follows them when that error
-    is above the tolerance the method promises (the resample bound stopped it first):
-    ``[-0.1, 0.6] ±0.02``.
+    The endpoints have the decimals their Monte-Carlo error supports (:func:`analysis.stats.
+    supported_decimals`), 1 to 2, and `` ±error`` follows them when that error is above the
+    tolerance the method promises (the resample bound stopped it first): ``[-0.1, 0.6]
+    ±0.02``. One decimal at least, for a correlation in whole numbers (``[-0, 1]``) reads as
+    a typo; the ``±`` says what the last digit is worth.
     """
     if stat.get("ci_low") is None:
         return ""
     mc_se = stat.get("mc_se")
-    digits = min(2, supported_decimals(mc_se))
-    text = f" [{fmt(stat['ci_low'], digits)}, {fmt(stat['ci_high'], digits)}]"
+    digits = min(2, max(1, supported_decimals(mc_se)))
+    # + 0.0 turns a -0.0 that rounds from a small negative value into 0.0.
+    low, high = (round(stat[key], digits) + 0.0 for key in ("ci_low", "ci_high"))
+    text = f" [{fmt(low, digits)}, {fmt(high, digits)}]"
     if mc_se is not None and mc_se > MC_TOLERANCE:
         text += f" ±{mc_error(mc_se)}"
     return text

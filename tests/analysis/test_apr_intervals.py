@@ -104,6 +104,9 @@ def test_capped_interval_prints_its_error_and_rounds_to_what_it_supports():
     assert readings.interval(stat | {"mc_se": 0.004}) == " [-0.05, 0.62] ±0.004"
     # Within the tolerance: two decimals, no ± (the method text states the tolerance).
     assert readings.interval(stat | {"mc_se": 0.0015}) == " [-0.05, 0.62]"
+    # A lumpy rank statistic at n = 8: one decimal at least, and no "-0".
+    lumpy = {"ci_low": -0.04, "ci_high": 1.0, "mc_se": 0.07}
+    assert readings.interval(lumpy) == " [0.0, 1.0] ±0.07"
     assert readings.mc_error(0.05) == "0.05" and readings.mc_error(0.3) == "0.3"
 
 
