@@ -98,6 +98,14 @@ COMMANDS = {
         "run the APR analysis on any results table (CSV/Parquet)",
     ),
 }
+# Each local pipeline's preflight (arguments, runs_dir) and dry-run plan (arguments -> text).
+LOCAL_CHECKS = {
+    "apr-study": ("pipelines.preflight:check_study", "pipelines.sweep:dry_run_summary"),
+    "apr-predict": (
+        "pipelines.predict_preflight:check_predict",
+        "pipelines.predict_preflight:dry_run_summary",
+    ),
+}
 # Common options that may come before the command name; they are passed on to the command.
 _LEADING_OPTION = re.compile(r"^(--debug|--quiet|--verbose|-[qv]+)$")
 
@@ -258,20 +266,20 @@ def build_run_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from pipelines.config import load_config, parse_overrides, print_config
     from pipelines.local import run_local
-    from pipelines.preflight import check_study
     from pipelines.registry import PIPELINES
-    from pipelines.sweep import dry_run_summary, scaled_task_cpu
+    from pipelines.sweep import scaled_task_cpu
 
     pipeline = PIPELINES[args.pipeline]
     arguments = load_config(pipeline, args.config, parse_overrides(args.overrides))
     if args.print_config:
         print_config(args, pipeline, arguments)
         return 0
-    check_study(arguments, runs_dir=args.runs_dir)
+    check, summary = (_load(target) for target in LOCAL_CHECKS[args.pipeline])
+    check(arguments, runs_dir=args.runs_dir)
     if "task_cpu" in arguments:
         arguments["task_cpu"] = scaled_task_cpu(arguments)
     if args.dry_run:
-        plan = dry_run_summary(arguments).splitlines()
+        plan = summary(arguments).splitlines()
         print_result(
             args,
             {"pipeline": args.pipeline, "arguments": arguments, "plan": plan},

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 _LOCATIONS = {
     "apr-study": ("pipelines.apr_study", "apr_study"),
     "transfer-study": ("pipelines.transfer_study", "transfer_study"),
+    "apr-predict": ("pipelines.apr_predict", "apr_predict"),
 }
 
 

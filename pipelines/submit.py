@@ -260,6 +260,10 @@ def preflight(pipeline_key: str, arguments: dict[str, Any]) -> None:
         from pipelines.preflight import check_study
 
         check_study(arguments, local=False)
+    elif pipeline_key == "apr-predict":
+        from pipelines.predict_preflight import check_predict
+
+        check_predict(arguments, local=False)
 
 
 def submit(

@@ -27,6 +27,7 @@ HEAVY = (
     "sklearn",
     "pipelines.apr_study",
     "pipelines.transfer_study",
+    "pipelines.apr_predict",
     "pipelines.registry",
 )
 # Collects the whole suite in this process (plain asserts: rewriting them imports nothing and
@@ -55,7 +56,8 @@ def test_looking_up_one_pipeline_imports_only_its_module():
     probe = (
         "import sys\n"
         "from pipelines.registry import PIPELINES\n"
-        "listed = list(PIPELINES) == ['apr-study', 'transfer-study'] and 'apr-study' in PIPELINES\n"
+        "listed = list(PIPELINES) == ['apr-study', 'transfer-study', 'apr-predict'] "
+        "and 'apr-study' in PIPELINES\n"
         "imported_early = 'pipelines.apr_study' in sys.modules\n"
         "name = PIPELINES['apr-study'].name\n"
         "print(listed, imported_early, name, 'pipelines.transfer_study' in sys.modules)\n"

@@ -85,7 +85,8 @@ def test_pipeline_code_imports_without_the_training_stack():
         "    sys.modules[m] = None\n"
         "from pipelines.submit import main\n"
         "from pipelines.registry import PIPELINES\n"
-        "assert [p.name for p in PIPELINES.values()] == ['apr-study', 'transfer-study']\n"
+        "names = [p.name for p in PIPELINES.values()]\n"
+        "assert names == ['apr-study', 'transfer-study', 'apr-predict'], names\n"
         "main(['upload', '--help'])\n"
     )
     result = subprocess.run(

@@ -111,9 +111,13 @@ def search(client, experiment: str, filter_string: str) -> Iterator:
             return
 
 
-def find_run(client, experiment: str, **tags: str):
-    """The oldest run whose tags have these values (given as name=value), or None."""
-    same = " and ".join(f"tags.`{tag}` = '{value}'" for tag, value in tags.items())
+def find_run(client, experiment: str, **tags: str | None):
+    """The oldest run whose tags have these values (given as name=value; None: the run has no
+    such tag), or None."""
+    same = " and ".join(
+        f"tags.`{tag}` IS NULL" if value is None else f"tags.`{tag}` = '{value}'"
+        for tag, value in tags.items()
+    )
     runs = sorted(
         search(client, experiment, same), key=lambda r: (r.info.start_time, r.info.run_id)
     )
@@ -126,7 +130,7 @@ def create_run_once(
     tags: dict[str, str],
     run_name: str,
     start_time: int | None = None,
-    **keys: str,
+    **keys: str | None,
 ):
     """Creates a run with ``tags`` (started at ``start_time``, milliseconds; default now),
     unless one whose ``keys`` tags match exists; two processes that create it at once converge

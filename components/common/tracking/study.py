@@ -77,11 +77,12 @@ def _start_study_run(uri, experiment, study_id, params, kfp_run_id, config, tags
                 client.set_tag(run.info.run_id, key, value)
     else:
         experiment_key = experiment_id(client, experiment)
-        run = find_run(client, experiment_key, **{STUDY_TAG: study_id})
+        # Not nested: a trial's run carries its study's tag too, and the run of a trial reused
+        # from another study starts when the trial trained, before this study's run.
+        keys = {STUDY_TAG: study_id, PARENT_TAG: None}
+        run = find_run(client, experiment_key, **keys)
         if run is None:
-            run = create_run_once(
-                client, experiment_key, all_tags, study_id, **{STUDY_TAG: study_id}
-            )
+            run = create_run_once(client, experiment_key, all_tags, study_id, **keys)
     all_params = dict(params)
     if config is not None:
         all_params |= flat_params(config, "config.")
