@@ -49,7 +49,7 @@ def apr_predict(
     seed: int = 0,
     target_resolution: int = 0,
     device: str = "auto",
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = 200_000,
     random_draws: int = 1000,
     feature_chunk_size: int = 0,
     gpus_per_trial: str = "1",

@@ -52,7 +52,10 @@ def transfer_study(
     seed: int = 0,
     device: str = "auto",
     chunk_size: int = 0,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = 200_000,
+    max_overlap: float = 0.01,
+    logme_variant: str = "paper",
+    curve_points: int = 10,
     store_uri: str = "",
     tracking_uri: str = "",
     launcher_config_map: str = LAUNCHER_CONFIG_MAP,
@@ -76,7 +79,16 @@ def transfer_study(
         seed: seed of random weights, new heads and batch order (not of any data split).
         device: auto, cuda or cpu.
         chunk_size: models per chunk task (0 = 8).
-        n_bootstrap: bootstrap resamples of the intervals.
+        n_bootstrap: the most bootstrap resamples of an interval (fewer once its endpoints
+            are precise to 0.002).
+        max_overlap: largest share of a target's test images that may be among a model's
+            training images, compared by image content (a trial's training split, or the
+            ``source_hashes`` file of pretrained weights); a pair above it is refused.
+        logme_variant: paper (the evidence over all feature dimensions, as the LogME paper
+            writes it) or reference (the authors' implementation, which differs when a
+            dataset has fewer images than feature dimensions).
+        curve_points: test-accuracy points of each fine-tune / scratch learning curve
+            (0: none).
         store_uri, tracking_uri: '' = the launcher config (cluster) or the local defaults.
         launcher_config_map, s3_secret: the chart's ConfigMap and Secret (cluster only).
     """
@@ -102,6 +114,9 @@ def transfer_study(
             store_uri=store_uri,
             tracking_uri=tracking_uri,
             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            max_overlap=max_overlap,
+            logme_variant=logme_variant,
+            curve_points=curve_points,
         ),
         "1",
         "2Gi",

@@ -125,12 +125,7 @@ def versus_source(
     """Kendall tau of ``score`` minus that of ``source`` over the architectures both rank, with
     a paired bootstrap interval (the same resamples of architectures for both), or None with
     fewer than three shared architectures or without resamples."""
-    from analysis.stats import (
-        MIN_MODELS,
-        Bootstrap,
-        bootstrap_kendall,
-        percentile_ci,
-    )
+    from analysis.stats import MIN_MODELS, Bootstrap, bootstrap_kendall, interval
 
     shared = sorted(set(score) & set(source) & set(trained))
     if len(shared) < MIN_MODELS or n_bootstrap < 1:
@@ -141,14 +136,10 @@ def versus_source(
     if np.ptp(a) == 0 or np.ptp(b) == 0 or np.ptp(target) == 0:
         return None
     value = stats.kendalltau(a, target).statistic - stats.kendalltau(b, target).statistic
-    samples = Bootstrap(n_bootstrap, seed, tolerance=0.0).samples(
-        {
-            "score": lambda counts: bootstrap_kendall(a, target, counts),
-            "source": lambda counts: bootstrap_kendall(b, target, counts),
-        },
-        len(shared),
-        *names,
-    )
-    return {"n_models": len(shared), "value": float(value)} | percentile_ci(
-        samples["score"] - samples["source"]
-    )
+
+    def difference(counts: np.ndarray) -> np.ndarray:
+        return bootstrap_kendall(a, target, counts) - bootstrap_kendall(b, target, counts)
+
+    # Adaptive like every interval of the project: resamples until the endpoints are precise.
+    ci = interval({"delta": difference}, len(shared), names, Bootstrap(n_bootstrap, seed))
+    return {"n_models": len(shared)} | ci["delta"] | {"value": float(value)}

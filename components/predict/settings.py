@@ -63,7 +63,7 @@ class PredictSettings:
     seed: int = 0
     target_resolution: int = 0
     device: str = "auto"
-    n_bootstrap: int = 1000
+    n_bootstrap: int = 200_000  # the most resamples (analysis.stats.DEFAULT_RESAMPLES)
     random_draws: int = 1000
     feature_chunk_size: int = 0
 

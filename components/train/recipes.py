@@ -48,6 +48,8 @@ _AUTO_AUGMENT = re.compile(r"(rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+\
 # the recipe's (step/multistep need milestones, plateau a metric).
 OPTIMIZERS = ("sgd", "momentum", "adamw", "lamb")
 SCHEDULES = ("cosine", "tanh", "poly")
+# How a fine-tune recipe counts its optimizer steps (FinetuneRecipe.steps_policy).
+STEPS_POLICIES = ("scaled", "fixed")
 # The folder of the recipe files: the top-level `recipes/`, installed as a data package.
 RECIPE_PACKAGE = "recipes"
 
@@ -179,12 +181,16 @@ class FinetuneRecipe(Recipe):
         reference_images: the training-set size at which ``reference_steps`` apply.
         lr_grid: learning rates the fine-tune search tries, each chosen on validation.
         weight_decay_grid: weight decays the fine-tune search tries.
+        steps_policy: ``scaled`` (``reference_steps`` scaled down by the training set's size,
+            :func:`components.transfer.finetune.scaled_steps`) or ``fixed`` (exactly
+            ``reference_steps`` on every dataset, as Kornblith et al. trained).
     """
 
     reference_steps: int = 0
     reference_images: int = 0
     lr_grid: tuple[float, ...] = ()
     weight_decay_grid: tuple[float, ...] = ()
+    steps_policy: str = "scaled"
 
 
 #: The fields of the fine-tune search (:class:`FinetuneRecipe` only).
@@ -231,12 +237,13 @@ BOUNDS: dict[str, Bound] = {
     "reference_images": LIMITS["images"],
     "lr_grid": _POSITIVE,
     "weight_decay_grid": _NON_NEGATIVE,
+    "steps_policy": Bound(choices=STEPS_POLICIES),
 }
 # List fields and the limits table's bound on their number of values.
 _LENGTHS = {"lr_grid": "grid_points", "weight_decay_grid": "grid_points"}
 _TYPES: dict[str, Any] = typing.get_type_hints(FinetuneRecipe)
-#: Fields a recipe file or an override may set (``name`` is the file's; the last four only
-#: for fine-tune recipes).
+#: Fields a recipe file or an override may set (``name`` is the file's; :data:`GRID_FIELDS`
+#: only for fine-tune recipes).
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(FinetuneRecipe) if f.name != "name")
 #: timm ``train.py`` argument names (argparse destinations, as in its ``--config`` YAML) that
 #: are not field names, and the field each sets; None: an argument this trainer does not

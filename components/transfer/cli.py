@@ -3,6 +3,7 @@
     aprflow transfer --backbone trial:ID|timm:NAME --datasets digits faces [--regimes knn linear]
     aprflow transfer study --models models.csv --datasets digits [--regimes knn linear logme ...]
     aprflow transfer score logme|leep --features F.npy --labels Y.npy [--probs P.npy]
+    aprflow transfer hashes IMAGE_OR_FOLDER ... > source.sha256
 
 Without a sub-command, the single-backbone evaluation. ``--regimes`` names the same evaluations
 in both (and the transfer-study pipeline's ``regimes`` parameter). Results go to stdout
@@ -23,8 +24,13 @@ from components.data.datasets import BUILTIN_DATASETS
 from components.train.recipes import add_recipe_set_option, recipe_sets
 from components.transfer.errors import TransferError
 from components.transfer.run import METHODS, evaluate_transfer, format_table, write_csv
-from components.transfer.scores import SCORE_METHODS
+from components.transfer.scores import LOGME_VARIANTS, SCORE_METHODS
 
+#: Share of a target's test split that may be a model's training images (content hashes).
+MAX_OVERLAP_HELP = (
+    "largest share of a target's test images that may be the model's training images, by "
+    "content hash (default 0.01: 1 %%); above it the pair is refused"
+)
 # The common options a caller may put before a sub-command (``aprflow --debug transfer study``).
 _COMMON_FLAG = re.compile(r"--debug|--quiet|--verbose|--json|-[qv]+")
 
@@ -81,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--k", type=int, default=5, help="neighbours of the kNN fraction score")
     parser.add_argument("--seed", type=int, default=0, help="split seed")
+    parser.add_argument("--max-overlap", type=float, default=0.01, help=MAX_OVERLAP_HELP)
     add_store_option(parser)
     parser.add_argument(
         "--out", default=None, metavar="FILE", help="also write a tidy CSV of the results here"
@@ -112,6 +119,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         k=args.k,
         seed=args.seed,
+        max_overlap=args.max_overlap,
         experiment=args.experiment,
         tracking_uri=args.tracking_uri,
     )
@@ -134,6 +142,14 @@ def build_score_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--probs", default=None, help="(n, Z) source-class probabilities, .npy (LEEP)"
     )
+    parser.add_argument(
+        "--variant",
+        choices=LOGME_VARIANTS,
+        default="paper",
+        help="LogME: 'paper' (log|A| over all D feature dimensions, as the evidence equation of "
+        "You et al. 2021 says) or 'reference' (thuml/LogME's LogME.py, to reproduce published "
+        "numbers; the two differ when n < D)",
+    )
     add_common_options(parser, json_output=True)
     return parser
 
@@ -152,9 +168,38 @@ def _score(args: argparse.Namespace) -> int:
     if path is None:
         raise TransferError(f"{args.score} needs {option} ({what})")
     labels = np.load(args.labels, allow_pickle=False)
-    score = logme if args.score == "logme" else leep
-    value = score(np.load(path, allow_pickle=False), labels)
+    values = np.load(path, allow_pickle=False)
+    if args.score == "logme":
+        value = logme(values, labels, variant=args.variant)
+    else:
+        value = leep(values, labels)
     print_result(args, {args.score: value}, f"{args.score} {value:.6g}")
+    return 0
+
+
+def build_hashes_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aprflow transfer hashes",
+        description="Content hashes of image files (SHA-256 of the decoded RGB pixels), one "
+        "'HASH  PATH' line each: the source_hashes list of a model list, for weights trained "
+        "on these images, against which the transfer study checks each target's test split.",
+    )
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively"
+    )
+    add_common_options(parser)
+    return parser
+
+
+def _hashes(args: argparse.Namespace) -> int:
+    """Prints ``HASH  PATH`` per image as it is hashed (a long list streams)."""
+    from components.transfer.leakage import hash_image_files
+
+    count = 0
+    for digest, path in hash_image_files(args.paths):
+        print(f"{digest}  {path}")
+        count += 1
+    report("transfer", f"hashed {count} images")
     return 0
 
 
@@ -207,9 +252,28 @@ def build_study_parser() -> argparse.ArgumentParser:
     add_recipe_set_option(parser)  # over the finetune and scratch recipes
     parser.add_argument("--chunk-size", type=int, default=0, help="models per chunk (0: 8)")
     parser.add_argument(
-        "--bootstrap", type=limit_type("bootstrap"), default=1000, help="bootstrap resamples"
+        "--bootstrap",
+        type=limit_type("bootstrap"),
+        default=200_000,
+        help="the most bootstrap resamples of an interval (fewer once its endpoints are precise "
+        "to 0.002)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights and heads")
+    parser.add_argument(
+        "--logme-variant",
+        choices=LOGME_VARIANTS,
+        default="paper",
+        help="LogME's evidence: 'paper' or 'reference' (thuml/LogME's code; see 'aprflow "
+        "transfer score --help')",
+    )
+    parser.add_argument(
+        "--curve-points",
+        type=int,
+        default=10,
+        help="test accuracy of each fine-tune / scratch run at step 0 and at this many evenly "
+        "spaced steps: the learning curves of the report (0: none; at most 100)",
+    )
+    parser.add_argument("--max-overlap", type=float, default=0.01, help=MAX_OVERLAP_HELP)
     parser.add_argument("--name", default="transfer", help="study name (MLflow experiment)")
     add_store_option(parser)
     parser.add_argument(
@@ -242,6 +306,9 @@ def _study(args: argparse.Namespace) -> int:
         finetune_max_steps=args.finetune_max_steps,
         recipe_overrides=recipe_sets(args.sets),
         seed=args.seed,
+        max_overlap=args.max_overlap,
+        logme_variant=args.logme_variant,
+        curve_points=args.curve_points,
     )
     result = run_all(
         args.name,
@@ -270,4 +337,6 @@ def main(argv: list[str] | None = None) -> int:
         return run_cli(build_score_parser(), _score, argv[:first] + argv[first + 1 :])
     if command == "study":
         return run_cli(build_study_parser(), _study, argv[:first] + argv[first + 1 :])
+    if command == "hashes":
+        return run_cli(build_hashes_parser(), _hashes, argv[:first] + argv[first + 1 :])
     return run_cli(build_parser(), _evaluate, argv)

@@ -74,6 +74,9 @@ def plan_transfer_study(
     store_uri: str,
     tracking_uri: str,
     kfp_run_id: str,
+    max_overlap: float = 0.01,
+    logme_variant: str = "paper",
+    curve_points: int = 10,
 ) -> NamedTuple("TransferPlan", study_id=str, parent_run_id=str):
     """Materialises the targets, reads the model list, chunks it, opens the MLflow parent.
 
@@ -85,6 +88,10 @@ def plan_transfer_study(
         chunk_size: models per chunk task (0 = 8).
         store_uri, tracking_uri: '' = the environment's or the local defaults
             (tracking '' logs to MLFLOW_TRACKING_URI or the local default).
+        max_overlap: largest share of a target's test images that may be among a model's
+            training images (by content); a pair above it is refused.
+        logme_variant: paper or reference (components.transfer.scores.logme).
+        curve_points: evaluation points of each fine-tune / scratch learning curve (0: none).
     """
     from components.common import tracking
     from components.transfer.steps import plan
@@ -99,6 +106,9 @@ def plan_transfer_study(
         recipe_overrides=dict(recipe_overrides),
         seed=int(seed),
         device=device,
+        max_overlap=float(max_overlap),
+        logme_variant=logme_variant,
+        curve_points=int(curve_points),
     )
     planned = plan(
         study_name,
@@ -147,8 +157,13 @@ def transfer_chunk(
     reason; the chunk goes on. A chunk whose table is in the store already is reused.
     """
     from components.common import tracking
+    from components.transfer.run import _configure_threads
     from components.transfer.steps import run_chunk
 
+    # kfp.local hands the task the cluster profile's OMP_NUM_THREADS (8); with two chunk tasks
+    # on two cores that oversubscription made feature extraction ~100x slower. `aprflow run`
+    # sets APRFLOW_TORCH_THREADS for the cores there are, as for the training tasks.
+    _configure_threads()
     return run_chunk(
         chunk["study_id"],
         int(chunk["chunk"]),

@@ -9,11 +9,23 @@ neighbours are the training images of highest cosine similarity. Two scores, bot
   of the k nearest neighbours that have the query's class. This is not the usual top-5
   accuracy (at least one of five right): one matching neighbour out of five scores 0.2.
 
-Ties in similarity are broken towards the lower training index, so results are deterministic.
+No vote is taken (top-1 is the nearest neighbour's class, the fraction counts every class), so
+only ties in similarity need a rule. **Ties share the credit**: when the k-th largest
+similarity of a query is shared by ``t`` training images of which ``m`` have the query's class,
+and ``a`` images are strictly more similar, the ``k - a`` places left count ``(k - a) * m / t``
+matches: the expected score over every way of breaking the tie. Top-1 is the case k = 1 (the
+nearest images tie: the share of them with the query's class). The scores so depend on the
+features alone, not on the order of the training rows, e.g. a model whose features are all
+zero scores the class frequencies of the training set, not the class of its first image. Ties
+are exact equalities of the computed float32 similarities; the matrix product gives identical
+feature vectors identical similarities (checked by permuting the rows in the tests).
+:func:`cosine_neighbors`, which lists neighbour indices, breaks ties towards the lower training
+index.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +94,42 @@ def _top_k_rows(similarity: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(columns, order, axis=1)
 
 
+def _similarity_chunks(
+    train_features: np.ndarray, test_features: np.ndarray, k: int, chunk_size: int | None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first query, cosine similarities of chunk_size queries x every training row)``.
+
+    Raises:
+        ValueError: for non-2-D features, mismatched feature widths, or a bad k or chunk size.
+    """
+    train = l2_normalize(train_features)
+    test = l2_normalize(test_features)
+    if train.shape[1] != test.shape[1]:
+        raise ValueError(
+            f"train and test features differ in width: {train.shape[1]} vs {test.shape[1]}"
+        )
+    if not 1 <= k <= len(train):
+        raise ValueError(
+            f"k must be between 1 and the number of training images ({len(train)}), got {k}"
+        )
+    if chunk_size is None:
+        chunk_size = max(1, min(1024, CHUNK_ELEMENTS // max(1, len(train))))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    for start in range(0, len(test), chunk_size):
+        yield start, test[start : start + chunk_size] @ train.T
+
+
+def _shared_matches(similarity: np.ndarray, same: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the matches (``same``) among the k most similar columns, a tie at the k-th
+    similarity sharing the places left (see the module docstring). O(n_cols) per row."""
+    kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1 : k]
+    above = similarity > kth
+    tied = similarity == kth  # holds the k-th value itself: never empty
+    places = k - above.sum(axis=1)
+    return (above & same).sum(axis=1) + places * (tied & same).sum(axis=1) / tied.sum(axis=1)
+
+
 def cosine_neighbors(
     train_features: np.ndarray, test_features: np.ndarray, k: int, chunk_size: int | None = None
 ) -> np.ndarray:
@@ -104,24 +152,9 @@ def cosine_neighbors(
     Raises:
         ValueError: for non-2-D features, mismatched feature widths, or a bad k or chunk size.
     """
-    train = l2_normalize(train_features)
-    test = l2_normalize(test_features)
-    if train.shape[1] != test.shape[1]:
-        raise ValueError(
-            f"train and test features differ in width: {train.shape[1]} vs {test.shape[1]}"
-        )
-    if not 1 <= k <= len(train):
-        raise ValueError(
-            f"k must be between 1 and the number of training images ({len(train)}), got {k}"
-        )
-    if chunk_size is None:
-        chunk_size = max(1, min(1024, CHUNK_ELEMENTS // max(1, len(train))))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    out = np.empty((len(test), k), dtype=np.int64)
-    for start in range(0, len(test), chunk_size):
-        similarity = test[start : start + chunk_size] @ train.T
-        out[start : start + chunk_size] = _top_k_rows(similarity, k)
+    out = np.empty((len(test_features), k), dtype=np.int64)
+    for start, similarity in _similarity_chunks(train_features, test_features, k, chunk_size):
+        out[start : start + len(similarity)] = _top_k_rows(similarity, k)
     return out
 
 
@@ -144,7 +177,8 @@ def knn_evaluate(
         chunk_size: queries per matrix product (None: bounded by :data:`CHUNK_ELEMENTS`).
 
     Returns:
-        The scores; see the module docstring for their definitions.
+        The scores; see the module docstring for their definitions and the rule for ties
+        (tied neighbours share the credit, whatever the order of the rows).
 
     Raises:
         ValueError: for malformed shapes, NaN features, no test images, or k > n_train.
@@ -153,11 +187,15 @@ def knn_evaluate(
     test_features, test_labels = labeled_features(test_features, test_labels, "test")
     if len(test_features) == 0:
         raise ValueError("no test features to evaluate")
-    neighbors = cosine_neighbors(train_features, test_features, k, chunk_size)
-    same = train_labels[neighbors] == test_labels[:, None]
+    top1, topk = np.empty(len(test_features)), np.empty(len(test_features))
+    for start, similarity in _similarity_chunks(train_features, test_features, k, chunk_size):
+        stop = start + len(similarity)
+        same = train_labels[None, :] == test_labels[start:stop, None]
+        top1[start:stop] = _shared_matches(similarity, same, 1)
+        topk[start:stop] = _shared_matches(similarity, same, k) / k
     return KnnResult(
-        top1=float(same[:, 0].mean()),
-        topk_fraction=float(same.mean()),
+        top1=float(top1.mean()),
+        topk_fraction=float(topk.mean()),
         k=k,
         n_train=len(train_features),
         n_test=len(test_features),

@@ -58,6 +58,7 @@ def evaluate_transfer(
     k: int = 5,
     seed: int = 0,
     batch_size: int = 256,
+    max_overlap: float = 0.01,
     experiment: str | None = None,
     tracking_uri: str | None = None,
     kfp_run_id: str = "",
@@ -80,6 +81,9 @@ def evaluate_transfer(
         seed: seed of the dataset split, of the probe's validation split and of a timm
             backbone's random initialisation.
         batch_size: images per forward pass.
+        max_overlap: a trial backbone is refused on a dataset when more than this share of
+            its test images are among the trial's training images by content hash
+            (:mod:`components.transfer.leakage`).
         experiment: MLflow experiment to log the evaluation to as a transfer study (one parent
             run, one nested run per backbone x dataset x method; see :func:`track_transfer`);
             None or '' logs nothing.
@@ -93,12 +97,15 @@ def evaluate_transfer(
 
     Raises:
         TransferError / DatasetError: for an unknown backbone, trial, dataset or method (all
-            checked before any dataset is materialised).
+            checked before any dataset is materialised), or a trial whose training images
+            are more than ``max_overlap`` of a dataset's test split (checked before any
+            feature is extracted).
     """
     from components.common.storage import open_store
     from components.data.datasets import check_datasets, load_split, prepare_all
     from components.transfer.features import extract_features, load_backbone
     from components.transfer.knn import knn_evaluate
+    from components.transfer.leakage import check_max_overlap
     from components.transfer.linear_probe import linear_probe
 
     started = time.time()
@@ -110,6 +117,7 @@ def evaluate_transfer(
     check_datasets(datasets, open_store(store_uri))
     if k < 1:
         raise TransferError(f"k must be at least 1, got {k}")
+    check_max_overlap(max_overlap)
     if experiment:
         tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
         tracking.check_tracking(tracking_uri)
@@ -123,6 +131,8 @@ def evaluate_transfer(
         started,
     )
     refs = prepare_all(datasets, resolution, seed, store_uri)
+    if net.info.get("kind") == "trial":
+        _check_trial_targets(net, refs, store, max_overlap, started)
     rows: list[dict[str, Any]] = []
     for i, ref in enumerate(refs, 1):
         if "knn" in methods and k > ref.n_train:
@@ -180,6 +190,33 @@ def evaluate_transfer(
         )
         report("transfer", f"MLflow: experiment {experiment!r}, parent run {parent}", started)
     return rows
+
+
+def _check_trial_targets(net, refs: list, store, max_overlap: float, started: float) -> None:
+    """Warns when the trial is fed at another side than it trained at; refuses a target
+    whose test split holds more than ``max_overlap`` of the trial's training images."""
+    from components.transfer.leakage import overlap, refusal, split_hashes, trial_training_images
+
+    trained = net.info["trained_resolution"]
+    if net.input_size != trained:
+        report(
+            "transfer",
+            f"warning: {net.source} trained at {trained} px is fed {net.input_size} px "
+            "(--input-size): its features come from another resolution than it learned at",
+            started,
+        )
+    train, words = trial_training_images(store, net.info["trial_id"])
+    for ref in refs:
+        found = overlap(split_hashes(store, ref, "test"), train, words)
+        reason = refusal(found, net.source, ref, max_overlap)
+        if reason:
+            raise TransferError(reason)
+        report(
+            "transfer",
+            f"{ref.name}: {found.images} of {found.n_test} test images are training images of "
+            f"the trial (allowed: {max_overlap:.1%})",
+            started,
+        )
 
 
 def track_transfer(

@@ -12,7 +12,10 @@ download, only with ``allow_download``); or ``trial:<id>``, a checkpoint our tri
     trial:3f2a9c0d1e2b4a5c
 
 ``source_top1`` is the model's accuracy on its source data (the x axis of Kornblith et al.);
-its unit is data: a ``# unit: percent|fraction`` line or a ``unit`` column.
+its unit is data: a ``# unit: percent|fraction`` line or a ``unit`` column. ``source_hashes``
+(optional; a local path or ``s3://bucket/key``) lists the content hashes of the images the
+weights were trained on, for the leakage check (:mod:`components.transfer.leakage`); a trial's
+are found from its record.
 
 Input preparation comes from the model's ``pretrained_cfg`` through
 ``timm.data.resolve_data_config`` and ``timm.data.create_transform`` (input size,
@@ -45,7 +48,9 @@ from components.transfer.features import TIMM_PREFIX, TRIAL_PREFIX
 RANDOM_WEIGHTS = "random"
 HUB_WEIGHTS = "hub"
 ALL_TRIALS = "trials:all"
-LIST_COLUMNS = ("model", "weights", "source_dataset", "source_top1", "unit")
+#: Where ``s3://`` weights and hash lists are kept when no cache folder is given.
+WEIGHTS_CACHE = os.path.join(tempfile.gettempdir(), "aprflow-weights")
+LIST_COLUMNS = ("model", "weights", "source_dataset", "source_top1", "unit", "source_hashes")
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,15 @@ class ModelEntry:
         weights: local path, ``s3://bucket/key``, ``random`` or ``hub``; '' for trials.
         source_dataset: the dataset of ``source_top1`` (e.g. ``imagenet``).
         source_top1: accuracy on the source data in percent, or None.
+        source_hashes: local path or ``s3://bucket/key`` of a list of the source images'
+            content hashes ('' none; see :mod:`components.transfer.leakage`).
     """
 
     model: str
     weights: str = ""
     source_dataset: str = ""
     source_top1: float | None = None
+    source_hashes: str = ""
 
     @property
     def name(self) -> str:
@@ -75,6 +83,7 @@ class ModelEntry:
             "weights": self.weights,
             "source_dataset": self.source_dataset,
             "source_top1": self.source_top1,
+            "source_hashes": self.source_hashes,
         }
 
 
@@ -90,6 +99,9 @@ class LoadedModel:
         weights_hash: content hash of the weights (``random:<seed>`` for random ones).
         source_dataset: source dataset name ('' unknown).
         source_top1: source accuracy in percent, or None.
+        source_input_size: the input side the weights were made for (a trial's training
+            resolution, the pretrained_cfg's for weights from a file or the hub), or None for
+            random weights.
         info: provenance for logs.
     """
 
@@ -99,6 +111,7 @@ class LoadedModel:
     weights_hash: str
     source_dataset: str = ""
     source_top1: float | None = None
+    source_input_size: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def transform_id(self) -> str:
@@ -166,12 +179,14 @@ def parse_model_list(text: str, name: str = "model list") -> list[ModelEntry]:
             raise TransferError(f"{name} line {i}: model {model!r} is listed twice")
         seen.add(model)
         weights = (row.get("weights") or "").strip()
-        if carries_credentials(weights):
-            raise TransferError(
-                f"{name} line {i}: the weights URI of {model!r} carries credentials "
-                f"({redact_uri(weights)}): give s3://BUCKET/KEY and put credentials in "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-            )
+        hashes = (row.get("source_hashes") or "").strip()
+        for what, location in (("weights", weights), ("source_hashes", hashes)):
+            if carries_credentials(location):
+                raise TransferError(
+                    f"{name} line {i}: the {what} URI of {model!r} carries credentials "
+                    f"({redact_uri(location)}): give s3://BUCKET/KEY and put credentials in "
+                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+                )
         top1 = (row.get("source_top1") or "").strip()
         entries.append(
             ModelEntry(
@@ -181,6 +196,7 @@ def parse_model_list(text: str, name: str = "model list") -> list[ModelEntry]:
                 source_top1=_percent(top1, (row.get("unit") or unit).strip().lower(), name)
                 if top1
                 else None,
+                source_hashes=hashes,
             )
         )
     if not entries:
@@ -226,8 +242,12 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _local_weights(location: str, cache_dir: Path) -> Path:
-    """A local path for ``location`` (a path, or ``s3://bucket/key`` fetched once)."""
+def local_file(location: str, cache_dir: Path, what: str = "weights") -> Path:
+    """A local path for ``location`` (a path, or ``s3://bucket/key`` fetched once).
+
+    Raises:
+        TransferError: ``no {what} at {location}`` when there is no such file or object.
+    """
     parsed = urlparse(location)
     if parsed.scheme == "s3":
         key = parsed.path.lstrip("/")
@@ -235,13 +255,13 @@ def _local_weights(location: str, cache_dir: Path) -> Path:
         if not target.exists():
             bucket = open_store(f"s3://{parsed.netloc}")
             if not bucket.exists(key):
-                raise TransferError(f"no weights at {location}")
+                raise TransferError(f"no {what} at {location}")
             target.parent.mkdir(parents=True, exist_ok=True)
             bucket.get_file(key, target)
         return target
     path = Path(parsed.path if parsed.scheme == "file" else location)
     if not path.is_file():
-        raise TransferError(f"no weights at {location}")
+        raise TransferError(f"no {what} at {location}")
     return path
 
 
@@ -268,7 +288,7 @@ def _timm_model(entry: ModelEntry, allow_download: bool, seed: int, cache_dir: P
                 return timm.create_model(name, pretrained=False), f"random:{seed}"
             if weights == HUB_WEIGHTS:
                 return timm.create_model(name, pretrained=True), f"hub:{name}"
-            path = _local_weights(weights, cache_dir)
+            path = local_file(weights, cache_dir)
             model = timm.create_model(
                 name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}
             )
@@ -308,7 +328,7 @@ def load_model(
 
     from components.transfer.features import _load_trial_backbone
 
-    cache = Path(cache_dir or os.path.join(tempfile.gettempdir(), "aprflow-weights"))
+    cache = Path(cache_dir or WEIGHTS_CACHE)
     if entry.model.startswith(TRIAL_PREFIX):
         from components.train.trial import checkpoint_key
 
@@ -333,10 +353,12 @@ def load_model(
             source_top1=entry.source_top1
             if entry.source_top1 is not None
             else (100.0 - float(error) if error is not None else None),
+            source_input_size=int(backbone.info["trained_resolution"]),
             info=backbone.info,
         )
     model, weights_hash = _timm_model(entry, allow_download, seed, cache)
     config = resolve_data_config({}, model=model)
+    made_for = None if entry.weights == RANDOM_WEIGHTS else int(config["input_size"][-1])
     if input_size is not None:
         config["input_size"] = (3, input_size, input_size)
     return LoadedModel(
@@ -346,6 +368,7 @@ def load_model(
         weights_hash=weights_hash,
         source_dataset=entry.source_dataset,
         source_top1=entry.source_top1,
+        source_input_size=made_for,
         info={"kind": "timm", "model": entry.name, "weights": entry.weights},
     )
 

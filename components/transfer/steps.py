@@ -4,7 +4,8 @@ study``: plan (datasets, models, chunks, MLflow parent), one chunk of models, an
 Store layout, under ``studies/<study_id>/``: ``transfer_plan.json`` (settings, models, dataset
 refs, chunks), ``results/chunk-<i>.csv`` (one long table per chunk, written atomically
 by the store; an existing one is reused, so a re-run only computes the chunks that are
-missing), ``results.csv`` (all chunks) and ``report.html`` (the transfer report,
+missing), ``curves/chunk-<i>.csv`` (the chunk's learning curves, written before its table),
+``results.csv`` and ``curves.csv`` (all chunks) and ``report.html`` (the transfer report,
 :mod:`components.transfer.report`).
 """
 
@@ -25,9 +26,16 @@ from components.common.hashing import content_hash
 from components.common.limits import check_limit
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
+from components.transfer.curves import curve_figure, curve_records, curves_to_csv, parse_curves
 from components.transfer.errors import TransferError
 from components.transfer.sources import ModelEntry, expand_trials, parse_model_list
-from components.transfer.study import REGIMES, StudySettings, evaluate_model, rows_to_csv
+from components.transfer.study import (
+    REGIMES,
+    SETUP,
+    StudySettings,
+    evaluate_model,
+    rows_to_csv,
+)
 
 #: Models per chunk task when ``chunk_size`` is 0: a few minutes of kNN features per model on
 #: a GPU, so a chunk of 8 keeps a 400-model list at 50 tasks.
@@ -40,6 +48,11 @@ def plan_key(study_id: str) -> str:
 
 def chunk_key(study_id: str, chunk: int) -> str:
     return f"studies/{study_id}/results/chunk-{chunk:05d}.csv"
+
+
+def curves_key(study_id: str, chunk: int) -> str:
+    """The chunk's learning curves (:mod:`components.transfer.curves`), beside its table."""
+    return f"studies/{study_id}/curves/chunk-{chunk:05d}.csv"
 
 
 def settings_from(values: dict[str, Any]) -> StudySettings:
@@ -140,14 +153,21 @@ def plan(
 
 
 def _log_rows(rows: list[dict], record: dict, tracking_uri: str, parent: str, kfp_run_id: str):
-    """One nested MLflow run per (model, dataset, regime) under the study's parent."""
+    """One nested MLflow run per (model, dataset, regime) under the study's parent; the
+    ``setup`` rows of a (model, dataset) are metrics of each of its runs."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
+    setup: dict[tuple[str, str], dict[str, float]] = {}
     for row in rows:
-        if row["regime"] != "source":
+        if row["regime"] == SETUP:
+            if row["value"] is not None:
+                setup.setdefault((row["model"], row["dataset"]), {})[row["metric"]] = row["value"]
+        elif row["regime"] != "source":
             groups.setdefault((row["model"], row["dataset"], row["regime"]), []).append(row)
     for (model, dataset, regime), group in groups.items():
         status = "ok" if all(r["status"] == "ok" for r in group) else "failed"
-        metrics = {r["metric"]: r["value"] for r in group if r["value"] is not None}
+        metrics = setup.get((model, dataset), {}) | {
+            r["metric"]: r["value"] for r in group if r["value"] is not None
+        }
         metrics["seconds"] = max(r["seconds"] for r in group)
         log = tracking.TrialLog(
             parent_run_id=parent,
@@ -192,16 +212,33 @@ def run_chunk(
     refs = [DatasetRef(**r) for r in record["refs"]]
     started = time.time()
     rows: list[dict] = []
+    curves: list[dict] = []
     indices = record["chunks"][chunk]
     for i, index in enumerate(indices, 1):
         entry = ModelEntry(**record["models"][index])
         report("transfer", f"chunk {chunk} [{i}/{len(indices)}] {entry.name}", started)
-        model_rows = [r.to_dict() for r in evaluate_model(entry, refs, store, settings, started)]
+        evaluated = evaluate_model(entry, refs, store, settings, started)
+        curves += curve_records(evaluated)
+        model_rows = [r.to_dict() for r in evaluated]
         if tracking_uri and parent_run_id:
             _log_rows(model_rows, record, tracking_uri, parent_run_id, kfp_run_id)
         rows += model_rows
+    # The curves first: the table is the chunk's mark of completion.
+    store.put_bytes(curves_key(study_id, chunk), curves_to_csv(curves).encode())
     store.put_bytes(key, rows_to_csv(rows).encode())
     return key
+
+
+def gather_curves(study_id: str, store: ArtifactStore) -> list[dict]:
+    """Every chunk's learning curves, in chunk order (a chunk computed before curves were
+    recorded has none)."""
+    record = store.get_json(plan_key(study_id))
+    curves = []
+    for chunk in range(len(record["chunks"])):
+        key = curves_key(study_id, chunk)
+        if store.exists(key):
+            curves += parse_curves(store.get_bytes(key).decode())
+    return curves
 
 
 def gather(study_id: str, store: ArtifactStore) -> list[dict]:
@@ -223,7 +260,7 @@ def analyze(
     study_id: str,
     store_uri: str | None,
     out_dir: str | Path,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = 200_000,
     tracking_uri: str | None = None,
     parent_run_id: str = "",
 ) -> dict[str, Any]:
@@ -233,10 +270,12 @@ def analyze(
     the top of ``out_dir``, in the store and on the parent run), closes the parent.
 
     Returns:
-        ``{"report", "results", "comparison", "metrics", "figures", "apr_report"}``.
+        ``{"report", "results", "comparison", "metrics", "figures", "apr_report", "curves",
+        "curves_figure"}`` (``curves``: the learning curves' side table; ``curves_figure``:
+        their figure, '' without a curve).
     """
     from analysis import analyze as apr_analyze
-    from components.transfer.compare import compare, scatter_figures
+    from components.transfer.compare import compare, comparison_metrics, scatter_figures
     from components.transfer.report import write_report
 
     # Before the gathering: a resample count from the Kubeflow UI meets the same bound as one
@@ -252,18 +291,13 @@ def analyze(
     store.put_bytes(f"studies/{study_id}/results.csv", text.encode())
     comparison = compare(rows, n_bootstrap=n_bootstrap)
     figures = scatter_figures(rows, out / "figures")
+    curves = gather_curves(study_id, store)
+    curves_text = curves_to_csv(curves)
+    atomic_write_text(out / "curves.csv", curves_text)
+    store.put_bytes(f"studies/{study_id}/curves.csv", curves_text.encode())
+    curves_png = curve_figure(curves, out / "figures" / "learning_curves.png")
     atomic_write_text(out / "comparison.json", json.dumps(comparison, indent=1))
-    metrics: dict[str, float] = {}
-    for dataset, parts in comparison.items():
-        for score, result in parts["scores_vs_finetune"].items():
-            for stat in ("kendall", "weighted_tau"):
-                if result.get(stat):
-                    metrics[f"{stat}/{score}/{dataset}"] = result[stat]["value"]
-        for regime, result in parts["regimes_vs_source"].items():
-            if result.get("pearson_logit"):
-                metrics[f"pearson_logit_vs_source/{regime}/{dataset}"] = result["pearson_logit"][
-                    "value"
-                ]
+    metrics = comparison_metrics(comparison)
     ok = [r for r in rows if r["status"] == "ok" and r["regime"] != "source"]
     summary = None
     # The reference is the source dataset most models come from (imagenet for timm lists).
@@ -291,6 +325,8 @@ def analyze(
         comparison,
         figures,
         apr_link="apr/report.html" if summary else "",
+        curves=curves,
+        curves_figure=curves_png,
     )
     store.put_bytes(f"studies/{study_id}/report.html", html.encode())
     if tracking_uri and parent_run_id:
@@ -303,6 +339,8 @@ def analyze(
         "metrics": metrics,
         "figures": figures,
         "apr_report": str(out / "apr" / "report.html") if summary else "",
+        "curves": str(out / "curves.csv"),
+        "curves_figure": curves_png or "",
     }
 
 
@@ -315,7 +353,7 @@ def run_all(
     store_uri: str | None,
     out_dir: str | Path | None = None,
     chunk_size: int = 0,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = 200_000,
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Plan, every chunk in this process, analysis: the pipeline without KFP (the CLI)."""

@@ -16,6 +16,7 @@ finetune   top1 (fraction), finetune_lr,          SGD Nesterov, lr x wd on val, 
            finetune_weight_decay, finetune_refit  train + val (003 regime 2)
 scratch    (the same as finetune)                 the same from random init (003 regime 3)
 source     top1 (fraction)                        the model list's source accuracy
+setup      input sizes, test overlap              per model and target (below)
 =========  ===================================  =========================================
 
 Each row is ``model, dataset, regime, metric, value, unit, seconds, status, status_reason``:
@@ -23,6 +24,20 @@ Each row is ``model, dataset, regime, metric, value, unit, seconds, status, stat
 cached feature keeps the seconds it took to compute). A model that cannot be loaded, a target
 with one class, a run out of memory or an input size the model rejects: the affected rows are
 ``failed`` with the reason, and the study goes on.
+
+Budgets and checks are rows too. Per model and target, regime ``setup``: ``input_size`` (the
+side the model is fed), ``source_input_size`` (the side its weights were made for: a trial's
+training resolution, the pretrained_cfg's; none for random weights), ``input_size_changed``
+(1 when they differ: ``input_size`` overrode it), ``target_resolution`` (the side the target's
+images are stored at), and ``test_overlap_images`` / ``test_overlap_fraction``: the target's
+test images that are among the model's source images by content hash
+(:mod:`components.transfer.leakage`; empty, with the reason, when no source images are known).
+A pair whose overlap exceeds ``max_overlap`` is refused: its regimes fail with the counts. A
+trial fed at another side than its training resolution has its LEEP refused (its classifier
+was trained at that resolution and loses most of its accuracy at another, so its source-class
+probabilities say nothing about the target) and a warning on stderr. Fine-tune and scratch rows
+add :data:`BUDGET_METRICS`: the steps of the reported run, its schedule before the cap, the cap
+(``max_steps``; empty: none), whether the cap cut the schedule, epochs and images seen.
 
 The validation split is the dataset version's ``val`` split; a dataset without one (the
 built-in sets) holds out a stratified 20 % of its training split, seeded by the dataset's
@@ -36,6 +51,7 @@ import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,12 +61,16 @@ from components.common.files import atomic_write_text
 from components.common.hashing import content_hash
 from components.common.limits import check_limit
 from components.common.progress import report
-from components.common.storage import ArtifactStore
+from components.common.storage import ArtifactStore, StoreError
 from components.train.recipes import resolve_recipe
 from components.transfer.errors import TransferError
+from components.transfer.finetune import MAX_CURVE_POINTS
+from components.transfer.leakage import check_max_overlap
+from components.transfer.scores import LOGME_VARIANTS
 from components.transfer.sources import LoadedModel, ModelEntry, jsonable, load_model
 
 REGIMES = ("knn", "linear", "logme", "leep", "finetune", "scratch")
+SETUP = "setup"
 CHEAP_REGIMES = ("knn", "linear", "logme", "leep")
 #: Fine-tune / scratch rows: the reported accuracy, the configuration chosen on validation,
 #: and ``finetune_refit`` (1: the accuracy is of the refit on train + validation).
@@ -64,11 +84,41 @@ REGIME_METRICS = {
     "finetune": FINETUNE_METRICS,
     "scratch": FINETUNE_METRICS,
 }
+#: The budget of a fine-tune / scratch result: the steps of the run whose accuracy is
+#: reported, its schedule before the cap, the cap (None: no cap), whether the cap cut the
+#: schedule (1/0), epochs (steps x batch / training images) and images seen (steps x batch).
+BUDGET_METRICS = (
+    "finetune_steps",
+    "finetune_schedule_steps",
+    "finetune_max_steps",
+    "finetune_capped",
+    "finetune_epochs",
+    "finetune_images_seen",
+)
+#: The ``setup`` rows of a model on a target (see the module docstring).
+SETUP_METRICS = (
+    "input_size",
+    "source_input_size",
+    "input_size_changed",
+    "target_resolution",
+    "test_overlap_images",
+    "test_overlap_fraction",
+)
 UNITS = {
     "knn_top1": "fraction",
     "knn_top5_fraction": "fraction",
     "linear_top1": "fraction",
     "top1": "fraction",
+    "finetune_steps": "steps",
+    "finetune_schedule_steps": "steps",
+    "finetune_max_steps": "steps",
+    "finetune_epochs": "epochs",
+    "finetune_images_seen": "images",
+    "input_size": "px",
+    "source_input_size": "px",
+    "target_resolution": "px",
+    "test_overlap_images": "images",
+    "test_overlap_fraction": "fraction",
 }
 RESULT_COLUMNS = (
     "model",
@@ -100,6 +150,13 @@ class StudySettings:
         recipe_overrides: fields over the ``finetune`` and ``scratch`` recipes' values (e.g.
             ``{"lr_grid": [0.01, 0.1]}``), checked as ``aprflow recipes finetune --set``.
         seed: seed of random weights, new heads and batch order (never of a data split).
+        max_overlap: largest share of a target's test images that may be among a model's
+            source images (by content hash); a pair above it is refused.
+        logme_variant: ``paper`` or ``reference`` (:func:`components.transfer.scores.logme`:
+            the two differ when a target has fewer training images than feature dimensions).
+        curve_points: evaluation points of each fine-tune / scratch learning curve, the test
+            accuracy over steps of the reported run (:mod:`components.transfer.curves`; 0:
+            none).
     """
 
     regimes: tuple[str, ...] = CHEAP_REGIMES
@@ -111,6 +168,9 @@ class StudySettings:
     finetune_max_steps: int | None = None
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    max_overlap: float = 0.01
+    logme_variant: str = "paper"
+    curve_points: int = 10
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.regimes if r not in REGIMES]
@@ -123,6 +183,16 @@ class StudySettings:
             raise TransferError(f"k and batch_size must be >= 1, got {self.k}, {self.batch_size}")
         if self.input_size is not None and self.input_size < 8:
             raise TransferError(f"input_size must be >= 8 pixels, got {self.input_size}")
+        check_max_overlap(self.max_overlap)
+        if self.logme_variant not in LOGME_VARIANTS:
+            raise TransferError(
+                f"unknown logme_variant {self.logme_variant!r}: choose from "
+                f"{', '.join(LOGME_VARIANTS)}"
+            )
+        if not 0 <= self.curve_points <= MAX_CURVE_POINTS:
+            raise TransferError(
+                f"curve_points must be in [0, {MAX_CURVE_POINTS}], got {self.curve_points}"
+            )
         if self.finetune_max_steps is not None:
             try:
                 check_limit("steps", self.finetune_max_steps, "finetune_max_steps")
@@ -166,6 +236,9 @@ class Row:
     status: str = "ok"
     status_reason: str = ""
     unit: str = field(default="")
+    # The learning curve of a fine-tune / scratch top1 row, (step, test accuracy): not a column
+    # of the table but the side table of components.transfer.curves.
+    curve: tuple[tuple[int, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         unit = self.unit or UNITS.get(self.metric, "")
@@ -288,8 +361,13 @@ def _splits(store: ArtifactStore, ref) -> dict[str, tuple[np.ndarray, np.ndarray
 
 
 def _cheap_rows(
-    name: str, dataset: str, feats: dict[str, SplitFeatures], settings: StudySettings
+    name: str,
+    dataset: str,
+    feats: dict[str, SplitFeatures],
+    settings: StudySettings,
+    refused: dict[str, str],
 ) -> list[Row]:
+    """The cheap regimes' rows; a regime in ``refused`` fails with its reason."""
     from components.transfer.knn import knn_evaluate
     from components.transfer.linear_probe import linear_probe
     from components.transfer.scores import leep, logme
@@ -298,6 +376,9 @@ def _cheap_rows(
     rows: list[Row] = []
     for regime in settings.regimes:
         if regime not in CHEAP_REGIMES:
+            continue
+        if regime in refused:
+            rows += failed_rows(name, dataset, [regime], refused[regime])
             continue
         tic = time.perf_counter()
         try:
@@ -323,7 +404,9 @@ def _cheap_rows(
                 values = {"linear_top1": probe.accuracy, "linear_C": probe.C}
             elif regime == "logme":
                 cost = train.seconds
-                values = {"logme": logme(train.features, train.labels)}
+                values = {
+                    "logme": logme(train.features, train.labels, variant=settings.logme_variant)
+                }
             else:
                 if train.probs is None:
                     raise TransferError("LEEP needs the source classifier; the model has none")
@@ -378,6 +461,7 @@ def _tuned_rows(
                 max_steps=settings.finetune_max_steps,
                 seed=settings.seed,
                 device=settings.device,
+                curve_points=settings.curve_points,
             )
         except (RuntimeError, ValueError, AssertionError, FloatingPointError, TransferError) as e:
             reason = f"{regime}: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
@@ -389,9 +473,107 @@ def _tuned_rows(
             "finetune_lr": result.lr,
             "finetune_weight_decay": result.weight_decay,
             "finetune_refit": float(result.refit),
-        }
-        rows += [Row(loaded.entry.name, ref.name, regime, m, v, seconds) for m, v in values.items()]
+        } | budget_values(result, settings.finetune_max_steps)
+        curve = tuple(result.curve)  # carried by the top1 row
+        rows += [
+            Row(
+                loaded.entry.name,
+                ref.name,
+                regime,
+                m,
+                v,
+                seconds,
+                curve=curve if m == "top1" else (),
+            )
+            for m, v in values.items()
+        ]
     return rows
+
+
+def budget_values(result, max_steps: int | None) -> dict[str, float | None]:
+    """:data:`BUDGET_METRICS` of a :class:`~components.transfer.finetune.FinetuneResult`."""
+    steps = result.refit_steps if result.refit else result.steps
+    seen = steps * result.batch_size
+    return {
+        "finetune_steps": float(steps),
+        "finetune_schedule_steps": float(result.schedule_steps),
+        "finetune_max_steps": None if max_steps is None else float(max_steps),
+        "finetune_capped": float(steps < result.schedule_steps),
+        "finetune_epochs": seen / result.train_images,
+        "finetune_images_seen": float(seen),
+    }
+
+
+def _input_sides(loaded: LoadedModel) -> tuple[int, int | None]:
+    """The side the model is fed, and the side its weights were made for (None: unknown)."""
+    return int(loaded.data_config["input_size"][-1]), loaded.source_input_size
+
+
+def _source_images(loaded: LoadedModel, store: ArtifactStore) -> tuple[np.ndarray | None, str]:
+    """Content hashes of the images the model was trained on, and what they are in words:
+    a trial's training split and/or the model list's ``source_hashes`` (None: unknown).
+
+    Raises:
+        TransferError: when a trial's training data or a hash list cannot be read.
+    """
+    from components.common.uris import redact_uri
+    from components.transfer.leakage import read_hash_list, trial_training_images
+    from components.transfer.sources import WEIGHTS_CACHE, local_file
+
+    parts, words = [], []
+    if loaded.info.get("kind") == "trial":
+        hashes, described = trial_training_images(store, loaded.info["trial_id"])
+        parts.append(hashes)
+        words.append(described)
+    location = loaded.entry.source_hashes
+    if location:
+        path = local_file(location, Path(WEIGHTS_CACHE), "source hash list")
+        parts.append(read_hash_list(path, redact_uri(location)))
+        words.append(f"the list {redact_uri(location)}, {len(parts[-1])} images")
+    if not parts:
+        return None, ""
+    return np.concatenate(parts), " and ".join(words)
+
+
+def _setup_rows(
+    loaded: LoadedModel,
+    ref,
+    store: ArtifactStore,
+    source: tuple[np.ndarray | None, str],
+    settings: StudySettings,
+) -> tuple[list[Row], str]:
+    """The ``setup`` rows of a model on a target, and the reason to refuse the pair ('' none).
+
+    Raises:
+        TransferError: when the target's test split cannot be hashed.
+    """
+    from components.transfer.leakage import overlap, refusal, split_hashes
+
+    name = loaded.entry.name
+    fed, made_for = _input_sides(loaded)
+    values: dict[str, float | None] = {
+        "input_size": float(fed),
+        "source_input_size": None if made_for is None else float(made_for),
+        "input_size_changed": None if made_for is None else float(fed != made_for),
+        "target_resolution": float(ref.resolution),
+    }
+    rows = [Row(name, ref.name, SETUP, m, v) for m, v in values.items()]
+    hashes, words = source
+    if hashes is None:
+        reason = "not checked: no source images known (give a source_hashes list)"
+        rows += [
+            Row(name, ref.name, SETUP, m, None, status_reason=reason)
+            for m in ("test_overlap_images", "test_overlap_fraction")
+        ]
+        return rows, ""
+    tic = time.perf_counter()
+    found = overlap(split_hashes(store, ref, "test"), hashes, words)
+    seconds = time.perf_counter() - tic
+    rows += [
+        Row(name, ref.name, SETUP, "test_overlap_images", float(found.images), seconds),
+        Row(name, ref.name, SETUP, "test_overlap_fraction", found.fraction, seconds),
+    ]
+    return rows, refusal(found, name, ref, settings.max_overlap)
 
 
 def evaluate_model(
@@ -423,20 +605,44 @@ def evaluate_model(
         return rows
     if entry.source_top1 is None and loaded.source_top1 is not None and loaded.source_dataset:
         rows.append(Row(name, loaded.source_dataset, "source", "top1", loaded.source_top1 / 100.0))
+    try:
+        source = _source_images(loaded, store)
+    except (TransferError, StoreError) as e:
+        reason = f"leakage check: {e}"
+        report("transfer", f"{name}: failed: {reason}", started)
+        for ref in refs:
+            rows += failed_rows(name, ref.name, settings.regimes, reason)
+        return rows
+    refused: dict[str, str] = {}  # regime -> why it may not run for this model
+    fed, made_for = _input_sides(loaded)
+    if made_for is not None and fed != made_for:
+        report(
+            "transfer",
+            f"warning: {name} is fed {fed} px, its weights were made for "
+            f"{made_for} px (input_size overrides it)",
+            started,
+        )
+        if loaded.info.get("kind") == "trial":
+            refused["leep"] = (
+                f"leep: refused: the trial's classifier was trained at {made_for} px and "
+                f"input_size feeds it {fed} px, so its source-class probabilities are not "
+                "its own (drop input_size for LEEP)"
+            )
     device = resolve_device(settings.device)
     for ref in refs:
         if ref.num_classes < 2:
             reason = f"target {ref.name} has {ref.num_classes} class: nothing to rank"
             rows += failed_rows(name, ref.name, settings.regimes, reason)
             continue
-        trained = loaded.info.get("trained_on_version")
-        if loaded.info.get("trained_on") == ref.name and trained not in (None, ref.content_hash):
-            # Another split of the trial's own data: its test images may be training images.
-            reason = (
-                f"target {ref.name} version {ref.content_hash} is not the version the trial "
-                f"trained on ({trained}): its test split may hold training images"
-            )
-            rows += failed_rows(name, ref.name, settings.regimes, reason)
+        try:
+            setup, leak = _setup_rows(loaded, ref, store, source, settings)
+        except TransferError as e:
+            rows += failed_rows(name, ref.name, settings.regimes, f"leakage check: {e}")
+            continue
+        rows += setup
+        if leak:
+            report("transfer", f"{name} on {ref.name}: refused: {leak}", started)
+            rows += failed_rows(name, ref.name, settings.regimes, leak)
             continue
         splits = _splits(store, ref)
         try:
@@ -458,7 +664,7 @@ def evaluate_model(
             f"({cached}/3 splits cached)",
             started,
         )
-        rows += _cheap_rows(name, ref.name, feats, settings)
+        rows += _cheap_rows(name, ref.name, feats, settings, refused)
         rows += _tuned_rows(loaded, ref, splits, settings)
     return rows
 
@@ -491,8 +697,6 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
 
 def write_results(rows: list[dict[str, Any]], path) -> None:
     """Writes :func:`rows_to_csv` atomically."""
-    from pathlib import Path
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, rows_to_csv(rows))

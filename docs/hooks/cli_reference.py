@@ -25,6 +25,7 @@ SEPARATE_SUBCOMMANDS = {
     "transfer": (
         "components.transfer.cli:build_study_parser",
         "components.transfer.cli:build_score_parser",
+        "components.transfer.cli:build_hashes_parser",
     ),
 }
 # The group every command shares (components.common.cli.add_common_options): its table is

@@ -81,3 +81,13 @@ def test_each_seed_reaches_only_what_it_seeds():
     assert source("plan-study", "seed") == "data_seed"
     assert source("plan-study", "sample_seed") == "seed"
     assert source("analyze-study", "top_k") == "top_k"
+
+
+def test_transfer_study_hands_its_checks_and_variants_to_the_plan():
+    spec = next(yaml.safe_load_all((COMPILED_DIR / "transfer_study.yaml").read_text()))
+    plan = spec["root"]["dag"]["tasks"]["plan-transfer-study"]["inputs"]["parameters"]
+    for name in ("max_overlap", "logme_variant", "curve_points"):
+        assert plan[name] == {"componentInputParameter": name}, name
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["max_overlap"]["defaultValue"] == 0.01
+    assert defaults["logme_variant"]["defaultValue"] == "paper"

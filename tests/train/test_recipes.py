@@ -174,6 +174,7 @@ def test_recipe_files_reproduce_the_papers():
         "rsb_a2",
         "rsb_a3",
         "finetune",
+        "finetune_kornblith",
         "scratch",
     }
     for name in RECIPES:
@@ -291,7 +292,13 @@ def test_the_fine_tune_grid_belongs_to_fine_tune_recipes_only():
 
     from components.train.recipes import GRID_FIELDS, FinetuneRecipe, Recipe
 
-    assert GRID_FIELDS == ("reference_steps", "reference_images", "lr_grid", "weight_decay_grid")
+    assert GRID_FIELDS == (
+        "reference_steps",
+        "reference_images",
+        "lr_grid",
+        "weight_decay_grid",
+        "steps_policy",
+    )
     assert not set(GRID_FIELDS) & {f.name for f in fields(Recipe)}
     assert not isinstance(RECIPES["apr_short"], FinetuneRecipe)
     assert not set(GRID_FIELDS) & set(RECIPES["apr_short"].to_dict())

@@ -5,6 +5,7 @@ fine-tune, nested MLflow runs under one parent."""
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 from helpers import kfp_local_session
@@ -75,7 +76,10 @@ def test_transfer_study_locally(trained_trial, tmp_path):
     assert by[("test_resnet", "finetune", "finetune_weight_decay")]["value"] == "0.0"
     report_html = store.get_bytes(f"studies/{study_id}/report.html").decode()
     assert "Does a cheap score predict fine-tuned accuracy on digits?" in report_html
-    assert report_html.count('src="data:image/png;base64,') == 1  # the digits scatter
+    # The digits scatter and the fine-tune learning curves (their side table in the store).
+    images = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,', report_html)
+    assert {"scores_vs_finetune_digits", "learning_curves"} <= set(images), images
+    assert store.exists(f"studies/{study_id}/curves.csv")
 
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.get_experiment_by_name("toy-transfer")

@@ -50,7 +50,7 @@ def _rows() -> list[dict]:
 
 
 def test_report_answers_with_the_comparison_numbers(tmp_path):
-    from components.transfer.report import number
+    from components.transfer.report import endpoints, number
     from components.transfer.steps import analyze, chunk_key, plan_key
     from components.transfer.study import rows_to_csv
 
@@ -74,7 +74,7 @@ def test_report_answers_with_the_comparison_numbers(tmp_path):
         "On digits, kNN top-1 "
     )
     for dataset in ("digits", "faces"):
-        knn = comparison[dataset]["scores_vs_finetune"]["knn/knn_top1"]
+        knn = comparison["targets"][dataset]["scores_vs_finetune"]["knn/knn_top1"]
         kendall, weighted = knn["kendall"], knn["weighted_tau"]
         # The verdict follows the interval: 5 models leave room for no relation at all.
         if kendall["ci_low"] > 0:
@@ -85,12 +85,11 @@ def test_report_answers_with_the_comparison_numbers(tmp_path):
             verdict = "shows no clear relation to fine-tuned top-1"
         assert (
             f"On {dataset}, kNN top-1 {verdict}: Kendall "
-            f"τ = {number(kendall['value'])} (95% CI {number(kendall['ci_low'])} to "
-            f"{number(kendall['ci_high'])}) and weighted τ = {number(weighted['value'])} "
-            f"(95% CI {number(weighted['ci_low'])} to {number(weighted['ci_high'])}), "
-            "n = 5 models." in text
+            f"τ = {number(kendall['value'])} (95% CI {endpoints(kendall)}) and weighted "
+            f"τ = {number(weighted['value'])} (95% CI {endpoints(weighted)}), "
+            "n = 5 models. Caution: only 5 models (fewer than 10)" in text
         )
-        logme = comparison[dataset]["scores_vs_finetune"]["logme/logme"]
+        logme = comparison["targets"][dataset]["scores_vs_finetune"]["logme/logme"]
         assert re.search(r"LogME (ranks|shows)[^:]* fine-tuned top-1: Kendall τ = ", text)
         assert number(logme["kendall"]["value"]) in text
         assert "LEEP" not in text.split("Not measured in this study:")[0]  # not run
@@ -98,9 +97,10 @@ def test_report_answers_with_the_comparison_numbers(tmp_path):
         assert "LogME costs 2 s per model" in text and "kNN top-1 costs 2 s" in text
         ratio = knn["cost_ratio"]
         assert f"costs 2 s per model (median) against 42 s for the fine-tune, {ratio:.2%}" in text
-        pearson = comparison[dataset]["regimes_vs_source"]["finetune/top1"]["pearson_logit"]
+        by_source = comparison["targets"][dataset]["regimes_vs_source"]
+        pearson = by_source["imagenet"]["finetune/top1"]["pearson_logit"]
         assert re.search(
-            f"On {dataset}, fine-tuned top-1 vs source accuracy: "
+            f"On {dataset}, fine-tuned top-1 vs source accuracy on imagenet: "
             f"(no clear|[a-z ]* (positive|negative)) relation, log-odds Pearson "
             f"r = {number(pearson['value'])}",
             text,
@@ -109,12 +109,14 @@ def test_report_answers_with_the_comparison_numbers(tmp_path):
     assert "then refit on train + validation" in text
     # One embedded image per scatter plot, the same bytes as the PNG beside the report.
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == len(result["figures"]) == 2
+    # The scatter plots and Kornblith et al.'s averaged log-odds figure.
+    assert len(images) == len(result["figures"]) == 3
     for figure in result["figures"]:
         with open(figure, "rb") as f:
             assert base64.b64encode(f.read()).decode() in images
     # Every row, the failure with its reason; the APR report linked.
-    assert text.count("<tr") == 1 + len(_rows())
+    results_table = text.split('<table class="results">')[1].split("</table>")[0]
+    assert results_table.count("<tr") == 1 + len(_rows())
     assert "no weights at /nowhere/broken.pth" in text
     assert result["apr_report"] and 'href="apr/report.html"' in html
     assert (tmp_path / "out" / "apr" / "report.html").exists()
