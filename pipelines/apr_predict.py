@@ -27,10 +27,9 @@ from typing import NamedTuple
 from kfp import dsl
 
 from components.predict.component import analyze_predict, plan_predict, select_architectures
-from components.train.component import list_chunks, train_chunk
-from components.transfer.component import list_transfer_chunks, transfer_chunk
 from pipelines import cluster
-from pipelines.cluster import LAUNCHER_CONFIG_MAP, PROFILE, S3_SECRET, on_gpu_nodes
+from pipelines.cluster import LAUNCHER_CONFIG_MAP, PROFILE, S3_SECRET
+from pipelines.training import train_chunks, transfer_chunks
 
 
 @dsl.pipeline(
@@ -116,27 +115,13 @@ def apr_predict(
         "1",
         "2Gi",
     )
-    model_chunks = on_cluster(
-        list_transfer_chunks(
-            study_id=plan.outputs["scores_study_id"],
-            parent_run_id=plan.outputs["parent_run_id"],
-            store_uri=store_uri,
-        ),
-        "500m",
-        "512Mi",
+    scored = transfer_chunks(
+        on_cluster,
+        plan.outputs["scores_study_id"],
+        plan.outputs["parent_run_id"],
+        store_uri,
+        tracking_uri,
     )
-    with dsl.ParallelFor(model_chunks.output, parallelism=PROFILE.max_parallel_tasks) as models:
-        scored = on_cluster(
-            transfer_chunk(
-                chunk=models,
-                store_uri=store_uri,
-                tracking_uri=tracking_uri,
-                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            ),
-            str(PROFILE.train_cpu),
-            PROFILE.train_pod_memory,
-        )
-        on_gpu_nodes(scored, "1", PROFILE)
     select = on_cluster(
         select_architectures(
             score_keys=dsl.Collected(scored.output),
@@ -150,25 +135,16 @@ def apr_predict(
         "1",
         "2Gi",
     )
-    trial_chunks = on_cluster(
-        list_chunks(study_id=select.outputs["Output"], store_uri=store_uri), "500m", "512Mi"
+    train = train_chunks(
+        on_cluster,
+        select.outputs["Output"],
+        store_uri,
+        tracking_uri,
+        trials_per_gpu,
+        max_attempts,
+        gpus_per_trial,
+        task_cpu,
     )
-    with dsl.ParallelFor(trial_chunks.output, parallelism=PROFILE.max_parallel_tasks) as chunk:
-        train = on_cluster(
-            train_chunk(
-                chunk=chunk,
-                store_uri=store_uri,
-                tracking_uri=tracking_uri,
-                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                trials_per_gpu=trials_per_gpu,
-                max_attempts=max_attempts,
-                gpus_per_trial=gpus_per_trial,
-                task_cpu=task_cpu,
-            ),
-            task_cpu,
-            PROFILE.train_pod_memory,
-        )
-        on_gpu_nodes(train, gpus_per_trial, PROFILE)
     on_cluster(
         analyze_predict(
             chunk_trials=dsl.Collected(train.outputs["Output"]),

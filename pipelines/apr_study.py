@@ -26,9 +26,10 @@ from kfp import dsl
 from components.analyze.component import analyze_study
 from components.data.component import prepare_datasets
 from components.sample.component import sample_architectures
-from components.train.component import list_chunks, plan_study, train_chunk
+from components.train.component import plan_study
 from pipelines import cluster
-from pipelines.cluster import LAUNCHER_CONFIG_MAP, PROFILE, S3_SECRET, on_gpu_nodes
+from pipelines.cluster import LAUNCHER_CONFIG_MAP, PROFILE, S3_SECRET
+from pipelines.training import train_chunks
 
 
 @dsl.pipeline(
@@ -184,25 +185,16 @@ def apr_study(
         "1",
         "1Gi",
     )
-    chunks = on_cluster(
-        list_chunks(study_id=plan.outputs["study_id"], store_uri=store_uri), "500m", "512Mi"
+    train = train_chunks(
+        on_cluster,
+        plan.outputs["study_id"],
+        store_uri,
+        tracking_uri,
+        trials_per_gpu,
+        max_attempts,
+        gpus_per_trial,
+        task_cpu,
     )
-    with dsl.ParallelFor(chunks.output, parallelism=PROFILE.max_parallel_tasks) as chunk:
-        train = on_cluster(
-            train_chunk(
-                chunk=chunk,
-                store_uri=store_uri,
-                tracking_uri=tracking_uri,
-                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                trials_per_gpu=trials_per_gpu,
-                max_attempts=max_attempts,
-                gpus_per_trial=gpus_per_trial,
-                task_cpu=task_cpu,
-            ),
-            task_cpu,
-            PROFILE.train_pod_memory,
-        )
-        on_gpu_nodes(train, gpus_per_trial, PROFILE)
     on_cluster(
         analyze_study(
             chunk_trials=dsl.Collected(train.outputs["Output"]),

@@ -24,12 +24,11 @@ from kfp import dsl
 
 from components.transfer.component import (
     analyze_transfer_study,
-    list_transfer_chunks,
     plan_transfer_study,
-    transfer_chunk,
 )
 from pipelines import cluster
-from pipelines.cluster import LAUNCHER_CONFIG_MAP, PROFILE, S3_SECRET, on_gpu_nodes
+from pipelines.cluster import LAUNCHER_CONFIG_MAP, S3_SECRET
+from pipelines.training import transfer_chunks
 
 
 @dsl.pipeline(
@@ -121,27 +120,13 @@ def transfer_study(
         "1",
         "2Gi",
     )
-    chunks = on_cluster(
-        list_transfer_chunks(
-            study_id=plan.outputs["study_id"],
-            parent_run_id=plan.outputs["parent_run_id"],
-            store_uri=store_uri,
-        ),
-        "500m",
-        "512Mi",
+    evaluate = transfer_chunks(
+        on_cluster,
+        plan.outputs["study_id"],
+        plan.outputs["parent_run_id"],
+        store_uri,
+        tracking_uri,
     )
-    with dsl.ParallelFor(chunks.output, parallelism=PROFILE.max_parallel_tasks) as chunk:
-        evaluate = on_cluster(
-            transfer_chunk(
-                chunk=chunk,
-                store_uri=store_uri,
-                tracking_uri=tracking_uri,
-                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            ),
-            str(PROFILE.train_cpu),
-            PROFILE.train_pod_memory,
-        )
-        on_gpu_nodes(evaluate, "1", PROFILE)
     on_cluster(
         analyze_transfer_study(
             chunk_keys=dsl.Collected(evaluate.output),
