@@ -601,6 +601,11 @@ def _architecture(
         )
         return {}, {}, {"available": False, "reason": reason}
     arch = table.architectures().reindex(models)
+    stages = [c for c in table.arch_columns if c[0] in ARCH_GROUPS and c[1:].isdigit()]
+    # A model without stage values (a named timm model among sampled AnyNets) has no AnyNet
+    # features: left out here rather than counted by its FLOPs alone.
+    staged = arch[stages].notna().all(axis=1).to_numpy() if stages else np.ones(len(models), bool)
+    column = {name: np.where(staged, values, np.nan) for name, values in column.items()}
     features = stats.architecture_features(arch, table.arch_groups)
     summary = {
         "available": True,
@@ -611,6 +616,12 @@ def _architecture(
             for name, values in column.items()
         },
     }
+    if not staged.all():
+        summary["left_out"] = {
+            "models": [str(m) for m in models[~staged]],
+            "reason": "named architectures such as timm models: no AnyNet stage columns, so no "
+            "depth, width, bottleneck ratio or group width",
+        }
     if not features:
         summary["reason"] = "stage columns incomplete (need all four stages of a group)"
     profiles: dict[str, dict[str, np.ndarray]] = {}

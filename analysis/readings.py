@@ -293,6 +293,12 @@ def architecture_readings(summary: dict) -> list[str]:
     if not arch["available"]:
         return [f"Architecture analysis skipped: {arch['reason']}."]
     lines = []
+    if arch.get("left_out"):
+        left_out = arch["left_out"]
+        lines.append(
+            f"Left out of these correlations: {', '.join(left_out['models'])} "
+            f"({left_out['reason']})."
+        )
     for feature in arch["features"]:
         values = {
             name: per[feature]["value"]

@@ -1,4 +1,5 @@
-"""The APR study pipeline: sample architectures, train each on every dataset, analyse.
+"""The APR study pipeline: sample architectures (and name timm models), train each on every
+dataset, analyse.
 
     data ─┐
           ├─ plan ─ list_chunks ─ ParallelFor(chunk) ─ train_chunk ─ Collected ─ analyze
@@ -41,6 +42,7 @@ def apr_study(
     study_name: str = "apr-demo",
     space: str = "anynetx_a",
     n_models: int = 8,
+    architectures: list = [],  # noqa: B006 - KFP reads the default
     flops_min: float = 150e6,
     flops_max: float = 250e6,
     datasets: list = ["digits", "faces", "shapes"],  # noqa: B006 - KFP reads the default
@@ -77,7 +79,12 @@ def apr_study(
     Args:
         study_name: MLflow experiment name and study-id prefix.
         space: design space (anynetx_a ... anynetx_e, regnet).
-        n_models: architectures to sample.
+        n_models: architectures to sample (0: the named ``architectures`` only).
+        architectures: timm models trained beside the sampled AnyNets, by name (e.g.
+            ``[resnet18, deit_tiny_patch16_224]``), randomly initialised as
+            ``timm.create_model(name, pretrained=False, num_classes=..., drop_path_rate=...)``
+            builds them, with timm's own stem at every resolution; an AnyNet spec as JSON
+            is accepted too. Their results carry the name as the model id.
         flops_min, flops_max: FLOP band (multiply-adds at 224x224).
         datasets: dataset names: built-in (digits, faces, shapes) or built with
             ``aprflow data build`` / ``aprflow data subset`` in the study's store.
@@ -181,6 +188,7 @@ def apr_study(
             trials_per_gpu=trials_per_gpu,
             max_attempts=max_attempts,
             reference=reference,
+            architectures=architectures,
         ),
         "1",
         "1Gi",

@@ -428,16 +428,19 @@ def largest_executor_input(
     return task, sizes[task]
 
 
-def study_backend_line(arguments: Mapping[str, Any], n_trials: int, n_chunks: int) -> str:
-    """What the backend runs for an ``apr-study`` of ``n_trials`` trials in ``n_chunks``
-    chunks: pods (drivers included) and the largest executor input against Linux's limit.
+def study_backend_line(
+    arguments: Mapping[str, Any], n_trials: int, n_chunks: int, pipeline: str = "apr-study"
+) -> str:
+    """What the backend runs for a study of ``n_trials`` trials in ``n_chunks`` chunks
+    (``apr-study``, or ``seed-study``: the same plan, chunk and training tasks): pods (drivers
+    included) and the largest executor input against Linux's limit.
 
     The values are those the tasks will pass: a study id as long as the plan's, MLflow's
     32-character run id, one loop item per chunk and one trial count per chunk task.
     """
-    from pipelines.cli import COMPILED_DIR
+    from pipelines.cli import compiled_path
 
-    ir = PipelineIR.load(COMPILED_DIR / "apr_study.yaml")
+    ir = PipelineIR.load(compiled_path(pipeline))
     study_id = f"{arguments['study_name']}-{'0' * 10}"  # as long as plan.study_id makes it
     outputs = {
         "plan-study": {"study_id": study_id, "parent_run_id": "0" * 32},

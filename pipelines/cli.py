@@ -105,6 +105,18 @@ LOCAL_CHECKS = {
         "pipelines.predict_preflight:check_predict",
         "pipelines.predict_preflight:dry_run_summary",
     ),
+    "transfer-study": (
+        "pipelines.transfer_preflight:check_transfer",
+        "pipelines.transfer_preflight:dry_run_summary",
+    ),
+    "seed-study": (
+        "pipelines.seed_preflight:check_seed_study",
+        "pipelines.seed_preflight:dry_run_summary",
+    ),
+    "class-count": (
+        "pipelines.class_count_preflight:check_class_count",
+        "pipelines.class_count_preflight:dry_run_summary",
+    ),
 }
 # Common options that may come before the command name; they are passed on to the command.
 _LEADING_OPTION = re.compile(r"^(--debug|--quiet|--verbose|-[qv]+)$")
@@ -223,13 +235,13 @@ def compile_main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_run_parser() -> argparse.ArgumentParser:
-    """The parser of ``aprflow run``; its help lists every pipeline parameter (this imports
-    the pipelines, so it is built only for ``aprflow run``)."""
+    """The parser of ``aprflow run``; its help lists every pipeline parameter (made when the
+    help is shown: it imports the pipelines)."""
     import textwrap
 
-    from pipelines.config import add_config_options, parameters_help
+    from pipelines.config import ParametersParser, add_config_options
 
-    parser = argparse.ArgumentParser(
+    parser = ParametersParser(
         prog="aprflow run",
         description=textwrap.fill(
             "Run a pipeline on this machine through kfp.local: every task is a subprocess of "
@@ -238,13 +250,13 @@ def build_run_parser() -> argparse.ArgumentParser:
             "report.html (stdout).",
             width=96,
         ),
-        epilog="\n\n".join(parameters_help(name) for name in LOCAL_PIPELINES),
+        pipelines=LOCAL_PIPELINES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "pipeline",
         choices=LOCAL_PIPELINES,
-        help="pipeline to run (the transfer study locally: aprflow transfer study --help)",
+        help="pipeline to run",
     )
     add_config_options(parser)
     parser.add_argument("--runs-dir", default="runs", help="where reports land (default runs/)")
@@ -265,7 +277,7 @@ def build_run_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from pipelines.config import load_config, parse_overrides, print_config
-    from pipelines.local import run_local
+    from pipelines.local import local_slots, run_local
     from pipelines.registry import PIPELINES
     from pipelines.sweep import scaled_task_cpu
 
@@ -279,7 +291,8 @@ def _run(args: argparse.Namespace) -> int:
     if "task_cpu" in arguments:
         arguments["task_cpu"] = scaled_task_cpu(arguments)
     if args.dry_run:
-        plan = summary(arguments).splitlines()
+        with local_slots():  # the plan this machine will run
+            plan = summary(arguments).splitlines()
         print_result(
             args,
             {"pipeline": args.pipeline, "arguments": arguments, "plan": plan},

@@ -262,6 +262,29 @@ def _signature_text(row: dict[str, Any]) -> str:
     return f"{row['name']} ({row['type']}, {default})"
 
 
+class ParametersParser(argparse.ArgumentParser):
+    """The parser of a command that runs pipelines: its epilog lists the parameters of
+    ``pipelines``, made when first read (``--help``, the docs' CLI reference). Listing them
+    imports each pipeline (``@dsl.pipeline`` builds its graph: about a second each), which
+    parsing a command line does not need: a wrong ``--set`` is one error line at once."""
+
+    def __init__(self, *args: Any, pipelines: Iterable[str], **kwargs: Any) -> None:
+        self._pipelines = tuple(pipelines)
+        self._epilog: str | None = None
+        super().__init__(*args, **kwargs)
+
+    @property
+    def epilog(self) -> str:
+        if self._epilog is None:
+            self._epilog = "\n\n".join(parameters_help(name) for name in self._pipelines)
+        return self._epilog
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        if value is not None:  # argparse sets None first
+            self._epilog = value
+
+
 def parameters_help(name: str) -> str:
     """The parameters of pipeline ``name`` for ``--help``: ``name (type, default VALUE)`` and
     the description, wrapped."""
@@ -278,6 +301,10 @@ def parameters_help(name: str) -> str:
 
 def _yaml_value(value: Any) -> str:
     """``value`` as one line of YAML (flow style: ``[digits, faces]``, ``{lr: 0.05}``)."""
+    if isinstance(value, str) and "\n" in value:
+        # A text parameter (an inline model list): PyYAML would fold it over several lines;
+        # a JSON string is a YAML double-quoted scalar on one.
+        return json.dumps(value)
     text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
     return text.removesuffix("\n...\n").strip()  # a scalar's document ends in "..."
 

@@ -54,18 +54,12 @@ def run_local(
     """
     from kfp import local
 
-    from components.train.chunk import LOCAL_SLOTS_ENV
-
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     # Subprocess tasks inherit the environment: pin the resolved defaults so every task agrees.
     os.environ.setdefault(STORE_ENV, default_store_uri())
     os.environ.setdefault(TRACKING_ENV, resolve_tracking_uri())
-    # kfp.local runs at most two loop iterations at once, whatever the loop's parallelism
-    # (kfp/kfp v2.17.0: kfp/local/orchestrator/enhanced_dag_orchestrator.py, ParallelExecutor,
-    # conservative_max = 2): the plan sizes chunks for two slots (one task start-up each), and
-    # one torch thread per task fills two cores.
-    os.environ.setdefault(LOCAL_SLOTS_ENV, str(KFP_LOCAL_SLOTS))
+    # One torch thread per task: kfp.local's two slots (local_slots) fill two cores.
     os.environ.setdefault("APRFLOW_TORCH_THREADS", "1")
     started = time.time()
     log_path = runs_dir / "logs" / f"{pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
@@ -85,7 +79,12 @@ def run_local(
         # kfp.local warns when an image name lacks "python"; ours is a Python image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
-            with StudyConsole(log_path), _original_print(), without_retries(pipeline):
+            with (
+                StudyConsole(log_path),
+                _original_print(),
+                without_retries(pipeline),
+                local_slots(),
+            ):
                 task = pipeline(**arguments)
         except Exception as e:  # noqa: BLE001 - kfp.local raises bare errors for failed tasks
             _print_tail(log_path)
@@ -116,6 +115,27 @@ def run_local(
     tracking = os.environ[TRACKING_ENV]
     report("local", f"browse the runs with: mlflow ui --backend-store-uri {tracking}")
     return out_dir
+
+
+@contextlib.contextmanager
+def local_slots() -> Iterator[None]:
+    """Within it, plans are made for kfp.local's slots: for a local run and its dry run alike.
+
+    kfp.local runs at most two loop iterations at once, whatever the loop's parallelism
+    (kfp/kfp v2.17.0: kfp/local/orchestrator/enhanced_dag_orchestrator.py, ParallelExecutor,
+    conservative_max = 2): the plan sizes chunks for two slots (one task start-up each) and
+    estimates trials for this machine's device (components.train.chunk, LOCAL_SLOTS_ENV). A
+    value already in the environment wins; the environment is as it was afterwards.
+    """
+    from components.train.chunk import LOCAL_SLOTS_ENV
+
+    previous = os.environ.get(LOCAL_SLOTS_ENV)
+    os.environ.setdefault(LOCAL_SLOTS_ENV, str(KFP_LOCAL_SLOTS))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(LOCAL_SLOTS_ENV, None)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ The command line needs the names to build its parser; importing the pipelines th
 the same names to the pipeline functions, and a test checks that both agree.
 """
 
-PIPELINE_NAMES = ("apr-study", "transfer-study", "apr-predict")
-# Pipelines whose preflight and report copy `aprflow run` knows; the transfer study runs
-# locally as `aprflow transfer study` (the same steps without KFP).
-LOCAL_PIPELINES = ("apr-study", "apr-predict")
+PIPELINE_NAMES = ("apr-study", "transfer-study", "apr-predict", "seed-study", "class-count")
+# Pipelines whose preflight and report copy `aprflow run` knows.
+LOCAL_PIPELINES = ("apr-study", "apr-predict", "transfer-study", "seed-study", "class-count")

@@ -89,14 +89,32 @@ def check_runs_dir(path: str | Path) -> None:
         raise PreflightError(f"--runs-dir {path}: {existing} is not writable")
 
 
+def check_architectures(architectures: Any) -> list[dict[str, Any]]:
+    """The specs of a study's named architectures (timm model names, or AnyNet specs as
+    JSON), checked: a list of distinct known ones within the limits table's count."""
+    from components.sample.models import study_specs
+
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise PreflightError(
+            "architectures must be a list of timm model names, e.g. [resnet18, "
+            f"deit_tiny_patch16_224], got {short_repr(architectures)}"
+        )
+    try:
+        check_count("architectures", architectures)
+        return study_specs([], architectures) if architectures else []
+    except ValueError as e:
+        raise PreflightError(f"architectures: {e}") from None
+
+
 def check_study(
     arguments: dict[str, Any], runs_dir: str | Path | None = None, local: bool = True
 ) -> None:
     """Validates an ``apr_study`` argument set and, for a local run, the services it needs.
 
     Samples the architectures once (about a second for thousands with the analytic FLOP count)
-    so that a FLOP band no architecture satisfies is reported before the pipeline starts. The
-    sweep settings (GPUs per trial against the cluster profile, packing, chunks, device) are
+    so that a FLOP band no architecture satisfies is reported before the pipeline starts, and
+    checks that timm knows every named architecture. The sweep settings (GPUs per trial
+    against the cluster profile, packing, chunks, device) are
     :func:`pipelines.sweep.check_sweep`'s.
 
     Args:
@@ -112,12 +130,68 @@ def check_study(
     check_study_name(arguments["study_name"])
     for key in ("store_uri", "tracking_uri"):  # before anything opens them
         check_uri_has_no_credentials(key, arguments[key])
-    n_models = _limited(arguments, "n_models")
+    n_sampled = _limited(arguments, "n_models")
+    n_models = n_sampled + len(check_architectures(arguments["architectures"]))
+    if n_models == 0:
+        raise PreflightError(
+            "a study needs at least one architecture: set n_models >= 1 or name timm models "
+            "in architectures (e.g. [resnet18])"
+        )
     flops_min, flops_max = arguments["flops_min"], arguments["flops_max"]
     if not 0 < flops_min < flops_max:
         raise PreflightError(
             f"FLOP band [{flops_min:g}, {flops_max:g}] is empty: set 0 < flops_min < flops_max"
         )
+    datasets, settings = check_training(arguments)
+    reference = arguments["reference"]
+    if reference and reference not in datasets:
+        raise PreflightError(
+            f"reference {short_repr(reference)} is not one of the datasets {datasets}"
+        )
+    _limited(arguments, "best_models")
+    top_k = _limited(arguments, "top_k")
+    if top_k >= n_models:
+        raise PreflightError(
+            f"top_k={top_k} compares every one of the {n_models} models: choose fewer (0 "
+            "chooses a quarter of the models, at most 15)"
+        )
+    if arguments["test_noise"] not in TEST_NOISE:
+        raise PreflightError(
+            f"test_noise {short_repr(arguments['test_noise'])} is not one of "
+            f"{', '.join(TEST_NOISE)}"
+        )
+    _limited(arguments, "seed")
+    seeds = arguments["train_seeds"]
+    if not isinstance(seeds, list):
+        raise PreflightError(
+            f"train_seeds must be a list of seeds, e.g. [0, 1], got {short_repr(seeds)}"
+        )
+    try:
+        check_count("train_seeds", seeds)
+        seeds = check_limit("seed", seeds, "train_seeds")
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
+    if len(set(seeds)) != len(seeds):
+        raise PreflightError(f"train_seeds {short_repr(seeds)} name a seed more than once")
+    sweep = arguments | {"gpus_per_trial": gpus_per_trial(arguments["gpus_per_trial"])}
+    check_sweep(sweep, local=local)
+    try:
+        if n_sampled:
+            sample_specs(arguments["space"], n_sampled, (flops_min, flops_max), arguments["seed"])
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
+    if local:
+        check_services(arguments, datasets, settings, runs_dir)
+
+
+def check_training(arguments: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Checks how a study's trials train (the apr-study's and the seed study's parameters of
+    the same names): its datasets and their settings, epochs, resolution, every dataset's
+    recipe as its trials will have it, the engine and its options, packing and attempts.
+
+    Returns:
+        The datasets and their checked settings.
+    """
     datasets = arguments["datasets"]
     if (
         not isinstance(datasets, list)
@@ -157,51 +231,24 @@ def check_study(
         )
     except (DatasetError, ValueError) as e:
         raise PreflightError(str(e)) from None
-    reference = arguments["reference"]
-    if reference and reference not in datasets:
-        raise PreflightError(
-            f"reference {short_repr(reference)} is not one of the datasets {datasets}"
-        )
-    _limited(arguments, "best_models")
-    top_k = _limited(arguments, "top_k")
-    if top_k >= n_models:
-        raise PreflightError(
-            f"top_k={top_k} compares every one of the {n_models} models: choose fewer (0 "
-            "chooses a quarter of the models, at most 15)"
-        )
-    if arguments["test_noise"] not in TEST_NOISE:
-        raise PreflightError(
-            f"test_noise {short_repr(arguments['test_noise'])} is not one of "
-            f"{', '.join(TEST_NOISE)}"
-        )
-    _limited(arguments, "seed")
     if arguments["engine"] not in ENGINES:
         raise PreflightError(
             f"unknown engine {short_repr(arguments['engine'])}: choose from "
             f"{', '.join(sorted(ENGINES))}"
         )
-    seeds = arguments["train_seeds"]
-    if not isinstance(seeds, list):
-        raise PreflightError(
-            f"train_seeds must be a list of seeds, e.g. [0, 1], got {short_repr(seeds)}"
-        )
-    try:
-        check_count("train_seeds", seeds)
-        seeds = check_limit("seed", seeds, "train_seeds")
-    except ValueError as e:
-        raise PreflightError(str(e)) from None
-    if len(set(seeds)) != len(seeds):
-        raise PreflightError(f"train_seeds {short_repr(seeds)} name a seed more than once")
     _limited(arguments, "trials_per_gpu")
     _limited(arguments, "max_attempts")
-    sweep = arguments | {"gpus_per_trial": gpus_per_trial(arguments["gpus_per_trial"])}
-    check_sweep(sweep, local=local)
-    try:
-        sample_specs(arguments["space"], n_models, (flops_min, flops_max), arguments["seed"])
-    except ValueError as e:
-        raise PreflightError(str(e)) from None
-    if not local:
-        return
+    return datasets, settings
+
+
+def check_services(
+    arguments: dict[str, Any],
+    datasets: list[str],
+    settings: dict[str, dict[str, Any]],
+    runs_dir: str | Path | None,
+) -> None:
+    """For a study run on this machine: the runs folder, its datasets (built in, or built in
+    the store), the store and MLflow; nothing is written."""
     if runs_dir is not None:
         check_runs_dir(runs_dir)
     store = open_store(arguments["store_uri"] or None)

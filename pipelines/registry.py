@@ -13,6 +13,8 @@ _LOCATIONS = {
     "apr-study": ("pipelines.apr_study", "apr_study"),
     "transfer-study": ("pipelines.transfer_study", "transfer_study"),
     "apr-predict": ("pipelines.apr_predict", "apr_predict"),
+    "seed-study": ("pipelines.seed_study", "seed_study"),
+    "class-count": ("pipelines.class_count", "class_count"),
 }
 
 

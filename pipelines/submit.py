@@ -251,8 +251,6 @@ def run_arguments(pipeline_key: str, config: str | None, overrides: list[str]) -
 def preflight(pipeline_key: str, arguments: dict[str, Any]) -> None:
     """The checks of ``aprflow run`` that hold for a cluster run (pipelines.preflight).
 
-    The transfer study has no preflight; its plan task checks its settings (StudySettings).
-
     Raises:
         AprflowError: for an argument the run could not work with, as ``aprflow run`` says it.
     """
@@ -264,6 +262,18 @@ def preflight(pipeline_key: str, arguments: dict[str, Any]) -> None:
         from pipelines.predict_preflight import check_predict
 
         check_predict(arguments, local=False)
+    elif pipeline_key == "transfer-study":
+        from pipelines.transfer_preflight import check_transfer
+
+        check_transfer(arguments, local=False)
+    elif pipeline_key == "seed-study":
+        from pipelines.seed_preflight import check_seed_study
+
+        check_seed_study(arguments, local=False)
+    elif pipeline_key == "class-count":
+        from pipelines.class_count_preflight import check_class_count
+
+        check_class_count(arguments, local=False)
 
 
 def submit(
@@ -333,17 +343,17 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_submit_parser() -> argparse.ArgumentParser:
-    """The parser of ``aprflow submit``; its help lists every pipeline's parameters (this
-    imports the pipelines, so it is built only for ``aprflow submit``)."""
-    from pipelines.config import add_config_options, parameters_help
+    """The parser of ``aprflow submit``; its help lists every pipeline's parameters (made when
+    the help is shown: it imports the pipelines)."""
+    from pipelines.config import ParametersParser, add_config_options
     from pipelines.names import PIPELINE_NAMES
 
-    parser = argparse.ArgumentParser(
+    parser = ParametersParser(
         prog="aprflow submit",
         description="Check a study's arguments, upload its compiled pipeline (as aprflow "
         "upload does) and start a run of that pipeline version on Kubeflow Pipelines. Prints "
         "the run id.",
-        epilog="\n\n".join(parameters_help(name) for name in PIPELINE_NAMES),
+        pipelines=PIPELINE_NAMES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("pipeline", choices=PIPELINE_NAMES, help="pipeline (study) to run")

@@ -119,16 +119,19 @@ def _train_images(name: str, seed: int, store) -> int:
     return int(named_dataset(store, name)["ref"]["n_train"])
 
 
-def dry_run_summary(arguments: dict[str, Any], profile: ClusterProfile | None = None) -> str:
+def dry_run_summary(
+    arguments: dict[str, Any], profile: ClusterProfile | None = None, pipeline: str = "apr-study"
+) -> str:
     """``N trials in C chunks: C training tasks`` and what the backend will run: pods (drivers
-    included) and the largest executor input, for a checked study's arguments."""
+    included) and the largest executor input, for a checked study's arguments (of
+    ``pipeline``, whose compiled graph the backend line measures)."""
     from pipelines.backend import study_backend_line
 
     trials, n_chunks = planned_study(arguments, profile)
     return "\n".join(
         [
             summary_line(len(trials), n_chunks),
-            study_backend_line(arguments, len(trials), n_chunks),
+            study_backend_line(arguments, len(trials), n_chunks, pipeline),
             *estimate_lines(trials),
         ]
     )
@@ -148,9 +151,36 @@ def estimate_lines(trials: list) -> list[str]:
     ]
 
 
+def planned_seeds(arguments: dict[str, Any]) -> list[int]:
+    """A study's training seeds: the seed study's 0 ... n_seeds - 1, else ``train_seeds``."""
+    if "n_seeds" in arguments:
+        return list(range(arguments["n_seeds"]))
+    return arguments["train_seeds"]
+
+
+def planned_specs(arguments: dict[str, Any]) -> list[dict[str, Any]]:
+    """A checked study's architectures as its plan task will have them: the seed study's one
+    ``architecture``, else the sampled AnyNets (``n_models``) and the named ``architectures``."""
+    from components.sample.models import parse_architecture, study_specs
+    from components.sample.samplers import sample_specs
+
+    if "architecture" in arguments:
+        return [parse_architecture(arguments["architecture"])]
+    sampled = []
+    if arguments["n_models"]:
+        band = (arguments["flops_min"], arguments["flops_max"])
+        found = sample_specs(arguments["space"], arguments["n_models"], band, arguments["seed"])
+        sampled = [spec.to_dict() for spec in found.specs]
+    return study_specs(sampled, arguments.get("architectures") or [])
+
+
 def planned_trials(arguments: dict[str, Any]) -> int:
     """Trials of a study: architectures x datasets x training seeds."""
-    return arguments["n_models"] * len(arguments["datasets"]) * len(arguments["train_seeds"])
+    if "architecture" in arguments:
+        n_architectures = 1
+    else:
+        n_architectures = arguments["n_models"] + len(arguments.get("architectures") or [])
+    return n_architectures * len(arguments["datasets"]) * len(planned_seeds(arguments))
 
 
 def planned_chunks(
@@ -171,12 +201,11 @@ def planned_study(arguments: dict[str, Any], profile: ClusterProfile | None = No
     """(the planned trials, the chunk count) of a checked study's arguments."""
     from components.common.storage import open_store
     from components.data.descriptor import DatasetRef
-    from components.sample.samplers import sample_specs
     from components.train.plan import dataset_recipe, plan_trials, study_overrides
     from components.train.recipes import resolve_recipe
 
     profile = profile or load_profile()
-    n_models, datasets = arguments["n_models"], arguments["datasets"]
+    datasets = arguments["datasets"]
     store = open_store(arguments["store_uri"] or None)
     settings = arguments.get("dataset_settings") or {}
     overrides = study_overrides(arguments.get("recipe_overrides"), arguments["epochs"])
@@ -184,20 +213,14 @@ def planned_study(arguments: dict[str, Any], profile: ClusterProfile | None = No
     for name in datasets:
         own = settings.get(name, {})
         resolution = own.get("resolution", arguments["resolution"])
-        n_train = _train_images(name, arguments["seed"], store)
+        n_train = _train_images(name, arguments["data_seed"], store)
         refs.append(DatasetRef(name, "", name, 1, resolution, n_train, 0))
         recipes[name] = dataset_recipe(arguments["recipe"], overrides, own)
-    specs = sample_specs(
-        arguments["space"],
-        n_models,
-        (arguments["flops_min"], arguments["flops_max"]),
-        arguments["seed"],
-    ).specs
     trials = plan_trials(
-        [s.to_dict() for s in specs],
+        planned_specs(arguments),
         refs,
         resolve_recipe(arguments["recipe"], overrides),
-        arguments["train_seeds"],
+        planned_seeds(arguments),
         arguments["engine"],
         recipes,
     )

@@ -64,7 +64,9 @@ def transfer_study(
 
     Args:
         model_list: model list CSV (path, s3://bucket/key or the text itself): columns
-            ``model[,weights,source_dataset,source_top1,unit]``; see components/transfer.
+            ``model[,weights,source_dataset,source_top1,unit]``; a ``hub:`` row (or the
+            list as one such row) is every timm model within a budget, e.g.
+            ``hub:*?max_params=30M``; see components/transfer.
         study_name: MLflow experiment and study-id prefix.
         datasets: target datasets (built-in or built with ``aprflow data build``).
         resolution: side of the built-in targets.

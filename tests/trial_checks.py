@@ -11,7 +11,6 @@ from components.common.storage import ArtifactStore
 from components.data.build import load_manifest, load_split
 from components.data.datasets import materialize
 from components.sample.samplers import sample_specs
-from components.sample.space import AnyNetSpec, uses_small_stem
 from components.train.recipes import resolve_recipe
 
 if TYPE_CHECKING:
@@ -35,15 +34,12 @@ def checkpoint_test_error(store: ArtifactStore, trial_id: str) -> float:
     normalised with the manifest's mean and std, one forward pass in eval mode."""
     import torch
 
-    from components.sample.anynet import build_model
+    from components.sample.models import build_model
     from components.train.trial import Trial, checkpoint_key, load_checkpoint_bytes, result_key
 
     trial = Trial.from_dict(store.get_json(result_key(trial_id)))
-    model = build_model(
-        AnyNetSpec.from_dict(trial.spec),
-        num_classes=trial.dataset.num_classes,
-        small_input=uses_small_stem(trial.dataset.resolution, None),
-    )
+    # An AnyNet (with the small stem at <= 64 px, as trained) or a named timm model.
+    model = build_model(trial.spec, trial.dataset.num_classes, trial.dataset.resolution)
     state = load_checkpoint_bytes(store.get_bytes(checkpoint_key(trial_id)), trial.engine)
     model.load_state_dict(state["engine"]["model"])
     x, y = load_split(store, trial.dataset, "test")

@@ -1,4 +1,5 @@
-"""KFP component: gather a study's results and write the APR report."""
+"""KFP components: gather a study's results and write its report (the APR study's, the seed
+study's)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Output
@@ -68,3 +69,57 @@ def analyze_study(
     for name, value in numbers["metrics"].items():
         metrics.log_metric(name, float(value))
     shutil.rmtree(out_dir)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def analyze_seed_study(
+    chunk_trials: list,
+    study_id: str,
+    parent_run_id: str,
+    store_uri: str,
+    tracking_uri: str,
+    results: Output[Dataset],
+    report: Output[HTML],
+    summary: Output[Markdown],
+    metrics: Output[Metrics],
+    best_models: int = 1,
+    n_bootstrap: int = 200_000,
+):
+    """Gathers the seed study's trials and reports the spread of top-1 error across seeds per
+    test set and the correlation across seeds between test sets of the same checkpoints
+    (components/analyze/seeds.py), to the Kubeflow UI, ``studies/<study_id>/`` and the study's
+    MLflow parent run.
+
+    Args:
+        chunk_trials: the training tasks' trial counts (dsl.Collected), checked against the
+            plan as ``analyze_study`` does.
+        study_id, parent_run_id: from the plan step.
+        store_uri, tracking_uri: '' means the environment's or the local defaults.
+        best_models: the best checkpoints per dataset logged as MLflow models (0 = none).
+        n_bootstrap: most bootstrap resamples of each correlation's interval.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from components.analyze.run import embed_figures, planned_trial_ids
+    from components.analyze.seeds import analyze_seed_study as analyze
+
+    out_dir = Path(tempfile.mkdtemp(prefix="aprflow-seeds-")) / "report"
+    numbers = analyze(
+        trial_ids=planned_trial_ids(store_uri or None, study_id, chunk_trials),
+        study=study_id,
+        parent_run_id=parent_run_id,
+        store_uri=store_uri or None,
+        tracking_uri=tracking_uri or None,
+        out_dir=out_dir,
+        best_models=int(best_models),
+        n_bootstrap=int(n_bootstrap),
+    )
+    shutil.copyfile(out_dir / "results.csv", results.path)
+    shutil.copyfile(out_dir / "report.html", report.path)
+    with open(summary.path, "w") as f:
+        f.write(embed_figures((out_dir / "report.md").read_text(), out_dir))
+    for name, value in numbers["metrics"].items():
+        metrics.log_metric(name, float(value))
+    shutil.rmtree(out_dir.parent)

@@ -18,7 +18,7 @@ from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
 from components.common.uris import redact_uri
 from components.data.descriptor import DatasetRef
-from components.sample.space import AnyNetSpec
+from components.sample.models import model_id, timm_name
 from components.train.plan import load_trial_ids, trial_key
 from components.train.trial import result_key
 
@@ -54,10 +54,14 @@ def evaluation_columns(result: dict[str, Any]) -> dict[str, float]:
 
 def result_row(result: dict[str, Any]) -> dict[str, Any]:
     """One trial result as a row of the tidy results table that ``analysis`` reads: its
-    top-1 error, every further evaluation (:func:`evaluation_columns`), status, spec."""
+    top-1 error, every further evaluation (:func:`evaluation_columns`), status, spec.
+
+    The model id is an AnyNet spec's hash or a named model's timm name; a named model has no
+    stage columns (``d1`` ... ``g4`` stay empty: the analysis leaves it out of the
+    architecture features) and ``small_input`` False (it keeps timm's stem)."""
     spec = result["spec"]
     row = {
-        "model": AnyNetSpec.from_dict(spec).spec_hash(),
+        "model": model_id(spec),
         "dataset": result["dataset"]["name"],
         "seed": result["seed"],
         "recipe": result["recipe"]["name"],
@@ -72,12 +76,14 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
         # The network as trained (the dataset's resolution and stem, its classes): at <= 64 px
         # the stem has stride 1, so it is not the 224-px network whose FLOPs were sampled.
         "flops_trained": result.get("flops_trained"),
+        "small_input": result.get("small_input"),
         "wall_time_s": result["wall_time_s"],
         "trial_id": result["trial_id"],
     }
-    for field, short in STAGE_FIELDS:
-        for i, value in enumerate(spec[field], 1):
-            row[f"{short}{i}"] = value
+    if timm_name(spec) is None:
+        for field, short in STAGE_FIELDS:
+            for i, value in enumerate(spec[field], 1):
+                row[f"{short}{i}"] = value
     return row
 
 
@@ -186,14 +192,7 @@ def analyze_study(
     top_k = check_limit("top_k", top_k)
     store = open_store(store_uri)
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_tracking(uri, tracking.wait_budget())
-    started = store.get_json(f"studies/{study}/study.json")["started_at"]
-    report("analyze", f"gathering {len(trial_ids)} trial results of study {study}", started)
-    tracking.replay_queue(store, study, uri, strict=True)
-    table = gather_results(store, trial_ids, tracking.trial_run_links(uri, parent_run_id))
-    if (table["run_id"] == "").any():
-        log_unlogged_trials(uri, parent_run_id, table)
-        table = gather_results(store, trial_ids, tracking.trial_run_links(uri, parent_run_id))
+    table, started = gather_study(store, uri, study, parent_run_id, trial_ids)
     n_models = table["model"].nunique()
     if top_k >= n_models:
         raise ValueError(
@@ -201,13 +200,8 @@ def analyze_study(
             f"(0 chooses {top_k_for(n_models)})"
         )
     top_k = top_k or top_k_for(n_models)
-    from components.analyze.models import log_best_models  # imports torch
-
-    models = log_best_models(uri, store, study, table, best_models)
-    table["model_url"] = [redact_uri(models.get(t, "")) for t in table["trial_id"]]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "results.csv", index=False)
+    save_results(uri, store, study, table, best_models, out_dir)
     # Trials write top1_error in percent: say so, the analysis never guesses a unit.
     results = load_results(
         table, scale="percent", name=store.key_uri(f"studies/{study}/results.csv")
@@ -226,16 +220,68 @@ def analyze_study(
             test_noise=test_noise,
             test_sizes=sizes,
         )
-    for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
-        store.put_file(f"studies/{study}/{path.relative_to(out_dir).as_posix()}", path)
     params = {
         "analysis.reference": summary.get("apr", {}).get("reference"),
         "analysis.top_k": top_k,
         "analysis.best_models": best_models,
     }
-    tracking.finish_study_run(uri, parent_run_id, summary["metrics"], out_dir, params)
+    publish_study(store, uri, study, parent_run_id, out_dir, summary["metrics"], params)
     report("analyze", f"report at {store.key_uri(f'studies/{study}/report.html')}", started)
     return summary
+
+
+def gather_study(
+    store: ArtifactStore, uri: str, study: str, parent_run_id: str, trial_ids: list[str]
+) -> tuple[pd.DataFrame, float]:
+    """The study's results table with each trial's MLflow run (a trial without one is given
+    one first, :func:`log_unlogged_trials`), and the study's start (Unix seconds).
+
+    Raises:
+        TrackingError: MLflow stays unreachable.
+    """
+    tracking.check_tracking(uri, tracking.wait_budget())
+    started = store.get_json(f"studies/{study}/study.json")["started_at"]
+    report("analyze", f"gathering {len(trial_ids)} trial results of study {study}", started)
+    tracking.replay_queue(store, study, uri, strict=True)
+    table = gather_results(store, trial_ids, tracking.trial_run_links(uri, parent_run_id))
+    if (table["run_id"] == "").any():
+        log_unlogged_trials(uri, parent_run_id, table)
+        table = gather_results(store, trial_ids, tracking.trial_run_links(uri, parent_run_id))
+    return table, started
+
+
+def save_results(
+    uri: str,
+    store: ArtifactStore,
+    study: str,
+    table: pd.DataFrame,
+    best_models: int,
+    out_dir: Path,
+) -> None:
+    """Logs the ``best_models`` best trials per dataset as MLflow models (the table's
+    ``model_url`` links them) and writes the table to ``out_dir/results.csv``."""
+    from components.analyze.models import log_best_models  # imports torch
+
+    models = log_best_models(uri, store, study, table, best_models)
+    table["model_url"] = [redact_uri(models.get(t, "")) for t in table["trial_id"]]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "results.csv", index=False)
+
+
+def publish_study(
+    store: ArtifactStore,
+    uri: str,
+    study: str,
+    parent_run_id: str,
+    out_dir: Path,
+    metrics: dict[str, float],
+    params: dict[str, Any],
+) -> None:
+    """Copies the report folder to ``studies/<study>/`` in the store and closes the study's
+    MLflow parent run with its metrics, params and the folder as artifacts."""
+    for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
+        store.put_file(f"studies/{study}/{path.relative_to(out_dir).as_posix()}", path)
+    tracking.finish_study_run(uri, parent_run_id, metrics, out_dir, params)
 
 
 def dataset_refs(store: ArtifactStore, table: pd.DataFrame) -> dict[str, DatasetRef]:
@@ -278,18 +324,28 @@ def dataset_summaries(
 
 def trained_size_note(rows: pd.DataFrame, resolution: int) -> str:
     """How big the dataset's networks were as trained, beside the 224-px FLOPs they were
-    sampled by (the stem at small resolutions changes the network, not only its input)."""
+    sampled by (the stem at small resolutions changes an AnyNet, not only its input; a named
+    timm model keeps timm's stem at every resolution)."""
     from components.sample.space import uses_small_stem
 
     trained, sampled = rows["flops_trained"].dropna(), rows["flops"].dropna()
     if trained.empty or sampled.empty:
         return ""
-    stem = "the small-input stem (stride 1)" if uses_small_stem(resolution, None) else "the stem"
+    named = sorted({model for model in rows["model"] if _is_named(model)})
+    small = uses_small_stem(resolution, None) and len(named) < rows["model"].nunique()
+    stem = "the small-input stem (stride 1)" if small else "the stem"
+    stem += f"; {', '.join(named)} with timm's own" if small and named else ""
+    band = "" if named else ", the band sampled"
     return (
         f"Trained at {resolution} px with {stem}: {trained.min() / 1e6:,.1f} to "
         f"{trained.max() / 1e6:,.1f} M multiply-adds per image ({sampled.min() / 1e6:,.0f} to "
-        f"{sampled.max() / 1e6:,.0f} M at 224 px, the band sampled). "
+        f"{sampled.max() / 1e6:,.0f} M at 224 px{band}). "
     )
+
+
+def _is_named(model: str) -> bool:
+    """Whether a results-table model id is a named timm model's (an AnyNet's is its hash)."""
+    return not re.fullmatch(r"[0-9a-f]{16}", model)
 
 
 def embed_figures(markdown: str, folder: Path) -> str:

@@ -22,7 +22,22 @@ from components.common.validation import Bound, check_type, short_repr
 #: the name is a list's: ``datasets``, ``train_seeds``, ``grid_points``).
 LIMITS: dict[str, Bound] = {
     "n_models": Bound(
-        1, 10_000, reason="the paper samples 500 architectures; more samples for minutes"
+        0,
+        10_000,
+        reason="the paper samples 500 architectures; more samples for minutes (0: named "
+        "architectures only)",
+    ),
+    "architectures": Bound(
+        0,
+        200,
+        reason="named timm models trained beside the sampled ones, each on every dataset and "
+        "seed: Kornblith et al. compare 16 ImageNet architectures",
+    ),
+    "n_seeds": Bound(
+        3,
+        1_000,
+        reason="training seeds of a seed study, one trial each: Wightman et al. train 100; a "
+        "correlation across seeds needs at least 3",
     ),
     "datasets": Bound(1, 100, reason="each dataset repeats every architecture's trials"),
     "train_seeds": Bound(1, 1_000, reason="each training seed repeats every trial"),
@@ -60,6 +75,18 @@ LIMITS: dict[str, Bound] = {
         "holds one count per chunk within Linux's 128 KiB per argument; raise chunk_size",
     ),
     "draws": Bound(1, 100, reason="each draw builds and stores one more dataset"),
+    "class_counts": Bound(
+        1,
+        20,
+        reason="subset sizes of a class-count study, each trained in every draw: Tuggener et "
+        "al.'s ImageNet-X has 4 (100, 10, 5, 2 classes)",
+    ),
+    "subset_classes": Bound(
+        2,
+        100_000,
+        reason="classes of one class subset: a classification subset needs 2; ImageNet-21k "
+        "has 21,841",
+    ),
     "best_models": Bound(
         0, 50, reason="each is one trial's weights exported and uploaded to MLflow, per dataset"
     ),
@@ -84,6 +111,12 @@ LIMITS: dict[str, Bound] = {
         1,
         2 * 10**9,
         reason="8 GB of fp32 weights, 4x with gradients and optimizer state; ResNet-50 has 25.6M",
+    ),
+    "hub_models": Bound(
+        1,
+        5_000,
+        reason="models one hub: row of a transfer study's model list expands to: timm 1.0.31 "
+        "has 1,371 architectures and 1,826 pretrained weights, each scored on every target",
     ),
     # Inputs read before they are parsed (components.common.yamlsafe, components.data).
     "shards": Bound(
@@ -115,6 +148,8 @@ LIMITS: dict[str, Bound] = {
 #: parameter is bounded in its number of items.
 PARAMETER_LIMITS = {
     "n_models": "n_models",
+    "architectures": "architectures",
+    "n_seeds": "n_seeds",
     "datasets": "datasets",
     "train_seeds": "train_seeds",
     "seed": "seed",
@@ -127,6 +162,8 @@ PARAMETER_LIMITS = {
     "best_models": "best_models",
     "top_k": "top_k",
     "data_seed": "seed",
+    "class_counts": "class_counts",
+    "draws": "draws",
 }
 
 

@@ -195,7 +195,7 @@ def load_population(
         PredictError: for an unknown study, more than :data:`MAX_POPULATION_MODELS` trials, or
             no usable model.
     """
-    from components.sample.space import AnyNetSpec
+    from components.sample.models import model_id
     from components.train.plan import load_trial
     from components.train.trial import result_key
 
@@ -229,7 +229,7 @@ def load_population(
         models.append(
             PopulationModel(
                 trial_id=trial_id,
-                architecture=AnyNetSpec.from_dict(trial.spec).spec_hash(),
+                architecture=model_id(trial.spec),
                 source=source,
                 source_error=float(result["top1_error"]),
                 seconds=float(result.get("wall_time_s") or 0.0),

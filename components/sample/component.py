@@ -20,7 +20,8 @@ def sample_architectures(
 
     Args:
         space: design space name (anynetx_a ... anynetx_e, regnet).
-        n_models: how many architectures.
+        n_models: how many architectures (0: none, an empty file, for a study of named
+            architectures only).
         flops_min, flops_max: the FLOP band in multiply-adds.
         seed: sampling seed (the same seed gives the same architectures).
         specs: JSONL, one spec with its complexity per line; the rejection statistics are in
@@ -36,6 +37,10 @@ def sample_architectures(
     from components.sample.spec_io import write_specs_jsonl
     from components.sample.summary import write_summary
 
+    if int(n_models) == 0:
+        write_specs_jsonl(specs.path, [])
+        Path(population.path).write_text("No architectures sampled (n_models = 0).\n")
+        return
     result = sample_specs(space, int(n_models), (float(flops_min), float(flops_max)), int(seed))
     write_specs_jsonl(specs.path, result.specs)
     specs.metadata.update(result.stats.to_dict())

@@ -53,7 +53,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -114,7 +114,7 @@ class ChunkError(AprflowError):
 
 def trial_macs(trial: Trial) -> float:
     """Multiply-adds per image of a trial's model at its training resolution (0 for a
-    structurally broken spec, whose trial fails at once)."""
+    structurally broken spec or an unknown timm model, whose trial fails at once)."""
     spec = json.dumps(trial.spec, sort_keys=True)
     return _macs(spec, trial.dataset.resolution, trial.dataset.num_classes)
 
@@ -122,12 +122,12 @@ def trial_macs(trial: Trial) -> float:
 @functools.lru_cache(maxsize=4096)
 def _macs(spec_json: str, resolution: int, num_classes: int) -> float:
     # Cached: a study's trials repeat each architecture over datasets and seeds, and a plan
-    # estimates every trial more than once (chunk sizes, balance, time limits).
-    from components.sample.space import AnyNetSpec, complexity, uses_small_stem
+    # estimates every trial more than once (chunk sizes, balance, time limits). A named timm
+    # model is measured once per resolution (components.sample.models.complexity).
+    from components.sample.models import complexity
 
     try:
-        spec = replace(AnyNetSpec.from_dict(json.loads(spec_json)), num_classes=num_classes)
-        return complexity(spec, resolution, uses_small_stem(resolution, None)).flops
+        return complexity(json.loads(spec_json), resolution, num_classes).flops
     except ValueError:
         return 0.0
 

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--spec",
         required=True,
-        help="architecture spec: a JSON file, or a JSONL file from 'aprflow sample' (--index)",
+        help="architecture: a JSON spec file, a JSONL file from 'aprflow sample' (--index), or "
+        "timm:NAME for a timm model trained from scratch (e.g. timm:resnet18)",
     )
     parser.add_argument("--index", type=int, default=0, help="line of a JSONL spec file")
     parser.add_argument(
@@ -106,9 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_spec(path: str, index: int) -> dict:
+    from components.sample.models import named_spec
     from components.sample.space import AnyNetSpec
     from components.sample.spec_io import read_specs_jsonl
 
+    if path.startswith("timm:"):
+        return named_spec(path.removeprefix("timm:"))
     if path.endswith(".jsonl"):
         specs = read_specs_jsonl(path)
         if not 0 <= index < len(specs):

@@ -41,6 +41,9 @@ def plan_study(
     trials_per_gpu: int = 1,
     max_attempts: int = 1,
     reference: str = "",
+    architectures: list = [],  # noqa: B006 - KFP reads the default
+    architecture: str = "",
+    n_seeds: int = 0,
 ) -> NamedTuple("PlanOutputs", study_id=str, parent_run_id=str):
     """Plans every (architecture x dataset x seed) trial, groups them into chunks and opens
     the MLflow parent run.
@@ -50,12 +53,12 @@ def plan_study(
     chunking in the Kubeflow UI (``1500 trials in 30 chunks: 30 training tasks``).
 
     Args:
-        specs: architecture specs (JSONL, from the sample component).
+        specs: architecture specs (JSONL, from the sample component; empty with n_models 0).
         datasets: dataset references (JSON, from the data component).
         study_name: MLflow experiment and study name.
         recipe: training recipe name.
         epochs: epochs per trial (0 = the recipe's own; wins over recipe_overrides.epochs).
-        seeds: training seeds.
+        seeds: training seeds (unless ``n_seeds`` is set).
         engine: training engine ('torch').
         store_uri, tracking_uri: '' means the environment's (APRFLOW_STORE_URI,
             MLFLOW_TRACKING_URI) or the local defaults.
@@ -78,11 +81,19 @@ def plan_study(
             the MLflow parent run as ``config.<key>`` params and ``config.json``. Each is an
             input of its own: the backend pastes a placeholder inside a dict constant into
             the executor input's JSON unescaped (pipelines/backend.py).
+        architectures: named architectures trained beside the sampled ones: timm model names
+            (``resnet50``) or AnyNet specs as JSON (components.sample.models).
+        architecture: one more, after ``architectures`` (the seed study's one architecture:
+            a string parameter, as a pipeline parameter inside a list constant reaches the
+            backend as unescaped text, pipelines/backend.py).
+        n_seeds: when above 0, the training seeds are 0 ... n_seeds - 1 (the seed study's K),
+            in place of ``seeds``.
     """
     import json
     from collections import namedtuple
 
     from components.common.storage import open_store
+    from components.sample.models import study_specs
     from components.sample.spec_io import read_specs_jsonl
     from components.train.chunk import load_chunks, plan_markdown
     from components.train.plan import engine_options, study_overrides
@@ -90,14 +101,17 @@ def plan_study(
 
     with open(datasets.path) as f:
         refs = json.load(f)
-    architectures = [spec.to_dict() for spec in read_specs_jsonl(specs.path)]
+    sampled = [spec.to_dict() for spec in read_specs_jsonl(specs.path)]
+    named = [str(a) for a in architectures] + ([architecture] if architecture else [])
+    # JSON numbers may arrive as floats.
+    train_seeds = list(range(int(n_seeds))) if int(n_seeds) else [int(s) for s in seeds]
     _, study, parent = run_plan(
-        architectures,
+        study_specs(sampled, named),
         refs,
         study_name,
         recipe,
         study_overrides(recipe_overrides, int(epochs)),
-        [int(s) for s in seeds],  # JSON numbers may arrive as floats
+        train_seeds,
         engine,
         store_uri or None,
         tracking_uri or None,
@@ -128,6 +142,9 @@ def plan_study(
             "compile_model": bool(compile_model),
             "reference": reference,
             "trial_timeout_s": int(trial_timeout_s),
+            "architectures": json.dumps([str(a) for a in architectures]),
+            "architecture": architecture,
+            "n_seeds": int(n_seeds),
         },
         compile_model=bool(compile_model),
         dataset_settings=dict(dataset_settings),

@@ -16,6 +16,7 @@ from components.common.progress import TrialDone, report, trial_done_line
 from components.common.storage import ArtifactStore, open_store
 from components.data.datasets import DatasetRef
 from components.data.loader import recipe_input
+from components.sample.models import model_id, timm_name
 from components.sample.space import AnyNetSpec
 from components.train.chunk import (
     DEFAULT_MAX_PARALLEL_TASKS,
@@ -217,15 +218,23 @@ def _plain_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _population_params(specs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The sampled population's size and FLOP band (at 224 px, as the sampler counts)."""
-    flops = []
+    """The population's size, the sampled AnyNets' FLOP band (at 224 px, as the sampler
+    counts) and the named timm models."""
+    flops, named = [], []
     for spec in specs:
+        if (name := timm_name(spec)) is not None:
+            named.append(name)
+            continue
         try:
             flops.append(AnyNetSpec.from_dict(spec).derived_quantities()["flops"])
         except ValueError:
             continue  # a broken spec is recorded as its trials' failure
     band = {"population.flops_min": min(flops), "population.flops_max": max(flops)} if flops else {}
-    return {"population.size": len(specs)} | band
+    return (
+        {"population.size": len(specs)}
+        | band
+        | ({"population.named": ",".join(named)} if named else {})
+    )
 
 
 # Architecture quantities logged as metrics (numbers sort in MLflow), not params.
@@ -245,7 +254,7 @@ def trial_log(
     store: ArtifactStore, trial: Trial, parent_run_id: str, kfp_run_id: str = ""
 ) -> tracking.TrialLog:
     """What a trial logs before it has a result: its run's name, params, tags and dataset."""
-    model = AnyNetSpec.from_dict(trial.spec).spec_hash()
+    model = model_id(trial.spec)
     architecture = {
         k: v for k, v in _architecture_params(trial.spec).items() if k not in ARCHITECTURE_METRICS
     }
@@ -288,7 +297,7 @@ def with_result(log: tracking.TrialLog, trial: Trial, result: dict[str, Any]) ->
     """``log`` completed from the trial's result: status, metrics under one name each
     (:func:`~components.common.tracking.trial.result_metrics`, ``result_series``), the epochs'
     times and the trial's start and end."""
-    model = AnyNetSpec.from_dict(trial.spec).spec_hash()
+    model = model_id(trial.spec)
     return replace(
         log,
         run_name=tracking.trial_run_name(
@@ -313,6 +322,8 @@ def with_result(log: tracking.TrialLog, trial: Trial, result: dict[str, Any]) ->
 
 
 def _architecture_params(spec: dict[str, Any]) -> dict[str, Any]:
+    if (name := timm_name(spec)) is not None:
+        return {"timm_model": name}  # its FLOPs and parameters are the result's metrics
     params = {"block_type": spec.get("block_type"), "stem_width": spec.get("stem_width")}
     for name, short in (
         ("depths", "d"),
@@ -353,7 +364,7 @@ def train_trial(
     trial = load_trial(store, trial_id)
     started = record["started_at"]
     position = f"trial {ids.index(trial_id) + 1}/{len(ids)}"
-    model = AnyNetSpec.from_dict(trial.spec).spec_hash()
+    model = model_id(trial.spec)
     report("train", f"{position} {trial_id}: model {model} on {trial.dataset.name}", started)
     log = trial_log(store, trial, record["parent_run_id"], kfp_run_id)
     if result is None:

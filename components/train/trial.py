@@ -1,10 +1,12 @@
 """One trial: train an architecture on a dataset with a recipe and seed, and record the result.
 
-Training is timm's recipe machinery around our AnyNet: ``timm.optim.create_optimizer_v2``
+Training is timm's recipe machinery around the trial's network (a sampled AnyNet, or a named
+timm model: :func:`components.sample.models.build_model`): ``timm.optim.create_optimizer_v2``
 (no weight decay on norms and biases), ``timm.scheduler.create_scheduler_v2`` stepped per
 optimizer update, ``timm.data.Mixup`` (Mixup/CutMix, label smoothing), ``timm.loss``
 (soft-target / binary cross-entropy), ``timm.utils.ModelEmaV3`` and ``DropPath`` stochastic
-depth in the AnyNet blocks, as :class:`~components.train.recipes.Recipe` says.
+depth (the AnyNet blocks', or the timm model's own ``drop_path_rate``), as
+:class:`~components.train.recipes.Recipe` says.
 
 A trial is idempotent and resumable:
 
@@ -56,7 +58,7 @@ import resource
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -90,8 +92,6 @@ if TYPE_CHECKING:
     from timm.data import Mixup
     from timm.scheduler.scheduler import Scheduler
     from timm.utils import ModelEmaV3
-
-    from components.sample.space import AnyNetSpec
 
 # A trial's lease expires this long after its holder's last renewal (every third of it).
 LEASE_TTL_ENV = "APRFLOW_LEASE_TTL_S"
@@ -524,8 +524,8 @@ class TrainSetup:
     """What one attempt of a trial trains with, built by :func:`_set_up`.
 
     Attributes:
-        spec, small_input: the architecture built and whether its stem is the small-input
-            one (the result's complexity is computed for them).
+        small_input: whether the network has the small-input stem (an AnyNet at <= 64 px;
+            recorded in the result).
         model: the engine's model: its weights are checkpointed, the EMA follows them.
         module: what is called for the forward pass (the compiled or wrapped model).
         scheduler: timm's scheduler on the optimizer that steps, set before every update.
@@ -542,7 +542,6 @@ class TrainSetup:
     """
 
     trial: Trial
-    spec: AnyNetSpec
     small_input: bool
     engine: TrainEngine
     model: torch.nn.Module
@@ -738,19 +737,15 @@ def _set_up(
     checkpoint (None when there is none), and sets ``memory`` from it on a first attempt."""
     from timm.utils import ModelEmaV3
 
-    from components.sample.anynet import build_model
-    from components.sample.space import AnyNetSpec, uses_small_stem
+    from components.sample.models import build_model, small_input
 
     recipe, classes = trial.recipe, trial.dataset.num_classes
-    spec = AnyNetSpec.from_dict(trial.spec)
-    small_input = uses_small_stem(trial.dataset.resolution, None)
+    resolution = trial.dataset.resolution
     torch.manual_seed(trial.seed)
     np.random.seed(trial.seed)
     random.seed(trial.seed)
     generator = torch.Generator().manual_seed(trial.seed)
-    model = build_model(
-        spec, num_classes=classes, small_input=small_input, drop_path_rate=recipe.drop_path
-    )
+    model = build_model(trial.spec, classes, resolution, drop_path_rate=recipe.drop_path)
     checkpoint = _load_checkpoint(store, trial.trial_id, trial.engine, progress)
     memory.start(checkpoint, recipe.batch_size)
     engine = _create_engine(trial, memory.micro_batch)
@@ -769,8 +764,7 @@ def _set_up(
     ema = ModelEmaV3(engine.model, decay=recipe.model_ema_decay) if recipe.model_ema else None
     setup = TrainSetup(
         trial=trial,
-        spec=spec,
-        small_input=small_input,
+        small_input=small_input(trial.spec, resolution),
         engine=engine,
         model=engine.model,
         module=module,
@@ -1026,7 +1020,7 @@ def _save_checkpoint(store: ArtifactStore, setup: TrainSetup, state: TrainState)
 def _result(store: ArtifactStore, setup: TrainSetup, state: TrainState) -> dict[str, Any]:
     """The trained trial's numbers: the last epoch's test evaluation, the final weights on the
     validation split and the extra test sets, the model's complexity and what it ran on."""
-    from components.sample.space import complexity
+    from components.sample.models import complexity
 
     trial, engine, history = setup.trial, setup.engine, state.history
     classes, eval_batch = trial.dataset.num_classes, setup.eval_batch
@@ -1037,12 +1031,8 @@ def _result(store: ArtifactStore, setup: TrainSetup, state: TrainState) -> dict[
     for extra in trial.test_sets:
         data = open_split(store, extra, "test", engine.device, trial.seed)
         evaluations[extra.name] = evaluate(setup.module, engine, data, eval_batch, classes)
-    at_224 = complexity(setup.spec, resolution=224)
-    trained = complexity(
-        replace(setup.spec, num_classes=classes),
-        resolution=trial.dataset.resolution,
-        small_input=setup.small_input,
-    )
+    at_224 = complexity(trial.spec, 224)
+    trained = complexity(trial.spec, trial.dataset.resolution, classes)
     totals = state.totals
     return (
         {
@@ -1056,6 +1046,9 @@ def _result(store: ArtifactStore, setup: TrainSetup, state: TrainState) -> dict[
             "params": at_224.params,
             "flops_trained": trained.flops,
             "params_trained": sum(p.numel() for p in setup.model.parameters()),
+            # The stem as trained: an AnyNet's stride-1 one at <= 64 px, else the model's own
+            # (a timm model always keeps timm's).
+            "small_input": setup.small_input,
             "train_images_per_s": totals.images / totals.seconds if totals.seconds else None,
             # What it really ran on (the trial's ``device`` may be "auto").
             "device_used": describe_device(engine.device),

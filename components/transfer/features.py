@@ -3,7 +3,8 @@
 A backbone comes from one of two sources:
 
 * ``trial:<trial_id>``: a model trained by the train component. It is rebuilt from the trial's
-  spec and dataset (classes, and the small stem at or below 64 px, as in training), its weights
+  spec and dataset (classes, and an AnyNet's small stem at or below 64 px, as in training; a
+  named timm model as ``components.sample.models.build_model`` builds it), its weights
   are read from the trial's checkpoint in the artifact store, and its inputs are normalised
   with the training set's channel mean/std at the training resolution.
 * ``timm:<name>``: any timm architecture (including our ``anynet_*`` references), randomly
@@ -140,8 +141,7 @@ def _load_trial_backbone(
     trial_id: str, store: ArtifactStore, input_size: int | None, keep_head: bool = False
 ) -> Backbone:
     from components.data.datasets import load_manifest
-    from components.sample.anynet import build_model
-    from components.sample.space import AnyNetSpec, uses_small_stem
+    from components.sample.models import build_model, small_input
     from components.train.trial import (
         Trial,
         checkpoint_fault,
@@ -167,12 +167,7 @@ def _load_trial_backbone(
         raise TransferError(f"trial {trial_id} has no checkpoint {checkpoint_key(trial_id)!r}")
     trial = Trial.from_dict(result)
     resolution = trial.dataset.resolution
-    small_input = uses_small_stem(resolution, None)
-    model = build_model(
-        AnyNetSpec.from_dict(trial.spec),
-        num_classes=trial.dataset.num_classes,
-        small_input=small_input,
-    )
+    model = build_model(trial.spec, trial.dataset.num_classes, resolution)
     key = checkpoint_key(trial_id)
     try:
         weights = load_checkpoint_bytes(store.get_bytes(key))["engine"]["model"]
@@ -206,7 +201,7 @@ def _load_trial_backbone(
             "trained_on": trial.dataset.name,
             "trained_on_version": trial.dataset.content_hash,
             "trained_resolution": resolution,
-            "small_input": small_input,
+            "small_input": small_input(trial.spec, resolution),
             "epochs": trial.recipe.epochs,
             "top1_error": result.get("top1_error"),
         },

@@ -162,16 +162,24 @@ def parse_model_list(text: str, name: str = "model list") -> list[ModelEntry]:
             continue
         if stripped:
             lines.append(line)
-    rows = list(csv.DictReader(lines))
+    reader = csv.DictReader(lines)
+    rows = list(reader)
+    header = [column for column in reader.fieldnames or [] if column]
     if not lines or "model" not in (rows[0].keys() if rows else lines[0].split(",")):
         raise TransferError(f"{name}: needs a header line with a 'model' column")
-    unknown = sorted(set(rows[0]) - set(LIST_COLUMNS)) if rows else []
+    # csv.DictReader files a row's cells beyond the header under the key None.
+    unknown = sorted(set(rows[0]) - set(LIST_COLUMNS) - {None}) if rows else []
     if unknown:
         raise TransferError(
             f"{name}: unknown column(s) {', '.join(unknown)}; valid: {', '.join(LIST_COLUMNS)}"
         )
     entries, seen = [], set()
     for i, row in enumerate(rows, 2):
+        if None in row:
+            raise TransferError(
+                f"{name} line {i}: more cells than the header's columns ({', '.join(header)}): "
+                "add the missing column names to the header"
+            )
         model = (row.get("model") or "").strip()
         if not model:
             raise TransferError(f"{name} line {i}: empty model")

@@ -5,8 +5,8 @@ Store layout, under ``studies/<study_id>/``: ``transfer_plan.json`` (settings, m
 refs, chunks), ``results/chunk-<i>.csv`` (one long table per chunk, written atomically
 by the store; an existing one is reused, so a re-run only computes the chunks that are
 missing), ``curves/chunk-<i>.csv`` (the chunk's learning curves, written before its table),
-``results.csv`` and ``curves.csv`` (all chunks) and ``report.html`` (the transfer report,
-:mod:`components.transfer.report`).
+``results.csv`` and ``curves.csv`` (all chunks), ``comparison.json`` (the comparison the
+report shows) and ``report.html`` (the transfer report, :mod:`components.transfer.report`).
 """
 
 from __future__ import annotations
@@ -64,23 +64,35 @@ def settings_from(values: dict[str, Any]) -> StudySettings:
     return StudySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def load_models(model_list: str, store: ArtifactStore) -> list[ModelEntry]:
-    """Models from a list: inline CSV text (it has a newline), a local file or
-    ``s3://bucket/key``; ``trials:all`` expanded to the store's finished trials."""
+def model_list_text(model_list: str) -> tuple[str, str]:
+    """The text of a model list and its name for messages: inline CSV text (it has a
+    newline), one ``hub:`` row (:mod:`components.transfer.hub`), a local file or
+    ``s3://bucket/key``."""
     from urllib.parse import urlparse
 
+    from components.transfer.hub import HUB_PREFIX
+
     if "\n" in model_list:
-        text, name = model_list, "model list"
-    elif model_list.startswith("s3://"):
+        return model_list, "model list"
+    if model_list.startswith(HUB_PREFIX):
+        return f"model\n{model_list}\n", "model list"
+    if model_list.startswith("s3://"):
         parsed = urlparse(model_list)
         text = open_store(f"s3://{parsed.netloc}").get_bytes(parsed.path.lstrip("/")).decode()
-        name = model_list
-    else:
-        try:
-            text, name = Path(model_list).read_text(), model_list
-        except OSError as e:
-            raise TransferError(f"cannot read model list {model_list}: {e.strerror}") from None
-    models = expand_trials(parse_model_list(text, name), store)
+        return text, model_list
+    try:
+        return Path(model_list).read_text(), model_list
+    except OSError as e:
+        raise TransferError(f"cannot read model list {model_list}: {e.strerror}") from None
+
+
+def load_models(model_list: str, store: ArtifactStore) -> list[ModelEntry]:
+    """Models from a list (:func:`model_list_text`); ``trials:all`` expanded to the store's
+    finished trials, ``hub:`` rows to timm's models (:mod:`components.transfer.hub`)."""
+    from components.transfer.hub import expand_hub
+
+    text, name = model_list_text(model_list)
+    models = expand_hub(expand_trials(parse_model_list(text, name), store), name)
     if not models:
         raise TransferError(f"{name}: no model to evaluate (trials:all found no finished trial)")
     return models
@@ -296,7 +308,10 @@ def analyze(
     atomic_write_text(out / "curves.csv", curves_text)
     store.put_bytes(f"studies/{study_id}/curves.csv", curves_text.encode())
     curves_png = curve_figure(curves, out / "figures" / "learning_curves.png")
-    atomic_write_text(out / "comparison.json", json.dumps(comparison, indent=1))
+    comparison_text = json.dumps(comparison, indent=1)
+    atomic_write_text(out / "comparison.json", comparison_text)
+    # Beside the report in the store, so `aprflow run` copies it into runs/<study_id>/.
+    store.put_bytes(f"studies/{study_id}/comparison.json", comparison_text.encode())
     metrics = comparison_metrics(comparison)
     ok = [r for r in rows if r["status"] == "ok" and r["regime"] != "source"]
     summary = None

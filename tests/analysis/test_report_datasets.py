@@ -81,6 +81,7 @@ def test_analyze_task_gathers_each_study_datasets_summary(tmp_path):
     ids = save_plan(store, "s", trials)
     table = pd.DataFrame(
         {
+            "model": ["0123456789abcdef", "fedcba9876543210"],  # two AnyNets' spec hashes
             "dataset": ["faces", "faces"],
             "trial_id": ids,
             "flops": [150e6, 250e6],

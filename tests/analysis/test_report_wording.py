@@ -238,9 +238,11 @@ def scrolls_in_box(html: str) -> bool:
 
 
 def test_wide_tables_scroll_inside_their_box(zoo_run, tmp_path):
+    from components.transfer.compare import compare
     from components.transfer.report import write_report
 
     assert scrolls_in_box(zoo_run[2])
     row = {"model": "m", "dataset": "d", "regime": "knn", "metric": "knn_top1", "value": 0.5}
-    html = write_report(tmp_path / "t.html", "T", [row | {"status": "ok"}], {}, [])
+    rows = [row | {"status": "ok", "unit": "fraction", "seconds": 1.0, "status_reason": ""}]
+    html = write_report(tmp_path / "t.html", "T", rows, compare(rows), [])
     assert scrolls_in_box(html)

@@ -116,7 +116,7 @@ def test_build_a_named_dataset_from_a_builtin(tmp_path, capsys):
     ("argv", "message"),
     [
         (["describe", "digitz"], "no dataset 'digitz' in "),
-        (["prepare", "shapez"], "unknown or missing dataset(s) shapez: did you mean shapes?"),
+        (["prepare", "shapez"], "unknown or missing dataset(s) shapez: did you mean shapes"),
         (["build", "x", "--from", "builtin:facez"], "unknown built-in dataset 'facez'"),
     ],
 )

@@ -116,7 +116,7 @@ def test_cli_build_describe_subset_list(tmp_path, image_folder, capsys):
 
     assert main(["list", "--json", "--store", store]) == 0
     listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(listed) == {"pets", "k2-d0", "k2-d1", "digits", "faces", "shapes"}
+    assert set(listed) == {"pets", "k2-d0", "k2-d1", "digits", "faces", "shapes", "shapes_v2"}
     assert listed["k2-d0"]["num_classes"] == 2 and listed["k2-d0"]["source"] == "derived:pets"
     assert not listed["pets"]["builtin"] and listed["digits"]["builtin"]
     assert main(["list", "--store", store]) == 0
@@ -129,6 +129,7 @@ def test_cli_build_describe_subset_list(tmp_path, image_folder, capsys):
         ["digits", "built-in"],
         ["faces", "built-in"],
         ["shapes", "built-in"],
+        ["shapes_v2", "built-in"],
     ]
 
 

@@ -14,9 +14,9 @@ from imagesets import make_image_folder
 
 from components.common.errors import AprflowError
 from components.common.storage import open_store
-from components.data.build import build_dataset, list_named, load_manifest
+from components.data.build import build_dataset
 from components.data.datasets import prepare_all
-from components.data.descriptor import DatasetDescriptor, DatasetRef
+from components.data.descriptor import DatasetDescriptor
 from pipelines.config import ConfigError, load_config, parse_overrides
 
 
@@ -128,28 +128,3 @@ def test_tiny_study_on_a_user_image_folder(tmp_path):
     assert len(reports) == 1 and "pets" in reports[0].read_text()
     summary = json.loads((reports[0].parent / "summary.json").read_text())
     assert "mean_error/pets" in summary["metrics"]
-
-
-def test_class_subsets_config_runs_its_own_commands(local_env, capsys):
-    """The commands in pipelines/configs/class_subsets.yaml build what it names, nested."""
-    from components.data.cli import main as data
-    from pipelines.apr_study import apr_study
-    from pipelines.preflight import check_study
-
-    config = Path(__file__).parents[2] / "pipelines" / "configs" / "class_subsets.yaml"
-    commands = [
-        line.split("aprflow data ", 1)[1].split("#")[0].split()
-        for line in config.read_text().splitlines()
-        if line.startswith("#   aprflow data ")
-    ]
-    assert len(commands) == 3
-    for argv in commands:
-        assert data(argv) == 0
-    capsys.readouterr()
-    store = open_store(None)
-    classes = {
-        r["ref"]["name"]: load_manifest(store, DatasetRef(**r["ref"]))["class_names"]
-        for r in list_named(store)
-    }
-    assert len(classes["d10"]) == 10 and set(classes["d10-k2"]) < set(classes["d10-k5"])
-    check_study(load_config(apr_study, config, {}))

@@ -86,7 +86,8 @@ def test_pipeline_code_imports_without_the_training_stack():
         "from pipelines.submit import main\n"
         "from pipelines.registry import PIPELINES\n"
         "names = [p.name for p in PIPELINES.values()]\n"
-        "assert names == ['apr-study', 'transfer-study', 'apr-predict'], names\n"
+        "assert names == ['apr-study', 'transfer-study', 'apr-predict', 'seed-study', "
+        "'class-count'], names\n"
         "main(['upload', '--help'])\n"
     )
     result = subprocess.run(

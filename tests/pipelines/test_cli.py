@@ -1,5 +1,6 @@
 """The aprflow entry point: help, and every command reachable through it."""
 
+import os
 import re
 
 import pytest
@@ -51,11 +52,14 @@ def test_run_dry_run_checks_without_running(tmp_path, monkeypatch, capsys):
     assert out.startswith("config OK: apr-study\n")
     # Readable YAML lines, not a Python dict's repr.
     assert "\nn_models: 2\n" in out and "{'" not in out
-    # The time estimate names the measurement it rests on and its age.
+    # The time estimate names the measurement it rests on and its age: a local run on a
+    # machine without a GPU trains on its CPU. The chunks are for kfp.local's two slots (6
+    # trials in 2 chunks, not 6 chunks for the cluster's parallelism), and the environment
+    # is as it was afterwards.
     assert "device-hours, one trial at a time" in out
     measured = r"images/s \+ \d+ s per trial, measured 20\d\d-\d\d-\d\d \("
-    assert re.search(r"\n  NVIDIA .* " + measured, out)
-    main(["run", "apr-study", "--set", "n_models=2", "--set", "device=cpu", "--dry-run"])
-    assert "\n  cpu, " in capsys.readouterr().out
+    assert re.search(r"\n  cpu, .* " + measured, out)
+    assert "6 trials in 2 chunks: 2 training tasks" in out
+    assert "APRFLOW_LOCAL_PARALLEL_TASKS" not in os.environ
     assert main(["run", "apr-study", "--set", "flops_max=1e3", "--dry-run"]) == 1
     assert capsys.readouterr().err.startswith("error: FLOP band")

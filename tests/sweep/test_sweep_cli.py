@@ -22,9 +22,16 @@ def test_dry_run_prints_trials_chunks_and_tasks(local_env, capsys):
     code, out, _ = _dry_run(capsys, "chunk_size=5")
     assert code == 0
     assert "24 trials in 5 chunks: 5 training tasks" in out
-    # Sized by estimate: 24 tiny trials spread over the profile's 16 parallel tasks.
+    # Sized by estimate for the machine that runs it: kfp.local's two slots here ...
     code, out, _ = _dry_run(capsys)
-    assert code == 0 and "24 trials in 12 chunks: 12 training tasks" in out
+    assert code == 0 and "24 trials in 2 chunks: 2 training tasks" in out
+    # ... and, for a cluster (aprflow submit), 24 tiny trials over the profile's 16 tasks.
+    from pipelines.apr_study import apr_study
+    from pipelines.config import load_config
+    from pipelines.sweep import dry_run_summary
+
+    summary = dry_run_summary(load_config(apr_study, DEMO, {}))
+    assert "24 trials in 12 chunks: 12 training tasks" in summary
 
 
 @pytest.mark.parametrize(

@@ -277,5 +277,7 @@ def test_plan_component_and_pipeline_carry_every_recipe_setting(tmp_path, local_
     path = Path(__file__).parents[2] / "pipelines" / "compiled" / "apr_study.yaml"
     compiled = next(yaml.safe_load_all(path.read_text()))
     inputs = compiled["root"]["dag"]["tasks"]["plan-study"]["inputs"]["parameters"]
-    for name in ("recipe_overrides", "dataset_settings", "seed", "zero_stage", "precision"):
+    for name in ("recipe_overrides", "dataset_settings", "zero_stage", "precision"):
         assert inputs[name] == {"componentInputParameter": name}, name
+    # The plan materialises extra test sets with the data seed (not the sampling seed).
+    assert inputs["seed"] == {"componentInputParameter": "data_seed"}

@@ -5,6 +5,7 @@ fine-tune, nested MLflow runs under one parent."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 
 import pytest
@@ -80,6 +81,9 @@ def test_transfer_study_locally(trained_trial, tmp_path):
     images = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,', report_html)
     assert {"scores_vs_finetune_digits", "learning_curves"} <= set(images), images
     assert store.exists(f"studies/{study_id}/curves.csv")
+    # The comparison beside the report, so `aprflow run` copies it into runs/<study_id>/.
+    comparison = json.loads(store.get_bytes(f"studies/{study_id}/comparison.json"))
+    assert comparison["targets"]["digits"]["scores_vs_finetune"]["knn/knn_top1"]["n_models"] == 2
 
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.get_experiment_by_name("toy-transfer")
