@@ -81,7 +81,7 @@ def run_local(
         try:
             with (
                 StudyConsole(log_path),
-                _original_print(),
+                original_print(),
                 without_retries(pipeline),
                 local_slots(),
             ):
@@ -190,10 +190,11 @@ def _print_tail(log_path: Path, lines: int = TAIL_LINES) -> None:
 
 
 @contextlib.contextmanager
-def _original_print() -> Iterator[None]:
+def original_print() -> Iterator[None]:
     """Restores ``builtins.print`` after kfp.local: its tasks indent their output by swapping
-    ``builtins.print`` from parallel threads, and an unlucky interleaving leaves the indenting
-    version installed for the rest of the process."""
+    ``builtins.print`` from parallel threads (``indented_print`` in kfp/local/logging_utils.py,
+    kfp 2.17.0), and an unlucky interleaving leaves the indenting version installed for the
+    rest of the process: every later ``print`` then starts with four spaces."""
     original = builtins.print
     try:
         yield

@@ -7,6 +7,7 @@ the tests and fixtures that use them, so collecting the suite stays fast
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,6 +17,19 @@ import pytest
 from helpers import BIN, free_port, mlflow_server_command, running_server
 
 from components.common.storage import open_store
+
+_PRINT = builtins.print
+
+
+@pytest.fixture(autouse=True)
+def print_is_left_alone() -> Iterator[None]:
+    """Fails the test that leaves ``builtins.print`` replaced (kfp.local's indenting print can
+    leak from its parallel tasks: pipelines.local.original_print), and puts it back, so that
+    the leak is blamed on its test instead of breaking every later test that reads stdout."""
+    yield
+    if builtins.print is not _PRINT:
+        builtins.print = _PRINT
+        pytest.fail("builtins.print was left replaced (run kfp.local inside original_print())")
 
 
 @pytest.fixture(scope="session")

@@ -40,8 +40,11 @@ def chromium_command(profile: Path, *args: str) -> list[str]:
 @contextlib.contextmanager
 def kfp_local_session(store_uri: str, root: Path) -> Iterator[None]:
     """kfp.local with SubprocessRunner in this environment; tasks see the store at
-    ``store_uri``, an MLflow SQLite file under ``root`` and one torch thread each."""
+    ``store_uri``, an MLflow SQLite file under ``root`` and one torch thread each.
+    ``builtins.print`` is restored after, as ``aprflow run`` does (:func:`original_print`)."""
     from kfp import local
+
+    from pipelines.local import original_print
 
     saved = dict(os.environ)
     os.environ["APRFLOW_STORE_URI"] = store_uri
@@ -49,7 +52,8 @@ def kfp_local_session(store_uri: str, root: Path) -> Iterator[None]:
     os.environ["APRFLOW_TORCH_THREADS"] = "1"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"))
     try:
-        yield
+        with original_print():
+            yield
     finally:
         os.environ.clear()
         os.environ.update(saved)

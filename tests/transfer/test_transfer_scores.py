@@ -105,8 +105,6 @@ def test_bad_input(call, message):
         call()
 
 
-# Out of `make test` for now: fails in a fresh clone's full run, passes alone (cause not found).
-@pytest.mark.extended
 def test_score_cli(tmp_path, capsys):
     features, labels = tmp_path / "F.npy", tmp_path / "Y.npy"
     np.save(features, np.array([[1.0], [1.0], [-1.0], [-1.0]]))
