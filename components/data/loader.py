@@ -11,7 +11,7 @@ The trainer asks :func:`open_split` for a split and gets a :class:`TrainData`:
   :class:`ShardSamples`, which reads the split's tar shards (through a local
   :class:`ShardCache` with a size limit, so an epoch does not re-read S3) and decodes and
   augments each image in the worker processes with timm's transforms (RandomResizedCrop,
-  flip, RandAugment ...) at the training resolution; pinned batches go to the device.
+  flip, RandAugment ...) at the training resolution; batches go to the device as uint8.
 
 Both honour the recipe's ``aug_repeats`` (repeated augmentation, timm's
 ``RepeatAugSampler``: each selected image several times in a row, each copy augmented
@@ -92,6 +92,10 @@ class TrainData(ABC):
     def batches_per_epoch(self, recipe: Any) -> int:
         """How many batches :meth:`train` yields per epoch (the schedule's steps)."""
         return len(train_batches(list(range(epoch_images(len(self), recipe))), recipe.batch_size))
+
+    def close(self) -> None:  # noqa: B027 - most splits hold nothing to release
+        """Releases what the split holds beyond memory (worker processes); the trial calls it
+        when it is done with the split."""
 
 
 def train_resolution(resolution: int, ratio: float) -> int:
@@ -501,7 +505,7 @@ class EpochBatches:
 
 
 class StreamBatches(TrainData):
-    """Batches from :class:`ShardSamples` through a DataLoader with workers and pinned memory.
+    """Batches from :class:`ShardSamples` through a DataLoader with persistent workers.
 
     The batches (which images, in which order, augmented how) depend on (seed, epoch) only,
     not on the number of workers: the main process fixes the batches, the workers decode and
@@ -554,7 +558,12 @@ class StreamBatches(TrainData):
             samples,
             batch_sampler=batches,
             num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
+            # Unpinned, as timm's loader by default (timm/data/loader.py create_loader,
+            # pin_memory=False; train.py --pin-mem off): a batch is a few hundred KB of uint8,
+            # and a pinning thread in the trainer's process competes with the Python that
+            # launches a small model's kernels. Pinned and persistent workers also stall the
+            # interpreter's exit 5 s per worker (pytorch/pytorch#81794).
+            pin_memory=False,
             persistent_workers=self.workers > 0,
             # The DataLoader draws its workers' base seeds from this generator, not the global
             # one: the trainer's global RNG (DropPath, Mixup) is the same whether the loader
@@ -563,6 +572,17 @@ class StreamBatches(TrainData):
         )
         self._loaders[use] = (settings, loader, batches)
         return loader
+
+    def close(self) -> None:
+        """Stops the persistent workers now (each exits on its queue's end marker) instead of
+        at the process's exit, when a worker that misses its marker costs a 5-s join timeout
+        (torch/utils/data/dataloader.py, ``_MultiProcessingDataLoaderIter._shutdown_workers``)
+        and a long-lived chunk process would keep idle workers between trials."""
+        for _, loader, _ in self._loaders.values():
+            if loader._iterator is not None:  # the persistent workers' iterator
+                loader._iterator._shutdown_workers()
+                loader._iterator = None
+        self._loaders.clear()
 
     def _loaded(self, loader: DataLoader, batches: list[list]) -> Iterator[Batch]:
         """The batches ``batches`` through ``loader`` on the device, timing the waits."""

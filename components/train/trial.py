@@ -58,6 +58,7 @@ import resource
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -720,13 +721,17 @@ def _train(
     ``memory`` is shared with the caller, which halves the micro-batch on an out-of-memory and
     calls again (resuming from the last checkpoint)."""
     setup, checkpoint = _set_up(store, trial, progress, memory)
-    state = _restore(setup, checkpoint, progress)
-    every_s = float(os.environ.get(CHECKPOINT_EVERY_ENV, CHECKPOINT_EVERY_S))
-    while state.epoch < trial.recipe.epochs:
-        train_loss = _train_epoch(store, setup, state, hooks, every_s)
-        _end_epoch(setup, state, train_loss, progress, hooks)
-        _save_checkpoint(store, setup, state)
-    return _result(store, setup, state)
+    try:
+        state = _restore(setup, checkpoint, progress)
+        every_s = float(os.environ.get(CHECKPOINT_EVERY_ENV, CHECKPOINT_EVERY_S))
+        while state.epoch < trial.recipe.epochs:
+            train_loss = _train_epoch(store, setup, state, hooks, every_s)
+            _end_epoch(setup, state, train_loss, progress, hooks)
+            _save_checkpoint(store, setup, state)
+        return _result(store, setup, state)
+    finally:
+        setup.train.close()
+        setup.test.close()
 
 
 def _set_up(
@@ -1026,11 +1031,11 @@ def _result(store: ArtifactStore, setup: TrainSetup, state: TrainState) -> dict[
     classes, eval_batch = trial.dataset.num_classes, setup.eval_batch
     evaluations = {"test": history.last_test()}
     if trial.dataset.n_val > 0:
-        val = open_split(store, trial.dataset, "val", engine.device, trial.seed)
-        evaluations["val"] = evaluate(setup.module, engine, val, eval_batch, classes)
+        with closing(open_split(store, trial.dataset, "val", engine.device, trial.seed)) as val:
+            evaluations["val"] = evaluate(setup.module, engine, val, eval_batch, classes)
     for extra in trial.test_sets:
-        data = open_split(store, extra, "test", engine.device, trial.seed)
-        evaluations[extra.name] = evaluate(setup.module, engine, data, eval_batch, classes)
+        with closing(open_split(store, extra, "test", engine.device, trial.seed)) as data:
+            evaluations[extra.name] = evaluate(setup.module, engine, data, eval_batch, classes)
     at_224 = complexity(trial.spec, 224)
     trained = complexity(trial.spec, trial.dataset.resolution, classes)
     totals = state.totals

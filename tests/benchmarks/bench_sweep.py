@@ -102,7 +102,8 @@ def sweep(
 
     Returns one row per setting: trials_per_gpu, wall_s, models_per_hour, images_per_s (training
     images of every model / the chunk's wall time), and per trial the training loop's
-    images_per_s (``trial_images_per_s``).
+    images_per_s over all epochs (``trial_images_per_s``) and in the last epoch
+    (``trial_last_epoch_images_per_s``).
     """
     from components.train.chunk import ChunkSettings, run_chunk
     from components.train.run import plan_study, result_key
@@ -133,6 +134,11 @@ def sweep(
                 "models_per_hour": 3600 * len(specs) / wall,
                 "images_per_s": len(specs) * epochs * ref.n_train / wall,
                 "trial_images_per_s": [r["train_images_per_s"] for r in results],
+                # The last epoch's rate: the first one carries the warm-up (cuDNN's autotuner
+                # tries each new convolution shape, the allocator grows).
+                "trial_last_epoch_images_per_s": [
+                    r["history"]["images_per_s"][-1] for r in results
+                ],
             }
         )
     return rows

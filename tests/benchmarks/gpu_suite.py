@@ -17,8 +17,10 @@ section's figures to ``--out`` (``bench-gpu.json``) as soon as they exist:
    ``compile_model`` with inductor's cache cold and warm (process wall time included);
 4. ``input``: the same model fed from the stream (JPEG decode in workers) and from memory:
    images/s and the share of the step spent waiting for data;
-5. ``projection``: GPU-hours of a 500-model x 30-epoch x 50,000-image sweep at the best sweep
-   rate measured, against the goal of 2 H100-hours (stretch 1);
+5. ``projection``: GPU-hours of a 500-model x 30-epoch x 50,000-image sweep from the sweep
+   setting that projects best: each trial's last-epoch rate for the 30 epochs, plus the
+   per-trial time outside them (the chunk's wall time less its trials' epochs), against the
+   goal of 2 H100-hours (stretch 1);
 
 and ``throughput``: one row per measured (model, resolution, trials at once): the table the
 planner's estimates rest on (:mod:`components.train.throughput`).
@@ -168,18 +170,22 @@ def sweep_section(args, budget: Budget, peak: float) -> dict:
         s.to_dict() for s in sample_specs("anynetx_a", args.sweep_models, (360e6, 400e6), 0).specs
     ]
     macs = mean_train_macs(specs, ref)
-    rows, estimate = [], 60.0
+    rows, slot_s = [], 60.0  # a trial slot's seconds for all models, before any measurement
     for i, pack in enumerate(args.packs):
-        if not budget.allows(estimate, f"sweep with {pack} trials at once"):
+        # Fewer trials at once take longer: at worst, as long as the slots they lose.
+        if not budget.allows(1.3 * slot_s / pack, f"sweep with {pack} trials at once"):
             continue
-        [row] = sweep(store, ref, specs, (pack,), args.sweep_batch_size, args.cpus, first_seed=i)
+        [row] = sweep(
+            store, ref, specs, (pack,), args.sweep_batch_size, args.cpus, args.sweep_epochs, i
+        )
         rows.append(row | {"mps": False})
-        estimate = min(estimate, 1.3 * row["wall_s"])
+        slot_s = row["wall_s"] * pack
         progress(f"sweep, {pack} at once: {row['models_per_hour']:.0f} models/hour")
     mps = shutil.which("nvidia-cuda-mps-control")
     if args.device == "cuda" and mps and rows:
-        best = max(rows, key=lambda r: r["models_per_hour"])["trials_per_gpu"]
-        if budget.allows(estimate, f"sweep with {best} at once under CUDA MPS"):
+        best_row = max(rows, key=lambda r: r["models_per_hour"])
+        best = best_row["trials_per_gpu"]
+        if budget.allows(1.3 * best_row["wall_s"], f"sweep with {best} at once under CUDA MPS"):
             rows.append(mps_sweep(mps, store, ref, specs, best, args, len(args.packs)))
     for row in rows:
         row["tflop_per_s"] = 6 * macs * row["images_per_s"] / 1e12
@@ -187,7 +193,7 @@ def sweep_section(args, budget: Budget, peak: float) -> dict:
     return {
         "models": len(specs),
         "train_images": ref.n_train,
-        "epochs": 1,
+        "epochs": args.sweep_epochs,
         "batch_size": args.sweep_batch_size,
         "macs_per_image": macs,
         "mps": "tried" if mps and args.device == "cuda" else "nvidia-cuda-mps-control not found",
@@ -204,7 +210,9 @@ def mps_sweep(mps: str, store, ref, specs, pack: int, args, seed: int) -> dict:
     if started.returncode != 0:
         return {"trials_per_gpu": pack, "mps": True, "error": started.stderr[-500:]}
     try:
-        [row] = sweep(store, ref, specs, (pack,), args.sweep_batch_size, args.cpus, first_seed=seed)
+        [row] = sweep(
+            store, ref, specs, (pack,), args.sweep_batch_size, args.cpus, args.sweep_epochs, seed
+        )
         return row | {"mps": True}
     finally:
         subprocess.run([mps], input="quit\n", text=True, timeout=30)
@@ -268,10 +276,11 @@ def input_section(args, budget: Budget, data: dict) -> dict:
     """Section 4: the same trial fed from the stream and from memory."""
     from bench_train_vs_timm import aprflow_trial, run_in_process
 
-    rows = []
+    rows, estimate = [], 45.0
     for mode in ("stream", "memory"):
-        if not budget.allows(30, f"input {mode}"):
+        if not budget.allows(estimate, f"input {mode}"):
             continue
+        tic = time.perf_counter()
         ref = replace(data["ref"], resolution=32, input=mode)
         run = run_in_process(args, aprflow_trial(args, args.engine_model, ref), args.workers)
         rate = run["result"]["history"]["images_per_s"][-1]
@@ -283,24 +292,40 @@ def input_section(args, budget: Budget, data: dict) -> dict:
                 "data_wait_fraction": run["wait_seconds"] * rate / images,
             }
         )
+        estimate = 1.2 * (time.perf_counter() - tic)
         progress(f"input {mode}: {rate:.0f} img/s, waited {rows[-1]['data_wait_fraction']:.0%}")
     return {"model": f"anynet_{args.engine_model}", "workers": args.workers, "rows": rows}
 
 
+def projected_hours(row: dict, sweep: dict) -> tuple[float, float, float]:
+    """(GPU-hours of the projected sweep, the per-trial seconds outside training, the median
+    trial's last-epoch images/s) from one sweep row: each trial trains the projected epochs at
+    its last-epoch rate, ``trials_per_gpu`` at once, and keeps its measured time outside them
+    (the chunk's wall time per trial slot, less that slot's epochs at the same rate)."""
+    rates = sorted(row["trial_last_epoch_images_per_s"])
+    rate = rates[len(rates) // 2]
+    slots = row["trials_per_gpu"]
+    outside_s = (
+        row["wall_s"] * slots / sweep["models"] - sweep["epochs"] * sweep["train_images"] / rate
+    )
+    per_trial_s = max(outside_s, 0.0) + PROJECTED_EPOCHS * PROJECTED_IMAGES / rate
+    return PROJECTED_MODELS * per_trial_s / slots / 3600, outside_s, rate
+
+
 def projection(sweep: dict, device: str) -> dict:
-    """GPU-hours of the projected sweep at the best measured sweep throughput."""
-    rows = [r for r in sweep.get("rows", []) if "images_per_s" in r]
+    """GPU-hours of the projected sweep from the sweep row that projects best."""
+    rows = [r for r in sweep.get("rows", []) if "trial_last_epoch_images_per_s" in r]
     if not rows:
         return {"skipped": "no sweep figures"}
-    best = max(rows, key=lambda r: r["images_per_s"])
-    images = PROJECTED_MODELS * PROJECTED_EPOCHS * PROJECTED_IMAGES
-    hours = images / best["images_per_s"] / 3600
+    best = min(rows, key=lambda r: projected_hours(r, sweep)[0])
+    hours, outside_s, rate = projected_hours(best, sweep)
     return {
         "sweep": (
             f"{PROJECTED_MODELS} models x {PROJECTED_EPOCHS} epochs x {PROJECTED_IMAGES} images"
         ),
         "at": f"{best['trials_per_gpu']} trials at once{' (MPS)' if best['mps'] else ''}",
-        "images_per_s": best["images_per_s"],
+        "trial_last_epoch_images_per_s": rate,
+        "outside_training_s_per_trial": outside_s,
         "gpu_hours": hours,
         "device": device,
         "goal_gpu_hours": GOAL_GPU_HOURS,
@@ -345,8 +370,8 @@ def throughput_rows(record: dict) -> list[dict]:
             )
     sweep = record["sections"].get("sweep", {})
     for row in sweep.get("rows", []):
-        if "trial_images_per_s" in row and not row["mps"]:
-            median = sorted(row["trial_images_per_s"])[len(row["trial_images_per_s"]) // 2]
+        if "trial_last_epoch_images_per_s" in row and not row["mps"]:
+            _, outside_s, rate = projected_hours(row, sweep)
             rows.append(
                 {
                     "device": device,
@@ -354,11 +379,9 @@ def throughput_rows(record: dict) -> list[dict]:
                     "resolution": 32,
                     "input": "memory",
                     "trials_at_once": row["trials_per_gpu"],
-                    "images_per_s": median,
-                    # Each trial's share of the chunk's wall time, less its training loop.
-                    "overhead_s": row["wall_s"] * row["trials_per_gpu"] / sweep["models"]
-                    - sweep["train_images"] * sweep["epochs"] / median,
-                    "source": "gpu_suite sweep (median trial)",
+                    "images_per_s": rate,
+                    "overhead_s": outside_s,
+                    "source": "gpu_suite sweep (median trial, last epoch)",
                 }
             )
     return rows
@@ -414,7 +437,9 @@ def table(record: dict) -> str:
     if "gpu_hours" in p:
         lines.append(
             f"projection: {p['sweep']} = {p['gpu_hours']:.2f} GPU-hours on {p['device']} "
-            f"at {p['at']} (goal <= {p['goal_gpu_hours']:g}, stretch <= {p['stretch_gpu_hours']:g})"
+            f"at {p['at']}: {p['trial_last_epoch_images_per_s']:.0f} img/s per trial, "
+            f"{p['outside_training_s_per_trial']:.1f} s per trial outside training "
+            f"(goal <= {p['goal_gpu_hours']:g}, stretch <= {p['stretch_gpu_hours']:g})"
         )
     for name, section in s.items():
         if "error" in section or "skipped" in section:
@@ -445,8 +470,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "workers": (1, min(8, max(1, cpus - 2))),
         "sweep_images": (120, 20_000),
         "sweep_models": (2, 8),
+        "sweep_epochs": (2, 2),  # the last one without the first's warm-up
         "sweep_batch_size": (32, 256),
-        "packs": ((1, 2), (1, 2, 4, 8)),
+        # Most trials at once first: the projection's setting, and the one a short budget keeps.
+        "packs": ((2, 1), (8, 4, 2, 1)),
         "engine_model": ("regnetx_200mf", "regnetx_400mf"),
     }
     for name, (tiny, full) in sizes.items():

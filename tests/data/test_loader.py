@@ -147,6 +147,66 @@ def test_trial_trains_and_resumes_on_the_stream(built, monkeypatch):
     assert resumed["history"]["test_error"] == uninterrupted["history"]["test_error"]
 
 
+def test_close_stops_the_persistent_workers_and_batches_are_unpinned(built):
+    import torch
+
+    from components.data.loader import open_split
+
+    store, ref = built
+    recipe = resolve_recipe("apr_tiny", {"batch_size": 4})
+    data = open_split(store, ref, "train", torch.device("cpu"), seed=5, workers=2)
+    _epoch(data, recipe, epoch=0)
+    list(data.eval(8))
+    loaders = [loader for _, loader, _ in data._loaders.values()]
+    workers = [w for loader in loaders for w in loader._iterator._workers]
+    assert len(workers) == 4 and all(w.is_alive() for w in workers)
+    # timm's default (no pinning thread in the trainer; pytorch/pytorch#81794 needs both).
+    assert not any(loader.pin_memory for loader in loaders)
+    data.close()
+    assert not any(w.is_alive() for w in workers)
+    data.close()  # idempotent
+    x, _ = _epoch(data, recipe, epoch=0)  # a closed split opens new workers when used again
+    assert len(x) == 20
+    data.close()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_trial_leaves_no_loader_worker_behind(built, monkeypatch, fails):
+    """The trial stops its splits' workers when it ends, failed or not, instead of leaving them
+    to whoever still holds the split, or to the process's exit (where each could cost a 5-s
+    join timeout)."""
+    import multiprocessing
+
+    from components.sample.samplers import sample_specs
+    from components.train import trial as trial_module
+    from components.train.trial import Trial, run_trial
+
+    opened = []  # held here, as a caller or a traceback can hold them
+
+    def recording_open_split(*args, **kwargs):
+        opened.append(trial_module.open_split.__wrapped__(*args, **kwargs))
+        return opened[-1]
+
+    recording_open_split.__wrapped__ = trial_module.open_split
+    monkeypatch.setattr(trial_module, "open_split", recording_open_split)
+
+    monkeypatch.setenv("APRFLOW_DATA_WORKERS", "2")
+    store, ref = built
+    spec = sample_specs("anynetx_a", 1, (150e6, 250e6), seed=3).specs[0].to_dict()
+    recipe = resolve_recipe("apr_tiny", {"epochs": 1, "batch_size": 4})
+    trial = Trial(spec=spec, dataset=replace(ref, resolution=8), recipe=recipe, seed=int(fails))
+
+    def progress(line: str) -> None:
+        if fails and "epoch 1/1" in line:
+            raise RuntimeError("pod killed")
+
+    before = set(multiprocessing.active_children())
+    result = run_trial(store, trial, progress=progress)
+    assert result["status"] == ("failed" if fails else "ok")
+    assert len(opened) == (2 if fails else 3)  # train, test (and val, evaluated at the end)
+    assert set(multiprocessing.active_children()) <= before
+
+
 def test_epoch_order_and_batches():
     from components.data.loader import epoch_order, train_batches
 
