@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml requirements/runtime.lock requirements/dev.lock
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/aprflow run apr-study --config pipelines/configs/demo.yaml
+	$(BIN)/aprflow run apr-study --config pipelines/configs/apr_study.toy.yaml
 
 # `make test` leaves out the tests marked `extended` (the longest whole-study runs) to stay
 # within its time budget; `make test-all` runs every test. Both lint first; the docs site is

@@ -1,7 +1,7 @@
 """Seconds per epoch of the ``apr_short`` recipe on ``shapes`` at 32 px, with the real trial code.
 
 One architecture sampled from the demo's design space (``anynetx_a``, 150-250 MFLOPs at 224 px,
-sampler seed 0: ``pipelines/configs/demo.yaml``) is trained by
+sampler seed 0: ``pipelines/configs/apr_study.toy.yaml``) is trained by
 :func:`components.train.trial.run_trial` for ``--epochs`` epochs (default 1) of ``apr_short``
 (the recipe's other fields unchanged) on the built-in ``shapes`` set at 32 px, on this
 machine's CPU (or ``--device``). Printed: the settings, the 1-minute load average before the

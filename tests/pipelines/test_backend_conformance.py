@@ -191,7 +191,7 @@ def test_dry_run_prints_pods_and_the_largest_executor_input(capsys):
             "run",
             "apr-study",
             "--config",
-            "pipelines/configs/demo.yaml",
+            "pipelines/configs/apr_study.toy.yaml",
             "--dry-run",
             "--set",
             "chunk_size=2",

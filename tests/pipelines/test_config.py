@@ -7,7 +7,7 @@ import pytest
 from components.common.errors import AprflowError
 from pipelines.config import ConfigError, load_config, parse_overrides
 
-DEMO = Path(__file__).parents[2] / "pipelines" / "configs" / "demo.yaml"
+DEMO = Path(__file__).parents[2] / "pipelines" / "configs" / "apr_study.toy.yaml"
 
 
 def test_defaults_file_and_overrides_layer():

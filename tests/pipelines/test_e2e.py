@@ -32,7 +32,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
     overrides = ["--set", f"n_models={N_MODELS}", "--set", "epochs=2"]
-    config = ["--config", str(ROOT / "pipelines" / "configs" / "demo.yaml")]
+    config = ["--config", str(ROOT / "pipelines" / "configs" / "apr_study.toy.yaml")]
     done = _aprflow(["run", "apr-study", *config, *overrides, "--profile"], env, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     output = done.stdout + done.stderr

@@ -68,7 +68,7 @@ def test_the_apr_study_takes_named_architectures():
     from pipelines.preflight import PreflightError, check_study
     from pipelines.sweep import planned_specs, planned_trials
 
-    demo = CONFIGS / "demo.yaml"
+    demo = CONFIGS / "apr_study.toy.yaml"
     arguments = load_config(
         apr_study, demo, parse_overrides(["n_models=0", "architectures=[resnet10t, test_vit]"])
     )

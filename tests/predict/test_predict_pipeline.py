@@ -36,7 +36,7 @@ def test_toy_prediction_end_to_end_and_its_rerun_reuses_features_and_trials(tmp_
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
     population = [
-        *("--config", str(CONFIGS / "demo.yaml"), "--set", f"n_models={N_MODELS}"),
+        *("--config", str(CONFIGS / "apr_study.toy.yaml"), "--set", f"n_models={N_MODELS}"),
         *("--set", "epochs=1", "--set", "datasets=digits,faces"),
     ]
     done = _aprflow(["run", "apr-study", *population], env, tmp_path)

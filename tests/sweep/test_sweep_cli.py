@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.cli import main
 
-DEMO = str(Path(__file__).parents[2] / "pipelines" / "configs" / "demo.yaml")
+DEMO = str(Path(__file__).parents[2] / "pipelines" / "configs" / "apr_study.toy.yaml")
 
 
 def _dry_run(capsys, *overrides: str) -> tuple[int, str, str]:
