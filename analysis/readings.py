@@ -426,4 +426,10 @@ def answer_readings(summary: dict, names: Names) -> dict:
             f"from strong. Intervals: {settings['interval_method']}. “Points” are percentage "
             "points of error."
         ),
+        "mirrors": (
+            "It mirrors Tuggener, Schmidhuber, Stadelmann 2021, “Is it enough to optimize CNN "
+            "architectures on ImageNet?”, arXiv 2103.09108: their APR plots (each model's error "
+            "on ImageNet against its error on a target dataset) with Spearman's ρ per dataset, "
+            "and their eCDFs of test error; here the reference plays ImageNet's part."
+        ),
     }

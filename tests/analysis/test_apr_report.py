@@ -270,6 +270,11 @@ def test_report_answers_first(synthetic_run, synthetic_table):
     html = (out / "report.html").read_text()
     question = "Do architectures that rank well on imagenet rank well on the other datasets?"
     assert html.index(question) < html.index('<h2 id="data">') < html.index("<img")
+    # The opening names the paper and the figures the report mirrors, in both formats.
+    mirrors = "It mirrors Tuggener, Schmidhuber, Stadelmann 2021"
+    assert html.index(mirrors) < html.index('<h2 id="data">')
+    md_text = (out / "report.md").read_text()
+    assert "arXiv 2103.09108" in md_text[: md_text.index("## Data")]
     ok = synthetic_table[synthetic_table["status"] == "ok"]
     means = ok.groupby(["dataset", "model"])["top1_error"].mean()
     for name in ("ds01", "ds02", "ds03"):
