@@ -323,10 +323,62 @@ def _kinds(models: list) -> str:
     return ", ".join(f"{n} with {kind}" for kind, n in kinds.items())
 
 
+def model_macs(entry, input_size: int, store: ArtifactStore) -> float:
+    """Multiply-adds per image of a study's model as the study feeds it: a trial's as trained
+    (its resolution and classes), scaled by area to ``input_size``; a timm model's with its
+    1,000-class head at ``input_size`` (224 px when 0, the usual pretrained size)."""
+    from components.sample.models import complexity
+    from components.train.trial import Trial, result_key
+    from components.transfer.features import TIMM_PREFIX, TRIAL_PREFIX
+
+    if entry.model.startswith(TRIAL_PREFIX):
+        result = store.get_json(result_key(entry.model[len(TRIAL_PREFIX) :]))
+        trial = Trial.from_dict(result)
+        side = trial.dataset.resolution
+        trained = (
+            result.get("flops_trained")
+            or complexity(trial.spec, side, trial.dataset.num_classes).flops
+        )
+        return trained * ((input_size or side) / side) ** 2
+    return complexity({"timm": entry.model.removeprefix(TIMM_PREFIX)}, input_size or 224).flops
+
+
+# Models whose multiply-adds the dry run counts (on the meta device, ~0.1-1 s each); a longer
+# list is estimated from an even sample of it.
+COUNTED_MODELS = 24
+
+
+def time_lines(
+    macs: list[float], n_models: int, extracted: int, trained: list[int], kind: str
+) -> list[str]:
+    """The estimated device time of a transfer study of ``n_models`` models, from the
+    multiply-adds of ``macs`` (all of them, or an even sample): every model's features of
+    ``extracted`` images (a forward pass each) and the ``trained`` images of each fine-tune
+    and scratch run per model, at the trainer's measured throughput."""
+    from components.common.progress import format_seconds
+    from components.train.throughput import work_estimate
+
+    extraction = [work_estimate(m, extracted, kind, forward_only=True) for m in macs]
+    training = [work_estimate(m, sum(trained), kind) for m in macs] if sum(trained) else []
+    scale = n_models / len(macs)
+    seconds = [scale * sum(e.seconds for e in part) for part in (extraction, training)]
+    bases = sorted({e.basis.describe() for e in extraction + training})
+    sample = f" (from {len(macs)} of the models' multiply-adds)" if len(macs) < n_models else ""
+    device = "CPU" if kind == "cpu" else "GPU"
+    return [
+        f"time: about {format_seconds(sum(seconds))} (h:mm:ss) of {device}, one model at a "
+        f"time{sample}: features {format_seconds(seconds[0])} (a forward pass counted as a "
+        f"third of a training step), fine-tune and scratch {format_seconds(seconds[1])}; from "
+        "the trainer's measured throughput (its AnyNets' images/s per multiply-add; a timm "
+        "model's may differ) of:",
+        *(f"  {basis}" for basis in bases),
+    ]
+
+
 def dry_run_summary(arguments: dict[str, Any]) -> str:
-    """What a checked run would do: models x targets x regimes, chunk tasks, and the work of
-    feature extraction and fine-tuning counted in images (aprflow has no measured throughput
-    of either, so no time is estimated)."""
+    """What a checked run would do: models x targets x regimes, chunk tasks, the work of
+    feature extraction and fine-tuning counted in images, and its estimated device time."""
+    from components.train.throughput import device_kind
     from components.transfer.steps import DEFAULT_CHUNK_MODELS
 
     store = open_store(arguments["store_uri"] or None)
@@ -352,14 +404,14 @@ def dry_run_summary(arguments: dict[str, Any]) -> str:
         f"features: {len(models)} models x {images:,} target images = "
         f"{len(models) * images:,} forward passes (cached in the store: a re-run reuses them)"
     )
-    trained = 0
+    trained: list[int] = []  # images trained per model, per run of fine-tune or scratch
     max_steps = arguments["finetune_max_steps"] or None
     for regime in (r for r in ("finetune", "scratch") if r in regimes):
         for name, s in sizes.items():
             grid, steps, refit, recipe, per_model = tuned_images(
                 regime, arguments["recipe_overrides"], s, max_steps
             )
-            trained += per_model * len(models)
+            trained.append(per_model)
             lines.append(
                 f"{regime} on {name}: {grid} lr x weight-decay configuration(s) x {steps:,} "
                 f"steps + a refit of {refit:,} steps at batch {recipe.batch_size} "
@@ -368,10 +420,8 @@ def dry_run_summary(arguments: dict[str, Any]) -> str:
                 + f") = {per_model:,} images trained per model"
             )
     if trained:
-        lines.append(f"fine-tune and scratch: {trained:,} images trained in all")
-    lines.append(
-        "time: not estimated: aprflow has measured no throughput of feature extraction or of "
-        "fine-tuning timm models (components/train/throughput.json holds its AnyNet trainer's); "
-        "the counts above are the work"
-    )
+        lines.append(f"fine-tune and scratch: {sum(trained) * len(models):,} images trained in all")
+    step = max(1, math.ceil(len(models) / COUNTED_MODELS))
+    macs = [model_macs(entry, arguments["input_size"], store) for entry in models[::step]]
+    lines += time_lines(macs, len(models), images, trained, device_kind(arguments["device"]))
     return "\n".join(lines)

@@ -104,6 +104,11 @@ def basis_for(
     return min(rows, key=distance)
 
 
+def _rate(basis: Measurement, macs: float) -> float:
+    """Training images/s of a model of ``macs`` on ``basis``'s setting."""
+    return basis.images_per_s * min(1.0, basis.macs_per_image / max(macs, 1.0))
+
+
 def estimate(
     macs: float,
     images: int,
@@ -114,8 +119,26 @@ def estimate(
 ) -> Estimate:
     """A trial's estimated wall time (seconds) and the measurement it rests on."""
     basis = basis_for(kind, macs, input_mode, table)
-    rate = basis.images_per_s * min(1.0, basis.macs_per_image / max(macs, 1.0))
-    return Estimate(basis.overhead_s + images * epochs / rate, basis)
+    return Estimate(basis.overhead_s + images * epochs / _rate(basis, macs), basis)
+
+
+# A forward pass is about a third of a training step's work (backward: about twice forward).
+FORWARD_SHARE = 1 / 3
+
+
+def work_estimate(
+    macs: float,
+    images: int,
+    kind: str,
+    forward_only: bool = False,
+    table: tuple[Measurement, ...] | None = None,
+) -> Estimate:
+    """Seconds to train on (or, ``forward_only``, to extract features of) ``images`` images
+    with a model of ``macs`` multiply-adds per image, at the trainer's measured rate (memory
+    input) and without a trial's time outside its loop: the work of a transfer study."""
+    basis = basis_for(kind, macs, "memory", table)
+    share = FORWARD_SHARE if forward_only else 1.0
+    return Estimate(images * share / _rate(basis, macs), basis)
 
 
 def bench_rows(record: dict) -> list[Measurement]:

@@ -89,6 +89,30 @@ def test_estimate_rests_on_the_nearest_measurement_of_the_device_kind(big_plan):
     assert estimate(trial).basis.kind == "gpu"
 
 
+def test_the_work_of_a_transfer_study_is_estimated_from_the_same_table():
+    from components.train import throughput
+    from pipelines.transfer_preflight import time_lines
+
+    def row(device, macs, rate):
+        return throughput.Measurement(device, macs, 32, "memory", rate, 20, "2026-12-01", "t")
+
+    table = (row("NVIDIA H200", 30e6, 10_000), row("cpu", 20e6, 500))
+    # Training: images at the rate scaled by work, without a trial's 20 s outside its loop;
+    # a forward pass a third of a training step.
+    trained = throughput.work_estimate(60e6, 100_000, "gpu", table=table)
+    assert trained.basis is table[0] and trained.seconds == 100_000 / 5_000
+    forward = throughput.work_estimate(60e6, 100_000, "gpu", forward_only=True, table=table)
+    assert forward.seconds == pytest.approx(trained.seconds / 3)
+    # The committed table's CPU row; two counted models stand for ten.
+    [cpu] = [r for r in throughput.load_table() if r.kind == "cpu"]
+    lines = time_lines([cpu.macs_per_image] * 2, 10, 3_000, [5_000, 1_000], "cpu")
+    features, tuning = 10 * 3_000 / cpu.images_per_s / 3, 10 * 6_000 / cpu.images_per_s
+    total = int(features + tuning)
+    stated = f"time: about {total // 3600}:{total // 60 % 60:02d}:{total % 60:02d} (h:mm:ss)"
+    assert lines[0].startswith(stated) and "(from 2 of the models' multiply-adds)" in lines[0]
+    assert lines[1].startswith("  cpu, ")
+
+
 def test_a_benchmark_run_adds_its_one_trial_rows_to_the_table(tmp_path):
     from dataclasses import asdict
 

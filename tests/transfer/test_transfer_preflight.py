@@ -128,7 +128,17 @@ def test_the_dry_run_plans_the_toy_file(local_env, capsys):
         "steps at batch 256 (steps_policy scaled, capped at 50) = 38,400 images trained per model"
     )
     assert plan[5] == "fine-tune and scratch: 384,000 images trained in all"
-    assert plan[6].startswith("time: not estimated: aprflow has measured no throughput")
+    # The 10 models' multiply-adds at 32 px, each no faster than the CPU row of the planner's
+    # table: 384,000 fine-tuning images, and the 17,970 forward passes at a third of a step.
+    from components.train.throughput import load_table
+
+    [cpu] = [row for row in load_table() if row.kind == "cpu"]
+    fine_tune = 384_000 / cpu.images_per_s  # every test_* model is below the row's MACs
+    assert plan[6].startswith("time: about ") and "of CPU, one model at a time:" in plan[6]
+    stated = re.search(r"fine-tune and scratch (\d+):(\d\d):(\d\d)", plan[6])
+    h, m, sec = (int(x) for x in stated.groups())
+    assert 3600 * h + 60 * m + sec == pytest.approx(fine_tune, abs=1)
+    assert plan[7].startswith("  cpu, ")
     assert not (local_env / "store").exists() or not list((local_env / "store").rglob("studies"))
 
 
