@@ -98,3 +98,25 @@ def test_the_projection_uses_the_last_epoch_rate_and_the_time_outside_training()
     slower = row | {"trials_per_gpu": 1, "wall_s": 150.0}
     chosen = projection({**sweep, "rows": [slower, row]}, "GPU")
     assert chosen["at"] == "2 trials at once" and chosen["gpu_hours"] == pytest.approx(hours)
+
+
+def test_the_table_shows_the_ratio_and_how_long_the_trial_process_takes_to_exit():
+    sys.path.insert(0, str(SUITE.parent))
+    from gpu_suite import table
+
+    row = {
+        "model": "anynet_resnet18",
+        "resolution": 32,
+        "aprflow": {"last_epoch_images_per_s": 6000.0, "exit_after_last_epoch_s": 81.2},
+        "timm": {"last_epoch_images_per_s": 8000.0},
+    }
+    record = {
+        "device": "GPU",
+        "torch": "2",
+        "timm": "1",
+        "sections": {"trainer_vs_timm": {"rows": [row]}},
+        "seconds": 1.0,
+        "budget_s": 2.0,
+    }
+    line = table(record).splitlines()[1]
+    assert "ratio 0.75" in line and "exits 81.2 s after its last epoch" in line
