@@ -562,7 +562,8 @@ class StreamBatches(TrainData):
             # pin_memory=False; train.py --pin-mem off): a batch is a few hundred KB of uint8,
             # and a pinning thread in the trainer's process competes with the Python that
             # launches a small model's kernels. Pinned and persistent workers also stall the
-            # interpreter's exit 5 s per worker (pytorch/pytorch#81794).
+            # interpreter's exit 5 s per worker
+            # (https://github.com/pytorch/pytorch/issues/81794).
             pin_memory=False,
             persistent_workers=self.workers > 0,
             # The DataLoader draws its workers' base seeds from this generator, not the global

@@ -115,7 +115,8 @@ def trainer_vs_timm(args, budget: Budget, data: dict) -> dict:
                         "macs_per_image": run["result"]["flops_trained"],
                         "epoch_ends_s": run["epoch_ends_s"],
                         "exit_s": run["exit_s"],
-                        # Was 81 s on an H200 with pinned memory (pytorch/pytorch#81794).
+                        # Was 81 s on an H200 with pinned memory
+                        # (https://github.com/pytorch/pytorch/issues/81794).
                         "exit_after_last_epoch_s": run["exit_s"] - run["epoch_ends_s"][-1],
                         "overhead_s": overhead_s(run, args.epochs),
                         "log_tail": run["log_tail"],

@@ -160,7 +160,8 @@ def test_close_stops_the_persistent_workers_and_batches_are_unpinned(built):
     loaders = [loader for _, loader, _ in data._loaders.values()]
     workers = [w for loader in loaders for w in loader._iterator._workers]
     assert len(workers) == 4 and all(w.is_alive() for w in workers)
-    # timm's default (no pinning thread in the trainer; pytorch/pytorch#81794 needs both).
+    # timm's default: no pinning thread in the trainer (and the exit stall of
+    # https://github.com/pytorch/pytorch/issues/81794 needs pinned memory).
     assert not any(loader.pin_memory for loader in loaders)
     data.close()
     assert not any(w.is_alive() for w in workers)
