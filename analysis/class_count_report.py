@@ -17,7 +17,6 @@ import base64
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import pandas as pd
 
@@ -31,7 +30,7 @@ from analysis.class_count import (
 )
 from analysis.files import replaced_folder, write_atomic
 from analysis.readings import fmt
-from analysis.report import to_json
+from analysis.report import render_in, to_json
 from analysis.words import plural
 
 TEMPLATE_DIR = Path(__file__).parent
@@ -365,19 +364,6 @@ def report_context(summary: dict[str, Any], pngs: dict[str, bytes], title: str) 
     }
 
 
-def render(name: str, context: dict[str, Any]) -> str:
-    """Renders a template of this package (HTML autoescaped)."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["md"] = lambda value: str(value).replace("|", "\\|").replace("\n", " ")
-    return env.get_template(name).render(**context)
-
-
 def write_report(
     out_dir: str | Path, summary: dict[str, Any], errors: pd.DataFrame, title: str
 ) -> None:
@@ -398,6 +384,6 @@ def write_report(
         (out / "figures").mkdir()
         for name, png in pngs.items():
             write_atomic(out / "figures" / f"{name}.png", png)
-        write_atomic(out / "report.html", render("class_count.html.j2", context))
-        write_atomic(out / "report.md", render("class_count.md.j2", context))
+        write_atomic(out / "report.html", render_in(TEMPLATE_DIR, "class_count.html.j2", context))
+        write_atomic(out / "report.md", render_in(TEMPLATE_DIR, "class_count.md.j2", context))
         write_atomic(out / "summary.json", to_json(summary))

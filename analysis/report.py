@@ -657,15 +657,30 @@ def _cell(value) -> str:
     return str(value)
 
 
-def render_template(name: str, context: dict) -> str:
-    """Render a template shipped in the package (HTML templates are autoescaped)."""
+def template_environment(template_dir: Path) -> jinja2.Environment:
+    """The Jinja environment of every report's templates in ``template_dir``: HTML templates
+    autoescaped, an undefined name an error, block tags trimmed, and the ``md`` filter (a
+    value as a Markdown table cell)."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        loader=jinja2.FileSystemLoader(template_dir),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["md"] = lambda value: str(value).replace("|", "\\|").replace("\n", " ")
+    return env
+
+
+def render_in(template_dir: Path, name: str, context: dict) -> str:
+    """Renders template ``name`` of ``template_dir`` (:func:`template_environment`)."""
+    return template_environment(template_dir).get_template(name).render(**context)
+
+
+def render_template(name: str, context: dict) -> str:
+    """Render a template shipped in the package (HTML templates are autoescaped), with the
+    APR report's number formats."""
+    env = template_environment(TEMPLATE_DIR)
     env.filters["cell"] = _cell
     env.filters["plural"] = plural
     env.filters["md"] = lambda value: _cell(value).replace("|", "\\|").replace("\n", " ")

@@ -26,7 +26,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
@@ -35,7 +34,7 @@ from analysis import stats
 from analysis.compute import evaluations_of, metric_name
 from analysis.files import replaced_folder, write_atomic
 from analysis.readings import fmt, interval, relation
-from analysis.report import to_json
+from analysis.report import render_in, to_json
 from analysis.table import OWN_TEST_SET, load_results
 from analysis.words import plural
 from components.analyze.run import gather_study, publish_study, save_results
@@ -402,18 +401,6 @@ def report_context(summary: dict[str, Any], png: bytes) -> dict[str, Any]:
     }
 
 
-def render(name: str, context: dict[str, Any]) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["md"] = lambda value: str(value).replace("|", "\\|").replace("\n", " ")
-    return env.get_template(name).render(**context)
-
-
 def write_report(out_dir: Path, summary: dict[str, Any], table: pd.DataFrame) -> None:
     """Writes ``report.html`` (self-contained), ``report.md``, ``summary.json`` and the figure
     into ``out_dir``, replacing the previous ones at once."""
@@ -422,8 +409,8 @@ def write_report(out_dir: Path, summary: dict[str, Any], table: pd.DataFrame) ->
     with replaced_folder(out_dir, OUTPUTS) as out:
         (out / "figures").mkdir()
         write_atomic(out / "figures" / f"{FIGURE}.png", png)
-        write_atomic(out / "report.html", render("seed_report.html.j2", context))
-        write_atomic(out / "report.md", render("seed_report.md.j2", context))
+        write_atomic(out / "report.html", render_in(TEMPLATE_DIR, "seed_report.html.j2", context))
+        write_atomic(out / "report.md", render_in(TEMPLATE_DIR, "seed_report.md.j2", context))
         write_atomic(out / "summary.json", to_json(summary))
 
 

@@ -16,11 +16,9 @@ import base64
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from analysis.files import replaced_folder, write_atomic
 from analysis.readings import fmt, interval
-from analysis.report import to_json
+from analysis.report import render_in, to_json
 from analysis.words import plural
 from components.predict.predictors import (
     RANDOM,
@@ -370,28 +368,16 @@ def report_context(summary: dict[str, Any], png: bytes) -> dict[str, Any]:
     }
 
 
-def render(name: str, context: dict[str, Any]) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["md"] = lambda value: str(value).replace("|", "\\|").replace("\n", " ")
-    return env.get_template(name).render(**context)
-
-
 def write_report(out_dir: str | Path, summary: dict[str, Any]) -> str:
     """Writes ``report.html``, ``report.md``, ``summary.json`` and the figure into ``out_dir``
     (replaced as a whole: readers see the old report or the new one); returns the HTML."""
     png = figure(summary)
     context = report_context(summary, png)
-    html = render("report.html.j2", context)
+    html = render_in(TEMPLATE_DIR, "report.html.j2", context)
     with replaced_folder(out_dir, OUTPUTS) as out:
         (out / "figures").mkdir()
         write_atomic(out / "figures" / f"{FIGURE}.png", png)
         write_atomic(out / "report.html", html)
-        write_atomic(out / "report.md", render("report.md.j2", context))
+        write_atomic(out / "report.md", render_in(TEMPLATE_DIR, "report.md.j2", context))
         write_atomic(out / "summary.json", to_json(summary))
     return html
