@@ -62,6 +62,28 @@ def kfp_local_session(store_uri: str, root: Path) -> Iterator[None]:
 BIN = Path(sys.executable).parent
 
 
+def default_env(**extra: str) -> dict[str, str]:
+    """This process's environment without ``APRFLOW_*`` and ``MLFLOW_*`` variables, so that an
+    ``aprflow`` command uses its local defaults (runs/ under its folder), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
+    return env | extra
+
+
+def run_aprflow(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float | None = 900
+) -> subprocess.CompletedProcess:
+    """This venv's ``aprflow`` with ``args`` in ``cwd`` (output captured as text); ``env``
+    defaults to :func:`default_env`."""
+    return subprocess.run(
+        [str(BIN / "aprflow"), *args],
+        env=default_env() if env is None else env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

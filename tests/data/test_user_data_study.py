@@ -4,12 +4,11 @@ study end to end on a user ImageFolder through `aprflow run`."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import default_env, run_aprflow
 from imagesets import make_image_folder
 
 from components.common.errors import AprflowError
@@ -91,15 +90,11 @@ def test_named_build_in_a_study_with_its_own_settings(tmp_path, local_env):
 def test_tiny_study_on_a_user_image_folder(tmp_path):
     """`aprflow data build` then `aprflow run` with the built name beside a built-in set; the
     user set streams at its own resolution and epochs, the built-in stays in memory."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
-    env["APRFLOW_DATA_WORKERS"] = "1"
-    aprflow = str(Path(sys.executable).parent / "aprflow")
+    env = default_env(APRFLOW_DATA_WORKERS="1")
     folder = make_image_folder(tmp_path / "src", per_class=12)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        done = subprocess.run(
-            [aprflow, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
-        )
+        done = run_aprflow(list(args), tmp_path, env)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_aprflow
 
 from components.common.storage import open_store
 from pipelines.cli import main
@@ -228,11 +226,6 @@ def test_documentation_page_lists_every_parameter_and_both_files():
     assert "studies/class-count.md" in (ROOT / "mkdocs.yml").read_text()
 
 
-def _aprflow(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).parent / "aprflow"), *args]
-    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
-
-
 @pytest.mark.slow
 @pytest.mark.extended
 def test_toy_class_count_end_to_end_and_its_rerun(tmp_path):
@@ -241,13 +234,12 @@ def test_toy_class_count_end_to_end_and_its_rerun(tmp_path):
     builds and trains nothing again."""
     from mlflow.tracking import MlflowClient
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
     args = [
         *("run", "class-count", "--config", str(TOY)),
         *("--set", "n_models=4", "--set", "draws=2", "--set", "epochs=1"),
         *("--set", "n_bootstrap=2000"),
     ]
-    done = _aprflow(args, env, tmp_path)
+    done = run_aprflow(args, tmp_path, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = Path(done.stdout.strip())
     assert report.name == "report.html" and report.parent.name.startswith("class-count-toy-")
@@ -280,7 +272,7 @@ def test_toy_class_count_end_to_end_and_its_rerun(tmp_path):
     assert len(trials) == n_trials
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
 
-    again = _aprflow(args, env, tmp_path)
+    again = run_aprflow(args, tmp_path, timeout=1800)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout == done.stdout  # the same study
     reused = re.findall(r"^  trial +\d+/\d+ ok \(reused\) ", again.stderr, re.MULTILINE)

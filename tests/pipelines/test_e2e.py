@@ -3,12 +3,11 @@
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import run_aprflow
 
 ROOT = Path(__file__).parents[2]
 N_MODELS, DATASETS = 3, ["digits", "faces", "shapes"]
@@ -21,19 +20,13 @@ CHANCE_ERROR = {"digits": 90.0, "faces": 50.0, "shapes": 83.3}
 LEARNED_MARGIN = {"digits": 20.0, "faces": 10.0}
 
 
-def _aprflow(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).parent / "aprflow"), *args]
-    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
     overrides = ["--set", f"n_models={N_MODELS}", "--set", "epochs=2"]
     config = ["--config", str(ROOT / "pipelines" / "configs" / "apr_study.toy.yaml")]
-    done = _aprflow(["run", "apr-study", *config, *overrides, "--profile"], env, tmp_path)
+    done = run_aprflow(["run", "apr-study", *config, *overrides, "--profile"], tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     output = done.stdout + done.stderr
     n_trials = N_MODELS * len(DATASETS)
@@ -106,7 +99,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert set(linked["top1_error"]) <= set(best["top1_error"])
 
     # A second run reuses every trial (idempotent) and yields the same study.
-    again = _aprflow(["run", "apr-study", *config, *overrides], env, tmp_path)
+    again = run_aprflow(["run", "apr-study", *config, *overrides], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     reused = re.findall(r"^  trial +\d+/\d+ ok \(reused\) ", again.stderr, re.MULTILINE)
     assert len(reused) == n_trials, again.stderr
@@ -115,7 +108,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
 
 
 def test_bad_config_is_one_clear_line(tmp_path):
-    done = _aprflow(["run", "apr-study", "--set", "n_model=3"], dict(os.environ), tmp_path)
+    done = run_aprflow(["run", "apr-study", "--set", "n_model=3"], tmp_path, dict(os.environ))
     assert done.returncode == 2  # an unknown --set key: a usage error
     assert done.stderr.strip().startswith("error: unknown config key 'n_model'")
     assert len(done.stderr.strip().splitlines()) == 1
@@ -134,7 +127,7 @@ def test_pipeline_on_s3_and_a_tracking_server(tmp_path, s3_env, mlflow_server):
         *("--set", "study_name=apr-s3", "--set", "n_models=2", "--set", "epochs=1"),
         *("--set", "datasets=faces,shapes", "--set", "reference=faces"),
     ]
-    done = _aprflow(["run", "apr-study", *overrides], env, tmp_path)
+    done = run_aprflow(["run", "apr-study", *overrides], tmp_path, env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert not (tmp_path / "runs" / "store").exists(), "nothing went to the local store"
     s3 = boto3.client("s3", endpoint_url=env["APRFLOW_S3_ENDPOINT_URL"])
@@ -155,12 +148,11 @@ def test_pipeline_on_s3_and_a_tracking_server(tmp_path, s3_env, mlflow_server):
 @pytest.mark.extended
 def test_pipeline_with_the_deepspeed_engine(tmp_path):
     """Two trials at a time, each task its own DeepSpeed process group (kfp.local subprocesses)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
     overrides = [
         *("--set", "engine=deepspeed", "--set", "study_name=apr-ds", "--set", "n_models=2"),
         *("--set", "epochs=1", "--set", "datasets=faces,shapes"),
     ]
-    done = _aprflow(["run", "apr-study", *overrides], env, tmp_path)
+    done = run_aprflow(["run", "apr-study", *overrides], tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = next((tmp_path / "runs").glob("apr-ds-*/results.csv")).read_text().splitlines()
     assert len(table) == 1 + 4

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_aprflow
 
 from components.common.errors import AprflowError
 from pipelines.config import ConfigError, load_config, parse_overrides
@@ -120,16 +118,7 @@ def test_the_toy_seed_study_end_to_end(tmp_path):
     figure written, one MLflow parent with one nested run per seed."""
     from mlflow.tracking import MlflowClient
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
-    command = [str(Path(sys.executable).parent / "aprflow"), "run", "seed-study"]
-    done = subprocess.run(
-        [*command, "--config", str(TOY)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    done = run_aprflow(["run", "seed-study", "--config", str(TOY)], tmp_path, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = Path(done.stdout.strip())
     study_dir = report.parent

@@ -9,13 +9,11 @@ seconds within ``make test``.
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_aprflow
 
 ROOT = Path(__file__).parents[2]
 CONFIGS = ROOT / "pipelines" / "configs"
@@ -26,26 +24,20 @@ BASELINES = ("source:digits", "source:faces", "source", "random")
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
-def _aprflow(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).parent / "aprflow"), *args]
-    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=1200)
-
-
 def test_toy_prediction_end_to_end_and_its_rerun_reuses_features_and_trials(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
     population = [
         *("--config", str(CONFIGS / "apr_study.toy.yaml"), "--set", f"n_models={N_MODELS}"),
         *("--set", "epochs=1", "--set", "datasets=digits,faces"),
     ]
-    done = _aprflow(["run", "apr-study", *population], env, tmp_path)
+    done = run_aprflow(["run", "apr-study", *population], tmp_path, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     predict = [
         *("run", "apr-predict", "--config", str(CONFIGS / "apr_predict.toy.yaml")),
         *("--set", f"k={N_MODELS}", "--set", "n_bootstrap=200", "--set", "random_draws=200"),
     ]
-    first = _aprflow(predict, env, tmp_path)
+    first = run_aprflow(predict, tmp_path, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = Path(first.stdout.strip())
     assert report.name == "report.html" and report.parent.name.startswith("apr-predict-")
@@ -64,7 +56,7 @@ def test_toy_prediction_end_to_end_and_its_rerun_reuses_features_and_trials(tmp_
     assert html.split('<p class="answer">')[1].startswith("On shapes, ")
     assert f"(n = {N_MODELS})" in html.split('<p class="answer">')[1].split("</p>")[0]
 
-    again = _aprflow(predict, env, tmp_path)
+    again = run_aprflow(predict, tmp_path, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout == first.stdout  # the same study
     reused_scores = re.findall(r"chunk \d+: results found in the store, reused", again.stderr)

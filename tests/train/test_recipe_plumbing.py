@@ -4,12 +4,11 @@ values refused in one line before anything is written."""
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import default_env, run_aprflow
 
 from components.data.datasets import DatasetRef
 from components.sample.space import REFERENCE_SPECS
@@ -177,14 +176,10 @@ def test_plan_carries_recipes_engine_options_and_test_sets():
 @pytest.mark.slow
 def test_acceptance_rsb_a3_smoke_trial_on_digits(tmp_path):
     """The issue's acceptance command: a recipe made for ImageNet runs a smoke trial."""
-    aprflow_bin = str(Path(sys.executable).parent / "aprflow")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
-    env |= {"APRFLOW_STORE_URI": str(tmp_path / "store"), "APRFLOW_TORCH_THREADS": "2"}
+    env = default_env(APRFLOW_STORE_URI=str(tmp_path / "store"), APRFLOW_TORCH_THREADS="2")
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        done = subprocess.run(
-            [aprflow_bin, *args], cwd=tmp_path, env=env, capture_output=True, text=True
-        )
+        done = run_aprflow(list(args), tmp_path, env, timeout=None)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         return done
 

@@ -9,13 +9,11 @@ file's checks and plan in seconds (tests/transfer/test_transfer_preflight.py).
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_aprflow
 
 ROOT = Path(__file__).parents[2]
 TOY = ROOT / "pipelines" / "configs" / "transfer_study.toy.yaml"
@@ -33,16 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.extended]
 def test_the_toy_file_runs_end_to_end_and_its_header_holds(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APRFLOW_", "MLFLOW_"))}
-    command = [str(Path(sys.executable).parent / "aprflow"), "run", "transfer-study"]
-    done = subprocess.run(
-        [*command, "--config", str(TOY)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    done = run_aprflow(["run", "transfer-study", "--config", str(TOY)], tmp_path, timeout=1800)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     report = Path(done.stdout.strip())
     assert report.name == "report.html" and report.parent.name.startswith("transfer-toy-")
