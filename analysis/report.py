@@ -6,7 +6,7 @@ import base64
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -63,6 +63,7 @@ def analyze(
     dataset_notes: Mapping[str, str] | None = None,
     test_noise: str = "auto",
     test_sizes: Mapping[str, int] | None = None,
+    late_links: Callable[[], ResultsTable] | None = None,
 ) -> dict:
     """Run the whole analysis and write its outputs.
 
@@ -93,6 +94,10 @@ def analyze(
         test_noise: ``"auto"``, ``"binomial"`` or ``"none"``: whether the intervals include
             the noise of the finite test sets (see :func:`analysis.compute.compute_analysis`).
         test_sizes: ``{dataset: images in its test split}`` for that noise.
+        late_links: returns ``results`` with the ``model_url`` links made while the
+            statistics ran (an APR study logs its best models in a second process); called
+            once, after the statistics and figures, before the report is written (None: the
+            links of ``results``).
 
     Returns:
         The summary dict (as written to ``summary.json``).
@@ -119,7 +124,7 @@ def analyze(
     summary = analysis.summary
     summary["figures"] = {name: f"figures/{name}.png" for name in pngs}
     regime_word = table.regime_column or "regime"
-    best = best_models_table(table, analysis, regime_word)
+    best = best_models_table(late_links() if late_links else table, analysis, regime_word)
     context = report_context(summary, pngs, model_table(analysis), datasets, regime_word, best)
 
     with replaced_folder(out_dir, OUTPUTS) as out:

@@ -155,7 +155,7 @@ def profile_run(log_path: Path, store, study: str, started: float, ended: float)
     results of the trials it trained (a trial reused from an earlier run trained outside this
     study's wall time: it counts as none)."""
     from components.train.chunk import chunk_timing_key, load_chunks
-    from components.train.trial import result_key
+    from components.train.definition import result_key
 
     chunk_lists = load_chunks(store, study)["chunks"]
     seconds, chunks = [], []

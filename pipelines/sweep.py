@@ -22,13 +22,8 @@ from components.train.chunk import (
     chunk_trials,
     summary_line,
 )
-from components.train.engines import (
-    DEVICES,
-    DeviceError,
-    check_compile,
-    check_precision,
-    resolve_device,
-)
+from components.train.definition import DEVICES, check_compile
+from components.train.engines import DeviceError, check_precision, resolve_device
 from pipelines.cluster import ClusterProfile, load_profile
 
 

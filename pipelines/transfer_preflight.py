@@ -187,7 +187,7 @@ def check_entries(entries: list, name: str, allow_download: bool) -> None:
 
 def check_trials(models: list, store: ArtifactStore) -> None:
     """Every ``trial:<id>`` is a finished trial of the store."""
-    from components.train.trial import result_key
+    from components.train.definition import result_key
     from components.transfer.features import TRIAL_PREFIX
 
     for entry in models:
@@ -328,7 +328,7 @@ def model_macs(entry, input_size: int, store: ArtifactStore) -> float:
     (its resolution and classes), scaled by area to ``input_size``; a timm model's with its
     1,000-class head at ``input_size`` (224 px when 0, the usual pretrained size)."""
     from components.sample.models import complexity
-    from components.train.trial import Trial, result_key
+    from components.train.definition import Trial, result_key
     from components.transfer.features import TIMM_PREFIX, TRIAL_PREFIX
 
     if entry.model.startswith(TRIAL_PREFIX):

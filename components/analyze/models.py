@@ -1,6 +1,14 @@
-"""The study's best models per dataset, logged to MLflow and registered (``analyze``)."""
+"""The study's best models per dataset, logged to MLflow and registered (``analyze``).
+
+The analysis runs this module as a second process (:class:`components.analyze.run.ModelLogging`,
+:func:`main`) beside its statistics.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import sys
 
 import pandas as pd
 import torch
@@ -11,7 +19,7 @@ from components.common.limits import check_limit
 from components.common.progress import report
 from components.common.storage import ArtifactStore
 from components.common.tracking.models import RANK_TAG, log_trial_model, registered_name
-from components.train.trial import Trial, result_key
+from components.train.definition import Trial, result_key
 
 
 class Classifier(torch.nn.Module):
@@ -42,9 +50,6 @@ def log_best_models(
     from components.transfer.features import _load_trial_backbone
 
     k = check_limit("best_models", k)
-    if k == 0:
-        report("analyze", "best_models is 0: no model is logged to MLflow")
-        return {}
     ok = table[(table["status"] == "ok") & (table["run_id"] != "")]
     urls = {}
     for dataset, rows in ok.groupby("dataset"):
@@ -64,3 +69,35 @@ def log_best_models(
                 report("analyze", f"the model of trial {row.trial_id} is not in MLflow: {e}")
         report("analyze", f"best {plural(len(best), 'model')} on {dataset}: MLflow model {name}")
     return urls
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m components.analyze.models REQUEST RESULT``: imports what logging a model
+    needs, waits for the end of its standard input (the analysis writes the JSON file REQUEST,
+    then closes it: :class:`components.analyze.run.ModelLogging`), logs the best models REQUEST
+    names and writes ``{trial_id: URL}`` of those logged to the JSON file RESULT.
+
+    The imports come first: they take seconds, which the analysis spends gathering results.
+    """
+    import mlflow.pytorch  # noqa: F401 - imported here, not while a model waits
+    from mlflow.models import infer_signature  # noqa: F401
+
+    from components.common.storage import open_store
+    from components.transfer.features import _load_trial_backbone  # noqa: F401 - timm
+
+    request_path, result_path = sys.argv[1:] if argv is None else argv
+    sys.stdin.read()
+    if not os.path.exists(request_path):  # the analysis stopped before it had a request
+        return 1
+    with open(request_path) as f:
+        request = json.load(f)
+    table = pd.DataFrame(request["rows"], columns=request["columns"])
+    store = open_store(request["store_uri"])
+    urls = log_best_models(request["uri"], store, request["study"], table, request["k"])
+    with open(result_path, "w") as f:
+        json.dump(urls, f)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pandas as pd
@@ -19,8 +24,8 @@ from components.common.storage import ArtifactStore, open_store
 from components.common.uris import redact_uri
 from components.data.descriptor import DatasetRef
 from components.sample.models import model_id, timm_name
+from components.train.definition import result_key
 from components.train.plan import load_trial_ids, trial_key
-from components.train.trial import result_key
 
 # How many of the best models per dataset are logged to MLflow and registered (the pipeline's
 # and the component's ``best_models`` default too).
@@ -192,34 +197,36 @@ def analyze_study(
     top_k = check_limit("top_k", top_k)
     store = open_store(store_uri)
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    table, started = gather_study(store, uri, study, parent_run_id, trial_ids)
-    n_models = table["model"].nunique()
-    if top_k >= n_models:
-        raise ValueError(
-            f"top_k={top_k} compares every one of the study's {n_models} models: choose fewer "
-            f"(0 chooses {top_k_for(n_models)})"
+    with ModelLogging(uri, store_uri, study, best_models) as models:
+        table, started = gather_study(store, uri, study, parent_run_id, trial_ids)
+        n_models = table["model"].nunique()
+        if top_k >= n_models:
+            raise ValueError(
+                f"top_k={top_k} compares every one of the study's {n_models} models: choose "
+                f"fewer (0 chooses {top_k_for(n_models)})"
+            )
+        models.submit(table)
+        top_k = top_k or top_k_for(n_models)
+        out_dir = Path(out_dir)
+        # Trials write top1_error in percent: say so, the analysis never guesses a unit.
+        load = functools.partial(
+            load_results, scale="percent", name=store.key_uri(f"studies/{study}/results.csv")
         )
-    top_k = top_k or top_k_for(n_models)
-    out_dir = Path(out_dir)
-    save_results(uri, store, study, table, best_models, out_dir)
-    # Trials write top1_error in percent: say so, the analysis never guesses a unit.
-    results = load_results(
-        table, scale="percent", name=store.key_uri(f"studies/{study}/results.csv")
-    )
-    sizes = {name: ref.n_test for name, ref in dataset_refs(store, table).items()}
-    with tempfile.TemporaryDirectory(prefix="aprflow-datasets-") as folder:
-        figures, notes = dataset_summaries(store, table, Path(folder))
-        summary = analyze(
-            results,
-            out_dir,
-            reference=reference or None,
-            top_k=top_k,
-            title=study,
-            dataset_figures=figures,
-            dataset_notes=notes,
-            test_noise=test_noise,
-            test_sizes=sizes,
-        )
+        sizes = {name: ref.n_test for name, ref in dataset_refs(store, table).items()}
+        with tempfile.TemporaryDirectory(prefix="aprflow-datasets-") as folder:
+            figures, notes = dataset_summaries(store, table, Path(folder))
+            summary = analyze(
+                load(table),
+                out_dir,
+                reference=reference or None,
+                top_k=top_k,
+                title=study,
+                dataset_figures=figures,
+                dataset_notes=notes,
+                test_noise=test_noise,
+                test_sizes=sizes,
+                late_links=lambda: load(save_results(table, models.urls(), out_dir)),
+            )
     params = {
         "analysis.reference": summary.get("apr", {}).get("reference"),
         "analysis.top_k": top_k,
@@ -250,22 +257,87 @@ def gather_study(
     return table, started
 
 
-def save_results(
-    uri: str,
-    store: ArtifactStore,
-    study: str,
-    table: pd.DataFrame,
-    best_models: int,
-    out_dir: Path,
-) -> None:
-    """Logs the ``best_models`` best trials per dataset as MLflow models (the table's
-    ``model_url`` links them) and writes the table to ``out_dir/results.csv``."""
-    from components.analyze.models import log_best_models  # imports torch
+class ModelLogging:
+    """The logging of the best models per dataset as registered MLflow models
+    (:func:`components.analyze.models.log_best_models`) in a second process, started first
+    and waited for when the report needs its links: importing torch and timm and a
+    ``torch.export`` per model take seconds each, and after training the study's cores are
+    idle. The process imports while the analysis gathers the results, then logs the models of
+    the table :meth:`submit` gives it. Nothing starts when ``k`` is 0.
 
-    models = log_best_models(uri, store, study, table, best_models)
-    table["model_url"] = [redact_uri(models.get(t, "")) for t in table["trial_id"]]
+    A context manager: leaving it on an error stops the process. Best-effort, as the
+    logging itself: a process that fails is a progress line and no links.
+    """
+
+    # The results-table columns the logging reads.
+    COLUMNS = ("trial_id", "run_id", "dataset", "status", "top1_error")
+
+    def __init__(self, uri: str, store_uri: str | None, study: str, k: int) -> None:
+        """Starts the process.
+
+        Raises:
+            ValueError: ``k`` is outside the limits table's ``best_models`` range.
+        """
+        k = check_limit("best_models", k)
+        self._request = {"uri": uri, "store_uri": store_uri, "study": study, "k": k}
+        self._folder = tempfile.TemporaryDirectory(prefix="aprflow-models-")
+        self._result = Path(self._folder.name) / "urls.json"
+        self._process: subprocess.Popen | None = None
+        if k == 0:
+            report("analyze", "best_models is 0: no model is logged to MLflow")
+            return
+        command = [sys.executable, "-m", "components.analyze.models"]
+        command += [str(self._request_path), str(self._result)]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE)
+
+    @property
+    def _request_path(self) -> Path:
+        return Path(self._folder.name) / "request.json"
+
+    def submit(self, table: pd.DataFrame) -> None:
+        """Hands the results table (its :data:`COLUMNS`) to the process, which logs its best
+        models."""
+        if self._process is None:
+            return
+        rows = table[list(self.COLUMNS)].to_dict("records")
+        request = {**self._request, "columns": self.COLUMNS, "rows": rows}
+        self._request_path.write_text(json.dumps(request))
+        self._process.stdin.close()  # the process' signal to read the request
+
+    def urls(self) -> dict[str, str]:
+        """Waits for the process; ``{trial_id: registered version URL}`` of the models logged."""
+        if self._process is None:
+            return {}
+        code = self._process.wait()
+        if code != 0 or not self._result.exists():
+            report("analyze", f"the best models are not in MLflow: their process exited {code}")
+            return {}
+        return json.loads(self._result.read_text())
+
+    def __enter__(self) -> ModelLogging:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        if self._process is not None and not self._process.stdin.closed:
+            self._process.stdin.close()
+        self._folder.cleanup()
+
+
+def save_results(table: pd.DataFrame, urls: Mapping[str, str], out_dir: Path) -> pd.DataFrame:
+    """The results table with each logged model's link (``model_url``, empty for the others),
+    written to ``out_dir/results.csv``."""
+    table = table.assign(model_url=[redact_uri(urls.get(t, "")) for t in table["trial_id"]])
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "results.csv", index=False)
+    return table
 
 
 def publish_study(

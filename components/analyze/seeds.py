@@ -37,7 +37,7 @@ from analysis.readings import fmt, interval, relation
 from analysis.report import render_in, to_json
 from analysis.table import OWN_TEST_SET, load_results
 from analysis.words import plural
-from components.analyze.run import gather_study, publish_study, save_results
+from components.analyze.run import ModelLogging, gather_study, publish_study, save_results
 from components.common import tracking
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
@@ -434,11 +434,13 @@ def analyze_seed_study(
     bootstrap = stats.Bootstrap(n_resamples=n_bootstrap)
     store = open_store(store_uri)
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    table, started = gather_study(store, uri, study, parent_run_id, trial_ids)
     out_dir = Path(out_dir)
-    save_results(uri, store, study, table, best_models, out_dir)
-    summary = summarize(table, test_set_sizes(store, table), bootstrap, study)
-    write_report(out_dir, summary, table)
+    with ModelLogging(uri, store_uri, study, best_models) as models:
+        table, started = gather_study(store, uri, study, parent_run_id, trial_ids)
+        models.submit(table)
+        summary = summarize(table, test_set_sizes(store, table), bootstrap, study)
+        write_report(out_dir, summary, table)
+        save_results(table, models.urls(), out_dir)
     report("analyze", summary["headline"], started)
     params = {"analysis.best_models": best_models, "analysis.n_bootstrap": n_bootstrap}
     publish_study(store, uri, study, parent_run_id, out_dir, summary["metrics"], params)

@@ -21,7 +21,7 @@ from typing import Any
 
 from components.common.storage import ArtifactStore, MissingObjectError
 from components.predict.settings import ALL_TRIALS, MAX_POPULATION_MODELS, PredictError
-from components.train.trial import Trial
+from components.train.definition import Trial
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,8 @@ def load_population(
             no usable model.
     """
     from components.sample.models import model_id
+    from components.train.definition import result_key
     from components.train.plan import load_trial
-    from components.train.trial import result_key
 
     ids = population_trial_ids(store, population)
     if len(ids) > MAX_POPULATION_MODELS:

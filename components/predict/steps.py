@@ -239,7 +239,7 @@ def trained_errors(
 ) -> tuple[dict[str, float], dict[str, float], dict[str, str], set[str]]:
     """Per chosen architecture: mean top-1 error over its ``ok`` trials, their summed wall
     seconds, why it has no error (every trial failed), and the devices that trained them."""
-    from components.train.trial import result_key
+    from components.train.definition import result_key
 
     errors, seconds, failed, devices = {}, {}, {}, set()
     for arch, ids in trial_ids.items():

@@ -47,12 +47,14 @@ import heapq
 import json
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,8 +70,8 @@ from components.common.storage import (
     open_store,
 )
 from components.train import throughput
+from components.train.definition import Trial, attempts_key, result_key
 from components.train.plan import load_trial
-from components.train.trial import Trial, attempts_key, result_key
 
 CHUNK_SECONDS = 3600.0
 # The chunk tasks a local runner runs at once, when fewer than the loop's parallelism: set by
@@ -90,7 +92,8 @@ TIMEOUT_FLOOR_S = 1800
 # it starts, and these imports take 3-11 s on a busy 2-core machine. The fork server skips a
 # module that is not installed (the GPU image's mlflow-skinny has no SQL store).
 MLFLOW_MODULES = ("mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store")
-# How often the runner looks at its children.
+# How often the runner looks at its children's time limits (and at a torchrun child; a forked
+# trial's exit wakes the runner at once, :func:`wait_for_an_exit`).
 POLL_S = 0.2
 # A trial's exit status when a write found its disk full (ENOSPC's number): the runner does
 # not start it again in this task, which would write into the same full disk.
@@ -573,6 +576,11 @@ class _Child:
             f"timed out after {self.time_limit_s} s" if self.timed_out else describe_exit(exitcode)
         )
 
+    @property
+    def sentinel(self) -> int | None:
+        """A file descriptor that becomes ready when a forked trial ends (None for torchrun)."""
+        return None if self._process is None else self._process.sentinel
+
     def wait(self) -> int:
         if self._popen is not None:
             return self._popen.wait()
@@ -580,11 +588,21 @@ class _Child:
         return self._process.exitcode
 
 
+def wait_for_an_exit(children: Iterable[_Child], timeout_s: float = POLL_S) -> None:
+    """Returns when one of the forked ``children`` has ended, or after ``timeout_s``: the next
+    trial starts as soon as a slot frees, not at the next poll."""
+    sentinels = [child.sentinel for child in children if child.sentinel is not None]
+    if sentinels:
+        multiprocessing.connection.wait(sentinels, timeout_s)
+    else:
+        time.sleep(timeout_s)
+
+
 def _killed_result(trial: Trial, reason: str, attempts: int, started_at: float) -> dict[str, Any]:
     """The failed result of a trial the runner gave up on, started at ``started_at`` (its
     first attempt, Unix seconds); ``killed`` makes a later run of the study try it again
     (:func:`_retry_if_killed`)."""
-    from components.train.trial import TRAINER_VERSION
+    from components.train.definition import TRAINER_VERSION
 
     return {
         "trial_id": trial.trial_id,
@@ -618,8 +636,6 @@ def run_chunk(
         DeviceError: a trial asks for ``device: cuda`` and this machine has no GPU (before any
             trial starts).
     """
-    from components.train.engines import resolve_device
-
     started_at = time.time()
     settings = settings or ChunkSettings()
     # NVML answers torch.cuda.is_available() without initialising CUDA (fork-safe), here and
@@ -636,8 +652,12 @@ def run_chunk(
     time_limits = record.get("time_limits_s") or {
         trial_id: trial_time_limit(estimate_seconds(trial)) for trial_id, trial in trials.items()
     }
-    for device in sorted({t.device for t in trials.values()}):
-        resolve_device(device)  # a GPU that was asked for and is missing: fail before training
+    if any(trial.device == "cuda" for trial in trials.values()):
+        # A GPU that was asked for and is missing: fail before training. Only then: this
+        # process does not import torch, which its trials' fork server has imported.
+        from components.train.engines import resolve_device
+
+        resolve_device("cuda")
     report(
         "train",
         f"chunk {chunk}: {len(ids)} trials, {settings.trials_per_gpu} at a time, "
@@ -679,7 +699,7 @@ def run_chunk(
                 running[trial_id] = child.start()
             if not running:
                 break
-            time.sleep(POLL_S)
+            wait_for_an_exit(running.values())
             for trial_id, child in list(running.items()):
                 code = child.exitcode()
                 if code is None:

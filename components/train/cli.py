@@ -17,7 +17,8 @@ from components.common.storage import add_store_option, open_store
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
 from components.data.descriptor import INPUT_MODES
 from components.data.loader import recipe_input
-from components.train.engines import ENGINES, PRECISIONS, check_compile
+from components.train.definition import PRECISIONS, check_compile
+from components.train.engines import ENGINES
 from components.train.plan import engine_options
 from components.train.recipes import (
     RECIPES,

@@ -210,7 +210,7 @@ def train_chunk(
 
     from components.common.storage import open_store
     from components.train.chunk import ChunkSettings, run_chunk
-    from components.train.trial import result_key
+    from components.train.definition import result_key
 
     settings = ChunkSettings(
         gpus_per_trial=int(gpus_per_trial),

@@ -27,13 +27,9 @@ import torch
 from torch import nn
 
 from components.common.errors import AprflowError
+from components.train.definition import DEVICES, PRECISIONS
 
-DEVICES = ("auto", "cuda", "cpu")
-# Engines that can train a ``torch.compile``-d model (``compile_model``).
-COMPILE_ENGINES = ("torch",)
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-# ``precision`` engine option: auto = bf16 on a GPU, fp32 on the CPU.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class DeviceError(AprflowError):
@@ -81,15 +77,6 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
-
-
-def check_compile(engine: str, compile_model: bool) -> None:
-    """Raises ValueError when ``compile_model`` is asked of an engine that cannot compile."""
-    if compile_model and engine not in COMPILE_ENGINES:
-        raise ValueError(
-            f"compile_model needs engine {' or '.join(COMPILE_ENGINES)}: engine {engine!r} "
-            "trains eager models only (set compile_model=false or engine=torch)"
-        )
 
 
 def compile_cache_dir() -> Path:

@@ -13,9 +13,8 @@ from components.common.limits import check_safe_name
 from components.common.progress import report
 from components.common.storage import ArtifactStore, CorruptObjectError, MissingObjectError
 from components.data.datasets import DatasetRef
-from components.train.engines import check_compile
+from components.train.definition import PRECISIONS, Trial, check_compile
 from components.train.recipes import Recipe, resolve_recipe
-from components.train.trial import Trial
 
 
 def engine_options(engine: str, zero_stage: int = 0, precision: str = "auto") -> dict[str, Any]:
@@ -27,7 +26,6 @@ def engine_options(engine: str, zero_stage: int = 0, precision: str = "auto") ->
         ValueError: for a ZeRO stage other than 0-2, ZeRO with an engine other than
             deepspeed, or an unknown precision.
     """
-    from components.train.engines import PRECISIONS
 
     if isinstance(zero_stage, bool) or zero_stage not in (0, 1, 2):
         raise ValueError(f"zero_stage must be 0, 1 or 2, got {zero_stage!r}")

@@ -20,8 +20,8 @@ from typing import Any
 from components.common.errors import AprflowError
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
+from components.train.definition import Trial, result_key
 from components.train.plan import load_trial
-from components.train.trial import Trial, result_key
 from components.trainjob.manifest import (
     GROUP,
     PLURAL,

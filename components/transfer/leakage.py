@@ -176,7 +176,7 @@ def trial_training_images(store: ArtifactStore, trial_id: str) -> tuple[np.ndarr
         TransferError: when that split cannot be hashed.
         StoreError: when the trial's record cannot be read.
     """
-    from components.train.trial import Trial, result_key
+    from components.train.definition import Trial, result_key
 
     source = Trial.from_dict(store.get_json(result_key(trial_id))).dataset
     words = f"the training split of {source.name} ({source.content_hash})"

@@ -227,7 +227,7 @@ def read_model_list(path: str | Path) -> list[ModelEntry]:
 
 def expand_trials(entries: list[ModelEntry], store: ArtifactStore) -> list[ModelEntry]:
     """Replaces a ``trials:all`` entry with one ``trial:<id>`` entry per finished trial."""
-    from components.train.trial import result_key
+    from components.train.definition import result_key
 
     out = []
     for entry in entries:
@@ -338,7 +338,7 @@ def load_model(
 
     cache = Path(cache_dir or WEIGHTS_CACHE)
     if entry.model.startswith(TRIAL_PREFIX):
-        from components.train.trial import checkpoint_key
+        from components.train.definition import checkpoint_key
 
         trial_id = entry.model[len(TRIAL_PREFIX) :]
         backbone = _load_trial_backbone(trial_id, store, input_size, keep_head=True)

@@ -521,6 +521,35 @@ def test_best_models_table_is_left_out_or_says_why(urls, tmp_path):
         assert "best_models=0" in html + markdown
 
 
+def test_late_links_come_after_the_statistics_and_fill_the_best_models_table(tmp_path, monkeypatch):
+    """A study logs its best models while the statistics run: ``late_links`` is called once,
+    after the figures are drawn, and its links are the ones the report shows."""
+    from analysis import analyze, load_results
+    from analysis import report as report_module
+
+    frame = _best_models_frame()
+    best = frame.sort_values("top1_error").index[0]
+    drawn, calls = [], []
+    real_figures = report_module.render_figures
+
+    def render_figures(*args, **kwargs):
+        drawn.append(True)
+        return real_figures(*args, **kwargs)
+
+    def late_links():
+        calls.append(bool(drawn))
+        linked = frame.assign(model_url="")
+        linked.loc[best, "model_url"] = "http://mlflow:5000/#/models/s-x/versions/4"
+        return load_results(linked)
+
+    monkeypatch.setattr(report_module, "render_figures", render_figures)
+    analyze(frame, tmp_path, n_bootstrap=0, late_links=late_links)
+    assert calls == [True]  # once, after the figures
+    html = (tmp_path / "report.html").read_text()
+    assert ">models:/s-x/4</a>" in html
+    assert html.count('target="_blank" rel="noopener">models:') == 1
+
+
 def test_source_line_names_the_table(tmp_path):
     from analysis import analyze, load_results
 

@@ -3,6 +3,7 @@ registered, loadable without unpickling code, linked from the results table and 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -124,3 +125,43 @@ def test_the_analysis_refuses_best_models_out_of_range_before_any_work(tmp_path)
             ["t"], "s", "run", None, str(tmp_path / "store"), None, tmp_path / "out", top_k=501
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def _results_rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "trial_id": ["a", "b"],
+            "run_id": ["r1", "r2"],
+            "dataset": ["faces", "faces"],
+            "status": ["ok", "ok"],
+            "top1_error": [10.0, 20.0],
+        }
+    )
+
+
+def test_model_logging_runs_in_a_second_process_and_fails_softly(tmp_path, capsys):
+    """The best models are logged by a second process beside the statistics: leaving the
+    block on an error stops it; a process that fails gives no links and a progress line, not a
+    failed analysis; ``k`` 0 starts nothing."""
+    from components.analyze.run import ModelLogging
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    bad_store = "ftp://nowhere/store"  # the process cannot open it: it exits 1
+    with (
+        pytest.raises(RuntimeError, match="statistics failed"),
+        ModelLogging(uri, bad_store, "s", 1) as models,
+    ):
+        process = models._process
+        assert process is not None and process.pid != os.getpid()
+        raise RuntimeError("statistics failed")
+    assert process.poll() is not None  # stopped, not left running
+    with ModelLogging(uri, bad_store, "s", 1) as models:
+        models.submit(_results_rows())
+        assert models.urls() == {}
+    assert "the best models are not in MLflow: their process exited 1" in capsys.readouterr().err
+    with ModelLogging(uri, bad_store, "s", 0) as models:
+        models.submit(_results_rows())
+        assert models._process is None and models.urls() == {}
+    assert "best_models is 0: no model is logged to MLflow" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"best_models must be in \[0, 50\], got 51"):
+        ModelLogging(uri, bad_store, "s", 51)

@@ -368,3 +368,23 @@ def test_a_store_error_in_one_trial_is_retried_not_cached_and_the_chunk_goes_on(
     blocked.rmdir()
     assert run_chunk(study, 0, None, None, "infra", ChunkSettings(max_attempts=1)) == ids
     assert store.get_json(result_key(victim))["status"] == "ok"
+
+
+def test_the_runner_wakes_when_a_trial_ends_not_at_the_next_poll():
+    """A forked trial's end wakes the runner at once (its sentinel); without one (torchrun) it
+    looks again after the timeout."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from components.train.chunk import wait_for_an_exit
+
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0.5,))
+    process.start()
+    started = time.monotonic()
+    wait_for_an_exit([SimpleNamespace(sentinel=process.sentinel)], timeout_s=60)
+    assert time.monotonic() - started < 30  # woken by the end, not the timeout
+    process.join(timeout=10)
+    assert process.exitcode == 0
+    started = time.monotonic()
+    wait_for_an_exit([SimpleNamespace(sentinel=None)], timeout_s=0.3)
+    assert time.monotonic() - started >= 0.3

@@ -52,7 +52,8 @@ def test_compile_is_part_of_the_trial_id_and_round_trips(tmp_path):
 
 
 def test_an_engine_that_cannot_compile_is_refused_before_anything_starts(tmp_path):
-    from components.train.engines import check_compile, create_engine
+    from components.train.definition import check_compile
+    from components.train.engines import create_engine
     from components.train.plan import plan_trials
     from pipelines.sweep import SweepError, check_sweep
 
