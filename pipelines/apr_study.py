@@ -215,7 +215,7 @@ def apr_study(
             top_k=top_k,
             test_noise=test_noise,
         ),
-        "1",
+        "2",  # the statistics, and the best models' export in a second process
         "2Gi",
     )
     return NamedTuple("StudyOutputs", study_id=str)(plan.outputs["study_id"])

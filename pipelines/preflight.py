@@ -23,10 +23,9 @@ from components.common.tracking import check_tracking, resolve_tracking_uri
 from components.common.uris import carries_credentials, redact_uri
 from components.common.validation import short_repr
 from components.data.datasets import DatasetError, check_datasets, check_settings
-from components.data.loader import recipe_input
 from components.train.engines import ENGINES
 from components.train.plan import dataset_recipe, engine_options, study_overrides
-from components.train.recipes import check_crop_padding, resolve_recipe
+from components.train.recipes import check_crop_padding, recipe_input, resolve_recipe
 from pipelines.sweep import check_sweep
 
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+")

@@ -172,7 +172,7 @@ def seed_study(
             best_models=best_models,
             n_bootstrap=n_bootstrap,
         ),
-        "1",
+        "2",  # the statistics, and the best models' export in a second process
         "2Gi",
     )
     return NamedTuple("StudyOutputs", study_id=str)(plan.outputs["study_id"])

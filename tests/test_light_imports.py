@@ -67,3 +67,23 @@ def test_looking_up_one_pipeline_imports_only_its_module():
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.stdout.split() == ["True", "False", "apr-study", "False"], result.stderr
+
+
+def test_the_tasks_around_training_import_no_torch():
+    """The plan, list-chunks and analysis tasks and the chunk runner read trials
+    (components/train/definition.py) without importing torch: each import of torch costs a
+    task seconds, and the chunk's trials get theirs from the fork server. The best-model
+    export (components/analyze/models.py) imports it in its own process."""
+    modules = [
+        "components.train.component",
+        "components.train.run",
+        "components.train.chunk",
+        "components.analyze.run",
+        "components.analyze.component",
+    ]
+    probe = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False", "a task around training imports torch again"

@@ -48,11 +48,11 @@ from components.data.build import load_manifest, load_split
 from components.data.descriptor import (
     CACHE_DIR_ENV,
     CACHE_LIMIT_ENV,
-    DatasetError,
     DatasetRef,
     mix_seed,
 )
 from components.data.shards import decode_rgb, image_part, iter_own_shard
+from components.train.recipes import check_input
 
 WORKERS_ENV = "APRFLOW_DATA_WORKERS"
 DEFAULT_CACHE_LIMIT_GB = 20.0
@@ -209,31 +209,6 @@ class InMemoryBatches(TrainData):
                 self._prepare(self.x[start : start + batch_size]),
                 self.y[start : start + batch_size],
             )
-
-
-def check_input(recipe, input_mode: str, dataset: str = "") -> None:
-    """Raises :class:`DatasetError` when ``recipe`` sets per-image augmentations (RandAugment,
-    RandomResizedCrop ranges, colour jitter, random erasing) that ``input_mode`` does not do:
-    the memory input does per-image crops of the padded image and flips only."""
-    wanted = recipe.stream_augmentations()
-    if input_mode == "memory" and wanted:
-        where = f"dataset_settings.{dataset}.input: stream" if dataset else "input: stream"
-        raise DatasetError(
-            f"recipe {recipe.name!r} sets {', '.join(wanted)}, which only the stream input "
-            f"applies (timm's per-image transforms): train {dataset or 'the dataset'} with "
-            f"{where} (aprflow train --input stream)"
-        )
-
-
-def recipe_input(recipe, asked: str | None, dataset: str = "") -> str | None:
-    """The input a dataset trains ``recipe`` on: ``asked`` (its ``input`` setting), refused by
-    :func:`check_input` when the recipe's augmentations need another; without one, the stream
-    when the recipe sets per-image augmentations only the stream does, else None (the
-    dataset's size chooses). ``aprflow train``, the study's preflight and its plan decide so."""
-    if not asked:
-        return "stream" if recipe.stream_augmentations() else None
-    check_input(recipe, asked, dataset)
-    return asked
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:

@@ -113,8 +113,7 @@ class TrainingSetup:
     def target_trials(self, architectures: list[str], target) -> list[Trial]:
         """Each chosen architecture trained from scratch on ``target`` (a DatasetRef) with
         this setup, every seed; architectures outermost, as a study plans them."""
-        from components.data.loader import recipe_input
-        from components.train.recipes import Recipe
+        from components.train.recipes import Recipe, recipe_input
 
         recipe = Recipe.from_dict(self.recipe)
         # Per-image augmentations need the stream input, as a study's plan chooses it.

@@ -106,7 +106,9 @@ def fork_server() -> multiprocessing.context.BaseContext:
     from multiprocessing import forkserver
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["components.train.run", *MLFLOW_MODULES])
+    context.set_forkserver_preload(
+        ["components.train.run", "components.train.trial", *MLFLOW_MODULES]
+    )
     forkserver.ensure_running()
     return context
 

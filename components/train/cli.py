@@ -16,7 +16,6 @@ from components.common.progress import report
 from components.common.storage import add_store_option, open_store
 from components.data.datasets import BUILTIN_DATASETS, prepare_all
 from components.data.descriptor import INPUT_MODES
-from components.data.loader import recipe_input
 from components.train.definition import PRECISIONS, check_compile
 from components.train.engines import ENGINES
 from components.train.plan import engine_options
@@ -24,6 +23,7 @@ from components.train.recipes import (
     RECIPES,
     add_recipe_set_option,
     check_crop_padding,
+    recipe_input,
     recipe_sets,
     resolve_recipe,
 )

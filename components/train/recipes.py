@@ -29,6 +29,7 @@ from components.common.cli import did_you_mean
 from components.common.limits import LIMITS, check_count
 from components.common.validation import Bound, check_type, parse_assignments, short_repr
 from components.common.yamlsafe import load_yaml
+from components.data.descriptor import DatasetError
 
 # Per-image augmentations of timm's create_transform, which only the stream input applies,
 # with their neutral values.
@@ -476,3 +477,28 @@ def resolve_recipe(name: str, overrides: dict[str, Any] | None = None) -> Recipe
     resolved = with_overrides(RECIPES[name], overrides)
     check_augmentations(resolved)
     return resolved
+
+
+def check_input(recipe, input_mode: str, dataset: str = "") -> None:
+    """Raises :class:`DatasetError` when ``recipe`` sets per-image augmentations (RandAugment,
+    RandomResizedCrop ranges, colour jitter, random erasing) that ``input_mode`` does not do:
+    the memory input does per-image crops of the padded image and flips only."""
+    wanted = recipe.stream_augmentations()
+    if input_mode == "memory" and wanted:
+        where = f"dataset_settings.{dataset}.input: stream" if dataset else "input: stream"
+        raise DatasetError(
+            f"recipe {recipe.name!r} sets {', '.join(wanted)}, which only the stream input "
+            f"applies (timm's per-image transforms): train {dataset or 'the dataset'} with "
+            f"{where} (aprflow train --input stream)"
+        )
+
+
+def recipe_input(recipe, asked: str | None, dataset: str = "") -> str | None:
+    """The input a dataset trains ``recipe`` on: ``asked`` (its ``input`` setting), refused by
+    :func:`check_input` when the recipe's augmentations need another; without one, the stream
+    when the recipe sets per-image augmentations only the stream does, else None (the
+    dataset's size chooses). ``aprflow train``, the study's preflight and its plan decide so."""
+    if not asked:
+        return "stream" if recipe.stream_augmentations() else None
+    check_input(recipe, asked, dataset)
+    return asked

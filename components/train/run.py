@@ -15,7 +15,6 @@ from components.common import tracking
 from components.common.progress import TrialDone, report, trial_done_line
 from components.common.storage import ArtifactStore, open_store
 from components.data.datasets import DatasetRef
-from components.data.loader import recipe_input
 from components.sample.models import model_id, timm_name
 from components.sample.space import AnyNetSpec
 from components.train.chunk import (
@@ -24,6 +23,7 @@ from components.train.chunk import (
     check_trial_timeout,
     save_chunks,
 )
+from components.train.definition import Trial, checkpoint_key, result_key
 from components.train.plan import (
     dataset_recipe,
     load_trial,
@@ -32,8 +32,7 @@ from components.train.plan import (
     save_plan,
     study_id,
 )
-from components.train.recipes import STREAM_AUGMENTATIONS, Recipe, resolve_recipe
-from components.train.trial import TrainHooks, Trial, checkpoint_key, result_key, run_trial
+from components.train.recipes import STREAM_AUGMENTATIONS, Recipe, recipe_input, resolve_recipe
 
 # The study params and the config keys that hold the same quantity.
 CONFIG_KEYS = {
@@ -119,7 +118,7 @@ def plan_study(
     Args:
         config: the study's full resolved config (pipeline arguments), logged to the parent
             run as ``config.<key>`` params and ``config.json``.
-        device, gpus: where each trial trains (see :class:`~components.train.trial.Trial`).
+        device, gpus: where each trial trains (see :class:`~components.train.definition.Trial`).
         chunk_size, max_parallel_tasks: how trials are grouped into training tasks
             (``studies/<study_id>/chunks.json``, see :mod:`components.train.chunk`).
         compile_model: train ``torch.compile``-d models (engine torch only).
@@ -369,6 +368,8 @@ def train_trial(
     log = trial_log(store, trial, record["parent_run_id"], kfp_run_id)
     if result is None:
         stream = tracking.TrialStream(uri, log)
+        from components.train.trial import TrainHooks, run_trial  # torch: the trainer's
+
         hooks = TrainHooks(start=stream.start, epoch=stream.epoch, step=stream.step)
         try:
             result = run_trial(

@@ -694,7 +694,7 @@ def _create_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Opt
 def _create_engine(trial: Trial, micro_batch: int) -> TrainEngine:
     """The trial's engine, accumulating gradients over micro-batches of ``micro_batch``."""
     # compile_model is passed only when asked for: an engine that cannot compile is refused
-    # by name (create_engine), and the plan refused it earlier (engines.check_compile).
+    # by name (create_engine), and the plan refused it earlier (definition.check_compile).
     compile_option = {"compile_model": True} if trial.compile_model else {}
     return create_engine(
         trial.engine,
