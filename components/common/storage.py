@@ -620,21 +620,10 @@ class Lease:
     ) -> tuple[Lease | None, dict[str, Any] | None]:
         """Returns ``(lease, None)`` when this process now holds ``prefix``, else ``(None,
         holder)`` with the current holder's record."""
-        generations = sorted(
-            int(key.rsplit("lease-", 1)[1].removesuffix(".json"))
-            for key in store.list(f"{prefix}/lease-")
-            if key.endswith(".json")
-        )
-        generation = 0
-        if generations:
-            current = f"{prefix}/lease-{generations[-1]:06d}.json"
-            try:
-                holder = store.get_json(current)
-            except CorruptObjectError:
-                holder = {"released": True}  # a lease torn by a crash holds nothing
-            if _lease_live(holder):
-                return None, holder
-            generation = generations[-1] + 1
+        last, holder = cls._current(store, prefix)
+        if holder is not None and _lease_live(holder):
+            return None, holder
+        generation = last + 1
         owner = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -645,6 +634,29 @@ class Lease:
         if not store.create_if_absent(lease.key, lease._record()):
             return None, {"host": "?", "pid": "?", "note": "another process won the lease"}
         return lease, None
+
+    @classmethod
+    def live_holder(cls, store: ArtifactStore, prefix: str) -> dict[str, Any] | None:
+        """The record of the process that holds ``prefix`` now, None when none does (a read:
+        nothing is taken)."""
+        _, holder = cls._current(store, prefix)
+        return holder if holder is not None and _lease_live(holder) else None
+
+    @staticmethod
+    def _current(store: ArtifactStore, prefix: str) -> tuple[int, dict[str, Any] | None]:
+        """The highest generation of ``prefix``'s leases (-1: none yet) and its record."""
+        generations = sorted(
+            int(key.rsplit("lease-", 1)[1].removesuffix(".json"))
+            for key in store.list(f"{prefix}/lease-")
+            if key.endswith(".json")
+        )
+        if not generations:
+            return -1, None
+        try:
+            holder = store.get_json(f"{prefix}/lease-{generations[-1]:06d}.json")
+        except CorruptObjectError:
+            holder = {"released": True}  # a lease torn by a crash holds nothing
+        return generations[-1], holder
 
     def _record(self) -> bytes:
         record = self.owner | {"expires_at": time.time() + self.ttl}

@@ -35,6 +35,11 @@ task; a later run of the study tries it again, as a killed one.
 
 Packing: ``trials_per_gpu > 1`` runs that many trial processes at once, sharing the task's GPU
 (or CPU cores: threads are divided among them).
+
+Helping: chunks are balanced by estimated time, and estimates miss (on a CPU, two models of one
+FLOP band trained 2-3x apart in the demo); a task whose trials are done trains other chunks'
+trials that no process has started, from the end of their lists (:class:`Helping`), instead of
+leaving its slot idle until the last chunk ends.
 """
 
 from __future__ import annotations
@@ -66,11 +71,12 @@ from components.common.progress import report
 from components.common.storage import (
     ArtifactStore,
     CorruptObjectError,
+    Lease,
     MissingObjectError,
     open_store,
 )
 from components.train import throughput
-from components.train.definition import Trial, attempts_key, result_key
+from components.train.definition import Trial, attempts_key, lease_prefix, result_key
 from components.train.plan import load_trial
 
 CHUNK_SECONDS = 3600.0
@@ -200,7 +206,9 @@ def default_chunk_size(trials: list[Trial], max_parallel_tasks: int) -> int:
 def chunk_trials(trials: list[Trial], chunk_size: int, max_parallel_tasks: int) -> list[list[int]]:
     """Splits the plan into ``ceil(trials / size)`` chunks of at most ``size`` trials, balanced
     by estimated time (the longest trial first into the chunk with the least estimated time
-    that has room), each chunk's trials in plan order (indices into ``trials``).
+    that has room), each chunk's trials longest first, ties in plan order (indices into
+    ``trials``): a chunk ends with its shortest trials, so chunks end close together, and the
+    trials a helper takes from a chunk's end (:class:`Helping`) are short ones.
 
     Args:
         trials: the study's trials in plan order.
@@ -219,7 +227,7 @@ def chunk_trials(trials: list[Trial], chunk_size: int, max_parallel_tasks: int) 
         chunks[target].append(index)
         if len(chunks[target]) < size:
             heapq.heappush(open_chunks, (load + seconds[index], target))
-    return [sorted(chunk) for chunk in chunks]
+    return [sorted(chunk, key=lambda i: (-seconds[i], i)) for chunk in chunks]
 
 
 def check_chunk_count(n_chunks: int) -> None:
@@ -336,12 +344,16 @@ class ChunkSettings:
         trials_per_gpu: trials trained at once (packing several small models on one device).
         max_attempts: starts of a trial in this task before a killed trial is recorded failed.
         cpus: CPU cores of the task; threads per trial = cpus // trials at once (0: leave).
+        help_others: once its own trials are done, the task trains other chunks' trials that
+            no process has started (:class:`Helping`), so that chunks whose estimates were
+            short do not leave slots idle while the last chunk runs.
     """
 
     gpus_per_trial: int = 1
     trials_per_gpu: int = 1
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     cpus: int = 0
+    help_others: bool = True
 
     def __post_init__(self) -> None:
         for name in ("gpus_per_trial", "trials_per_gpu", "max_attempts"):
@@ -590,6 +602,36 @@ class _Child:
         return self._process.exitcode
 
 
+class Helping:
+    """Other chunks' trials a chunk trains once its own are done: each other chunk's from its
+    end (its own task works from the start, so the two meet once, at the last trial), the next
+    chunks first. A trial is taken only when it has no result and no process holds its lease;
+    each is looked at once. Should two processes start one trial at the same moment anyway,
+    the trial's lease lets one train it and the other wait for its result.
+
+    The chunk that owns a trial still goes through it: a result that a helper wrote is read
+    back in a moment, and a trial a helper is training is waited for, so a chunk never ends
+    before its own trials have results, even when a helper is killed.
+    """
+
+    def __init__(self, store: ArtifactStore, chunks: list[list[str]], chunk: int) -> None:
+        self.store = store
+        order = [(chunk + step) % len(chunks) for step in range(1, len(chunks))]
+        self._candidates = deque(
+            (trial_id, other) for other in order for trial_id in reversed(chunks[other])
+        )
+
+    def next(self) -> tuple[str, int] | None:
+        """The next trial to help with and its chunk, or None when none is left."""
+        while self._candidates:
+            trial_id, other = self._candidates.popleft()
+            if _has_result(self.store, trial_id):
+                continue
+            if Lease.live_holder(self.store, lease_prefix(trial_id)) is None:
+                return trial_id, other
+        return None
+
+
 def wait_for_an_exit(children: Iterable[_Child], timeout_s: float = POLL_S) -> None:
     """Returns when one of the forked ``children`` has ended, or after ``timeout_s``: the next
     trial starts as soon as a slot frees, not at the next poll."""
@@ -627,7 +669,9 @@ def run_chunk(
     kfp_run_id: str = "",
     settings: ChunkSettings | None = None,
 ) -> list[str]:
-    """Trains every trial of chunk ``chunk`` of ``study``; returns their trial ids.
+    """Trains every trial of chunk ``chunk`` of ``study``, then, with
+    ``settings.help_others``, other chunks' trials that no process has started
+    (:class:`Helping`); returns the chunk's own trial ids.
 
     A trial that runs past its time limit (``time_limits_s`` of ``chunks.json``) is killed and
     recorded ``failed``; the chunk goes on.
@@ -651,7 +695,7 @@ def run_chunk(
     ids = record["chunks"][chunk]
     trials = {trial_id: load_trial(store, trial_id) for trial_id in ids}
     # A plan written before time limits existed has none: derive them as the plan does now.
-    time_limits = record.get("time_limits_s") or {
+    time_limits = dict(record.get("time_limits_s") or {}) or {
         trial_id: trial_time_limit(estimate_seconds(trial)) for trial_id, trial in trials.items()
     }
     if any(trial.device == "cuda" for trial in trials.values()):
@@ -666,6 +710,7 @@ def run_chunk(
         f"{settings.gpus_per_trial} process(es) each, up to {settings.max_attempts} attempts",
     )
     pending = deque(ids)
+    helping = Helping(store, record["chunks"], chunk) if settings.help_others else None
     running: dict[str, _Child] = {}
     reasons: dict[str, list[str]] = {trial_id: [] for trial_id in ids}
     first_start: dict[str, float] = {}  # each trial's first attempt in this task
@@ -683,12 +728,23 @@ def run_chunk(
         {"aprflow.chunk": str(chunk), tracking.KFP_RUN_TAG: kfp_run_id},
     )
     with live:
-        while pending or running:
+        while True:  # until nothing runs and nothing is left to start
             # An infrastructure error of one trial (its child raised: store, tracking, CUDA/NCCL)
             # does not stop the others; the task fails at the end, and that trial, which wrote no
             # result, is retried by a re-run.
-            while pending and len(running) < settings.trials_per_gpu:
-                trial_id = pending.popleft()
+            while len(running) < settings.trials_per_gpu:
+                if pending:
+                    trial_id = pending.popleft()
+                elif helping is not None and (helped := helping.next()) is not None:
+                    trial_id, other = helped
+                    trials[trial_id] = load_trial(store, trial_id)
+                    reasons[trial_id] = []
+                    time_limits.setdefault(
+                        trial_id, trial_time_limit(estimate_seconds(trials[trial_id]))
+                    )
+                    report("train", f"chunk {chunk}: helping chunk {other} with trial {trial_id}")
+                else:
+                    break
                 _retry_if_killed(store, trial_id)
                 args = (study, trial_id, store_uri, tracking_uri, kfp_run_id)
                 child = _Child(

@@ -143,6 +143,11 @@ def checkpoint_key(trial_id: str) -> str:
     return f"trials/{trial_id}/checkpoint.pt"
 
 
+def lease_prefix(trial_id: str) -> str:
+    """Where the lease of the process training a trial lives (``Lease``: one at a time)."""
+    return f"trials/{trial_id}"
+
+
 def attempts_key(trial_id: str) -> str:
     """``trials/<id>/attempts.json``: the trial's starts and infrastructure errors (the chunk
     runner adds its child processes' entries to the same object)."""

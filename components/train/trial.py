@@ -81,6 +81,7 @@ from components.train.definition import (
     Trial,
     attempts_key,
     checkpoint_key,
+    lease_prefix,
     result_key,
 )
 from components.train.engines import (
@@ -102,6 +103,8 @@ if TYPE_CHECKING:
 # A trial's lease expires this long after its holder's last renewal (every third of it).
 LEASE_TTL_ENV = "APRFLOW_LEASE_TTL_S"
 DEFAULT_LEASE_TTL_S = 120.0
+# How often a trial that another process is training looks for its result.
+RESULT_POLL_S = 1.0
 # Mid-epoch checkpoints: at most this often (seconds); 0 = after every optimizer update.
 CHECKPOINT_EVERY_ENV = "APRFLOW_CHECKPOINT_EVERY_S"
 CHECKPOINT_EVERY_S = 300.0
@@ -993,7 +996,7 @@ def _lease_or_result(
     ttl = float(os.environ.get(LEASE_TTL_ENV, DEFAULT_LEASE_TTL_S))
     waiting = False
     while True:
-        lease, holder = Lease.try_acquire(store, f"trials/{trial_id}", ttl)
+        lease, holder = Lease.try_acquire(store, lease_prefix(trial_id), ttl)
         if lease is not None:
             return lease, None
         if not waiting:
@@ -1002,7 +1005,8 @@ def _lease_or_result(
                 f"{holder.get('pid')}): waiting for its result"
             )
             waiting = True
-        time.sleep(min(5.0, ttl / 4))
+        # Every second: the wait ends a chunk (its trial was a helper's, chunk.Helping).
+        time.sleep(min(RESULT_POLL_S, ttl / 4))
         if (stored := _stored_result(store, trial_id, progress)) is not None:
             return None, stored
 

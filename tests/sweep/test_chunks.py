@@ -160,14 +160,18 @@ def test_small_studies_fill_the_parallel_slots_in_balanced_chunks(big_plan, monk
     chunks = chunk_trials(big_plan[:10], 0, 4)
     assert len(chunks) == 4 and max(len(c) for c in chunks) <= 3
     assert sorted(i for c in chunks for i in c) == list(range(10))
-    assert all(c == sorted(c) for c in chunks), "each chunk in plan order"
+    assert all(c == sorted(c) for c in chunks), "equal estimates: each chunk in plan order"
     # Trials of very different lengths (epochs 1 to 6): chunks of equal estimated time, not
     # of consecutive trials (which would put the six longest into one chunk).
     mixed = [
         replace(t, recipe=replace(t.recipe, epochs=1 + i // 2)) for i, t in enumerate(big_plan[:12])
     ]
-    loads = [sum(estimate_seconds(mixed[i]) for i in c) for c in chunk_trials(mixed, 6, 2)]
+    mixed_chunks = chunk_trials(mixed, 6, 2)
+    loads = [sum(estimate_seconds(mixed[i]) for i in c) for c in mixed_chunks]
     assert max(loads) / min(loads) < 1.05
+    for chunk in mixed_chunks:  # longest first: a chunk ends with its shortest trials
+        seconds = [estimate_seconds(mixed[i]) for i in chunk]
+        assert seconds == sorted(seconds, reverse=True) and seconds[0] > seconds[-1]
     # A local run has two slots (kfp.local's cap): two chunks, one task start-up per slot;
     # without a GPU its trials train on this CPU, and are estimated (and balanced) so.
     import torch
@@ -388,3 +392,57 @@ def test_the_runner_wakes_when_a_trial_ends_not_at_the_next_poll():
     started = time.monotonic()
     wait_for_an_exit([SimpleNamespace(sentinel=None)], timeout_s=0.3)
     assert time.monotonic() - started >= 0.3
+
+
+def test_a_helper_takes_other_chunks_trials_from_their_end_and_skips_started_ones(tmp_path):
+    from components.common.storage import Lease
+    from components.train.chunk import Helping
+    from components.train.definition import lease_prefix, result_key
+
+    store = open_store(str(tmp_path / "store"))
+    chunks = [["a", "b", "c"], ["d", "e"], ["f"]]
+    order = []
+    helping = Helping(store, chunks, 0)
+    while (found := helping.next()) is not None:
+        order.append(found)
+    assert order == [("e", 1), ("d", 1), ("f", 2)]  # the next chunk first, each from its end
+    store.put_json(result_key("c"), {"status": "ok"})  # finished: nothing to do
+    lease, _ = Lease.try_acquire(store, lease_prefix("b"))  # being trained by a live process
+    assert lease is not None
+    helping = Helping(store, chunks, 1)
+    assert helping.next() == ("f", 2)
+    assert helping.next() == ("a", 0)
+    assert helping.next() is None
+    store.put_json(result_key("a"), {"status": "failed", "killed": True})  # killed: train again
+    assert Helping(store, chunks, 2).next() == ("a", 0)
+
+
+@pytest.mark.slow
+def test_a_chunk_whose_trials_are_done_trains_the_trials_another_chunk_has_not_started(
+    local_env,
+):
+    """Chunk 1 runs alone (chunk 0's task has not started): it trains its own trials, then
+    chunk 0's from the end. Chunk 0's task then finds every result and trains nothing again;
+    with help_others off, a chunk trains its own trials only."""
+    from components.data.datasets import prepare_all
+    from components.train.chunk import ChunkSettings, load_chunks, run_chunk
+    from components.train.definition import attempts_key, result_key
+    from components.train.run import plan_study
+
+    refs = [r.to_dict() for r in prepare_all(["faces"], 12, 0)]
+    specs = [s.to_dict() for s in sample_specs("anynetx_a", 3, (150e6, 250e6), 0).specs]
+    ids, study, _ = plan_study(
+        specs, refs, "help", "apr_tiny", {"epochs": 1}, [0], "torch", None, None, chunk_size=2
+    )
+    store = open_store()
+    first, second = load_chunks(store, study)["chunks"]
+    alone = ChunkSettings(max_attempts=1, help_others=False)
+    assert run_chunk(study, 1, None, None, "alone", alone) == second
+    assert not any(store.exists(result_key(t)) for t in first)
+    assert run_chunk(study, 1, None, None, "helper", ChunkSettings(max_attempts=1)) == second
+    results = {t: store.get_json(result_key(t)) for t in ids}
+    assert all(result["status"] == "ok" for result in results.values())
+    starts = {t: store.get_json(attempts_key(t))["attempts"][0]["started_at"] for t in first}
+    assert starts[first[-1]] < starts[first[0]]  # from the end of chunk 0's list
+    assert run_chunk(study, 0, None, None, "owner", ChunkSettings(max_attempts=1)) == first
+    assert {t: store.get_json(result_key(t)) for t in ids} == results  # nothing trained again
