@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     from components.transfer.features import _load_trial_backbone  # noqa: F401 - timm
 
     request_path, result_path = sys.argv[1:] if argv is None else argv
+    # One thread: the analysis' statistics run beside it, and exporting a model is tracing.
+    torch.set_num_threads(1)
     sys.stdin.read()
     if not os.path.exists(request_path):  # the analysis stopped before it had a request
         return 1

@@ -288,7 +288,8 @@ class ModelLogging:
             return
         command = [sys.executable, "-m", "components.analyze.models"]
         command += [str(self._request_path), str(self._result)]
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE)
+        # Its progress and errors go to stderr; stdout is the caller's, for results.
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
 
     @property
     def _request_path(self) -> Path:
