@@ -605,31 +605,51 @@ class _Child:
 class Helping:
     """Other chunks' trials a chunk trains once its own are done: each other chunk's from its
     end (its own task works from the start, so the two meet once, at the last trial), the next
-    chunks first. A trial is taken only when it has no result and no process holds its lease;
-    each is looked at once. Should two processes start one trial at the same moment anyway,
-    the trial's lease lets one train it and the other wait for its result.
+    chunks first. A trial is taken only when it has no result and no process holds its lease.
+    Should two processes start one trial at the same moment anyway, the trial's lease lets one
+    train it and the other wait for its result.
 
     The chunk that owns a trial still goes through it: a result that a helper wrote is read
     back in a moment, and a trial a helper is training is waited for, so a chunk never ends
-    before its own trials have results, even when a helper is killed.
+    before its own trials have results, even when a helper is killed. Helping only saves
+    time, so it looks cheaply (a large study's store is S3, a request per look): each trial at
+    most once; a chunk whose task ended after ``since`` (this task's start: its trials are
+    done) not at all; and, from a chunk's end, no further than the first result after a trial
+    without one (the owner's finished start of the list).
     """
 
-    def __init__(self, store: ArtifactStore, chunks: list[list[str]], chunk: int) -> None:
-        self.store = store
+    def __init__(
+        self, store: ArtifactStore, study: str, chunks: list[list[str]], chunk: int, since: float
+    ) -> None:
+        self.store, self.study, self.since = store, study, since
         order = [(chunk + step) % len(chunks) for step in range(1, len(chunks))]
-        self._candidates = deque(
-            (trial_id, other) for other in order for trial_id in reversed(chunks[other])
-        )
+        self._queues = deque((other, deque(reversed(chunks[other]))) for other in order)
+        self._open: set[int] = set()  # chunks where a trial without a result was seen
 
     def next(self) -> tuple[str, int] | None:
         """The next trial to help with and its chunk, or None when none is left."""
-        while self._candidates:
-            trial_id, other = self._candidates.popleft()
-            if _has_result(self.store, trial_id):
-                continue
-            if Lease.live_holder(self.store, lease_prefix(trial_id)) is None:
-                return trial_id, other
+        while self._queues:
+            other, queue = self._queues[0]
+            if other not in self._open and self._ended(other):
+                queue.clear()
+            while queue:
+                trial_id = queue.popleft()
+                if _has_result(self.store, trial_id):
+                    if other in self._open:
+                        queue.clear()  # the owner's finished start of the list
+                    continue
+                self._open.add(other)
+                if Lease.live_holder(self.store, lease_prefix(trial_id)) is None:
+                    return trial_id, other
+            self._queues.popleft()
         return None
+
+    def _ended(self, other: int) -> bool:
+        try:
+            timing = self.store.get_json(chunk_timing_key(self.study, other))
+        except (MissingObjectError, CorruptObjectError):
+            return False
+        return timing.get("ended_at", 0.0) > self.since
 
 
 def wait_for_an_exit(children: Iterable[_Child], timeout_s: float = POLL_S) -> None:
@@ -710,7 +730,9 @@ def run_chunk(
         f"{settings.gpus_per_trial} process(es) each, up to {settings.max_attempts} attempts",
     )
     pending = deque(ids)
-    helping = Helping(store, record["chunks"], chunk) if settings.help_others else None
+    helping = (
+        Helping(store, study, record["chunks"], chunk, started_at) if settings.help_others else None
+    )
     running: dict[str, _Child] = {}
     reasons: dict[str, list[str]] = {trial_id: [] for trial_id in ids}
     first_start: dict[str, float] = {}  # each trial's first attempt in this task

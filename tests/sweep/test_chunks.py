@@ -396,25 +396,40 @@ def test_the_runner_wakes_when_a_trial_ends_not_at_the_next_poll():
 
 def test_a_helper_takes_other_chunks_trials_from_their_end_and_skips_started_ones(tmp_path):
     from components.common.storage import Lease
-    from components.train.chunk import Helping
+    from components.train.chunk import Helping, chunk_timing_key
     from components.train.definition import lease_prefix, result_key
 
     store = open_store(str(tmp_path / "store"))
     chunks = [["a", "b", "c"], ["d", "e"], ["f"]]
     order = []
-    helping = Helping(store, chunks, 0)
+    helping = Helping(store, "s", chunks, 0, since=0.0)
     while (found := helping.next()) is not None:
         order.append(found)
     assert order == [("e", 1), ("d", 1), ("f", 2)]  # the next chunk first, each from its end
     store.put_json(result_key("c"), {"status": "ok"})  # finished: nothing to do
     lease, _ = Lease.try_acquire(store, lease_prefix("b"))  # being trained by a live process
     assert lease is not None
-    helping = Helping(store, chunks, 1)
+    helping = Helping(store, "s", chunks, 1, since=0.0)
     assert helping.next() == ("f", 2)
     assert helping.next() == ("a", 0)
     assert helping.next() is None
     store.put_json(result_key("a"), {"status": "failed", "killed": True})  # killed: train again
-    assert Helping(store, chunks, 2).next() == ("a", 0)
+    assert Helping(store, "s", chunks, 2, since=0.0).next() == ("a", 0)
+    # From a chunk's end, no further than the owner's finished start: "e" has no result, "g"
+    # before it has one, so "g" and what comes before it are the owner's: "d" is not read.
+    chunks = [["x"], ["d", "g", "e"]]
+    store.put_json(result_key("g"), {"status": "ok"})
+    store.put_json(result_key("d"), {"status": "ok"})
+    helping = Helping(store, "s", chunks, 0, since=0.0)
+    assert helping.next() == ("e", 1)
+    reads = []
+    store_get = store.get_json
+    store.get_json = lambda key: reads.append(key) or store_get(key)
+    assert helping.next() is None and result_key("d") not in reads
+    # A chunk whose task ended after this task started is done: not looked into.
+    store.put_json(chunk_timing_key("s", 1), {"ended_at": 200.0})
+    assert Helping(store, "s", chunks, 0, since=100.0).next() is None
+    assert Helping(store, "s", chunks, 0, since=300.0).next() == ("e", 1)  # an earlier run's
 
 
 @pytest.mark.slow
