@@ -429,10 +429,15 @@ def largest_executor_input(
 
 
 def study_backend_line(
-    arguments: Mapping[str, Any], n_trials: int, n_chunks: int, pipeline: str = "apr-study"
+    arguments: Mapping[str, Any],
+    n_trials: int,
+    n_chunks: int,
+    pipeline: str = "apr-study",
+    n_transfer_chunks: int = 0,
 ) -> str:
     """What the backend runs for a study of ``n_trials`` trials in ``n_chunks`` chunks
-    (``apr-study``, or ``seed-study``: the same plan, chunk and training tasks): pods (drivers
+    (``apr-study``, or ``seed-study``: the same plan, chunk and training tasks;
+    ``pretrain-factors`` adds a transfer loop of ``n_transfer_chunks`` chunks): pods (drivers
     included) and the largest executor input against Linux's limit.
 
     The values are those the tasks will pass: a study id as long as the plan's, MLflow's
@@ -447,10 +452,32 @@ def study_backend_line(
         "list-chunks": {"Output": [{"study_id": study_id, "chunk": i} for i in range(n_chunks)]},
         "train-chunk": {"Output": -(-n_trials // n_chunks)},  # a chunk's trial count
     }
-    loops = [n for n, t in ir.spec["root"]["dag"]["tasks"].items() if "parameterIterator" in t]
-    pods = pod_count(ir, {loop: n_chunks for loop in loops})
+    transfer_id = f"{study_id}-transfer-{'0' * 10}"  # as components.pretrain.run names it
+    outputs |= {
+        "plan-pretrain-transfer": {"Output": transfer_id},
+        "list-transfer-chunks": {
+            "Output": [
+                {"study_id": transfer_id, "chunk": i, "parent_run_id": "0" * 32}
+                for i in range(n_transfer_chunks)
+            ]
+        },
+        "transfer-chunk": {"Output": f"studies/{transfer_id}/results/chunk-00000.csv"},
+    }
+    root = ir.spec["root"]["dag"]["tasks"]
+    iterations = {
+        name: n_transfer_chunks if _loop_source(task) == "list-transfer-chunks" else n_chunks
+        for name, task in root.items()
+        if "parameterIterator" in task
+    }
+    pods = pod_count(ir, iterations)
     task, size = largest_executor_input(ir, arguments, outputs)
     return (
         f"backend ({BACKEND}): {pods} pods, drivers included; largest executor input "
         f"{size:,} bytes ({task}), limit {MAX_ARGUMENT_BYTES:,}"
     )
+
+
+def _loop_source(task: dict[str, Any]) -> str:
+    """The task whose output a loop iterates over."""
+    spec = task["inputs"]["parameters"][_items_input(task)]
+    return spec.get("taskOutputParameter", {}).get("producerTask", "")

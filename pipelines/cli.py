@@ -117,6 +117,10 @@ LOCAL_CHECKS = {
         "pipelines.class_count_preflight:check_class_count",
         "pipelines.class_count_preflight:dry_run_summary",
     ),
+    "pretrain-factors": (
+        "pipelines.pretrain_preflight:check_pretrain_factors",
+        "pipelines.pretrain_preflight:dry_run_summary",
+    ),
 }
 # Common options that may come before the command name; they are passed on to the command.
 _LEADING_OPTION = re.compile(r"^(--debug|--quiet|--verbose|-[qv]+)$")

@@ -15,6 +15,7 @@ _LOCATIONS = {
     "apr-predict": ("pipelines.apr_predict", "apr_predict"),
     "seed-study": ("pipelines.seed_study", "seed_study"),
     "class-count": ("pipelines.class_count", "class_count"),
+    "pretrain-factors": ("pipelines.pretrain_factors", "pretrain_factors"),
 }
 
 

@@ -274,6 +274,10 @@ def preflight(pipeline_key: str, arguments: dict[str, Any]) -> None:
         from pipelines.class_count_preflight import check_class_count
 
         check_class_count(arguments, local=False)
+    elif pipeline_key == "pretrain-factors":
+        from pipelines.pretrain_preflight import check_pretrain_factors
+
+        check_pretrain_factors(arguments, local=False)
 
 
 def submit(

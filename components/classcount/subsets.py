@@ -178,7 +178,9 @@ def plan_layout(
     return Layout(source, full, n_classes, tuple(subsets), tuple(others), seed)
 
 
-def _full_descriptor(source: str, name: str, resolution: int, seed: int) -> DatasetDescriptor:
+def builtin_full_descriptor(
+    source: str, name: str, resolution: int, seed: int
+) -> DatasetDescriptor:
     """A built-in set as a named build: its images at ``resolution`` and the split its
     built-in materialisation has (stratified 75/25 train/test, no validation)."""
     return DatasetDescriptor(
@@ -229,7 +231,7 @@ def build_class_subsets(
     epochs = check_subset_epochs(subset_epochs or {}, layout.sizes)
     store.check()
     if source in BUILTIN_DATASETS:
-        build_dataset(store, _full_descriptor(source, layout.full, resolution, seed))
+        build_dataset(store, builtin_full_descriptor(source, layout.full, resolution, seed))
     for subset in layout.subsets:
         rule = SubsetRule(classes=subset.classes, nested=True, draw=subset.draw, seed=seed)
         build_dataset(store, subset_descriptor(subset.name, layout.full, rule))

@@ -87,6 +87,15 @@ LIMITS: dict[str, Bound] = {
         reason="classes of one class subset: a classification subset needs 2; ImageNet-21k "
         "has 21,841",
     ),
+    "factor_levels": Bound(
+        0,
+        20,
+        reason="levels of one pretraining factor, each one more dataset pretrained under every "
+        "seed and evaluated on every target",
+    ),
+    "images_per_class": Bound(
+        1, 10_000_000, reason="training images per class: ImageNet-21k's largest have ~3,000"
+    ),
     "best_models": Bound(
         0, 50, reason="each is one trial's weights exported and uploaded to MLflow, per dataset"
     ),
@@ -164,6 +173,9 @@ PARAMETER_LIMITS = {
     "data_seed": "seed",
     "class_counts": "class_counts",
     "draws": "draws",
+    "images_per_class": "factor_levels",
+    "budget_class_counts": "factor_levels",
+    "targets": "datasets",
 }
 
 

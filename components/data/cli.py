@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="draw each class count independently (default: nested draws, 2 within 5 ...)",
     )
+    subset.add_argument(
+        "--held-out",
+        action="store_true",
+        help="keep the classes the draw of --n-classes leaves out instead (the held-out "
+        "classes of an induction test: pretrain on the draw, evaluate on the rest)",
+    )
     subset.add_argument("--draw", type=int, default=0, help="index of the class draw")
     subset.add_argument(
         "--draws",
@@ -223,6 +229,7 @@ def _subset(args: argparse.Namespace) -> int:
             per_class=per_class,
             coarse=coarse,
             seed=args.seed,
+            held_out=args.held_out,
         )
         name = f"{args.name}-d{draw}" if args.draws > 1 else args.name
         descriptors.append(subset_descriptor(name, args.parent, rule))

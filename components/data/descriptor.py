@@ -163,6 +163,10 @@ class SubsetRule:
             stay whole so that evaluations compare.
         coarse: child class -> parent class map; labels become the parents.
         seed: seed of the draws.
+        held_out: keep the classes the draw of ``classes`` leaves out instead (the held-out
+            classes of an induction test: features trained on the drawn classes, evaluated on
+            the others); left out of :meth:`to_dict` when off, so that the content address of
+            every other subset stays what it was.
     """
 
     classes: int = 0
@@ -171,8 +175,11 @@ class SubsetRule:
     per_class: int = 0
     coarse: tuple[tuple[str, str], ...] = ()
     seed: int = 0
+    held_out: bool = False
 
     def __post_init__(self) -> None:
+        if self.held_out and not self.classes:
+            raise DatasetError("held_out keeps the classes a draw leaves out: it needs classes")
         if self.classes < 0 or self.per_class < 0 or self.draw < 0:
             raise DatasetError("subset classes, per_class and draw must be 0 or more")
         if self.classes == 1:
@@ -183,7 +190,10 @@ class SubsetRule:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"coarse": [list(pair) for pair in self.coarse]}
+        data = asdict(self) | {"coarse": [list(pair) for pair in self.coarse]}
+        if not self.held_out:
+            del data["held_out"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SubsetRule:

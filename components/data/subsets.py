@@ -53,18 +53,23 @@ def subset_descriptor(name: str, parent: str, rule: SubsetRule) -> DatasetDescri
 
 
 def choose_classes(n_classes: int, rule: SubsetRule) -> list[int]:
-    """Indices of the classes a rule keeps, in the parent's label order."""
+    """Indices of the classes a rule keeps, in the parent's label order (with ``held_out``,
+    those the draw of ``classes`` leaves out)."""
     if not rule.classes:
         return list(range(n_classes))
-    if rule.classes > n_classes:
-        raise DatasetError(f"--n-classes {rule.classes} exceeds the parent's {n_classes} classes")
+    if rule.classes > n_classes or (rule.held_out and rule.classes >= n_classes):
+        raise DatasetError(
+            f"--n-classes {rule.classes} exceeds the parent's {n_classes} classes"
+            + (" (held_out needs at least one class left out)" if rule.held_out else "")
+        )
     seed = (
         mix_seed(rule.seed, rule.draw)
         if rule.nested
         else mix_seed(rule.seed, rule.draw, rule.classes)
     )
     permutation = np.random.default_rng(seed).permutation(n_classes)
-    return sorted(int(i) for i in permutation[: rule.classes])
+    kept = permutation[rule.classes :] if rule.held_out else permutation[: rule.classes]
+    return sorted(int(i) for i in kept)
 
 
 def read_coarse_map(path: str) -> tuple[tuple[str, str], ...]:

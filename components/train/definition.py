@@ -135,6 +135,10 @@ def _dataset_identity(ref: DatasetRef) -> dict[str, Any]:
     }
 
 
+#: A trial's checkpoint as a model of a transfer study or a prediction: ``trial:<id>``.
+TRIAL_PREFIX = "trial:"
+
+
 def result_key(trial_id: str) -> str:
     return f"trials/{trial_id}/result.json"
 

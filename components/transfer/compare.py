@@ -65,6 +65,7 @@ from analysis.stats import (
     undefined_reason,
 )
 from analysis.words import plural
+from components.train.definition import TRIAL_PREFIX
 
 #: (regime, metric) of each cheap score, in report order.
 CHEAP_SCORES = (
@@ -83,7 +84,6 @@ ACCURACY_SLICES = (
 TARGET = ("finetune", "top1")
 #: The family of every trial: our trials are AnyNet networks.
 TRIAL_FAMILY = "anynet"
-TRIAL_PREFIX = "trial:"
 #: Prefixes of timm names whose weights were ported from another framework (``tf_`` from
 #: TensorFlow, ``gluon_`` from MXNet Gluon, ``legacy_`` older ports): the architecture after
 #: them is the family's.

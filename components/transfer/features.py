@@ -29,9 +29,9 @@ from torch import nn
 
 from components.common.cli import did_you_mean
 from components.common.storage import ArtifactStore, CorruptObjectError, StoreError, open_store
+from components.train.definition import TRIAL_PREFIX
 from components.transfer.errors import TransferError
 
-TRIAL_PREFIX = "trial:"
 TIMM_PREFIX = "timm:"
 
 

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 
 from components.common.storage import open_store
-from components.data.build import build_dataset, load_manifest, load_split
+from components.data.build import build_dataset, load_manifest, load_split, named_dataset
 from components.data.cli import main
-from components.data.descriptor import DatasetDescriptor, DatasetError, ImagePolicy, SubsetRule
+from components.data.descriptor import (
+    DatasetDescriptor,
+    DatasetError,
+    DatasetRef,
+    ImagePolicy,
+    SubsetRule,
+)
 from components.data.subsets import choose_classes, subset_descriptor
 
 
@@ -57,6 +63,16 @@ def test_class_subset_counts(digits_store):
     assert manifest["descriptor"]["subset"]["classes"] == 3
     again = _subset(store, "d10-k3", classes=3, seed=1)
     assert again == ref, "cached by parent and rule"
+
+    # --held-out: the 7 classes the same draw leaves out, with all their images.
+    argv = ["subset", "d10", "--n-classes", "3", "--seed", "1", "--held-out", "--name", "rest"]
+    assert main([*argv, "--store", store.uri]) == 0
+    rest = load_manifest(store, DatasetRef(**named_dataset(store, "rest")["ref"]))
+    assert set(rest["class_names"]) == set(parent_manifest["class_names"]) - set(kept)
+    assert rest["descriptor"]["subset"]["held_out"] is True
+    assert rest["splits"]["test"]["per_class"] == {
+        c: parent_manifest["splits"]["test"]["per_class"][c] for c in rest["class_names"]
+    }
 
 
 def test_per_class_budget_and_coarse_labels(digits_store):

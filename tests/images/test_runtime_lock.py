@@ -87,7 +87,7 @@ def test_pipeline_code_imports_without_the_training_stack():
         "from pipelines.registry import PIPELINES\n"
         "names = [p.name for p in PIPELINES.values()]\n"
         "assert names == ['apr-study', 'transfer-study', 'apr-predict', 'seed-study', "
-        "'class-count'], names\n"
+        "'class-count', 'pretrain-factors'], names\n"
         "main(['upload', '--help'])\n"
     )
     result = subprocess.run(
