@@ -62,6 +62,13 @@ class Design:
     targets: tuple[str, ...]
 
 
+def _is_name(value: Any) -> bool:
+    """A class name: non-empty text, or a whole number (YAML reads ``0`` as one)."""
+    return (isinstance(value, str) and bool(value)) or (
+        isinstance(value, int) and not isinstance(value, bool)
+    )
+
+
 def _distinct_list(name: str, value: Any, limit: str, example: str) -> tuple[int, ...]:
     if not isinstance(value, list | tuple):
         raise ValueError(f"{name} must be a list, e.g. {example}, got {short_repr(value)}")
@@ -104,13 +111,15 @@ def check_design(arguments: Mapping[str, Any]) -> Design:
     if budget and len(budget_counts) < 2:
         raise ValueError("budget_class_counts needs 2 or more class counts to compare")
     coarse = arguments["coarse_map"]
+    # YAML reads a class named 0 as a number: names are text, so numbers are taken as theirs.
     if not isinstance(coarse, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) and k and v for k, v in coarse.items()
+        _is_name(k) and _is_name(v) for k, v in coarse.items()
     ):
         raise ValueError(
             "coarse_map must map each class to its parent class, e.g. {cat: animal, car: "
             f"vehicle}}, got {short_repr(coarse)}"
         )
+    coarse = {str(k): str(v) for k, v in coarse.items()}
     targets = arguments["targets"]
     if not isinstance(targets, list | tuple) or not all(isinstance(t, str) and t for t in targets):
         raise ValueError(f"targets must be a list of dataset names, got {short_repr(targets)}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from components.common import tracking
 from components.common.progress import TrialDone, report, trial_done_line
-from components.common.storage import ArtifactStore, open_store
+from components.common.storage import ArtifactStore, MissingObjectError, open_store
 from components.data.datasets import DatasetRef
 from components.sample.models import model_id, timm_name
 from components.sample.space import AnyNetSpec
@@ -23,7 +23,7 @@ from components.train.chunk import (
     check_trial_timeout,
     save_chunks,
 )
-from components.train.definition import Trial, checkpoint_key, result_key
+from components.train.definition import Trial, attempts_key, checkpoint_key, result_key
 from components.train.plan import (
     dataset_recipe,
     load_trial,
@@ -339,6 +339,20 @@ def _architecture_params(spec: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def trained_in_this_run(store: ArtifactStore, trial_id: str, kfp_run_id: str) -> bool:
+    """Whether an attempt before the latest (the calling task's own, recorded before it
+    started the trial's process) was made by this run: its result is then another task's of
+    this run, not one reused from an earlier run. Without a run id (a chunk run from the
+    command line) nothing tells the runs apart: False."""
+    if not kfp_run_id:
+        return False
+    try:
+        attempts = store.get_json(attempts_key(trial_id)).get("attempts", [])
+    except MissingObjectError:
+        return False
+    return any(entry.get("kfp_run_id") == kfp_run_id for entry in attempts[:-1])
+
+
 def train_trial(
     trial_id: str,
     study: str,
@@ -379,6 +393,11 @@ def train_trial(
             stream.close()
     else:
         store.put_json(result_key(trial_id), result)
+    if result.get("reused") and trained_in_this_run(store, trial_id, kfp_run_id):
+        # Another task of this run trained it (a chunk that helped, components.train.chunk.
+        # Helping) and logged and reported it: the console counts each trial once.
+        report("train", f"{position} {trial_id}: trained by another task of this run", started)
+        return result
     tracking.log_trial_or_queue(store, study, uri, with_result(log, trial, result))
     if result["status"] == "ok":
         outcome = f"top-1 error {result['top1_error']:.1f}%"

@@ -121,7 +121,8 @@ def test_held_out_classes_are_the_complement_of_the_pool_and_old_subsets_keep_th
         ({"class_counts": [1]}, r"class_counts \(each value\) must be in \[2"),
         ({"budget_images": 0}, "budget_images and budget_class_counts go together"),
         ({"budget_class_counts": [4]}, "needs 2 or more class counts"),
-        ({"coarse_map": {"0": 1}}, "coarse_map must map each class"),
+        ({"coarse_map": {"0": None}}, "coarse_map must map each class"),
+        ({"coarse_map": {"0": ""}}, "coarse_map must map each class"),
         ({"targets": ["shapes", "shapes"]}, "names a dataset twice"),
         (
             {
@@ -139,6 +140,11 @@ def test_held_out_classes_are_the_complement_of_the_pool_and_old_subsets_keep_th
 def test_the_design_is_checked(changes, message):
     with pytest.raises(ValueError, match=message):
         _design(**changes)
+
+
+def test_a_coarse_map_read_from_yaml_with_number_names_is_taken_as_text():
+    numbers = {int(child): parent for child, parent in COARSE.items()}
+    assert _design(coarse_map=numbers).coarse_map == _design().coarse_map
 
 
 def test_plan_layout_refuses_what_the_pool_cannot_give():

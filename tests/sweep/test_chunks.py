@@ -461,3 +461,39 @@ def test_a_chunk_whose_trials_are_done_trains_the_trials_another_chunk_has_not_s
     assert starts[first[-1]] < starts[first[0]]  # from the end of chunk 0's list
     assert run_chunk(study, 0, None, None, "owner", ChunkSettings(max_attempts=1)) == first
     assert {t: store.get_json(result_key(t)) for t in ids} == results  # nothing trained again
+
+
+@pytest.mark.slow
+def test_a_trial_another_task_of_the_run_trained_is_not_reported_twice(local_env, capsys):
+    """The owner of a trial that a helper of the same run trained reads its result back with a
+    line of its own, not a second "trial i/N ok" (the console counts each once); a result of
+    another run is reported reused, as before."""
+    from components.data.datasets import prepare_all
+    from components.train.chunk import _record_attempt
+    from components.train.plan import load_trial
+    from components.train.run import plan_study, train_trial, trained_in_this_run
+    from components.train.trial import run_trial
+
+    refs = [r.to_dict() for r in prepare_all(["faces"], 12, 0)]
+    specs = [s.to_dict() for s in sample_specs("anynetx_a", 1, (150e6, 250e6), 0).specs]
+    (trial_id,), study, _ = plan_study(
+        specs, refs, "twice", "apr_tiny", {"epochs": 1}, [0], "torch", None, None
+    )
+    store = open_store()
+    assert not trained_in_this_run(store, trial_id, "run-a")  # no attempt yet
+    _record_attempt(store, trial_id, {"started_at": 1.0, "kfp_run_id": "run-a"})  # a helper
+    run_trial(store, load_trial(store, trial_id), progress=lambda _: None)
+    capsys.readouterr()
+
+    _record_attempt(store, trial_id, {"started_at": 2.0, "kfp_run_id": "run-a"})  # the owner
+    assert trained_in_this_run(store, trial_id, "run-a")
+    assert train_trial(trial_id, study, None, None, "run-a")["reused"]
+    err = capsys.readouterr().err
+    assert "trial 1/1 " + trial_id + ": trained by another task of this run" in err, err
+    assert "trial 1/1 ok" not in err, err
+
+    _record_attempt(store, trial_id, {"started_at": 3.0, "kfp_run_id": "run-b"})  # a re-run
+    assert not trained_in_this_run(store, trial_id, "run-b")
+    assert not trained_in_this_run(store, trial_id, "")  # no run id: nothing to tell apart
+    train_trial(trial_id, study, None, None, "run-b")
+    assert "trial 1/1 ok (reused)" in capsys.readouterr().err
