@@ -55,7 +55,7 @@ def pretrain_factors(
     source: str = "digits",
     held_out_classes: int = 3,
     images_per_class: list = [],  # noqa: B006 - KFP reads the default
-    class_counts: list = [],  # noqa: B006 - KFP reads the default
+    pool_class_counts: list = [],  # noqa: B006 - KFP reads the default
     coarse_map: dict = {},  # noqa: B006 - KFP reads the default
     budget_images: int = 0,
     budget_class_counts: list = [],  # noqa: B006 - KFP reads the default
@@ -99,7 +99,7 @@ def pretrain_factors(
             evaluates every pretrained model on them with their fine labels (0: none).
         images_per_class: the images-per-class levels, training images kept per class of the
             pool (Huh et al.: 500 of ImageNet's ~1,000).
-        class_counts: the number-of-classes levels, classes kept of the pool (seeded draws,
+        pool_class_counts: the number-of-classes levels, classes kept of the pool (seeded draws,
             all their images).
         coarse_map: child class -> parent class over the pool's classes (e.g. WordNet
             parents); the coarse-labels level trains on the parents ({}: none).
@@ -140,7 +140,7 @@ def pretrain_factors(
             source=source,
             held_out_classes=held_out_classes,
             images_per_class=images_per_class,
-            class_counts=class_counts,
+            pool_class_counts=pool_class_counts,
             coarse_map=coarse_map,
             budget_images=budget_images,
             budget_class_counts=budget_class_counts,

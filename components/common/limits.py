@@ -174,8 +174,8 @@ PARAMETER_LIMITS = {
     "class_counts": "class_counts",
     "draws": "draws",
     "images_per_class": "factor_levels",
+    "pool_class_counts": "factor_levels",
     "budget_class_counts": "factor_levels",
-    "targets": "datasets",
 }
 
 

@@ -12,7 +12,7 @@ def prepare_pretrain_variants(
     source: str,
     held_out_classes: int,
     images_per_class: list,
-    class_counts: list,
+    pool_class_counts: list,
     coarse_map: dict,
     budget_images: int,
     budget_class_counts: list,
@@ -35,7 +35,7 @@ def prepare_pretrain_variants(
         source: the dataset the variants are drawn from (built in, or built with
             ``aprflow data build``).
         held_out_classes: classes held out of pretraining for the induction test (0: none).
-        images_per_class, class_counts, coarse_map, budget_images, budget_class_counts: the
+        images_per_class, pool_class_counts, coarse_map, budget_images, budget_class_counts: the
             factors' levels (components/pretrain/variants.py).
         targets: transfer targets (built in or built).
         resolution: training image side in pixels.
@@ -61,7 +61,7 @@ def prepare_pretrain_variants(
             "held_out_classes": int(held_out_classes),
             # JSON numbers may arrive as floats
             "images_per_class": [int(n) for n in images_per_class],
-            "class_counts": [int(k) for k in class_counts],
+            "pool_class_counts": [int(k) for k in pool_class_counts],
             "coarse_map": {str(k): str(v) for k, v in coarse_map.items()},
             "budget_images": int(budget_images),
             "budget_class_counts": [int(k) for k in budget_class_counts],

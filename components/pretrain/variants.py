@@ -46,7 +46,7 @@ class Design:
     Attributes:
         held_out_classes: classes held out of pretraining for the induction test (0: none).
         images_per_class: training images per class of each ``images_per_class`` level.
-        class_counts: classes of each ``classes`` level.
+        pool_class_counts: classes of each ``classes`` level.
         coarse_map: child class -> parent class, for the ``labels`` level ({}: none).
         budget_images: the fixed total of the ``budget`` levels (0: none).
         budget_class_counts: classes of each ``budget`` level (T / K images each).
@@ -55,7 +55,7 @@ class Design:
 
     held_out_classes: int
     images_per_class: tuple[int, ...]
-    class_counts: tuple[int, ...]
+    pool_class_counts: tuple[int, ...]
     coarse_map: tuple[tuple[str, str], ...]
     budget_images: int
     budget_class_counts: tuple[int, ...]
@@ -97,7 +97,7 @@ def check_design(arguments: Mapping[str, Any]) -> Design:
         "images_per_class", arguments["images_per_class"], "images_per_class", "[500, 250]"
     )
     classes = _distinct_list(
-        "class_counts", arguments["class_counts"], "subset_classes", "[500, 100]"
+        "pool_class_counts", arguments["pool_class_counts"], "subset_classes", "[500, 100]"
     )
     budget_counts = _distinct_list(
         "budget_class_counts", arguments["budget_class_counts"], "subset_classes", "[500, 100]"
@@ -125,9 +125,11 @@ def check_design(arguments: Mapping[str, Any]) -> Design:
         raise ValueError(f"targets must be a list of dataset names, got {short_repr(targets)}")
     if len(set(targets)) != len(targets):
         raise ValueError(f"targets {short_repr(targets)} names a dataset twice")
+    if targets:  # none: the held-out classes are the only target
+        check_count("datasets", targets, "targets")
     if not (per_class or classes or coarse or budget):
         raise ValueError(
-            "no factor to vary: give images_per_class, class_counts, coarse_map or "
+            "no factor to vary: give images_per_class, pool_class_counts, coarse_map or "
             "budget_images with budget_class_counts"
         )
     if not targets and not held_out:
@@ -137,7 +139,7 @@ def check_design(arguments: Mapping[str, Any]) -> Design:
     return Design(
         held_out_classes=held_out,
         images_per_class=per_class,
-        class_counts=classes,
+        pool_class_counts=classes,
         coarse_map=tuple(sorted(coarse.items())),
         budget_images=budget,
         budget_class_counts=budget_counts,
@@ -162,7 +164,7 @@ def variant_rules(design: Design, pool_classes: Sequence[str], seed: int) -> lis
         for n in design.images_per_class
     ]
     variants += [
-        Variant(f"{{pool}}-c{k}", "classes", f"{k} classes", k) for k in design.class_counts
+        Variant(f"{{pool}}-c{k}", "classes", f"{k} classes", k) for k in design.pool_class_counts
     ]
     if design.coarse_map:
         parents = len({parent for _, parent in _pool_map(design, pool_classes)})
@@ -248,12 +250,12 @@ def plan_layout(
     else:
         pool_classes, held_classes, pool, held_name = list(class_names), [], full, ""
     n_pool = len(pool_classes)
-    too_many = [k for k in (*design.class_counts, *design.budget_class_counts) if k > n_pool]
-    too_many += [k for k in design.class_counts if k == n_pool]
+    too_many = [k for k in (*design.pool_class_counts, *design.budget_class_counts) if k > n_pool]
+    too_many += [k for k in design.pool_class_counts if k == n_pool]
     if too_many:
         raise ValueError(
             f"class counts {sorted(set(too_many))} do not fit the pool's {n_pool} classes "
-            "(class_counts below it, budget_class_counts up to it)"
+            "(pool_class_counts below it, budget_class_counts up to it)"
         )
     budget_small = [k for k in design.budget_class_counts if design.budget_images // k < 1]
     if budget_small:

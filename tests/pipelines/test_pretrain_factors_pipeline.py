@@ -34,7 +34,7 @@ def _design(**changes):
     arguments = {
         "held_out_classes": 3,
         "images_per_class": [10],
-        "class_counts": [3],
+        "pool_class_counts": [3],
         "coarse_map": COARSE,
         "budget_images": 60,
         "budget_class_counts": [6, 2],
@@ -118,16 +118,17 @@ def test_held_out_classes_are_the_complement_of_the_pool_and_old_subsets_keep_th
         ({"images_per_class": [10, 10]}, "names a value twice"),
         ({"images_per_class": 10}, "images_per_class must be a list"),
         ({"images_per_class": list(range(1, 23))}, r"number of images_per_class must be in"),
-        ({"class_counts": [1]}, r"class_counts \(each value\) must be in \[2"),
+        ({"pool_class_counts": [1]}, r"pool_class_counts \(each value\) must be in \[2"),
         ({"budget_images": 0}, "budget_images and budget_class_counts go together"),
         ({"budget_class_counts": [4]}, "needs 2 or more class counts"),
         ({"coarse_map": {"0": None}}, "coarse_map must map each class"),
         ({"coarse_map": {"0": ""}}, "coarse_map must map each class"),
         ({"targets": ["shapes", "shapes"]}, "names a dataset twice"),
+        ({"targets": [f"t{i}" for i in range(101)]}, r"number of targets must be in \[1, 100\]"),
         (
             {
                 "images_per_class": [],
-                "class_counts": [],
+                "pool_class_counts": [],
                 "coarse_map": {},
                 "budget_images": 0,
                 "budget_class_counts": [],
@@ -152,7 +153,7 @@ def test_plan_layout_refuses_what_the_pool_cannot_give():
 
     digits = [str(i) for i in range(10)]
     with pytest.raises(ValueError, match=r"class counts \[7\] do not fit the pool's 7"):
-        plan_layout("digits", digits, _design(class_counts=[7]), 0, 16)
+        plan_layout("digits", digits, _design(pool_class_counts=[7]), 0, 16)
     with pytest.raises(ValueError, match="leaves class\\(es\\) .* without a parent"):
         plan_layout("digits", digits, _design(coarse_map={"1": "a", "2": "b"}), 0, 16)
     one_parent = dict.fromkeys(digits, "all")
@@ -194,7 +195,7 @@ def test_the_transfer_rows_join_their_trials_variant_and_seed():
 @pytest.mark.parametrize(
     ("sets", "expected"),
     [
-        (["class_counts=[7]"], "error: class counts [7] do not fit the pool's 7 classes"),
+        (["pool_class_counts=[7]"], "error: class counts [7] do not fit the pool's 7 classes"),
         (["images_per_class=[400]"], "error: [400] images per class exceed the"),
         (["source=nowhere"], "error: unknown or missing dataset(s) nowhere"),
         (["targets=[nowhere]"], "error: unknown or missing dataset(s) nowhere"),
@@ -294,7 +295,7 @@ def test_toy_pretrain_factors_end_to_end_and_its_rerun(tmp_path):
 
     args = [
         *("run", "pretrain-factors", "--config", str(TOY)),
-        *("--set", "class_counts=[]", "--set", "budget_images=0"),
+        *("--set", "pool_class_counts=[]", "--set", "budget_images=0"),
         *("--set", "budget_class_counts=[]", "--set", "images_per_class=[10]"),
         *("--set", "epochs=1", "--set", "regimes=[knn, linear]"),
     ]
@@ -327,10 +328,13 @@ def test_toy_pretrain_factors_end_to_end_and_its_rerun(tmp_path):
     assert parent.info.status == "FINISHED"
     assert parent.data.params["pretrain.factors"] == "images_per_class,labels"
     assert client.list_artifacts(parent.info.run_id, "report")
-    trials = [r for r in runs if "aprflow.trial_id" in r.data.tags]
+    # A transfer evaluation's run carries its regime; a pretraining trial's does not.
+    evaluations = [r for r in runs if "aprflow.regime" in r.data.tags]
+    trials = [r for r in runs if "aprflow.trial_id" in r.data.tags and r not in evaluations]
     assert len(trials) == n_trials
-    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(nested) > n_trials, "the transfer runs nest under the study's parent too"
+    assert len(evaluations) == n_trials * 2 * 2  # x 2 targets x 2 regimes
+    for run in trials + evaluations:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id, run.info.run_name
 
     again = run_aprflow(args, tmp_path, timeout=1800)
     assert again.returncode == 0, again.stderr[-3000:]
