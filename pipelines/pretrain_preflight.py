@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from analysis.pretrain_factors import REGIME_METRIC, Layout
+from analysis.pretrain_factors import Layout
 from components.common.limits import check_limit
 from components.common.storage import open_store
 from components.common.validation import short_repr
@@ -75,28 +75,17 @@ def layout_of(arguments: dict[str, Any]) -> Layout:
 
 def check_transfer_settings(arguments: dict[str, Any]) -> None:
     """The regimes and the fine-tune recipe, as the transfer plan will check them."""
+    from components.pretrain.variants import check_regimes
     from components.transfer.errors import TransferError
     from components.transfer.study import StudySettings
 
-    regimes = arguments["regimes"]
-    if (
-        not isinstance(regimes, list)
-        or not regimes
-        or any(r not in REGIME_METRIC for r in regimes)
-        or len(set(regimes)) != len(regimes)
-    ):
-        raise PreflightError(
-            f"regimes must be distinct ones of {', '.join(REGIME_METRIC)}, got "
-            f"{short_repr(regimes)}"
-        )
-    if arguments["held_out_classes"] and not {"knn", "linear"} & set(regimes):
-        raise PreflightError(
-            "the induction test on the held-out classes needs the knn or linear regime: add "
-            "one to regimes, or set held_out_classes=0"
-        )
+    try:
+        regimes = check_regimes(arguments["regimes"], bool(arguments["held_out_classes"]))
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
     try:
         StudySettings(
-            regimes=tuple(regimes),
+            regimes=regimes,
             k=arguments["k"],
             finetune_max_steps=arguments["finetune_max_steps"] or None,
             recipe_overrides=arguments["finetune_overrides"],

@@ -120,13 +120,14 @@ def plan_pretrain_transfer(
 
     from analysis.pretrain_factors import Layout
     from components.analyze.run import planned_trial_ids
-    from components.pretrain.run import check_regimes, plan_transfer
+    from components.pretrain.run import plan_transfer
+    from components.pretrain.variants import check_regimes
     from components.transfer.study import StudySettings
 
     with open(layout.path) as f:
         plan = Layout.from_dict(json.load(f))
     settings = StudySettings(
-        regimes=check_regimes([str(r) for r in regimes], plan),
+        regimes=check_regimes([str(r) for r in regimes], bool(plan.held_out)),
         k=int(k),
         finetune_max_steps=int(finetune_max_steps) or None,
         recipe_overrides=dict(recipe_overrides),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -25,20 +25,20 @@ from analysis.pretrain_factors import REGIME_METRIC, Layout, compute_pretrain_fa
 from analysis.pretrain_factors_report import write_report
 from components.analyze.run import gather_study, publish_study
 from components.common import tracking
+from components.common.errors import AprflowError
 from components.common.progress import report
-from components.common.storage import open_store
+from components.common.storage import ArtifactStore, open_store
 from components.train.definition import TRIAL_PREFIX, result_key
 
-#: The transfer regimes a pretraining-factors study may ask for (the cheap scores LogME and
-#: LEEP rank models; this study measures accuracy).
-REGIMES = tuple(REGIME_METRIC)
+if TYPE_CHECKING:  # torch: imported by the transfer step only
+    from components.transfer.study import StudySettings
 
 
-class PretrainError(ValueError):
-    """The study cannot go on: no pretrained model finished, or a bad setting."""
+class PretrainError(AprflowError):
+    """The study cannot go on: no pretrained model finished."""
 
 
-def finished_trials(store, trial_ids: list[str]) -> tuple[list[str], list[str]]:
+def finished_trials(store: ArtifactStore, trial_ids: list[str]) -> tuple[list[str], list[str]]:
     """(the trials with a finished result, the others)."""
     done, failed = [], []
     for trial_id in trial_ids:
@@ -48,30 +48,11 @@ def finished_trials(store, trial_ids: list[str]) -> tuple[list[str], list[str]]:
     return done, failed
 
 
-def check_regimes(regimes: list[str], layout: Layout) -> tuple[str, ...]:
-    """The transfer regimes, checked: known, distinct, and able to measure induction.
-
-    Raises:
-        PretrainError: an unknown or repeated regime, or held-out classes without kNN or
-            linear probe (the induction test's measures).
-    """
-    unknown = [r for r in regimes if r not in REGIMES]
-    if unknown or not regimes or len(set(regimes)) != len(regimes):
-        raise PretrainError(
-            f"regimes must be distinct ones of {', '.join(REGIMES)}, got {list(regimes)}"
-        )
-    if layout.held_out and not {"knn", "linear"} & set(regimes):
-        raise PretrainError(
-            "the induction test on the held-out classes needs the knn or linear regime"
-        )
-    return tuple(regimes)
-
-
 def plan_transfer(
     trial_ids: list[str],
     study: str,
     layout: Layout,
-    settings: Any,
+    settings: StudySettings,
     resolution: int,
     store_uri: str | None,
     chunk_size: int = 0,

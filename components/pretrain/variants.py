@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from analysis.pretrain_factors import REFERENCE, Layout, Variant
+from analysis.pretrain_factors import REFERENCE, REGIME_METRIC, Layout, Variant
 from components.classcount.subsets import builtin_full_descriptor, full_name, source_classes
 from components.common.hashing import content_hash
 from components.common.limits import check_count, check_limit
@@ -145,6 +145,32 @@ def check_design(arguments: Mapping[str, Any]) -> Design:
         budget_class_counts=budget_counts,
         targets=tuple(targets),
     )
+
+
+def check_regimes(regimes: Any, induction: bool) -> tuple[str, ...]:
+    """The transfer regimes, checked: distinct ones of :data:`~analysis.pretrain_factors.
+    REGIME_METRIC` (this study measures accuracy; LogME and LEEP rank models), with ``knn`` or
+    ``linear`` when classes are held out (the induction test's measures).
+
+    Raises:
+        ValueError: an unknown or repeated regime, none, or no induction measure.
+    """
+    if (
+        not isinstance(regimes, list | tuple)
+        or not regimes
+        or any(r not in REGIME_METRIC for r in regimes)
+        or len(set(regimes)) != len(regimes)
+    ):
+        raise ValueError(
+            f"regimes must be distinct ones of {', '.join(REGIME_METRIC)}, got "
+            f"{short_repr(regimes)}"
+        )
+    if induction and not {"knn", "linear"} & set(regimes):
+        raise ValueError(
+            "the induction test on the held-out classes needs the knn or linear regime: add "
+            "one to regimes, or set held_out_classes=0"
+        )
+    return tuple(regimes)
 
 
 def _pool_rules(n_classes: int, held_out: int, seed: int) -> tuple[SubsetRule, SubsetRule]:

@@ -192,6 +192,36 @@ def test_the_transfer_rows_join_their_trials_variant_and_seed():
     assert frame["status_reason"].iloc[1] == "out of memory"
 
 
+def test_the_transfer_plan_takes_the_finished_trials_and_names_the_others(tmp_path, capsys):
+    from analysis.pretrain_factors import Layout, Variant
+    from components.pretrain.run import PretrainError, plan_transfer
+    from components.train.definition import result_key
+    from components.transfer.steps import plan_key
+    from components.transfer.study import StudySettings
+
+    uri = str(tmp_path / "store")
+    store = open_store(uri)
+    layout = Layout(
+        "digits", "digits-8px", 10, ("1", "2"), "", (), (Variant("p", "reference", "all", 2),),
+        ("faces",),
+    )  # fmt: skip
+    settings = StudySettings(regimes=("knn",), device="cpu")
+    store.put_json(result_key("aaa"), {"status": "ok"})
+    store.put_json(result_key("bbb"), {"status": "failed", "reason": "diverged"})
+    with pytest.raises(PretrainError, match="none of its 2 pretraining trials finished"):
+        plan_transfer(["bbb", "ccc"], "st", layout, settings, 8, uri)
+    transfer = plan_transfer(["aaa", "bbb", "ccc"], "st", layout, settings, 8, uri)
+    assert transfer.startswith("st-transfer-")
+    record = store.get_json(plan_key(transfer))
+    assert [m["model"] for m in record["models"]] == ["trial:aaa"]
+    assert [r["name"] for r in record["refs"]] == ["faces"]
+    assert "2 of 3 pretraining trials did not finish and are left out (bbb, ccc)" in (
+        capsys.readouterr().err
+    )
+    # The same trials, targets and settings: the same transfer study, its chunks reused.
+    assert plan_transfer(["aaa", "bbb"], "st", layout, settings, 8, uri) == transfer
+
+
 @pytest.mark.parametrize(
     ("sets", "expected"),
     [
