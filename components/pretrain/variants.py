@@ -87,7 +87,7 @@ def check_design(arguments: Mapping[str, Any]) -> Design:
             class counts (or the reverse), a coarse map that is not text -> text, targets
             that are not distinct names, or no factor at all.
     """
-    held_out = check_limit("images", arguments["held_out_classes"], "held_out_classes")
+    held_out = check_limit("num_classes", arguments["held_out_classes"], "held_out_classes")
     if held_out == 1:
         raise ValueError(
             "held_out_classes must be 0 (no induction test) or 2 or more: a kNN or a probe on "
@@ -181,7 +181,7 @@ def _pool_rules(n_classes: int, held_out: int, seed: int) -> tuple[SubsetRule, S
     )
 
 
-def variant_rules(design: Design, pool_classes: Sequence[str], seed: int) -> list[Variant]:
+def plan_variants(design: Design, pool_classes: Sequence[str]) -> list[Variant]:
     """Every variant, the reference first, named from the pool (``{pool}`` in each name)."""
     n_pool = len(pool_classes)
     variants = [Variant("{pool}", REFERENCE, f"all {n_pool} classes, fine labels", n_pool)]
@@ -302,7 +302,7 @@ def plan_layout(
             )
     variants = tuple(
         Variant(v.name.format(pool=pool), v.factor, v.level, v.classes, v.images_per_class)
-        for v in variant_rules(design, pool_classes, seed)
+        for v in plan_variants(design, pool_classes)
     )
     for name in [full, pool, *([held_name] if held_name else []), *(v.name for v in variants)]:
         try:
