@@ -54,8 +54,8 @@ def pretrain_factors(
     study_name: str = "pretrain-factors",
     source: str = "digits",
     held_out_classes: int = 3,
-    images_per_class: list = [],  # noqa: B006 - KFP reads the default
-    pool_class_counts: list = [],  # noqa: B006 - KFP reads the default
+    images_per_class: list = [40, 10],  # noqa: B006 - KFP reads the default
+    pool_class_counts: list = [3],  # noqa: B006 - KFP reads the default
     coarse_map: dict = {},  # noqa: B006 - KFP reads the default
     budget_images: int = 0,
     budget_class_counts: list = [],  # noqa: B006 - KFP reads the default
