@@ -128,15 +128,18 @@ def check_pretrain_factors(
 
 def train_images(layout: Layout, per_class: dict[str, int]) -> dict[str, int]:
     """Training images of every variant, from the source's training images per class."""
+    from components.data.descriptor import SubsetRule
+    from components.data.subsets import choose_classes
+
     pool = sum(per_class[c] for c in layout.pool_classes)
     sizes = {}
     for variant in layout.variants:
         if variant.images_per_class:
             sizes[variant.name] = variant.images_per_class * variant.classes
-        elif variant.factor == "classes":
-            # The smallest classes: an estimate that errs short, never long, on the seeded draw.
-            smallest = sorted(per_class[c] for c in layout.pool_classes)[: variant.classes]
-            sizes[variant.name] = sum(smallest)
+        elif variant.factor == "classes":  # the seeded draw's own classes
+            rule = SubsetRule(classes=variant.classes, seed=layout.seed)
+            kept = choose_classes(len(layout.pool_classes), rule)
+            sizes[variant.name] = sum(per_class[layout.pool_classes[i]] for i in kept)
         else:
             sizes[variant.name] = pool
     return sizes
@@ -144,7 +147,7 @@ def train_images(layout: Layout, per_class: dict[str, int]) -> dict[str, int]:
 
 def planned_trials(
     arguments: dict[str, Any], layout: Layout, n_train: dict[str, int], profile=None
-):
+) -> tuple[list, int]:
     """(the planned pretraining trials, the chunk count) of checked arguments, as the plan
     task will plan them."""
     from components.data.descriptor import DatasetRef

@@ -76,6 +76,11 @@ def test_variants_are_built_from_the_pool_never_see_the_held_out_classes_and_are
             assert set(manifest["class_names"]) <= pool, variant
         if variant.images_per_class:
             assert set(train.values()) == {variant.images_per_class}, variant
+    # The dry run's training images of each variant are the builds' own.
+    from pipelines.pretrain_preflight import train_images
+
+    planned = train_images(layout, reference["splits"]["train"]["per_class"])
+    assert planned == {r.name: r.n_train for r in refs}
     budgets = [v for v in layout.variants if v.factor == "budget"]
     assert [(v.classes, v.images_per_class) for v in budgets] == [(6, 10), (2, 30)]
     for variant in budgets:
