@@ -49,7 +49,7 @@ def analyze_study(
     """
     import shutil
 
-    from components.analyze.run import analyze_to_temp, embed_figures, planned_trial_ids
+    from components.analyze.run import analyze_to_temp, planned_trial_ids, write_task_outputs
 
     numbers, out_dir = analyze_to_temp(
         trial_ids=planned_trial_ids(store_uri or None, study_id, chunk_trials),
@@ -62,12 +62,7 @@ def analyze_study(
         top_k=top_k,
         test_noise=test_noise,
     )
-    shutil.copyfile(out_dir / "results.csv", results.path)
-    shutil.copyfile(out_dir / "report.html", report.path)
-    with open(summary.path, "w") as f:
-        f.write(embed_figures((out_dir / "report.md").read_text(), out_dir))
-    for name, value in numbers["metrics"].items():
-        metrics.log_metric(name, float(value))
+    write_task_outputs(out_dir, numbers["metrics"], results, report, summary, metrics)
     shutil.rmtree(out_dir)
 
 
@@ -102,7 +97,7 @@ def analyze_seed_study(
     import tempfile
     from pathlib import Path
 
-    from components.analyze.run import embed_figures, planned_trial_ids
+    from components.analyze.run import planned_trial_ids, write_task_outputs
     from components.analyze.seeds import analyze_seed_study as analyze
 
     out_dir = Path(tempfile.mkdtemp(prefix="aprflow-seeds-")) / "report"
@@ -116,10 +111,5 @@ def analyze_seed_study(
         best_models=int(best_models),
         n_bootstrap=int(n_bootstrap),
     )
-    shutil.copyfile(out_dir / "results.csv", results.path)
-    shutil.copyfile(out_dir / "report.html", report.path)
-    with open(summary.path, "w") as f:
-        f.write(embed_figures((out_dir / "report.md").read_text(), out_dir))
-    for name, value in numbers["metrics"].items():
-        metrics.log_metric(name, float(value))
+    write_task_outputs(out_dir, numbers["metrics"], results, report, summary, metrics)
     shutil.rmtree(out_dir.parent)

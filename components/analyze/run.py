@@ -432,6 +432,26 @@ def embed_figures(markdown: str, folder: Path) -> str:
     return re.sub(r"\]\((figures/[^)]+\.png)\)", data_uri, markdown)
 
 
+def write_task_outputs(
+    out_dir: Path,
+    values: Mapping[str, float],
+    results: Any,
+    report: Any,
+    summary: Any,
+    metrics: Any,
+) -> None:
+    """A study report folder as an analysis task's KFP outputs: ``results.csv`` (Dataset),
+    ``report.html`` (HTML, self-contained), ``report.md`` with its figures embedded (Markdown)
+    and ``values`` as scalar metrics (Metrics). The caller removes the folder."""
+    import shutil
+
+    shutil.copyfile(out_dir / "results.csv", results.path)
+    shutil.copyfile(out_dir / "report.html", report.path)
+    Path(summary.path).write_text(embed_figures((out_dir / "report.md").read_text(), out_dir))
+    for name, value in values.items():
+        metrics.log_metric(name, float(value))
+
+
 def planned_trial_ids(store_uri: str | None, study: str, chunk_trials: list[Any]) -> list[str]:
     """The study's planned trial ids, checked against the training tasks' trial counts.
 

@@ -96,7 +96,7 @@ def analyze_class_count(
     import shutil
 
     from analysis.class_count import Layout
-    from components.analyze.run import embed_figures, planned_trial_ids
+    from components.analyze.run import planned_trial_ids, write_task_outputs
     from components.classcount.run import analyze_to_temp
 
     with open(layout.path) as f:
@@ -111,10 +111,5 @@ def analyze_class_count(
         n_bootstrap=int(n_bootstrap),
         test_noise=test_noise,
     )
-    shutil.copyfile(out_dir / "results.csv", results.path)
-    shutil.copyfile(out_dir / "report.html", report.path)
-    with open(summary.path, "w") as f:
-        f.write(embed_figures((out_dir / "report.md").read_text(), out_dir))
-    for name, value in numbers["metrics"].items():
-        metrics.log_metric(name, float(value))
+    write_task_outputs(out_dir, numbers["metrics"], results, report, summary, metrics)
     shutil.rmtree(out_dir)

@@ -179,7 +179,7 @@ def analyze_pretrain_factors(
     import shutil
 
     from analysis.pretrain_factors import Layout
-    from components.analyze.run import embed_figures, planned_trial_ids
+    from components.analyze.run import planned_trial_ids, write_task_outputs
     from components.pretrain.run import analyze_to_temp
 
     with open(layout.path) as f:
@@ -193,11 +193,6 @@ def analyze_pretrain_factors(
         store_uri=store_uri or None,
         tracking_uri=tracking_uri or None,
     )
-    shutil.copyfile(out_dir / "results.csv", results.path)
-    shutil.copyfile(out_dir / "report.html", report.path)
+    write_task_outputs(out_dir, numbers["metrics"], results, report, summary, metrics)
     results.metadata["transfer_chunks"] = len(transfer_keys)
-    with open(summary.path, "w") as f:
-        f.write(embed_figures((out_dir / "report.md").read_text(), out_dir))
-    for name, value in numbers["metrics"].items():
-        metrics.log_metric(name, float(value))
     shutil.rmtree(out_dir)
