@@ -497,3 +497,48 @@ def test_a_trial_another_task_of_the_run_trained_is_not_reported_twice(local_env
     assert not trained_in_this_run(store, trial_id, "")  # no run id: nothing to tell apart
     train_trial(trial_id, study, None, None, "run-b")
     assert "trial 1/1 ok (reused)" in capsys.readouterr().err
+
+
+# A trial trained after the fork server's imports, as a forked child is: prints the modules the
+# trial imported itself.
+PRELOADED_TRIAL = textwrap.dedent(
+    """
+    import json, sys
+    from components.train.chunk import FORK_SERVER_PRELOAD
+    for name in FORK_SERVER_PRELOAD:
+        __import__(name)
+    before = set(sys.modules)
+    from components.train.run import train_trial
+    train_trial(sys.argv[1], sys.argv[2], None, None, "preload-test")
+    print(json.dumps(sorted(set(sys.modules) - before)))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_forked_trial_imports_no_timm_of_its_own(local_env):
+    """The fork server imports timm before it forks: a trial that imported timm (and
+    torchvision under it) itself would spend about 1.7 s of its own time on it, every trial."""
+    from components.data.datasets import prepare_all
+    from components.train.run import plan_study
+    from components.train.trial import result_key
+
+    refs = [r.to_dict() for r in prepare_all(["faces"], 12, 0)]
+    specs = [s.to_dict() for s in sample_specs("anynetx_a", 1, (150e6, 250e6), 0).specs]
+    ids, study, _ = plan_study(
+        specs, refs, "preload", "apr_tiny", {"epochs": 1}, [0], "torch", None, None
+    )
+    env = os.environ | {"APRFLOW_TORCH_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", PRELOADED_TRIAL, ids[0], study],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert open_store().get_json(result_key(ids[0]))["status"] == "ok"
+    imported = json.loads(done.stdout.splitlines()[-1])
+    late = [name for name in imported if name.split(".")[0] in ("timm", "torchvision")]
+    assert late == [], f"the trial imported {late[:10]}: add them to FORK_SERVER_PRELOAD"
