@@ -6,7 +6,10 @@ The analysis runs this module as a second process (:class:`components.analyze.ru
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
+import multiprocessing
 import os
 import sys
 
@@ -17,7 +20,7 @@ from analysis.words import plural
 from components.common import tracking
 from components.common.limits import check_limit
 from components.common.progress import report
-from components.common.storage import ArtifactStore
+from components.common.storage import open_store
 from components.common.tracking.models import RANK_TAG, log_trial_model, registered_name
 from components.train.definition import Trial, result_key
 
@@ -36,38 +39,80 @@ class Classifier(torch.nn.Module):
         return self.model((images - self.mean) / self.std)
 
 
+# What logging a model imports where it is used, imported once before any model is logged:
+# MLflow's model flavour and SQL store (the local default), timm and AnyNet for the
+# networks, torch.export's tracer and serialiser.
+PRELOAD = (
+    "mlflow.pytorch",
+    "mlflow.models",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "alembic",
+    "timm",
+    "components.sample.anynet",
+    "components.transfer.features",
+    "torch.export._trace",
+    "torch._export.serde.serialize",
+)
+# Processes that export and register the best models at once, one dataset each: the analysis
+# task asks for 2 CPUs (pipelines: the analysis task's request), and each process holds a
+# model's export in the task's memory.
+EXPORT_PROCESSES = 2
+
+
 def log_best_models(
-    uri: str, store: ArtifactStore, study: str, table: pd.DataFrame, k: int
+    uri: str, store_uri: str | None, study: str, table: pd.DataFrame, k: int, processes: int = 1
 ) -> dict[str, str]:
     """Logs the ``k`` best ``ok`` trials per dataset (lowest top-1 error) as MLflow models on
     their runs, registered as versions of ``<study>-<dataset>`` (version tags: rank, top-1
     error, trial id). Best-effort: a model that cannot be logged is a line, and the analysis
     goes on. Returns ``{trial_id: the registered version's URL}`` of those logged.
 
+    With ``processes`` above 1 and several datasets, the datasets are logged by that many
+    processes at once (:func:`log_dataset_models`), forked from this one: exporting a model
+    is seconds of single-threaded tracing, and the imports it needs are done once, here.
+    Call it only from a process that has run no torch op yet (a forked child would inherit a
+    used OpenMP thread pool, which hangs GNU OpenMP) and holds no MLflow or store connection.
+
     Raises:
         ValueError: ``k`` is outside the limits table's ``best_models`` range.
     """
-    from components.transfer.features import _load_trial_backbone
-
     k = check_limit("best_models", k)
     ok = table[(table["status"] == "ok") & (table["run_id"] != "")]
+    jobs = [
+        (uri, store_uri, study, str(dataset), rows.sort_values(["top1_error", "trial_id"]).head(k))
+        for dataset, rows in ok.groupby("dataset")
+    ]
+    if processes > 1 and len(jobs) > 1:
+        with multiprocessing.get_context("fork").Pool(min(processes, len(jobs))) as pool:
+            parts = pool.starmap(log_dataset_models, jobs)
+    else:
+        parts = [log_dataset_models(*job) for job in jobs]
+    return {trial_id: url for part in parts for trial_id, url in part.items()}
+
+
+def log_dataset_models(
+    uri: str, store_uri: str | None, study: str, dataset: str, best: pd.DataFrame
+) -> dict[str, str]:
+    """Logs one dataset's best trials (``best``: results-table rows, best first) and registers
+    them as versions of ``<study>-<dataset>``; ``{trial_id: version URL}`` of those logged."""
+    from components.transfer.features import _load_trial_backbone
+
+    store = open_store(store_uri)
+    name = registered_name(study, dataset)
     urls = {}
-    for dataset, rows in ok.groupby("dataset"):
-        name = registered_name(study, str(dataset))
-        best = rows.sort_values(["top1_error", "trial_id"]).head(k)
-        for rank, row in enumerate(best.itertuples(), 1):
-            tags = {RANK_TAG: rank, "top1_error": row.top1_error, tracking.TRIAL_TAG: row.trial_id}
-            try:
-                trial = Trial.from_dict(store.get_json(result_key(row.trial_id)))
-                backbone = _load_trial_backbone(row.trial_id, store, None, keep_head=True)
-                side = trial.dataset.resolution
-                example = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
-                model = Classifier(backbone.model, backbone.mean, backbone.std).eval()
-                logged = log_trial_model(uri, row.run_id, model, example, name, tags)
-                urls[row.trial_id] = logged.url
-            except Exception as e:  # noqa: BLE001 - the report matters more than the registry
-                report("analyze", f"the model of trial {row.trial_id} is not in MLflow: {e}")
-        report("analyze", f"best {plural(len(best), 'model')} on {dataset}: MLflow model {name}")
+    for rank, row in enumerate(best.itertuples(), 1):
+        tags = {RANK_TAG: rank, "top1_error": row.top1_error, tracking.TRIAL_TAG: row.trial_id}
+        try:
+            trial = Trial.from_dict(store.get_json(result_key(row.trial_id)))
+            backbone = _load_trial_backbone(row.trial_id, store, None, keep_head=True)
+            side = trial.dataset.resolution
+            example = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+            model = Classifier(backbone.model, backbone.mean, backbone.std).eval()
+            logged = log_trial_model(uri, row.run_id, model, example, name, tags)
+            urls[row.trial_id] = logged.url
+        except Exception as e:  # noqa: BLE001 - the report matters more than the registry
+            report("analyze", f"the model of trial {row.trial_id} is not in MLflow: {e}")
+    report("analyze", f"best {plural(len(best), 'model')} on {dataset}: MLflow model {name}")
     return urls
 
 
@@ -77,14 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     then closes it: :class:`components.analyze.run.ModelLogging`), logs the best models REQUEST
     names and writes ``{trial_id: URL}`` of those logged to the JSON file RESULT.
 
-    The imports come first: they take seconds, which the analysis spends gathering results.
+    The imports (:data:`PRELOAD`) come first: they take seconds, which the analysis spends
+    gathering results, and the processes :func:`log_best_models` forks need not repeat them.
     """
-    import mlflow.pytorch  # noqa: F401 - imported here, not while a model waits
-    from mlflow.models import infer_signature  # noqa: F401
-
-    from components.common.storage import open_store
-    from components.transfer.features import _load_trial_backbone  # noqa: F401 - timm
-
+    for module in PRELOAD:
+        with contextlib.suppress(ModuleNotFoundError):  # mlflow-skinny has no SQL store
+            importlib.import_module(module)
     request_path, result_path = sys.argv[1:] if argv is None else argv
     # One thread: the analysis' statistics run beside it, and exporting a model is tracing.
     torch.set_num_threads(1)
@@ -94,8 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     with open(request_path) as f:
         request = json.load(f)
     table = pd.DataFrame(request["rows"], columns=request["columns"])
-    store = open_store(request["store_uri"])
-    urls = log_best_models(request["uri"], store, request["study"], table, request["k"])
+    urls = log_best_models(
+        request["uri"],
+        request["store_uri"],
+        request["study"],
+        table,
+        request["k"],
+        processes=EXPORT_PROCESSES,
+    )
     with open(result_path, "w") as f:
         json.dump(urls, f)
     return 0

@@ -29,13 +29,14 @@ def test_best_models_are_registered_and_load_with_weights_only(local_env, monkey
     monkeypatch.setenv("APRFLOW_TORCH_THREADS", "1")
     # mlflow.pytorch refuses pickled models unless this is set: the logged ones need not.
     monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
-    refs = [r.to_dict() for r in prepare_all(["faces"], 12, 0)]
+    refs = [r.to_dict() for r in prepare_all(["faces", "shapes"], 12, 0)]
     specs = [s.to_dict() for s in sample_specs("anynetx_a", 2, (150e6, 250e6), seed=0).specs]
     ids, study, parent = plan_study(
         specs, refs, "models", "apr_tiny", {"epochs": 1}, [0], "torch", None, None
     )
     results = [train_trial(trial_id, study, None, None) for trial_id in ids]
-    best = min(results, key=lambda r: r["top1_error"])
+    faces = [r for r in results if r["dataset"]["name"] == "faces"]
+    best = min(faces, key=lambda r: r["top1_error"])
     analysis = dict(trial_ids=ids, study=study, parent_run_id=parent, reference=None)
     analyze_study(
         **analysis, store_uri=None, tracking_uri=None, out_dir=local_env / "out", best_models=1
@@ -45,6 +46,18 @@ def test_best_models_are_registered_and_load_with_weights_only(local_env, monkey
     client = MlflowClient(uri)
     (version,) = client.search_model_versions(f"name = '{study}-faces'")
     assert version.tags[RANK_TAG] == "1" and version.tags[tracking.TRIAL_TAG] == best["trial_id"]
+    # The two datasets' models were exported at once, by two processes: each logged model was
+    # created before the other dataset's version was registered.
+    (other,) = client.search_model_versions(f"name = '{study}-shapes'")
+
+    def logged_at(v) -> int:  # the logged model's creation: the start of its logging
+        model_id = client.get_run(v.run_id).data.tags[MODEL_TAG].removeprefix("models:/")
+        return client.get_logged_model(model_id).creation_timestamp
+
+    (start, end), (other_start, other_end) = (
+        (logged_at(v), v.creation_timestamp) for v in (version, other)
+    )
+    assert start < other_end and other_start < end, "exported one after the other"
     run = client.get_run(version.run_id)
     assert run.data.tags[tracking.TRIAL_TAG] == best["trial_id"]
     assert run.data.tags[MODEL_TAG].startswith("models:/")
@@ -57,7 +70,7 @@ def test_best_models_are_registered_and_load_with_weights_only(local_env, monkey
     table = pd.read_csv(local_env / "out" / "results.csv", dtype=str, keep_default_na=False)
     urls = dict(zip(table["trial_id"], table["model_url"], strict=True))
     assert urls[best["trial_id"]].endswith(f"/#/models/{study}-faces/versions/1")
-    assert sum(url != "" for url in urls.values()) == 1
+    assert sum(url != "" for url in urls.values()) == 2  # one per dataset
     # The report's "Best models" table links the registered version by its load URI.
     link = f'<a href="{urls[best["trial_id"]]}" target="_blank" rel="noopener">'
     html = (local_env / "out" / "report.html").read_text()
