@@ -316,8 +316,8 @@ def interval_method(sizes: Mapping[str, int]) -> str:
         )
     return (
         "95% percentile bootstrap over models (resampled with replacement)"
-        f"{noise}; Spearman, Kendall tau-b (O(n log n) weighted inversion count per resample) "
-        f"and log-odds r recomputed on each resample; after a pilot of "
+        f"{noise}; Spearman, Kendall tau-b and log-odds r recomputed exactly on each "
+        f"resample; after a pilot of "
         f"{stats.PILOT_RESAMPLES} resamples, more in rounds until the Monte-Carlo standard "
         f"error of every endpoint (estimated from the resamples around it) is below "
         f"{stats.MC_TOLERANCE}, up to the requested number (at most "

@@ -57,6 +57,10 @@ ROUND_JUMP = 4.0
 SE_GRID = np.linspace(-3.0, 3.0, 25)
 # Resamples are processed in batches of about this many (resample, model) cells.
 BATCH_ELEMENTS = 2_000_000
+# Up to this many models, Kendall's tau of the resamples compares every pair of models at
+# once (n^2 cells per resample, no sort per resample): 2-3x faster than the O(n log n)
+# inversion count at 8-16 models with test-set noise, still faster at 48 (2 cores).
+PAIRWISE_MAX_MODELS = 32
 # How the intervals may include the noise of a finite test set (see Measured): "binomial"
 # redraws each measured error per resample, "none" resamples the models only, "auto" is
 # "binomial" where the test-set size is known.
@@ -368,9 +372,18 @@ def bootstrap_kendall(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.nd
     pair counts weighted by how often each model occurs: ``n0`` all pairs, ``n1``/``n2``
     pairs tied in x/y, ``n3`` tied in both (copies of one model are tied in both) and the
     discordant pairs as a weighted inversion count of y in x order (:func:`_inversions`),
-    O(n log n) per resample and vectorised over the resamples. ``x`` and ``y`` are ``(n,)``
-    or ``(B, n)`` (each resample's own values: test-set noise, sorted per resample).
+    O(n log n) per resample and vectorised over the resamples; up to
+    :data:`PAIRWISE_MAX_MODELS` models, from every pair at once (:func:`_pairwise_kendall`,
+    the same value). ``x`` and ``y`` are ``(n,)`` or ``(B, n)`` (each resample's own values:
+    test-set noise, sorted per resample).
     """
+    if counts.shape[1] <= PAIRWISE_MAX_MODELS:
+        return _pairwise_kendall(x, y, counts)
+    return _inversion_kendall(x, y, counts)
+
+
+def _inversion_kendall(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`bootstrap_kendall` by a weighted inversion count, O(n log n) per resample."""
     n = counts.shape[1]
     rx, ry = _dense_ranks(x), _dense_ranks(y)
     rows = max(rx.shape[0], ry.shape[0])
@@ -387,6 +400,37 @@ def bootstrap_kendall(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.nd
     with np.errstate(invalid="ignore", divide="ignore"):
         tau = (n0 - n1 - n2 + n3 - 2.0 * discordant) / np.sqrt((n0 - n1) * (n0 - n2))
     return np.clip(tau, -1.0, 1.0)
+
+
+def _pairwise_kendall(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`bootstrap_kendall` from every pair of models: with ``w_ij = c_i c_j`` and the
+    signs ``s_ij`` of ``x_i - x_j`` and ``t_ij`` of ``y_i - y_j``, concordant minus discordant
+    pairs are ``sum w s t / 2``, and the pairs tied in x are ``(sum w [s = 0] - N) / 2``
+    (the diagonal counts the copies of one model, tied with each other, as ``c_i^2``; N is
+    the resample's size). Integer sums: the same value as the inversion count, exactly.
+    Rows are taken in blocks of about :data:`BATCH_ELEMENTS` cells of ``(rows, n, n)``."""
+    n_rows, n = counts.shape
+    x, y = np.atleast_2d(x), np.atleast_2d(y)
+    tau = np.empty(n_rows)
+    step = max(1, BATCH_ELEMENTS // (n * n))
+    for start in range(0, n_rows, step):
+        rows = slice(start, start + step)
+        c = counts[rows]
+        sx, sy = (np.sign(v[:, :, None] - v[:, None, :]) for v in (_rows(x, rows), _rows(y, rows)))
+        weights = c[:, :, None] * c[:, None, :]
+        size = c.sum(axis=1)
+        n0 = size * (size - 1.0) / 2.0
+        n1 = ((weights * (sx == 0)).sum(axis=(1, 2)) - size) / 2.0
+        n2 = ((weights * (sy == 0)).sum(axis=(1, 2)) - size) / 2.0
+        score = (weights * (sx * sy)).sum(axis=(1, 2)) / 2.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tau[rows] = score / np.sqrt((n0 - n1) * (n0 - n2))
+    return np.clip(tau, -1.0, 1.0)
+
+
+def _rows(values: np.ndarray, rows: slice) -> np.ndarray:
+    """Those ``rows`` of ``(B, n)`` values; ``(1, n)`` values (one for every row) as they are."""
+    return values if values.shape[0] == 1 else values[rows]
 
 
 def _dense_ranks(values: np.ndarray) -> np.ndarray:

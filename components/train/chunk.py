@@ -783,7 +783,9 @@ def run_chunk(
                     (*args, settings.threads_per_trial, None), settings, time_limits[trial_id]
                 )
                 _record_attempt(
-                    store, trial_id, {"started_at": child.started_at, "kfp_run_id": kfp_run_id}
+                    store,
+                    trial_id,
+                    {"started_at": child.started_at, "kfp_run_id": kfp_run_id, "chunk": chunk},
                 )
                 first_start.setdefault(trial_id, child.started_at)
                 running[trial_id] = child.start()
@@ -814,6 +816,7 @@ def run_chunk(
                         "started_at": child.started_at,
                         "pid": child.pid,
                         "kfp_run_id": kfp_run_id,
+                        "chunk": chunk,
                         "ended_at": time.time(),
                         "outcome": outcome,
                     },

@@ -341,16 +341,22 @@ def _architecture_params(spec: dict[str, Any]) -> dict[str, Any]:
 
 def trained_in_this_run(store: ArtifactStore, trial_id: str, kfp_run_id: str) -> bool:
     """Whether an attempt before the latest (the calling task's own, recorded before it
-    started the trial's process) was made by this run: its result is then another task's of
-    this run, not one reused from an earlier run. Without a run id (a chunk run from the
-    command line) nothing tells the runs apart: False."""
+    started the trial's process) was made by another chunk task of this run: its result is
+    then that task's (a helper's), not one reused from an earlier run or from an earlier try
+    of this same task (a retried pod keeps the run's id; its log is a new one, which reports
+    the trial). Without a run id (a chunk run from the command line) nothing tells the runs
+    apart: False."""
     if not kfp_run_id:
         return False
     try:
         attempts = store.get_json(attempts_key(trial_id)).get("attempts", [])
     except MissingObjectError:
         return False
-    return any(entry.get("kfp_run_id") == kfp_run_id for entry in attempts[:-1])
+    own = attempts[-1].get("chunk") if attempts else None
+    return any(
+        entry.get("kfp_run_id") == kfp_run_id and entry.get("chunk") != own
+        for entry in attempts[:-1]
+    )
 
 
 def train_trial(

@@ -131,7 +131,8 @@ def test_test_noise_widens_the_interval():
         assert noisy[key]["ci_high"] - noisy[key]["ci_low"] > width + 0.05, key
 
 
-def test_statistics_of_redrawn_values_equal_scipy():
+@pytest.mark.parametrize("n", [12, 40])  # Kendall from every pair, and by inversions
+def test_statistics_of_redrawn_values_equal_scipy(n):
     """Test-set noise gives each resample its own values: the vectorised Spearman, Kendall
     and Pearson equal scipy on every resample's redrawn values (heavy ties: 20 images)."""
     from scipy import stats as sps
@@ -139,7 +140,6 @@ def test_statistics_of_redrawn_values_equal_scipy():
     from analysis import stats
 
     rng = np.random.default_rng(4)
-    n = 12
     errors = stats.Measured(rng.uniform(5, 60, n), 20)
     idx = rng.integers(0, n, size=(50, n))
     x, y = errors.draw(rng, 50), np.round(rng.uniform(0, 10, n))  # y: one ranking for all

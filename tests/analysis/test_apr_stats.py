@@ -72,6 +72,26 @@ def test_fast_kendall_equals_scipy_with_heavy_ties(n):
     np.testing.assert_allclose(tau, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [2, 7, 32])
+def test_pairwise_kendall_equals_the_inversion_count_exactly(n):
+    """Up to PAIRWISE_MAX_MODELS models Kendall's tau comes from every pair at once: the same
+    value as the inversion count, for one ranking and for a ranking per resample, with ties
+    in x, in y, in both and copies of one model."""
+    from analysis import stats
+
+    assert n <= stats.PAIRWISE_MAX_MODELS
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 5, size=n).astype(float)
+    y = np.where(rng.random(n) < 0.5, x, rng.integers(0, 4, size=n)).astype(float)
+    counts = stats.resample_counts(rng.integers(0, n, size=(300, n)), n)
+    noisy = stats.Measured(rng.uniform(5, 60, n), 20).draw(rng, 300)
+    for a, b in ((x, y), (noisy, y), (x, noisy), (noisy, noisy[::-1])):
+        pairwise = stats._pairwise_kendall(a, b, counts)
+        np.testing.assert_array_equal(pairwise, stats._inversion_kendall(a, b, counts))
+        np.testing.assert_array_equal(stats.bootstrap_kendall(a, b, counts), pairwise)
+    assert np.isfinite(pairwise).any()
+
+
 def test_weighted_inversion_count_equals_brute_force():
     from analysis import stats
 

@@ -481,22 +481,28 @@ def test_a_trial_another_task_of_the_run_trained_is_not_reported_twice(local_env
     )
     store = open_store()
     assert not trained_in_this_run(store, trial_id, "run-a")  # no attempt yet
-    _record_attempt(store, trial_id, {"started_at": 1.0, "kfp_run_id": "run-a"})  # a helper
+    helper = {"started_at": 1.0, "kfp_run_id": "run-a", "chunk": 1}
+    _record_attempt(store, trial_id, helper)
     run_trial(store, load_trial(store, trial_id), progress=lambda _: None)
     capsys.readouterr()
 
-    _record_attempt(store, trial_id, {"started_at": 2.0, "kfp_run_id": "run-a"})  # the owner
+    owner = {"started_at": 2.0, "kfp_run_id": "run-a", "chunk": 0}
+    _record_attempt(store, trial_id, owner)
     assert trained_in_this_run(store, trial_id, "run-a")
     assert train_trial(trial_id, study, None, None, "run-a")["reused"]
     err = capsys.readouterr().err
     assert "trial 1/1 " + trial_id + ": trained by another task of this run" in err, err
     assert "trial 1/1 ok" not in err, err
 
-    _record_attempt(store, trial_id, {"started_at": 3.0, "kfp_run_id": "run-b"})  # a re-run
-    assert not trained_in_this_run(store, trial_id, "run-b")
+    _record_attempt(store, trial_id, {"started_at": 3.0, "kfp_run_id": "run-b", "chunk": 0})
+    assert not trained_in_this_run(store, trial_id, "run-b")  # a re-run
     assert not trained_in_this_run(store, trial_id, "")  # no run id: nothing to tell apart
     train_trial(trial_id, study, None, None, "run-b")
     assert "trial 1/1 ok (reused)" in capsys.readouterr().err
+    # A retried pod of the owner's task (the same run and chunk) has a new log: it reports
+    # the trial, reused.
+    _record_attempt(store, trial_id, {"started_at": 4.0, "kfp_run_id": "run-b", "chunk": 0})
+    assert not trained_in_this_run(store, trial_id, "run-b")
 
 
 # A trial trained after the fork server's imports, as a forked child is: prints the modules the
