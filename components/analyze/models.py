@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
 import torch
@@ -83,8 +84,11 @@ def log_best_models(
         for dataset, rows in ok.groupby("dataset")
     ]
     if processes > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("fork").Pool(min(processes, len(jobs))) as pool:
-            parts = pool.starmap(log_dataset_models, jobs)
+        # An executor, not a multiprocessing.Pool: a worker killed (out of memory) fails the
+        # map with BrokenProcessPool instead of leaving it waiting for ever.
+        fork = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=fork) as pool:
+            parts = list(pool.map(log_dataset_models, *zip(*jobs, strict=True)))
     else:
         parts = [log_dataset_models(*job) for job in jobs]
     return {trial_id: url for part in parts for trial_id, url in part.items()}
