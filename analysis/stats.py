@@ -57,6 +57,11 @@ ROUND_JUMP = 4.0
 SE_GRID = np.linspace(-3.0, 3.0, 25)
 # Resamples are processed in batches of about this many (resample, model) cells.
 BATCH_ELEMENTS = 2_000_000
+# The statistics of a batch are computed in blocks of about this many cells, which keeps their
+# temporaries in the CPU's cache, and of at least BLOCK_ROWS resamples, which keeps the calls
+# per block few at tens of thousands of models.
+BLOCK_ELEMENTS = 65_536
+BLOCK_ROWS = 128
 # Up to this many models, Kendall's tau of the resamples compares every pair of models at
 # once (n^2 cells per resample, no sort per resample): 2-3x faster than the O(n log n)
 # inversion count at 8-16 models with test-set noise, still faster at 48 (2 cores).
@@ -178,8 +183,14 @@ class Bootstrap:
                 rows = min(step, size - start)
                 counts = resample_counts(rng.integers(0, n, size=(rows, n)), n)
                 values = [d.draw(rng, rows) if isinstance(d, Measured) else d for d in data]
-                for key, function in statistics.items():
-                    drawn[key].append(function(counts, *values))
+                # The statistics are row by row: blocks of rows give the same values, from
+                # temporaries that stay in the CPU's cache (about 1.5x faster at 8 models).
+                block = max(BLOCK_ROWS, BLOCK_ELEMENTS // max(n, 1))
+                for first in range(0, rows, block):
+                    part = slice(first, first + block)
+                    inputs = [v[part] if np.ndim(v) == 2 else v for v in values]
+                    for key, function in statistics.items():
+                        drawn[key].append(function(counts[part], *inputs))
 
         total = min(self.n_resamples, PILOT_RESAMPLES) if self.tolerance > 0 else self.n_resamples
         draw(total)
@@ -403,26 +414,28 @@ def _inversion_kendall(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.n
 
 
 def _pairwise_kendall(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """:func:`bootstrap_kendall` from every pair of models: with ``w_ij = c_i c_j`` and the
-    signs ``s_ij`` of ``x_i - x_j`` and ``t_ij`` of ``y_i - y_j``, concordant minus discordant
-    pairs are ``sum w s t / 2``, and the pairs tied in x are ``(sum w [s = 0] - N) / 2``
-    (the diagonal counts the copies of one model, tied with each other, as ``c_i^2``; N is
-    the resample's size). Integer sums: the same value as the inversion count, exactly.
-    Rows are taken in blocks of about :data:`BATCH_ELEMENTS` cells of ``(rows, n, n)``."""
+    """:func:`bootstrap_kendall` from every pair of models ``i < j``: with ``w_ij = c_i c_j``
+    and the signs ``s_ij`` of ``x_i - x_j`` and ``t_ij`` of ``y_i - y_j``, concordant minus
+    discordant pairs are ``sum w s t``, and the pairs tied in x are ``sum w [s = 0]`` plus
+    the pairs of copies of one model, ``sum c_i (c_i - 1) / 2`` (tied in both). Integer sums:
+    the same value as the inversion count, exactly. Rows are taken in blocks of about
+    :data:`BLOCK_ELEMENTS` cells of ``(rows, pairs)``."""
     n_rows, n = counts.shape
     x, y = np.atleast_2d(x), np.atleast_2d(y)
+    first, second = np.triu_indices(n, 1)
     tau = np.empty(n_rows)
-    step = max(1, BATCH_ELEMENTS // (n * n))
+    step = max(1, BLOCK_ELEMENTS // max(first.size, 1))
     for start in range(0, n_rows, step):
         rows = slice(start, start + step)
         c = counts[rows]
-        sx, sy = (np.sign(v[:, :, None] - v[:, None, :]) for v in (_rows(x, rows), _rows(y, rows)))
-        weights = c[:, :, None] * c[:, None, :]
+        sx, sy = (np.sign(v[:, first] - v[:, second]) for v in (_rows(x, rows), _rows(y, rows)))
+        weights = c[:, first] * c[:, second]
         size = c.sum(axis=1)
+        copies = ((c * c).sum(axis=1) - size) / 2.0
         n0 = size * (size - 1.0) / 2.0
-        n1 = ((weights * (sx == 0)).sum(axis=(1, 2)) - size) / 2.0
-        n2 = ((weights * (sy == 0)).sum(axis=(1, 2)) - size) / 2.0
-        score = (weights * (sx * sy)).sum(axis=(1, 2)) / 2.0
+        n1 = (weights * (sx == 0)).sum(axis=1) + copies
+        n2 = (weights * (sy == 0)).sum(axis=1) + copies
+        score = (weights * (sx * sy)).sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             tau[rows] = score / np.sqrt((n0 - n1) * (n0 - n2))
     return np.clip(tau, -1.0, 1.0)

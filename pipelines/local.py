@@ -15,8 +15,10 @@ import copy
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -68,6 +70,7 @@ def run_local(
     )
     report("local", f"running {pipeline.name}: {settings}")
     report("local", f"task logs: {log_path}")
+    warm_up = LocalWarmUp(os.environ[TRACKING_ENV])
     workspace = _workspace(runs_dir / "kfp-local")
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
@@ -95,6 +98,7 @@ def run_local(
             ) from None
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
+            warm_up.close()
     study = task.outputs["study_id"]
     store = open_store()
     out_dir = runs_dir / study
@@ -115,6 +119,57 @@ def run_local(
     tracking = os.environ[TRACKING_ENV]
     report("local", f"browse the runs with: mlflow ui --backend-store-uri {tracking}")
     return out_dir
+
+
+class LocalWarmUp:
+    """What the planning task of a local run would otherwise do in its own time, done by a
+    process beside the first tasks (which use one of the machine's cores): a new local MLflow
+    database is created (a second, seconds; the planning task then finds it complete:
+    :func:`~components.common.tracking.prepare_sqlite` locks it), and torch says which device
+    this machine trains on (importing torch takes seconds), which the tasks started after it
+    answered read from ``APRFLOW_LOCAL_DEVICE``. Best-effort: a task that starts first, or
+    after it failed, does the same itself. :meth:`close` ends it and unsets the variable.
+    """
+
+    def __init__(self, tracking_uri: str) -> None:
+        from components.train.chunk import LOCAL_DEVICE_ENV
+
+        self._variable = LOCAL_DEVICE_ENV
+        self._set = False
+        command = [sys.executable, "-m", "pipelines.local", "warm-up", tracking_uri]
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self._thread = threading.Thread(target=self._answer, name="aprflow-warm-up", daemon=True)
+        self._thread.start()
+
+    def _answer(self) -> None:
+        answer = self._process.communicate()[0].strip()
+        if self._process.returncode == 0 and answer in ("gpu", "cpu"):
+            # os.environ, under the GIL, as kfp.local's task start (env=None) reads it.
+            self._set = self._variable not in os.environ
+            os.environ.setdefault(self._variable, answer)
+
+    def close(self) -> None:
+        """Stops the process if it still runs (a run that failed at once) and unsets
+        ``APRFLOW_LOCAL_DEVICE`` if it set it."""
+        if self._process.poll() is None:
+            self._process.kill()
+        self._thread.join()
+        if self._set:
+            os.environ.pop(self._variable, None)
+
+
+def warm_up(tracking_uri: str) -> str:
+    """Creates the local MLflow database of ``tracking_uri`` (a SQLite URI) if it is new and
+    returns the kind of device this machine's trials train on (:class:`LocalWarmUp`)."""
+    from components.common.tracking import prepare_sqlite
+    from components.common.tracking.client import is_sqlite, sqlite_path
+    from components.train.chunk import local_device_kind
+
+    if is_sqlite(tracking_uri):
+        prepare_sqlite(sqlite_path(tracking_uri))
+    return local_device_kind()
 
 
 @contextlib.contextmanager
@@ -200,3 +255,10 @@ def original_print() -> Iterator[None]:
         yield
     finally:
         builtins.print = original
+
+
+if __name__ == "__main__":
+    # python -m pipelines.local warm-up TRACKING_URI: what LocalWarmUp runs.
+    if sys.argv[1:2] != ["warm-up"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m pipelines.local warm-up TRACKING_URI")
+    print(warm_up(sys.argv[2]))

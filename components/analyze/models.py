@@ -41,13 +41,16 @@ class Classifier(torch.nn.Module):
 
 
 # What logging a model imports where it is used, imported once before any model is logged:
-# MLflow's model flavour and SQL store (the local default), timm and AnyNet for the
-# networks, torch.export's tracer and serialiser.
+# MLflow's model flavour and SQL store (the local default), GitPython (MLflow's git run
+# context imports it on every log_model: mlflow/mlflow v3.17.2, mlflow/utils/git_utils.py,
+# get_git_commit, line 57), timm and AnyNet for the networks, torch.export's tracer and
+# serialiser.
 PRELOAD = (
     "mlflow.pytorch",
     "mlflow.models",
     "mlflow.store.tracking.sqlalchemy_store",
     "alembic",
+    "git",
     "timm",
     "components.sample.anynet",
     "components.transfer.features",
@@ -120,18 +123,31 @@ def log_dataset_models(
     return urls
 
 
+def preload() -> None:
+    """Imports :data:`PRELOAD` and builds MLflow's map of the installed packages, with which
+    ``log_model`` checks a model's requirements (mlflow/mlflow v3.17.2:
+    mlflow/utils/requirements_utils.py, _check_requirement_satisfied, line 626, through
+    _init_modules_to_packages_map, line 445: a scan of site-packages, kept for the process),
+    so that the processes forked to log models (:func:`log_best_models`) need not repeat
+    either."""
+    for module in PRELOAD:
+        with contextlib.suppress(ModuleNotFoundError):  # mlflow-skinny has no SQL store
+            importlib.import_module(module)
+    from mlflow.utils import requirements_utils
+
+    requirements_utils._init_modules_to_packages_map()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m components.analyze.models REQUEST RESULT``: imports what logging a model
     needs, waits for the end of its standard input (the analysis writes the JSON file REQUEST,
     then closes it: :class:`components.analyze.run.ModelLogging`), logs the best models REQUEST
     names and writes ``{trial_id: URL}`` of those logged to the JSON file RESULT.
 
-    The imports (:data:`PRELOAD`) come first: they take seconds, which the analysis spends
+    The imports (:func:`preload`) come first: they take seconds, which the analysis spends
     gathering results, and the processes :func:`log_best_models` forks need not repeat them.
     """
-    for module in PRELOAD:
-        with contextlib.suppress(ModuleNotFoundError):  # mlflow-skinny has no SQL store
-            importlib.import_module(module)
+    preload()
     request_path, result_path = sys.argv[1:] if argv is None else argv
     # One thread: the analysis' statistics run beside it, and exporting a model is tracing.
     torch.set_num_threads(1)

@@ -83,6 +83,9 @@ CHUNK_SECONDS = 3600.0
 # The chunk tasks a local runner runs at once, when fewer than the loop's parallelism: set by
 # `aprflow run` (pipelines/local.py) from kfp.local's cap.
 LOCAL_SLOTS_ENV = "APRFLOW_LOCAL_PARALLEL_TASKS"
+# The kind of device ("gpu" or "cpu") a local run's trials train on: set by `aprflow run`
+# (pipelines/local.py, LocalWarmUp) once it knows, so a task need not import torch to ask.
+LOCAL_DEVICE_ENV = "APRFLOW_LOCAL_DEVICE"
 DEFAULT_MAX_PARALLEL_TASKS = 16
 DEFAULT_MAX_ATTEMPTS = 2
 # A trial's wall-clock limit when the plan sets none (trial_timeout_s = 0). It is there to free
@@ -120,7 +123,7 @@ EXIT_NO_SPACE = errno.ENOSPC
 def fork_server() -> multiprocessing.context.BaseContext:
     """The fork server's context, its server started (once per process) with torch, timm, the
     trainer and MLflow imported (:data:`FORK_SERVER_PRELOAD`): a trial's child is a fork of it
-    (see ``_Child.start``)."""
+    (see ``_Child.start``), and so is the process that holds a chunk's live MLflow run."""
     from multiprocessing import forkserver
 
     context = multiprocessing.get_context("forkserver")
@@ -158,10 +161,15 @@ def planned_device_kind(trial: Trial) -> str:
     local run on a machine without one (:data:`LOCAL_SLOTS_ENV` set), whose trials train here
     on the CPU."""
     if trial.device == "auto" and os.environ.get(LOCAL_SLOTS_ENV):
-        import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
+        return os.environ.get(LOCAL_DEVICE_ENV) or local_device_kind()
     return throughput.device_kind(trial.device)
+
+
+def local_device_kind() -> str:
+    """``"gpu"`` when torch sees a GPU on this machine, else ``"cpu"``."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def estimate(trial: Trial) -> throughput.Estimate:
@@ -717,9 +725,9 @@ def run_chunk(
     # NVML answers torch.cuda.is_available() without initialising CUDA (fork-safe), here and
     # in the children.
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    if settings.gpus_per_trial == 1:
-        # Its imports (seconds) overlap this process' own: the store, the device, MLflow.
-        fork_server()
+    # Started first, its imports (seconds) overlapping this process' own work: one-GPU trials
+    # and the chunk's live run are forks of it.
+    context = fork_server()
     store = open_store(store_uri)
     record = load_chunks(store, study)
     ids = record["chunks"][chunk]
@@ -752,8 +760,9 @@ def run_chunk(
 
     # The run open while this chunk trains, with MLflow's system metrics on (they sample the
     # whole machine: every trial process of the chunk); best-effort: without MLflow the chunk
-    # trains all the same.
-    live = tracking.live_run(
+    # trains all the same. Held by a fork server's child: this process never imports MLflow.
+    live = tracking.live_run_in_child(
+        context,
         tracking.resolve_tracking_uri(tracking_uri),
         store.get_json(study_key(study))["parent_run_id"],
         f"chunk-{chunk}",

@@ -92,6 +92,28 @@ def test_pairwise_kendall_equals_the_inversion_count_exactly(n):
     assert np.isfinite(pairwise).any()
 
 
+def test_statistics_in_blocks_are_the_statistics_of_the_whole_batch(monkeypatch):
+    """Bootstrap.samples computes a batch's statistics in cache-sized blocks of resamples (and
+    the pairwise Kendall's tau its pairs in blocks): the values do not depend on the block."""
+    from analysis import stats
+
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(5, 60, 8), rng.uniform(5, 60, 8)
+    data = [stats.Measured(x, 50), y]
+    functions = {
+        "spearman": lambda counts, a, b: stats.bootstrap_spearman(a, b, counts),
+        "kendall": lambda counts, a, b: stats.bootstrap_kendall(a, b, counts),
+    }
+    bootstrap = stats.Bootstrap(n_resamples=3000, tolerance=0.0)
+    whole = bootstrap.samples(functions, 8, "a", "b", data=data)
+    monkeypatch.setattr(stats, "BLOCK_ELEMENTS", 40)
+    monkeypatch.setattr(stats, "BLOCK_ROWS", 3)
+    blocks = bootstrap.samples(functions, 8, "a", "b", data=data)
+    for key in functions:
+        assert whole[key].shape == (3000,)
+        np.testing.assert_array_equal(blocks[key], whole[key])
+
+
 def test_weighted_inversion_count_equals_brute_force():
     from analysis import stats
 

@@ -3,7 +3,11 @@ registered, loadable without unpickling code, linked from the results table and 
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -178,3 +182,48 @@ def test_model_logging_runs_in_a_second_process_and_fails_softly(tmp_path, capsy
     assert "best_models is 0: no model is logged to MLflow" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"best_models must be in \[0, 50\], got 51"):
         ModelLogging(uri, bad_store, "s", 51)
+
+
+# Logs a small model after the model process' preload, as a forked worker does: prints the
+# modules the logging imported itself and how often it scanned the installed packages.
+MODEL_AFTER_PRELOAD = textwrap.dedent(
+    """
+    import json, sys
+    import importlib_metadata
+    from components.analyze.models import preload
+    from components.common import tracking
+    from components.common.tracking.models import log_trial_model
+    preload()
+    scans = []
+    scan = importlib_metadata.packages_distributions
+    importlib_metadata.packages_distributions = lambda: scans.append(1) or scan()
+    before = set(sys.modules)
+    import torch
+    uri = sys.argv[1]
+    parent = tracking.start_study_run(uri, "preload", "study-1", {})
+    run_id = tracking.log_trial_run(uri, tracking.TrialLog(parent, "t1", "model-t1"))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)).eval()
+    example = torch.rand(2, 3, 2, 2)
+    log_trial_model(uri, run_id, model, example, "preload-model", {})
+    print(json.dumps({"imported": sorted(set(sys.modules) - before), "scans": len(scans)}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_forked_model_logger_imports_no_git_and_scans_no_packages(tmp_path):
+    """The model process imports GitPython and builds MLflow's package map before it forks
+    its workers: each worker would otherwise spend about a second of its own on them."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", MODEL_AFTER_PRELOAD, uri],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = json.loads(done.stdout.splitlines()[-1])
+    assert logged["scans"] == 0
+    late = [name for name in logged["imported"] if name.split(".")[0] == "git"]
+    assert late == [], f"logging a model imported {late[:10]}: add them to PRELOAD"

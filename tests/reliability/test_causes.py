@@ -101,6 +101,41 @@ def test_a_live_run_shared_by_two_runs_is_ended_by_its_last_opener(tmp_path):
     assert live.info.status == "FINISHED"
 
 
+# A chunk runner that holds its live run in a child (as run_chunk does), then fails or dies.
+LIVE_IN_CHILD_SCRIPT = """
+import multiprocessing, os, signal, sys
+from components.common import tracking
+uri, parent, name, ending = sys.argv[1:]
+with tracking.live_run_in_child(multiprocessing.get_context("forkserver"), uri, parent, name):
+    if ending == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if ending == "raise":
+        raise SystemExit(3)
+"""
+
+
+def test_a_live_run_held_in_a_child_ends_as_its_block_did(tmp_path):
+    # The child ends the run FINISHED after a block that ended, FAILED after one that raised,
+    # and FAILED when the chunk's process was SIGKILLed (the child reads the end of its pipe).
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_study_run(uri, "live", "study-1", {})
+    codes = {}
+    for ending in ("end", "raise", "kill"):
+        command = [sys.executable, "-c", LIVE_IN_CHILD_SCRIPT, uri, parent, ending, ending]
+        codes[ending] = subprocess.run(command, cwd=ROOT, timeout=120).returncode
+    assert codes == {"end": 0, "raise": 3, "kill": -signal.SIGKILL}
+    deadline = time.monotonic() + 60  # the killed runner's child ends the run on its own
+    while True:
+        runs = tracking.child_runs(uri, parent)
+        statuses = {
+            r.info.run_name: r.info.status for r in runs if tracking.LIVE_TAG in r.data.tags
+        }
+        if statuses.get("kill") in ("FINISHED", "FAILED") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert statuses == {"end": "FINISHED", "raise": "FAILED", "kill": "FAILED"}
+
+
 # Plans one tiny trial in a store on a 32 MiB file system, fills it but for 256 KiB (room for
 # the JSON records, not for the 2.6 MB checkpoint) and runs the chunk.
 FULL_DISK_SCRIPT = """

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from components.common import tracking
 
+ROOT = Path(__file__).parents[2]
 # A tiny AnyNetX spec: the live run is tested, not the model.
 SPEC = {
     "depths": [1, 1, 1, 1],
@@ -20,15 +26,26 @@ def test_chunk_trains_under_a_live_run_with_system_metrics(local_env, monkeypatc
     from mlflow.tracking import MlflowClient
 
     from components.data.datasets import prepare_all
-    from components.train.chunk import ChunkSettings, run_chunk
     from components.train.run import plan_study
 
+    # Trials of a few seconds, sampled every 0.5 s.
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     refs = [r.to_dict() for r in prepare_all(["faces"], 12, 0)]
     ids, study, parent = plan_study(
-        [SPEC], refs, "live", "apr_tiny", {"epochs": 1}, [0, 1], "torch", None, None, chunk_size=2
+        [SPEC], refs, "live", "apr_tiny", {"epochs": 12}, [0, 1], "torch", None, None, chunk_size=2
     )
-    assert run_chunk(study, 0, None, None, "kfp-1", ChunkSettings(cpus=2)) == ids
+    # In a process of its own, as in a chunk task: the runner leaves MLflow to a fork server's
+    # child, whose imports are there already (seconds of every task's start-up otherwise).
+    runner = (
+        "import json, sys\n"
+        "from components.train.chunk import ChunkSettings, run_chunk\n"
+        f"ids = run_chunk({study!r}, 0, None, None, 'kfp-1', ChunkSettings(cpus=2))\n"
+        "print(json.dumps({'ids': ids, 'mlflow': 'mlflow' in sys.modules}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", runner], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert json.loads(done.stdout) == {"ids": ids, "mlflow": False}
     uri = tracking.resolve_tracking_uri()
     client = MlflowClient(uri)
     children = tracking.child_runs(uri, parent)

@@ -62,7 +62,7 @@ from components.common.tracking.runs import (
     safe_key,
 )
 from components.common.tracking.study import finish_study_run, start_study_run, trial_run_links
-from components.common.tracking.system import LIVE_TAG, live_run
+from components.common.tracking.system import LIVE_TAG, live_run, live_run_in_child
 from components.common.tracking.trial import (
     CHECKPOINT_TAG,
     RECIPE_ARTIFACT,
@@ -104,6 +104,7 @@ __all__ = [
     "finish_study_run",
     "is_transient",
     "live_run",
+    "live_run_in_child",
     "log_trial_or_queue",
     "log_trial_run",
     "open_client",

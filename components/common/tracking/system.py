@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.connection
+import multiprocessing.context
 import os
 import socket
 import threading
@@ -90,6 +92,69 @@ def live_run(
                     f"ending the live MLflow run {name}",
                     outage_budget(uri),
                 )
+
+
+@contextlib.contextmanager
+def live_run_in_child(
+    context: multiprocessing.context.BaseContext,
+    uri: str,
+    parent_run_id: str,
+    name: str,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[None]:
+    """:func:`live_run` held by a child process of ``context`` while the block runs, so this
+    process never imports MLflow (seconds of a chunk task's start-up on a small machine, where
+    a fork server's child has it imported already). The child has this process' environment.
+
+    The run ends FAILED when the block raises, or when this process dies first (the child
+    reads the end of its pipe); the block's end waits for the child to end the run, at most
+    as long as :func:`live_run` may take to open and end it.
+    """
+    ours, theirs = context.Pipe()
+    child = context.Process(
+        target=_hold_live_run,
+        args=(theirs, dict(os.environ), uri, parent_run_id, name, dict(tags or {})),
+        name=f"aprflow-live-{name}",
+    )
+    child.start()
+    theirs.close()
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        with contextlib.suppress(OSError):  # a child that died already ended nothing
+            ours.send(failed)
+        child.join(LIVE_FINISH_S + 2 * outage_budget(uri) + 10)
+        if child.exitcode is None:
+            child.kill()
+            report("tracking", f"the live MLflow run {name} did not end in time: left it")
+        ours.close()
+
+
+class _BlockFailed(Exception):
+    """The block of :func:`live_run_in_child` raised, or its process died."""
+
+
+def _hold_live_run(
+    connection: multiprocessing.connection.Connection,
+    environment: dict[str, str],
+    uri: str,
+    parent_run_id: str,
+    name: str,
+    tags: dict[str, str],
+) -> None:
+    """The child of :func:`live_run_in_child`: the live run is open until the caller says how
+    its block ended."""
+    os.environ.clear()
+    os.environ.update(environment)  # a fork server's child has the server's otherwise
+    with contextlib.suppress(_BlockFailed), live_run(uri, parent_run_id, name, tags):
+        try:
+            failed = connection.recv()
+        except EOFError:  # the caller died
+            failed = True
+        if failed:
+            raise _BlockFailed
 
 
 def _open_live_run(
