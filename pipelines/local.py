@@ -70,7 +70,7 @@ def run_local(
     )
     report("local", f"running {pipeline.name}: {settings}")
     report("local", f"task logs: {log_path}")
-    warm_up = LocalWarmUp(os.environ[TRACKING_ENV])
+    warm_up = LocalWarmUp()
     workspace = _workspace(runs_dir / "kfp-local")
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
@@ -124,19 +124,21 @@ def run_local(
 class LocalWarmUp:
     """What the planning task of a local run would otherwise do in its own time, done by a
     process beside the first tasks (which use one of the machine's cores): a new local MLflow
-    database is created (a second, seconds; the planning task then finds it complete:
-    :func:`~components.common.tracking.prepare_sqlite` locks it), and torch says which device
-    this machine trains on (importing torch takes seconds), which the tasks started after it
-    answered read from ``APRFLOW_LOCAL_DEVICE``. Best-effort: a task that starts first, or
-    after it failed, does the same itself. :meth:`close` ends it and unsets the variable.
+    database is created (about a second of migrations; the planning task then finds it
+    complete: :func:`~components.common.tracking.prepare_sqlite` locks it while it works), and
+    torch says which device this machine trains on (importing torch takes seconds), which the
+    tasks started after it answered read from ``APRFLOW_LOCAL_DEVICE``. Best-effort: a task
+    that starts first, or after it failed, does the same itself. The process reads the
+    tracking URI from ``MLFLOW_TRACKING_URI`` (never from its command line, which other users
+    of the machine can read). :meth:`close` ends it and unsets the variable.
     """
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self) -> None:
         from components.train.chunk import LOCAL_DEVICE_ENV
 
         self._variable = LOCAL_DEVICE_ENV
         self._set = False
-        command = [sys.executable, "-m", "pipelines.local", "warm-up", tracking_uri]
+        command = [sys.executable, "-m", "pipelines.local", "warm-up"]
         self._process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
@@ -160,13 +162,14 @@ class LocalWarmUp:
             os.environ.pop(self._variable, None)
 
 
-def warm_up(tracking_uri: str) -> str:
-    """Creates the local MLflow database of ``tracking_uri`` (a SQLite URI) if it is new and
-    returns the kind of device this machine's trials train on (:class:`LocalWarmUp`)."""
+def warm_up() -> str:
+    """Creates the local MLflow database of the tracking URI (if it is a SQLite file and new)
+    and returns the kind of device this machine's trials train on (:class:`LocalWarmUp`)."""
     from components.common.tracking import prepare_sqlite
     from components.common.tracking.client import is_sqlite, sqlite_path
     from components.train.chunk import local_device_kind
 
+    tracking_uri = resolve_tracking_uri()
     if is_sqlite(tracking_uri):
         prepare_sqlite(sqlite_path(tracking_uri))
     return local_device_kind()
@@ -258,7 +261,7 @@ def original_print() -> Iterator[None]:
 
 
 if __name__ == "__main__":
-    # python -m pipelines.local warm-up TRACKING_URI: what LocalWarmUp runs.
-    if sys.argv[1:2] != ["warm-up"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m pipelines.local warm-up TRACKING_URI")
-    print(warm_up(sys.argv[2]))
+    # python -m pipelines.local warm-up: what LocalWarmUp runs.
+    if sys.argv[1:] != ["warm-up"]:
+        sys.exit("usage: python -m pipelines.local warm-up")
+    print(warm_up())

@@ -31,7 +31,8 @@ def test_the_warm_up_creates_the_database_and_says_the_device(tmp_path, monkeypa
 
     monkeypatch.delenv(LOCAL_DEVICE_ENV, raising=False)
     db = tmp_path / "mlflow.db"
-    warm_up = LocalWarmUp(f"sqlite:///{db}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    warm_up = LocalWarmUp()
     warm_up._thread.join(120)
     assert os.environ[LOCAL_DEVICE_ENV] == local_device_kind()
     with sqlite3.connect(db) as connection:  # MLflow's schema, at its head revision

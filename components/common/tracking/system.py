@@ -128,7 +128,11 @@ def live_run_in_child(
         child.join(LIVE_FINISH_S + 2 * outage_budget(uri) + 10)
         if child.exitcode is None:
             child.kill()
-            report("tracking", f"the live MLflow run {name} did not end in time: left it")
+            report(
+                "tracking",
+                f"the live MLflow run {name} did not end in time: stopped the process that "
+                "held it (the study's analysis ends runs left RUNNING)",
+            )
         ours.close()
 
 
