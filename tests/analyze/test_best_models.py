@@ -211,6 +211,7 @@ MODEL_AFTER_PRELOAD = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # a speed guard, not a behaviour: make test stays within its budget
 def test_a_forked_model_logger_imports_no_git_and_scans_no_packages(tmp_path):
     """The model process imports GitPython and builds MLflow's package map before it forks
     its workers: each worker would otherwise spend about a second of its own on them."""
