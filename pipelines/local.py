@@ -70,7 +70,6 @@ def run_local(
     )
     report("local", f"running {pipeline.name}: {settings}")
     report("local", f"task logs: {log_path}")
-    warm_up = LocalWarmUp()
     workspace = _workspace(runs_dir / "kfp-local")
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
@@ -81,6 +80,7 @@ def run_local(
     with warnings.catch_warnings():
         # kfp.local warns when an image name lacks "python"; ours is a Python image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        warm_up = LocalWarmUp()
         try:
             with (
                 StudyConsole(log_path),
