@@ -123,14 +123,14 @@ def run_local(
 
 class LocalWarmUp:
     """What the planning task of a local run would otherwise do in its own time, done by a
-    process beside the first tasks (which use one of the machine's cores): a new local MLflow
-    database is created (about a second of migrations; the planning task then finds it
-    complete: :func:`~components.common.tracking.prepare_sqlite` locks it while it works), and
-    torch says which device this machine trains on (importing torch takes seconds), which the
-    tasks started after it answered read from ``APRFLOW_LOCAL_DEVICE``. Best-effort: a task
-    that starts first, or after it failed, does the same itself. The process reads the
-    tracking URI from ``MLFLOW_TRACKING_URI`` (never from its command line, which other users
-    of the machine can read). :meth:`close` ends it and unsets the variable.
+    process beside the first tasks (which use one of the machine's cores): torch says which
+    device this machine trains on (importing torch takes seconds), which the tasks started
+    after it answered read from ``APRFLOW_LOCAL_DEVICE``, and then a new local MLflow database
+    is created (importing MLflow's SQL store takes seconds; the planning task then finds it
+    complete: :func:`~components.common.tracking.prepare_sqlite` locks it while it works).
+    Best-effort: a task that starts first, or after it failed, does the same itself. The
+    process reads the tracking URI from ``MLFLOW_TRACKING_URI`` (never from its command line,
+    which other users of the machine can read). :meth:`close` ends it and unsets the variable.
     """
 
     def __init__(self) -> None:
@@ -146,11 +146,12 @@ class LocalWarmUp:
         self._thread.start()
 
     def _answer(self) -> None:
-        answer = self._process.communicate()[0].strip()
-        if self._process.returncode == 0 and answer in ("gpu", "cpu"):
+        answer = self._process.stdout.readline().strip()  # the device, before the database
+        if answer in ("gpu", "cpu"):
             # os.environ, under the GIL, as kfp.local's task start (env=None) reads it.
             self._set = self._variable not in os.environ
             os.environ.setdefault(self._variable, answer)
+        self._process.communicate()
 
     def close(self) -> None:
         """Stops the process if it still runs (a run that failed at once) and unsets
@@ -162,17 +163,17 @@ class LocalWarmUp:
             os.environ.pop(self._variable, None)
 
 
-def warm_up() -> str:
-    """Creates the local MLflow database of the tracking URI (if it is a SQLite file and new)
-    and returns the kind of device this machine's trials train on (:class:`LocalWarmUp`)."""
+def warm_up() -> None:
+    """Prints the kind of device this machine's trials train on, then creates the local MLflow
+    database of the tracking URI if it is a SQLite file and new (:class:`LocalWarmUp`)."""
     from components.common.tracking import prepare_sqlite
     from components.common.tracking.client import is_sqlite, sqlite_path
     from components.train.chunk import local_device_kind
 
+    print(local_device_kind(), flush=True)
     tracking_uri = resolve_tracking_uri()
     if is_sqlite(tracking_uri):
         prepare_sqlite(sqlite_path(tracking_uri))
-    return local_device_kind()
 
 
 @contextlib.contextmanager
@@ -264,4 +265,4 @@ if __name__ == "__main__":
     # python -m pipelines.local warm-up: what LocalWarmUp runs.
     if sys.argv[1:] != ["warm-up"]:
         sys.exit("usage: python -m pipelines.local warm-up")
-    print(warm_up())
+    warm_up()

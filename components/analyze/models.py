@@ -57,10 +57,12 @@ PRELOAD = (
     "torch.export._trace",
     "torch._export.serde.serialize",
 )
-# Processes that export and register the best models at once, one dataset each: the analysis
-# task asks for 2 CPUs (pipelines: the analysis task's request), and each process holds a
-# model's export in the task's memory.
-EXPORT_PROCESSES = 2
+# Processes that export and register the best models at once, one dataset each. The analysis
+# task asks for 2 CPUs (pipelines: the analysis task's request), which its statistics have
+# mostly left by the time the exports start (their imports come first): three single-threaded
+# exports share them and end sooner than two then one. Each process holds a model's export in
+# the task's memory.
+EXPORT_PROCESSES = 3
 
 
 def log_best_models(

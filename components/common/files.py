@@ -1,4 +1,5 @@
-"""Atomic file writes: readers see the old file or the new one, never half of one."""
+"""Atomic file writes (readers see the old file or the new one, never half of one) and the
+user's cache folder."""
 
 from __future__ import annotations
 
@@ -50,3 +51,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`atomic_write_bytes` of ``text`` in UTF-8, written verbatim (no newline changes)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def user_cache_dir() -> Path:
+    """aprflow's folder of per-user caches (compiled kernels, shards, MLflow's schema):
+    ``$XDG_CACHE_HOME/aprflow``, else ``~/.cache/aprflow``. Not created here."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aprflow"

@@ -16,8 +16,11 @@ Two real sets ship inside installed packages and two are generated procedurally:
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -35,12 +38,24 @@ class RawImages:
     class_names: tuple[str, ...]
 
 
-def _digits(seed: int) -> RawImages:
-    from sklearn.datasets import load_digits
+# scikit-learn's digits, as its ``load_digits`` reads them (scikit-learn/scikit-learn 1.9.1:
+# sklearn/datasets/_base.py, load_digits, lines 1000-1006, through
+# load_gzip_compressed_csv_data, lines 451-454): one CSV row per image, 64 intensities 0..16
+# then the digit. Read here without importing scikit-learn, whose import (with SciPy's) is
+# about a second of the dataset task; a test compares the two.
+DIGITS_FILE = ("datasets", "data", "digits.csv.gz")
 
-    bunch = load_digits()
-    images = bunch.images * (255.0 / 16.0)  # sklearn stores 0..16 intensities
-    return RawImages(images, bunch.target, tuple(str(n) for n in bunch.target_names))
+
+def _digits(seed: int) -> RawImages:
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError("the built-in digits are scikit-learn's: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]).joinpath(*DIGITS_FILE)
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    images = data[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)
+    labels = data[:, -1].astype(int)
+    return RawImages(images, labels, tuple(str(n) for n in range(10)))
 
 
 def _faces(seed: int) -> RawImages:

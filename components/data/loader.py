@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from components.common.files import atomic_write_bytes
+from components.common.files import atomic_write_bytes, user_cache_dir
 from components.common.storage import ArtifactStore, LocalStore, open_store
 from components.data.build import load_manifest, load_split
 from components.data.descriptor import (
@@ -255,7 +255,7 @@ class ShardCache:
         self, store: ArtifactStore, root: str | Path | None = None, max_bytes: int | None = None
     ) -> None:
         self.store = store
-        base = Path(root or os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache/aprflow/shards")
+        base = Path(root or os.environ.get(CACHE_DIR_ENV) or user_cache_dir() / "shards")
         self.root = base / hashlib.sha256(store.uri.encode()).hexdigest()[:12]
         limit_gb = float(os.environ.get(CACHE_LIMIT_ENV, DEFAULT_CACHE_LIMIT_GB))
         self.max_bytes = int(limit_gb * (1 << 30)) if max_bytes is None else max_bytes
@@ -387,7 +387,7 @@ class ShardSamples(Dataset):
             :func:`train_transform`).
         seed: the trial's seed (with the item, it seeds each image's augmentation).
         cache_dir: local shard cache folder (default ``APRFLOW_SHARD_CACHE`` or
-            ``~/.cache/aprflow/shards``).
+            ``$XDG_CACHE_HOME/aprflow/shards``, by default ``~/.cache/aprflow/shards``).
     """
 
     def __init__(

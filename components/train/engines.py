@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from components.common.errors import AprflowError
+from components.common.files import user_cache_dir
 from components.train.definition import DEVICES, PRECISIONS
 
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
@@ -92,8 +93,7 @@ def compile_cache_dir() -> Path:
     import torch._functorch.config
     import torch._inductor.config
 
-    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aprflow"
-    folder = Path(os.environ.setdefault(COMPILE_CACHE_ENV, str(default / "inductor")))
+    folder = Path(os.environ.setdefault(COMPILE_CACHE_ENV, str(user_cache_dir() / "inductor")))
     # The FX graph and AOT autograd caches are on by default (torch 2.14); set them here too,
     # in case a site's environment turned them off (torch reads these flags at lookup).
     torch._inductor.config.fx_graph_cache = True

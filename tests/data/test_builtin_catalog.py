@@ -4,6 +4,8 @@ buildable under a name from ``builtin:NAME``; unknown names get the nearest ones
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +21,23 @@ def _data(capsys, *argv: str, store) -> tuple[int, str, str]:
     code = main([*argv, "--store", str(store)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def test_digits_are_scikit_learns_read_without_importing_it():
+    """digits reads scikit-learn's data file itself (the import costs the dataset task about a
+    second): the same images and labels as ``load_digits``, and scikit-learn stays unimported."""
+    from sklearn.datasets import load_digits
+
+    raw, bunch = load_raw("digits"), load_digits()
+    np.testing.assert_array_equal(raw.images, bunch.images * (255.0 / 16.0))
+    np.testing.assert_array_equal(raw.labels, bunch.target)
+    assert raw.class_names == tuple(str(n) for n in bunch.target_names)
+    code = (
+        "import sys; from components.data.builtin import load_raw; load_raw('digits'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_DATASETS))

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,38 @@ def test_the_warm_up_creates_the_database_and_says_the_device(tmp_path, monkeypa
     assert revision
     warm_up.close()
     assert LOCAL_DEVICE_ENV not in os.environ
+
+
+def test_the_warm_up_says_the_device_before_it_makes_the_database(tmp_path):
+    """The planning task starts a few seconds into a run and needs the device first: the
+    warm-up answers it while the database is still being made (here, held up by a lock)."""
+    import fcntl
+
+    from components.train.chunk import local_device_kind
+
+    db = tmp_path / "mlflow.db"
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    with open(tmp_path / "mlflow.db.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # what prepare_sqlite waits for
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.local", "warm-up"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        # A warm-up that made the database first would wait on the lock: killed, it says nothing.
+        deadline = threading.Timer(90, process.kill)
+        deadline.start()
+        try:
+            assert process.stdout.readline().strip() == local_device_kind()
+            assert process.poll() is None and not db.exists()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            deadline.cancel()
+    assert process.wait(120) == 0
+    assert db.exists()
 
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])

@@ -3,6 +3,8 @@
 MLflow migrates a new database in ~60 steps; killed half way, plain MLflow fails on it for good
 (``table scorers already exists``). aprflow creates it in a temporary file under an exclusive
 lock and renames it into place, and moves aside a half-migrated database that holds no runs.
+The migrations run once per MLflow version: new databases are copies of a schema in the
+user's cache.
 """
 
 from __future__ import annotations
@@ -43,7 +45,14 @@ def _runs(db) -> list:
     return client.search_runs([client.get_experiment_by_name("exp").experiment_id])
 
 
-def test_kill_during_schema_creation_then_rerun_works(tmp_path):
+def _without_schema_cache(tmp_path, monkeypatch) -> None:
+    """No cache folder can be made (its parent is a file): every new database is migrated."""
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+
+
+def test_kill_during_schema_creation_then_rerun_works(tmp_path, monkeypatch):
+    _without_schema_cache(tmp_path, monkeypatch)
     db = tmp_path / "mlflow.db"
     process = _start(db, "s1")
     # The point of the kill: migrations running in the temporary file (it has tables).
@@ -71,6 +80,60 @@ def test_two_processes_creating_one_database_both_succeed(tmp_path):
     runs = _runs(db)
     assert len(runs) == 1, "one study, one parent run"
     assert runs[0].data.tags[tracking.STUDY_TAG] == "s2"
+
+
+def _schema(db) -> list:
+    with sqlite3.connect(db) as connection:
+        return connection.execute(
+            "select type, name, sql from sqlite_master order by type, name"
+        ).fetchall()
+
+
+def _experiments(db) -> list:
+    with sqlite3.connect(db) as connection:
+        return connection.execute(
+            "select experiment_id, name, artifact_location, lifecycle_stage, workspace "
+            "from experiments"
+        ).fetchall()
+
+
+def test_new_databases_are_copies_of_one_migrated_schema(tmp_path, monkeypatch):
+    """A copy of the cached schema is the database MLflow's migrations make: the same tables,
+    indexes and revision, and MLflow's default experiment under this process' artifact root;
+    MLflow logs to it."""
+    import mlflow
+
+    migrated = tmp_path / "migrated" / "mlflow.db"
+    migrated.parent.mkdir()
+    with monkeypatch.context() as no_cache:
+        _without_schema_cache(tmp_path, no_cache)
+        tracking.prepare_sqlite(migrated)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = tmp_path / "cache" / "aprflow" / f"mlflow-schema-{mlflow.__version__}.db"
+    copies = [tmp_path / "a.db", tmp_path / "b.db"]
+    for db in copies:
+        tracking.prepare_sqlite(db)
+    assert template.is_file() and _experiments(template) == []
+    for db in copies:
+        assert _schema(db) == _schema(migrated)
+        assert tracking.database.schema_state(db) == tracking.database.schema_state(migrated)
+        assert _experiments(db) == _experiments(migrated)
+    parent = tracking.start_study_run(f"sqlite:///{copies[1]}", "exp", "s7", {"n": 1})
+    assert [r.info.run_id for r in _runs(copies[1])] == [parent]
+
+
+def test_a_damaged_cached_schema_is_made_again(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = tmp_path / "cache" / "aprflow" / f"mlflow-schema-{mlflow.__version__}.db"
+    template.parent.mkdir(parents=True)
+    template.write_bytes(b"SQLite format 3\x00" + b"\x00" * 84)  # a header, cut short
+    db = tmp_path / "mlflow.db"
+    tracking.prepare_sqlite(db)
+    assert tracking.database.schema_state(db)[0] is not None
+    assert _experiments(db)[0][1] == "Default"
+    assert _experiments(template) == [] and tracking.database.schema_state(template)[0]
 
 
 def _half_migrated(db) -> None:

@@ -8,6 +8,11 @@ schema version (mlflow/mlflow v3.17.2: mlflow/store/tracking/sqlalchemy_store.py
 * a new database is made in a temporary file under an exclusive file lock and renamed into
   place, so a kill or a second run during MLflow's ~60 migrations never leaves a half-migrated
   ``mlflow.db``;
+* MLflow's migrations run once per MLflow version, not once per database (about a second each
+  time; every local run and many tests make one): a new database starts as a copy of a schema
+  kept in the user's cache (:func:`schema_template`), without MLflow's default experiment,
+  which MLflow adds when it opens the copy, under this process' artifact root, as it does in
+  a database it migrated (sqlalchemy_store.py, ``SqlAlchemyStore.__init__``, lines 511-517);
 * an existing database is compared, by its ``alembic_version``, with the revision this MLflow
   creates (remembered per MLflow version in ``<db>.schema.json``): one left half-migrated and
   holding no runs is copied aside and rebuilt in place; one with runs at another version is one
@@ -31,6 +36,7 @@ import time
 import uuid
 from pathlib import Path
 
+from components.common.files import user_cache_dir
 from components.common.progress import report
 from components.common.tracking.client import TRACKING_ENV, TrackingError, is_transient
 
@@ -77,11 +83,32 @@ def prepare_sqlite(db: Path) -> None:
 
 
 def _new_schema(path: Path) -> str:
-    """Creates MLflow's schema in the new file ``path`` and returns its revision.
+    """Creates MLflow's schema in the new file ``path`` and returns its revision: a copy of
+    :func:`schema_template` that MLflow opens (it adds its default experiment), or, without a
+    usable template, MLflow's migrations.
 
     The store's engine is disposed (SQLAlchemy's ``Engine.dispose``), so no connection of this
     process stays open on the file once it is renamed or removed.
     """
+    from mlflow.exceptions import MlflowException
+
+    template = schema_template()
+    if template is not None:
+        try:
+            shutil.copyfile(template, path)
+            return _open_schema(path)
+        except (OSError, sqlite3.DatabaseError, TrackingError, MlflowException) as e:
+            # A cache must never stop a run: migrate, and make the template again next time.
+            report("tracking", f"the cached MLflow schema {template} did not open ({e}): migrating")
+            with contextlib.suppress(OSError):
+                template.unlink()
+            path.unlink(missing_ok=True)
+    return _open_schema(path)
+
+
+def _open_schema(path: Path) -> str:
+    """Opens ``path`` with MLflow's SQL store, which migrates an empty file and adds its default
+    experiment where there is none; returns the schema revision."""
     from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -90,6 +117,39 @@ def _new_schema(path: Path) -> str:
     if revision is None:
         raise TrackingError(f"MLflow created no schema version in {path}")
     return revision
+
+
+def schema_template() -> Path | None:
+    """``<user cache>/mlflow-schema-<MLflow version>.db``: MLflow's schema with no experiment,
+    made once (migrations, then the default experiment removed) and checked at each use; None
+    when the cache folder cannot be written (the caller migrates)."""
+    import mlflow
+
+    path = user_cache_dir() / f"mlflow-schema-{mlflow.__version__}.db"
+    with contextlib.suppress(OSError, sqlite3.DatabaseError):
+        if _is_empty_schema(path):
+            return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
+            scratch = Path(folder) / "schema.db"
+            _open_schema(scratch)
+            with contextlib.closing(sqlite3.connect(scratch)) as connection, connection:
+                connection.execute("delete from experiments")
+            os.replace(scratch, path)  # atomic: a reader sees a whole template or none
+    except (OSError, sqlite3.DatabaseError):
+        return None
+    return path
+
+
+def _is_empty_schema(db: Path) -> bool:
+    """Whether ``db`` holds a schema version and no experiment (a template, whole)."""
+    if not db.is_file():
+        return False
+    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:
+        version = connection.execute("select version_num from alembic_version").fetchone()
+        experiments = connection.execute("select count(*) from experiments").fetchone()[0]
+    return version is not None and experiments == 0
 
 
 def _create(db: Path) -> None:
