@@ -83,10 +83,14 @@ def test_two_processes_creating_one_database_both_succeed(tmp_path):
 
 
 def _schema(db) -> list:
+    """Each table's and index's definition, its lines sorted: MLflow's own migrations write a
+    table's constraints in an order that changes from one database to the next."""
     with sqlite3.connect(db) as connection:
-        return connection.execute(
-            "select type, name, sql from sqlite_master order by type, name"
-        ).fetchall()
+        rows = connection.execute("select type, name, sql from sqlite_master order by type, name")
+        return [
+            (kind, name, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines()))
+            for kind, name, sql in rows
+        ]
 
 
 def _experiments(db) -> list:
@@ -134,6 +138,30 @@ def test_a_damaged_cached_schema_is_made_again(tmp_path, monkeypatch):
     assert tracking.database.schema_state(db)[0] is not None
     assert _experiments(db)[0][1] == "Default"
     assert _experiments(template) == [] and tracking.database.schema_state(template)[0]
+
+
+def test_a_cached_schema_mlflow_refuses_is_dropped_and_the_database_migrated(
+    tmp_path, monkeypatch, capsys
+):
+    """A cached schema that looks whole but that MLflow will not open (here, at an older
+    revision) costs the migrations once: the database is migrated, the cache file removed."""
+    import mlflow
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tracking.prepare_sqlite(tmp_path / "first.db")  # writes the cached schema
+    template = tmp_path / "cache" / "aprflow" / f"mlflow-schema-{mlflow.__version__}.db"
+    with sqlite3.connect(template) as connection:
+        connection.execute("update alembic_version set version_num = '1a0cddfcaa16'")
+    db = tmp_path / "mlflow.db"
+    tracking.prepare_sqlite(db)
+    assert (
+        tracking.database.schema_state(db)[0]
+        == tracking.database.schema_state(tmp_path / "first.db")[0]
+    )
+    assert "cached schema did not serve" in capsys.readouterr().err
+    assert not template.exists()
+    parent = tracking.start_study_run(f"sqlite:///{db}", "exp", "s8", {"n": 1})
+    assert [r.info.run_id for r in _runs(db)] == [parent]
 
 
 def _half_migrated(db) -> None:

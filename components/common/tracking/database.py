@@ -91,18 +91,29 @@ def _new_schema(path: Path) -> str:
     process stays open on the file once it is renamed or removed.
     """
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
-    template = schema_template()
-    if template is not None:
-        try:
+    template = None
+    try:
+        template = schema_template()
+        if template is not None:
             shutil.copyfile(template, path)
             return _open_schema(path)
-        except (OSError, sqlite3.DatabaseError, TrackingError, MlflowException) as e:
-            # A cache must never stop a run: migrate, and make the template again next time.
-            report("tracking", f"the cached MLflow schema {template} did not open ({e}): migrating")
+    except (OSError, sqlite3.DatabaseError, SQLAlchemyError, MlflowException, TrackingError) as e:
+        # A cache must never stop a run: migrate, and make the template again next time.
+        report("tracking", f"MLflow's cached schema did not serve ({e}): migrating {path.name}")
+        if template is not None:
             with contextlib.suppress(OSError):
                 template.unlink()
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        # Under another name: MLflow keeps one engine per URI for the process (mlflow/mlflow
+        # v3.17.2: sqlalchemy_store.py, _get_or_create_engine, lines 373-381), and the one
+        # that failed on the copy still holds a connection to it.
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f"{path.name}.") as folder:
+            scratch = Path(folder) / path.name
+            revision = _open_schema(scratch)
+            os.replace(scratch, path)
+        return revision
     return _open_schema(path)
 
 
@@ -122,7 +133,12 @@ def _open_schema(path: Path) -> str:
 def schema_template() -> Path | None:
     """``<user cache>/mlflow-schema-<MLflow version>.db``: MLflow's schema with no experiment,
     made once (migrations, then the default experiment removed) and checked at each use; None
-    when the cache folder cannot be written (the caller migrates)."""
+    when the cache folder cannot be written (the caller migrates).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError, mlflow.exceptions.MlflowException: the migrations
+            failed (a full disk).
+    """
     import mlflow
 
     path = user_cache_dir() / f"mlflow-schema-{mlflow.__version__}.db"
@@ -153,8 +169,9 @@ def _is_empty_schema(db: Path) -> bool:
 
 
 def _create(db: Path) -> None:
-    """Runs MLflow's migrations in a temporary file next to ``db``, then renames it into place:
-    a kill leaves at most a temporary file, never a half-migrated database."""
+    """Makes MLflow's schema (:func:`_new_schema`) in a temporary file next to ``db``, then
+    renames it into place: a kill leaves at most a temporary file, never a half-migrated
+    database."""
     temporary = db.with_name(f"{db.name}.init-{uuid.uuid4().hex[:12]}")
     _remember_head(db, _new_schema(temporary))
     os.replace(temporary, db)
