@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -122,55 +123,118 @@ def run_local(
 
 
 class LocalWarmUp:
-    """What the planning task of a local run would otherwise do in its own time, done by a
-    process beside the first tasks (which use one of the machine's cores): torch says which
-    device this machine trains on (importing torch takes seconds), which the tasks started
-    after it answered read from ``APRFLOW_LOCAL_DEVICE``, and then a new local MLflow database
-    is created (importing MLflow's SQL store takes seconds; the planning task then finds it
-    complete: :func:`~components.common.tracking.prepare_sqlite` locks it while it works).
-    Best-effort: a task that starts first, or after it failed, does the same itself. The
-    process reads the tracking URI from ``MLFLOW_TRACKING_URI`` (never from its command line,
-    which other users of the machine can read). :meth:`close` ends it and unsets the variable.
+    """What the tasks of a local run would otherwise each do in their own time, done by one
+    process beside the first tasks (which use one of the machine's cores):
+
+    - torch says which device this machine trains on (importing torch takes seconds), which the
+      tasks started after it answered read from ``APRFLOW_LOCAL_DEVICE``;
+    - a new local MLflow database is created (the planning task then finds it complete:
+      :func:`~components.common.tracking.prepare_sqlite` locks it while it works);
+    - the process then imports what the training tasks' fork servers and the analysis' model
+      logging import (torch, timm, MLflow, ``torch.export``) and stays, as the warm process of
+      :mod:`components.common.warm_start`: those processes start as forks of it, through the
+      launcher in ``APRFLOW_WARM_PYTHON``.
+
+    Best-effort: a task that starts first, or after it failed, does the same itself, and a
+    launcher whose warm process is gone starts a new interpreter. The process reads the
+    tracking URI from ``MLFLOW_TRACKING_URI`` (never from its command line, which other users of
+    the machine can read). :meth:`close` ends it and unsets the variables it set.
     """
 
     def __init__(self) -> None:
+        from components.common.warm_start import WARM_PYTHON_ENV, write_launcher
         from components.train.chunk import LOCAL_DEVICE_ENV
 
         self._variable = LOCAL_DEVICE_ENV
-        self._set = False
+        self._set: list[str] = []
+        self._folder = tempfile.TemporaryDirectory(prefix="aprflow-warm-")
         command = [sys.executable, "-m", "pipelines.local", "warm-up"]
+        listener = socket.socket(socket.AF_UNIX)
+        try:
+            address = os.path.join(self._folder.name, "socket")
+            listener.bind(address)  # a path too long for a socket: no warm process, as before
+            listener.listen(64)
+            launcher = write_launcher(Path(self._folder.name), address)
+            command.append(str(listener.fileno()))
+        except OSError:
+            launcher = None
         self._process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            pass_fds=(listener.fileno(),) if launcher else (),
         )
+        listener.close()  # the warm process holds it: once it ends, launchers are refused
+        if launcher:
+            self._setdefault(WARM_PYTHON_ENV, str(launcher))
         self._thread = threading.Thread(target=self._answer, name="aprflow-warm-up", daemon=True)
         self._thread.start()
+
+    def _setdefault(self, name: str, value: str) -> None:
+        # os.environ, under the GIL, as kfp.local's task start (env=None) reads it.
+        if name not in os.environ:
+            os.environ[name] = value
+            self._set.append(name)
 
     def _answer(self) -> None:
         answer = self._process.stdout.readline().strip()  # the device, before the database
         if answer in ("gpu", "cpu"):
-            # os.environ, under the GIL, as kfp.local's task start (env=None) reads it.
-            self._set = self._variable not in os.environ
-            os.environ.setdefault(self._variable, answer)
-        self._process.communicate()
+            self._setdefault(self._variable, answer)
+        self._process.stdout.read()  # the end: the database is ready
 
     def close(self) -> None:
-        """Stops the process if it still runs (a run that failed at once) and unsets
-        ``APRFLOW_LOCAL_DEVICE`` if it set it."""
-        if self._process.poll() is None:
+        """Ends the process (its standard input closed; killed if it has not ended 10 s
+        later) and unsets the variables it set."""
+        with contextlib.suppress(OSError):
+            self._process.stdin.close()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
             self._process.kill()
+            self._process.wait()
         self._thread.join()
-        if self._set:
-            os.environ.pop(self._variable, None)
+        for name in self._set:
+            os.environ.pop(name, None)
+        self._folder.cleanup()
 
 
-def warm_up() -> None:
+def warm_up(listener_fd: int | None = None) -> None:
     """Prints the kind of device this machine's trials train on, then creates the local MLflow
-    database of the tracking URI if it is a SQLite file and new (:class:`LocalWarmUp`)."""
+    database of the tracking URI if it is a SQLite file and new (:class:`LocalWarmUp`); with
+    ``listener_fd``, a listening Unix socket, it then serves as the warm process until its
+    standard input ends (:func:`components.common.warm_start.serve`)."""
+    from components.common.warm_start import in_child, preload, serve
+    from components.train.chunk import FORK_SERVER_PRELOAD, MLFLOW_MODULES, local_device_kind
+
+    environ = dict(os.environ)  # before the imports, which set variables of their own
+    if listener_fd is None:
+        print(local_device_kind(), flush=True)
+        _prepare_database()
+        return
+    # The device and the database are asked in children: CUDA, once asked, would not work in
+    # the processes forked from here, nor would an open database connection.
+    preload(["torch"])
+    in_child(lambda: print(local_device_kind(), flush=True))
+    preload(MLFLOW_MODULES)
+    in_child(_prepare_database)
+    # The standard output ends with those two children: the caller's sign that both are done.
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), sys.stdout.fileno())
+    from components.analyze import models
+
+    preload(FORK_SERVER_PRELOAD)
+    models.preload()
+    run = serve(socket.socket(fileno=listener_fd), environ)
+    if run is not None:  # a process a launcher asked for
+        run()
+
+
+def _prepare_database() -> None:
     from components.common.tracking import prepare_sqlite
     from components.common.tracking.client import is_sqlite, sqlite_path
-    from components.train.chunk import local_device_kind
 
-    print(local_device_kind(), flush=True)
     tracking_uri = resolve_tracking_uri()
     if is_sqlite(tracking_uri):
         prepare_sqlite(sqlite_path(tracking_uri))
@@ -262,7 +326,7 @@ def original_print() -> Iterator[None]:
 
 
 if __name__ == "__main__":
-    # python -m pipelines.local warm-up: what LocalWarmUp runs.
-    if sys.argv[1:] != ["warm-up"]:
-        sys.exit("usage: python -m pipelines.local warm-up")
-    warm_up()
+    # python -m pipelines.local warm-up [LISTENER_FD]: what LocalWarmUp runs.
+    if sys.argv[1:2] != ["warm-up"] or len(sys.argv) > 3 or not all(map(str.isdigit, sys.argv[2:])):
+        sys.exit("usage: python -m pipelines.local warm-up [LISTENER_FD]")
+    warm_up(*map(int, sys.argv[2:]))

@@ -7,7 +7,6 @@ import functools
 import json
 import re
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from components.common.limits import check_limit
 from components.common.progress import report
 from components.common.storage import ArtifactStore, open_store
 from components.common.uris import redact_uri
+from components.common.warm_start import python_executable
 from components.data.descriptor import DatasetRef
 from components.sample.models import model_id, timm_name
 from components.train.definition import result_key
@@ -286,7 +286,8 @@ class ModelLogging:
         if k == 0:
             report("analyze", "best_models is 0: no model is logged to MLflow")
             return
-        command = [sys.executable, "-m", "components.analyze.models"]
+        # In a local run, a fork of its warm process, which has imported torch, timm and MLflow.
+        command = [python_executable(), "-m", "components.analyze.models"]
         command += [str(self._request_path), str(self._result)]
         # Its progress and errors go to stderr; stdout is the caller's, for results.
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)

@@ -75,6 +75,7 @@ from components.common.storage import (
     MissingObjectError,
     open_store,
 )
+from components.common.warm_start import forkserver_launcher
 from components.train import throughput
 from components.train.definition import Trial, attempts_key, lease_prefix, result_key
 from components.train.plan import load_trial
@@ -123,12 +124,16 @@ EXIT_NO_SPACE = errno.ENOSPC
 def fork_server() -> multiprocessing.context.BaseContext:
     """The fork server's context, its server started (once per process) with torch, timm, the
     trainer and MLflow imported (:data:`FORK_SERVER_PRELOAD`): a trial's child is a fork of it
-    (see ``_Child.start``), and so is the process that holds a chunk's live MLflow run."""
-    from multiprocessing import forkserver
+    (see ``_Child.start``), and so is the process that holds a chunk's live MLflow run. In a
+    local run the server itself is a fork of the run's warm process, which has imported them
+    already (:mod:`components.common.warm_start`)."""
+    from multiprocessing import forkserver, resource_tracker
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
-    forkserver.ensure_running()
+    resource_tracker.ensure_running()  # a new interpreter: it imports nothing
+    with forkserver_launcher():  # in a local run, a fork of its warm process
+        forkserver.ensure_running()
     return context
 
 
