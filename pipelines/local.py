@@ -227,8 +227,9 @@ def warm_up(listener_fd: int | None = None) -> None:
     preload(FORK_SERVER_PRELOAD)
     models.preload()
     run = serve(socket.socket(fileno=listener_fd), environ)
-    if run is not None:  # a process a launcher asked for
-        run()
+    if run is None:  # the run is over: ended at once, without tearing its imports down
+        os._exit(0)
+    run()  # a process a launcher asked for
 
 
 def _prepare_database() -> None:

@@ -321,6 +321,9 @@ def _become(request: Request) -> Callable[[], None]:
         sys.argv, sys.path[0] = ["-c", *rest], ""
         return lambda: _run_then_exit(lambda: _run_code(target))
     sys.argv, sys.path[0] = [target, *rest], request.cwd
+    # As in a new interpreter, the module runs as __main__ and is not imported (runpy warns
+    # about a module already imported: the warm process imported it for a preload of its own).
+    sys.modules.pop(target, None)
     return lambda: _run_then_exit(
         lambda: runpy.run_module(target, run_name="__main__", alter_sys=True)
     )
