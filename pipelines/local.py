@@ -151,6 +151,8 @@ class LocalWarmUp:
         command = [sys.executable, "-m", "pipelines.local", "warm-up"]
         listener = socket.socket(socket.AF_UNIX)
         try:
+            if not sys.platform.startswith("linux"):  # it reads /proc and uses pidfd_open
+                raise OSError("a warm process needs Linux")
             address = os.path.join(self._folder.name, "socket")
             listener.bind(address)  # a path too long for a socket: no warm process, as before
             listener.listen(64)

@@ -83,7 +83,10 @@ def main() -> None:
         connection.connect(address)
     except OSError:
         become_python(args)  # no warm process (it ended, or never started)
-    fds = open_fds(connection.fileno())
+    try:
+        fds = open_fds(connection.fileno())
+    except OSError as e:  # no /proc
+        become_python(args, f"its file descriptors are unknown ({e})")
     request = json.dumps(
         {"args": args, "cwd": os.getcwd(), "env": dict(os.environ), "fds": fds}
     ).encode()

@@ -180,6 +180,20 @@ def test_without_a_warm_process_the_launcher_starts_a_new_interpreter(warm):
     assert report["argv"] == ["-c", "a"] and not report["warm"]
 
 
+def test_a_killed_warm_process_costs_no_started_process(warm):
+    code = "import sys; print('started', flush=True); sys.stdin.read(); sys.exit(5)"
+    launcher = subprocess.Popen(
+        [warm.launcher, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert launcher.stdout.readline().strip() == "started"
+    warm.process.kill()
+    warm.process.wait(30)
+    launcher.stdin.close()  # the started process ends now, after the warm process
+    assert launcher.wait(30) == 5
+    done = warm.run(["-c", REPORT])
+    assert done.returncode == 0 and not json.loads(done.stdout)["warm"]
+
+
 @pytest.fixture(scope="module")
 def local_warm_up(tmp_path_factory):
     """`aprflow run`'s warm process, as a local run has it."""
