@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -217,6 +218,7 @@ def warm_up(listener_fd: int | None = None) -> None:
         return
     # The device and the database are asked in children: CUDA, once asked, would not work in
     # the processes forked from here, nor would an open database connection.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reaped by the kernel
     preload(["torch"])
     in_child(lambda: print(local_device_kind(), flush=True))
     preload(MLFLOW_MODULES)

@@ -30,6 +30,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,15 +104,17 @@ class Request:
     fds: list[int]
 
 
-def refusal(request: Request, environ: dict[str, str]) -> str | None:
-    """Why ``request`` cannot run as a fork of this process, whose environment was ``environ``
-    when it imported, or None.
+def refusal(request: Request, environ: dict[str, str], threads: int) -> str | None:
+    """Why ``request`` cannot run as a fork of the warm process, whose environment was
+    ``environ`` when it imported and which runs ``threads`` threads, or None.
 
     A fork runs ``-c CODE`` or ``-m MODULE`` with no interpreter option but ``-B`` (a new
     interpreter would be needed to change the others; multiprocessing passes on its parent's
     options, and kfp's tasks run with ``-B``), under the same :data:`START_TIME_PREFIXES`
-    variables (but :data:`READ_WHEN_USED`), in a process with one thread (a fork of a threaded
-    process may inherit a held lock)."""
+    variables (but :data:`READ_WHEN_USED`), in a process with one Python thread (a fork of a
+    threaded process may inherit a lock another thread held). Native threads are not counted:
+    torch and pyarrow's jemalloc start one each when imported, in a multiprocessing fork
+    server too, and jemalloc's own fork handlers make it safe."""
     args = _without_settable_options(request.args)
     if len(args) < 2 or args[0] not in ("-c", "-m"):
         return f"only -c or -m, with no option but -B, got {' '.join(request.args[:3])}"
@@ -124,8 +127,8 @@ def refusal(request: Request, environ: dict[str, str]) -> str | None:
     )
     if changed:
         return f"{', '.join(changed)} differ from the warm process'"
-    if len(os.listdir("/proc/self/task")) != 1:
-        return "the warm process has threads"
+    if threads != 1:
+        return f"the warm process runs {threads} Python threads"
     if not _can_watch_processes():
         return "this kernel has no pidfd_open (Linux 5.3)"
     return None
@@ -154,7 +157,7 @@ def preload(modules: Iterable[str]) -> None:
 
 def in_child(function: Callable[[], object]) -> int:
     """Runs ``function`` in a forked child, which then exits (1 on an error, printed); returns
-    its pid. :func:`serve` reaps it."""
+    its pid. Ignore SIGCHLD before (as :func:`serve` does) and the kernel reaps it."""
     pid = os.fork()
     if pid:
         return pid
@@ -196,24 +199,26 @@ def serve(listener: socket.socket, environ: dict[str, str]) -> Callable[[], None
             if listener not in ready:
                 continue
             connection, _ = listener.accept()
+            threads = threading.active_count()  # counted here: a fork has one
             sys.stdout.flush()
             sys.stderr.flush()
             if os.fork() == 0:
                 selector.close()
                 listener.close()
-                return _answer(connection, environ)
+                return _answer(connection, environ, threads)
             connection.close()
 
 
-def _answer(connection: socket.socket, environ: dict[str, str]) -> Callable[[], None]:
+def _answer(connection: socket.socket, environ: dict[str, str], threads: int) -> Callable[[], None]:
     """In the server's child: starts the requested process, reports its pid, passes signals to
-    it, reports its exit status and exits; returns only in the requested process."""
+    it, reports its exit status and exits; returns only in the requested process (which exits
+    1 when it cannot take the launcher's state)."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process it watches
     try:
         try:
             request = _receive(connection)
-            reason = refusal(request, environ) or _occupied(request, connection)
+            reason = refusal(request, environ, threads) or _occupied(request, connection)
         except (OSError, ValueError, KeyError, TypeError) as e:
             request, reason = None, f"a bad request: {e!r}"
         if reason:
@@ -230,6 +235,7 @@ def _answer(connection: socket.socket, environ: dict[str, str]) -> Callable[[], 
         import traceback
 
         traceback.print_exc()
+        os._exit(1)
     os._exit(0)
 
 
@@ -343,7 +349,6 @@ def _run_then_exit(run: Callable[[], object]) -> None:
     functions run and the standard streams are flushed, then it exits. Tearing down what the
     warm process imported (torch, timm, MLflow) took about 0.3 s of each process' end,
     and a task's end waits for its fork server's."""
-    import threading
     import traceback
 
     interrupted, code = False, 0

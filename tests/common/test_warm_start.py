@@ -165,6 +165,14 @@ def test_what_a_fork_cannot_change_gets_a_new_interpreter(warm, args, env, why):
     assert not json.loads(done.stdout)["warm"]
 
 
+def test_a_threaded_warm_process_refuses():
+    from components.common.warm_start import Request, refusal
+
+    request = Request(["-c", "pass"], "/", {}, [], [])
+    assert refusal(request, {}, threads=1) is None
+    assert "runs 3 Python threads" in refusal(request, {}, threads=3)
+
+
 def test_what_torch_reads_when_used_is_not_refused(warm):
     env = os.environ | {"OMP_NUM_THREADS": "8", "PYTORCH_NVML_BASED_CUDA_CHECK": "1", "X": "2"}
     done = warm.run(["-B", "-c", REPORT], env=env)
