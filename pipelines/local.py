@@ -189,7 +189,8 @@ class LocalWarmUp:
 
     def close(self) -> None:
         """Ends the process (its standard input closed; killed if it has not ended 10 s
-        later) and unsets the variables it set."""
+        later) and unsets the variables it set. A database still being created (a run that
+        failed at once) is waited for up to 30 s."""
         with contextlib.suppress(OSError):
             self._process.stdin.close()
         try:
@@ -197,7 +198,7 @@ class LocalWarmUp:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-        self._thread.join()
+        self._thread.join(30)
         for name in self._set:
             os.environ.pop(name, None)
         self._folder.cleanup()
