@@ -238,7 +238,6 @@ print(json.dumps({"exitcode": process.exitcode}))
 @pytest.mark.slow
 def test_a_chunks_fork_server_is_a_fork_of_the_warm_process(local_warm_up):
     warm_up, launcher = local_warm_up
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-B", "-c", FORK_SERVER],
         cwd=ROOT,
@@ -253,8 +252,6 @@ def test_a_chunks_fork_server_is_a_fork_of_the_warm_process(local_warm_up):
     chain = json.loads(lines[0])["chain"]
     assert chain[2] == warm_up._process.pid  # the fork server's answerer is the warm process'
     assert "trial" in lines and json.loads(lines[-1]) == {"exitcode": 0}
-    # The warm process imported torch, timm and MLflow: the fork server imports none again.
-    assert time.monotonic() - started < 30
 
 
 @pytest.mark.slow
