@@ -33,18 +33,20 @@ PID = struct.Struct("!q")
 STATUS = struct.Struct("!i")
 
 
-def open_fds(exclude: int) -> list[int]:
-    """This process' inheritable file descriptors (what ``python ARGS`` would have)."""
+def open_fds(inheritable_only: bool = False, exclude: int = -1) -> list[int]:
+    """This process' open file descriptors, or only its inheritable ones (what ``python ARGS``
+    would have), without ``exclude``."""
     found = []
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd == exclude:
             continue
         try:
-            if os.get_inheritable(fd):  # not the listing's own descriptor, closed by now
-                found.append(fd)
+            inheritable = os.get_inheritable(fd)  # raises for the listing's own, closed by now
         except OSError:
             continue
+        if inheritable or not inheritable_only:
+            found.append(fd)
     return sorted(found)
 
 
@@ -84,7 +86,7 @@ def main() -> None:
     except OSError:
         become_python(args)  # no warm process (it ended, or never started)
     try:
-        fds = open_fds(connection.fileno())
+        fds = open_fds(inheritable_only=True, exclude=connection.fileno())
     except OSError as e:  # no /proc
         become_python(args, f"its file descriptors are unknown ({e})")
     request = json.dumps(

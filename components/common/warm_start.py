@@ -162,19 +162,7 @@ def in_child(function: Callable[[], object]) -> int:
     if pid:
         return pid
     _restore_signals()
-    code = 0
-    try:
-        function()
-    except BaseException:  # noqa: BLE001 - the child's end, whatever it is
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-    os._exit(code)
+    _run_then_exit(function)
 
 
 def serve(listener: socket.socket, environ: dict[str, str]) -> Callable[[], None] | None:
@@ -189,6 +177,7 @@ def serve(listener: socket.socket, environ: dict[str, str]) -> Callable[[], None
             own), against which :func:`refusal` compares a request's.
     """
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reaped by the kernel
+    _can_watch_processes()  # asked once: its forks inherit the answer
     with selectors.DefaultSelector() as selector:
         selector.register(listener, selectors.EVENT_READ)
         selector.register(sys.stdin, selectors.EVENT_READ)
@@ -269,22 +258,9 @@ def _receive(connection: socket.socket) -> Request:
 def _occupied(request: Request, connection: socket.socket) -> str | None:
     """A file descriptor number the request needs that this process uses for something else
     (which its owner would close later, under the requested process' feet)."""
-    mine = set(open_fds()) - {0, 1, 2, connection.fileno(), *request.fds}
+    mine = set(launcher.open_fds()) - {0, 1, 2, connection.fileno(), *request.fds}
     taken = sorted(mine & set(request.numbers))
     return f"file descriptors {taken} are in use" if taken else None
-
-
-def open_fds() -> list[int]:
-    """This process' open file descriptors, inheritable or not."""
-    listed = [int(name) for name in os.listdir("/proc/self/fd")]
-    found = []
-    for fd in listed:
-        try:
-            os.fstat(fd)  # the listing's own descriptor is closed by now
-        except OSError:
-            continue
-        found.append(fd)
-    return found
 
 
 def _watch(connection: socket.socket, pid: int) -> None:
