@@ -94,6 +94,7 @@ class RefusingProxy:
         self.upstream = ("127.0.0.1", upstream_port)
         self.port = free_port()
         self._connections: list[socket.socket] = []
+        self.refusing = threading.Event()  # set while connections are refused
         self._listen()
 
     def _listen(self) -> None:
@@ -126,5 +127,7 @@ class RefusingProxy:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
         self._connections = []
+        self.refusing.set()
         time.sleep(seconds)
         self._listen()
+        self.refusing.clear()

@@ -107,7 +107,7 @@ def test_s3_refusing_connections_mid_sequence_loses_nothing(tmp_path, monkeypatc
             store.put_bytes(key, data)
         outage = threading.Thread(target=proxy.refuse, args=(REFUSE_S,))
         outage.start()
-        time.sleep(0.2)
+        assert proxy.refusing.wait(30)
         tic = time.monotonic()
         for key, data in items[3:]:  # the first of these is refused until the proxy is back
             store.put_bytes(key, data)

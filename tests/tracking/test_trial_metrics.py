@@ -147,17 +147,42 @@ def test_queued_trial_keeps_its_recipe_until_replayed(mlflow_server, monkeypatch
     assert len(client.get_metric_history(run.info.run_id, "lr")) == EPOCHS
 
 
+def _count_published_samples(monkeypatch) -> list[int]:
+    """A list that grows by one each time MLflow's monitor publishes a sample (the real
+    ``publish_metrics`` still runs): a block can wait for samples instead of a fixed time,
+    which a loaded machine overruns (each sample also asks the server for the run)."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    published: list[int] = []
+    publish = SystemMetricsMonitor.publish_metrics
+
+    def counting(self, metrics):
+        publish(self, metrics)
+        published.append(self._logging_step)
+
+    monkeypatch.setattr(SystemMetricsMonitor, "publish_metrics", counting)
+    return published
+
+
+def _work_until(published: list[int], samples: int, timeout_s: float = 60.0) -> None:
+    """CPU work (something to sample) until ``samples`` samples were published."""
+    deadline = time.monotonic() + timeout_s
+    while len(published) < samples:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(published)} of {samples} system-metric samples")
+        sum(i * i for i in range(10_000))
+
+
 def test_live_run_logs_system_metrics_while_the_block_runs(mlflow_server, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    published = _count_published_samples(monkeypatch)
     parent = _study(mlflow_server)
     client = MlflowClient(mlflow_server)
     with tracking.live_run(mlflow_server, parent, "chunk-0", {"aprflow.chunk": "0"}) as run_id:
         assert client.get_run(run_id).info.status == "RUNNING"
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:  # some CPU work to sample
-            sum(i * i for i in range(10_000))
+        _work_until(published, 2)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "chunk-0"
     assert run.data.tags[tracking.PARENT_TAG] == parent
@@ -169,7 +194,7 @@ def test_live_run_logs_system_metrics_while_the_block_runs(mlflow_server, monkey
     # A re-run of the chunk resumes the same run and its steps; a failure ends it FAILED.
     with pytest.raises(RuntimeError), tracking.live_run(mlflow_server, parent, "chunk-0") as again:
         assert again == run_id
-        time.sleep(0.7)
+        _work_until(published, len(published) + 1)
         raise RuntimeError("a chunk that failed")
     assert client.get_run(run_id).info.status == "FAILED"
     later = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
