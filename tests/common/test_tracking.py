@@ -67,6 +67,32 @@ def test_tracking_server(mlflow_server, tmp_path):
     assert run.info.status == "FINISHED"
 
 
+def test_a_local_store_keeps_its_artifacts_beside_its_database(tmp_path, monkeypatch):
+    """Not in ./mlruns of the folder the run happened to start in, where MLflow puts them."""
+    from mlflow.tracking import MlflowClient
+
+    from components.common.tracking.runs import local_artifact_location
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.json").write_text("{}")
+    run_id = tracking.start_study_run(uri, "apr study/1", "s1", {})
+    tracking.finish_study_run(uri, run_id, {"spearman_rho/faces": 0.5}, report)
+    experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name("apr study/1")
+    (folder,) = (tmp_path / "runs" / "mlruns").glob("apr-study-1-*")
+    assert experiment.artifact_location == folder.as_uri()
+    assert (folder / run_id / "artifacts" / "report" / "summary.json").is_file()
+    assert not (elsewhere / "mlruns").exists()
+    # Names that slug alike get folders of their own; a server chooses its own folders.
+    alike = {local_artifact_location(uri, name) for name in ("apr study/1", "apr-study-1")}
+    assert len(alike) == 2
+    assert local_artifact_location("http://127.0.0.1:5000", "apr study/1") is None
+
+
 def test_unreachable_server_is_one_clear_error():
     with pytest.raises(tracking.TrackingError, match="unreachable.*MLFLOW_TRACKING_URI"):
         tracking.check_tracking("http://127.0.0.1:9")

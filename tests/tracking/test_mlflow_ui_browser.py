@@ -181,10 +181,6 @@ def study(tmp_path_factory) -> dict[str, Any]:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
-        # MLflow puts a SQLite store's artifacts under ./mlruns of the process that creates
-        # the experiment (mlflow/mlflow v3.17.2: mlflow/tracking/_tracking_service/utils.py,
-        # `_get_sqlalchemy_store`, lines 192-195): here, not in the checkout.
-        patch.chdir(root)
         patch.setenv("APRFLOW_TORCH_THREADS", "1")  # two shared cores
         # The results table links each registered model to the UI that the tests start.
         patch.setenv(tracking.UI_URL_ENV, f"http://127.0.0.1:{port}")
@@ -223,8 +219,6 @@ def ui(study) -> Iterator[str]:
 
     root = study["root"]
     command = mlflow_server_command(root, study["port"])
-    # The runs' artifacts lie under the study's artifact root (see `study`), not the fixture's.
-    command[command.index("--default-artifact-root") + 1] = str(root / "mlruns")
     url = f"http://127.0.0.1:{study['port']}"
     yield from (url for _ in running_server(command, f"{url}/health", root / "server.log"))
 

@@ -7,6 +7,7 @@ run at once converge on the oldest one (the other is deleted).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import numbers
@@ -19,8 +20,10 @@ from typing import Any
 from components.common.tracking.client import (
     TrackingError,
     first_cause,
+    is_sqlite,
     is_transient,
     open_client,
+    sqlite_path,
     with_retries,
 )
 from components.common.uris import redact_uri
@@ -62,8 +65,26 @@ def as_ms(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1000)
 
 
+def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: ``mlruns/<name>-<hash>``
+    beside the database file, so that one folder holds a local run's whole MLflow store (and
+    removing it leaves nothing behind). MLflow would choose ``./mlruns/<experiment id>`` in
+    whichever folder the creating process runs (mlflow/mlflow v3.17.2:
+    mlflow/tracking/_tracking_service/utils.py, ``_get_sqlalchemy_store``, line 194,
+    ``DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH``). None for a tracking server, whose
+    ``--default-artifact-root`` decides.
+    """
+    if not is_sqlite(tracking_uri):
+        return None
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-.")[:64] or "experiment"
+    digest = hashlib.sha256(experiment.encode()).hexdigest()[:8]  # names that slug alike
+    folder = sqlite_path(tracking_uri).resolve().parent / "mlruns" / f"{slug}-{digest}"
+    return folder.as_uri()
+
+
 def experiment_id(client, name: str) -> str:
-    """The experiment's id (created if needed), tagged as model development.
+    """The experiment's id (created if needed, its artifacts where
+    :func:`local_artifact_location` says), tagged as model development.
 
     Raises:
         TrackingError: MLflow refused to create the experiment for another reason than a
@@ -72,7 +93,11 @@ def experiment_id(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return client.create_experiment(
+                name,
+                artifact_location=local_artifact_location(client.tracking_uri, name),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
         except Exception as e:
             if is_transient(e):
                 raise  # retried by with_retries
