@@ -150,3 +150,58 @@ def test_health_probe_waits_for_a_server_that_comes_back(monkeypatch):
     monkeypatch.setenv(tracking.WAIT_ENV, "soon")
     with pytest.raises(tracking.TrackingError, match="APRFLOW_MLFLOW_WAIT_S='soon' must be"):
         tracking.wait_budget()
+
+
+@pytest.mark.parametrize(
+    ("message", "transient"),
+    [
+        (
+            "API request to endpoint /api/2.0/mlflow/runs/get failed with error code 503 != 200. "
+            "Response body: '<html>\n<h1>Bad gateway</h1>\n</html>'",
+            True,
+        ),
+        (
+            "API request to http://mlflow:5000/api/2.0/mlflow/runs/get failed with exception "
+            "HTTPConnectionPool(host='mlflow', port=5000): Max retries exceeded with url: "
+            "/api/2.0/mlflow/runs/get (Caused by ResponseError('too many 429 error responses'))",
+            True,
+        ),
+        # Digits of a status inside a run id, a port or a timestamp are not that status.
+        ("RESOURCE_DOES_NOT_EXIST: Run with id=a5029f4290c1b504 not found", False),
+        (
+            "API request to endpoint /api/2.0/mlflow/runs/get failed with error code 404 != 200. "
+            "Response body: 'http://10.0.0.7:15030/ 1796502334879'",
+            False,
+        ),
+        # Only the first line is the failure; the lines after it quote the statement.
+        (
+            "(sqlite3.IntegrityError) CHECK constraint failed: status\n"
+            "[parameters: ('connection-502', 'timeout')]",
+            False,
+        ),
+        ("(sqlite3.OperationalError) database is locked\n[SQL: UPDATE runs]", True),
+    ],
+)
+def test_only_a_failure_worth_retrying_is_retried(message, transient):
+    from mlflow.exceptions import MlflowException
+
+    assert tracking.is_transient(MlflowException(message)) is transient
+
+
+def test_a_failure_is_judged_by_its_causes_too():
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+
+    def wrapped(cause: Exception) -> MlflowException:
+        # As SQLAlchemy raises during an autoflush, then MLflow's session wraps it.
+        try:
+            raise MlflowException(
+                "(raised as a result of Query-invoked autoflush; consider using a session."
+                f"no_autoflush block if this flush is occurring prematurely)\n{cause}"
+            ) from cause
+        except MlflowException as e:
+            return e
+
+    assert tracking.is_transient(wrapped(sqlite3.OperationalError("database is locked")))
+    assert not tracking.is_transient(wrapped(sqlite3.OperationalError("no such table: gone")))

@@ -41,7 +41,10 @@ def _locked(db, seconds: float) -> threading.Thread:
     return thread
 
 
-def test_an_experiment_mlflow_cannot_create_names_the_database_error(tmp_path, monkeypatch):
+# The second name puts retry markers into the failed statement's parameters, as a creation
+# time of ...502... once did: only the message's first line tells whether to retry.
+@pytest.mark.parametrize("name", ["refused", "connection-timeout-502"])
+def test_an_experiment_mlflow_cannot_create_names_the_database_error(tmp_path, monkeypatch, name):
     monkeypatch.setenv(tracking.WAIT_ENV, "5")
     db = tmp_path / "mlflow.db"
     tracking.prepare_sqlite(db)
@@ -54,11 +57,35 @@ def test_an_experiment_mlflow_cannot_create_names_the_database_error(tmp_path, m
             "BEGIN INSERT INTO gone VALUES (1); END; DROP TABLE gone;"
         )
     with pytest.raises(tracking.TrackingError) as caught:
-        tracking.start_study_run(f"sqlite:///{db}", "refused", "study-1", {})
+        tracking.start_study_run(f"sqlite:///{db}", name, "study-1", {})
     message = str(caught.value)
     assert "\n" not in message
     assert message == (
-        f"MLflow could not create experiment 'refused' at sqlite:///{db}: no such table: main.gone"
+        f"MLflow could not create experiment {name!r} at sqlite:///{db}: no such table: main.gone"
+    )
+
+
+def test_a_write_still_locked_when_the_wait_ends_names_the_lock_in_one_line(tmp_path):
+    import sqlalchemy
+
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE runs (name)")
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}", connect_args={"timeout": 0})
+    holder = _locked(db, 3.0)
+
+    def insert() -> None:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("INSERT INTO runs VALUES ('connection-502')"))
+
+    try:
+        with pytest.raises(tracking.TrackingError) as caught:
+            tracking.client.with_retries(insert, "logging run connection-502", wait_s=1)
+    finally:
+        holder.join()
+    # SQLAlchemy's message goes on with the statement and a link: the error keeps the cause.
+    assert str(caught.value) == (
+        "logging run connection-502: still failing after 1 s: database is locked"
     )
 
 

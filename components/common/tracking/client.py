@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -45,15 +46,14 @@ TRANSIENT = (
     "timeout",
     "max retries exceeded",
     "temporarily unavailable",
-    "503",
-    "502",
-    "504",
-    "429",
     # Two tasks inserting the same row at once (the dataset that two trials log as their input):
     # the retry finds the row the other inserted.
     "unique constraint failed",
     "duplicate key value",
 )
+# HTTP statuses worth retrying, as whole numbers: a run id, a port or a timestamp may hold the
+# same digits ("a5029f...", ":15030", "1796502334879").
+TRANSIENT_STATUS = re.compile(r"\b(429|502|503|504)\b")
 
 T = TypeVar("T")
 
@@ -160,11 +160,23 @@ def check_tracking(uri: str, wait_s: float = 0.0) -> None:
 
 
 def is_transient(error: Exception) -> bool:
-    """A failure worth retrying: the server or the database is busy or away for a moment."""
+    """A failure worth retrying: the server or the database is busy or away for a moment.
+
+    Each error in the chain of causes is read by its first line only: a database error goes
+    on with the statement and its parameters (SQLAlchemy's ``[SQL: ...]`` and
+    ``[parameters: ...]`` lines), which quote names, paths and timestamps, not the failure;
+    and SQLAlchemy may put a line of its own first, leaving SQLite's message to the cause.
+    """
     if isinstance(error, OSError | TimeoutError):
         return True
-    text = f"{type(error).__name__} {error}".lower()
-    return any(marker in text for marker in TRANSIENT)
+    cause: BaseException | None = error
+    while cause is not None:
+        lines = str(cause).strip().splitlines()
+        text = f"{type(cause).__name__} {lines[0] if lines else ''}".lower()
+        if any(marker in text for marker in TRANSIENT) or TRANSIENT_STATUS.search(text):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def with_retries(call: Callable[[], T], what: str, wait_s: float | None = None) -> T:
@@ -204,7 +216,7 @@ def with_retries(call: Callable[[], T], what: str, wait_s: float | None = None) 
         if time.monotonic() + pause >= deadline:
             # MLflow's message quotes the request URL, the tracking URI's userinfo included.
             raise TrackingError(
-                f"{what}: still failing after {wait_s:.0f} s: {redact_uri(str(error))}"
+                f"{what}: still failing after {wait_s:.0f} s: {redact_uri(first_cause(error))}"
             ) from None
         time.sleep(pause)
         attempt += 1
