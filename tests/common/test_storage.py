@@ -269,10 +269,12 @@ def _leases(store) -> None:
     assert fourth.key == "trials/x/lease-000002.json"
     # Held by a process of this host that is gone (a SIGKILLed run): taken over at once.
     store.put_json(fourth.key, fourth.owner | {"pid": 2**22 + 12345, "expires_at": 2e9})
-    fifth, _ = Lease.try_acquire(store, "trials/x", ttl=0.3)
+    # Renewed every ttl/3 while held: still live after its ttl. The ttl leaves a loaded
+    # machine's S3 renewal a second of slack.
+    fifth, _ = Lease.try_acquire(store, "trials/x", ttl=1.5)
     assert fifth.key == "trials/x/lease-000003.json"
     with fifth.hold():
-        time.sleep(0.5)  # renewed every ttl/3 while held: still live after its ttl
+        time.sleep(2.0)
         assert Lease.try_acquire(store, "trials/x")[0] is None
     assert json.loads(store.get_bytes(fifth.key))["released"] is True
 
