@@ -42,7 +42,7 @@ def _locked(db, seconds: float) -> threading.Thread:
 
 
 # The second name puts retry markers into the failed statement's parameters, as a creation
-# time of ...502... once did: only the message's first line tells whether to retry.
+# time of ...502... once did: the failure tells whether to retry, not the statement it quotes.
 @pytest.mark.parametrize("name", ["refused", "connection-timeout-502"])
 def test_an_experiment_mlflow_cannot_create_names_the_database_error(tmp_path, monkeypatch, name):
     monkeypatch.setenv(tracking.WAIT_ENV, "5")

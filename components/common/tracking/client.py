@@ -54,6 +54,10 @@ TRANSIENT = (
 # HTTP statuses worth retrying, as whole numbers: a run id, a port or a timestamp may hold the
 # same digits ("a5029f...", ":15030", "1796502334879").
 TRANSIENT_STATUS = re.compile(r"\b(429|502|503|504)\b")
+# Where SQLAlchemy's message goes on from the failure to the statement, then its parameters
+# (sqlalchemy 2.1.9: lib/sqlalchemy/exc.py, StatementError._sql_message, lines 581-601). MLflow
+# keeps that whole text, in its local store's error and in a server's JSON error message.
+SQL_QUOTE = "\n[SQL: "
 
 T = TypeVar("T")
 
@@ -162,21 +166,15 @@ def check_tracking(uri: str, wait_s: float = 0.0) -> None:
 def is_transient(error: Exception) -> bool:
     """A failure worth retrying: the server or the database is busy or away for a moment.
 
-    Each error in the chain of causes is read by its first line only: a database error goes
-    on with the statement and its parameters (SQLAlchemy's ``[SQL: ...]`` and
-    ``[parameters: ...]`` lines), which quote names, paths and timestamps, not the failure;
-    and SQLAlchemy may put a line of its own first, leaving SQLite's message to the cause.
+    A database error is read up to the statement SQLAlchemy quotes after the failure: its
+    parameters hold names, paths and creation times, which are not the failure (a creation
+    time of 1796502334879 is no HTTP 502).
     """
     if isinstance(error, OSError | TimeoutError):
         return True
-    cause: BaseException | None = error
-    while cause is not None:
-        lines = str(cause).strip().splitlines()
-        text = f"{type(cause).__name__} {lines[0] if lines else ''}".lower()
-        if any(marker in text for marker in TRANSIENT) or TRANSIENT_STATUS.search(text):
-            return True
-        cause = cause.__cause__
-    return False
+    failure = str(error).split(SQL_QUOTE, 1)[0]
+    text = f"{type(error).__name__} {failure}".lower()
+    return any(marker in text for marker in TRANSIENT) or bool(TRANSIENT_STATUS.search(text))
 
 
 def with_retries(call: Callable[[], T], what: str, wait_s: float | None = None) -> T:
