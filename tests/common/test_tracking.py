@@ -173,7 +173,7 @@ def _mlflow_database_error(failure: str, params: tuple) -> Exception:
 
 
 def test_a_database_error_is_judged_by_its_failure_not_by_the_statement_it_quotes():
-    # The failure that CI met: the parameters quote a creation time whose digits hold 502.
+    # The parameters quote a creation time whose digits hold 502, as about 1 in 40 do.
     params = ("connection-timeout", "file:///tmp/mlruns/x", 1796502334879)
     assert not tracking.is_transient(_mlflow_database_error("no such table: main.gone", params))
     assert tracking.is_transient(_mlflow_database_error("database is locked", params))
